@@ -1,0 +1,192 @@
+/**
+ * The sidecar's configuration after parsing: typed, camelCase, deeply frozen.
+ * Keys mirror Microsoft's sidecar (`AzureAd:*`, `DownstreamApis:*`, `Sidecar:*`); see defaults.ts
+ * for every key, its default and why.
+ */
+
+/** `AzureAd:ClientCredentials:<i>:SourceType` values (reference sidecar-http-api §3.2). */
+export type CredentialSourceType =
+  | 'Certificate'
+  | 'KeyVault'
+  | 'Base64Encoded'
+  | 'Path'
+  | 'StoreWithThumbprint'
+  | 'StoreWithDistinguishedName'
+  | 'ClientSecret'
+  | 'SignedAssertionFromManagedIdentity'
+  | 'SignedAssertionFilePath'
+  | 'SignedAssertionFromVault'
+  | 'AutoDecryptKeys'
+  | 'CustomSignedAssertion';
+
+/** One element of `AzureAd:ClientCredentials` or `AzureAd:TokenDecryptionCredentials`. */
+export interface CredentialDescription {
+  readonly sourceType: CredentialSourceType;
+  readonly clientSecret?: string;
+  readonly certificateDiskPath?: string;
+  readonly certificatePassword?: string;
+  readonly base64EncodedValue?: string;
+  readonly keyVaultUrl?: string;
+  readonly keyVaultCertificateName?: string;
+  readonly managedIdentityClientId?: string;
+  /** `SignedAssertionFileDiskPath` (alias `SignedAssertionFilePath`); defaults to AZURE_FEDERATED_TOKEN_FILE. */
+  readonly signedAssertionFileDiskPath?: string;
+  /** FIC audience, default `api://AzureADTokenExchange`. */
+  readonly tokenExchangeUrl: string;
+  readonly skip: boolean;
+}
+
+export interface ManagedIdentityOptions {
+  readonly userAssignedClientId?: string;
+}
+
+/** `AcquireTokenOptions` of a downstream API (reference §3.3). */
+export interface AcquireTokenOptions {
+  readonly tenant?: string;
+  readonly forceRefresh: boolean;
+  readonly claims?: string;
+  readonly correlationId?: string;
+  readonly fmiPath?: string;
+  readonly longRunningWebApiSessionKey?: string;
+  readonly popPublicKey?: string;
+  readonly popClaim?: string;
+  readonly managedIdentity?: ManagedIdentityOptions;
+  readonly extraQueryParameters: Readonly<Record<string, string>>;
+  readonly extraHeadersParameters: Readonly<Record<string, string>>;
+  readonly extraParameters: Readonly<Record<string, string>>;
+}
+
+/** `DownstreamApis:<name>` (reference §3.3). */
+export interface DownstreamApiOptions {
+  readonly baseUrl?: string;
+  readonly relativePath: string;
+  readonly httpMethod: string;
+  /** undefined when not configured (→ "No scopes found" 400). */
+  readonly scopes?: readonly string[];
+  readonly requestAppToken: boolean;
+  readonly acceptHeader: string;
+  readonly contentType: string;
+  readonly protocolScheme: string;
+  readonly extraHeaderParameters: Readonly<Record<string, string>>;
+  readonly extraQueryParameters: Readonly<Record<string, string>>;
+  readonly acquireTokenOptions: AcquireTokenOptions;
+}
+
+export interface AzureAdConfig {
+  /** Authority host with a trailing slash, e.g. `https://login.microsoftonline.com/`. */
+  readonly instance: string;
+  readonly tenantId: string;
+  readonly clientId: string;
+  /** `{instance}{tenantId}/v2.0` (or `AzureAd:Authority` normalised to end in `/v2.0`). */
+  readonly authority: string;
+  readonly audience?: string;
+  readonly validAudiences: readonly string[];
+  readonly validIssuers: readonly string[];
+  /** `/Validate` scope gate: one accepted scope value (reference §2.2). */
+  readonly scopes?: string;
+  readonly clientCredentials: readonly CredentialDescription[];
+  readonly tokenDecryptionCredentials: readonly CredentialDescription[];
+  readonly sendX5C: boolean;
+  readonly azureRegion?: string;
+  readonly clientCapabilities: readonly string[];
+  /** ACL mode: accept tokens with neither `scp` nor `roles` (default true). */
+  readonly allowWebApiToBeAuthorizedByACL: boolean;
+  readonly extraQueryParameters: Readonly<Record<string, string>>;
+}
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface AllowOverrides {
+  readonly getAuthorizationHeader: boolean;
+  readonly getAuthorizationHeaderUnauthenticated: boolean;
+  readonly callDownstreamApi: boolean;
+  readonly callDownstreamApiUnauthenticated: boolean;
+}
+
+export interface PopValidationOptions {
+  readonly validateM: boolean;
+  readonly validateU: boolean;
+  readonly validateP: boolean;
+  readonly validateQ: boolean;
+  readonly acceptUnsignedQueryParameters: boolean;
+  readonly signedHttpRequestLifetimeSec: number;
+  readonly replayCache: boolean;
+}
+
+/** ext_authz per-route policy defaults (`Sidecar:ExtAuthz:*`); context_extensions override per route. */
+export interface ExtAuthzOptions {
+  readonly enabled: boolean;
+  readonly address: ListenAddress;
+  /** `required` | `optional` | `none`. */
+  readonly validate: 'required' | 'optional' | 'none';
+  readonly downstreamApi?: string;
+  readonly injectHeader: string;
+  readonly requiredScopes: readonly string[];
+  readonly requiredRoles: readonly string[];
+  readonly requireAll: boolean;
+  /** header name (lower-case) → claim name, set on allow and always stripped from the client's request. */
+  readonly claimsToHeaders: Readonly<Record<string, string>>;
+  readonly stripInboundAuthorization: boolean;
+  readonly allowCorsPreflight: boolean;
+  readonly reflection: boolean;
+  readonly maxReceiveMessageBytes: number;
+}
+
+export interface SidecarSettings {
+  readonly allowOverrides: AllowOverrides;
+  readonly allowOutboundRedirects: boolean;
+  readonly popValidation: PopValidationOptions;
+  readonly http: {
+    readonly listen: readonly ListenAddress[];
+    readonly maxHeaderBytes: number;
+    readonly maxBodyBytes: number;
+    readonly requestTimeoutMs: number;
+    readonly headersTimeoutMs: number;
+  };
+  readonly management: { readonly enabled: boolean; readonly address: ListenAddress };
+  readonly extAuthz: ExtAuthzOptions;
+  readonly outbound: {
+    readonly caFile?: string;
+    readonly connectTimeoutMs: number;
+    readonly timeoutMs: number;
+    readonly maxResponseBytes: number;
+  };
+  readonly validation: {
+    readonly clockSkewSec: number;
+    readonly signingKeysRefreshIntervalSec: number;
+    readonly unknownKidCooldownSec: number;
+    readonly verifiedTokenCacheSize: number;
+  };
+  readonly tokenCache: {
+    readonly maxEntries: number;
+    readonly expiryBufferSec: number;
+  };
+  readonly downstreamApi: {
+    readonly returnAllResponseHeaders: boolean;
+    readonly maxResponseBytes: number;
+    readonly maxRedirects: number;
+  };
+  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+}
+
+/** Process environment facts the rest of the code may need, read once by the loader. */
+export interface RuntimeEnvironment {
+  /** `ASPNETCORE_ENVIRONMENT` / `DOTNET_ENVIRONMENT`, default `Production`. */
+  readonly name: string;
+  readonly isDevelopment: boolean;
+  /** AZURE_FEDERATED_TOKEN_FILE / AZURE_ACCESS_TOKEN_FILE, used as the default assertion file. */
+  readonly federatedTokenFile?: string;
+  /** Managed-identity source environment, passed to msal's ManagedIdentityApplication. */
+  readonly managedIdentityEnv: Readonly<Record<string, string>>;
+}
+
+export interface SidecarConfig {
+  readonly azureAd: AzureAdConfig;
+  /** Keyed by the configured name, case-sensitive (as Microsoft's named options are). */
+  readonly downstreamApis: Readonly<Record<string, DownstreamApiOptions>>;
+  readonly sidecar: SidecarSettings;
+  readonly environment: RuntimeEnvironment;
+}

@@ -1,0 +1,159 @@
+/**
+ * The closed set of error codes and the one table that maps each to what every front door says.
+ * HTTP routes and the ext_authz Check both render a SidecarError through this table; nothing else
+ * decides a status. docs/errors.md is checked against ERROR_TABLE by a test.
+ */
+
+/** How a 401/403 challenges the caller (RFC 6750 §3). */
+export type ChallengeKind = 'none' | 'bearer' | 'invalid_token' | 'insufficient_scope' | 'insufficient_claims';
+
+export interface ErrorSpec {
+  /** Status on the identity HTTP API. */
+  readonly httpStatus: number;
+  /** google.rpc code in CheckResponse.status (never a failed RPC). */
+  readonly grpcCode: number;
+  /** DeniedHttpResponse.status Envoy sends to the client. */
+  readonly envoyStatus: number;
+  readonly challenge: ChallengeKind;
+  /** Whether the SidecarError detail may be shown to the caller; otherwise only `message`. */
+  readonly expose: boolean;
+  /** The safe, stable message for the caller. */
+  readonly message: string;
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+// google.rpc.Code values used below.
+const UNAUTHENTICATED = 16;
+const PERMISSION_DENIED = 7;
+const UNAVAILABLE = 14;
+const INTERNAL = 13;
+const INVALID_ARGUMENT = 3;
+const NOT_FOUND = 5;
+const RESOURCE_EXHAUSTED = 8;
+const UNIMPLEMENTED = 12;
+
+function invalidToken(message: string): ErrorSpec {
+  return { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'invalid_token', expose: true, message, logLevel: 'info' };
+}
+
+export const ERROR_TABLE = {
+  // Inbound credential and token validation.
+  credential_missing: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'bearer', expose: true, message: 'No bearer token was sent.', logLevel: 'debug' },
+  credential_malformed: invalidToken('The Authorization header is not a bearer token.'),
+  token_malformed: invalidToken('The token is malformed.'),
+  token_alg_not_allowed: invalidToken('The token signing algorithm is not allowed.'),
+  token_signature_invalid: invalidToken('The signature is invalid.'),
+  token_key_unknown: invalidToken('The signing key was not found.'),
+  token_expired: invalidToken('The token is expired.'),
+  token_not_yet_valid: invalidToken('The token is not yet valid.'),
+  token_audience_invalid: invalidToken('The audience is invalid.'),
+  token_issuer_invalid: invalidToken('The issuer is invalid.'),
+  token_tenant_mismatch: invalidToken('The token tenant does not match its issuer.'),
+  token_scope_or_role_missing: invalidToken('Neither scope nor roles claim was found in the bearer token.'),
+  token_decryption_failed: invalidToken('The token could not be decrypted.'),
+  token_pop_invalid: { ...invalidToken('The signed HTTP request is invalid.') },
+  signing_keys_unavailable: { httpStatus: 503, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'Signing keys are not available.', logLevel: 'warn' },
+
+  // Authorization.
+  insufficient_scope: { httpStatus: 403, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'insufficient_scope', expose: true, message: 'The token lacks a required scope or role.', logLevel: 'info' },
+
+  // Options and acquisition.
+  scopes_missing: { httpStatus: 400, grpcCode: INTERNAL, envoyStatus: 500, challenge: 'none', expose: true, message: 'No scopes found.', logLevel: 'info' },
+  api_not_configured: { httpStatus: 400, grpcCode: INTERNAL, envoyStatus: 500, challenge: 'none', expose: true, message: 'The downstream API is not configured.', logLevel: 'error' },
+  acquisition_ui_required: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'insufficient_claims', expose: true, message: 'User interaction is required.', logLevel: 'info' },
+  acquisition_rejected: { httpStatus: 401, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: true, message: 'Entra ID refused the token request.', logLevel: 'warn' },
+  acquisition_throttled: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, message: 'Entra ID is throttling token requests.', logLevel: 'warn' },
+  acquisition_unavailable: { httpStatus: 500, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'warn' },
+  agent_flow_not_implemented: { httpStatus: 501, grpcCode: UNIMPLEMENTED, envoyStatus: 500, challenge: 'none', expose: true, message: 'Agent identity flows are not implemented yet.', logLevel: 'warn' },
+
+  // Downstream API calls.
+  downstream_unavailable: { httpStatus: 500, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'warn' },
+  downstream_response_too_large: { httpStatus: 502, grpcCode: RESOURCE_EXHAUSTED, envoyStatus: 500, challenge: 'none', expose: true, message: 'The downstream response exceeded the configured size limit.', logLevel: 'warn' },
+
+  // Request shape and limits.
+  request_invalid: { httpStatus: 400, grpcCode: INVALID_ARGUMENT, envoyStatus: 403, challenge: 'none', expose: true, message: 'The request is invalid.', logLevel: 'info' },
+  request_not_http: { httpStatus: 400, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: true, message: 'Only HTTP requests can be authorized.', logLevel: 'info' },
+  request_headers_too_large: { httpStatus: 431, grpcCode: INVALID_ARGUMENT, envoyStatus: 431, challenge: 'none', expose: true, message: 'Request headers are too large.', logLevel: 'info' },
+  request_body_too_large: { httpStatus: 413, grpcCode: INVALID_ARGUMENT, envoyStatus: 413, challenge: 'none', expose: true, message: 'Request body is too large.', logLevel: 'info' },
+  route_not_found: { httpStatus: 404, grpcCode: NOT_FOUND, envoyStatus: 404, challenge: 'none', expose: false, message: 'Not found.', logLevel: 'debug' },
+  method_not_allowed: { httpStatus: 405, grpcCode: INVALID_ARGUMENT, envoyStatus: 405, challenge: 'none', expose: false, message: 'Method not allowed.', logLevel: 'debug' },
+  caller_not_loopback: { httpStatus: 403, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: false, message: 'Forbidden.', logLevel: 'warn' },
+
+  // Everything else.
+  dependency_timeout: { httpStatus: 500, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'warn' },
+  misconfigured: { httpStatus: 500, grpcCode: INTERNAL, envoyStatus: 500, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'error' },
+  internal: { httpStatus: 500, grpcCode: INTERNAL, envoyStatus: 500, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'error' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERROR_TABLE;
+
+/** An error with a stable code from ERROR_TABLE; `detail` must be safe to show (no tokens or secrets). */
+export class SidecarError extends Error {
+  readonly code: ErrorCode;
+  /** Safe detail for the caller when the code's spec says `expose`; always safe to log. */
+  readonly detail: string | undefined;
+  /** For `insufficient_scope`: the scopes to name in the challenge. */
+  readonly scope: string | undefined;
+  /** For `insufficient_claims` / claims challenges: the claims JSON to name in the challenge. */
+  readonly claims: string | undefined;
+  /** Seconds the caller should wait (429/503 from Entra). */
+  readonly retryAfterSec: number | undefined;
+
+  constructor(
+    code: ErrorCode,
+    detail?: string,
+    extra: { cause?: unknown; scope?: string; claims?: string; retryAfterSec?: number } = {},
+  ) {
+    super(detail ?? ERROR_TABLE[code].message, extra.cause === undefined ? undefined : { cause: extra.cause });
+    this.name = 'SidecarError';
+    this.code = code;
+    this.detail = detail;
+    this.scope = extra.scope;
+    this.claims = extra.claims;
+    this.retryAfterSec = extra.retryAfterSec;
+  }
+
+  get spec(): ErrorSpec {
+    return ERROR_TABLE[this.code];
+  }
+
+  /** What the caller may read. */
+  get publicMessage(): string {
+    const spec = ERROR_TABLE[this.code];
+    return spec.expose && this.detail !== undefined ? this.detail : spec.message;
+  }
+}
+
+/** Wraps anything thrown into a SidecarError without leaking its message to callers. */
+export function toSidecarError(err: unknown): SidecarError {
+  if (err instanceof SidecarError) return err;
+  return new SidecarError('internal', undefined, { cause: err });
+}
+
+/** Escapes a value for a quoted-string in WWW-Authenticate (RFC 9110 §5.6.4). */
+function quoted(value: string): string {
+  return '"' + value.replace(/[\\"]/g, (c) => '\\' + c).replace(/[\r\n\0]/g, ' ') + '"';
+}
+
+/**
+ * The `WWW-Authenticate` value for an error, or undefined when the code does not challenge.
+ * `description` is only added for invalid_token (Microsoft's JwtBearer does the same).
+ */
+export function wwwAuthenticate(err: SidecarError, scheme = 'Bearer'): string | undefined {
+  switch (err.spec.challenge) {
+    case 'none':
+      return undefined;
+    case 'bearer':
+      return scheme;
+    case 'invalid_token':
+      return `${scheme} error="invalid_token", error_description=${quoted(err.publicMessage)}`;
+    case 'insufficient_scope':
+      return err.scope
+        ? `${scheme} error="insufficient_scope", scope=${quoted(err.scope)}`
+        : `${scheme} error="insufficient_scope"`;
+    case 'insufficient_claims':
+      return err.claims
+        ? `${scheme} error="insufficient_claims", claims=${quoted(Buffer.from(err.claims).toString('base64'))}`
+        : `${scheme} error="invalid_token"`;
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * Every outbound call (OpenID metadata, JWKS, Entra token endpoint, managed identity, Key Vault,
+ * downstream APIs) goes through an undici Agent made here: TLS trust from the system store plus
+ * NODE_EXTRA_CA_CERTS plus `Sidecar:Outbound:CaFile`, connect/headers/body timeouts, keep-alive
+ * pools, and a response-size cap enforced while reading.
+ */
+import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
+import { Agent, request, type Dispatcher } from 'undici';
+import { SidecarError } from '../errors.js';
+
+export interface OutboundOptions {
+  /** PEM files to trust in addition to the system store (NODE_EXTRA_CA_CERTS, Sidecar:Outbound:CaFile). */
+  readonly extraCaFiles: readonly string[];
+  readonly connectTimeoutMs: number;
+  /** Bound on waiting for response headers and on each gap while reading the body. */
+  readonly timeoutMs: number;
+}
+
+/** Creates a keep-alive undici Agent with the configured trust and timeouts. */
+export function createOutboundAgent(opts: OutboundOptions): Agent {
+  const ca = opts.extraCaFiles.length === 0 ? undefined : [...rootCertificates, ...opts.extraCaFiles.map((f) => readFileSync(f, 'utf8'))];
+  return new Agent({
+    connect: { timeout: opts.connectTimeoutMs, ...(ca ? { ca } : {}) },
+    headersTimeout: opts.timeoutMs,
+    bodyTimeout: opts.timeoutMs,
+    keepAliveTimeout: 30_000,
+    connections: 64,
+  });
+}
+
+export interface OutboundResponse {
+  readonly status: number;
+  /** Lower-case names; repeated headers joined with ", " (set-cookie kept as array by undici is joined too). */
+  readonly headers: Record<string, string>;
+  readonly rawHeaders: Record<string, string | string[] | undefined>;
+  readonly body: Buffer;
+}
+
+export interface OutboundRequest {
+  readonly method?: Dispatcher.HttpMethod;
+  readonly headers?: Record<string, string>;
+  readonly body?: string | Buffer;
+  /** Whole-call deadline in ms (connect + headers + body). */
+  readonly deadlineMs: number;
+  readonly maxResponseBytes: number;
+  readonly signal?: AbortSignal;
+}
+
+/** Reads an undici body up to `max` bytes; beyond that the stream is destroyed and a SidecarError thrown. */
+export async function readCapped(body: Dispatcher.ResponseData['body'], max: number, code: 'downstream_response_too_large' | 'dependency_timeout' = 'downstream_response_too_large'): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > max) {
+      body.destroy();
+      throw new SidecarError(code === 'downstream_response_too_large' ? 'downstream_response_too_large' : 'dependency_timeout', `The response exceeded ${max} bytes.`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+/** Flattens undici's header record to lower-case single strings. */
+export function flattenHeaders(raw: Record<string, string | string[] | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (v === undefined) continue;
+    out[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  return out;
+}
+
+/**
+ * Sends one request with a hard deadline and a response-size cap. Transport failures and the
+ * deadline surface as `dependency_timeout`/`downstream_unavailable` SidecarErrors with a safe detail.
+ */
+export async function send(agent: Dispatcher, url: string, req: OutboundRequest): Promise<OutboundResponse> {
+  const deadline = AbortSignal.timeout(req.deadlineMs);
+  const signal = req.signal ? AbortSignal.any([deadline, req.signal]) : deadline;
+  try {
+    const res = await request(url, {
+      dispatcher: agent,
+      method: req.method ?? 'GET',
+      headers: req.headers,
+      body: req.body,
+      signal,
+    });
+    const body = await readCapped(res.body, req.maxResponseBytes);
+    return { status: res.statusCode, headers: flattenHeaders(res.headers), rawHeaders: res.headers, body };
+  } catch (err) {
+    if (err instanceof SidecarError) throw err;
+    if (deadline.aborted) throw new SidecarError('dependency_timeout', `No answer from ${new URL(url).host} within ${req.deadlineMs} ms.`, { cause: err });
+    const code = (err as { code?: string }).code ?? 'UNKNOWN';
+    throw new SidecarError('downstream_unavailable', `Request to ${new URL(url).host} failed (${code}).`, { cause: err });
+  }
+}
