@@ -1,0 +1,141 @@
+/**
+ * The identity API's routes (reference sidecar-http-api §2). Each is a thin adapter: read the wire
+ * request, run the pipeline (authenticate → resolve options → acquire → call), write the wire answer.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from '../log.js';
+import type { SidecarConfig } from '../config/types.js';
+import { SidecarError } from '../errors.js';
+import { authenticate } from '../pipeline/authenticate.js';
+import { tokenScopes } from '../pipeline/authorize.js';
+import { assertScopes, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
+import type { TokenAcquirer, TokenValidator } from '../pipeline/types.js';
+import type { DownstreamCallDeps } from '../downstream/call.js';
+import { callDownstreamApi } from '../downstream/call.js';
+import { sendJson, sendText } from './problem.js';
+import { OPENAPI_DOCUMENT } from './openapi.js';
+
+export interface RouteDeps {
+  readonly config: SidecarConfig;
+  readonly logger: Logger;
+  readonly validator: TokenValidator;
+  readonly acquirer: TokenAcquirer;
+  readonly downstream: DownstreamCallDeps;
+}
+
+export interface RouteContext {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly url: URL;
+  /** The decoded `{apiName}` segment ('' for routes without one). */
+  readonly apiName: string;
+  readBody(): Promise<Buffer>;
+}
+
+export interface Route {
+  readonly name: string;
+  readonly method: 'GET' | 'POST';
+  /** `first` is the lower-cased first path segment; `count` the number of segments. */
+  matches(first: string, count: number, development: boolean): boolean;
+  handle(ctx: RouteContext, deps: RouteDeps): Promise<void>;
+}
+
+/** GET /Validate (reference §2.2). */
+async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
+  const token = await authenticate(deps.validator, ctx.req.headers.authorization, 'required');
+  if (!token) throw new SidecarError('credential_missing');
+  const required = deps.config.azureAd.scopes;
+  if (required !== undefined && required.trim() !== '') {
+    // The whole configured string is one accepted scope (Microsoft's IDW10203 check, §2.2 step 2).
+    if (!tokenScopes(token.claims).includes(required)) {
+      sendText(ctx.res, 403, `IDW10203: The 'scope' or 'scp' claim does not contain scopes '${required}' or was not found. `);
+      return;
+    }
+  }
+  sendJson(ctx.res, 200, { protocol: 'Bearer', token: token.raw, claims: token.claims });
+}
+
+/** Warns about ignored caller input the way Microsoft's event ids 3–5 do (reference §1.5). */
+function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored: boolean; agentParamsIgnored: boolean; baseUrlOverrideIgnored: boolean }): void {
+  if (r.overridesIgnored) logger.warn({ route, event: 'OverridesIgnored' }, `Caller-supplied 'optionsOverride.*' parameters were ignored on route '${route}' because Sidecar:AllowOverrides:${route} is false.`);
+  if (r.baseUrlOverrideIgnored) logger.warn({ route, event: 'BaseUrlOverrideIgnored' }, "'optionsOverride.BaseUrl' is never honoured.");
+  if (r.agentParamsIgnored) logger.warn({ route, event: 'AgentIdentityOverridesIgnored' }, `Agent identity parameters were ignored because Sidecar:AllowOverrides:${route} is false.`);
+}
+
+function overridesAllowed(config: SidecarConfig, route: OverrideRoute): boolean {
+  const a = config.sidecar.allowOverrides;
+  switch (route) {
+    case 'GetAuthorizationHeader':
+      return a.getAuthorizationHeader;
+    case 'GetAuthorizationHeaderUnauthenticated':
+      return a.getAuthorizationHeaderUnauthenticated;
+    case 'CallDownstreamApi':
+      return a.callDownstreamApi;
+    case 'CallDownstreamApiUnauthenticated':
+      return a.callDownstreamApiUnauthenticated;
+  }
+}
+
+/** Shared front half of the AuthorizationHeader and DownstreamApi routes (§2.3 steps 1–5). */
+async function prepare(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute, authenticated: boolean, scopesNonEmpty: boolean) {
+  const user = await authenticate(deps.validator, ctx.req.headers.authorization, authenticated ? 'required' : 'optional');
+  const resolved = resolveApiOptions(deps.config, ctx.apiName, ctx.url.searchParams, overridesAllowed(deps.config, route));
+  logIgnored(deps.logger, route, resolved);
+  assertScopes(resolved.options, scopesNonEmpty);
+  const correlationId = resolved.options.acquireTokenOptions.correlationId;
+  return { user, resolved, correlationId };
+}
+
+function authorizationHeaderRoute(authenticated: boolean): Route['handle'] {
+  const route: OverrideRoute = authenticated ? 'GetAuthorizationHeader' : 'GetAuthorizationHeaderUnauthenticated';
+  return async (ctx, deps) => {
+    const { user, resolved, correlationId } = await prepare(ctx, deps, route, authenticated, false);
+    const token = await deps.acquirer.acquire({ options: resolved.options, user, agent: resolved.agent, correlationId });
+    sendJson(ctx.res, 200, { authorizationHeader: `${token.scheme} ${token.token}` });
+  };
+}
+
+function downstreamApiRoute(authenticated: boolean): Route['handle'] {
+  const route: OverrideRoute = authenticated ? 'CallDownstreamApi' : 'CallDownstreamApiUnauthenticated';
+  return async (ctx, deps) => {
+    const { user, resolved, correlationId } = await prepare(ctx, deps, route, authenticated, true);
+    const body = await ctx.readBody();
+    const result = await callDownstreamApi(deps.downstream, {
+      options: resolved.options,
+      user,
+      agent: resolved.agent,
+      inbound: { contentType: ctx.req.headers['content-type'], body },
+      correlationId,
+    });
+    sendJson(ctx.res, 200, result);
+  };
+}
+
+function segmentRoute(name: string, method: 'GET' | 'POST', literal: string, withName: boolean, handle: Route['handle']): Route {
+  const count = withName ? 2 : 1;
+  return { name, method, matches: (first, n) => first === literal && n === count, handle };
+}
+
+/** Every route of the identity API; matching is case-insensitive on the literal segment. */
+export const ROUTES: readonly Route[] = [
+  segmentRoute('Healthz', 'GET', 'healthz', false, async (ctx) => sendText(ctx.res, 200, 'Healthy')),
+  segmentRoute('ValidateAuthorizationHeader', 'GET', 'validate', false, validate),
+  segmentRoute('AuthorizationHeader', 'GET', 'authorizationheader', true, authorizationHeaderRoute(true)),
+  segmentRoute('AuthorizationHeaderUnauthenticated', 'GET', 'authorizationheaderunauthenticated', true, authorizationHeaderRoute(false)),
+  segmentRoute('DownstreamApi', 'POST', 'downstreamapi', true, downstreamApiRoute(true)),
+  segmentRoute('DownstreamApiUnauthenticated', 'POST', 'downstreamapiunauthenticated', true, downstreamApiRoute(false)),
+  {
+    name: 'OpenApi',
+    method: 'GET',
+    // Development only, like Microsoft's MapOpenApi (reference §2 table).
+    matches: (first, n, development) => development && first === 'openapi',
+    handle: async (ctx) => {
+      if (ctx.url.pathname.toLowerCase() !== '/openapi/v1.json') {
+        ctx.res.statusCode = 404;
+        ctx.res.end();
+        return;
+      }
+      sendJson(ctx.res, 200, OPENAPI_DOCUMENT);
+    },
+  },
+];

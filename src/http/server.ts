@@ -1,0 +1,170 @@
+/**
+ * The identity HTTP API: Microsoft-compatible routes on node:http. This file owns the cross-cutting
+ * behaviour of reference sidecar-http-api §1.3 (loopback-only callers, case-insensitive routing,
+ * 404/405 with empty bodies, no-cache on 2xx) and the limits (header/body size, timeouts); the
+ * routes themselves are thin adapters over the pipeline in routes.ts.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '../log.js';
+import type { SidecarConfig } from '../config/types.js';
+import { SidecarError, toSidecarError } from '../errors.js';
+import { sendChallenge, sendEmpty, sendProblem, sendText } from './problem.js';
+import { ROUTES, type RouteContext, type RouteDeps } from './routes.js';
+
+export interface HttpApiServer {
+  readonly servers: readonly Server[];
+  /** `host:port` of every listener, in config order. */
+  readonly addresses: readonly { host: string; port: number }[];
+  close(graceMs: number): Promise<void>;
+}
+
+/** True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; a missing peer (unix socket) counts as local. */
+export function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return true;
+  if (address === '::1') return true;
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
+  return v4.startsWith('127.');
+}
+
+/** Reads the request body up to `max` bytes (413 beyond). */
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) throw new SidecarError('request_body_too_large');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > max) throw new SidecarError('request_body_too_large');
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+/** Creates the request handler (exported for tests that drive it without a socket). */
+export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const { config, logger } = deps;
+  const development = config.environment.isDevelopment;
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const segments = url.pathname.split('/').filter((s) => s !== '');
+    const first = (segments[0] ?? '').toLowerCase();
+
+    // §1.3 step 1: loopback-only callers outside Development; /healthz is exempt for probes.
+    if (!development && !(first === 'healthz' && segments.length === 1) && !isLoopback(req.socket.remoteAddress)) {
+      logger.warn({ code: 'caller_not_loopback', peer: req.socket.remoteAddress }, 'refused a non-loopback caller');
+      sendEmpty(res, 403);
+      req.resume();
+      return;
+    }
+
+    const route = ROUTES.find((r) => r.matches(first, segments.length, development));
+    if (!route) {
+      sendEmpty(res, 404);
+      req.resume();
+      return;
+    }
+    if (req.method !== route.method && !(route.method === 'GET' && req.method === 'HEAD')) {
+      sendEmpty(res, 405, { Allow: route.method });
+      req.resume();
+      return;
+    }
+
+    let apiName = '';
+    if (segments.length > 1) {
+      try {
+        apiName = decodeURIComponent(segments[1]);
+      } catch {
+        sendEmpty(res, 404);
+        req.resume();
+        return;
+      }
+    }
+    const ctx: RouteContext = {
+      req,
+      res,
+      url,
+      apiName,
+      readBody: () => readBody(req, config.sidecar.http.maxBodyBytes),
+    };
+    route.handle(ctx, deps).catch((err: unknown) => {
+      const e = toSidecarError(err);
+      const level = e.spec.logLevel;
+      logger[level]({ code: e.code, route: route.name, err: e.cause instanceof Error ? { type: e.cause.name, message: e.cause.message } : undefined, detail: e.detail }, 'request failed');
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      // Authentication failures are JwtBearer challenges: 401 with no body (reference §1.4).
+      if (e.spec.httpStatus === 401 && (e.code === 'credential_missing' || e.code.startsWith('token_') || e.code === 'credential_malformed')) {
+        sendChallenge(res, e);
+      } else {
+        sendProblem(res, e);
+      }
+      req.resume();
+    });
+  };
+}
+
+/** Starts one node:http server per configured listener. */
+export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
+  const { config } = deps;
+  const handler = createHandler(deps);
+  const servers: Server[] = [];
+  const addresses: { host: string; port: number }[] = [];
+  for (const listen of config.sidecar.http.listen) {
+    const server = createServer(
+      {
+        maxHeaderSize: config.sidecar.http.maxHeaderBytes,
+        requestTimeout: config.sidecar.http.requestTimeoutMs,
+        headersTimeout: config.sidecar.http.headersTimeoutMs,
+        keepAliveTimeout: 5_000,
+      },
+      handler,
+    );
+    server.on('clientError', (_err, socket) => {
+      // Oversized headers (431) and malformed requests never reach the handler.
+      const code = (_err as { code?: string }).code;
+      if (socket.writable) {
+        const status = code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+        socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      } else {
+        socket.destroy();
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(listen.port, listen.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const info = server.address() as AddressInfo;
+    servers.push(server);
+    addresses.push({ host: info.address, port: info.port });
+  }
+  return {
+    servers,
+    addresses,
+    async close(graceMs: number) {
+      await Promise.all(
+        servers.map(
+          (server) =>
+            new Promise<void>((resolve) => {
+              const timer = setTimeout(() => {
+                server.closeAllConnections();
+              }, graceMs);
+              timer.unref();
+              server.close(() => {
+                clearTimeout(timer);
+                resolve();
+              });
+              server.closeIdleConnections();
+            }),
+        ),
+      );
+    },
+  };
+}
+
+export { sendText };

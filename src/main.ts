@@ -1,0 +1,150 @@
+/**
+ * Process entry point and the only place that wires modules together: load config (exit non-zero
+ * before listening when it is invalid), build the outbound agent, validator and acquirer, start the
+ * listeners, log one JSON line with every bound address, and shut down gracefully on SIGTERM/SIGINT.
+ */
+import { loadConfig } from './config/load.js';
+import type { SidecarConfig } from './config/types.js';
+import { createLogger, type Logger } from './log.js';
+import { createOutboundAgent } from './net/outbound.js';
+import { createTokenValidator } from './validation/validator.js';
+import { loadDecryptionKeys } from './validation/decryption.js';
+import { createTokenAcquirer } from './acquisition/acquirer.js';
+import { resolveApiOptions } from './pipeline/api-options.js';
+import { startHttpApi, type HttpApiServer } from './http/server.js';
+import { startExtAuthzServer, type ExtAuthzServer } from './extauthz/server.js';
+
+const SHUTDOWN_GRACE_MS = 10_000;
+
+/** Builds and starts everything for a loaded config. */
+export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<void>> {
+  const outbound = config.sidecar.outbound;
+  const agent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
+  const validator = createTokenValidator({
+    azureAd: config.azureAd,
+    settings: config.sidecar.validation,
+    outbound: { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes },
+    logger,
+    decryptionKeys: loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials),
+  });
+  const acquirer = createTokenAcquirer({ config, agent, logger });
+
+  const http: HttpApiServer = await startHttpApi({
+    config,
+    logger,
+    validator,
+    acquirer,
+    downstream: {
+      agent,
+      acquirer,
+      logger,
+      settings: {
+        allowOutboundRedirects: config.sidecar.allowOutboundRedirects,
+        returnAllResponseHeaders: config.sidecar.downstreamApi.returnAllResponseHeaders,
+        maxResponseBytes: config.sidecar.downstreamApi.maxResponseBytes,
+        maxRedirects: config.sidecar.downstreamApi.maxRedirects,
+        timeoutMs: outbound.timeoutMs,
+      },
+    },
+  });
+
+  let extAuthz: ExtAuthzServer | undefined;
+  if (config.sidecar.extAuthz.enabled) {
+    extAuthz = await startExtAuthzServer({
+      config,
+      validator,
+      acquirer,
+      logger,
+      resolveApiOptions: (apiName) =>
+        Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName)
+          ? resolveApiOptions(config, apiName, new URLSearchParams(), false).options
+          : undefined,
+    });
+  }
+
+  // Keys load in the background; readiness (gRPC health, /readyz) follows validator.ready().
+  const started = validator.start().catch((err: unknown) => {
+    logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'signing keys not loaded yet; retrying in the background');
+  });
+  void started.then(() => extAuthz?.setServing(validator.ready()));
+  const readyPoll = setInterval(() => extAuthz?.setServing(validator.ready()), 500);
+  readyPoll.unref();
+
+  logger.info(
+    {
+      event: 'listening',
+      http: http.addresses,
+      extAuthz: extAuthz ? { host: extAuthz.address, port: extAuthz.port } : null,
+      environment: config.environment.name,
+    },
+    'entra-sidecar is listening',
+  );
+
+  return async () => {
+    clearInterval(readyPoll);
+    extAuthz?.setServing(false);
+    await Promise.all([http.close(SHUTDOWN_GRACE_MS), extAuthz?.close(SHUTDOWN_GRACE_MS)]);
+    validator.close();
+    acquirer.close();
+    await agent.close();
+  };
+}
+
+async function main(): Promise<void> {
+  const result = loadConfig({ argv: process.argv.slice(2), env: process.env, cwd: process.cwd() });
+  if (!result.ok) {
+    process.stderr.write(`entra-sidecar: invalid configuration (${result.errors.length} problem${result.errors.length === 1 ? '' : 's'}):\n`);
+    for (const e of result.errors) process.stderr.write(`  - ${e}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  const { config, warnings } = result;
+  const logger = createLogger(config.sidecar.logLevel);
+  for (const w of warnings) logger.warn({ event: 'config_warning' }, w);
+
+  process.on('uncaughtException', (err) => {
+    logger.fatal({ err: { type: err.name, message: err.message, stack: err.stack } }, 'uncaught exception');
+    logger.flush();
+    process.exit(70);
+  });
+  process.on('unhandledRejection', (reason) => {
+    logger.fatal({ err: reason instanceof Error ? { type: reason.name, message: reason.message, stack: reason.stack } : String(reason) }, 'unhandled rejection');
+    logger.flush();
+    process.exit(70);
+  });
+
+  let stop: () => Promise<void>;
+  try {
+    stop = await run(config, logger);
+  } catch (err) {
+    logger.fatal({ err: err instanceof Error ? { type: err.name, message: err.message } : String(err) }, 'failed to start');
+    logger.flush();
+    process.exitCode = 1;
+    return;
+  }
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ event: 'shutdown', signal }, 'shutting down');
+    const force = setTimeout(() => process.exit(1), SHUTDOWN_GRACE_MS + 2_000);
+    force.unref();
+    stop().then(
+      () => {
+        logger.info({ event: 'stopped' }, 'stopped');
+        logger.flush();
+        process.exitCode = 0;
+        setTimeout(() => process.exit(0), 50).unref();
+      },
+      (err: unknown) => {
+        logger.error({ err: err instanceof Error ? err.message : String(err) }, 'error during shutdown');
+        logger.flush();
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+await main();

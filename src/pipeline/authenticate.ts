@@ -1,0 +1,29 @@
+/**
+ * Steps 1–2 of the pipeline for callers that present a bearer token: extract, then validate.
+ */
+import { SidecarError } from '../errors.js';
+import { parseAuthorization } from './credential.js';
+import type { TokenValidator, ValidatedToken } from './types.js';
+
+/**
+ * `required`: no credential → credential_missing; a bad one → the validator's error.
+ * `optional`: no credential or an invalid one → anonymous (Microsoft's unauthenticated routes still
+ * validate a token if one is sent and use it for OBO when it is valid, reference §2 table).
+ */
+export async function authenticate(
+  validator: TokenValidator,
+  authorization: string | undefined,
+  mode: 'required' | 'optional',
+): Promise<ValidatedToken | undefined> {
+  if (mode === 'optional') {
+    try {
+      const credential = parseAuthorization(authorization);
+      return credential.kind === 'bearer' ? await validator.validate(credential.token) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const credential = parseAuthorization(authorization);
+  if (credential.kind !== 'bearer') throw new SidecarError('credential_missing');
+  return validator.validate(credential.token);
+}

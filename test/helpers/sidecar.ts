@@ -1,0 +1,112 @@
+/**
+ * Starts the BUILT sidecar (`<outDir>/src/main.js`) as a child process configured only through
+ * environment variables, waits for its "listening" log line, and captures every log line so tests
+ * can assert on them (including that no secret ever appears).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+
+/** The compiled output root (the folder that holds src/, test/, emulator/). */
+export const outRoot = fileURLToPath(new URL('../../', import.meta.url));
+/** The repository root (the folder with package.json), found by walking up from outRoot. */
+export const repoRoot = (() => {
+  let dir = outRoot;
+  while (!existsSync(path.join(dir, 'package.json'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('package.json not found above ' + outRoot);
+    dir = up;
+  }
+  return dir;
+})();
+export const sidecarEntry = path.join(outRoot, 'src', 'main.js');
+
+export interface ListeningLine {
+  http: { host: string; port: number }[];
+  extAuthz: { host: string; port: number } | null;
+  management?: { host: string; port: number } | null;
+}
+
+export interface RunningSidecar {
+  readonly child: ChildProcess;
+  /** `http://127.0.0.1:PORT` of the first identity API listener. */
+  readonly url: string;
+  readonly listening: ListeningLine;
+  /** Every stdout and stderr line so far. */
+  readonly lines: string[];
+  /** Resolves with the exit code after SIGTERM (or SIGKILL after `graceMs`). */
+  stop(graceMs?: number): Promise<number | null>;
+}
+
+/** Base env for a child: PATH and nothing else of ours, so only what the test passes configures it. */
+function baseEnv(): Record<string, string> {
+  return { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'test' };
+}
+
+/** Spawns the sidecar and resolves once it logged its listening line (rejects if it exits first). */
+export async function startSidecar(env: Record<string, string>, opts: { args?: string[]; timeoutMs?: number; cwd?: string } = {}): Promise<RunningSidecar> {
+  const child = spawn(process.execPath, [sidecarEntry, ...(opts.args ?? [])], {
+    env: { ...baseEnv(), ...env },
+    cwd: opts.cwd ?? repoRoot,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const listening = await new Promise<ListeningLine>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('sidecar did not start in time:\n' + lines.join('\n'))), opts.timeoutMs ?? 15_000);
+    const onLine = (line: string) => {
+      lines.push(line);
+      if (line.includes('"event":"listening"')) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line) as ListeningLine);
+      }
+    };
+    collect(child.stdout!, onLine);
+    collect(child.stderr!, (l) => lines.push(l));
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`sidecar exited with ${code} before listening:\n${lines.join('\n')}`));
+    });
+  });
+  const first = listening.http[0];
+  return {
+    child,
+    url: `http://${first.host.includes(':') ? `[${first.host}]` : first.host}:${first.port}`,
+    listening,
+    lines,
+    async stop(graceMs = 12_000) {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
+
+/** Runs the sidecar to completion (for config-error tests): exit code and output lines. */
+export async function runSidecarToExit(env: Record<string, string>, args: string[] = [], timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [sidecarEntry, ...args], { env: { ...baseEnv(), ...env }, cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+function collect(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+  let buf = '';
+  stream.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      onLine(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  });
+}
