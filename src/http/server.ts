@@ -7,10 +7,10 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
-import type { SidecarConfig } from '../config/types.js';
 import { SidecarError, toSidecarError } from '../errors.js';
-import { sendChallenge, sendEmpty, sendProblem, sendText } from './problem.js';
+import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
 import { ROUTES, type RouteContext, type RouteDeps } from './routes.js';
+import { isLoopback } from './loopback.js';
 
 export interface HttpApiServer {
   readonly servers: readonly Server[];
@@ -19,13 +19,6 @@ export interface HttpApiServer {
   close(graceMs: number): Promise<void>;
 }
 
-/** True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; a missing peer (unix socket) counts as local. */
-export function isLoopback(address: string | undefined): boolean {
-  if (address === undefined) return true;
-  if (address === '::1') return true;
-  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
-  return v4.startsWith('127.');
-}
 
 /** Reads the request body up to `max` bytes (413 beyond). */
 async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
@@ -166,5 +159,3 @@ export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
     },
   };
 }
-
-export { sendText };

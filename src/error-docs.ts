@@ -1,0 +1,39 @@
+/**
+ * Renders docs/errors.md from ERROR_TABLE, so the documentation cannot drift from the code
+ * (test/errors.test.ts compares the committed file with this output).
+ */
+import { ERROR_TABLE, type ErrorCode } from './errors.js';
+
+const GRPC_NAMES: Readonly<Record<number, string>> = {
+  3: 'INVALID_ARGUMENT', 5: 'NOT_FOUND', 7: 'PERMISSION_DENIED', 8: 'RESOURCE_EXHAUSTED', 12: 'UNIMPLEMENTED', 13: 'INTERNAL', 14: 'UNAVAILABLE', 16: 'UNAUTHENTICATED',
+};
+
+/** The markdown error-code reference. */
+export function renderErrorReference(): string {
+  const rows = (Object.keys(ERROR_TABLE) as ErrorCode[]).map((code) => {
+    const s = ERROR_TABLE[code];
+    return `| \`${code}\` | ${s.httpStatus} | ${s.grpcCode} ${GRPC_NAMES[s.grpcCode] ?? ''} | ${s.envoyStatus} | ${s.challenge} | ${s.expose ? 'yes' : 'no'} | ${s.logLevel} | ${s.message} |`;
+  });
+  return [
+    '# Error codes',
+    '',
+    '<!-- Generated from src/errors.ts by `node dist/scripts/gen-docs.js`; test/errors.test.ts keeps it in step. -->',
+    '',
+    'Every failure the sidecar reports carries one of these stable codes. The HTTP API puts it in the',
+    'ProblemDetails `code` member (401 challenges from token validation have no body, only',
+    '`WWW-Authenticate`, as Microsoft\'s sidecar does); ext_authz puts it in the denied response\'s JSON',
+    'body `{"code": …, "message": …}` and uses the gRPC code in `CheckResponse.status` (a deny is always a',
+    'successful RPC). "detail shown" says whether the specific detail may reach the caller; otherwise',
+    'the caller sees the message below and the detail goes to the log.',
+    '',
+    '| code | HTTP status | ext_authz status.code | Envoy HTTP status | WWW-Authenticate | detail shown | log level | message |',
+    '|---|---|---|---|---|---|---|---|',
+    ...rows,
+    '',
+    'WWW-Authenticate kinds: `bearer` → `Bearer` (no credential was sent); `invalid_token` →',
+    '`Bearer error="invalid_token", error_description="…"`; `insufficient_scope` →',
+    '`Bearer error="insufficient_scope", scope="…"`; `insufficient_claims` →',
+    '`Bearer error="insufficient_claims", claims="<base64 claims JSON>"` (conditional-access challenge).',
+    '',
+  ].join('\n');
+}

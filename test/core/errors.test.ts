@@ -1,0 +1,49 @@
+import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { ERROR_TABLE, SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../../src/errors.js';
+import { renderErrorReference } from '../../src/error-docs.js';
+import { repoRoot } from '../helpers/sidecar.js';
+
+describe('error codes', () => {
+  it('docs/errors.md is exactly what the error table renders', () => {
+    const committed = readFileSync(path.join(repoRoot, 'docs', 'errors.md'), 'utf8');
+    expect(committed, 'run `npm run build && node dist/scripts/gen-docs.js`').to.equal(renderErrorReference());
+  });
+
+  it('maps every code to a defined Envoy status, a non-zero gRPC code and a 4xx/5xx HTTP status', () => {
+    for (const code of Object.keys(ERROR_TABLE) as ErrorCode[]) {
+      const s = ERROR_TABLE[code];
+      expect(s.grpcCode, code).to.be.greaterThan(0);
+      expect(s.httpStatus, code).to.be.within(400, 599);
+      expect([401, 403, 404, 405, 413, 431, 500, 503], code).to.include(s.envoyStatus);
+    }
+  });
+
+  it('hides the detail of codes that are not exposed', () => {
+    const e = new SidecarError('internal', 'secret-looking detail from a library');
+    expect(e.publicMessage).to.equal('An unexpected error occurred.');
+    expect(new SidecarError('token_expired', "The token expired at '2026-01-01'").publicMessage).to.equal("The token expired at '2026-01-01'");
+  });
+
+  it('wraps unknown throwables as internal without keeping their message public', () => {
+    const e = toSidecarError(new Error('boom: client_secret=abc'));
+    expect(e.code).to.equal('internal');
+    expect(e.publicMessage).to.not.include('abc');
+  });
+
+  it('builds RFC 6750 challenges for each kind', () => {
+    expect(wwwAuthenticate(new SidecarError('credential_missing'))).to.equal('Bearer');
+    expect(wwwAuthenticate(new SidecarError('token_signature_invalid', 'The signature is invalid'))).to.equal('Bearer error="invalid_token", error_description="The signature is invalid"');
+    expect(wwwAuthenticate(new SidecarError('insufficient_scope', 'x', { scope: 'Data.Read' }))).to.equal('Bearer error="insufficient_scope", scope="Data.Read"');
+    const claims = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
+    expect(wwwAuthenticate(new SidecarError('acquisition_ui_required', 'x', { claims }))).to.equal(`Bearer error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
+    expect(wwwAuthenticate(new SidecarError('internal'))).to.equal(undefined);
+  });
+
+  it('never lets CR, LF or quotes break out of a challenge', () => {
+    const v = wwwAuthenticate(new SidecarError('token_malformed', 'bad "quote"\r\nInjected: yes'))!;
+    expect(v).to.not.match(/[\r\n]/);
+    expect(v).to.include('\\"quote\\"');
+  });
+});
