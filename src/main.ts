@@ -3,7 +3,7 @@
  * before listening when it is invalid), build the outbound agent, validator and acquirer, start the
  * listeners, log one JSON line with every bound address, and shut down gracefully on SIGTERM/SIGINT.
  */
-import { loadConfig } from './config/load.js';
+import { describeConfigErrors, loadConfig, processConfigInputs } from './config/load.js';
 import type { SidecarConfig } from './config/types.js';
 import { createLogger, type Logger } from './log.js';
 import { createOutboundAgent } from './net/outbound.js';
@@ -91,10 +91,9 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
 }
 
 async function main(): Promise<void> {
-  const result = loadConfig({ argv: process.argv.slice(2), env: process.env, cwd: process.cwd() });
+  const result = loadConfig(processConfigInputs());
   if (!result.ok) {
-    process.stderr.write(`entra-sidecar: invalid configuration (${result.errors.length} problem${result.errors.length === 1 ? '' : 's'}):\n`);
-    for (const e of result.errors) process.stderr.write(`  - ${e}\n`);
+    process.stderr.write(describeConfigErrors(result.errors));
     process.exitCode = 1;
     return;
   }

@@ -114,6 +114,10 @@ export interface PopValidationOptions {
   readonly acceptUnsignedQueryParameters: boolean;
   readonly signedHttpRequestLifetimeSec: number;
   readonly replayCache: boolean;
+  /** `ValidatePresentClaims`: check the claims below when the SHR carries them (Microsoft default false). */
+  readonly validatePresentClaims: boolean;
+  /** `ClaimsToValidateWhenPresent:<i>`, default `m`, `p`. */
+  readonly claimsToValidateWhenPresent: readonly string[];
 }
 
 /** ext_authz per-route policy defaults (`Sidecar:ExtAuthz:*`); context_extensions override per route. */
@@ -150,6 +154,8 @@ export interface SidecarSettings {
   readonly extAuthz: ExtAuthzOptions;
   readonly outbound: {
     readonly caFile?: string;
+    /** PEM files to trust besides the system store: [NODE_EXTRA_CA_CERTS?, Sidecar:Outbound:CaFile?], absolute paths. */
+    readonly extraCaFiles: readonly string[];
     readonly connectTimeoutMs: number;
     readonly timeoutMs: number;
     readonly maxResponseBytes: number;

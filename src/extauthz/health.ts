@@ -49,7 +49,7 @@ let healthService: protoLoader.ServiceDefinition | undefined;
 
 /** The Health service definition (built once). */
 export function healthServiceDefinition(): protoLoader.ServiceDefinition {
-  healthService ??= protoLoader.fromJSON(HEALTH_DESCRIPTOR, PROTO_LOADER_OPTIONS)[HEALTH_SERVICE] as protoLoader.ServiceDefinition;
+  healthService ??= protoLoader.fromJSON(HEALTH_DESCRIPTOR as unknown as Parameters<typeof protoLoader.fromJSON>[0], PROTO_LOADER_OPTIONS)[HEALTH_SERVICE] as protoLoader.ServiceDefinition;
   return healthService;
 }
 

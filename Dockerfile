@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+#
+# entra-sidecar container image.
+#   build   : compile TypeScript with the full dependency set
+#   deps    : production dependencies only
+#   runtime : distroless Node.js 24, non-root (uid 65532), no shell, no package manager
+#
+# Pin by digest in your own pipeline (e.g. Renovate/Dependabot): replace a tag with
+# `image:tag@sha256:<digest>`. Tags below are concrete versions, never `latest`.
+# See docs/deployment.md for how to run it (read-only root filesystem, probes, ports).
+
+ARG NODE_IMAGE=node:24.11.1-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+# Manifests first so the dependency layer is cached across source changes.
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src ./src
+RUN npm run build
+
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+
+# Same Debian release (12, bookworm) as the build stages.
+FROM gcr.io/distroless/nodejs24-debian12:nonroot AS runtime
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="entra-sidecar" \
+      org.opencontainers.image.description="Identity sidecar for Microsoft Entra ID: Microsoft-compatible HTTP API and Envoy ext_authz gRPC server" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}"
+WORKDIR /app
+ENV NODE_ENV=production
+# Files stay owned by root and read-only to the runtime user: the process never writes to the image
+# (caches are in memory), so the container runs with a read-only root filesystem.
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /app/dist/src ./dist/src
+# package.json carries "type": "module", which the compiled ESM needs.
+COPY package.json ./
+USER 65532:65532
+# 5000 identity HTTP API (loopback by default), 9191 ext_authz gRPC (loopback by default),
+# 9090 management: /healthz, /readyz, /metrics (all interfaces, never shows a token).
+EXPOSE 5000 9191 9090
+# Plain Docker only (Kubernetes uses probes). Exec form: distroless has no shell.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/nodejs/bin/node", "dist/src/healthcheck.js", "http://127.0.0.1:9090/healthz"]
+# Exec form so node is PID 1 and receives SIGTERM directly (main.ts drains and exits).
+ENTRYPOINT ["/nodejs/bin/node", "dist/src/main.js"]

@@ -1,0 +1,460 @@
+/**
+ * Token acquisition for downstream APIs (reference sidecar-http-api §5): flow selection exactly as
+ * Microsoft's DefaultAuthorizationHeaderProvider (§5.1), msal-node for the wire protocol with our own
+ * network client, and our own bounded, single-flight token cache in front of it.
+ *
+ *   app flow  (RequestAppToken or ManagedIdentity): managed identity | client credentials
+ *   user flow: agent (not yet) | OBO with the inbound token | long-running OBO session | "UI required"
+ *
+ * msal's own cache is never consulted (`skipCache`) nor filled (`storeInCache` all false); OBO
+ * accounts msal records anyway are removed after each call, so msal's unbounded O(n) cache stays
+ * empty however many users pass through (entra-protocol §7).
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import type { Dispatcher } from 'undici';
+import {
+  AuthError,
+  ClientConfigurationError,
+  ConfidentialClientApplication,
+  InteractionRequiredAuthError,
+  LogLevel,
+  ServerError,
+  type AuthenticationResult,
+  type NodeSystemOptions,
+} from '@azure/msal-node';
+import type { Logger } from '../log.js';
+import type { SidecarConfig } from '../config/types.js';
+import { SidecarError } from '../errors.js';
+import type { AcquiredToken, AcquireRequest, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
+import { TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
+import { createMsalNetworkClient, observation, type AcquisitionObservation } from './msal-network.js';
+import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
+import { ManagedIdentityTokens } from './managed-identity.js';
+
+export interface AcquirerDeps {
+  readonly config: SidecarConfig;
+  /** The shared outbound undici dispatcher (src/net/outbound.ts). */
+  readonly agent: Dispatcher;
+  readonly logger: Logger;
+  /** Milliseconds since the epoch, for the token cache; tests pass an offset clock. */
+  readonly now?: () => number;
+}
+
+export interface AcquirerStats extends TokenCacheStats {
+  /** Token requests that left the process (token-endpoint POSTs and managed-identity GETs). */
+  entraRequests: number;
+}
+
+/** Hosts of Microsoft's clouds; msal knows their metadata. Any other instance host goes into `knownAuthorities`. */
+const MICROSOFT_AUTHORITY_HOSTS = new Set([
+  'login.microsoftonline.com',
+  'login.windows.net',
+  'login.microsoft.com',
+  'sts.windows.net',
+  'login.partner.microsoftonline.cn',
+  'login.chinacloudapi.cn',
+  'login.microsoftonline.us',
+  'login-us.microsoftonline.com',
+  'login.usgovcloudapi.net',
+  'login.microsoftonline.de',
+  'login.sovcloud-identity.fr',
+  'login.sovcloud-identity.de',
+  'login.sovcloud-identity.sg',
+]);
+
+/** Meta-tenants cannot issue app tokens (Microsoft.Identity.Web rejects them before calling Entra). */
+const META_TENANTS = new Set(['common', 'organizations', 'consumers']);
+
+/** Microsoft's message when the user flow has no user (Microsoft.Identity.Web's web-app cache miss, §2.3). */
+export const NO_ACCOUNT_MESSAGE = 'No account or login hint was passed to the AcquireTokenSilent call.';
+
+/** Session key value that asks Microsoft's library to allocate a key; the sidecar never returns it (§5.3). */
+const ALLOCATE_FOR_ME = 'AllocateForMe';
+
+/** Bound on distinct msal applications (one per tenant × credential); OBO across many tenants would otherwise grow it. */
+const MAX_MSAL_APPS = 256;
+
+const NO_MSAL_CACHE = { accessToken: false, refreshToken: false, idToken: false } as const;
+
+function sha256(value: string): string {
+  return createHash('sha256').update(value).digest('base64url');
+}
+
+/** Cache key: a digest of the parts, so no raw token, assertion or session key ever sits in a key. */
+function cacheKey(parts: readonly (string | undefined)[]): string {
+  return sha256(JSON.stringify(parts.map((p) => p ?? null)));
+}
+
+function normalisedScopes(scopes: readonly string[]): string {
+  return [...new Set(scopes.map((s) => s.toLowerCase()))].sort().join(' ');
+}
+
+function recordDigest(r: Readonly<Record<string, string>>): string | undefined {
+  const entries = Object.entries(r).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return entries.length === 0 ? undefined : sha256(JSON.stringify(entries));
+}
+
+const JWT_LIKE = /eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*/g;
+
+/** An msal/Entra message fit to show a caller: Entra never echoes credentials, but strip anything JWT-shaped anyway. */
+function safeMessage(err: Error): string {
+  const m = err.message.replace(JWT_LIKE, '[redacted]');
+  return m.length > 2000 ? `${m.slice(0, 2000)}…` : m;
+}
+
+/** Resolves like `p`, but rejects when this caller's signal aborts (the shared flight continues for others). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(new SidecarError('dependency_timeout', 'The request deadline passed before a token was acquired.'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new SidecarError('dependency_timeout', 'The request deadline passed before a token was acquired.'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** Maps whatever msal or our network client threw to the error table (reference §2.3 table). */
+export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation): SidecarError {
+  if (err instanceof SidecarError) {
+    // Our network client's transport failures (as thrown through msal's GET paths) become "unavailable".
+    if (err.code === 'dependency_timeout' || err.code === 'downstream_unavailable') {
+      return new SidecarError('acquisition_unavailable', err.detail, { cause: err });
+    }
+    return err;
+  }
+  if (err instanceof InteractionRequiredAuthError) {
+    return new SidecarError('acquisition_ui_required', safeMessage(err), { cause: err, claims: err.claims ? err.claims : undefined });
+  }
+  if (err instanceof ServerError) {
+    if (seen.status === 429 || seen.status === 503) {
+      return new SidecarError('acquisition_throttled', safeMessage(err), { cause: err, retryAfterSec: seen.retryAfterSec });
+    }
+    return new SidecarError('acquisition_rejected', safeMessage(err), { cause: err });
+  }
+  if (seen.transportError) {
+    return new SidecarError('acquisition_unavailable', seen.transportError.detail, { cause: err });
+  }
+  if (err instanceof ClientConfigurationError) {
+    return new SidecarError('misconfigured', `msal configuration error: ${err.errorCode}`, { cause: err });
+  }
+  if (err instanceof AuthError) {
+    return new SidecarError('acquisition_unavailable', `msal error: ${err.errorCode}`, { cause: err });
+  }
+  return new SidecarError('internal', undefined, { cause: err });
+}
+
+function isInvalidClient(err: unknown): boolean {
+  return err instanceof ServerError && err.errorCode === 'invalid_client';
+}
+
+function toCachedToken(result: AuthenticationResult | null): CachedToken {
+  if (!result || !result.accessToken) throw new SidecarError('acquisition_unavailable', 'msal returned no access token.');
+  return {
+    // Microsoft returns the token type as the scheme; msal reports `Bearer` for ordinary tokens.
+    scheme: result.tokenType && result.tokenType.toLowerCase() !== 'bearer' ? result.tokenType : 'Bearer',
+    token: result.accessToken,
+    expiresOn: Math.floor((result.expiresOn?.getTime() ?? Date.now()) / 1000),
+    ...(result.refreshOn ? { refreshOn: Math.floor(result.refreshOn.getTime() / 1000) } : {}),
+  };
+}
+
+interface LongRunningSession {
+  refreshToken: string;
+  tenant: string;
+}
+
+/** Creates the process's token acquirer; see the module comment. */
+export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats(): AcquirerStats } {
+  const { config, agent, logger } = deps;
+  const azureAd = config.azureAd;
+  const outbound = config.sidecar.outbound;
+  let entraRequests = 0;
+
+  const loggerOptions: NonNullable<NodeSystemOptions['loggerOptions']> = {
+    piiLoggingEnabled: false,
+    logLevel: LogLevel.Warning,
+    // msal's own lines (no PII enabled) go to debug: they name endpoints and error codes, never tokens.
+    loggerCallback: (_level, message, containsPii) => {
+      if (!containsPii) logger.debug({ component: 'msal' }, message.replace(JWT_LIKE, '[redacted]'));
+    },
+  };
+  const networkClient = createMsalNetworkClient(agent, { timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++ });
+  const miNetworkClient = createMsalNetworkClient(agent, { timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++, countGets: true });
+  const managedIdentity = new ManagedIdentityTokens({ networkClient: miNetworkClient, loggerOptions });
+
+  const cache = new TokenCache({
+    maxEntries: config.sidecar.tokenCache.maxEntries,
+    expiryBufferSec: config.sidecar.tokenCache.expiryBufferSec,
+    now: deps.now,
+    onRefreshError: (_key, err) => {
+      const e = err instanceof SidecarError ? err : undefined;
+      logger.warn({ code: e?.code, detail: e?.detail }, 'background token refresh failed; serving the current token');
+    },
+  });
+
+  /** Runs one outbound acquisition with its own observation slot and maps its failure. */
+  async function observed<T>(run: () => Promise<T>): Promise<T> {
+    const seen: AcquisitionObservation = {};
+    try {
+      return await observation.run(seen, run);
+    } catch (err) {
+      const mapped = mapAcquisitionError(err, seen);
+      logger[mapped.spec.logLevel]({ code: mapped.code, detail: mapped.detail, status: seen.status }, 'token acquisition failed');
+      throw mapped;
+    }
+  }
+
+  async function managedIdentityToken(resource: string, userAssignedClientId: string | undefined, claims?: string, bypass = false): Promise<CachedToken> {
+    const key = cacheKey(['mi', userAssignedClientId ?? 'system', resource.toLowerCase().replace(/\/\.default$/, ''), claims ? sha256(claims) : undefined]);
+    return cache.get(key, () => observed(() => managedIdentity.acquire(resource, userAssignedClientId, claims)), { bypass: bypass || !!claims });
+  }
+
+  const credentialSources: ClientCredentialSource[] = buildClientCredentialSources(azureAd.clientCredentials, {
+    agent,
+    logger,
+    sendX5C: azureAd.sendX5C,
+    timeoutMs: outbound.timeoutMs,
+    maxResponseBytes: outbound.maxResponseBytes,
+    federatedTokenFile: config.environment.federatedTokenFile,
+    managedIdentityToken: async (resource, clientId) => (await managedIdentityToken(resource, clientId)).token,
+  });
+  let preferredCredential = credentialSources[0]?.index ?? 0;
+
+  const instanceUrl = new URL(azureAd.instance);
+  const knownAuthorities = MICROSOFT_AUTHORITY_HOSTS.has(instanceUrl.hostname.toLowerCase()) ? [] : [instanceUrl.host];
+  const defaultAuthority = azureAd.authority.replace(/\/v2\.0\/?$/i, '').replace(/\/+$/, '');
+  const instanceBase = azureAd.instance.endsWith('/') ? azureAd.instance : `${azureAd.instance}/`;
+
+  function authorityFor(tenant: string | undefined): string {
+    return tenant === undefined || tenant === '' ? defaultAuthority : `${instanceBase}${tenant}`;
+  }
+
+  const apps = new Map<string, ConfidentialClientApplication>();
+
+  async function appFor(authority: string, source: ClientCredentialSource): Promise<ConfidentialClientApplication> {
+    const key = `${azureAd.clientId}|${authority.toLowerCase()}|${source.label}`;
+    const existing = apps.get(key);
+    if (existing) {
+      apps.delete(key);
+      apps.set(key, existing);
+      return existing;
+    }
+    const credential = await source.load();
+    const app = new ConfidentialClientApplication({
+      auth: {
+        clientId: azureAd.clientId,
+        authority,
+        knownAuthorities,
+        ...(azureAd.clientCapabilities.length > 0 ? { clientCapabilities: [...azureAd.clientCapabilities] } : {}),
+        ...credential,
+      },
+      system: { networkClient, loggerOptions, disableInternalRetries: true },
+    });
+    apps.set(key, app);
+    while (apps.size > MAX_MSAL_APPS) apps.delete(apps.keys().next().value as string);
+    return app;
+  }
+
+  function forgetApps(source: ClientCredentialSource): void {
+    for (const key of [...apps.keys()]) if (key.endsWith(`|${source.label}`)) apps.delete(key);
+  }
+
+  /** Runs `call` with the preferred credential, falling back in configured order on load failure or `invalid_client`. */
+  async function withClientCredential<T>(authority: string, call: (app: ConfidentialClientApplication) => Promise<T>): Promise<T> {
+    if (credentialSources.length === 0) {
+      throw new SidecarError('misconfigured', 'No usable client credential is configured (AzureAd:ClientCredentials).');
+    }
+    const preferred = credentialSources.find((s) => s.index === preferredCredential) ?? credentialSources[0];
+    const order = [preferred, ...credentialSources.filter((s) => s !== preferred)];
+    let lastError: unknown;
+    for (const source of order) {
+      let app: ConfidentialClientApplication;
+      try {
+        app = await appFor(authority, source);
+      } catch (err) {
+        const e = err instanceof SidecarError ? err : undefined;
+        logger.warn({ credential: source.label, code: e?.code, detail: e?.detail }, 'client credential could not be loaded; trying the next one');
+        lastError = err;
+        continue;
+      }
+      try {
+        const result = await call(app);
+        preferredCredential = source.index;
+        return result;
+      } catch (err) {
+        if (!isInvalidClient(err)) throw err;
+        logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); trying the next one');
+        source.reset();
+        forgetApps(source);
+        lastError = err;
+      }
+    }
+    throw lastError;
+  }
+
+  /** Removes the account msal records for an OBO/refresh response, keeping msal's cache empty. */
+  async function forgetAccount(app: ConfidentialClientApplication, result: AuthenticationResult | null): Promise<void> {
+    if (!result?.account) return;
+    try {
+      await app.getTokenCache().removeAccount(result.account);
+    } catch {
+      // Best effort: a leftover account is harmless, only memory.
+    }
+  }
+
+  const sessions = new Map<string, LongRunningSession>();
+  function rememberSession(sessionId: string, session: LongRunningSession): void {
+    sessions.delete(sessionId);
+    sessions.set(sessionId, session);
+    while (sessions.size > Math.max(1, config.sidecar.tokenCache.maxEntries)) sessions.delete(sessions.keys().next().value as string);
+  }
+
+  async function acquire(req: AcquireRequest): Promise<AcquiredToken> {
+    const options = req.options;
+    const ato = options.acquireTokenOptions;
+    if (req.agent) {
+      throw new SidecarError('agent_flow_not_implemented', 'Agent identity flows are not implemented yet.');
+    }
+    const scopes = options.scopes ?? [];
+    if (scopes.length === 0) throw new SidecarError('misconfigured', `No scopes to request for the API '${options.apiName}'.`);
+    const claims = req.claims ?? ato.claims;
+    const correlationId = req.correlationId ?? ato.correlationId ?? randomUUID();
+    const bypass = ato.forceRefresh || (claims !== undefined && claims !== '');
+    const claimsDigest = claims ? sha256(claims) : undefined;
+    const extraQueryParameters = { ...azureAd.extraQueryParameters, ...ato.extraQueryParameters };
+    const extraQueryDigest = recordDigest(extraQueryParameters);
+    const eqp = Object.keys(extraQueryParameters).length > 0 ? { extraQueryParameters } : {};
+    const claimsParam = claims ? { claims } : {};
+    const appFlow = options.requestAppToken || ato.managedIdentity !== undefined;
+
+    let key: string;
+    let fetch: () => Promise<CachedToken>;
+
+    if (appFlow) {
+      if (ato.popPublicKey) throw new SidecarError('misconfigured', 'PopPublicKey is not supported yet');
+      const scope = scopes[0];
+      if (ato.managedIdentity) {
+        const token = await untilAborted(managedIdentityToken(scope, ato.managedIdentity.userAssignedClientId, claims, ato.forceRefresh), req.signal);
+        return { scheme: token.scheme, token: token.token, expiresOn: token.expiresOn };
+      }
+      // Client credentials take exactly one `<resource>/.default` scope; only the first is used (§5.2).
+      if (!scope.endsWith('/.default')) {
+        throw new SidecarError('misconfigured', `The scope '${scope}' of API '${options.apiName}' must end with '/.default' for an app token.`);
+      }
+      const appTenant = ato.tenant ?? azureAd.tenantId;
+      if (META_TENANTS.has(appTenant.toLowerCase())) {
+        throw new SidecarError('misconfigured', `Tenant '${appTenant}' cannot be used for an app token; name a real tenant (AcquireTokenOptions:Tenant or AzureAd:TenantId).`);
+      }
+      const authority = authorityFor(ato.tenant);
+      key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, claimsDigest, extraQueryDigest]);
+      fetch = () =>
+        observed(() =>
+          withClientCredential(authority, async (app) =>
+            toCachedToken(
+              await app.acquireTokenByClientCredential({
+                scopes: [scope],
+                authority,
+                correlationId,
+                skipCache: true,
+                ...claimsParam,
+                ...(ato.fmiPath ? { fmiPath: ato.fmiPath } : {}),
+                ...(azureAd.azureRegion ? { azureRegion: azureAd.azureRegion } : {}),
+                // Honoured by msal at run time although its request type omits them.
+                ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+              }),
+            ),
+          ),
+        );
+    } else if (req.user) {
+      const user: ValidatedToken = req.user;
+      const tenant = ato.tenant ?? user.tenantId;
+      const authority = authorityFor(tenant);
+      const sessionKey = ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME ? ato.longRunningWebApiSessionKey : undefined;
+      const sessionId = sessionKey ? sha256(`${azureAd.clientId}|${sessionKey}`) : undefined;
+      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), sha256(user.jws), sessionId, claimsDigest, extraQueryDigest]);
+      fetch = () =>
+        observed(async () => {
+          const token = await withClientCredential(authority, async (app) => {
+            const result = await app.acquireTokenOnBehalfOf({
+              oboAssertion: user.jws,
+              scopes: [...scopes],
+              authority,
+              correlationId,
+              skipCache: true,
+              ...claimsParam,
+              ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+            });
+            await forgetAccount(app, result);
+            return toCachedToken(result);
+          });
+          const refreshToken = observation.getStore()?.refreshToken;
+          if (sessionId && refreshToken) rememberSession(sessionId, { refreshToken, tenant });
+          return token;
+        });
+      if (sessionId) {
+        // Later token-less calls with this key are answered from the session's cache entry first.
+        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extraQueryDigest]);
+        const inner = fetch;
+        fetch = async () => {
+          const token = await inner();
+          cache.put(sessionCacheKey, token);
+          return token;
+        };
+      }
+    } else if (ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME) {
+      // Continue a long-running OBO session with its refresh token (msal-node has no session API of its own).
+      const sessionId = sha256(`${azureAd.clientId}|${ato.longRunningWebApiSessionKey}`);
+      key = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extraQueryDigest]);
+      fetch = () =>
+        observed(async () => {
+          const session = sessions.get(sessionId);
+          if (!session) {
+            throw new SidecarError('acquisition_ui_required', 'No long-running session exists for this LongRunningWebApiSessionKey; start it with a call that carries the user token.');
+          }
+          const authority = authorityFor(ato.tenant ?? session.tenant);
+          const token = await withClientCredential(authority, async (app) => {
+            const result = await app.acquireTokenByRefreshToken({
+              refreshToken: session.refreshToken,
+              scopes: [...scopes],
+              authority,
+              correlationId,
+              ...claimsParam,
+              ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+            });
+            await forgetAccount(app, result);
+            return toCachedToken(result);
+          });
+          const rotated = observation.getStore()?.refreshToken;
+          if (rotated) rememberSession(sessionId, { refreshToken: rotated, tenant: session.tenant });
+          return token;
+        });
+    } else {
+      throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
+    }
+
+    const token = await untilAborted(cache.get(key, fetch, { bypass }), req.signal);
+    return { scheme: token.scheme, token: token.token, expiresOn: token.expiresOn };
+  }
+
+  return {
+    acquire,
+    stats(): AcquirerStats {
+      return { ...cache.stats(), entraRequests };
+    },
+    close(): void {
+      cache.clear();
+      sessions.clear();
+      apps.clear();
+      managedIdentity.close();
+    },
+  };
+}

@@ -1,0 +1,191 @@
+/**
+ * The app's own credential for the token endpoint, from `AzureAd:ClientCredentials` (reference
+ * sidecar-http-api §3.2): an ordered list; the acquirer uses the first that loads and moves to the
+ * next when Entra answers `invalid_client`.
+ *
+ * Supported sources: ClientSecret, Path (PEM or PFX), Base64Encoded (PFX or PEM), KeyVault (the
+ * certificate's secret fetched with a managed-identity token), SignedAssertionFilePath (re-read on
+ * every acquisition: projected Kubernetes tokens rotate) and SignedAssertionFromManagedIdentity
+ * (a managed-identity token for `TokenExchangeUrl` as the client assertion). Windows certificate
+ * stores, SignedAssertionFromVault and custom providers cannot be honoured here and are skipped
+ * with a warning.
+ */
+import type { KeyObject } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { Dispatcher } from 'undici';
+import type { ClientAssertionCallback } from '@azure/msal-node';
+import type { Logger } from '../log.js';
+import type { CredentialDescription, CredentialSourceType } from '../config/types.js';
+import { SidecarError } from '../errors.js';
+import { send } from '../net/outbound.js';
+import { loadCertificate, loadCertificateFromPem, loadCertificateFromPfx } from '../credentials/certificate.js';
+
+/** The credential part of msal-node's `auth` options. */
+export type MsalCredential =
+  | { readonly clientSecret: string }
+  | { readonly clientCertificate: { readonly thumbprintSha256: string; readonly privateKey: string; readonly x5c?: string } }
+  | { readonly clientAssertion: ClientAssertionCallback };
+
+export interface ClientCredentialSource {
+  /** Position in `AzureAd:ClientCredentials`. */
+  readonly index: number;
+  readonly sourceType: CredentialSourceType;
+  /** `<index>:<SourceType>`: names the credential in logs and in msal application keys (never secret). */
+  readonly label: string;
+  /** The msal credential; certificates are loaded once and remembered until `reset`. */
+  load(): Promise<MsalCredential>;
+  /** Forgets a loaded certificate so the next `load` fetches it again (after `invalid_client`). */
+  reset(): void;
+}
+
+export interface CredentialDeps {
+  readonly agent: Dispatcher;
+  readonly logger: Logger;
+  readonly sendX5C: boolean;
+  readonly timeoutMs: number;
+  readonly maxResponseBytes: number;
+  /** AZURE_FEDERATED_TOKEN_FILE / AZURE_ACCESS_TOKEN_FILE, the default assertion file. */
+  readonly federatedTokenFile?: string;
+  /** A managed-identity access token for `resource` (cached and single-flighted by the caller). */
+  readonly managedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => Promise<string>;
+}
+
+/** Key Vault's audience for managed-identity tokens. */
+export const KEY_VAULT_RESOURCE = 'https://vault.azure.net';
+/** The Key Vault REST API version used to read a certificate's secret. */
+export const KEY_VAULT_API_VERSION = '7.4';
+
+interface LoadedCertificate {
+  readonly thumbprintSha256: string;
+  readonly privateKey: string;
+  readonly chainPem: readonly string[];
+}
+
+function toMsalCertificate(cert: LoadedCertificate, sendX5C: boolean): MsalCredential {
+  return {
+    clientCertificate: {
+      thumbprintSha256: cert.thumbprintSha256,
+      privateKey: cert.privateKey,
+      // msal parses every PEM block of `x5c` into the assertion header (subject name + issuer auth).
+      ...(sendX5C && cert.chainPem.length > 0 ? { x5c: cert.chainPem.join('\n') } : {}),
+    },
+  };
+}
+
+function fromLoaded(c: { readonly privateKey: KeyObject; readonly thumbprintSha256: string; readonly chainPem: readonly string[] }): LoadedCertificate {
+  return { thumbprintSha256: c.thumbprintSha256, privateKey: String(c.privateKey.export({ type: 'pkcs8', format: 'pem' })), chainPem: c.chainPem };
+}
+
+/** Reads a Key Vault certificate's secret (`GET {vault}/secrets/{name}`) and parses the PFX or PEM it holds. */
+async function loadFromKeyVault(desc: CredentialDescription, deps: CredentialDeps): Promise<LoadedCertificate> {
+  if (!desc.keyVaultUrl || !desc.keyVaultCertificateName) {
+    throw new SidecarError('misconfigured', 'A KeyVault credential needs KeyVaultUrl and KeyVaultCertificateName.');
+  }
+  const vault = desc.keyVaultUrl.replace(/\/+$/, '');
+  const url = `${vault}/secrets/${encodeURIComponent(desc.keyVaultCertificateName)}?api-version=${KEY_VAULT_API_VERSION}`;
+  const accessToken = await deps.managedIdentityToken(KEY_VAULT_RESOURCE, desc.managedIdentityClientId);
+  const res = await send(deps.agent, url, {
+    method: 'GET',
+    headers: { authorization: `Bearer ${accessToken}`, accept: 'application/json' },
+    deadlineMs: deps.timeoutMs,
+    maxResponseBytes: deps.maxResponseBytes,
+  }).catch((err: unknown) => {
+    throw new SidecarError('acquisition_unavailable', err instanceof SidecarError ? err.detail : `Key Vault ${new URL(vault).host} is unreachable.`, { cause: err });
+  });
+  if (res.status !== 200) {
+    throw new SidecarError('misconfigured', `Key Vault answered ${res.status} for certificate '${desc.keyVaultCertificateName}'.`);
+  }
+  let secret: { value?: unknown; contentType?: unknown };
+  try {
+    secret = JSON.parse(res.body.toString('utf8')) as typeof secret;
+  } catch {
+    throw new SidecarError('misconfigured', `Key Vault returned a non-JSON secret for certificate '${desc.keyVaultCertificateName}'.`);
+  }
+  if (typeof secret.value !== 'string' || secret.value === '') {
+    throw new SidecarError('misconfigured', `Key Vault secret for certificate '${desc.keyVaultCertificateName}' has no value.`);
+  }
+  const contentType = typeof secret.contentType === 'string' ? secret.contentType.toLowerCase() : '';
+  const isPem = contentType.includes('pem') || secret.value.includes('-----BEGIN');
+  return fromLoaded(isPem ? loadCertificateFromPem(secret.value) : loadCertificateFromPfx(Buffer.from(secret.value, 'base64'), ''));
+}
+
+/** A credential whose certificate is loaded lazily once and reloaded after `reset`. */
+function certificateSource(index: number, desc: CredentialDescription, deps: CredentialDeps, loader: () => Promise<LoadedCertificate>): ClientCredentialSource {
+  let loaded: Promise<LoadedCertificate> | undefined;
+  return {
+    index,
+    sourceType: desc.sourceType,
+    label: `${index}:${desc.sourceType}`,
+    async load() {
+      if (!loaded) {
+        loaded = loader();
+        // A failed load is retried on the next acquisition, not remembered.
+        loaded.catch(() => {
+          loaded = undefined;
+        });
+      }
+      return toMsalCertificate(await loaded, deps.sendX5C);
+    },
+    reset() {
+      loaded = undefined;
+    },
+  };
+}
+
+function assertionFileSource(index: number, desc: CredentialDescription, deps: CredentialDeps): ClientCredentialSource {
+  const path = desc.signedAssertionFileDiskPath ?? deps.federatedTokenFile;
+  const clientAssertion: ClientAssertionCallback = async () => {
+    if (!path) throw new SidecarError('misconfigured', 'SignedAssertionFilePath has no SignedAssertionFileDiskPath and AZURE_FEDERATED_TOKEN_FILE is not set.');
+    // Re-read on every acquisition: projected service-account tokens rotate (reference §3.2).
+    let assertion: string;
+    try {
+      assertion = (await readFile(path, 'utf8')).trim();
+    } catch (err) {
+      throw new SidecarError('misconfigured', `The signed assertion file '${path}' cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'}).`, { cause: err });
+    }
+    if (assertion === '') throw new SidecarError('misconfigured', `The signed assertion file '${path}' is empty.`);
+    return assertion;
+  };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset() {} };
+}
+
+function managedIdentityAssertionSource(index: number, desc: CredentialDescription, deps: CredentialDeps): ClientCredentialSource {
+  // The FIC audience is a resource: msal-node's MI app strips a trailing `/.default` itself.
+  const clientAssertion: ClientAssertionCallback = () => deps.managedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset() {} };
+}
+
+/** Builds the usable credential sources in configured order; skipped and unsupported ones are left out (and logged). */
+export function buildClientCredentialSources(descriptions: readonly CredentialDescription[], deps: CredentialDeps): ClientCredentialSource[] {
+  const sources: ClientCredentialSource[] = [];
+  descriptions.forEach((desc, index) => {
+    if (desc.skip) return;
+    switch (desc.sourceType) {
+      case 'ClientSecret': {
+        const secret = desc.clientSecret;
+        if (!secret) {
+          deps.logger.warn({ credential: `${index}:ClientSecret` }, 'ClientSecret credential without a ClientSecret value; skipped');
+          return;
+        }
+        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), reset() {} });
+        return;
+      }
+      case 'Path':
+      case 'Base64Encoded':
+        sources.push(certificateSource(index, desc, deps, async () => fromLoaded(await loadCertificate(desc))));
+        return;
+      case 'KeyVault':
+        sources.push(certificateSource(index, desc, deps, () => loadFromKeyVault(desc, deps)));
+        return;
+      case 'SignedAssertionFilePath':
+        sources.push(assertionFileSource(index, desc, deps));
+        return;
+      case 'SignedAssertionFromManagedIdentity':
+        sources.push(managedIdentityAssertionSource(index, desc, deps));
+        return;
+      default:
+        deps.logger.warn({ credential: `${index}:${desc.sourceType}` }, `credential source '${desc.sourceType}' is not supported by this sidecar; skipped`);
+    }
+  });
+  return sources;
+}

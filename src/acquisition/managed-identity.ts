@@ -1,0 +1,84 @@
+/**
+ * Managed-identity tokens through msal-node's ManagedIdentityApplication (reference sidecar-http-api
+ * §5.5, entra-protocol §4), used for the direct managed-identity flow, for managed identity as the
+ * app's federated credential, and for Key Vault access.
+ *
+ * msal-node facts that shape this module:
+ * - It picks the source (IMDS, App Service, Arc, ...) from process.env on first use and keeps it in a
+ *   STATIC field, and its MI token cache is static too. The config loader records those variables in
+ *   `config.environment.managedIdentityEnv` for diagnostics only; msal reads process.env itself, so
+ *   they must be in the environment before the first managed-identity call of the process.
+ * - We always pass `forceRefresh: true`: our own TokenCache (single-flight, refresh-ahead, bounded)
+ *   sits in front, so msal's static cache is never read.
+ * - The static source also keeps the network client of the FIRST application that used it. Every
+ *   application therefore gets one process-wide forwarding client that sends through the network
+ *   client of the most recently created, still open ManagedIdentityTokens (normally the only one).
+ * - Internal retries are disabled (IMDS backs off up to 4 s × 3, or 10 s × 7 on 410): the caller's
+ *   timeout, not msal's retry policy, bounds a request.
+ */
+import { ManagedIdentityApplication, type INetworkModule, type NetworkRequestOptions, type NodeSystemOptions } from '@azure/msal-node';
+import { SidecarError } from '../errors.js';
+import type { CachedToken } from './token-cache.js';
+
+/** Network clients of the open ManagedIdentityTokens, newest last; the forwarding client uses the newest. */
+const openNetworkClients: INetworkModule[] = [];
+
+function currentNetworkClient(): INetworkModule {
+  const client = openNetworkClients.at(-1);
+  if (!client) throw new SidecarError('acquisition_unavailable', 'The managed-identity client is closed.');
+  return client;
+}
+
+/** The one network client msal's static managed-identity source ever sees (see the module comment). */
+const forwardingNetworkClient: INetworkModule = {
+  sendGetRequestAsync: <T>(url: string, options?: NetworkRequestOptions, timeout?: number) => currentNetworkClient().sendGetRequestAsync<T>(url, options, timeout),
+  sendPostRequestAsync: <T>(url: string, options?: NetworkRequestOptions) => currentNetworkClient().sendPostRequestAsync<T>(url, options),
+};
+
+export interface ManagedIdentityDeps {
+  readonly networkClient: INetworkModule;
+  readonly loggerOptions: NonNullable<NodeSystemOptions['loggerOptions']>;
+}
+
+/** Managed-identity token source: one msal application per identity (system-assigned or a user-assigned client id). */
+export class ManagedIdentityTokens {
+  private readonly apps = new Map<string, ManagedIdentityApplication>();
+  private readonly deps: ManagedIdentityDeps;
+
+  constructor(deps: ManagedIdentityDeps) {
+    this.deps = deps;
+    openNetworkClients.push(deps.networkClient);
+  }
+
+  /** Stops routing msal's managed-identity calls through this instance's network client. */
+  close(): void {
+    const i = openNetworkClients.lastIndexOf(this.deps.networkClient);
+    if (i >= 0) openNetworkClients.splice(i, 1);
+    this.apps.clear();
+  }
+
+  /** A fresh token for `resource` (`…/.default` accepted) from the host's managed identity. */
+  async acquire(resource: string, userAssignedClientId: string | undefined, claims: string | undefined): Promise<CachedToken> {
+    const app = this.app(userAssignedClientId);
+    const result = await app.acquireToken({ resource, forceRefresh: true, ...(claims ? { claims } : {}) });
+    return {
+      scheme: 'Bearer',
+      token: result.accessToken,
+      expiresOn: Math.floor((result.expiresOn?.getTime() ?? Date.now()) / 1000),
+      ...(result.refreshOn ? { refreshOn: Math.floor(result.refreshOn.getTime() / 1000) } : {}),
+    };
+  }
+
+  private app(userAssignedClientId: string | undefined): ManagedIdentityApplication {
+    const id = userAssignedClientId ?? 'system';
+    let app = this.apps.get(id);
+    if (!app) {
+      app = new ManagedIdentityApplication({
+        ...(userAssignedClientId ? { managedIdentityIdParams: { userAssignedClientId } } : {}),
+        system: { networkClient: forwardingNetworkClient, loggerOptions: this.deps.loggerOptions, disableInternalRetries: true },
+      });
+      this.apps.set(id, app);
+    }
+    return app;
+  }
+}

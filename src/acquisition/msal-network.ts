@@ -1,0 +1,115 @@
+/**
+ * msal-node's INetworkModule on undici (reference entra-protocol §1.8 option A). msal-node 7's own
+ * client (global fetch) has no timeout on token POSTs and no response-size cap; this one sends every
+ * call through src/net/outbound.ts (the process's trust store, a hard deadline, a size cap).
+ *
+ * Contract with msal: resolve `{ status, headers, body }` with the parsed JSON for EVERY status (msal
+ * reads `error` bodies from 4xx/5xx) and throw only on transport failure.
+ *
+ * Two deliberate adjustments, both on token POSTs only:
+ * - The real status, `Retry-After` and a transport failure are written to the current acquisition's
+ *   observation (AsyncLocalStorage), so the acquirer can map errors exactly (429/503 → throttled with
+ *   the server's Retry-After, timeout → unavailable) although msal hides them.
+ * - msal keeps its own client-side throttle (entra-protocol §2.8): after a 429/5xx it refuses
+ *   identical requests for Retry-After seconds, 60 s when the header is absent, keyed WITHOUT the
+ *   user. Our token cache owns that decision per key and honours the server's value exactly, so a
+ *   429/5xx is reported to msal as 400 (the body, and therefore msal's ServerError, is unchanged)
+ *   and the Retry-After header is not passed on.
+ * - A non-JSON body is turned into an OAuth-shaped error body instead of msal's opaque
+ *   `token_parsing_error`.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { Dispatcher } from 'undici';
+import type { INetworkModule, NetworkRequestOptions, NetworkResponse } from '@azure/msal-node';
+import { send, type OutboundResponse } from '../net/outbound.js';
+import { SidecarError } from '../errors.js';
+
+/** What the network module saw while msal served one acquisition (never logged as a whole). */
+export interface AcquisitionObservation {
+  /** Real HTTP status of the last token-endpoint/MI response. */
+  status?: number;
+  /** Retry-After of the last non-2xx response, in seconds. */
+  retryAfterSec?: number;
+  /** The last transport failure (timeout, refused, TLS), already a safe SidecarError. */
+  transportError?: SidecarError;
+  /** `refresh_token` of the last successful token response (long-running OBO sessions need it). */
+  refreshToken?: string;
+}
+
+/** The per-acquisition observation slot; the acquirer runs each msal call inside `observation.run`. */
+export const observation = new AsyncLocalStorage<AcquisitionObservation>();
+
+export interface MsalNetworkOptions {
+  /** Whole-call deadline for each request, ms. */
+  readonly timeoutMs: number;
+  readonly maxResponseBytes: number;
+  /** Called once per token request leaving the process (token POST, managed-identity GET). */
+  readonly onTokenRequest?: () => void;
+  /** Count GETs as token requests (the managed-identity application's client). */
+  readonly countGets?: boolean;
+}
+
+/** Parses `Retry-After` (delta-seconds or HTTP-date) into whole seconds, or undefined. */
+export function parseRetryAfter(value: string | undefined, nowMs: number = Date.now()): number | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v);
+  const date = Date.parse(v);
+  if (Number.isNaN(date)) return undefined;
+  return Math.max(0, Math.ceil((date - nowMs) / 1000));
+}
+
+function parseBody(res: OutboundResponse, host: string): unknown {
+  const text = res.body.toString('utf8');
+  if (text.trim() === '') return {};
+  try {
+    return JSON.parse(text);
+  } catch {
+    if (res.status >= 200 && res.status < 300) {
+      return { error: 'invalid_response', error_description: `The response from ${host} was not JSON.` };
+    }
+    return { error: res.status === 429 || res.status >= 500 ? 'temporarily_unavailable' : 'invalid_response', error_description: `HTTP ${res.status} from ${host} with a non-JSON body.` };
+  }
+}
+
+/** Creates the INetworkModule msal-node uses for every call (metadata, token, managed identity). */
+export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOptions): INetworkModule {
+  async function call<T>(method: 'GET' | 'POST', url: string, options: NetworkRequestOptions | undefined, timeoutMs: number | undefined): Promise<NetworkResponse<T>> {
+    const slot = observation.getStore();
+    const isTokenRequest = method === 'POST' || opts.countGets === true;
+    if (isTokenRequest) opts.onTokenRequest?.();
+    const host = new URL(url).host;
+    let res: OutboundResponse;
+    try {
+      res = await send(agent, url, {
+        method,
+        headers: options?.headers,
+        body: method === 'POST' ? options?.body ?? '' : undefined,
+        deadlineMs: timeoutMs !== undefined && timeoutMs > 0 ? Math.min(timeoutMs, opts.timeoutMs) : opts.timeoutMs,
+        maxResponseBytes: opts.maxResponseBytes,
+      });
+    } catch (err) {
+      const safe = err instanceof SidecarError ? err : new SidecarError('acquisition_unavailable', `Request to ${host} failed.`, { cause: err });
+      if (slot) slot.transportError = safe;
+      throw safe;
+    }
+    const body = parseBody(res, host) as Record<string, unknown>;
+    const headers = { ...res.headers };
+    let status = res.status;
+    if (slot) {
+      slot.status = res.status;
+      if (res.status < 200 || res.status >= 300) slot.retryAfterSec = parseRetryAfter(res.headers['retry-after']);
+      else if (typeof body.refresh_token === 'string' && body.refresh_token !== '') slot.refreshToken = body.refresh_token;
+    }
+    if (method === 'POST' && (status === 429 || status >= 500)) {
+      // See the module comment: our cache, not msal's per-app throttle, decides when to call again.
+      status = 400;
+      delete headers['retry-after'];
+    }
+    return { status, headers, body: body as T };
+  }
+  return {
+    sendGetRequestAsync: <T>(url: string, options?: NetworkRequestOptions, timeout?: number) => call<T>('GET', url, options, timeout),
+    sendPostRequestAsync: <T>(url: string, options?: NetworkRequestOptions) => call<T>('POST', url, options, undefined),
+  };
+}

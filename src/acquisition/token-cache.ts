@@ -1,0 +1,194 @@
+/**
+ * The sidecar's own access-token cache in front of msal-node (reference entra-protocol §7): a bounded
+ * LRU by entry count, one in-flight acquisition per key (N concurrent callers → one request to
+ * Entra), refresh-ahead that serves the current token while a background request replaces it, and
+ * Retry-After windows during which a key fails fast without calling Entra.
+ *
+ * Keys are opaque strings built by the acquirer from SHA-256 digests; nothing here ever sees a raw
+ * inbound token, and no value is logged.
+ */
+import { SidecarError } from '../errors.js';
+
+/** A token as the cache stores it. */
+export interface CachedToken {
+  readonly scheme: string;
+  readonly token: string;
+  /** Epoch seconds. */
+  readonly expiresOn: number;
+  /** Epoch seconds when the issuer asked for a refresh (`refresh_in`), when it said so. */
+  readonly refreshOn?: number;
+}
+
+export interface TokenCacheOptions {
+  readonly maxEntries: number;
+  /** A token is not served when it expires within this many seconds (msal's 300 s renewal offset). */
+  readonly expiryBufferSec: number;
+  /** Milliseconds since the epoch; tests pass a fake clock. */
+  readonly now?: () => number;
+  /** Share of the lifetime after which a background refresh starts when the issuer gave no `refresh_in`. */
+  readonly refreshFraction?: number;
+  /** Wait before retrying a failed background refresh, in ms. */
+  readonly refreshRetryMs?: number;
+  /** Told about background refresh failures (the caller logs them). */
+  readonly onRefreshError?: (key: string, err: unknown) => void;
+}
+
+export interface TokenCacheStats {
+  /** Fetcher invocations (cold misses, bypasses and background refreshes). */
+  fetches: number;
+  cacheHits: number;
+  cacheMisses: number;
+  /** Callers that joined an acquisition already in flight instead of starting one. */
+  coalesced: number;
+  /** Background refreshes started. */
+  refreshes: number;
+  evictions: number;
+  /** Calls refused locally inside a Retry-After window. */
+  throttled: number;
+  size: number;
+}
+
+interface Entry {
+  value: CachedToken;
+  /** ms: after this the token is no longer served. */
+  usableUntil: number;
+  /** ms: first access after this starts a background refresh. */
+  refreshAt: number;
+}
+
+export interface GetOptions {
+  /** ForceRefresh / claims challenge: skip the stored token (still single-flight, still honours Retry-After). */
+  readonly bypass?: boolean;
+}
+
+/** Bounded single-flight token cache; see the module comment. */
+export class TokenCache {
+  private readonly entries = new Map<string, Entry>();
+  private readonly inFlight = new Map<string, Promise<CachedToken>>();
+  /** key → ms until which calls fail fast (Retry-After). Bounded like the entries. */
+  private readonly throttledUntil = new Map<string, number>();
+  private readonly opts: TokenCacheOptions;
+  private readonly now: () => number;
+  private readonly counters = { fetches: 0, cacheHits: 0, cacheMisses: 0, coalesced: 0, refreshes: 0, evictions: 0, throttled: 0 };
+
+  constructor(opts: TokenCacheOptions) {
+    this.opts = opts;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Returns a usable token for `key`, calling `fetch` at most once at a time per key. */
+  async get(key: string, fetch: () => Promise<CachedToken>, options: GetOptions = {}): Promise<CachedToken> {
+    const now = this.now();
+    if (!options.bypass) {
+      const entry = this.entries.get(key);
+      if (entry && now < entry.usableUntil) {
+        this.counters.cacheHits++;
+        // Move to the most-recently-used end.
+        this.entries.delete(key);
+        this.entries.set(key, entry);
+        if (now >= entry.refreshAt && !this.inFlight.has(key) && !this.isThrottled(key, now)) this.refreshInBackground(key, entry, fetch);
+        return entry.value;
+      }
+      if (entry) this.entries.delete(key);
+    }
+    this.counters.cacheMisses++;
+    const pending = this.inFlight.get(key);
+    if (pending) {
+      this.counters.coalesced++;
+      return pending;
+    }
+    this.failIfThrottled(key, now);
+    return this.start(key, fetch);
+  }
+
+  /** Stores a token obtained under another key (the first call of a long-running OBO session). */
+  put(key: string, value: CachedToken): void {
+    this.store(key, value);
+  }
+
+  /** Counters for metrics and tests. */
+  stats(): TokenCacheStats {
+    return { ...this.counters, size: this.entries.size };
+  }
+
+  /** Drops every stored token and throttle window (in-flight acquisitions still complete). */
+  clear(): void {
+    this.entries.clear();
+    this.throttledUntil.clear();
+  }
+
+  private isThrottled(key: string, now: number): boolean {
+    const until = this.throttledUntil.get(key);
+    if (until === undefined) return false;
+    if (now < until) return true;
+    this.throttledUntil.delete(key);
+    return false;
+  }
+
+  private failIfThrottled(key: string, now: number): void {
+    if (!this.isThrottled(key, now)) return;
+    this.counters.throttled++;
+    const retryAfterSec = Math.max(1, Math.ceil(((this.throttledUntil.get(key) ?? now) - now) / 1000));
+    throw new SidecarError('acquisition_throttled', `Entra ID asked to retry after ${retryAfterSec} s; not calling it again before then.`, { retryAfterSec });
+  }
+
+  private start(key: string, fetch: () => Promise<CachedToken>): Promise<CachedToken> {
+    this.counters.fetches++;
+    const p = (async () => {
+      try {
+        const value = await fetch();
+        this.store(key, value);
+        return value;
+      } catch (err) {
+        this.noteFailure(key, err);
+        throw err;
+      } finally {
+        this.inFlight.delete(key);
+      }
+    })();
+    this.inFlight.set(key, p);
+    return p;
+  }
+
+  private refreshInBackground(key: string, entry: Entry, fetch: () => Promise<CachedToken>): void {
+    this.counters.refreshes++;
+    this.start(key, fetch).catch((err: unknown) => {
+      // Keep serving the current token; try again a little later (never past its usable time).
+      entry.refreshAt = Math.min(entry.usableUntil, this.now() + (this.opts.refreshRetryMs ?? 30_000));
+      this.opts.onRefreshError?.(key, err);
+    });
+  }
+
+  private store(key: string, value: CachedToken): void {
+    const now = this.now();
+    const expiresAt = value.expiresOn * 1000;
+    const usableUntil = expiresAt - this.opts.expiryBufferSec * 1000;
+    // A token that is already inside the buffer is returned to its caller but not kept.
+    if (usableUntil <= now || this.opts.maxEntries <= 0) {
+      this.entries.delete(key);
+      return;
+    }
+    const fraction = this.opts.refreshFraction ?? 0.75;
+    const byLifetime = now + (expiresAt - now) * fraction;
+    const refreshAt = Math.min(value.refreshOn !== undefined ? value.refreshOn * 1000 : byLifetime, usableUntil);
+    this.entries.delete(key);
+    this.entries.set(key, { value, usableUntil, refreshAt });
+    this.throttledUntil.delete(key);
+    while (this.entries.size > this.opts.maxEntries) {
+      const oldest = this.entries.keys().next().value as string;
+      this.entries.delete(oldest);
+      this.counters.evictions++;
+    }
+  }
+
+  private noteFailure(key: string, err: unknown): void {
+    // Errors are shared by the waiters of this flight but never cached; only a Retry-After opens a window.
+    if (err instanceof SidecarError && err.code === 'acquisition_throttled' && err.retryAfterSec !== undefined && err.retryAfterSec > 0) {
+      this.throttledUntil.delete(key);
+      this.throttledUntil.set(key, this.now() + err.retryAfterSec * 1000);
+      while (this.throttledUntil.size > Math.max(1, this.opts.maxEntries)) {
+        this.throttledUntil.delete(this.throttledUntil.keys().next().value as string);
+      }
+    }
+  }
+}

@@ -1,0 +1,302 @@
+/**
+ * The one defaults table: every configuration key the sidecar reads, its default, unit and why.
+ * load.ts takes its defaults from here (so the table cannot drift from the code), and
+ * docs/configuration.md is generated from it by scripts/gen-config-docs.ts.
+ */
+
+/** One documented configuration key. `default: ''` means "not set". */
+export interface ConfigKeyDoc {
+  /** Canonical key, `:`-separated. `<i>` is an array index, other `<…>` segments are free names. */
+  readonly key: string;
+  readonly default: string;
+  readonly unit?: string;
+  /** One line: what it does and why the default is what it is. */
+  readonly description: string;
+}
+
+/** A key Microsoft's sidecar defines that we accept but do not use (startup warning, never an error). */
+export interface IgnoredKeyDoc {
+  readonly key: string;
+  readonly reason: string;
+}
+
+/** Listener used when no URL source is configured (Microsoft's image uses 8080 on all interfaces). */
+export const DEFAULT_HTTP_URL = 'http://127.0.0.1:5000';
+
+/** Every key we read, with its default. Order is the order of the generated reference. */
+export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]>([
+  // ---- AzureAd (Microsoft.Identity.Web options; reference sidecar-http-api §3.1) ----
+  { key: 'AzureAd:Instance', default: '', description: 'Authority host, e.g. `https://login.microsoftonline.com/`; must be https (msal-node refuses http). Required unless `AzureAd:Authority` is set.' },
+  { key: 'AzureAd:TenantId', default: '', description: 'Tenant GUID, domain, or `common`/`organizations`/`consumers`. Required unless `AzureAd:Authority` is set.' },
+  { key: 'AzureAd:ClientId', default: '', description: 'Application (client) ID of the sidecar\'s app registration or agent blueprint. Required.' },
+  { key: 'AzureAd:Authority', default: '', description: 'Alternative to Instance + TenantId (`{instance}{tenant}`); `/v2.0` is ensured. Instance + TenantId win when both are given.' },
+  { key: 'AzureAd:Audience', default: '', description: 'Single accepted audience; overrides the default audience rule of inbound validation.' },
+  { key: 'AzureAd:TokenValidationParameters:ValidAudiences:<i>', default: '', description: 'Additional accepted audiences (array; a scalar is rejected).' },
+  { key: 'AzureAd:TokenValidationParameters:ValidIssuers:<i>', default: '', description: 'Additional accepted issuers (array; a scalar is rejected).' },
+  { key: 'AzureAd:Scopes', default: '', description: 'One scope value `/Validate` requires in `scp` (Microsoft binds it as a single string).' },
+  { key: 'AzureAd:ClientCredentials:<i>:SourceType', default: '', description: 'Credential source by name (case-insensitive) or enum number: KeyVault, Base64Encoded, Path, ClientSecret, SignedAssertionFromManagedIdentity, SignedAssertionFilePath, SignedAssertionFromVault. Tried in index order.' },
+  { key: 'AzureAd:ClientCredentials:<i>:ClientSecret', default: '', description: 'Client secret (SourceType ClientSecret). Never logged.' },
+  { key: 'AzureAd:ClientCredentials:<i>:CertificateDiskPath', default: '', description: 'PKCS#12 or PEM file with the certificate and private key (SourceType Path).' },
+  { key: 'AzureAd:ClientCredentials:<i>:CertificatePassword', default: '', description: 'Password of the PKCS#12 file or Base64Encoded value. Never logged.' },
+  { key: 'AzureAd:ClientCredentials:<i>:Base64EncodedValue', default: '', description: 'Base64 PKCS#12 certificate with private key (SourceType Base64Encoded). Never logged.' },
+  { key: 'AzureAd:ClientCredentials:<i>:KeyVaultUrl', default: '', description: 'https URL of the Key Vault (SourceType KeyVault / SignedAssertionFromVault).' },
+  { key: 'AzureAd:ClientCredentials:<i>:KeyVaultCertificateName', default: '', description: 'Certificate name in the Key Vault (SourceType KeyVault / SignedAssertionFromVault).' },
+  { key: 'AzureAd:ClientCredentials:<i>:ManagedIdentityClientId', default: '', description: 'User-assigned managed identity client ID for MI-FIC or Key Vault access; unset = system-assigned.' },
+  { key: 'AzureAd:ClientCredentials:<i>:SignedAssertionFileDiskPath', default: '', description: 'Projected token file used as client_assertion (SourceType SignedAssertionFilePath); unset = AZURE_FEDERATED_TOKEN_FILE, else AZURE_ACCESS_TOKEN_FILE. Alias `SignedAssertionFilePath` (the README spelling).' },
+  { key: 'AzureAd:ClientCredentials:<i>:TokenExchangeUrl', default: 'api://AzureADTokenExchange', description: 'Audience of the federated (FIC) assertion, as Microsoft defaults it.' },
+  { key: 'AzureAd:ClientCredentials:<i>:Skip', default: 'false', description: 'Skip this credential without removing it from the list.' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:SourceType', default: '', description: 'Certificate source for decrypting encrypted (JWE) inbound tokens: Path, Base64Encoded, KeyVault or AutoDecryptKeys. Same fields as ClientCredentials.' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:CertificateDiskPath', default: '', description: 'PKCS#12 or PEM file with the decryption certificate and key (SourceType Path).' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:CertificatePassword', default: '', description: 'Password of the PKCS#12 file. Never logged.' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:Base64EncodedValue', default: '', description: 'Base64 PKCS#12 with the decryption key (SourceType Base64Encoded). Never logged.' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:KeyVaultUrl', default: '', description: 'https URL of the Key Vault holding the decryption certificate.' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:KeyVaultCertificateName', default: '', description: 'Certificate name in the Key Vault.' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:ManagedIdentityClientId', default: '', description: 'User-assigned managed identity used to reach the Key Vault; unset = system-assigned.' },
+  { key: 'AzureAd:TokenDecryptionCredentials:<i>:Skip', default: 'false', description: 'Skip this credential without removing it from the list.' },
+  { key: 'AzureAd:ClientSecret', default: '', description: 'Legacy single secret; used as a ClientSecret credential only when ClientCredentials is empty (as Microsoft.Identity.Web does). Never logged.' },
+  { key: 'AzureAd:SendX5C', default: 'false', description: 'Send the x5c chain with certificate assertions (subject name + issuer auth).' },
+  { key: 'AzureAd:AzureRegion', default: '', description: 'ESTS-R region for app tokens (`TryAutoDetect` or a region name); unset = global endpoint.' },
+  { key: 'AzureAd:ClientCapabilities:<i>', default: '', description: 'Client capabilities such as `cp1` (CAE) sent with token requests (array).' },
+  { key: 'AzureAd:AllowWebApiToBeAuthorizedByACL', default: 'true', description: 'Accept tokens with neither `scp` nor `roles` (ACL mode); the Microsoft sidecar forces this on.' },
+  { key: 'AzureAd:ExtraQueryParameters:<key>', default: '', description: 'Extra query parameters on every token request.' },
+
+  // ---- DownstreamApis:<name> (reference §3.3) ----
+  { key: 'DownstreamApis:<name>:BaseUrl', default: '', description: 'Absolute http(s) URL of the API; required for `/DownstreamApi*`; never overridable by callers.' },
+  { key: 'DownstreamApis:<name>:RelativePath', default: '', description: 'Path appended to BaseUrl.' },
+  { key: 'DownstreamApis:<name>:HttpMethod', default: 'Get', description: 'Verb used for the downstream call (known verbs are upper-cased).' },
+  { key: 'DownstreamApis:<name>:Scopes:<i>', default: '', description: 'Scopes to request (array: `Scopes__0`). A scalar string is rejected at startup; Microsoft silently ignores it.' },
+  { key: 'DownstreamApis:<name>:RequestAppToken', default: 'false', description: 'Acquire an app token (client credentials) instead of a user token (OBO).' },
+  { key: 'DownstreamApis:<name>:AcceptHeader', default: 'application/json', description: 'Accept header sent downstream.' },
+  { key: 'DownstreamApis:<name>:ContentType', default: 'application/json', description: 'Content type of the downstream body (kept for compatibility).' },
+  { key: 'DownstreamApis:<name>:ProtocolScheme', default: 'Bearer', description: 'Authorization scheme of the outbound token.' },
+  { key: 'DownstreamApis:<name>:ExtraHeaderParameters:<header>', default: '', description: 'Extra headers on the downstream request (reserved names are skipped).' },
+  { key: 'DownstreamApis:<name>:ExtraQueryParameters:<key>', default: '', description: 'Extra query parameters on the downstream request.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:Tenant', default: '', description: 'Tenant to acquire the token in (multi-tenant apps).' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:ForceRefresh', default: 'false', description: 'Bypass the token cache on every call.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:Claims', default: '', description: 'Claims request JSON sent with the token request.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:CorrelationId', default: '', description: 'Correlation GUID sent to Entra.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:FmiPath', default: '', description: 'Federated managed identity path (`fmi_path`) for agent flows.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:LongRunningWebApiSessionKey', default: '', description: 'Session key for long-running OBO.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:PopPublicKey', default: '', description: 'Public key (JWK/kid) to bind PoP app tokens to.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:PopClaim', default: '', description: 'Extra `cnf` claim for PoP tokens.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:ManagedIdentity:UserAssignedClientId', default: '', description: 'Presence of the ManagedIdentity object switches to the managed-identity flow; unset id = system-assigned.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:ExtraQueryParameters:<key>', default: '', description: 'Extra query parameters on the token request.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:ExtraHeadersParameters:<header>', default: '', description: 'Extra headers on the token request.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:ExtraParameters:<key>', default: '', description: 'Extra body parameters on the token request.' },
+
+  // ---- Sidecar: Microsoft's keys (reference §3.4) ----
+  { key: 'Sidecar:AllowOverrides:GetAuthorizationHeader', default: 'true', description: 'Honour `optionsOverride.*` and agent parameters on `/AuthorizationHeader/{api}` (Microsoft default).' },
+  { key: 'Sidecar:AllowOverrides:GetAuthorizationHeaderUnauthenticated', default: 'false', description: 'Same for the anonymous `/AuthorizationHeaderUnauthenticated/{api}`; off so anonymous callers cannot widen a token.' },
+  { key: 'Sidecar:AllowOverrides:CallDownstreamApi', default: 'true', description: 'Honour overrides on `/DownstreamApi/{api}` (Microsoft default).' },
+  { key: 'Sidecar:AllowOverrides:CallDownstreamApiUnauthenticated', default: 'false', description: 'Same for the anonymous `/DownstreamApiUnauthenticated/{api}`.' },
+  { key: 'Sidecar:AllowOutboundRedirects', default: 'false', description: 'Follow 3xx from downstream APIs; off so a token is never replayed to another host.' },
+  { key: 'Sidecar:PopValidation:ValidateM', default: 'true', description: 'Inbound SHR PoP: require the signed `m` (method) to match.' },
+  { key: 'Sidecar:PopValidation:ValidateU', default: 'true', description: 'Inbound SHR PoP: require the signed `u` (host) to match.' },
+  { key: 'Sidecar:PopValidation:ValidateP', default: 'true', description: 'Inbound SHR PoP: require the signed `p` (path) to match.' },
+  { key: 'Sidecar:PopValidation:ValidateQ', default: 'false', description: 'Inbound SHR PoP: require the signed `q` (query hash) to match.' },
+  { key: 'Sidecar:PopValidation:AcceptUnsignedQueryParameters', default: 'true', description: 'Inbound SHR PoP: allow query parameters not covered by `q`.' },
+  { key: 'Sidecar:PopValidation:ValidatePresentClaims', default: 'false', description: 'Inbound SHR PoP: validate the claims listed in ClaimsToValidateWhenPresent when they are present.' },
+  { key: 'Sidecar:PopValidation:ClaimsToValidateWhenPresent:<i>', default: 'm,p', description: 'Claims checked when ValidatePresentClaims is on (array).' },
+  { key: 'Sidecar:PopValidation:SignedHttpRequestLifetime', default: '00:05:00', unit: 'hh:mm:ss', description: 'Maximum age of a signed HTTP request (`ts`); must be > 0.' },
+  { key: 'Sidecar:PopValidation:ReplayCache', default: 'false', description: 'Reject a signed HTTP request seen before within its lifetime (ours; off like Microsoft).' },
+
+  // ---- Sidecar: our own keys ----
+  { key: 'Sidecar:SettingsFile', default: 'appsettings.json', description: 'Path of the JSON settings file, relative to the working directory; set it by environment or command line. A missing default file is fine; a missing explicit one is an error.' },
+  { key: 'Sidecar:LogLevel', default: '', description: 'pino level (trace, debug, info, warn, error, fatal, silent) or a .NET level name; unset = mapped from Logging:LogLevel:Default.' },
+  { key: 'Sidecar:Http:Url', default: DEFAULT_HTTP_URL, description: 'Identity HTTP API listener; wins over Kestrel:Endpoints, ASPNETCORE_URLS and ASPNETCORE_HTTP_PORTS. Loopback by default; port 0 picks a free port; http only.' },
+  { key: 'Sidecar:Http:MaxHeaderBytes', default: '32768', unit: 'bytes', description: 'Largest request header block (Kestrel allows 32 KiB; PoP and JWE tokens are large).' },
+  { key: 'Sidecar:Http:MaxBodyBytes', default: '30000000', unit: 'bytes', description: 'Largest request body; Kestrel\'s 30 MB default so `/DownstreamApi` bodies that work with Microsoft still work.' },
+  { key: 'Sidecar:Http:RequestTimeoutMs', default: '30000', unit: 'ms', description: 'Whole-request deadline for inbound calls, including downstream time.' },
+  { key: 'Sidecar:Http:HeadersTimeoutMs', default: '10000', unit: 'ms', description: 'Time allowed to receive the request headers (slowloris guard).' },
+  { key: 'Sidecar:Management:Enabled', default: 'true', description: 'Serve `/healthz`, `/readyz` and `/metrics` on a separate listener.' },
+  { key: 'Sidecar:Management:Url', default: 'http://0.0.0.0:9090', description: 'Management listener; all interfaces so kubelet probes and Prometheus can reach it (it never mints or shows a token).' },
+  { key: 'Sidecar:ExtAuthz:Enabled', default: 'true', description: 'Serve the Envoy ext_authz gRPC API.' },
+  { key: 'Sidecar:ExtAuthz:Address', default: '127.0.0.1:9191', unit: 'host:port', description: 'ext_authz gRPC listener; loopback because Envoy runs in the same pod; port 0 picks a free port.' },
+  { key: 'Sidecar:ExtAuthz:Validate', default: 'required', description: 'Default inbound token policy: `required`, `optional` or `none`; routes override it with context_extensions.' },
+  { key: 'Sidecar:ExtAuthz:DownstreamApi', default: '', description: 'Default DownstreamApis name whose token is injected on allow; unset = validate only.' },
+  { key: 'Sidecar:ExtAuthz:InjectHeader', default: 'authorization', description: 'Request header that carries the acquired downstream token to the upstream.' },
+  { key: 'Sidecar:ExtAuthz:RequiredScopes:<i>', default: '', description: 'Scopes (`scp`) the inbound token must carry (array).' },
+  { key: 'Sidecar:ExtAuthz:RequiredRoles:<i>', default: '', description: 'App roles (`roles`) the inbound token must carry (array).' },
+  { key: 'Sidecar:ExtAuthz:RequireAll', default: 'false', description: 'true = every listed scope/role is required; false = any one suffices (ASP.NET RequiredScope semantics).' },
+  { key: 'Sidecar:ExtAuthz:ClaimsToHeaders:<header>', default: '', description: 'Header name → claim name, set on allow and always stripped from the client\'s request (e.g. `Sidecar__ExtAuthz__ClaimsToHeaders__x-user-oid=oid`).' },
+  { key: 'Sidecar:ExtAuthz:StripInboundAuthorization', default: 'false', description: 'Remove the client\'s Authorization header before forwarding when no token is injected in its place.' },
+  { key: 'Sidecar:ExtAuthz:AllowCorsPreflight', default: 'true', description: 'Allow CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) without a token; browsers never send one.' },
+  { key: 'Sidecar:ExtAuthz:Reflection', default: 'false', description: 'Expose gRPC server reflection (debugging aid, off in production).' },
+  { key: 'Sidecar:ExtAuthz:MaxReceiveMessageBytes', default: '1048576', unit: 'bytes', description: 'Largest CheckRequest accepted (Envoy sends headers, and the body only if configured).' },
+  { key: 'Sidecar:Outbound:CaFile', default: '', description: 'PEM bundle trusted for outbound TLS in addition to the system store and NODE_EXTRA_CA_CERTS (e.g. an egress proxy CA).' },
+  { key: 'Sidecar:Outbound:ConnectTimeoutMs', default: '5000', unit: 'ms', description: 'TCP + TLS connect timeout for Entra, JWKS, Key Vault and downstream calls.' },
+  { key: 'Sidecar:Outbound:TimeoutMs', default: '10000', unit: 'ms', description: 'Deadline for response headers and for each gap while reading a body.' },
+  { key: 'Sidecar:Outbound:MaxResponseBytes', default: '1048576', unit: 'bytes', description: 'Cap on Entra token, OpenID metadata and JWKS responses (they are a few KiB).' },
+  { key: 'Sidecar:Validation:ClockSkewSec', default: '300', unit: 's', description: 'Tolerance on `exp`/`nbf` (Microsoft.IdentityModel default 5 min).' },
+  { key: 'Sidecar:Validation:SigningKeysRefreshIntervalSec', default: '86400', unit: 's', description: 'Regular refresh of OpenID metadata and JWKS (Microsoft.IdentityModel default 24 h).' },
+  { key: 'Sidecar:Validation:UnknownKidCooldownSec', default: '300', unit: 's', description: 'Minimum gap between JWKS refetches triggered by an unknown `kid` (Microsoft.IdentityModel: 5 min).' },
+  { key: 'Sidecar:Validation:VerifiedTokenCacheSize', default: '10000', unit: 'entries', description: 'LRU of already-verified tokens so repeated calls skip signature checks; 0 disables it.' },
+  { key: 'Sidecar:TokenCache:MaxEntries', default: '10000', unit: 'entries', description: 'Bound on cached acquired tokens (LRU), so many users cannot exhaust memory.' },
+  { key: 'Sidecar:TokenCache:ExpiryBufferSec', default: '300', unit: 's', description: 'Treat a cached token as expired this long before `exp` (msal refreshes 5 min early too).' },
+  { key: 'Sidecar:DownstreamApi:ReturnAllResponseHeaders', default: 'false', description: 'Return every downstream response header in DownstreamApiResult, not only content headers (Microsoft returns content headers only).' },
+  { key: 'Sidecar:DownstreamApi:MaxResponseBytes', default: '10485760', unit: 'bytes', description: 'Cap on a downstream API response body buffered into DownstreamApiResult.' },
+  { key: 'Sidecar:DownstreamApi:MaxRedirects', default: '5', unit: 'redirects', description: 'Redirect hops followed when AllowOutboundRedirects is on.' },
+
+  // ---- Hosting keys shared with ASP.NET (reference §1.1, §1.2, §3.5) ----
+  { key: 'Kestrel:Endpoints:<name>:Url', default: '', description: 'Listener URL(s) for the identity API (Microsoft\'s security docs use `Kestrel__Endpoints__Http__Url`); below Sidecar:Http:Url.' },
+  { key: 'ASPNETCORE_URLS', default: '', description: 'Semicolon-separated listener URLs (`+`, `*` = all IPv4 interfaces, `[::]` = all IPv6, `localhost` = 127.0.0.1); also the `urls` key.' },
+  { key: 'ASPNETCORE_HTTP_PORTS', default: '', description: 'Comma/semicolon-separated ports on all interfaces, as Microsoft\'s image sets (8080 there); lowest-precedence listener source.' },
+  { key: 'ASPNETCORE_ENVIRONMENT', default: 'Production', description: 'Environment name (falls back to DOTNET_ENVIRONMENT); selects appsettings.{Environment}.json; `Development` is case-insensitive.' },
+  { key: 'Logging:LogLevel:Default', default: 'Information', description: '.NET log level mapped to pino (Trace, Debug, Information, Warning, Error, Critical, None).' },
+  { key: 'NODE_EXTRA_CA_CERTS', default: '', description: 'Extra PEM trust for outbound TLS (Node\'s own variable), combined with Sidecar:Outbound:CaFile.' },
+  { key: 'AZURE_FEDERATED_TOKEN_FILE', default: '', description: 'Default assertion file for SignedAssertionFilePath (AKS workload identity); AZURE_ACCESS_TOKEN_FILE is the fallback.' },
+]);
+
+/** Keys Microsoft defines under AzureAd / DownstreamApis / credentials that we accept but do not use. */
+export const IGNORED_MICROSOFT_KEYS: readonly IgnoredKeyDoc[] = Object.freeze<IgnoredKeyDoc[]>([
+  { key: 'AzureAd:AppHomeTenantId', reason: 'not needed by the flows entra-sidecar implements' },
+  { key: 'AzureAd:EnablePiiLogging', reason: 'entra-sidecar never logs personal data or tokens' },
+  { key: 'AzureAd:SignUpSignInPolicyId', reason: 'Azure AD B2C is not supported' },
+  { key: 'AzureAd:Domain', reason: 'Azure AD B2C is not supported' },
+  { key: 'AzureAd:Audiences:<i>', reason: 'not honoured by Microsoft\'s sidecar either; use AzureAd:Audience or TokenValidationParameters:ValidAudiences' },
+  { key: 'AzureAd:TokenValidationParameters:<other>', reason: 'only ValidAudiences and ValidIssuers are supported; the remaining validation rules are fixed' },
+  { key: 'AzureAd:ClientCertificates:<i>:<field>', reason: 'legacy key; use ClientCredentials' },
+  { key: 'AzureAd:TokenDecryptionCertificates:<i>:<field>', reason: 'legacy key; use TokenDecryptionCredentials' },
+  { key: 'AzureAd:<credentials>:<i>:CertificateStorePath', reason: 'certificate stores do not exist on Linux' },
+  { key: 'AzureAd:<credentials>:<i>:CertificateThumbprint', reason: 'certificate stores do not exist on Linux' },
+  { key: 'AzureAd:<credentials>:<i>:CertificateDistinguishedName', reason: 'certificate stores do not exist on Linux' },
+  { key: 'AzureAd:<credentials>:<i>:TokenExchangeAuthority', reason: 'the FIC assertion is always requested from the configured authority' },
+  { key: 'AzureAd:<credentials>:<i>:CustomSignedAssertionProviderName', reason: 'custom assertion providers are a .NET extension point' },
+  { key: 'AzureAd:<credentials>:<i>:CustomSignedAssertionProviderData:<key>', reason: 'custom assertion providers are a .NET extension point' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:UserFlow', reason: 'Azure AD B2C is not supported' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:AuthenticationOptionsName', reason: 'there is one AzureAd section' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:AuthenticationScheme', reason: 'documented by Microsoft but not a real option' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:PopClaims', reason: 'documented by Microsoft but not a real option (the key is PopClaim)' },
+  { key: 'DownstreamApis:<name>:Serializer', reason: '.NET-only extension point' },
+  { key: 'DownstreamApis:<name>:Deserializer', reason: '.NET-only extension point' },
+]);
+
+/** The documented default of `key` (a concrete path is matched against the `<…>` patterns). */
+export function defaultOf(key: string): string {
+  const doc = findKeyDoc(key);
+  if (!doc) throw new Error(`config key ${key} is not in CONFIG_KEYS`); // programming error, caught by the tests
+  return doc.default;
+}
+
+/** The table row whose pattern matches a concrete, case-insensitive key path. */
+export function findKeyDoc(key: string): ConfigKeyDoc | undefined {
+  const k = key.toLowerCase();
+  return compiledKeys().find((c) => c.pattern.test(k))?.doc;
+}
+
+/** The ignored-Microsoft-key row matching `key`, if any. */
+export function findIgnoredKey(key: string): IgnoredKeyDoc | undefined {
+  const k = key.toLowerCase();
+  return compiledIgnored().find((c) => c.pattern.test(k))?.doc;
+}
+
+/** Regex for a key pattern: `<i>` = digits, `<credentials>` = either credential list, other `<…>` = any one segment. */
+export function keyPattern(key: string): RegExp {
+  const parts = key.toLowerCase().split(':').map((seg) => {
+    if (seg === '<i>') return '\\d+';
+    if (seg === '<credentials>') return '(?:clientcredentials|tokendecryptioncredentials)';
+    if (seg === '<other>') return '[^:]*(?::.*)?';
+    if (/^<[^>]+>$/.test(seg)) return '[^:]*';
+    return seg.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&');
+  });
+  return new RegExp(`^${parts.join(':')}$`);
+}
+
+let compiled: { pattern: RegExp; doc: ConfigKeyDoc }[] | undefined;
+function compiledKeys(): { pattern: RegExp; doc: ConfigKeyDoc }[] {
+  compiled ??= CONFIG_KEYS.map((doc) => ({ pattern: keyPattern(doc.key), doc }));
+  return compiled;
+}
+let compiledIgn: { pattern: RegExp; doc: IgnoredKeyDoc }[] | undefined;
+function compiledIgnored(): { pattern: RegExp; doc: IgnoredKeyDoc }[] {
+  compiledIgn ??= IGNORED_MICROSOFT_KEYS.map((doc) => ({ pattern: keyPattern(doc.key), doc }));
+  return compiledIgn;
+}
+
+function cell(text: string): string {
+  return text.replace(/\|/g, '\\|');
+}
+
+function renderDefault(doc: ConfigKeyDoc): string {
+  return doc.default === '' ? '(unset)' : `\`${doc.default}\``;
+}
+
+/** The complete docs/configuration.md text, generated from CONFIG_KEYS and IGNORED_MICROSOFT_KEYS. */
+export function renderConfigReference(): string {
+  const lines: string[] = [];
+  lines.push(
+    '# Configuration reference',
+    '',
+    '<!-- Generated by scripts/gen-config-docs.ts from src/config/defaults.ts. Do not edit by hand; a test fails when this file drifts. -->',
+    '',
+    'Keys mirror Microsoft\'s Entra SDK sidecar (`AzureAd:*`, `DownstreamApis:*`, `Sidecar:*`), so existing',
+    'deployments move over unchanged. Levels are separated by `:` (in environment variables by `__`), keys are',
+    'case-insensitive, and arrays are index-keyed (`Scopes:0`, `Scopes__0`, or a JSON array).',
+    '',
+    '## Sources and precedence',
+    '',
+    'Lowest to highest; a later source overrides an earlier one key by key:',
+    '',
+    '1. `appsettings.json` in the working directory (or the file named by `Sidecar:SettingsFile`, which can',
+    '   only come from the environment or the command line). JSON may contain `//` and `/* */` comments and',
+    '   trailing commas.',
+    '2. `appsettings.{Environment}.json` next to it. The environment name comes from `--environment`,',
+    '   `ASPNETCORE_ENVIRONMENT`, then `DOTNET_ENVIRONMENT`, default `Production`.',
+    '3. Environment variables, all of them, without prefix: `AzureAd__ClientId`,',
+    '   `AzureAd__ClientCredentials__0__SourceType`, `DownstreamApis__graph__Scopes__0`.',
+    '   As in ASP.NET, `ASPNETCORE_`-prefixed variables are also read with the prefix removed at the lowest',
+    '   precedence (so `ASPNETCORE_URLS` is the `urls` key).',
+    '4. Command line: `--AzureAd:ClientId=…`, `--AzureAd:ClientId …`, `/AzureAd:ClientId=…` or `AzureAd:ClientId=…`.',
+    '',
+    'A `DownstreamApis` name keeps the casing it was first given in (lowest-precedence source first); callers',
+    'look APIs up by that exact name.',
+    '',
+    '### Listener address of the identity HTTP API',
+    '',
+    `\`Sidecar:Http:Url\` > \`Kestrel:Endpoints:<name>:Url\` (all endpoints) > \`urls\` / \`ASPNETCORE_URLS\` > \`ASPNETCORE_HTTP_PORTS\` > \`${DEFAULT_HTTP_URL}\`.`,
+    'Only `http://` URLs are accepted; port 0 picks a free port.',
+    '',
+    '## Validation',
+    '',
+    'The configuration is read once at startup into a typed, deeply frozen object. Every problem is reported',
+    'together and the process exits non-zero before it listens. Error and warning messages name the key and',
+    'never contain a configured value.',
+    '',
+    '- Unknown keys under `Sidecar:` are errors, with a "did you mean" hint.',
+    '- Keys Microsoft defines under `AzureAd:` / `DownstreamApis:` that we do not use, and unknown keys there,',
+    '  are warnings.',
+    '- Where an array is required (`Scopes`, `ValidAudiences`, `ValidIssuers`, `ClientCredentials`,',
+    '  `ClientCapabilities`, …) a single string is an error.',
+    '',
+    '## How entra-sidecar differs from Microsoft\'s sidecar',
+    '',
+    `- **Default listener** \`${DEFAULT_HTTP_URL}\` (loopback). Microsoft\'s container listens on port 8080 on all`,
+    '  interfaces (`ASPNETCORE_HTTP_PORTS=8080`); set `ASPNETCORE_URLS=http://+:8080` to get that behaviour.',
+    '- **`Scopes` given as a string fails fast.** Microsoft binds `DownstreamApis__x__Scopes="User.Read"` to',
+    '  nothing and answers 400 "No scopes found" at request time; we refuse to start and say to use `Scopes__0`.',
+    '- **Strict `Sidecar:` keys.** A misspelt `Sidecar:` key is an error instead of being ignored.',
+    '- **`StoreWithThumbprint` / `StoreWithDistinguishedName`** have no meaning on Linux and are errors.',
+    '- **https listeners are refused**: the sidecar serves plain HTTP on loopback; TLS belongs to the mesh.',
+    '- **`SignedHttpRequestLifetime`** must be written `hh:mm:ss` (a bare number, which .NET reads as days, is refused).',
+    '',
+    '## Keys',
+    '',
+    '| Key | Default | Unit | Description |',
+    '|---|---|---|---|',
+  );
+  for (const doc of CONFIG_KEYS) {
+    lines.push(`| \`${cell(doc.key)}\` | ${cell(renderDefault(doc))} | ${cell(doc.unit ?? '')} | ${cell(doc.description)} |`);
+  }
+  lines.push(
+    '',
+    '## Microsoft keys accepted but not used',
+    '',
+    'These produce a startup warning, never an error, so a Microsoft configuration still starts.',
+    '',
+    '| Key | Why it is ignored |',
+    '|---|---|',
+  );
+  for (const doc of IGNORED_MICROSOFT_KEYS) lines.push(`| \`${cell(doc.key)}\` | ${cell(doc.reason)} |`);
+  lines.push('');
+  return lines.join('\n');
+}

@@ -1,0 +1,822 @@
+/**
+ * loadConfig: reads the sources of sources.ts in Microsoft's precedence, binds them into the typed
+ * SidecarConfig of types.ts with the defaults of defaults.ts, reports every problem together, and
+ * returns a deeply frozen result. The only module that reads process.env (see processConfigInputs).
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, basename, join, resolve } from 'node:path';
+import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
+import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
+import {
+  buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
+  type ConfigEntry, type ConfigNode,
+} from './sources.js';
+import type {
+  AcquireTokenOptions, AzureAdConfig, CredentialDescription, CredentialSourceType, DownstreamApiOptions,
+  ExtAuthzOptions, ListenAddress, RuntimeEnvironment, SidecarConfig, SidecarSettings,
+} from './types.js';
+
+export interface ConfigInputs {
+  /** User arguments only, i.e. `process.argv.slice(2)`. */
+  argv: readonly string[];
+  env: Readonly<Record<string, string | undefined>>;
+  cwd: string;
+}
+
+export type ConfigResult = { ok: true; config: SidecarConfig; warnings: string[] } | { ok: false; errors: string[] };
+
+/** The real process inputs; main.ts calls this so no other module touches process.env/argv/cwd. */
+export function processConfigInputs(): ConfigInputs {
+  return { argv: process.argv.slice(2), env: { ...process.env }, cwd: process.cwd() };
+}
+
+/** One printable block listing every configuration problem (for stderr before exiting non-zero). */
+export function describeConfigErrors(errors: readonly string[]): string {
+  return `entra-sidecar: invalid configuration (${errors.length} problem${errors.length === 1 ? '' : 's'}):\n${errors.map((e) => `  - ${e}`).join('\n')}\n`;
+}
+
+/** Recursively freezes plain objects and arrays. */
+export function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value as object)) deepFreeze(v);
+  }
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binding helpers. Messages name the key and never contain a configured value (it may be a secret).
+
+const BOOL_HINT = 'must be true or false';
+
+class Binder {
+  readonly errors: string[] = [];
+  readonly warnings: string[] = [];
+  readonly root: ConfigNode;
+  constructor(root: ConfigNode) {
+    this.root = root;
+  }
+
+  error(message: string): void {
+    this.errors.push(message);
+  }
+
+  warn(message: string): void {
+    this.warnings.push(message);
+  }
+
+  node(path: string): ConfigNode | undefined {
+    return getNode(this.root, path);
+  }
+
+  /** The explicitly configured, non-blank value (trimmed), or undefined. */
+  explicit(path: string): string | undefined {
+    const v = this.node(path)?.value?.trim();
+    return v === undefined || v === '' ? undefined : v;
+  }
+
+  /** Explicit value, else the table default, else undefined. */
+  string(path: string): string | undefined {
+    const v = this.explicit(path);
+    if (v !== undefined) return v;
+    const d = defaultOf(path);
+    return d === '' ? undefined : d;
+  }
+
+  /** Like string() but keeps surrounding whitespace (secrets are taken verbatim). */
+  verbatim(path: string): string | undefined {
+    const v = this.node(path)?.value;
+    return v === undefined || v.trim() === '' ? undefined : v;
+  }
+
+  bool(path: string): boolean {
+    const text = this.string(path) ?? 'false';
+    const t = text.toLowerCase();
+    if (t === 'true') return true;
+    if (t === 'false') return false;
+    this.error(`${path} ${BOOL_HINT}`);
+    return defaultOf(path).toLowerCase() === 'true';
+  }
+
+  /** A non-negative integer ≥ min. */
+  int(path: string, min: number): number {
+    const text = this.string(path) ?? '0';
+    const fallback = Number(defaultOf(path));
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text))) {
+      this.error(`${path} must be a whole number${min > 0 ? ` ≥ ${min}` : ' ≥ 0'}`);
+      return fallback;
+    }
+    const n = Number(text);
+    if (n < min) {
+      this.error(`${path} must be at least ${min}`);
+      return fallback;
+    }
+    return n;
+  }
+
+  /** A .NET TimeSpan `[d.]hh:mm[:ss[.fffffff]]`, in seconds; must be > 0. */
+  durationSec(path: string): number {
+    const text = this.string(path) ?? '';
+    const m = /^(?:(\d+)\.)?(\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,7}))?)?$/.exec(text);
+    if (!m || Number(m[2]) > 23 || Number(m[3]) > 59 || Number(m[4] ?? 0) > 59) {
+      this.error(`${path} must be a duration written hh:mm:ss (e.g. 00:05:00)`);
+      return 300;
+    }
+    const sec = Number(m[1] ?? 0) * 86400 + Number(m[2]) * 3600 + Number(m[3]) * 60 + Number(m[4] ?? 0) + Number(`0.${m[5] ?? '0'}`);
+    if (sec <= 0) {
+      this.error(`${path} must be greater than zero`);
+      return 300;
+    }
+    return sec;
+  }
+
+  /** Children of an index-keyed list, in index order. A scalar or a non-numeric child is an error. */
+  elements(path: string, hint: string): ConfigNode[] | undefined {
+    const node = this.node(path);
+    if (!node) return undefined;
+    if (node.value !== undefined && node.value.trim() !== '') {
+      this.error(`${path} is a single value but must be an array; ${hint}`);
+    }
+    const out: { index: number; node: ConfigNode }[] = [];
+    for (const child of node.children.values()) {
+      if (!/^\d+$/.test(child.name)) {
+        this.error(`${path}:${child.name} is not an array index; ${hint}`);
+        continue;
+      }
+      out.push({ index: Number(child.name), node: child });
+    }
+    return out.sort((a, b) => a.index - b.index).map((e) => e.node);
+  }
+
+  /** An array of strings (`X:0`, `X:1`, or a JSON array); blanks are dropped. */
+  stringArray(path: string): string[] | undefined {
+    const last = path.slice(path.lastIndexOf(':') + 1);
+    const hint = `use ${path.replace(/:/g, '__')}__0=… (environment), --${path}:0=… (command line) or a JSON array ("${last}": ["…"])${last.toLowerCase() === 'scopes' ? '; Microsoft\'s sidecar silently ignores a single value, entra-sidecar refuses it' : ''}`;
+    const nodes = this.elements(path, hint);
+    if (!nodes) return undefined;
+    const out: string[] = [];
+    for (const n of nodes) {
+      if (n.children.size > 0) this.error(`${n.path} must be a string, not a section`);
+      const v = n.value?.trim();
+      if (v) out.push(v);
+    }
+    return out;
+  }
+
+  /** A name → value dictionary (`X:name=value`); names keep their configured casing. */
+  dictionary(path: string, validateName?: (name: string) => boolean): Record<string, string> {
+    const node = this.node(path);
+    const out: Record<string, string> = {};
+    if (!node) return out;
+    if (node.value !== undefined && node.value.trim() !== '') {
+      this.error(`${path} must be a set of named values (${path.replace(/:/g, '__')}__<name>=<value>), not a single value`);
+    }
+    for (const child of node.children.values()) {
+      if (child.children.size > 0) {
+        this.error(`${child.path} must be a single value, not a section`);
+        continue;
+      }
+      if (validateName && !validateName(child.name)) {
+        this.error(`${child.path}: "${child.name}" is not a valid name here`);
+        continue;
+      }
+      out[child.name] = child.value ?? '';
+    }
+    return out;
+  }
+}
+
+const HEADER_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+function httpUrl(text: string, schemes: readonly string[]): URL | undefined {
+  try {
+    const u = new URL(text);
+    return schemes.includes(u.protocol) && u.hostname !== '' ? u : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AzureAd
+
+/** Names and enum numbers of reference §3.2, in enum order. */
+const SOURCE_TYPES: readonly CredentialSourceType[] = [
+  'Certificate', 'KeyVault', 'Base64Encoded', 'Path', 'StoreWithThumbprint', 'StoreWithDistinguishedName',
+  'ClientSecret', 'SignedAssertionFromManagedIdentity', 'SignedAssertionFilePath', 'SignedAssertionFromVault',
+  'AutoDecryptKeys', 'CustomSignedAssertion',
+];
+
+function parseSourceType(text: string): CredentialSourceType | undefined {
+  if (/^\d+$/.test(text)) return SOURCE_TYPES[Number(text)];
+  return SOURCE_TYPES.find((t) => t.toLowerCase() === text.toLowerCase());
+}
+
+const LINUX_CERT_SOURCES = 'use Path, Base64Encoded, KeyVault or SignedAssertionFilePath';
+
+function bindCredentials(
+  b: Binder,
+  list: 'AzureAd:ClientCredentials' | 'AzureAd:TokenDecryptionCredentials',
+  env: RuntimeEnvironment,
+  cwd: string,
+): CredentialDescription[] {
+  const forDecryption = list === 'AzureAd:TokenDecryptionCredentials';
+  const nodes = b.elements(list, `use ${list.replace(/:/g, '__')}__0__SourceType=… (a list of credential objects)`) ?? [];
+  const out: CredentialDescription[] = [];
+  for (const node of nodes) {
+    const p = node.path.replace(/^[^:]+:[^:]+/, list); // canonical casing for messages
+    const field = (name: string): string | undefined => b.explicit(`${p}:${name}`);
+    const skip = b.bool(`${p}:Skip`);
+    const typeText = field('SourceType');
+    if (typeText === undefined) {
+      b.error(`${p}:SourceType is required`);
+      continue;
+    }
+    const sourceType = parseSourceType(typeText);
+    if (sourceType === undefined) {
+      b.error(`${p}:SourceType is not a known credential source; expected one of ${SOURCE_TYPES.join(', ')} (or its number 0-11)`);
+      continue;
+    }
+    const cred: { -readonly [K in keyof CredentialDescription]: CredentialDescription[K] } = {
+      sourceType,
+      tokenExchangeUrl: field('TokenExchangeUrl') ?? defaultOf('AzureAd:ClientCredentials:0:TokenExchangeUrl'),
+      skip,
+    };
+    const clientSecret = b.verbatim(`${p}:ClientSecret`);
+    const certificatePassword = b.verbatim(`${p}:CertificatePassword`);
+    const base64 = field('Base64EncodedValue');
+    const certificateDiskPath = field('CertificateDiskPath');
+    const keyVaultUrl = field('KeyVaultUrl');
+    const keyVaultCertificateName = field('KeyVaultCertificateName');
+    const managedIdentityClientId = field('ManagedIdentityClientId');
+    const assertionFile = field('SignedAssertionFileDiskPath') ?? field('SignedAssertionFilePath');
+    if (clientSecret !== undefined) cred.clientSecret = clientSecret;
+    if (certificatePassword !== undefined) cred.certificatePassword = certificatePassword;
+    if (base64 !== undefined) cred.base64EncodedValue = base64;
+    if (certificateDiskPath !== undefined) cred.certificateDiskPath = resolve(cwd, certificateDiskPath);
+    if (keyVaultUrl !== undefined) cred.keyVaultUrl = keyVaultUrl;
+    if (keyVaultCertificateName !== undefined) cred.keyVaultCertificateName = keyVaultCertificateName;
+    if (managedIdentityClientId !== undefined) cred.managedIdentityClientId = managedIdentityClientId;
+
+    const require = (name: string, value: string | undefined): void => {
+      if (value === undefined && !skip) b.error(`${p}:${name} is required for SourceType ${sourceType}`);
+    };
+    const notForDecryption = (): void => {
+      if (forDecryption) b.error(`${p}:SourceType ${sourceType} cannot decrypt tokens; use Path, Base64Encoded or KeyVault`);
+    };
+    const keyVault = (): void => {
+      require('KeyVaultUrl', keyVaultUrl);
+      require('KeyVaultCertificateName', keyVaultCertificateName);
+      if (keyVaultUrl !== undefined && !httpUrl(keyVaultUrl, ['https:'])) b.error(`${p}:KeyVaultUrl must be an absolute https URL`);
+    };
+    switch (sourceType) {
+      case 'Certificate':
+        b.error(`${p}:SourceType Certificate can only be set from .NET code; ${LINUX_CERT_SOURCES}`);
+        break;
+      case 'StoreWithThumbprint':
+      case 'StoreWithDistinguishedName':
+        b.error(`${p}:SourceType ${sourceType} has no meaning on Linux; ${LINUX_CERT_SOURCES}`);
+        break;
+      case 'CustomSignedAssertion':
+        b.error(`${p}:SourceType CustomSignedAssertion needs a .NET provider and is not supported; ${LINUX_CERT_SOURCES}`);
+        break;
+      case 'KeyVault':
+        keyVault();
+        break;
+      case 'Base64Encoded':
+        require('Base64EncodedValue', base64);
+        if (base64 !== undefined && !/^[A-Za-z0-9+/\s]*={0,2}\s*$/.test(base64)) b.error(`${p}:Base64EncodedValue is not valid base64`);
+        break;
+      case 'Path':
+        require('CertificateDiskPath', certificateDiskPath);
+        break;
+      case 'ClientSecret':
+        notForDecryption();
+        require('ClientSecret', clientSecret);
+        break;
+      case 'SignedAssertionFromManagedIdentity':
+        notForDecryption();
+        break;
+      case 'SignedAssertionFilePath': {
+        notForDecryption();
+        const file = assertionFile ?? env.federatedTokenFile;
+        if (file === undefined) {
+          if (!skip) b.error(`${p}:SignedAssertionFileDiskPath is required for SourceType SignedAssertionFilePath when AZURE_FEDERATED_TOKEN_FILE is not set`);
+        } else cred.signedAssertionFileDiskPath = resolve(cwd, file);
+        break;
+      }
+      case 'SignedAssertionFromVault':
+        notForDecryption();
+        keyVault();
+        break;
+      case 'AutoDecryptKeys':
+        if (!forDecryption) b.error(`${p}:SourceType AutoDecryptKeys only applies to AzureAd:TokenDecryptionCredentials`);
+        break;
+    }
+    out.push(cred);
+  }
+  return out;
+}
+
+/** Splits `AzureAd:Authority` into instance + tenant (`https://host/tenant[/v2.0]`). */
+function parseAuthority(b: Binder, text: string): { instance: string; tenantId: string } | undefined {
+  const u = httpUrl(text, ['https:']);
+  if (!u || u.search || u.hash) {
+    b.error('AzureAd:Authority must be an absolute https URL such as https://login.microsoftonline.com/<tenant>/v2.0');
+    return undefined;
+  }
+  const segments = u.pathname.split('/').filter((s) => s !== '');
+  if (segments.length > 0 && segments[segments.length - 1].toLowerCase() === 'v2.0') segments.pop();
+  const instance = `${u.origin}/`;
+  if (segments.length === 0 && u.hostname.toLowerCase().endsWith('.ciamlogin.com')) {
+    // External ID (CIAM) authorities may omit the tenant; Microsoft.Identity.Web derives it from the host.
+    return { instance, tenantId: `${u.hostname.split('.')[0]}.onmicrosoft.com` };
+  }
+  if (segments.length !== 1) {
+    b.error('AzureAd:Authority must have the form https://<host>/<tenant>[/v2.0]');
+    return undefined;
+  }
+  return { instance, tenantId: segments[0] };
+}
+
+function bindAzureAd(b: Binder, env: RuntimeEnvironment, cwd: string): AzureAdConfig {
+  const clientId = b.explicit('AzureAd:ClientId');
+  if (clientId === undefined) b.error('AzureAd:ClientId is required (environment variable AzureAd__ClientId)');
+
+  let instance = b.explicit('AzureAd:Instance');
+  let tenantId = b.explicit('AzureAd:TenantId');
+  const authorityText = b.explicit('AzureAd:Authority');
+  if (authorityText !== undefined) {
+    if (instance !== undefined && tenantId !== undefined) {
+      b.warn('AzureAd:Authority is ignored because AzureAd:Instance and AzureAd:TenantId are both set');
+    } else {
+      const parsed = parseAuthority(b, authorityText);
+      if (parsed) {
+        instance ??= parsed.instance;
+        tenantId ??= parsed.tenantId;
+      }
+    }
+  } else {
+    if (instance === undefined) b.error('AzureAd:Instance is required unless AzureAd:Authority is set (e.g. https://login.microsoftonline.com/)');
+    if (tenantId === undefined) b.error('AzureAd:TenantId is required unless AzureAd:Authority is set');
+  }
+  if (instance !== undefined) {
+    const u = httpUrl(instance, ['https:']);
+    if (!u || u.search || u.hash) {
+      b.error('AzureAd:Instance must be an absolute https URL (msal-node refuses http authorities), e.g. https://login.microsoftonline.com/');
+    } else if (!instance.endsWith('/')) instance = `${instance}/`;
+  }
+  if (tenantId !== undefined && !/^[A-Za-z0-9][A-Za-z0-9.-]*$/.test(tenantId)) {
+    b.error('AzureAd:TenantId must be a tenant GUID, a domain name, or common/organizations/consumers');
+  }
+
+  const scopesNode = b.node('AzureAd:Scopes');
+  if (scopesNode && scopesNode.children.size > 0) {
+    b.error('AzureAd:Scopes is a single scope string (used by /Validate), not an array');
+  }
+
+  let clientCredentials = bindCredentials(b, 'AzureAd:ClientCredentials', env, cwd);
+  const legacySecret = b.verbatim('AzureAd:ClientSecret');
+  if (legacySecret !== undefined) {
+    if (clientCredentials.length === 0) {
+      clientCredentials = [{ sourceType: 'ClientSecret', clientSecret: legacySecret, tokenExchangeUrl: defaultOf('AzureAd:ClientCredentials:0:TokenExchangeUrl'), skip: false }];
+    } else {
+      b.warn('AzureAd:ClientSecret is ignored because AzureAd:ClientCredentials is set');
+    }
+  }
+
+  const audience = b.explicit('AzureAd:Audience');
+  const scopes = b.explicit('AzureAd:Scopes');
+  const azureRegion = b.explicit('AzureAd:AzureRegion');
+  return {
+    instance: instance ?? '',
+    tenantId: tenantId ?? '',
+    clientId: clientId ?? '',
+    authority: instance !== undefined && tenantId !== undefined ? `${instance.endsWith('/') ? instance : `${instance}/`}${tenantId}/v2.0` : '',
+    ...(audience !== undefined ? { audience } : {}),
+    validAudiences: b.stringArray('AzureAd:TokenValidationParameters:ValidAudiences') ?? [],
+    validIssuers: b.stringArray('AzureAd:TokenValidationParameters:ValidIssuers') ?? [],
+    ...(scopes !== undefined && !(scopesNode && scopesNode.children.size > 0) ? { scopes } : {}),
+    clientCredentials,
+    tokenDecryptionCredentials: bindCredentials(b, 'AzureAd:TokenDecryptionCredentials', env, cwd),
+    sendX5C: b.bool('AzureAd:SendX5C'),
+    ...(azureRegion !== undefined ? { azureRegion } : {}),
+    clientCapabilities: b.stringArray('AzureAd:ClientCapabilities') ?? [],
+    allowWebApiToBeAuthorizedByACL: b.bool('AzureAd:AllowWebApiToBeAuthorizedByACL'),
+    extraQueryParameters: b.dictionary('AzureAd:ExtraQueryParameters'),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// DownstreamApis
+
+const KNOWN_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS', 'TRACE', 'CONNECT'];
+
+function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
+  const baseUrl = b.explicit(`${p}:BaseUrl`);
+  if (baseUrl !== undefined && !httpUrl(baseUrl, ['http:', 'https:'])) b.error(`${p}:BaseUrl must be an absolute http(s) URL`);
+  let httpMethod = b.string(`${p}:HttpMethod`) ?? 'GET';
+  if (!HEADER_TOKEN.test(httpMethod)) {
+    b.error(`${p}:HttpMethod is not a valid HTTP method`);
+  } else if (KNOWN_METHODS.includes(httpMethod.toUpperCase())) {
+    httpMethod = httpMethod.toUpperCase();
+  }
+  const a = `${p}:AcquireTokenOptions`;
+  const correlationId = b.explicit(`${a}:CorrelationId`);
+  if (correlationId !== undefined && !GUID.test(correlationId)) b.error(`${a}:CorrelationId must be a GUID`);
+  const mi = b.node(`${a}:ManagedIdentity`);
+  const miClientId = b.explicit(`${a}:ManagedIdentity:UserAssignedClientId`);
+  const optional = (name: string): Record<string, string> => {
+    const v = b.explicit(`${a}:${name}`);
+    return v === undefined ? {} : { [name.charAt(0).toLowerCase() + name.slice(1)]: v };
+  };
+  const acquireTokenOptions: AcquireTokenOptions = {
+    ...optional('Tenant'),
+    forceRefresh: b.bool(`${a}:ForceRefresh`),
+    ...optional('Claims'),
+    ...(correlationId !== undefined ? { correlationId } : {}),
+    ...optional('FmiPath'),
+    ...optional('LongRunningWebApiSessionKey'),
+    ...optional('PopPublicKey'),
+    ...optional('PopClaim'),
+    ...(mi ? { managedIdentity: miClientId !== undefined ? { userAssignedClientId: miClientId } : {} } : {}),
+    extraQueryParameters: b.dictionary(`${a}:ExtraQueryParameters`),
+    extraHeadersParameters: b.dictionary(`${a}:ExtraHeadersParameters`, (n) => HEADER_TOKEN.test(n)),
+    extraParameters: b.dictionary(`${a}:ExtraParameters`),
+  };
+  const scopes = b.stringArray(`${p}:Scopes`);
+  return {
+    ...(baseUrl !== undefined ? { baseUrl } : {}),
+    relativePath: b.node(`${p}:RelativePath`)?.value?.trim() ?? '',
+    httpMethod,
+    ...(scopes !== undefined && scopes.length > 0 ? { scopes } : {}),
+    requestAppToken: b.bool(`${p}:RequestAppToken`),
+    acceptHeader: b.string(`${p}:AcceptHeader`) ?? '',
+    contentType: b.string(`${p}:ContentType`) ?? '',
+    protocolScheme: b.string(`${p}:ProtocolScheme`) ?? '',
+    extraHeaderParameters: b.dictionary(`${p}:ExtraHeaderParameters`, (n) => HEADER_TOKEN.test(n)),
+    extraQueryParameters: b.dictionary(`${p}:ExtraQueryParameters`),
+    acquireTokenOptions,
+  };
+}
+
+function bindDownstreamApis(b: Binder): Record<string, DownstreamApiOptions> {
+  const section = b.node('DownstreamApis');
+  const out: Record<string, DownstreamApiOptions> = {};
+  if (!section) return out;
+  if (section.value?.trim()) b.error('DownstreamApis must be a section of named APIs (DownstreamApis__<name>__BaseUrl=…), not a single value');
+  for (const api of section.children.values()) {
+    if (api.value?.trim()) {
+      b.error(`DownstreamApis:${api.name} must be a section (DownstreamApis__${api.name}__BaseUrl=…), not a single value`);
+      continue;
+    }
+    // The name keeps the first casing seen; callers look it up case-sensitively (Microsoft's named options).
+    out[api.name] = bindDownstreamApi(b, `DownstreamApis:${api.name}`);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sidecar
+
+const PINO_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+type PinoLevel = (typeof PINO_LEVELS)[number];
+const DOTNET_LEVELS: Record<string, PinoLevel> = {
+  trace: 'trace', debug: 'debug', information: 'info', warning: 'warn', error: 'error', critical: 'fatal', none: 'silent',
+};
+
+function logLevelOf(text: string): PinoLevel | undefined {
+  const t = text.toLowerCase();
+  return DOTNET_LEVELS[t] ?? PINO_LEVELS.find((l) => l === t);
+}
+
+/** Where the value of a host key (`urls`, `http_ports`) came from, named the way the user wrote it. */
+function hostKeyName(node: ConfigNode, fallback: string): string {
+  const m = /^environment variable (.+)$/.exec(node.source ?? '');
+  return m ? m[1] : fallback;
+}
+
+function bindHttpListeners(b: Binder): ListenAddress[] {
+  const parseList = (text: string, key: string): ListenAddress[] => {
+    const out: ListenAddress[] = [];
+    for (const part of text.split(';').map((s) => s.trim()).filter((s) => s !== '')) {
+      const r = parseListenUrl(part);
+      if (r.ok) out.push(r.address);
+      else b.error(`${key} ${r.problem}`);
+    }
+    return out;
+  };
+  const httpsPorts = b.node('https_ports');
+  if (httpsPorts?.value?.trim()) {
+    b.error(`${hostKeyName(httpsPorts, 'https_ports')} is set, but https is not supported: entra-sidecar serves plain HTTP (keep it on loopback or let the mesh terminate TLS)`);
+  }
+
+  const ours = b.explicit('Sidecar:Http:Url');
+  if (ours !== undefined) return parseList(ours, 'Sidecar:Http:Url');
+
+  const endpoints = b.node('Kestrel:Endpoints');
+  const kestrel: ListenAddress[] = [];
+  let kestrelSeen = false;
+  for (const ep of endpoints?.children.values() ?? []) {
+    const url = getNode(ep, 'Url')?.value?.trim();
+    if (!url) continue;
+    kestrelSeen = true;
+    kestrel.push(...parseList(url, `Kestrel:Endpoints:${ep.name}:Url`));
+  }
+  const urlsNode = b.node('urls');
+  const urls = urlsNode?.value?.trim();
+  if (kestrelSeen) {
+    if (urls) b.warn(`${hostKeyName(urlsNode!, 'urls')} is overridden by Kestrel:Endpoints (as in ASP.NET)`);
+    return kestrel;
+  }
+  if (urls) return parseList(urls, hostKeyName(urlsNode!, 'urls'));
+
+  const portsNode = b.node('http_ports');
+  const ports = portsNode?.value?.trim();
+  if (ports) {
+    const key = hostKeyName(portsNode!, 'http_ports');
+    const out: ListenAddress[] = [];
+    for (const part of ports.split(/[;,]/).map((s) => s.trim()).filter((s) => s !== '')) {
+      const r = parseListenUrl(`http://*:${part}`);
+      if (r.ok && /^\d+$/.test(part)) out.push(r.address);
+      else b.error(`${key} must be a comma-separated list of ports (0-65535)`);
+    }
+    return out;
+  }
+  const def = parseListenUrl(DEFAULT_HTTP_URL);
+  return def.ok ? [def.address] : [];
+}
+
+function bindExtAuthz(b: Binder): ExtAuthzOptions {
+  const s = 'Sidecar:ExtAuthz';
+  const enabled = b.bool(`${s}:Enabled`);
+  const parsed = parseHostPort(b.string(`${s}:Address`) ?? '');
+  if (!parsed.ok && enabled) b.error(`${s}:Address ${parsed.problem}`);
+  const validateText = (b.string(`${s}:Validate`) ?? '').toLowerCase();
+  let validate: ExtAuthzOptions['validate'] = 'required';
+  if (validateText === 'required' || validateText === 'optional' || validateText === 'none') validate = validateText;
+  else b.error(`${s}:Validate must be one of required, optional, none`);
+  const injectHeader = (b.string(`${s}:InjectHeader`) ?? '').toLowerCase();
+  if (!HEADER_TOKEN.test(injectHeader)) b.error(`${s}:InjectHeader must be a valid HTTP header name`);
+  const claimsToHeaders: Record<string, string> = {};
+  for (const [header, claim] of Object.entries(b.dictionary(`${s}:ClaimsToHeaders`, (n) => HEADER_TOKEN.test(n)))) {
+    if (claim.trim() === '') b.error(`${s}:ClaimsToHeaders:${header} must name a claim`);
+    else claimsToHeaders[header.toLowerCase()] = claim.trim();
+  }
+  const downstreamApi = b.explicit(`${s}:DownstreamApi`);
+  return {
+    enabled,
+    address: parsed.ok ? parsed.address : { host: '127.0.0.1', port: 9191 },
+    validate,
+    ...(downstreamApi !== undefined ? { downstreamApi } : {}),
+    injectHeader,
+    requiredScopes: b.stringArray(`${s}:RequiredScopes`) ?? [],
+    requiredRoles: b.stringArray(`${s}:RequiredRoles`) ?? [],
+    requireAll: b.bool(`${s}:RequireAll`),
+    claimsToHeaders,
+    stripInboundAuthorization: b.bool(`${s}:StripInboundAuthorization`),
+    allowCorsPreflight: b.bool(`${s}:AllowCorsPreflight`),
+    reflection: b.bool(`${s}:Reflection`),
+    maxReceiveMessageBytes: b.int(`${s}:MaxReceiveMessageBytes`, 1024),
+  };
+}
+
+function readableFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>>, cwd: string): SidecarSettings {
+  const mgmtEnabled = b.bool('Sidecar:Management:Enabled');
+  const mgmt = parseListenUrl(b.string('Sidecar:Management:Url') ?? '');
+  if (!mgmt.ok && mgmtEnabled) b.error(`Sidecar:Management:Url ${mgmt.problem}`);
+
+  const extraCaFiles: string[] = [];
+  const nodeExtra = env.NODE_EXTRA_CA_CERTS?.trim();
+  if (nodeExtra) {
+    const file = resolve(cwd, nodeExtra);
+    if (readableFile(file)) extraCaFiles.push(file);
+    else b.warn('NODE_EXTRA_CA_CERTS names a file that cannot be read; it is not added to the outbound trust');
+  }
+  const caText = b.explicit('Sidecar:Outbound:CaFile');
+  const caFile = caText === undefined ? undefined : resolve(cwd, caText);
+  if (caFile !== undefined) {
+    if (readableFile(caFile)) extraCaFiles.push(caFile);
+    else b.error('Sidecar:Outbound:CaFile names a file that does not exist or is not a regular file');
+  }
+
+  let logLevel: PinoLevel = 'info';
+  const ours = b.explicit('Sidecar:LogLevel');
+  if (ours !== undefined) {
+    const l = logLevelOf(ours);
+    if (l) logLevel = l;
+    else b.error(`Sidecar:LogLevel must be one of ${PINO_LEVELS.join(', ')} (or a .NET level name)`);
+  } else {
+    const dotnet = b.string('Logging:LogLevel:Default') ?? 'Information';
+    const l = logLevelOf(dotnet);
+    if (l) logLevel = l;
+    else b.error('Logging:LogLevel:Default must be one of Trace, Debug, Information, Warning, Error, Critical, None');
+  }
+
+  const pop = 'Sidecar:PopValidation';
+  const claimsToValidate = b.stringArray(`${pop}:ClaimsToValidateWhenPresent`) ?? defaultOf(`${pop}:ClaimsToValidateWhenPresent:0`).split(',');
+  return {
+    allowOverrides: {
+      getAuthorizationHeader: b.bool('Sidecar:AllowOverrides:GetAuthorizationHeader'),
+      getAuthorizationHeaderUnauthenticated: b.bool('Sidecar:AllowOverrides:GetAuthorizationHeaderUnauthenticated'),
+      callDownstreamApi: b.bool('Sidecar:AllowOverrides:CallDownstreamApi'),
+      callDownstreamApiUnauthenticated: b.bool('Sidecar:AllowOverrides:CallDownstreamApiUnauthenticated'),
+    },
+    allowOutboundRedirects: b.bool('Sidecar:AllowOutboundRedirects'),
+    popValidation: {
+      validateM: b.bool(`${pop}:ValidateM`),
+      validateU: b.bool(`${pop}:ValidateU`),
+      validateP: b.bool(`${pop}:ValidateP`),
+      validateQ: b.bool(`${pop}:ValidateQ`),
+      acceptUnsignedQueryParameters: b.bool(`${pop}:AcceptUnsignedQueryParameters`),
+      signedHttpRequestLifetimeSec: b.durationSec(`${pop}:SignedHttpRequestLifetime`),
+      replayCache: b.bool(`${pop}:ReplayCache`),
+      validatePresentClaims: b.bool(`${pop}:ValidatePresentClaims`),
+      claimsToValidateWhenPresent: claimsToValidate,
+    },
+    http: {
+      listen: bindHttpListeners(b),
+      maxHeaderBytes: b.int('Sidecar:Http:MaxHeaderBytes', 1024),
+      maxBodyBytes: b.int('Sidecar:Http:MaxBodyBytes', 1),
+      requestTimeoutMs: b.int('Sidecar:Http:RequestTimeoutMs', 1),
+      headersTimeoutMs: b.int('Sidecar:Http:HeadersTimeoutMs', 1),
+    },
+    management: {
+      enabled: mgmtEnabled,
+      address: mgmt.ok ? mgmt.address : { host: '0.0.0.0', port: 9090 },
+    },
+    extAuthz: bindExtAuthz(b),
+    outbound: {
+      ...(caFile !== undefined ? { caFile } : {}),
+      extraCaFiles,
+      connectTimeoutMs: b.int('Sidecar:Outbound:ConnectTimeoutMs', 1),
+      timeoutMs: b.int('Sidecar:Outbound:TimeoutMs', 1),
+      maxResponseBytes: b.int('Sidecar:Outbound:MaxResponseBytes', 1),
+    },
+    validation: {
+      clockSkewSec: b.int('Sidecar:Validation:ClockSkewSec', 0),
+      signingKeysRefreshIntervalSec: b.int('Sidecar:Validation:SigningKeysRefreshIntervalSec', 60),
+      unknownKidCooldownSec: b.int('Sidecar:Validation:UnknownKidCooldownSec', 0),
+      verifiedTokenCacheSize: b.int('Sidecar:Validation:VerifiedTokenCacheSize', 0),
+    },
+    tokenCache: {
+      maxEntries: b.int('Sidecar:TokenCache:MaxEntries', 1),
+      expiryBufferSec: b.int('Sidecar:TokenCache:ExpiryBufferSec', 0),
+    },
+    downstreamApi: {
+      returnAllResponseHeaders: b.bool('Sidecar:DownstreamApi:ReturnAllResponseHeaders'),
+      maxResponseBytes: b.int('Sidecar:DownstreamApi:MaxResponseBytes', 1),
+      maxRedirects: b.int('Sidecar:DownstreamApi:MaxRedirects', 0),
+    },
+    logLevel,
+  };
+}
+
+function checkListenerCollisions(b: Binder, s: SidecarSettings): void {
+  const named: [string, ListenAddress][] = s.http.listen.map((a) => ['the identity HTTP listener', a]);
+  if (s.management.enabled) named.push(['Sidecar:Management:Url', s.management.address]);
+  if (s.extAuthz.enabled) named.push(['Sidecar:ExtAuthz:Address', s.extAuthz.address]);
+  for (let i = 0; i < named.length; i++) {
+    for (let j = i + 1; j < named.length; j++) {
+      if (named[i][0] !== named[j][0] && listenersCollide(named[i][1], named[j][1])) {
+        b.error(`${named[j][0]} uses port ${named[j][1].port}, which ${named[i][0]} also uses`);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unknown keys
+
+/** Regexes for every proper prefix of a documented key, so empty sections (`"Sidecar": {}`) are fine. */
+let sectionPatterns: RegExp[] | undefined;
+function isKnownSection(path: string): boolean {
+  sectionPatterns ??= CONFIG_KEYS.flatMap((d) => {
+    const segs = d.key.split(':');
+    return segs.slice(1).map((_, i) => keyPattern(segs.slice(0, i + 1).join(':')));
+  });
+  const k = path.toLowerCase();
+  return sectionPatterns.some((r) => r.test(k));
+}
+
+function levenshtein(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0];
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = prev[j];
+      prev[j] = Math.min(prev[j] + 1, prev[j - 1] + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = tmp;
+    }
+  }
+  return prev[b.length];
+}
+
+/** The documented key closest to `path`, with `<…>` segments filled from the path itself. */
+function didYouMean(path: string): string {
+  const segs = path.split(':');
+  let best: { key: string; d: number } | undefined;
+  for (const doc of CONFIG_KEYS) {
+    const cand = doc.key.split(':').map((seg, i) => (/^<[^>]+>$/.test(seg) && segs[i] !== undefined ? segs[i] : seg)).join(':');
+    const d = levenshtein(path.toLowerCase(), cand.toLowerCase());
+    if (!best || d < best.d) best = { key: cand, d };
+  }
+  return best && best.d <= Math.max(2, Math.floor(best.key.length / 5)) ? `; did you mean ${best.key}?` : '';
+}
+
+function checkUnknownKeys(b: Binder): void {
+  for (const section of ['Sidecar', 'AzureAd', 'DownstreamApis']) {
+    const node = b.node(section);
+    if (!node) continue;
+    for (const leaf of leafPaths(node)) {
+      const path = leaf.path;
+      if (findKeyDoc(path)) continue;
+      if (leaf.value === '' && isKnownSection(path)) continue;
+      if (/^AzureAd:(ClientCredentials|TokenDecryptionCredentials):\d+:SignedAssertionFilePath$/i.test(path)) continue; // README alias
+      if (/^DownstreamApis:[^:]*$/i.test(path)) continue; // reported by bindDownstreamApis
+      if (section === 'Sidecar') {
+        b.error(`${path} is not a known setting${didYouMean(path)}`);
+        continue;
+      }
+      const ignored = findIgnoredKey(path);
+      if (ignored) b.warn(`${path} is not used by entra-sidecar (${ignored.reason}); ignored`);
+      else b.warn(`${path} is not a known setting; ignored${didYouMean(path)}`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function readTextIfExists(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+function runtimeEnvironment(name: string, env: Readonly<Record<string, string | undefined>>): RuntimeEnvironment {
+  const nonBlank = (v: string | undefined): string | undefined => (v === undefined || v.trim() === '' ? undefined : v.trim());
+  const federatedTokenFile = nonBlank(env.AZURE_FEDERATED_TOKEN_FILE) ?? nonBlank(env.AZURE_ACCESS_TOKEN_FILE);
+  const managedIdentityEnv: Record<string, string> = {};
+  for (const k of ['IDENTITY_ENDPOINT', 'IDENTITY_HEADER', 'IDENTITY_SERVER_THUMBPRINT', 'IMDS_ENDPOINT', 'MSI_ENDPOINT', 'MSI_SECRET', 'AZURE_POD_IDENTITY_AUTHORITY_HOST', 'DEFAULT_IDENTITY_CLIENT_ID']) {
+    const v = env[k];
+    if (v !== undefined && v !== '') managedIdentityEnv[k] = v;
+  }
+  return {
+    name,
+    isDevelopment: name.toLowerCase() === 'development',
+    ...(federatedTokenFile !== undefined ? { federatedTokenFile } : {}),
+    managedIdentityEnv,
+  };
+}
+
+/** Reads every source, binds and validates; all problems are returned together. Never throws for bad input. */
+export function loadConfig(inputs: ConfigInputs): ConfigResult {
+  const errors: string[] = [];
+  const { host, app } = environmentEntries(inputs.env);
+  const cli = commandLineEntries(inputs.argv);
+  errors.push(...cli.errors);
+
+  // Host-level settings (environment name, settings file) come from the environment and command line only.
+  const hostTree = buildConfigTree([host, app, cli.entries]);
+  const envName = getNode(buildConfigTree([host, cli.entries]), 'environment')?.value?.trim() || 'Production';
+  const settingsText = getNode(hostTree, 'Sidecar:SettingsFile')?.value?.trim();
+  const settingsFile = resolve(inputs.cwd, settingsText || defaultOf('Sidecar:SettingsFile'));
+  const envFile = join(dirname(settingsFile), `${basename(settingsFile).replace(/\.json$/i, '')}.${envName}.json`);
+
+  const layers: ConfigEntry[][] = [host];
+  for (const [file, required] of [[settingsFile, settingsText !== undefined && settingsText !== ''], [envFile, false]] as const) {
+    const r = readSettingsFile(file, basename(file), required, readTextIfExists);
+    errors.push(...r.errors);
+    layers.push(r.entries);
+  }
+  layers.push(app, cli.entries);
+
+  const b = new Binder(buildConfigTree(layers));
+  const environment = runtimeEnvironment(envName, inputs.env);
+  const azureAd = bindAzureAd(b, environment, inputs.cwd);
+  const downstreamApis = bindDownstreamApis(b);
+  const sidecar = bindSidecar(b, inputs.env, inputs.cwd);
+  checkListenerCollisions(b, sidecar);
+  const extAuthzApi = sidecar.extAuthz.downstreamApi;
+  if (sidecar.extAuthz.enabled && extAuthzApi !== undefined && !Object.hasOwn(downstreamApis, extAuthzApi)) {
+    b.error('Sidecar:ExtAuthz:DownstreamApi names an API that is not configured under DownstreamApis (names are case-sensitive)');
+  }
+  checkUnknownKeys(b);
+  errors.push(...b.errors);
+  if (errors.length > 0) return { ok: false, errors };
+  const config: SidecarConfig = { azureAd, downstreamApis, sidecar, environment };
+  return { ok: true, config: deepFreeze(config), warnings: b.warnings };
+}

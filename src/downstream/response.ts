@@ -1,0 +1,113 @@
+/**
+ * Turns a downstream response into the `DownstreamApiResult` shape Microsoft's sidecar returns
+ * (`{ statusCode, headers, content }`, reference sidecar-http-api §2.4 step 8), with two
+ * documented extensions: binary bodies as base64 (`contentEncoding: 'base64'`) and, when
+ * configured, every end-to-end response header instead of only the content headers.
+ */
+import { TextDecoder } from 'node:util';
+import { isTextualMediaType, parseMediaType } from './media-type.js';
+
+/** Content headers in the casing .NET's HttpContentHeaders uses (what Microsoft's sample shows). */
+const CONTENT_HEADERS: ReadonlyMap<string, string> = new Map([
+  ['content-type', 'Content-Type'],
+  ['content-length', 'Content-Length'],
+  ['content-encoding', 'Content-Encoding'],
+  ['content-language', 'Content-Language'],
+  ['content-location', 'Content-Location'],
+  ['content-disposition', 'Content-Disposition'],
+  ['content-range', 'Content-Range'],
+  ['content-md5', 'Content-MD5'],
+  ['expires', 'Expires'],
+  ['last-modified', 'Last-Modified'],
+  ['allow', 'Allow'],
+]);
+
+/** Well-known names whose casing is not plain Title-Case. */
+const SPECIAL_CASING: ReadonlyMap<string, string> = new Map([
+  ['etag', 'ETag'],
+  ['www-authenticate', 'WWW-Authenticate'],
+  ['content-md5', 'Content-MD5'],
+  ['odata-version', 'OData-Version'],
+  ['x-ms-request-id', 'x-ms-request-id'],
+  ['x-ms-ags-diagnostic', 'x-ms-ags-diagnostic'],
+  ['request-id', 'request-id'],
+  ['client-request-id', 'client-request-id'],
+]);
+
+/** Headers .NET parses as comma-separated lists, so Microsoft returns one array element per item. */
+const LIST_VALUED = new Set(['allow', 'content-encoding', 'content-language']);
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
+
+export type RawResponseHeaders = Record<string, string | string[] | undefined>;
+
+/** One canonical spelling for a lower-case header name. */
+export function canonicalHeaderName(lower: string): string {
+  return CONTENT_HEADERS.get(lower) ?? SPECIAL_CASING.get(lower) ?? lower.replace(/(^|-)([a-z])/g, (_m, dash: string, c: string) => dash + c.toUpperCase());
+}
+
+function valuesOf(lower: string, value: string | string[]): string[] {
+  const lines = Array.isArray(value) ? value : [value];
+  if (!LIST_VALUED.has(lower)) return lines;
+  return lines.flatMap((l) => l.split(',')).map((v) => v.trim()).filter((v) => v !== '');
+}
+
+/**
+ * The headers to return: only content headers by default (Microsoft), or every header except
+ * hop-by-hop ones (RFC 9110 §7.6.1, including those named in Connection) and Set-Cookie.
+ */
+export function selectResponseHeaders(raw: RawResponseHeaders, returnAll: boolean): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  const connectionListed = new Set<string>();
+  const connection = raw['connection'];
+  for (const line of connection === undefined ? [] : Array.isArray(connection) ? connection : [connection]) {
+    for (const name of line.split(',')) connectionListed.add(name.trim().toLowerCase());
+  }
+  for (const [name, value] of Object.entries(raw)) {
+    if (value === undefined) continue;
+    const lower = name.toLowerCase();
+    const keep = returnAll
+      ? !HOP_BY_HOP.has(lower) && !lower.startsWith('proxy-') && lower !== 'set-cookie' && !connectionListed.has(lower)
+      : CONTENT_HEADERS.has(lower);
+    if (!keep) continue;
+    const key = canonicalHeaderName(lower);
+    out[key] = [...(out[key] ?? []), ...valuesOf(lower, value)];
+  }
+  return out;
+}
+
+export interface DecodedContent {
+  readonly content: string | null;
+  readonly contentEncoding?: 'base64';
+}
+
+/**
+ * The body as the caller sees it: null when empty; text (charset from Content-Type, default
+ * UTF-8) for textual media types, or for no Content-Type when the bytes are valid UTF-8;
+ * otherwise base64. A Content-Encoding (gzip, br, ...) always means bytes.
+ */
+export function decodeContent(body: Buffer, contentType: string | undefined, contentEncoding: string | undefined): DecodedContent {
+  if (body.length === 0) return { content: null };
+  const base64 = (): DecodedContent => ({ content: body.toString('base64'), contentEncoding: 'base64' });
+
+  const coded = (contentEncoding ?? '').split(',').map((c) => c.trim().toLowerCase()).filter((c) => c !== '' && c !== 'identity');
+  if (coded.length > 0) return base64();
+
+  if (contentType === undefined || contentType.trim() === '') {
+    try {
+      return { content: new TextDecoder('utf-8', { fatal: true }).decode(body) };
+    } catch {
+      return base64();
+    }
+  }
+  const type = parseMediaType(contentType);
+  if (type === undefined || !isTextualMediaType(type)) return base64();
+  let decoder: TextDecoder;
+  try {
+    // Like .NET's ReadAsStringAsync: declared charset, UTF-8 by default, invalid bytes replaced.
+    decoder = new TextDecoder(type.parameters.get('charset') ?? 'utf-8');
+  } catch {
+    return base64(); // a charset we cannot decode: keep the bytes intact instead of guessing
+  }
+  return { content: decoder.decode(body) };
+}

@@ -1,0 +1,369 @@
+/**
+ * The ext_authz decision: a thin adapter that turns an Envoy CheckRequest into the shared pipeline
+ * (extract credential → validate → authorize → acquire) and its outcome into a CheckResponse.
+ *
+ * Every outcome is a CheckResponse. A deny is never a failed RPC, because Envoy reads a failed RPC as
+ * an Error and `failure_mode_allow: true` would let the request through (reference §1.3).
+ */
+import type { ExtAuthzOptions } from '../config/types.js';
+import { SidecarError, toSidecarError, wwwAuthenticate } from '../errors.js';
+import type { Logger } from '../log.js';
+import { requireScopesOrRoles } from '../pipeline/authorize.js';
+import { parseAuthorization } from '../pipeline/credential.js';
+import type { AcquiredToken, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
+import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
+
+// ---- Wire shapes (proto-loader with keepCase, enums as names, longs as strings). ----
+
+/** `envoy.config.core.v3.HeaderValue`. */
+export interface HeaderValue {
+  key?: string;
+  value?: string;
+  raw_value?: Uint8Array;
+}
+
+/** `envoy.service.auth.v3.AttributeContext.HttpRequest` (the fields the sidecar reads). */
+export interface HttpRequestAttributes {
+  id?: string;
+  method?: string;
+  headers?: Record<string, string>;
+  header_map?: { headers?: HeaderValue[] };
+  path?: string;
+  host?: string;
+  scheme?: string;
+  size?: string;
+  protocol?: string;
+}
+
+/** `envoy.service.auth.v3.CheckRequest`. */
+export interface CheckRequest {
+  attributes?: {
+    request?: { http?: HttpRequestAttributes; time?: unknown };
+    context_extensions?: Record<string, string>;
+    source?: unknown;
+    destination?: unknown;
+  };
+}
+
+/** `envoy.config.core.v3.HeaderValueOption`, always with an explicit append_action (reference §1.3). */
+export interface HeaderValueOption {
+  header: { key: string; value: string };
+  append_action: 'OVERWRITE_IF_EXISTS_OR_ADD';
+}
+
+/**
+ * `google.protobuf.Struct` in proto-loader object form (string values only). protobufjs supplies
+ * the well-known types itself with camelCase field names, so `stringValue` even under keepCase.
+ */
+export interface StringStruct {
+  fields: Record<string, { stringValue: string }>;
+}
+
+/** `envoy.service.auth.v3.OkHttpResponse`. */
+export interface OkHttpResponse {
+  headers: HeaderValueOption[];
+  headers_to_remove: string[];
+  query_parameters_to_remove?: string[];
+}
+
+/** `envoy.service.auth.v3.DeniedHttpResponse`; `status.code` is an `envoy.type.v3.StatusCode` name. */
+export interface DeniedHttpResponse {
+  status: { code: string };
+  headers: HeaderValueOption[];
+  body: string;
+}
+
+/** `envoy.service.auth.v3.CheckResponse`. */
+export interface CheckResponse {
+  status: { code: number; message?: string };
+  ok_response?: OkHttpResponse;
+  denied_response?: DeniedHttpResponse;
+  dynamic_metadata?: StringStruct;
+}
+
+// ---- Dependencies. ----
+
+export interface CheckDeps {
+  readonly options: ExtAuthzOptions;
+  readonly validator: TokenValidator;
+  readonly acquirer: TokenAcquirer;
+  /** The named DownstreamApis entry with no overrides; undefined when the name is not configured. */
+  readonly resolveApiOptions: (apiName: string) => EffectiveApiOptions | undefined;
+  readonly logger: Logger;
+  /** `envoy.type.v3.StatusCode` number → enum name (from protos.ts). */
+  readonly httpStatusNames: ReadonlyMap<number, string>;
+  readonly now?: () => number;
+}
+
+/** Decides Check requests; `deadline` is the call's deadline in epoch ms (Infinity or undefined = none). */
+export interface Checker {
+  check(request: CheckRequest, deadline?: number): Promise<CheckResponse>;
+}
+
+// ---- Constants shared by every response (read-only; protobufjs only reads them). ----
+
+const OVERWRITE = 'OVERWRITE_IF_EXISTS_OR_ADD' as const;
+const OK_STATUS = Object.freeze({ code: 0 });
+const ACCESS_TOKEN_PARAM = Object.freeze(['access_token']) as unknown as string[];
+/** A claim header longer than this is omitted: Envoy's default request header limit is 60 KiB in total. */
+const MAX_CLAIM_HEADER_BYTES = 4096;
+const UPPER_CASE = /[A-Z]/;
+const INVALID_HEADER_VALUE = /[\r\n\0]/;
+const ACCESS_TOKEN_QUERY = /[?&]access_token(?:[=&#]|$)/;
+const REQUEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const EMPTY_HEADERS: Record<string, string> = Object.freeze(Object.create(null) as Record<string, string>);
+/** Answer this long before the caller's deadline so the deny arrives in time (and no less than 20 ms, no more than 250 ms). */
+const DEADLINE_MARGIN_FRACTION = 0.1;
+const MIN_DEADLINE_MARGIN_MS = 20;
+const MAX_DEADLINE_MARGIN_MS = 250;
+
+function option(key: string, value: string): HeaderValueOption {
+  return { header: { key, value }, append_action: OVERWRITE };
+}
+
+/**
+ * The request headers with lower-case names. Envoy's `headers` map is already lower-cased and
+ * comma-joined; the raw `header_map` form (encode_raw_headers) is neither, so it is normalised here.
+ */
+export function inboundHeaders(http: HttpRequestAttributes): Record<string, string> {
+  const raw = http.header_map?.headers;
+  if (raw !== undefined && raw.length > 0) {
+    const out = Object.create(null) as Record<string, string>;
+    for (const h of raw) {
+      if (!h.key) continue;
+      const name = h.key.toLowerCase();
+      const value =
+        h.raw_value !== undefined && h.raw_value.length > 0
+          ? Buffer.from(h.raw_value.buffer, h.raw_value.byteOffset, h.raw_value.byteLength).toString('latin1')
+          : (h.value ?? '');
+      const prev = out[name];
+      out[name] = prev === undefined ? value : prev + ',' + value;
+    }
+    return out;
+  }
+  const map = http.headers;
+  if (map === undefined) return EMPTY_HEADERS;
+  for (const name in map) {
+    if (UPPER_CASE.test(name)) {
+      const out = Object.create(null) as Record<string, string>;
+      for (const n in map) {
+        const lower = n.toLowerCase();
+        const prev = out[lower];
+        out[lower] = prev === undefined ? map[n] : prev + ',' + map[n];
+      }
+      return out;
+    }
+  }
+  return map;
+}
+
+/** A claim value as a header value: strings as is, numbers/booleans stringified, arrays space-joined. */
+export function claimHeaderValue(value: unknown): string | undefined {
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  if (Array.isArray(value)) {
+    const parts: string[] = [];
+    for (const item of value) {
+      if (typeof item === 'string' || typeof item === 'number' || typeof item === 'boolean') parts.push(String(item));
+      else return undefined;
+    }
+    return parts.join(' ');
+  }
+  return undefined;
+}
+
+function pathWithoutQuery(path: string): string {
+  const q = path.indexOf('?');
+  return q < 0 ? path : path.slice(0, q);
+}
+
+/** What the pipeline learned about one request, for the allow response and logs. */
+interface RequestFacts {
+  readonly headers: Record<string, string>;
+  readonly path: string;
+}
+
+/** Thrown-free per-call state shared between the pipeline and its deadline timer. */
+interface CallState {
+  controller: AbortController | undefined;
+  timedOut: boolean;
+}
+
+/** Builds the Check decision over the injected validator and acquirer. Throws if the defaults are invalid. */
+export function createChecker(deps: CheckDeps): Checker {
+  const { options, validator, acquirer, resolveApiOptions, logger, httpStatusNames } = deps;
+  const now = deps.now ?? Date.now;
+  const defaults = defaultPolicy(options);
+  const claimHeaders: ReadonlyArray<readonly [header: string, claim: string]> = Object.entries(options.claimsToHeaders).map(
+    ([h, c]) => [h.toLowerCase(), c] as const,
+  );
+  for (const [header] of claimHeaders) {
+    if (!isHeaderName(header)) throw new Error(`Sidecar:ExtAuthz:ClaimsToHeaders: "${header}" is not a valid header name.`);
+  }
+  const allClaimHeaderNames = Object.freeze(claimHeaders.map(([h]) => h)) as unknown as string[];
+  const corsPreflightResponse: CheckResponse = Object.freeze({
+    status: OK_STATUS,
+    ok_response: Object.freeze({ headers: Object.freeze([]) as unknown as HeaderValueOption[], headers_to_remove: allClaimHeaderNames }),
+  });
+
+  function deny(err: SidecarError, facts: RequestFacts | undefined, log = true): CheckResponse {
+    const spec = err.spec;
+    if (log && logger.isLevelEnabled(spec.logLevel)) {
+      const cause = (err as { cause?: unknown }).cause;
+      logger[spec.logLevel](
+        {
+          code: err.code,
+          ...(err.detail !== undefined ? { detail: err.detail } : {}),
+          ...(cause instanceof Error ? { cause: `${cause.name}: ${cause.message}` } : {}),
+          ...(facts ? { route: pathWithoutQuery(facts.path), requestId: facts.headers['x-request-id'] } : {}),
+        },
+        'ext_authz deny',
+      );
+    }
+    return renderDeny(err, httpStatusNames);
+  }
+
+  async function authenticate(policy: RoutePolicy, headers: Record<string, string>): Promise<ValidatedToken | undefined> {
+    if (policy.validate === 'none') return undefined;
+    const credential = parseAuthorization(headers.authorization);
+    if (credential.kind !== 'bearer') {
+      // PoP needs the signed-HTTP-request checks of the identity API; Envoy gives us no body to verify.
+      if (policy.validate === 'optional' && policy.requiredScopes.length === 0 && policy.requiredRoles.length === 0) return undefined;
+      throw new SidecarError('credential_missing');
+    }
+    // optional = "allow missing", not "allow failed": a token that is sent must be valid.
+    return validator.validate(credential.token);
+  }
+
+  async function acquire(policy: RoutePolicy, user: ValidatedToken | undefined, headers: Record<string, string>, state: CallState): Promise<AcquiredToken> {
+    const apiName = policy.downstreamApi as string;
+    const apiOptions = resolveApiOptions(apiName);
+    if (apiOptions === undefined) throw new SidecarError('api_not_configured', `The downstream API "${apiName}" is not configured.`);
+    const controller = new AbortController();
+    state.controller = controller;
+    if (state.timedOut) controller.abort();
+    const requestId = headers['x-request-id'];
+    return acquirer.acquire({
+      options: apiOptions,
+      ...(user !== undefined ? { user } : {}),
+      ...(policy.agent !== undefined ? { agent: policy.agent } : {}),
+      ...(requestId !== undefined && REQUEST_ID.test(requestId) ? { correlationId: requestId } : {}),
+      signal: controller.signal,
+    });
+  }
+
+  function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
+    const headers: HeaderValueOption[] = [];
+    const headersToRemove: string[] = [];
+    let injected = false;
+    if (token !== undefined) {
+      const value = `${token.scheme} ${token.token}`;
+      if (INVALID_HEADER_VALUE.test(value)) throw new SidecarError('internal', 'The acquired token is not a valid header value.');
+      headers.push(option(policy.injectHeader, value));
+      injected = policy.injectHeader === 'authorization';
+    }
+    if (policy.stripInboundAuthorization && !injected) headersToRemove.push('authorization');
+    // Envoy applies headers_to_remove after the header sets (ext_authz.cc onComplete), so a claim
+    // header is either overwritten with our value or removed; a client-sent copy never survives.
+    const claims = user?.claims;
+    for (const [header, claim] of claimHeaders) {
+      const value = claims === undefined ? undefined : claimHeaderValue(claims[claim]);
+      if (value === undefined || value === '') {
+        headersToRemove.push(header);
+      } else if (INVALID_HEADER_VALUE.test(value) || Buffer.byteLength(value) > MAX_CLAIM_HEADER_BYTES) {
+        logger.warn({ header, claim }, 'ext_authz omitted a claim header whose value is not a valid header value');
+        headersToRemove.push(header);
+      } else {
+        headers.push(option(header, value));
+      }
+    }
+    const ok: OkHttpResponse = { headers, headers_to_remove: headersToRemove };
+    // Only the Authorization header carries credentials (reference sidecar-http-api §4); a token in
+    // the query string must not travel on to the app or its access logs.
+    if (ACCESS_TOKEN_QUERY.test(facts.path)) ok.query_parameters_to_remove = ACCESS_TOKEN_PARAM;
+    const response: CheckResponse = { status: OK_STATUS, ok_response: ok };
+    if (user !== undefined) response.dynamic_metadata = identityMetadata(user);
+    if (logger.isLevelEnabled('debug')) {
+      logger.debug({ route: pathWithoutQuery(facts.path), downstreamApi: policy.downstreamApi, requestId: facts.headers['x-request-id'] }, 'ext_authz allow');
+    }
+    return response;
+  }
+
+  async function decide(request: CheckRequest, state: CallState): Promise<CheckResponse> {
+    let facts: RequestFacts | undefined;
+    try {
+      const attributes = request.attributes;
+      if (attributes === undefined) throw new SidecarError('request_invalid', 'The CheckRequest has no attributes.');
+      const http = attributes.request?.http;
+      if (http === undefined) throw new SidecarError('request_not_http');
+      const headers = inboundHeaders(http);
+      facts = { headers, path: http.path || headers[':path'] || '' };
+      const policy = routePolicy(defaults, attributes.context_extensions);
+      if (options.allowCorsPreflight && (http.method || headers[':method']) === 'OPTIONS' && headers.origin !== undefined && headers['access-control-request-method'] !== undefined) {
+        // Browsers send preflights without credentials (Fetch §4.8); the app answers CORS itself.
+        return corsPreflightResponse;
+      }
+      const user = await authenticate(policy, headers);
+      if (user !== undefined) requireScopesOrRoles(user.claims, policy.requiredScopes, policy.requiredRoles, policy.requireAll);
+      const token = policy.downstreamApi !== undefined ? await acquire(policy, user, headers, state) : undefined;
+      return allow(policy, user, token, facts);
+    } catch (err) {
+      // After the deadline answer went out, a late failure is not worth a second log line.
+      return deny(toSidecarError(err), facts, !state.timedOut);
+    }
+  }
+
+  return {
+    check(request, deadline) {
+      const state: CallState = { controller: undefined, timedOut: false };
+      if (deadline === undefined || !Number.isFinite(deadline)) return decide(request, state);
+      const remaining = deadline - now();
+      const margin = Math.min(MAX_DEADLINE_MARGIN_MS, Math.max(MIN_DEADLINE_MARGIN_MS, remaining * DEADLINE_MARGIN_FRACTION));
+      return new Promise<CheckResponse>((resolve) => {
+        let settled = false;
+        const timer = setTimeout(() => {
+          if (settled) return;
+          settled = true;
+          state.timedOut = true;
+          state.controller?.abort();
+          resolve(deny(new SidecarError('dependency_timeout', 'A dependency did not answer before the Check deadline.'), undefined));
+        }, Math.max(0, remaining - margin));
+        void decide(request, state).then((response) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          resolve(response);
+        });
+      });
+    },
+  };
+}
+
+/** Renders a SidecarError as a successful Check with a denied_response, all from ERROR_TABLE. */
+export function renderDeny(err: SidecarError, httpStatusNames: ReadonlyMap<number, string>): CheckResponse {
+  const spec = err.spec;
+  const message = err.publicMessage;
+  const headers = [option('content-type', 'application/json'), option('cache-control', 'no-store')];
+  const challenge = wwwAuthenticate(err);
+  if (challenge !== undefined) headers.push(option('www-authenticate', challenge));
+  if (err.retryAfterSec !== undefined && err.retryAfterSec > 0) headers.push(option('retry-after', String(Math.ceil(err.retryAfterSec))));
+  return {
+    status: { code: spec.grpcCode, message },
+    denied_response: {
+      // Envoy needs a defined StatusCode; every envoyStatus in ERROR_TABLE is one (tested).
+      status: { code: httpStatusNames.get(spec.envoyStatus) ?? 'Forbidden' },
+      headers,
+      body: JSON.stringify({ code: err.code, message }),
+    },
+  };
+}
+
+/** Non-secret identity facts for later Envoy filters and access logs (never a token). */
+function identityMetadata(user: ValidatedToken): StringStruct {
+  const fields: Record<string, { stringValue: string }> = { 'entra.tid': { stringValue: user.tenantId } };
+  const { oid, azp, appid } = user.claims as { oid?: unknown; azp?: unknown; appid?: unknown };
+  if (typeof oid === 'string') fields['entra.oid'] = { stringValue: oid };
+  const client = typeof azp === 'string' ? azp : appid;
+  if (typeof client === 'string') fields['entra.azp'] = { stringValue: client };
+  return { fields };
+}

@@ -1,0 +1,129 @@
+/**
+ * Per-route ext_authz policy: `Sidecar:ExtAuthz:*` defaults, overridden per route by Envoy's
+ * `ExtAuthzPerRoute.check_settings.context_extensions` (reference envoy-ext-authz §2).
+ */
+import type { ExtAuthzOptions } from '../config/types.js';
+import { SidecarError } from '../errors.js';
+import type { AgentSelection } from '../pipeline/types.js';
+
+export type ValidateMode = 'required' | 'optional' | 'none';
+
+/** What one Check must do, resolved from config defaults and the route's context_extensions. */
+export interface RoutePolicy {
+  readonly validate: ValidateMode;
+  /** A `DownstreamApis` name whose token is injected; undefined → validate only. */
+  readonly downstreamApi: string | undefined;
+  /** Lower-case request header that receives `<scheme> <token>`. */
+  readonly injectHeader: string;
+  readonly requiredScopes: readonly string[];
+  readonly requiredRoles: readonly string[];
+  readonly requireAll: boolean;
+  readonly stripInboundAuthorization: boolean;
+  readonly agent: AgentSelection | undefined;
+}
+
+/** The context_extensions keys a route may set; any other key is a configuration mistake. */
+export const CONTEXT_EXTENSION_KEYS = [
+  'validate',
+  'downstream_api',
+  'inject_header',
+  'required_scopes',
+  'required_roles',
+  'require_all',
+  'strip_inbound_authorization',
+  'agent_identity',
+  'agent_username',
+  'agent_user_id',
+] as const;
+
+const KNOWN_KEYS: ReadonlySet<string> = new Set(CONTEXT_EXTENSION_KEYS);
+
+/** RFC 9110 §5.6.2 token: what a header field name may be. */
+const HTTP_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** True when `name` is a valid HTTP header field name (RFC 9110 token). */
+export function isHeaderName(name: string): boolean {
+  return HTTP_TOKEN.test(name);
+}
+
+function splitList(value: string): string[] {
+  return value.split(' ').filter((s) => s !== '');
+}
+
+function parseBool(key: string, value: string): boolean {
+  const v = value.toLowerCase();
+  if (v === 'true') return true;
+  if (v === 'false') return false;
+  throw new SidecarError('misconfigured', `context_extensions ${key} must be true or false.`);
+}
+
+function parseValidate(source: string, value: string): ValidateMode {
+  if (value === 'required' || value === 'optional' || value === 'none') return value;
+  throw new SidecarError('misconfigured', `${source} validate must be required, optional or none.`);
+}
+
+function checkConsistent(policy: RoutePolicy, source: string): RoutePolicy {
+  if (!isHeaderName(policy.injectHeader)) throw new SidecarError('misconfigured', `${source} inject_header is not a valid header name.`);
+  if (policy.validate === 'none' && (policy.requiredScopes.length > 0 || policy.requiredRoles.length > 0)) {
+    throw new SidecarError('misconfigured', `${source} requires scopes or roles but does not validate tokens.`);
+  }
+  return policy;
+}
+
+/** The policy of a route without context_extensions; throws SidecarError('misconfigured') on bad defaults. */
+export function defaultPolicy(options: ExtAuthzOptions): RoutePolicy {
+  return Object.freeze(
+    checkConsistent(
+      {
+        validate: parseValidate('Sidecar:ExtAuthz', options.validate),
+        downstreamApi: options.downstreamApi || undefined,
+        injectHeader: options.injectHeader.toLowerCase(),
+        requiredScopes: Object.freeze([...options.requiredScopes]),
+        requiredRoles: Object.freeze([...options.requiredRoles]),
+        requireAll: options.requireAll,
+        stripInboundAuthorization: options.stripInboundAuthorization,
+        agent: undefined,
+      },
+      'Sidecar:ExtAuthz',
+    ),
+  );
+}
+
+/**
+ * Overlays a route's context_extensions on the defaults. Unknown keys and bad values throw
+ * SidecarError('misconfigured') so a typo in envoy.yaml fails closed instead of silently skipping
+ * a scope check or a token injection.
+ */
+export function routePolicy(defaults: RoutePolicy, ext: Readonly<Record<string, string>> | undefined): RoutePolicy {
+  if (ext === undefined) return defaults;
+  let any = false;
+  for (const key in ext) {
+    if (!KNOWN_KEYS.has(key)) throw new SidecarError('misconfigured', `Unknown context_extensions key "${key}".`);
+    any = true;
+  }
+  if (!any) return defaults;
+  const agentIdentity = ext.agent_identity || undefined;
+  if (!agentIdentity && (ext.agent_username || ext.agent_user_id)) {
+    throw new SidecarError('misconfigured', 'context_extensions agent_username/agent_user_id need agent_identity.');
+  }
+  const policy: RoutePolicy = {
+    validate: ext.validate !== undefined ? parseValidate('context_extensions', ext.validate) : defaults.validate,
+    downstreamApi: ext.downstream_api !== undefined ? ext.downstream_api || undefined : defaults.downstreamApi,
+    injectHeader: ext.inject_header !== undefined ? ext.inject_header.toLowerCase() : defaults.injectHeader,
+    requiredScopes: ext.required_scopes !== undefined ? splitList(ext.required_scopes) : defaults.requiredScopes,
+    requiredRoles: ext.required_roles !== undefined ? splitList(ext.required_roles) : defaults.requiredRoles,
+    requireAll: ext.require_all !== undefined ? parseBool('require_all', ext.require_all) : defaults.requireAll,
+    stripInboundAuthorization:
+      ext.strip_inbound_authorization !== undefined
+        ? parseBool('strip_inbound_authorization', ext.strip_inbound_authorization)
+        : defaults.stripInboundAuthorization,
+    agent: agentIdentity
+      ? {
+          agentIdentity,
+          ...(ext.agent_username ? { username: ext.agent_username } : {}),
+          ...(ext.agent_user_id ? { userId: ext.agent_user_id } : {}),
+        }
+      : undefined,
+  };
+  return checkConsistent(policy, 'context_extensions');
+}

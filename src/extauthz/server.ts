@@ -1,0 +1,123 @@
+/**
+ * The Envoy ext_authz gRPC listener: `envoy.service.auth.v3.Authorization/Check` plus
+ * `grpc.health.v1.Health`. Only v3 is registered; grpc-js answers UNIMPLEMENTED for the removed
+ * v2/v2alpha names by itself (reference envoy-ext-authz §1.5). No reflection.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { SidecarConfig } from '../config/types.js';
+import { SidecarError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { EffectiveApiOptions, TokenAcquirer, TokenValidator } from '../pipeline/types.js';
+import { createChecker, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
+import { HealthService, type ServingStatus } from './health.js';
+import { AUTHORIZATION_SERVICE, loadExtAuthzProtos } from './protos.js';
+
+export interface ExtAuthzDeps {
+  config: SidecarConfig;
+  validator: TokenValidator;
+  acquirer: TokenAcquirer;
+  /** The named DownstreamApis entry with no overrides (ext_authz never takes optionsOverride); undefined = not configured. */
+  resolveApiOptions: (apiName: string) => EffectiveApiOptions | undefined;
+  logger: Logger;
+  now?: () => number;
+}
+
+export interface ExtAuthzServer {
+  /** The bound port (the real one when the configured port is 0). */
+  port: number;
+  /** `host:port` as bound. */
+  address: string;
+  /** Flips every health status to NOT_SERVING (draining) or back. */
+  setServing(serving: boolean): void;
+  /** Stops accepting calls, lets running ones finish for up to `graceMs`, then cuts the rest. */
+  close(graceMs: number): Promise<void>;
+}
+
+/** How often Watch streams are re-evaluated (the validator's readiness has no change event). */
+const HEALTH_POLL_MS = 500;
+
+function hostPort(host: string, port: number): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Starts the ext_authz gRPC server on `config.sidecar.extAuthz.address`; resolves once it listens. */
+export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzServer> {
+  const { config, validator, logger } = deps;
+  const options = config.sidecar.extAuthz;
+  const protos = loadExtAuthzProtos();
+  const checker = createChecker({
+    options,
+    validator,
+    acquirer: deps.acquirer,
+    resolveApiOptions: deps.resolveApiOptions,
+    logger,
+    httpStatusNames: protos.httpStatusNames,
+    ...(deps.now ? { now: deps.now } : {}),
+  });
+  const internalDeny = renderDeny(new SidecarError('internal'), protos.httpStatusNames);
+  if (options.reflection) logger.warn('Sidecar:ExtAuthz:Reflection is set but gRPC reflection is not part of this build; it stays off.');
+
+  let serving = false;
+  const health = new HealthService(['', AUTHORIZATION_SERVICE], (service): ServingStatus | undefined => {
+    if (service === '') return serving ? 'SERVING' : 'NOT_SERVING';
+    if (service === AUTHORIZATION_SERVICE) return serving && validator.ready() ? 'SERVING' : 'NOT_SERVING';
+    return undefined;
+  });
+
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': options.maxReceiveMessageBytes,
+  });
+  server.addService(protos.authorizationService as grpc.ServiceDefinition, {
+    Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>) {
+      const d = call.getDeadline();
+      checker.check(call.request, d instanceof Date ? d.getTime() : d).then(
+        (response) => callback(null, response),
+        (err: unknown) => {
+          // The checker renders every failure itself; this is the last line that keeps a deny a deny.
+          logger.error({ cause: err instanceof Error ? err.name : typeof err }, 'ext_authz Check failed unexpectedly');
+          callback(null, internalDeny);
+        },
+      );
+    },
+  });
+  health.addToServer(server);
+
+  const target = hostPort(options.address.host, options.address.port);
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, boundPort) => (err ? reject(err) : resolve(boundPort)));
+  });
+  serving = true;
+  const poll = setInterval(() => health.refresh(), HEALTH_POLL_MS);
+  poll.unref();
+  const address = hostPort(options.address.host, port);
+  logger.info({ address }, 'ext_authz gRPC server listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    address,
+    setServing(value) {
+      serving = value;
+      health.refresh();
+    },
+    close(graceMs) {
+      closing ??= new Promise<void>((resolve) => {
+        serving = false;
+        health.refresh();
+        clearInterval(poll);
+        // Watch streams never end by themselves; tryShutdown would wait for them.
+        health.endWatches();
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        force.unref();
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,286 @@
+/**
+ * Prometheus metrics for the sidecar (issue 7). One `Registry` per sidecar instance, created here and
+ * never prom-client's global default, so tests and parallel instances do not collide.
+ *
+ * Label sets are closed (reference style-and-ecosystem Part 2 (d)): route names, status classes,
+ * error codes, flows and outbound targets. No label ever carries a token, user, tenant, scope,
+ * client IP, raw path or downstream URL. The downstream API name is bounded by configuration, but
+ * it is deliberately NOT a label either: it would tie series cardinality to config size and is not
+ * needed to alert on the sidecar's health; Authorino's opt-in "deep metrics" is the model if
+ * per-API detail is ever wanted.
+ *
+ * Hot paths call small methods (`observeCheck`, `observeHttpRequest`, ...). Each method looks its
+ * label child up in a nested Map built once per label combination, so a request allocates no label
+ * object. Values outside the closed sets are folded into `other` instead of growing a series.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { ERROR_TABLE, type ErrorCode } from './errors.js';
+
+/** ext_authz Check decision. */
+export type CheckDecision = 'allow' | 'deny';
+
+/** `ok` for success, otherwise the stable error code that decided the outcome. */
+export type Outcome = 'ok' | ErrorCode;
+
+/** How a downstream token was obtained (reference sidecar-http-api §5.1). */
+export type TokenFlow = 'client_credentials' | 'on_behalf_of' | 'long_running_on_behalf_of' | 'managed_identity' | 'agent';
+
+/** Token cache events counted by `entra_sidecar_token_cache_*_total`. */
+export type TokenCacheEvent = 'hit' | 'miss' | 'coalesced' | 'refresh' | 'eviction';
+
+/** Who an outbound HTTP call went to. */
+export type OutboundTarget = 'metadata' | 'jwks' | 'token' | 'managed_identity' | 'key_vault' | 'downstream';
+
+/** Cumulative token-cache counters as the acquisition module reports them (`TokenCacheStats`). */
+export interface TokenCacheCounters {
+  readonly cacheHits: number;
+  readonly cacheMisses: number;
+  readonly coalesced: number;
+  readonly refreshes: number;
+  readonly evictions: number;
+  readonly size: number;
+}
+
+/** What the hot paths and the management listener call. Every method is cheap and never throws. */
+export interface Metrics {
+  /** The registry behind these metrics (for tests and custom collectors). */
+  readonly registry: Registry;
+  /** `Content-Type` of `render()`'s output. */
+  readonly contentType: string;
+  /** One identity-API request: `route` is the route's template name (e.g. `AuthorizationHeader`), never a raw path. */
+  observeHttpRequest(route: string, status: number, seconds: number): void;
+  /** One ext_authz Check. */
+  observeCheck(decision: CheckDecision, reason: Outcome, seconds: number): void;
+  /** One call to the token acquirer. */
+  countTokenAcquisition(flow: TokenFlow, outcome: Outcome): void;
+  /** `count` token-cache events of one kind. */
+  countTokenCache(event: TokenCacheEvent, count?: number): void;
+  /** Current number of cached downstream tokens. */
+  setTokenCacheEntries(entries: number): void;
+  /** Brings the token-cache counters up to a cumulative snapshot (adds the difference since the last call). */
+  syncTokenCache(stats: TokenCacheCounters): void;
+  /** One outbound HTTP call: `status` is the response status, or `'error'` when no response arrived. */
+  observeOutbound(target: OutboundTarget, status: number | 'error', seconds: number): void;
+  /** One OpenID metadata + JWKS (re)load. */
+  countSigningKeysRefresh(outcome: 'ok' | 'error'): void;
+  /** Signing keys in the current set. */
+  setSigningKeys(keys: number): void;
+  /** One inbound token that failed validation, by its stable code. */
+  countValidationFailure(reason: ErrorCode): void;
+  /** Runs `hook` before every render, e.g. to copy gauges from a module's `stats()`. */
+  addScrapeHook(hook: () => void): void;
+  /** The Prometheus text exposition of every metric in the registry. */
+  render(): Promise<string>;
+}
+
+/** Options for createMetrics. */
+export interface MetricsOptions {
+  /** The sidecar's version, for `entra_sidecar_build_info`. */
+  readonly version: string;
+  /** Also export Node process metrics (`process_*`, `nodejs_*`, event-loop lag). Default false; main turns it on. */
+  readonly collectProcess?: boolean;
+}
+
+const PREFIX = 'entra_sidecar_';
+const OTHER = 'other';
+/** At most this many distinct `route` values; the identity API has fewer than ten routes. */
+const MAX_ROUTES = 32;
+const ROUTE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+
+/** A cached validation takes tens to hundreds of µs; prom-client's defaults (5 ms+) would hide it. */
+export const CHECK_BUCKETS_SECONDS: readonly number[] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+/** Identity-API requests may include a cold token acquisition or a downstream call. */
+export const HTTP_BUCKETS_SECONDS: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** Calls to Entra ID, IMDS, Key Vault and downstream APIs. */
+export const OUTBOUND_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+const ERROR_CODES: ReadonlySet<string> = new Set(Object.keys(ERROR_TABLE));
+const OUTCOMES: ReadonlySet<string> = new Set(['ok', ...ERROR_CODES]);
+const DECISIONS: ReadonlySet<string> = new Set(['allow', 'deny']);
+const FLOWS: ReadonlySet<string> = new Set(['client_credentials', 'on_behalf_of', 'long_running_on_behalf_of', 'managed_identity', 'agent']);
+const TARGETS: ReadonlySet<string> = new Set(['metadata', 'jwks', 'token', 'managed_identity', 'key_vault', 'downstream']);
+const REFRESH_OUTCOMES: ReadonlySet<string> = new Set(['ok', 'error']);
+const STATUS_CLASSES = ['unknown', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+
+/** `404` → `4xx`; anything that is not an HTTP status → `unknown`. */
+export function statusClass(status: number): string {
+  if (!Number.isInteger(status) || status < 100 || status > 599) return 'unknown';
+  return STATUS_CLASSES[Math.floor(status / 100)];
+}
+
+/** One-label children, created on first use and kept. */
+function children1<C>(make: (a: string) => C): (a: string) => C {
+  const byA = new Map<string, C>();
+  return (a) => {
+    let child = byA.get(a);
+    if (child === undefined) {
+      child = make(a);
+      byA.set(a, child);
+    }
+    return child;
+  };
+}
+
+/** Two-label children in a nested Map, so a lookup concatenates no strings. */
+function children2<C>(make: (a: string, b: string) => C): (a: string, b: string) => C {
+  const byA = new Map<string, Map<string, C>>();
+  return (a, b) => {
+    let byB = byA.get(a);
+    if (byB === undefined) {
+      byB = new Map();
+      byA.set(a, byB);
+    }
+    let child = byB.get(b);
+    if (child === undefined) {
+      child = make(a, b);
+      byB.set(b, child);
+    }
+    return child;
+  };
+}
+
+function inSet(allowed: ReadonlySet<string>, value: string): string {
+  return allowed.has(value) ? value : OTHER;
+}
+
+/** A finite, non-negative duration; a broken clock must not throw on a hot path. */
+function seconds(value: number): number {
+  return Number.isFinite(value) && value > 0 ? value : 0;
+}
+
+/** Creates the sidecar's metrics on a fresh Registry. */
+export function createMetrics(opts: MetricsOptions): Metrics {
+  const registry = new Registry();
+  const registers = [registry];
+
+  const httpRequests = new Counter({ name: `${PREFIX}http_requests_total`, help: 'Identity HTTP API requests, by route template name and status class.', labelNames: ['route', 'status_class'] as const, registers });
+  const httpDuration = new Histogram({ name: `${PREFIX}http_request_duration_seconds`, help: 'Identity HTTP API request duration in seconds, by route template name.', labelNames: ['route'] as const, buckets: [...HTTP_BUCKETS_SECONDS], registers });
+  const checks = new Counter({ name: `${PREFIX}ext_authz_checks_total`, help: 'ext_authz Check decisions; reason is the stable error code of a deny, or ok.', labelNames: ['decision', 'reason'] as const, registers });
+  const checkDuration = new Histogram({ name: `${PREFIX}ext_authz_check_duration_seconds`, help: 'ext_authz Check duration in seconds.', buckets: [...CHECK_BUCKETS_SECONDS], registers });
+  const acquisitions = new Counter({ name: `${PREFIX}token_acquisitions_total`, help: 'Calls to the token acquirer, by flow and outcome (ok or the stable error code).', labelNames: ['flow', 'outcome'] as const, registers });
+  const cacheCounters: Record<TokenCacheEvent, Counter> = {
+    hit: new Counter({ name: `${PREFIX}token_cache_hits_total`, help: 'Downstream tokens served from the token cache.', registers }),
+    miss: new Counter({ name: `${PREFIX}token_cache_misses_total`, help: 'Token cache lookups that found no usable token.', registers }),
+    coalesced: new Counter({ name: `${PREFIX}token_cache_coalesced_total`, help: 'Callers that joined a token acquisition already in flight.', registers }),
+    refresh: new Counter({ name: `${PREFIX}token_cache_refreshes_total`, help: 'Background refresh-ahead acquisitions started.', registers }),
+    eviction: new Counter({ name: `${PREFIX}token_cache_evictions_total`, help: 'Tokens evicted from the bounded token cache.', registers }),
+  };
+  const cacheEntries = new Gauge({ name: `${PREFIX}token_cache_entries`, help: 'Downstream tokens currently cached.', registers });
+  const outbound = new Counter({ name: `${PREFIX}outbound_requests_total`, help: 'Outbound HTTP calls, by target and status class (error when no response arrived).', labelNames: ['target', 'status_class'] as const, registers });
+  const outboundDuration = new Histogram({ name: `${PREFIX}outbound_request_duration_seconds`, help: 'Outbound HTTP call duration in seconds, by target.', labelNames: ['target'] as const, buckets: [...OUTBOUND_BUCKETS_SECONDS], registers });
+  const keyRefreshes = new Counter({ name: `${PREFIX}signing_keys_refreshes_total`, help: 'OpenID metadata and JWKS loads, by outcome.', labelNames: ['outcome'] as const, registers });
+  const signingKeys = new Gauge({ name: `${PREFIX}signing_keys`, help: 'Signing keys in the current JWKS.', registers });
+  const validationFailures = new Counter({ name: `${PREFIX}token_validation_failures_total`, help: 'Inbound tokens that failed validation, by stable error code.', labelNames: ['reason'] as const, registers });
+  const buildInfo = new Gauge({ name: `${PREFIX}build_info`, help: 'Always 1; labels carry the sidecar version and the Node.js version.', labelNames: ['version', 'node'] as const, registers });
+  buildInfo.labels(opts.version, process.versions.node).set(1);
+
+  if (opts.collectProcess === true) collectDefaultMetrics({ register: registry });
+
+  const httpRequestChild = children2((route, cls) => httpRequests.labels(route, cls));
+  const httpDurationChild = children1((route) => httpDuration.labels(route));
+  const checkChild = children2((decision, reason) => checks.labels(decision, reason));
+  const acquisitionChild = children2((flow, outcome) => acquisitions.labels(flow, outcome));
+  const outboundChild = children2((target, cls) => outbound.labels(target, cls));
+  const outboundDurationChild = children1((target) => outboundDuration.labels(target));
+  const keyRefreshChild = children1((outcome) => keyRefreshes.labels(outcome));
+  const validationFailureChild = children1((reason) => validationFailures.labels(reason));
+
+  // Route names come from the HTTP server's route table; anything else (or too many) folds into `other`.
+  const knownRoutes = new Set<string>();
+  function boundedRoute(route: string): string {
+    if (knownRoutes.has(route)) return route;
+    if (knownRoutes.size >= MAX_ROUTES || !ROUTE_NAME.test(route)) return OTHER;
+    knownRoutes.add(route);
+    return route;
+  }
+
+  const scrapeHooks: Array<() => void> = [];
+  const lastCacheCounters = { cacheHits: 0, cacheMisses: 0, coalesced: 0, refreshes: 0, evictions: 0 };
+  function addDelta(event: TokenCacheEvent, field: keyof typeof lastCacheCounters, current: number): void {
+    if (!Number.isFinite(current)) return;
+    const delta = current - lastCacheCounters[field];
+    // A smaller value means the source was recreated; count from its new base.
+    if (delta > 0) cacheCounters[event].inc(delta);
+    lastCacheCounters[field] = current;
+  }
+
+  return {
+    registry,
+    contentType: registry.contentType,
+    observeHttpRequest(route, status, duration) {
+      const r = boundedRoute(route);
+      httpRequestChild(r, statusClass(status)).inc();
+      httpDurationChild(r).observe(seconds(duration));
+    },
+    observeCheck(decision, reason, duration) {
+      checkChild(inSet(DECISIONS, decision), inSet(OUTCOMES, reason)).inc();
+      checkDuration.observe(seconds(duration));
+    },
+    countTokenAcquisition(flow, outcome) {
+      acquisitionChild(inSet(FLOWS, flow), inSet(OUTCOMES, outcome)).inc();
+    },
+    countTokenCache(event, count = 1) {
+      const counter = cacheCounters[event] as Counter | undefined;
+      if (counter !== undefined && Number.isFinite(count) && count > 0) counter.inc(count);
+    },
+    setTokenCacheEntries(entries) {
+      if (Number.isFinite(entries)) cacheEntries.set(entries);
+    },
+    syncTokenCache(stats) {
+      addDelta('hit', 'cacheHits', stats.cacheHits);
+      addDelta('miss', 'cacheMisses', stats.cacheMisses);
+      addDelta('coalesced', 'coalesced', stats.coalesced);
+      addDelta('refresh', 'refreshes', stats.refreshes);
+      addDelta('eviction', 'evictions', stats.evictions);
+      if (Number.isFinite(stats.size)) cacheEntries.set(stats.size);
+    },
+    observeOutbound(target, status, duration) {
+      const t = inSet(TARGETS, target);
+      outboundChild(t, status === 'error' ? 'error' : statusClass(status)).inc();
+      outboundDurationChild(t).observe(seconds(duration));
+    },
+    countSigningKeysRefresh(outcome) {
+      keyRefreshChild(inSet(REFRESH_OUTCOMES, outcome)).inc();
+    },
+    setSigningKeys(keys) {
+      if (Number.isFinite(keys)) signingKeys.set(keys);
+    },
+    countValidationFailure(reason) {
+      validationFailureChild(inSet(ERROR_CODES, reason)).inc();
+    },
+    addScrapeHook(hook) {
+      scrapeHooks.push(hook);
+    },
+    async render() {
+      // A failing hook must not take the whole scrape down; its gauges just keep their last value.
+      for (const hook of scrapeHooks) {
+        try {
+          hook();
+        } catch {
+          /* ignored on purpose, see above */
+        }
+      }
+      return registry.metrics();
+    },
+  };
+}
+
+/** Metrics that record nothing, for modules constructed without a registry (tests, tools). */
+export const NOOP_METRICS: Metrics = Object.freeze({
+  registry: new Registry(),
+  contentType: 'text/plain; version=0.0.4; charset=utf-8',
+  observeHttpRequest() {},
+  observeCheck() {},
+  countTokenAcquisition() {},
+  countTokenCache() {},
+  setTokenCacheEntries() {},
+  syncTokenCache() {},
+  observeOutbound() {},
+  countSigningKeysRefresh() {},
+  setSigningKeys() {},
+  countValidationFailure() {},
+  addScrapeHook() {},
+  async render() {
+    return '';
+  },
+});

@@ -1,0 +1,314 @@
+/**
+ * Per-request downstream API options (reference sidecar-http-api §2.3 steps 1–5): look up the named
+ * `DownstreamApis:<apiName>` entry, deep-copy it, merge `optionsOverride.*` (§2.5 grammar, exactly as
+ * Microsoft's BindableDownstreamApiOptions parses it) and pick the agent identity parameters (§2.6).
+ * The configured objects are never touched: every request gets its own copy (microsoft-identity-web
+ * PR #3919 fixed a cross-request leak caused by mutating them).
+ */
+import type { AcquireTokenOptions, DownstreamApiOptions, SidecarConfig } from '../config/types.js';
+import { SidecarError } from '../errors.js';
+import type { AgentSelection, EffectiveApiOptions } from './types.js';
+
+/** The four routes that each have their own `Sidecar:AllowOverrides:<route>` switch (§3.4). */
+export type OverrideRoute = 'GetAuthorizationHeader' | 'GetAuthorizationHeaderUnauthenticated' | 'CallDownstreamApi' | 'CallDownstreamApiUnauthenticated';
+
+export interface ResolvedApiOptions {
+  readonly options: EffectiveApiOptions;
+  /** Agent identity selection, only when the route allows overrides and `AgentIdentity` was given. */
+  readonly agent?: AgentSelection;
+  /** `optionsOverride.*` keys were given but the route does not allow overrides (log `OverridesIgnored`). */
+  readonly overridesIgnored: boolean;
+  /** Agent parameters were given but the route does not allow overrides (log `AgentIdentityOverridesIgnored`). */
+  readonly agentParamsIgnored: boolean;
+  /** `optionsOverride.BaseUrl` was given; it is never honoured (≥1.1.0, SSRF fix). */
+  readonly baseUrlOverrideIgnored: boolean;
+}
+
+const OVERRIDE_PREFIX = 'optionsoverride.';
+const GUID = /^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$/i;
+const BRACED_GUID = /^[{(]([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})[})]$/i;
+
+/** What an unknown `apiName` resolves to: .NET named options fall back to a default-constructed object (§2.3 step 1). */
+function defaultApiOptions(): DownstreamApiOptions {
+  return {
+    relativePath: '',
+    httpMethod: 'Get',
+    requestAppToken: false,
+    acceptHeader: 'application/json',
+    contentType: 'application/json',
+    protocolScheme: 'Bearer',
+    extraHeaderParameters: {},
+    extraQueryParameters: {},
+    acquireTokenOptions: {
+      forceRefresh: false,
+      extraQueryParameters: {},
+      extraHeadersParameters: {},
+      extraParameters: {},
+    },
+  };
+}
+
+/** Parses a GUID the way .NET's Guid.TryParse accepts the common forms; returns the `D` format (lower case) or undefined. */
+export function parseGuid(value: string): string | undefined {
+  const v = value.trim();
+  const braced = BRACED_GUID.exec(v);
+  const bare = braced ? braced[1] : v;
+  if (!GUID.test(bare)) return undefined;
+  const hex = bare.replace(/-/g, '').toLowerCase();
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+const EMPTY_GUID = '00000000-0000-0000-0000-000000000000';
+
+/** .NET bool.TryParse: `true`/`false`, case-insensitive, surrounding white space allowed. */
+function parseBool(value: string): boolean | undefined {
+  const v = value.trim().toLowerCase();
+  if (v === 'true') return true;
+  if (v === 'false') return false;
+  return undefined;
+}
+
+/** The overrides a request supplied, collected before merging (last occurrence wins for single values). */
+interface CollectedOverrides {
+  any: boolean;
+  baseUrl: boolean;
+  scopes: string[];
+  requestAppToken?: boolean;
+  relativePath?: string;
+  httpMethod?: string;
+  contentType?: string;
+  acceptHeader?: string;
+  tenant?: string;
+  forceRefresh?: boolean;
+  claims?: string;
+  correlationId?: string;
+  fmiPath?: string;
+  longRunningWebApiSessionKey?: string;
+  popPublicKey?: string;
+  userAssignedClientId?: string;
+  extraHeaders: Array<[string, string]>;
+  extraQuery: Array<[string, string]>;
+}
+
+function collectOverrides(query: URLSearchParams): CollectedOverrides {
+  const o: CollectedOverrides = { any: false, baseUrl: false, scopes: [], extraHeaders: [], extraQuery: [] };
+  for (const [rawKey, value] of query) {
+    if (!rawKey.toLowerCase().startsWith(OVERRIDE_PREFIX)) continue;
+    const subKey = rawKey.slice(OVERRIDE_PREFIX.length);
+    const sub = subKey.toLowerCase();
+    if (sub === 'baseurl') {
+      // Never honoured and, alone, not an override (§2.5).
+      o.baseUrl = true;
+      continue;
+    }
+    o.any = true;
+    const nonEmpty = value !== '' ? value : undefined;
+    switch (sub) {
+      case 'scopes':
+        if (value.trim() !== '') o.scopes.push(value);
+        break;
+      case 'requestapptoken': {
+        const b = parseBool(value);
+        if (b !== undefined) o.requestAppToken = b;
+        break;
+      }
+      case 'relativepath':
+        if (nonEmpty !== undefined) o.relativePath = nonEmpty;
+        break;
+      case 'httpmethod':
+        if (nonEmpty !== undefined) o.httpMethod = nonEmpty;
+        break;
+      case 'contenttype':
+        if (nonEmpty !== undefined) o.contentType = nonEmpty;
+        break;
+      case 'acceptheader':
+        if (nonEmpty !== undefined) o.acceptHeader = nonEmpty;
+        break;
+      case 'acquiretokenoptions.tenant':
+        if (nonEmpty !== undefined) o.tenant = nonEmpty;
+        break;
+      case 'acquiretokenoptions.forcerefresh': {
+        const b = parseBool(value);
+        if (b !== undefined) o.forceRefresh = b;
+        break;
+      }
+      case 'acquiretokenoptions.claims':
+        if (nonEmpty !== undefined) o.claims = nonEmpty;
+        break;
+      case 'acquiretokenoptions.correlationid': {
+        const g = parseGuid(value);
+        if (g !== undefined && g !== EMPTY_GUID) o.correlationId = g;
+        break;
+      }
+      case 'acquiretokenoptions.fmipath':
+        if (nonEmpty !== undefined) o.fmiPath = nonEmpty;
+        break;
+      case 'acquiretokenoptions.longrunningwebapisessionkey':
+        if (nonEmpty !== undefined) o.longRunningWebApiSessionKey = nonEmpty;
+        break;
+      case 'acquiretokenoptions.poppublickey':
+        if (nonEmpty !== undefined) o.popPublicKey = nonEmpty;
+        break;
+      case 'acquiretokenoptions.managedidentity.userassignedclientid':
+        if (nonEmpty !== undefined) o.userAssignedClientId = nonEmpty;
+        break;
+      default:
+        if (sub.startsWith('extraheaderparameters.')) {
+          const name = subKey.slice('extraheaderparameters.'.length);
+          if (name !== '' && value !== '') o.extraHeaders.push([name, value]);
+        } else if (sub.startsWith('extraqueryparameters.')) {
+          const name = subKey.slice('extraqueryparameters.'.length);
+          if (name !== '') o.extraQuery.push([name, value]);
+        }
+        // Anything else is silently ignored but still counts as an override (§2.5).
+        break;
+    }
+  }
+  return o;
+}
+
+/** Adds or overwrites a header by name, matching names case-insensitively (HTTP header semantics). */
+function setHeader(target: Record<string, string>, name: string, value: string): void {
+  for (const existing of Object.keys(target)) {
+    if (existing.toLowerCase() === name.toLowerCase()) delete target[existing];
+  }
+  target[name] = value;
+}
+
+/** A deep, unshared copy of configured options (plain data only: strings, booleans, arrays, records). */
+function copyApiOptions(src: DownstreamApiOptions): DownstreamApiOptions {
+  const ato = src.acquireTokenOptions;
+  const acquireTokenOptions: AcquireTokenOptions = {
+    ...ato,
+    managedIdentity: ato.managedIdentity ? { ...ato.managedIdentity } : undefined,
+    extraQueryParameters: { ...ato.extraQueryParameters },
+    extraHeadersParameters: { ...ato.extraHeadersParameters },
+    extraParameters: { ...ato.extraParameters },
+  };
+  return {
+    ...src,
+    scopes: src.scopes ? [...src.scopes] : undefined,
+    extraHeaderParameters: { ...src.extraHeaderParameters },
+    extraQueryParameters: { ...src.extraQueryParameters },
+    acquireTokenOptions,
+  };
+}
+
+function merge(base: DownstreamApiOptions, o: CollectedOverrides): DownstreamApiOptions {
+  const ato = base.acquireTokenOptions;
+  const extraHeaderParameters = { ...base.extraHeaderParameters };
+  for (const [name, value] of o.extraHeaders) setHeader(extraHeaderParameters, name, value);
+  const extraQueryParameters = { ...base.extraQueryParameters };
+  for (const [name, value] of o.extraQuery) extraQueryParameters[name] = value;
+  return {
+    ...base,
+    scopes: o.scopes.length > 0 ? [...o.scopes] : base.scopes,
+    // Only `true` is applied: an override cannot turn a configured app token off (§2.5).
+    requestAppToken: base.requestAppToken || o.requestAppToken === true,
+    relativePath: o.relativePath ?? base.relativePath,
+    httpMethod: o.httpMethod ?? base.httpMethod,
+    contentType: o.contentType ?? base.contentType,
+    acceptHeader: o.acceptHeader ?? base.acceptHeader,
+    extraHeaderParameters,
+    extraQueryParameters,
+    acquireTokenOptions: {
+      ...ato,
+      tenant: o.tenant ?? ato.tenant,
+      // Always copied: an override set without it resets a configured `true` (Microsoft's behaviour, §2.5).
+      forceRefresh: o.forceRefresh ?? false,
+      claims: o.claims ?? ato.claims,
+      correlationId: o.correlationId ?? ato.correlationId,
+      fmiPath: o.fmiPath ?? ato.fmiPath,
+      longRunningWebApiSessionKey: o.longRunningWebApiSessionKey ?? ato.longRunningWebApiSessionKey,
+      popPublicKey: o.popPublicKey ?? ato.popPublicKey,
+      managedIdentity: o.userAssignedClientId !== undefined ? { userAssignedClientId: o.userAssignedClientId } : ato.managedIdentity,
+    },
+  };
+}
+
+/** Last non-undefined value of a query parameter whose name matches case-insensitively. */
+function lastParam(query: URLSearchParams, lowerName: string): string | undefined {
+  let found: string | undefined;
+  for (const [k, v] of query) if (k.toLowerCase() === lowerName) found = v;
+  return found;
+}
+
+/** Microsoft's AgentOverrides precedence (§2.6): username wins; a non-GUID user id means a plain agent. */
+function selectAgent(identity: string | undefined, username: string | undefined, userId: string | undefined): AgentSelection | undefined {
+  if (identity === undefined || identity.trim() === '') return undefined;
+  if (username !== undefined && username.trim() !== '') return { agentIdentity: identity, username };
+  const oid = userId !== undefined ? parseGuid(userId) : undefined;
+  if (oid !== undefined) return { agentIdentity: identity, userId: oid };
+  return { agentIdentity: identity };
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value as Record<string, unknown>)) deepFreeze(v);
+  }
+  return value;
+}
+
+/**
+ * Resolves the effective options for one request: named lookup (case-sensitive), deep copy,
+ * `optionsOverride.*` merge and agent parameters, each gated by `allowOverrides`.
+ */
+export function resolveApiOptions(config: SidecarConfig, apiName: string, query: URLSearchParams, allowOverrides: boolean): ResolvedApiOptions {
+  const configured = Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName) ? config.downstreamApis[apiName] : undefined;
+  let options = configured ? copyApiOptions(configured) : defaultApiOptions();
+
+  const overrides = collectOverrides(query);
+  let overridesIgnored = false;
+  if (overrides.any) {
+    if (allowOverrides) options = merge(options, overrides);
+    else overridesIgnored = true;
+  }
+
+  const identity = lastParam(query, 'agentidentity');
+  const username = lastParam(query, 'agentusername');
+  const userId = lastParam(query, 'agentuserid');
+  let agent: AgentSelection | undefined;
+  let agentParamsIgnored = false;
+  if (allowOverrides) agent = selectAgent(identity, username, userId);
+  else agentParamsIgnored = [identity, username, userId].some((v) => v !== undefined && v.trim() !== '');
+
+  const effective: EffectiveApiOptions = deepFreeze({ ...options, apiName });
+  return {
+    options: effective,
+    ...(agent ? { agent: deepFreeze(agent) } : {}),
+    overridesIgnored,
+    agentParamsIgnored,
+    baseUrlOverrideIgnored: overrides.baseUrl,
+  };
+}
+
+/** The exact 400 detail Microsoft returns when no scopes are configured or overridden (§2.3 step 4). */
+export function scopesMissingDetail(apiName: string): string {
+  return `No scopes found for the API '${apiName}' or in optionsOverride. 'scopes' needs to be either a single value or a list of values.`;
+}
+
+/**
+ * Throws `scopes_missing` when the effective scopes are null; with `nonEmpty` (the DownstreamApi
+ * routes) also when the list is empty.
+ */
+export function assertScopes(options: EffectiveApiOptions, nonEmpty = false): void {
+  if (options.scopes === undefined || (nonEmpty && options.scopes.length === 0)) {
+    throw new SidecarError('scopes_missing', scopesMissingDetail(options.apiName));
+  }
+}
+
+/** Whether `Sidecar:AllowOverrides:<route>` lets callers override options and pick agents on that route. */
+export function overridesAllowed(config: SidecarConfig, route: OverrideRoute): boolean {
+  const a = config.sidecar.allowOverrides;
+  switch (route) {
+    case 'GetAuthorizationHeader':
+      return a.getAuthorizationHeader;
+    case 'GetAuthorizationHeaderUnauthenticated':
+      return a.getAuthorizationHeaderUnauthenticated;
+    case 'CallDownstreamApi':
+      return a.callDownstreamApi;
+    case 'CallDownstreamApiUnauthenticated':
+      return a.callDownstreamApiUnauthenticated;
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * Encrypted inbound tokens (JWE, reference entra-protocol §3.4): `AzureAd:TokenDecryptionCredentials`
+ * certificates become private keys; a compact JWE is unwrapped only with RSA-OAEP/RSA-OAEP-256 and
+ * an AES content encryption from the allow-list (never RSA1_5 or dir), using the key its `kid`/`x5t`
+ * names, else each configured key in turn. The plaintext must be a signed JWS; the caller validates it.
+ */
+import type { KeyObject } from 'node:crypto';
+import { compactDecrypt } from 'jose';
+import type { CredentialDescription } from '../config/types.js';
+import { loadCertificate, type CertificateFileReader } from '../credentials/certificate.js';
+import { SidecarError } from '../errors.js';
+
+/** A token decryption key and the identifiers a JWE header may name it by. */
+export interface DecryptionKey {
+  readonly privateKey: KeyObject;
+  /** Upper-case hex SHA-1 thumbprint of the certificate (Entra puts it in the JWE `kid`). */
+  readonly thumbprintSha1Hex: string;
+  /** base64url SHA-1 thumbprint (the JWE `x5t`). */
+  readonly x5t: string;
+}
+
+export const ALLOWED_KEY_MANAGEMENT_ALGS: readonly string[] = ['RSA-OAEP', 'RSA-OAEP-256'];
+export const ALLOWED_CONTENT_ENCRYPTION_ALGS: readonly string[] = ['A128CBC-HS256', 'A256CBC-HS512', 'A128GCM', 'A256GCM'];
+
+/** Loads every non-skipped TokenDecryptionCredentials entry; a credential that cannot load is a startup error. */
+export function loadDecryptionKeys(descs: readonly CredentialDescription[], fs?: CertificateFileReader): DecryptionKey[] {
+  const keys: DecryptionKey[] = [];
+  for (const desc of descs) {
+    if (desc.skip) continue;
+    const cert = loadCertificate(desc, fs);
+    if (cert.privateKey.asymmetricKeyType !== 'rsa') {
+      throw new SidecarError('misconfigured', `Token decryption certificate ${cert.thumbprintSha1} is not an RSA certificate.`);
+    }
+    keys.push({
+      privateKey: cert.privateKey,
+      thumbprintSha1Hex: cert.thumbprintSha1,
+      x5t: Buffer.from(cert.thumbprintSha1, 'hex').toString('base64url'),
+    });
+  }
+  return keys;
+}
+
+/** The members of a JWE protected header this module looks at. */
+export interface JweHeader {
+  readonly alg?: unknown;
+  readonly enc?: unknown;
+  readonly kid?: unknown;
+  readonly x5t?: unknown;
+  readonly zip?: unknown;
+  readonly crit?: unknown;
+  readonly cty?: unknown;
+}
+
+/**
+ * Decrypts a compact JWE whose protected header has already been parsed; returns the inner compact
+ * JWS. Throws token_alg_not_allowed for a disallowed alg/enc and token_decryption_failed otherwise.
+ */
+export async function decryptToken(compact: string, header: JweHeader, keys: readonly DecryptionKey[]): Promise<string> {
+  if (typeof header.alg !== 'string' || !ALLOWED_KEY_MANAGEMENT_ALGS.includes(header.alg)) {
+    throw new SidecarError('token_alg_not_allowed', `The key management algorithm '${safeName(header.alg)}' is not allowed`);
+  }
+  if (typeof header.enc !== 'string' || !ALLOWED_CONTENT_ENCRYPTION_ALGS.includes(header.enc)) {
+    throw new SidecarError('token_alg_not_allowed', `The content encryption algorithm '${safeName(header.enc)}' is not allowed`);
+  }
+  if (header.zip !== undefined || header.crit !== undefined) {
+    throw new SidecarError('token_malformed', 'The encrypted token uses an unsupported header parameter');
+  }
+  if (keys.length === 0) throw new SidecarError('token_decryption_failed', 'No token decryption key is configured');
+  const named = keys.filter(
+    (k) => (typeof header.kid === 'string' && header.kid.toUpperCase() === k.thumbprintSha1Hex) || (typeof header.x5t === 'string' && header.x5t === k.x5t),
+  );
+  // IdentityModel tries the named key, else every configured key (reference entra-protocol §3.4).
+  const candidates = named.length > 0 ? named : keys;
+  for (const key of candidates) {
+    try {
+      const { plaintext } = await compactDecrypt(compact, key.privateKey, {
+        keyManagementAlgorithms: ALLOWED_KEY_MANAGEMENT_ALGS as string[],
+        contentEncryptionAlgorithms: ALLOWED_CONTENT_ENCRYPTION_ALGS as string[],
+      });
+      return Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength).toString('utf8');
+    } catch {
+      // Wrong key or tampered ciphertext: try the next candidate; the reason is never shown.
+    }
+  }
+  throw new SidecarError('token_decryption_failed', 'The token could not be decrypted with any configured key');
+}
+
+/** A header value fit for an error detail: short, printable ASCII. */
+export function safeName(value: unknown): string {
+  const s = typeof value === 'string' ? value : String(value);
+  return s.slice(0, 64).replace(/[^\x20-\x7e]/g, '?').replace(/'/g, '?');
+}

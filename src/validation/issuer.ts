@@ -1,0 +1,87 @@
+/**
+ * Entra issuer rules (Microsoft.IdentityModel AadIssuerValidator; reference sidecar-http-api §4,
+ * entra-protocol §3.2–3.3). Issuers come from the v1/v2 metadata documents, which carry the literal
+ * `{tenantid}` for common/organizations and the tenant GUID otherwise, so no host is hard-coded here.
+ */
+import { SidecarError } from '../errors.js';
+import { safeName } from './decryption.js';
+
+export const TENANT_ID_TEMPLATE = '{tenantid}';
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** True for a GUID-shaped tenant id. */
+export function isGuid(value: string): boolean {
+  return GUID.test(value);
+}
+
+/** Which metadata issuer form a token's `iss` matched. */
+export type IssuerForm = '1.0' | '2.0';
+
+export interface IssuerTemplates {
+  readonly v1Issuer: string;
+  readonly v2Issuer: string;
+}
+
+function fill(template: string, tid: string): string {
+  return template.includes(TENANT_ID_TEMPLATE) ? template.split(TENANT_ID_TEMPLATE).join(tid) : template;
+}
+
+/** Whether `iss` has the shape of `template` with any tenant in the `{tenantid}` slot. */
+function matchesShape(template: string, iss: string): boolean {
+  const at = template.indexOf(TENANT_ID_TEMPLATE);
+  if (at < 0) return false;
+  const prefix = template.slice(0, at);
+  const suffix = template.slice(at + TENANT_ID_TEMPLATE.length);
+  return iss.length > prefix.length + suffix.length && iss.startsWith(prefix) && iss.endsWith(suffix);
+}
+
+/**
+ * Validates `iss` against the token's `tid`. With `validIssuers` configured those replace the default
+ * rule (each may carry `{tenantid}`). Returns which form matched. Throws token_issuer_invalid or
+ * token_tenant_mismatch.
+ */
+export function validateIssuer(iss: unknown, tid: unknown, templates: IssuerTemplates, validIssuers: readonly string[]): IssuerForm {
+  if (typeof iss !== 'string' || iss === '') throw new SidecarError('token_issuer_invalid', 'The token has no issuer');
+  if (typeof tid !== 'string' || tid === '') throw new SidecarError('token_tenant_mismatch', "The token has no 'tid' claim");
+  const tidIsGuid = isGuid(tid);
+  // `tid` must be the tenant the issuer names (entra-protocol §3.2 rule 5).
+  const tidInIssuer = iss.includes('/' + tid + '/') || iss.endsWith('/' + tid);
+
+  if (validIssuers.length > 0) {
+    for (const candidate of validIssuers) {
+      const templated = candidate.includes(TENANT_ID_TEMPLATE);
+      if (templated && !tidIsGuid) continue;
+      if (fill(candidate, tid) === iss) return iss.endsWith('/v2.0') ? '2.0' : '1.0';
+    }
+    throw new SidecarError('token_issuer_invalid', `The issuer '${safeName(iss)}' is invalid`);
+  }
+
+  for (const [form, template] of [['2.0', templates.v2Issuer], ['1.0', templates.v1Issuer]] as const) {
+    const templated = template.includes(TENANT_ID_TEMPLATE);
+    if (templated && !tidIsGuid) {
+      if (matchesShape(template, iss)) throw new SidecarError('token_tenant_mismatch', "The token's 'tid' claim is not a tenant id");
+      continue;
+    }
+    if (fill(template, tid) === iss) {
+      if (!tidInIssuer) throw new SidecarError('token_tenant_mismatch', `The token's 'tid' does not match the issuer '${safeName(iss)}'`);
+      return form;
+    }
+    // Multi-tenant: right shape, but `iss` names another tenant than `tid`.
+    if (templated && matchesShape(template, iss)) {
+      throw new SidecarError('token_tenant_mismatch', `The token's 'tid' does not match the issuer '${safeName(iss)}'`);
+    }
+  }
+  throw new SidecarError('token_issuer_invalid', `The issuer '${safeName(iss)}' is invalid`);
+}
+
+/**
+ * EnableAadSigningKeyIssuerValidation: a JWKS key with an `issuer` (after `{tenantid}` substitution)
+ * is only valid for that issuer. v2 JWKS keys declare the v2 issuer, so a v1-form token is checked
+ * against the v2 issuer of the same tenant. Keys without an issuer are valid for any issuer.
+ */
+export function signingKeyIssuerMatches(keyIssuer: string | undefined, iss: string, tid: string, form: IssuerForm, templates: IssuerTemplates): boolean {
+  if (keyIssuer === undefined || keyIssuer === '') return true;
+  const effective = fill(keyIssuer, tid);
+  if (effective === iss) return true;
+  return form === '1.0' && effective === fill(templates.v2Issuer, tid);
+}

@@ -1,0 +1,355 @@
+/**
+ * Inbound token validation (reference sidecar-http-api §4, entra-protocol §3.2): compact form →
+ * header allow-lists → (JWE: decrypt) → signature with the JWKS key the `kid` names → lifetime →
+ * audience → issuer/tenant → signing-key issuer → scope-or-role (unless ACL mode).
+ * A bounded LRU of verified tokens, keyed by SHA-256 of the compact token and never outliving `exp`,
+ * makes a repeated token cost one hash and one map lookup instead of an RSA verify.
+ */
+import { constants, hash, verify, type KeyObject } from 'node:crypto';
+import type { JWTHeaderParameters, JWTPayload } from 'jose';
+import type { Dispatcher } from 'undici';
+import type { AzureAdConfig, SidecarSettings } from '../config/types.js';
+import { SidecarError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { TokenValidator, ValidatedToken } from '../pipeline/types.js';
+import { decryptToken, safeName, type DecryptionKey, type JweHeader } from './decryption.js';
+import { signingKeyIssuerMatches, validateIssuer, type IssuerForm } from './issuer.js';
+import { createSigningKeyStore, type SigningKey, type SigningKeySet } from './signing-keys.js';
+
+export interface ValidatorDeps {
+  readonly azureAd: AzureAdConfig;
+  readonly settings: SidecarSettings['validation'];
+  readonly outbound: { readonly agent: Dispatcher; readonly timeoutMs: number; readonly maxResponseBytes: number };
+  readonly logger: Logger;
+  /** Clock in epoch ms (tests pass a frozen or offset clock). */
+  readonly now?: () => number;
+  readonly decryptionKeys?: DecryptionKey[];
+  /** Background retry of a failed key load: first delay and ceiling in ms (default 1 s … 60 s). */
+  readonly keyLoadRetry?: { readonly initialMs: number; readonly maxMs: number };
+}
+
+/** Counters for tests and metrics. */
+export interface TokenValidatorStats {
+  jwksFetches: number;
+  metadataFetches: number;
+  cacheHits: number;
+  cacheMisses: number;
+  /** Signing keys in the current set. */
+  keyCount: number;
+  /** Signature verifications actually performed (cache hits perform none). */
+  signatureVerifications: number;
+  /** Entries in the verified-token cache. */
+  cacheSize: number;
+}
+
+export interface TokenValidatorWithStats extends TokenValidator {
+  stats(): TokenValidatorStats;
+}
+
+/** JWS algorithms accepted; `none` and HS* can never be configured in. */
+const SIGNATURE_ALGS: Readonly<Record<string, { hash: string; kind: 'rsa' | 'pss' | 'ec'; curve?: string; sigBytes?: number }>> = {
+  RS256: { hash: 'sha256', kind: 'rsa' },
+  RS384: { hash: 'sha384', kind: 'rsa' },
+  RS512: { hash: 'sha512', kind: 'rsa' },
+  PS256: { hash: 'sha256', kind: 'pss' },
+  PS384: { hash: 'sha384', kind: 'pss' },
+  PS512: { hash: 'sha512', kind: 'pss' },
+  ES256: { hash: 'sha256', kind: 'ec', curve: 'prime256v1', sigBytes: 64 },
+  ES384: { hash: 'sha384', kind: 'ec', curve: 'secp384r1', sigBytes: 96 },
+  ES512: { hash: 'sha512', kind: 'ec', curve: 'secp521r1', sigBytes: 132 },
+};
+
+/** Entra tokens are a few KB; this bounds parsing work on garbage. */
+const MAX_COMPACT_LENGTH = 64 * 1024;
+const BASE64URL = /^[A-Za-z0-9_-]*$/;
+const SCOPE_OR_ROLE_CLAIMS = ['scp', 'http://schemas.microsoft.com/identity/claims/scope', 'roles', 'role'];
+
+interface VerifiedEntry {
+  readonly token: ValidatedToken;
+  readonly notBeforeMs: number;
+  readonly notAfterMs: number;
+}
+
+function malformed(detail: string): SidecarError {
+  return new SidecarError('token_malformed', detail);
+}
+
+function decodeJsonObject(segment: string, what: string): Record<string, unknown> {
+  if (segment === '' || !BASE64URL.test(segment)) throw malformed(`The token ${what} is not base64url`);
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+  } catch {
+    throw malformed(`The token ${what} is not JSON`);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw malformed(`The token ${what} is not a JSON object`);
+  return value as Record<string, unknown>;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value as object)) deepFreeze(v);
+  }
+  return value;
+}
+
+function iso(epochSec: number): string {
+  const d = new Date(epochSec * 1000);
+  return Number.isNaN(d.getTime()) ? String(epochSec) : d.toISOString();
+}
+
+/** Checks a JWS signature with node:crypto directly (synchronous, no WebCrypto import per call). */
+function signatureValid(alg: string, key: SigningKey, signingInput: Buffer, signature: Buffer): boolean {
+  const spec = SIGNATURE_ALGS[alg];
+  if (key.alg !== undefined && key.alg !== alg) return false;
+  let keyInput: KeyObject | { key: KeyObject; padding?: number; saltLength?: number; dsaEncoding?: 'ieee-p1363' };
+  switch (spec.kind) {
+    case 'rsa':
+      if (key.keyType !== 'rsa') return false;
+      keyInput = key.key;
+      break;
+    case 'pss':
+      if (key.keyType !== 'rsa' && key.keyType !== 'rsa-pss') return false;
+      keyInput = { key: key.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST };
+      break;
+    case 'ec':
+      if (key.keyType !== 'ec' || key.namedCurve !== spec.curve || signature.length !== spec.sigBytes) return false;
+      keyInput = { key: key.key, dsaEncoding: 'ieee-p1363' };
+      break;
+  }
+  try {
+    return verify(spec.hash, signingInput, keyInput, signature);
+  } catch {
+    return false;
+  }
+}
+
+/** Creates the validator; call start() to load signing keys before the first request. */
+export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithStats {
+  const { azureAd, settings, logger } = deps;
+  const now = deps.now ?? Date.now;
+  const skewSec = settings.clockSkewSec;
+  const cacheCapacity = Math.max(0, Math.floor(settings.verifiedTokenCacheSize));
+  const decryptionKeys = deps.decryptionKeys ?? [];
+  const cache = new Map<string, VerifiedEntry>();
+  let cacheHits = 0;
+  let cacheMisses = 0;
+  let signatureVerifications = 0;
+
+  // Configured audiences replace the default rule (reference §4).
+  const configuredAudiences = new Set<string>([...(azureAd.audience ? [azureAd.audience] : []), ...azureAd.validAudiences]);
+  const v2DefaultAudience = azureAd.clientId;
+  const v1DefaultAudience = `api://${azureAd.clientId}`;
+
+  const keys = createSigningKeyStore({
+    authority: azureAd.authority,
+    outbound: deps.outbound,
+    refreshIntervalSec: settings.signingKeysRefreshIntervalSec,
+    unknownKidCooldownSec: settings.unknownKidCooldownSec,
+    logger,
+    now,
+    ...(deps.keyLoadRetry ? { retry: deps.keyLoadRetry } : {}),
+    onChange(previous, next) {
+      // A key that left the JWKS no longer vouches for tokens it signed.
+      if (previous && cache.size > 0) {
+        for (const kid of previous.byKid.keys()) {
+          if (!next.byKid.has(kid)) {
+            cache.clear();
+            break;
+          }
+        }
+      }
+    },
+  });
+
+  function remember(cacheKey: string, token: ValidatedToken, nbf: number | undefined): void {
+    if (cacheCapacity === 0) return;
+    if (cache.size >= cacheCapacity) {
+      // Map iteration order is insertion order; hits re-insert, so the first key is least recent.
+      const oldest = cache.keys().next();
+      if (!oldest.done) cache.delete(oldest.value);
+    }
+    cache.set(cacheKey, {
+      token,
+      notBeforeMs: nbf === undefined ? Number.NEGATIVE_INFINITY : (nbf - skewSec) * 1000,
+      notAfterMs: (token.expiresAt + skewSec) * 1000,
+    });
+  }
+
+  function candidateKeys(set: SigningKeySet, header: Record<string, unknown>): readonly SigningKey[] | undefined {
+    if (typeof header.kid === 'string') {
+      const k = set.byKid.get(header.kid);
+      return k ? [k] : undefined;
+    }
+    if (typeof header.x5t === 'string') {
+      const k = set.byX5t.get(header.x5t);
+      return k ? [k] : undefined;
+    }
+    // No key id: IdentityModel tries every key of the set.
+    return set.all;
+  }
+
+  /** Validates a compact JWS; `raw` is what the caller sent (the JWE when it was encrypted). */
+  async function validateJws(jws: string, raw: string): Promise<{ token: ValidatedToken; nbf: number | undefined }> {
+    const firstDot = jws.indexOf('.');
+    const lastDot = jws.lastIndexOf('.');
+    if (firstDot <= 0 || lastDot === firstDot || jws.indexOf('.', firstDot + 1) !== lastDot) throw malformed('The token is not a compact JWS');
+    const header = decodeJsonObject(jws.slice(0, firstDot), 'header');
+    const alg = header.alg;
+    if (typeof alg !== 'string' || !Object.hasOwn(SIGNATURE_ALGS, alg)) {
+      throw new SidecarError('token_alg_not_allowed', `The signing algorithm '${safeName(alg)}' is not allowed`);
+    }
+    // Embedded or remote keys are never trusted; `crit` extensions are not understood; a `nonce`
+    // header marks a Microsoft Graph token, which is not for this API (entra-protocol §1.4).
+    if (header.jku !== undefined || header.x5u !== undefined || header.jwk !== undefined) {
+      throw malformed('The token header names a key source that is not trusted');
+    }
+    if (header.crit !== undefined) throw malformed("The token header has a 'crit' member that is not supported");
+    if (header.nonce !== undefined) throw malformed('The token is not for this API (it carries a nonce header)');
+    const signatureSegment = jws.slice(lastDot + 1);
+    if (signatureSegment === '' || !BASE64URL.test(signatureSegment)) throw malformed('The token signature is not base64url');
+    const claims = decodeJsonObject(jws.slice(firstDot + 1, lastDot), 'payload');
+
+    let set = keys.current() ?? (await keys.awaitInflight());
+    if (set === undefined) throw new SidecarError('signing_keys_unavailable', 'Signing keys have not been loaded');
+    let candidates = candidateKeys(set, header);
+    if (candidates === undefined) {
+      set = (await keys.refreshForUnknownKid()) ?? set;
+      candidates = candidateKeys(set, header);
+      if (candidates === undefined) {
+        throw new SidecarError('token_key_unknown', `The signing key '${safeName(header.kid ?? header.x5t)}' was not found`);
+      }
+    }
+    const signingInput = Buffer.from(jws.slice(0, lastDot), 'latin1');
+    const signature = Buffer.from(signatureSegment, 'base64url');
+    let signingKey: SigningKey | undefined;
+    for (const k of candidates) {
+      signatureVerifications++;
+      if (signatureValid(alg, k, signingInput, signature)) {
+        signingKey = k;
+        break;
+      }
+    }
+    if (signingKey === undefined) throw new SidecarError('token_signature_invalid', 'The signature is invalid');
+
+    // Lifetime (exp required, nbf honoured, skew both ways).
+    const nowSec = now() / 1000;
+    const exp = claims.exp;
+    if (typeof exp !== 'number' || !Number.isFinite(exp)) throw malformed("The token has no 'exp' claim");
+    const nbf = claims.nbf;
+    if (nbf !== undefined && (typeof nbf !== 'number' || !Number.isFinite(nbf))) throw malformed("The token 'nbf' claim is not a number");
+    if (nowSec > exp + skewSec) throw new SidecarError('token_expired', `The token expired at '${iso(exp)}'`);
+    if (nbf !== undefined && nowSec + skewSec < nbf) throw new SidecarError('token_not_yet_valid', `The token is not valid before '${iso(nbf)}'`);
+
+    // Issuer and tenant, then the signing key's own issuer restriction.
+    const form: IssuerForm = validateIssuer(claims.iss, claims.tid, set, azureAd.validIssuers);
+    const iss = claims.iss as string;
+    const tid = claims.tid as string;
+    if (!signingKeyIssuerMatches(signingKey.issuer, iss, tid, form, set)) {
+      throw new SidecarError('token_issuer_invalid', `The issuer '${safeName(iss)}' is invalid for the signing key`);
+    }
+
+    // Audience: configured audiences, else Microsoft.Identity.Web's RegisterValidAudience defaults.
+    const ver = claims.ver;
+    const aud = claims.aud;
+    let audienceOk = false;
+    const audiences = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
+    for (const a of audiences) {
+      if (typeof a !== 'string') continue;
+      if (configuredAudiences.size > 0 ? configuredAudiences.has(a) : (ver === '2.0' && a === v2DefaultAudience) || (ver === '1.0' && a === v1DefaultAudience)) {
+        audienceOk = true;
+        break;
+      }
+    }
+    if (!audienceOk) {
+      const shown = audiences.filter((a) => typeof a === 'string').join(', ');
+      throw new SidecarError('token_audience_invalid', `The audience '${safeName(shown)}' is invalid`);
+    }
+
+    if (!azureAd.allowWebApiToBeAuthorizedByACL && !SCOPE_OR_ROLE_CLAIMS.some((c) => claims[c] !== undefined && claims[c] !== null)) {
+      throw new SidecarError('token_scope_or_role_missing', 'Neither scope nor roles claim was found in the bearer token');
+    }
+
+    const token: ValidatedToken = deepFreeze({
+      raw,
+      jws,
+      header: header as unknown as JWTHeaderParameters,
+      claims: claims as JWTPayload,
+      version: ver === '1.0' || ver === '2.0' ? ver : form,
+      tenantId: tid,
+      expiresAt: exp,
+    });
+    return { token, nbf: nbf as number | undefined };
+  }
+
+  async function validateUncached(compact: string): Promise<{ token: ValidatedToken; nbf: number | undefined }> {
+    if (compact.length > MAX_COMPACT_LENGTH) throw malformed('The token is too long');
+    let dots = 0;
+    for (let i = compact.indexOf('.'); i >= 0; i = compact.indexOf('.', i + 1)) dots++;
+    if (dots === 2) return validateJws(compact, compact);
+    if (dots !== 4) throw malformed('The token is neither a compact JWS nor a compact JWE');
+    const header = decodeJsonObject(compact.slice(0, compact.indexOf('.')), 'header') as JweHeader;
+    const inner = await decryptToken(compact, header, decryptionKeys);
+    // The plaintext must itself be a signed JWS (never a bare payload or another JWE).
+    if (inner.split('.').length !== 3) throw new SidecarError('token_decryption_failed', 'The encrypted token does not contain a signed token');
+    return validateJws(inner, compact);
+  }
+
+  async function validate(compact: string): Promise<ValidatedToken> {
+    if (typeof compact !== 'string' || compact === '') throw malformed('The token is empty');
+    let cacheKey = '';
+    if (cacheCapacity > 0) {
+      cacheKey = hash('sha256', compact, 'base64');
+      const hit = cache.get(cacheKey);
+      if (hit !== undefined) {
+        const t = now();
+        if (t >= hit.notBeforeMs && t <= hit.notAfterMs) {
+          cacheHits++;
+          cache.delete(cacheKey);
+          cache.set(cacheKey, hit);
+          return hit.token;
+        }
+        cache.delete(cacheKey);
+      }
+    }
+    cacheMisses++;
+    try {
+      const { token, nbf } = await validateUncached(compact);
+      if (cacheCapacity > 0) remember(cacheKey, token, nbf);
+      return token;
+    } catch (err) {
+      if (err instanceof SidecarError) {
+        // The token itself is never logged; a short hash lets operators correlate repeats.
+        if (logger.isLevelEnabled('debug')) {
+          logger.debug({ code: err.code, reason: err.detail, tokenHash: hash('sha256', compact, 'base64url').slice(0, 12) }, 'token rejected');
+        }
+        throw err;
+      }
+      logger.error({ err: (err as Error).message }, 'token validation failed unexpectedly');
+      throw new SidecarError('internal', undefined, { cause: err });
+    }
+  }
+
+  return {
+    validate,
+    ready: () => keys.current() !== undefined,
+    start: () => keys.start(),
+    close() {
+      keys.close();
+      cache.clear();
+    },
+    stats() {
+      const s = keys.stats();
+      return {
+        jwksFetches: s.jwksFetches,
+        metadataFetches: s.metadataFetches,
+        cacheHits,
+        cacheMisses,
+        keyCount: keys.current()?.all.length ?? 0,
+        signatureVerifications,
+        cacheSize: cache.size,
+      };
+    },
+  };
+}

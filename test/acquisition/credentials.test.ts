@@ -1,0 +1,141 @@
+import { expect } from 'chai';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeJwt } from 'jose';
+import forge from 'node-forge';
+import type { Agent } from 'undici';
+import { startEmulator } from '../../emulator/index.js';
+import { redactionFingerprint } from '../../emulator/core.js';
+import type { Emulator } from '../../emulator/types.js';
+import { createTokenAcquirer } from '../../src/acquisition/acquirer.js';
+import type { CredentialDescription } from '../../src/config/types.js';
+import type { TokenAcquirer } from '../../src/pipeline/types.js';
+import { acquireTokenOptions, captureLogger, credential } from './fixtures.js';
+import { apiOptions, emulatorAgent, emulatorConfig, secretCredential, tokenRequests } from './harness.js';
+
+const SCOPE = 'api://downstream/.default';
+
+describe('client credential sources against the emulator', function () {
+  this.timeout(20_000);
+  let emu: Emulator;
+  let agent: Agent;
+  let dir: string;
+  const logs = captureLogger();
+  const acquirers: TokenAcquirer[] = [];
+
+  function acquirer(clientCredentials: CredentialDescription[], extra: { sendX5C?: boolean; federatedTokenFile?: string } = {}) {
+    const a = createTokenAcquirer({ config: emulatorConfig(emu, { clientCredentials, ...extra }), agent, logger: logs.logger });
+    acquirers.push(a);
+    return a;
+  }
+
+  /** Acquires a fresh app token and returns it with the token request the emulator saw. */
+  async function appToken(a: TokenAcquirer, force = false) {
+    const before = tokenRequests(emu).length;
+    const token = await a.acquire({ options: apiOptions({ scopes: [SCOPE], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ forceRefresh: force }) }) });
+    return { token, sent: tokenRequests(emu).slice(before) };
+  }
+
+  function certificate() {
+    const c = emu.scenario.apps.sidecarApi.certificates[0];
+    if (!c.certPem || !c.keyPem) throw new Error('the emulator did not fill in the certificate');
+    return { certPem: c.certPem, keyPem: c.keyPem };
+  }
+
+  function pfx(password: string): Buffer {
+    const c = certificate();
+    const asn1 = forge.pkcs12.toPkcs12Asn1(forge.pki.privateKeyFromPem(c.keyPem), [forge.pki.certificateFromPem(c.certPem)], password, { algorithm: '3des' });
+    return Buffer.from(forge.asn1.toDer(asn1).getBytes(), 'binary');
+  }
+
+  before(async () => {
+    emu = await startEmulator();
+    agent = emulatorAgent(emu);
+    dir = await mkdtemp(join(tmpdir(), 'acq-cred-'));
+  });
+  after(async () => {
+    for (const a of acquirers) a.close();
+    await agent.close();
+    await emu.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('signs a client assertion with a PEM certificate from a Path', async () => {
+    const c = certificate();
+    const path = join(dir, 'cert.pem');
+    await writeFile(path, `${c.certPem}\n${c.keyPem}`);
+    const { token, sent } = await appToken(acquirer([credential({ sourceType: 'Path', certificateDiskPath: path })]));
+    expect(sent[0].form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+    expect(sent[0].form.client_secret).to.equal(undefined);
+    expect(decodeJwt(token.token).roles).to.deep.equal(['Data.Read']);
+  });
+
+  it('loads a password-protected PFX from a Path', async () => {
+    const path = join(dir, 'cert.pfx');
+    await writeFile(path, pfx('pfx-pass'));
+    const { token } = await appToken(acquirer([credential({ sourceType: 'Path', certificateDiskPath: path, certificatePassword: 'pfx-pass' })]));
+    expect(token.token).to.be.a('string');
+  });
+
+  it('loads a Base64Encoded PFX and sends x5c when SendX5C is set', async () => {
+    const { token, sent } = await appToken(acquirer([credential({ sourceType: 'Base64Encoded', base64EncodedValue: pfx('').toString('base64') })], { sendX5C: true }));
+    expect(token.token).to.be.a('string');
+    expect(sent[0].form.client_assertion).to.match(/^\[redacted\]/);
+  });
+
+  it('re-reads the signed assertion file on every acquisition', async () => {
+    const path = join(dir, 'federated-token');
+    const first = await emu.mintFederatedAssertion();
+    await writeFile(path, first);
+    const a = acquirer([credential({ sourceType: 'SignedAssertionFilePath', signedAssertionFileDiskPath: path })]);
+    const one = await appToken(a);
+    expect(one.sent[0].form.client_assertion).to.contain(redactionFingerprint(first));
+    const second = await emu.mintFederatedAssertion();
+    expect(second).to.not.equal(first);
+    await writeFile(path, second);
+    const two = await appToken(a, true);
+    expect(two.sent[0].form.client_assertion).to.contain(redactionFingerprint(second));
+  });
+
+  it('uses AZURE_FEDERATED_TOKEN_FILE (from config.environment) when no path is configured', async () => {
+    const path = await emu.writeFederatedAssertionFile();
+    const { token } = await appToken(acquirer([credential({ sourceType: 'SignedAssertionFilePath' })], { federatedTokenFile: path }));
+    expect(token.token).to.be.a('string');
+  });
+
+  it('skips Skip=true and unloadable credentials, using the next one', async () => {
+    const good = emu.scenario.apps.sidecarApi.secrets[0].value;
+    const { token, sent } = await appToken(
+      acquirer([
+        credential({ sourceType: 'ClientSecret', clientSecret: 'skipped', skip: true }),
+        credential({ sourceType: 'Path', certificateDiskPath: join(dir, 'missing.pem') }),
+        credential({ sourceType: 'StoreWithThumbprint' }),
+        secretCredential(good),
+      ]),
+    );
+    expect(token.token).to.be.a('string');
+    expect(sent).to.have.length(1);
+    expect(sent[0].form.client_secret).to.contain(redactionFingerprint(good));
+  });
+
+  it('rejects with misconfigured when no credential is usable', async () => {
+    const a = acquirer([credential({ sourceType: 'StoreWithThumbprint' })]);
+    const err = await a.acquire({ options: apiOptions({ scopes: [SCOPE], requestAppToken: true }) }).then(
+      () => undefined,
+      (e: unknown) => e as { code?: string },
+    );
+    expect(err?.code).to.equal('misconfigured');
+  });
+
+  it('falls back from an expired secret (invalid_client) to a certificate', async () => {
+    const c = certificate();
+    const path = join(dir, 'fallback.pem');
+    await writeFile(path, `${c.certPem}\n${c.keyPem}`);
+    const expired = emu.scenario.apps.sidecarApi.secrets[1].value;
+    const { token, sent } = await appToken(acquirer([secretCredential(expired), credential({ sourceType: 'Path', certificateDiskPath: path })]));
+    expect(token.token).to.be.a('string');
+    expect(sent).to.have.length(2);
+    expect(sent[1].form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+  });
+});

@@ -1,0 +1,156 @@
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { startEmulator } from '../../emulator/index.js';
+import type { Emulator } from '../../emulator/types.js';
+import { acquireTokenOptions, credential } from './fixtures.js';
+import { apiOptions, emulatorConfig } from './harness.js';
+import type { SidecarConfig } from '../../src/config/types.js';
+import type { EffectiveApiOptions } from '../../src/pipeline/types.js';
+
+const CHILD = fileURLToPath(new URL('./mi-child.js', import.meta.url));
+
+interface ChildResult {
+  label: string;
+  ok: boolean;
+  scheme?: string;
+  claims?: Record<string, unknown>;
+  code?: string;
+  detail?: string;
+}
+
+/** Environment without any managed-identity source variables of the test runner. */
+function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (/^(IDENTITY_|MSI_|IMDS_|AZURE_POD_IDENTITY_|AZURE_FEDERATED_TOKEN_FILE|MSAL_FORCE_REGION|REGION_NAME)/.test(k)) continue;
+    env[k] = v;
+  }
+  return { ...env, ...extra };
+}
+
+interface Group {
+  config: SidecarConfig;
+  requests: Array<{ label: string; options: EffectiveApiOptions }>;
+}
+
+/** Runs acquirers in a fresh process (msal's managed-identity source is static per process). */
+function runChild(env: Record<string, string>, groups: Group[]): Promise<{ results: ChildResult[]; stats: Array<Record<string, number>> }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CHILD, JSON.stringify({ groups })], { env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => child.kill(), 15_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (code !== 0) return reject(new Error(`child exited ${code}: ${err}`));
+      try {
+        resolve(JSON.parse(out.trim().split('\n').at(-1) ?? '') as { results: ChildResult[]; stats: Array<Record<string, number>> });
+      } catch {
+        reject(new Error(`unexpected child output: ${out} ${err}`));
+      }
+    });
+  });
+}
+
+function byLabel(results: ChildResult[], label: string): ChildResult {
+  const r = results.find((x) => x.label === label);
+  if (!r) throw new Error(`no result ${label}`);
+  return r;
+}
+
+describe('managed identity (each source in its own process)', function () {
+  this.timeout(30_000);
+  let emu: Emulator;
+
+  before(async () => {
+    emu = await startEmulator();
+  });
+  after(async () => {
+    await emu.close();
+  });
+
+  function requests() {
+    const s = emu.scenario;
+    const ua = s.managedIdentities.userAssigned.clientId;
+    return [
+      { label: 'system', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: {} }) }) },
+      { label: 'user-assigned', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: ua } }) }) },
+      { label: 'user-assigned-again', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: ua } }) }) },
+      { label: 'unknown-identity', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: '0badc0de-0000-4000-8000-000000000000' } }) }) },
+    ];
+  }
+
+  function check(results: ChildResult[], stats: Record<string, number>) {
+    const s = emu.scenario;
+    const system = byLabel(results, 'system');
+    expect(system.ok, system.detail).to.equal(true);
+    expect(system.claims?.oid).to.equal(s.managedIdentities.systemAssigned.objectId);
+    const user = byLabel(results, 'user-assigned');
+    expect(user.ok, user.detail).to.equal(true);
+    expect(user.claims?.oid).to.equal(s.managedIdentities.userAssigned.objectId);
+    expect(user.claims?.roles).to.deep.equal(['Data.Read']);
+    expect(byLabel(results, 'user-assigned-again').ok).to.equal(true);
+    const unknown = byLabel(results, 'unknown-identity');
+    expect(unknown.ok).to.equal(false);
+    expect(unknown.code, unknown.detail).to.equal('acquisition_rejected');
+    // The repeat is served from our cache.
+    expect(stats.cacheHits).to.be.at.least(1);
+  }
+
+  it('gets system- and user-assigned tokens from IMDS and caches them', async () => {
+    const before = emu.counters().imds ?? 0;
+    const { results, stats } = await runChild({ AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin }, [{ config: emulatorConfig(emu), requests: requests() }]);
+    check(results, stats[0]);
+    expect((emu.counters().imds ?? 0) - before).to.equal(3);
+  });
+
+  it('gets tokens from the App Service identity endpoint', async () => {
+    const before = emu.counters().appservice ?? 0;
+    const { results, stats } = await runChild({ IDENTITY_ENDPOINT: `${emu.imdsOrigin}/msi/token`, IDENTITY_HEADER: emu.appServiceSecret }, [{ config: emulatorConfig(emu), requests: requests() }]);
+    check(results, stats[0]);
+    expect((emu.counters().appservice ?? 0) - before).to.equal(3);
+  });
+
+  it('uses a managed-identity token as the client assertion and reads the certificate from Key Vault', async () => {
+    const s = emu.scenario;
+    const ua = s.managedIdentities.userAssigned.clientId;
+    const vault = s.keyVaults.main.url ?? '';
+    const app = (label: string, creds: Parameters<typeof credential>[0][]) => ({ label, creds });
+    const cases = [
+      app('mi-fic', [{ sourceType: 'SignedAssertionFromManagedIdentity', managedIdentityClientId: ua }]),
+      app('keyvault-pfx', [{ sourceType: 'KeyVault', keyVaultUrl: vault, keyVaultCertificateName: 'sidecar-cert', managedIdentityClientId: ua }]),
+      app('keyvault-pem', [{ sourceType: 'KeyVault', keyVaultUrl: vault, keyVaultCertificateName: 'sidecar-cert-pem' }]),
+    ];
+    const tokenBefore = emu.requests().filter((r) => r.route === 'token').length;
+    const kvBefore = emu.counters().keyvault ?? 0;
+    const groups = cases.map((c) => ({
+      config: emulatorConfig(emu, { clientCredentials: c.creds.map((d) => credential(d)) }),
+      requests: [{ label: c.label, options: apiOptions({ scopes: ['api://downstream/.default'], requestAppToken: true }) }],
+    }));
+    const { results } = await runChild({ AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin }, groups);
+    for (const c of cases) {
+      const r = byLabel(results, c.label);
+      expect(r.ok, `${c.label}: ${r.code} ${r.detail}`).to.equal(true);
+      expect(r.claims?.azp ?? r.claims?.appid).to.equal(s.apps.sidecarApi.appId);
+    }
+    const sent = emu.requests().filter((x) => x.route === 'token').slice(tokenBefore);
+    expect(sent).to.have.length(3);
+    for (const x of sent) expect(x.form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+    // Each Key Vault credential read its certificate once.
+    expect((emu.counters().keyvault ?? 0) - kvBefore).to.equal(2);
+  });
+
+  it('reports an unreachable managed-identity endpoint as acquisition_unavailable', async () => {
+    const config = emulatorConfig(emu, { timeoutMs: 500 });
+    const { results } = await runChild({ AZURE_POD_IDENTITY_AUTHORITY_HOST: 'http://127.0.0.1:9' }, [
+      { config, requests: [{ label: 'down', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: {} }) }) }] },
+    ]);
+    const r = byLabel(results, 'down');
+    expect(r.ok).to.equal(false);
+    expect(r.code).to.equal('acquisition_unavailable');
+  });
+});

@@ -1,0 +1,52 @@
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The built entry point, relative to this compiled test (<outDir>/test/config → <outDir>/src/main.js). */
+const MAIN = fileURLToPath(new URL('../../src/main.js', import.meta.url));
+
+function runSidecar(env: Record<string, string>, cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [MAIN], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`sidecar did not exit; stdout: ${stdout}`)); }, 10_000);
+    child.on('error', reject);
+    child.on('close', (code) => { clearTimeout(timer); resolvePromise({ code, stdout, stderr }); });
+  });
+}
+
+describe('config: startup with an invalid configuration', () => {
+  it('exits non-zero before listening and lists every problem on stderr without secret values', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'entra-sidecar-startup-'));
+    const secret = 'Sup3r-Secret-Value';
+    try {
+      const { code, stdout, stderr } = await runSidecar({
+        AzureAd__Instance: 'http://login.example.test/',
+        DownstreamApis__graph__Scopes: 'User.Read Mail.Read',
+        AzureAd__ClientCredentials__0__SourceType: 'StoreWithThumbprint',
+        AzureAd__ClientCredentials__1__SourceType: 'ClientSecret',
+        AzureAd__ClientCredentials__1__ClientSecret: secret,
+        Sidecar__AllowOutboundRedirects: secret,
+        Sidecar__Http__Url: 'http://127.0.0.1:0',
+        Sidecar__Management__Url: 'http://127.0.0.1:0',
+        Sidecar__ExtAuthz__Address: '127.0.0.1:0',
+      }, cwd);
+      expect(code).to.not.equal(0);
+      expect(code).to.not.equal(null);
+      for (const key of ['AzureAd:ClientId', 'AzureAd:TenantId', 'AzureAd:Instance', 'DownstreamApis:graph:Scopes', 'Scopes__0', 'AzureAd:ClientCredentials:0:SourceType', 'Sidecar:AllowOutboundRedirects']) {
+        expect(stderr).to.include(key);
+      }
+      expect(stderr).to.match(/invalid configuration \(6 problems\)/);
+      expect(stderr + stdout).not.to.include(secret);
+      expect(stdout).not.to.include('listening');
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
+  });
+});

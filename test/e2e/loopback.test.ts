@@ -1,0 +1,113 @@
+/**
+ * Loopback-only callers (reference sidecar-http-api §1.3, Microsoft's LocalCallerRestrictionTests),
+ * driven through the built process. A real non-loopback peer needs a real non-loopback address, so
+ * the sidecar and the client run inside a private network namespace this test creates (root + iproute2,
+ * as in CI); the address 203.0.113.10 (TEST-NET-3) exists only inside that namespace.
+ */
+import { expect } from 'chai';
+import { execFileSync, spawn } from 'node:child_process';
+import { sidecarEntry, repoRoot } from '../helpers/sidecar.js';
+
+const NS = `es-loopback-${process.pid}`;
+const PEER = '203.0.113.10';
+
+function canUseNetns(): boolean {
+  try {
+    execFileSync('ip', ['netns', 'add', NS], { stdio: 'ignore' });
+    execFileSync('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+    execFileSync('ip', ['netns', 'exec', NS, 'ip', 'addr', 'add', `${PEER}/32`, 'dev', 'lo'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs a tiny HTTP client inside the namespace and returns "status body" lines. */
+function requestInNs(url: string, method = 'GET'): Promise<{ status: number; body: string }> {
+  const script = `fetch(${JSON.stringify(url)},{method:${JSON.stringify(method)}}).then(async r=>{process.stdout.write(JSON.stringify({status:r.status,body:await r.text()}))}).catch(e=>{process.stdout.write(JSON.stringify({status:-1,body:String(e)}))})`;
+  return new Promise((resolve, reject) => {
+    const child = spawn('ip', ['netns', 'exec', NS, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('exit', () => {
+      try {
+        resolve(JSON.parse(out) as { status: number; body: string });
+      } catch (e) {
+        reject(new Error('client failed: ' + out));
+      }
+    });
+  });
+}
+
+describe('loopback-only identity API (built sidecar, non-loopback peer in a private network namespace)', function () {
+  this.timeout(30_000);
+  let child: ReturnType<typeof spawn> | undefined;
+  let port = 0;
+  let ready = false;
+
+  before(async function () {
+    ready = canUseNetns();
+    if (!ready) {
+      if (process.env.CI) throw new Error('ip netns is required in CI (run as root with iproute2)');
+      this.skip();
+    }
+    const env = {
+      PATH: process.env.PATH ?? '',
+      AzureAd__Instance: 'https://127.0.0.1:9/',
+      AzureAd__TenantId: '72f988bf-86f1-41af-91ab-2d7cd011db47',
+      AzureAd__ClientId: '11111111-2222-3333-4444-555555555555',
+      DownstreamApis__graph__Scopes__0: 'https://graph.microsoft.com/.default',
+      DownstreamApis__graph__RequestAppToken: 'true',
+      ASPNETCORE_URLS: 'http://+:0',
+      Sidecar__ExtAuthz__Enabled: 'false',
+      Sidecar__Management__Enabled: 'false',
+    };
+    child = spawn('ip', ['netns', 'exec', NS, process.execPath, sidecarEntry], { env, cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    port = await new Promise<number>((resolve, reject) => {
+      let buf = '';
+      const timer = setTimeout(() => reject(new Error('no listening line: ' + buf)), 15_000);
+      child!.stdout!.on('data', (d: Buffer) => {
+        buf += d.toString();
+        const m = /"event":"listening".*?"port":(\d+)/.exec(buf);
+        if (m) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
+      });
+      child!.on('exit', (code) => reject(new Error(`exited ${code}: ${buf}`)));
+    });
+  });
+
+  after(() => {
+    child?.kill('SIGKILL');
+    try {
+      execFileSync('ip', ['netns', 'del', NS], { stdio: 'ignore' });
+    } catch {
+      /* already gone */
+    }
+  });
+
+  it('answers 403 with an empty body to a non-loopback caller on every identity route', async () => {
+    for (const [method, path] of [
+      ['GET', '/Validate'],
+      ['GET', '/AuthorizationHeaderUnauthenticated/graph'],
+      ['GET', '/AuthorizationHeader/graph'],
+      ['POST', '/DownstreamApiUnauthenticated/graph'],
+      ['POST', '/DownstreamApi/graph'],
+      ['GET', '/no-such-route'],
+    ] as const) {
+      const r = await requestInNs(`http://${PEER}:${port}${path}`, method);
+      expect(r, `${method} ${path}`).to.deep.equal({ status: 403, body: '' });
+    }
+  });
+
+  it('still answers /healthz to a non-loopback caller (probes)', async () => {
+    const r = await requestInNs(`http://${PEER}:${port}/healthz`);
+    expect(r).to.deep.equal({ status: 200, body: 'Healthy' });
+  });
+
+  it('serves a loopback caller', async () => {
+    const r = await requestInNs(`http://127.0.0.1:${port}/Validate`);
+    expect(r.status).to.equal(401);
+  });
+});

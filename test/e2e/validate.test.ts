@@ -1,0 +1,248 @@
+/**
+ * GET /Validate through the built sidecar against the emulator (issue 2 acceptance): every rule of
+ * reference sidecar-http-api §4, the IDW10203 gate, JWE, key refresh behaviour, and no secret in logs.
+ */
+import { expect } from 'chai';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startEmulator, type Emulator } from '../../emulator/index.js';
+import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+
+describe('GET /Validate (built sidecar against the emulator)', function () {
+  this.timeout(30_000);
+  let emu: Emulator;
+  let sidecar: RunningSidecar;
+  const tokens: string[] = [];
+  const mint = async (req: Parameters<Emulator['mint']>[0]) => {
+    const t = await emu.mint(req);
+    tokens.push(t);
+    return t;
+  };
+  const validate = (token?: string) => call(`${sidecar.url}/Validate`, { token });
+
+  before(async () => {
+    emu = await startEmulator();
+    sidecar = await startSidecar(sidecarEnv(emu, { Sidecar__Validation__UnknownKidCooldownSec: '300' }));
+  });
+  after(async () => {
+    const code = await sidecar?.stop();
+    assertNoSecrets(sidecar?.lines ?? [], secretsOf(emu, tokens));
+    await emu?.close();
+    expect(code, 'graceful exit').to.equal(0);
+  });
+
+  it('accepts a valid v2 token and returns protocol, the token unchanged and its raw claims', async () => {
+    const token = await mint({ kind: 'user', scp: 'access_as_user' });
+    const r = await validate(token);
+    expect(r.status).to.equal(200);
+    expect(r.headers.get('content-type')).to.equal('application/json; charset=utf-8');
+    expect(r.headers.get('cache-control')).to.equal('no-cache, no-store, must-revalidate');
+    const body = r.json();
+    expect(body.protocol).to.equal('Bearer');
+    expect(body.token).to.equal(token);
+    expect(body.claims.ver).to.equal('2.0');
+    expect(body.claims.aud).to.equal(emu.scenario.apps.sidecarApi.appId);
+    expect(body.claims.scp).to.equal('access_as_user');
+    expect(body.claims.exp).to.be.a('number');
+  });
+
+  it('accepts a valid v1 token whose audience is api://{ClientId}', async () => {
+    const token = await mint({ kind: 'user', version: 1, audience: `api://${emu.scenario.apps.sidecarApi.appId}`, scp: 'access_as_user' });
+    const r = await validate(token);
+    expect(r.status, r.text).to.equal(200);
+    expect(r.json().claims.ver).to.equal('1.0');
+  });
+
+  it('accepts an app token with roles, and a role-free app token in ACL mode', async () => {
+    expect((await validate(await mint({ kind: 'app', roles: ['Sidecar.Invoke'] }))).status).to.equal(200);
+    expect((await validate(await mint({ kind: 'app', roles: [] }))).status).to.equal(200);
+  });
+
+  it('challenges with a bare Bearer and no body when no token is sent', async () => {
+    const r = await validate();
+    expect(r.status).to.equal(401);
+    expect(r.headers.get('www-authenticate')).to.equal('Bearer');
+    expect(r.text).to.equal('');
+  });
+
+  const rejected: Array<[string, () => Promise<string>, RegExp?]> = [
+    ['an expired token (beyond the 5-minute skew)', () => mint({ kind: 'user', expiresInSec: -400 }), /expired/i],
+    ['a token not valid for another 10 minutes', () => mint({ kind: 'user', notBeforeOffsetSec: 600 }), /not valid before/i],
+    ['a token for another audience', () => mint({ kind: 'user', audience: emu.scenario.apps.downstreamApi.appId }), /audience/i],
+    ['a v1 token whose audience is the bare client id', () => mint({ kind: 'user', version: 1, audience: emu.scenario.apps.sidecarApi.appId, claims: { aud: emu.scenario.apps.sidecarApi.appId } }), /audience/i],
+    ['a token with a foreign issuer', () => mint({ kind: 'user', claims: { iss: 'https://evil.example/' + emu.scenario.tenants.primary.id + '/v2.0' } }), /issuer/i],
+    ['a token from another tenant', () => mint({ kind: 'user', tenant: emu.scenario.tenants.secondary.id, user: 'secondaryUser' }), /issuer/i],
+    ['an unsigned alg:none token', () => mint({ kind: 'user', signWith: 'none' }), /alg|algorithm/i],
+    ['an HS256 token keyed with the public key', () => mint({ kind: 'user', signWith: 'hs256-public-key' }), /alg|algorithm/i],
+    ['a token with a tampered payload', async () => {
+      const [h, p, s] = (await mint({ kind: 'user', scp: 'access_as_user' })).split('.');
+      const claims = JSON.parse(Buffer.from(p, 'base64url').toString());
+      claims.scp = 'access_as_user admin';
+      return [h, Buffer.from(JSON.stringify(claims)).toString('base64url'), s].join('.');
+    }, /signature/i],
+    ['a token without ver', () => mint({ kind: 'user', claims: { ver: null } })],
+    ['garbage', async () => 'not-a-jwt'],
+  ];
+  for (const [what, make, description] of rejected) {
+    it(`rejects ${what} with 401 invalid_token`, async () => {
+      const r = await validate(await make());
+      expect(r.status).to.equal(401);
+      const challenge = r.headers.get('www-authenticate') ?? '';
+      expect(challenge).to.match(/^Bearer error="invalid_token"/);
+      if (description) expect(challenge).to.match(description);
+      expect(r.text).to.equal('');
+    });
+  }
+
+  it('accepts a token expired less than the clock skew ago', async () => {
+    const r = await validate(await mint({ kind: 'user', expiresInSec: -120 }));
+    expect(r.status).to.equal(200);
+  });
+
+  it('re-fetches the JWKS exactly once when a burst of 100 tokens with an unknown kid arrives', async () => {
+    const before = emu.counters().jwks ?? 0;
+    const token = await mint({ kind: 'user', signWith: 'unknown-key' });
+    const answers = await Promise.all(Array.from({ length: 100 }, () => validate(token)));
+    for (const a of answers) expect(a.status).to.equal(401);
+    expect((emu.counters().jwks ?? 0) - before).to.equal(1);
+    // Within the cooldown, another unknown kid causes no fetch at all.
+    await validate(await mint({ kind: 'user', signWith: 'unknown-key' }));
+    expect((emu.counters().jwks ?? 0) - before).to.equal(1);
+  });
+
+  it('keeps validating with cached keys while the JWKS endpoint is down', async () => {
+    emu.fault({ route: 'jwks', sticky: true, status: 500 });
+    emu.fault({ route: 'metadata', sticky: true, status: 500 });
+    try {
+      const r = await validate(await mint({ kind: 'user', scp: 'access_as_user' }));
+      expect(r.status).to.equal(200);
+    } finally {
+      emu.clearFaults();
+    }
+  });
+
+  it('never logs a token or secret (checked on stop)', () => {
+    expect(sidecar.lines.length).to.be.greaterThan(0);
+    assertNoSecrets(sidecar.lines, secretsOf(emu, tokens));
+  });
+});
+
+describe('GET /Validate with options (built sidecar)', function () {
+  this.timeout(30_000);
+  let emu: Emulator;
+  const running: RunningSidecar[] = [];
+  before(async () => {
+    emu = await startEmulator();
+  });
+  after(async () => {
+    for (const s of running) await s.stop();
+    await emu?.close();
+  });
+  const start = async (extra: Record<string, string>) => {
+    const s = await startSidecar(sidecarEnv(emu, extra));
+    running.push(s);
+    return s;
+  };
+
+  it('enforces AzureAd:Scopes with Microsoft\'s plain-text IDW10203 403', async () => {
+    const s = await start({ AzureAd__Scopes: 'access_as_user' });
+    const ok = await call(`${s.url}/Validate`, { token: await emu.mint({ kind: 'user', scp: 'access_as_user' }) });
+    expect(ok.status).to.equal(200);
+    const denied = await call(`${s.url}/Validate`, { token: await emu.mint({ kind: 'user', scp: 'other' }) });
+    expect(denied.status).to.equal(403);
+    expect(denied.text).to.equal("IDW10203: The 'scope' or 'scp' claim does not contain scopes 'access_as_user' or was not found. ");
+    const app = await call(`${s.url}/Validate`, { token: await emu.mint({ kind: 'app', roles: ['Sidecar.Invoke'] }) });
+    expect(app.status).to.equal(403);
+  });
+
+  it('accepts any tenant with TenantId=organizations and rejects an iss/tid mismatch', async () => {
+    const s = await start({ AzureAd__TenantId: 'organizations' });
+    const primary = await emu.mint({ kind: 'user' });
+    const secondary = await emu.mint({ kind: 'user', tenant: emu.scenario.tenants.secondary.id, user: 'secondaryUser', audience: emu.scenario.apps.sidecarApi.appId });
+    expect((await call(`${s.url}/Validate`, { token: primary })).status).to.equal(200);
+    const sec = await call(`${s.url}/Validate`, { token: secondary });
+    expect(sec.status, sec.headers.get('www-authenticate') ?? '').to.equal(200);
+    const mismatch = await emu.mint({ kind: 'user', claims: { tid: emu.scenario.tenants.secondary.id } });
+    const r = await call(`${s.url}/Validate`, { token: mismatch });
+    expect(r.status).to.equal(401);
+  });
+
+  it('decrypts a JWE token with TokenDecryptionCredentials and validates the inner token', async () => {
+    const enc = emu.scenario.apps.sidecarApi.encryptionCertificate!;
+    const dir = mkdtempSync(path.join(tmpdir(), 'es-jwe-'));
+    const file = path.join(dir, 'enc.pem');
+    writeFileSync(file, `${enc.certPem}\n${enc.keyPem}`, { mode: 0o600 });
+    const s = await start({ AzureAd__TokenDecryptionCredentials__0__SourceType: 'Path', AzureAd__TokenDecryptionCredentials__0__CertificateDiskPath: file });
+    const jwe = await emu.mint({ kind: 'user', scp: 'access_as_user', encrypt: true });
+    expect(jwe.split('.')).to.have.length(5);
+    const r = await call(`${s.url}/Validate`, { token: jwe });
+    expect(r.status, r.headers.get('www-authenticate') ?? '').to.equal(200);
+    expect(r.json().token).to.equal(jwe);
+    expect(r.json().claims.scp).to.equal('access_as_user');
+    // Without the decryption key the same token is refused.
+    const plain = running[0] ?? (await start({}));
+    expect((await call(`${plain.url}/Validate`, { token: jwe })).status).to.equal(401);
+  });
+
+  it('answers 503 while no signing keys could ever be loaded, then recovers', async () => {
+    emu.fault({ route: 'metadata', sticky: true, status: 503 });
+    emu.fault({ route: 'jwks', sticky: true, status: 503 });
+    const s = await start({});
+    const token = await emu.mint({ kind: 'user' });
+    const down = await call(`${s.url}/Validate`, { token });
+    expect(down.status).to.equal(503);
+    expect(down.headers.get('content-type')).to.equal('application/problem+json');
+    expect(down.json().code).to.equal('signing_keys_unavailable');
+    emu.clearFaults();
+    const deadline = Date.now() + 15_000;
+    let status = 0;
+    while (Date.now() < deadline) {
+      status = (await call(`${s.url}/Validate`, { token })).status;
+      if (status === 200) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(status).to.equal(200);
+  });
+});
+
+describe('identity API cross-cutting behaviour (built sidecar)', function () {
+  this.timeout(30_000);
+  let emu: Emulator;
+  let s: RunningSidecar;
+  before(async () => {
+    emu = await startEmulator();
+    s = await startSidecar(sidecarEnv(emu));
+  });
+  after(async () => {
+    await s?.stop();
+    await emu?.close();
+  });
+
+  it('answers /healthz with Healthy and no-cache headers', async () => {
+    const r = await call(`${s.url}/healthz`);
+    expect(r.status).to.equal(200);
+    expect(r.text).to.equal('Healthy');
+    expect(r.headers.get('pragma')).to.equal('no-cache');
+  });
+  it('matches routes case-insensitively', async () => {
+    expect((await call(`${s.url}/VALIDATE`)).status).to.equal(401);
+    expect((await call(`${s.url}/HealthZ`)).status).to.equal(200);
+  });
+  it('answers unknown paths with an empty 404 and wrong methods with an empty 405', async () => {
+    const nf = await call(`${s.url}/nope`);
+    expect([nf.status, nf.text]).to.deep.equal([404, '']);
+    const m = await call(`${s.url}/AuthorizationHeader/x`, { method: 'POST' });
+    expect([m.status, m.text]).to.deep.equal([405, '']);
+    const g = await call(`${s.url}/DownstreamApi/x`);
+    expect(g.status).to.equal(405);
+  });
+  it('does not serve the OpenAPI document outside Development', async () => {
+    expect((await call(`${s.url}/openapi/v1.json`)).status).to.equal(404);
+  });
+  it('refuses oversized headers with 431', async () => {
+    const r = await call(`${s.url}/Validate`, { headers: { 'x-big': 'a'.repeat(40_000) } });
+    expect(r.status).to.equal(431);
+  });
+});

@@ -1,0 +1,130 @@
+/**
+ * The ext_authz listener itself: health per service, legacy v2 names, message size limit, shutdown.
+ */
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { healthServiceDefinition } from '../../src/extauthz/health.js';
+import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
+import { check, envoyCheckRequest, startHarness, type Harness } from './fixtures.js';
+
+type HealthClient = grpc.Client & {
+  Check(req: { service: string }, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void): void;
+  List(req: object, cb: (err: grpc.ServiceError | null, res?: { statuses: Record<string, { status: string }> }) => void): void;
+  Watch(req: { service: string }): grpc.ClientReadableStream<{ status: string }>;
+};
+
+function healthClient(port: number): HealthClient {
+  const Ctor = grpc.makeGenericClientConstructor(healthServiceDefinition() as grpc.ServiceDefinition, 'Health');
+  return new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as HealthClient;
+}
+
+function healthCheck(client: HealthClient, service: string): Promise<string> {
+  return new Promise((resolve, reject) => client.Check({ service }, (err, res) => (err ? reject(err) : resolve(res!.status))));
+}
+
+describe('ext_authz gRPC server', function () {
+  let h: Harness;
+  let health: HealthClient;
+
+  beforeEach(async function () {
+    h = await startHarness();
+    health = healthClient(h.server.port);
+  });
+  afterEach(async function () {
+    health.close();
+    await h.close();
+  });
+
+  it('listens on 127.0.0.1 with the port chosen for port 0', function () {
+    expect(h.server.port).to.be.above(0);
+    expect(h.server.address).to.equal(`127.0.0.1:${h.server.port}`);
+  });
+
+  it('reports the Authorization service NOT_SERVING until the validator is ready, the server overall SERVING', async function () {
+    h.validator.isReady = false;
+    expect(await healthCheck(health, '')).to.equal('SERVING');
+    expect(await healthCheck(health, 'envoy.service.auth.v3.Authorization')).to.equal('NOT_SERVING');
+    h.validator.isReady = true;
+    expect(await healthCheck(health, 'envoy.service.auth.v3.Authorization')).to.equal('SERVING');
+  });
+
+  it('answers NOT_FOUND for a service it does not serve and lists the ones it does', async function () {
+    const err = await healthCheck(health, 'no.such.Service').then(
+      () => undefined,
+      (e: grpc.ServiceError) => e,
+    );
+    expect(err?.code).to.equal(grpc.status.NOT_FOUND);
+    const list = await new Promise<Record<string, { status: string }>>((resolve, reject) =>
+      health.List({}, (e, res) => (e ? reject(e) : resolve(res!.statuses))),
+    );
+    expect(Object.keys(list)).to.have.members(['', 'envoy.service.auth.v3.Authorization']);
+  });
+
+  it('streams status changes to Watch: NOT_SERVING → SERVING when keys load, NOT_SERVING on drain', async function () {
+    h.validator.isReady = false;
+    const seen: string[] = [];
+    const stream = health.Watch({ service: 'envoy.service.auth.v3.Authorization' });
+    const done = new Promise<void>((resolve) => {
+      stream.on('data', (m: { status: string }) => {
+        seen.push(m.status);
+        if (seen.length === 1) h.validator.isReady = true; // picked up by the readiness poll
+        if (seen.length === 2) h.server.setServing(false);
+        if (seen.length === 3) resolve();
+      });
+    });
+    stream.on('error', () => {});
+    await done;
+    stream.cancel();
+    expect(seen).to.deep.equal(['NOT_SERVING', 'SERVING', 'NOT_SERVING']);
+    expect(await healthCheck(health, '')).to.equal('NOT_SERVING');
+  });
+
+  for (const legacy of ['envoy.service.auth.v2.Authorization', 'envoy.service.auth.v2alpha.Authorization']) {
+    it(`answers UNIMPLEMENTED for the removed ${legacy}/Check`, async function () {
+      const svc = loadExtAuthzProtos().authorizationService.Check;
+      const client = new grpc.Client(`127.0.0.1:${h.server.port}`, grpc.credentials.createInsecure());
+      try {
+        const err = await new Promise<grpc.ServiceError | null>((resolve) => {
+          client.makeUnaryRequest(`/${legacy}/Check`, svc.requestSerialize, svc.responseDeserialize, envoyCheckRequest(), (e) => resolve(e));
+        });
+        expect(err?.code).to.equal(grpc.status.UNIMPLEMENTED);
+      } finally {
+        client.close();
+      }
+    });
+  }
+
+  it('does not serve gRPC reflection', async function () {
+    const client = new grpc.Client(`127.0.0.1:${h.server.port}`, grpc.credentials.createInsecure());
+    try {
+      const err = await new Promise<grpc.ServiceError | null>((resolve) => {
+        const call = client.makeBidiStreamRequest('/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo', (b: Buffer) => b, (b: Buffer) => b);
+        call.on('error', (e: grpc.ServiceError) => resolve(e));
+        call.on('data', () => {});
+        call.write(Buffer.alloc(0));
+        call.end();
+      });
+      expect(err?.code).to.equal(grpc.status.UNIMPLEMENTED);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('refuses a CheckRequest larger than MaxReceiveMessageBytes', async function () {
+    const big = envoyCheckRequest({ headers: { cookie: 'x'.repeat(80 * 1024) } });
+    const err = await check(h.client, big).then(
+      () => undefined,
+      (e: grpc.ServiceError) => e,
+    );
+    expect(err?.code).to.equal(grpc.status.RESOURCE_EXHAUSTED);
+  });
+
+  it('lets an in-flight Check finish on close, then stops listening', async function () {
+    h.validator.add('t.t.t');
+    h.validator.delayMs = 100;
+    const inflight = check(h.client, envoyCheckRequest({ headers: { authorization: 'Bearer t.t.t' } }));
+    await new Promise((r) => setTimeout(r, 20));
+    await h.server.close(2000);
+    expect((await inflight).status.code).to.equal(0);
+  });
+});

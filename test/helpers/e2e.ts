@@ -1,0 +1,62 @@
+/**
+ * Wiring for end-to-end tests: environment variables that point the built sidecar at a running
+ * emulator (nothing else configures it), and small HTTP helpers.
+ */
+import type { Emulator } from '../../emulator/index.js';
+
+/** Env for a sidecar whose AzureAd app is the emulator's sidecar API, all listeners on port 0. */
+export function sidecarEnv(emu: Emulator, extra: Record<string, string> = {}): Record<string, string> {
+  const s = emu.scenario;
+  return {
+    AzureAd__Instance: emu.instance,
+    AzureAd__TenantId: s.tenants.primary.id,
+    AzureAd__ClientId: s.apps.sidecarApi.appId,
+    AzureAd__ClientCredentials__0__SourceType: 'ClientSecret',
+    AzureAd__ClientCredentials__0__ClientSecret: s.apps.sidecarApi.secrets[0].value,
+    Sidecar__Outbound__CaFile: emu.caFile,
+    Sidecar__Http__Url: 'http://127.0.0.1:0',
+    Sidecar__ExtAuthz__Address: '127.0.0.1:0',
+    Sidecar__Management__Url: 'http://127.0.0.1:0',
+    Sidecar__LogLevel: 'debug',
+    ...extra,
+  };
+}
+
+export interface HttpAnswer {
+  status: number;
+  headers: Headers;
+  text: string;
+  json<T = any>(): T;
+}
+
+/** One HTTP request with fetch (loopback only). */
+export async function call(url: string, init: RequestInit & { token?: string } = {}): Promise<HttpAnswer> {
+  const headers = new Headers(init.headers);
+  if (init.token !== undefined) headers.set('authorization', `Bearer ${init.token}`);
+  const res = await fetch(url, { ...init, headers });
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) };
+}
+
+/** Every secret value of a scenario plus the given tokens: none may appear in any log line. */
+export function secretsOf(emu: Emulator, extra: string[] = []): string[] {
+  const out: string[] = [...extra];
+  for (const app of Object.values(emu.scenario.apps)) {
+    for (const s of app.secrets) out.push(s.value);
+    for (const c of app.certificates) if (c.keyPem) out.push(c.keyPem.split('\n').slice(1, 3).join('\n'));
+  }
+  out.push(emu.appServiceSecret);
+  return out.filter((s) => s.length >= 8);
+}
+
+/** Asserts that no line contains any secret (and names which one, by index, if it does). */
+export function assertNoSecrets(lines: readonly string[], secrets: readonly string[]): void {
+  for (const line of lines) {
+    for (let i = 0; i < secrets.length; i++) {
+      // Compare a distinctive slice too, so a truncated token is still caught.
+      const s = secrets[i];
+      const probe = s.length > 40 ? s.slice(s.length - 40) : s;
+      if (line.includes(probe)) throw new Error(`secret #${i} (${s.slice(0, 6)}…) appears in a log line: ${line.slice(0, 200).replace(probe, '<here>')}`);
+    }
+  }
+}

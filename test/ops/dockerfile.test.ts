@@ -1,0 +1,177 @@
+/**
+ * No Docker engine runs in CI, so the Dockerfile is checked as text: the rules of reference
+ * style-and-ecosystem Part 2 (b), and that the files it names exist in the compiled output.
+ */
+import { expect } from 'chai';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { outRoot, repoRoot } from './paths.js';
+
+interface Instruction {
+  readonly keyword: string;
+  readonly args: string;
+}
+
+/** Joins `\` continuations, drops comments and blank lines, splits keyword from arguments. */
+function parseDockerfile(text: string): Instruction[] {
+  const logical: string[] = [];
+  let current = '';
+  for (const raw of text.split('\n')) {
+    const line = raw.trimEnd();
+    if (current === '' && /^\s*#/.test(line)) continue;
+    if (line.endsWith('\\')) {
+      current += line.slice(0, -1) + ' ';
+      continue;
+    }
+    current += line;
+    if (current.trim() !== '') logical.push(current.trim());
+    current = '';
+  }
+  return logical.map((l) => {
+    const m = /^(\S+)\s*(.*)$/.exec(l)!;
+    return { keyword: m[1].toUpperCase(), args: m[2] };
+  });
+}
+
+interface Stage {
+  readonly image: string;
+  readonly name?: string;
+  readonly instructions: Instruction[];
+}
+
+/** Splits into stages, expanding `${ARG}` in FROM from the ARGs declared before the first FROM. */
+function stages(instructions: Instruction[]): Stage[] {
+  const globalArgs = new Map<string, string>();
+  const result: Stage[] = [];
+  for (const ins of instructions) {
+    if (ins.keyword === 'FROM') {
+      const m = /^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$/i.exec(ins.args);
+      if (!m) throw new Error(`cannot parse FROM ${ins.args}`);
+      const image = m[1].replace(/\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?/g, (_, name: string) => {
+        const value = globalArgs.get(name);
+        if (value === undefined) throw new Error(`FROM uses ARG ${name} without a default`);
+        return value;
+      });
+      result.push({ image, name: m[2], instructions: [] });
+    } else if (result.length === 0 && ins.keyword === 'ARG') {
+      const m = /^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$/.exec(ins.args);
+      if (m) globalArgs.set(m[1], m[2]);
+    } else if (result.length > 0) {
+      result[result.length - 1].instructions.push(ins);
+    }
+  }
+  return result;
+}
+
+/** Exec form: a JSON array of strings. */
+function execForm(args: string): string[] | undefined {
+  try {
+    const parsed: unknown = JSON.parse(args);
+    return Array.isArray(parsed) && parsed.every((a) => typeof a === 'string') ? (parsed as string[]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Pinned: a digest, or a tag that names a concrete version (`24.11.1-bookworm-slim`), or a
+ * distroless image whose repository name fixes the runtime major and Debian release
+ * (`nodejs24-debian12:nonroot`, the only tags distroless publishes besides `latest`/`debug`).
+ */
+function isPinned(image: string, stageNames: ReadonlySet<string>): boolean {
+  if (stageNames.has(image)) return true;
+  if (/@sha256:[0-9a-f]{64}$/.test(image)) return true;
+  const slash = image.lastIndexOf('/');
+  const colon = image.indexOf(':', slash + 1);
+  if (colon === -1) return false;
+  const repo = image.slice(0, colon);
+  const tag = image.slice(colon + 1);
+  if (tag === 'latest' || tag === '') return false;
+  if (/^\d+\.\d+(\.\d+)?(-|$)/.test(tag)) return true;
+  return /^gcr\.io\/distroless\/nodejs\d+-debian\d+$/.test(repo) && /^nonroot(-amd64|-arm64)?$/.test(tag);
+}
+
+describe('Dockerfile', () => {
+  const text = readFileSync(path.join(repoRoot, 'Dockerfile'), 'utf8');
+  const instructions = parseDockerfile(text);
+  const all = stages(instructions);
+  const runtime = all[all.length - 1];
+  const runtimeOf = (keyword: string) => runtime.instructions.filter((i) => i.keyword === keyword);
+
+  it('is multi-stage with named stages', () => {
+    expect(all.length).to.be.at.least(2);
+    for (const s of all) expect(s.name, s.image).to.be.a('string');
+  });
+
+  it('never uses latest and pins every base image to a version tag or digest', () => {
+    expect(text).to.not.match(/:latest\b/);
+    const names = new Set(all.map((s) => s.name ?? ''));
+    for (const s of all) expect(isPinned(s.image, names), s.image).to.equal(true);
+  });
+
+  it('builds on Node 24 and runs on a Node 24 image', () => {
+    expect(all[0].image).to.match(/^node:24\./);
+    expect(runtime.image).to.match(/nodejs24|node:24\./);
+  });
+
+  it('runs as a non-root user in the runtime stage', () => {
+    const users = runtimeOf('USER').map((u) => u.args.split(':')[0]);
+    const last = users[users.length - 1];
+    const nonRootImage = /:nonroot(-|$)/.test(runtime.image);
+    expect(nonRootImage || last !== undefined, 'no USER and not a nonroot image').to.equal(true);
+    if (last !== undefined) expect(['root', '0']).to.not.include(last);
+  });
+
+  it('installs production dependencies only for the runtime', () => {
+    const runs = all.flatMap((s) => s.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.args));
+    expect(runs.some((r) => /npm ci\b.*--omit=dev|npm prune\b.*--omit=dev/.test(r))).to.equal(true);
+    expect(runs.some((r) => /npm run build/.test(r))).to.equal(true);
+    // The runtime stage copies node_modules from a stage that omitted dev dependencies.
+    const depsStage = all.find((s) => s.instructions.some((i) => i.keyword === 'RUN' && /--omit=dev/.test(i.args)));
+    expect(depsStage?.name).to.be.a('string');
+    expect(runtimeOf('COPY').some((c) => c.args.includes(`--from=${depsStage?.name}`) && c.args.includes('node_modules'))).to.equal(true);
+  });
+
+  it('copies only the compiled sources, production node_modules and package.json into the runtime', () => {
+    const sources = runtimeOf('COPY').map((c) => c.args.replace(/--\S+\s+/g, '').split(/\s+/)[0]);
+    expect(sources.sort()).to.deep.equal(['/app/dist/src', '/app/node_modules', 'package.json']);
+  });
+
+  it('sets NODE_ENV=production and exposes 5000, 9191 and 9090', () => {
+    expect(runtimeOf('ENV').some((e) => /\bNODE_ENV=production\b/.test(e.args))).to.equal(true);
+    const ports = runtimeOf('EXPOSE').flatMap((e) => e.args.split(/\s+/)).map((p) => p.replace(/\/tcp$/, ''));
+    expect(ports).to.include.members(['5000', '9191', '9090']);
+  });
+
+  it('has an exec-form HEALTHCHECK and ENTRYPOINT running the compiled files', () => {
+    const [healthcheck] = runtimeOf('HEALTHCHECK');
+    expect(healthcheck, 'HEALTHCHECK').to.not.equal(undefined);
+    const cmd = /\bCMD\s+(\[.*\])$/.exec(healthcheck.args);
+    const hcArgs = cmd ? execForm(cmd[1]) : undefined;
+    expect(hcArgs, 'HEALTHCHECK CMD must be exec form').to.be.an('array');
+    expect(hcArgs).to.include('dist/src/healthcheck.js');
+
+    const entry = [...runtimeOf('ENTRYPOINT'), ...runtimeOf('CMD')].map((e) => execForm(e.args));
+    expect(entry.every((e) => e !== undefined), 'ENTRYPOINT/CMD must be exec form').to.equal(true);
+    expect(entry.flat()).to.include('dist/src/main.js');
+    // The node binary path of the runtime image (distroless: /nodejs/bin/node).
+    if (runtime.image.includes('distroless')) expect(entry.flat()[0]).to.equal('/nodejs/bin/node');
+    expect(text).to.not.match(/npm (start|run start)/);
+  });
+
+  it('names files that exist in the compiled output', () => {
+    // The image compiles with tsconfig's outDir, `dist`; locally the same files sit under outRoot.
+    const tsconfig = JSON.parse(readFileSync(path.join(repoRoot, 'tsconfig.json'), 'utf8')) as { compilerOptions: { outDir: string } };
+    expect(tsconfig.compilerOptions.outDir).to.equal('dist');
+    const named = new Set([...text.matchAll(/"dist\/(src\/[\w./-]+\.js)"/g)].map((m) => m[1]));
+    expect([...named].sort()).to.deep.equal(['src/healthcheck.js', 'src/main.js']);
+    for (const file of named) expect(existsSync(path.join(outRoot, file)), file).to.equal(true);
+  });
+
+  it('has a .dockerignore that keeps local builds, dependencies and secrets out of the context', () => {
+    const ignore = readFileSync(path.join(repoRoot, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim());
+    for (const entry of ['**/node_modules', 'dist', '.git', '.tmp', 'coverage', '**/*.pem', '**/*.pfx']) expect(ignore, entry).to.include(entry);
+    // What the build needs must not be ignored.
+    for (const needed of ['src', 'package.json', 'package-lock.json', 'tsconfig.json']) expect(ignore, needed).to.not.include(needed);
+  });
+});

@@ -1,0 +1,460 @@
+import { expect } from 'chai';
+import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { CompactEncrypt, SignJWT } from 'jose';
+import type { Agent } from 'undici';
+import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
+import { SidecarError, type ErrorCode } from '../../src/errors.js';
+import { createLogger } from '../../src/log.js';
+import { createOutboundAgent } from '../../src/net/outbound.js';
+import type { DecryptionKey } from '../../src/validation/decryption.js';
+import { createTokenValidator, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
+import {
+  CLIENT_ID,
+  OTHER_TENANT,
+  TENANT,
+  buildAzureAd,
+  buildValidationSettings,
+  makeSigningKey,
+  mint,
+  rawToken,
+  rsaKeyPair,
+  signRs256,
+  startFakeEntra,
+  type FakeEntra,
+  type TestSigningKey,
+} from './fixtures.js';
+
+const logger = createLogger('silent');
+
+async function rejection(p: Promise<unknown>): Promise<SidecarError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).to.be.instanceOf(SidecarError);
+    return err as SidecarError;
+  }
+  throw new Error('expected a rejection');
+}
+
+async function expectCode(p: Promise<unknown>, code: ErrorCode): Promise<SidecarError> {
+  const err = await rejection(p);
+  expect(err.code, err.detail).to.equal(code);
+  return err;
+}
+
+describe('token validator', function () {
+  let entra: FakeEntra;
+  let key: TestSigningKey;
+  let agent: Agent;
+  let clockMs: number;
+  const validators: TokenValidatorWithStats[] = [];
+
+  before(async function () {
+    key = makeSigningKey();
+    entra = await startFakeEntra([key]);
+    agent = createOutboundAgent({ extraCaFiles: [], connectTimeoutMs: 1000, timeoutMs: 2000 });
+  });
+  after(async function () {
+    await agent.close();
+    await entra.close();
+  });
+  beforeEach(function () {
+    clockMs = Date.now();
+    entra.keys = [key];
+    entra.down = false;
+  });
+  afterEach(function () {
+    for (const v of validators.splice(0)) v.close();
+  });
+
+  function deps(azure: Partial<AzureAdConfig> = {}, settings: Partial<SidecarSettings['validation']> = {}, extra: Partial<ValidatorDeps> = {}): ValidatorDeps {
+    return {
+      azureAd: buildAzureAd(entra.instance, azure),
+      settings: buildValidationSettings(settings),
+      outbound: { agent, timeoutMs: 2000, maxResponseBytes: 1 << 20 },
+      logger,
+      now: () => clockMs,
+      keyLoadRetry: { initialMs: 20, maxMs: 50 },
+      ...extra,
+    };
+  }
+
+  async function started(azure: Partial<AzureAdConfig> = {}, settings: Partial<SidecarSettings['validation']> = {}, extra: Partial<ValidatorDeps> = {}): Promise<TokenValidatorWithStats> {
+    const v = createTokenValidator(deps(azure, settings, extra));
+    validators.push(v);
+    await v.start();
+    return v;
+  }
+
+  const nowSec = (): number => Math.floor(clockMs / 1000);
+
+  describe('valid tokens', function () {
+    it('accepts a v2 token for the configured tenant and ClientId', async function () {
+      const v = await started();
+      expect(v.ready()).to.equal(true);
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      const result = await v.validate(token);
+      expect(result.version).to.equal('2.0');
+      expect(result.tenantId).to.equal(TENANT);
+      expect(result.raw).to.equal(token);
+      expect(result.jws).to.equal(token);
+      expect(result.claims.aud).to.equal(CLIENT_ID);
+      expect(result.header.kid).to.equal(key.kid);
+      expect(result.expiresAt).to.equal(nowSec() + 3600);
+      expect(Object.isFrozen(result.claims)).to.equal(true);
+    });
+
+    it('accepts a v1 token (sts-shaped issuer from the v1 metadata, aud api://ClientId) signed by a v2 key with a templated issuer', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, version: '1.0', nowSec: nowSec() });
+      const result = await v.validate(token);
+      expect(result.version).to.equal('1.0');
+      expect(result.claims.iss).to.equal(entra.v1Issuer(TENANT));
+    });
+
+    it('accepts PS256 and ES256 signatures from keys of the matching type', async function () {
+      const ps = makeSigningKey('PS256');
+      const es = makeSigningKey('ES256');
+      entra.keys = [key, ps, es];
+      const v = await started();
+      await v.validate(await mint(entra, { key: ps, nowSec: nowSec() }));
+      await v.validate(await mint(entra, { key: es, nowSec: nowSec() }));
+    });
+
+    it('accepts a token with no kid by trying every key (v1 x5t lookup included)', async function () {
+      const v = await started();
+      await v.validate(await mint(entra, { key, header: { kid: undefined }, nowSec: nowSec() }));
+      await v.validate(await mint(entra, { key, version: '1.0', header: { kid: undefined }, nowSec: nowSec() }));
+    });
+  });
+
+  describe('audience', function () {
+    it('rejects a v1 token whose aud is the bare ClientId and a v2 token whose aud is api://ClientId (RegisterValidAudience)', async function () {
+      const v = await started();
+      const e1 = await expectCode(v.validate(await mint(entra, { key, version: '1.0', claims: { aud: CLIENT_ID }, nowSec: nowSec() })), 'token_audience_invalid');
+      expect(e1.detail).to.equal(`The audience '${CLIENT_ID}' is invalid`);
+      await expectCode(v.validate(await mint(entra, { key, claims: { aud: `api://${CLIENT_ID}` }, nowSec: nowSec() })), 'token_audience_invalid');
+    });
+
+    it('rejects a token without ver (no default audience) unless an Audience is configured', async function () {
+      const token = await mint(entra, { key, claims: { ver: undefined }, nowSec: nowSec() });
+      await expectCode((await started()).validate(token), 'token_audience_invalid');
+      const configured = await started({ audience: CLIENT_ID });
+      expect((await configured.validate(token)).version).to.equal('2.0');
+    });
+
+    it('accepts only the configured Audience / ValidAudiences when set', async function () {
+      const v = await started({ audience: 'api://my-api', validAudiences: ['api://other'] });
+      await v.validate(await mint(entra, { key, claims: { aud: 'api://my-api' }, nowSec: nowSec() }));
+      await v.validate(await mint(entra, { key, claims: { aud: 'api://other' }, nowSec: nowSec() }));
+      await expectCode(v.validate(await mint(entra, { key, nowSec: nowSec() })), 'token_audience_invalid');
+    });
+  });
+
+  describe('lifetime', function () {
+    it('rejects a token expired beyond the clock skew, naming the expiry time', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() - 3600, expiresIn: 3600 - 301 });
+      const err = await expectCode(v.validate(token), 'token_expired');
+      expect(err.detail).to.match(/^The token expired at '\d{4}-\d\d-\d\dT/);
+      expect(err.message).to.not.include(token);
+    });
+
+    it('accepts a token expired within the clock skew', async function () {
+      const v = await started();
+      await v.validate(await mint(entra, { key, nowSec: nowSec() - 3600, expiresIn: 3600 - 299 }));
+    });
+
+    it('honours nbf with the clock skew both ways', async function () {
+      const v = await started();
+      await expectCode(v.validate(await mint(entra, { key, claims: { nbf: nowSec() + 301 }, nowSec: nowSec() })), 'token_not_yet_valid');
+      await v.validate(await mint(entra, { key, claims: { nbf: nowSec() + 299 }, nowSec: nowSec() }));
+    });
+
+    it('rejects a token without exp', async function () {
+      const v = await started();
+      await expectCode(v.validate(await mint(entra, { key, claims: { exp: undefined }, nowSec: nowSec() })), 'token_malformed');
+    });
+  });
+
+  describe('issuer and tenant', function () {
+    it('rejects a wrong issuer with the issuer in the detail', async function () {
+      const v = await started();
+      const err = await expectCode(v.validate(await mint(entra, { key, issuer: `https://evil.example/${TENANT}/v2.0`, nowSec: nowSec() })), 'token_issuer_invalid');
+      expect(err.detail).to.equal(`The issuer 'https://evil.example/${TENANT}/v2.0' is invalid`);
+    });
+
+    it("rejects a token from another tenant on a single-tenant configuration", async function () {
+      const v = await started();
+      await expectCode(v.validate(await mint(entra, { key, tenant: OTHER_TENANT, nowSec: nowSec() })), 'token_issuer_invalid');
+      await expectCode(v.validate(await mint(entra, { key, version: '1.0', tenant: OTHER_TENANT, nowSec: nowSec() })), 'token_issuer_invalid');
+    });
+
+    it("rejects our issuer with another tenant's tid", async function () {
+      const v = await started();
+      await expectCode(v.validate(await mint(entra, { key, claims: { tid: OTHER_TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
+    });
+
+    it('accepts any tenant on common (v1 and v2) when iss matches the template with the token tid', async function () {
+      const v = await started({ tenantId: 'common' });
+      const r = await v.validate(await mint(entra, { key, tenant: OTHER_TENANT, nowSec: nowSec() }));
+      expect(r.tenantId).to.equal(OTHER_TENANT);
+      await v.validate(await mint(entra, { key, tenant: TENANT, version: '1.0', nowSec: nowSec() }));
+    });
+
+    it('rejects on common when iss and tid disagree, or tid is not a GUID', async function () {
+      const v = await started({ tenantId: 'organizations' });
+      await expectCode(v.validate(await mint(entra, { key, tenant: OTHER_TENANT, claims: { tid: TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
+      await expectCode(v.validate(await mint(entra, { key, tenant: 'not-a-guid', nowSec: nowSec() })), 'token_tenant_mismatch');
+      await expectCode(v.validate(await mint(entra, { key, issuer: `https://evil.example/${TENANT}/v2.0`, nowSec: nowSec() })), 'token_issuer_invalid');
+    });
+
+    it('uses ValidIssuers instead of the default rule when configured', async function () {
+      entra.keys = [{ ...key, issuer: undefined }];
+      const v = await started({ validIssuers: [`https://issuer.example/{tenantid}/v2.0`] });
+      await v.validate(await mint(entra, { key, issuer: `https://issuer.example/${TENANT}/v2.0`, nowSec: nowSec() }));
+      await expectCode(v.validate(await mint(entra, { key, nowSec: nowSec() })), 'token_issuer_invalid');
+    });
+
+    it('rejects a token signed by a JWKS key whose issuer names another tenant', async function () {
+      const restricted = makeSigningKey('RS256', `${entra.origin}/${OTHER_TENANT}/v2.0`);
+      entra.keys = [key, restricted];
+      const v = await started();
+      const err = await expectCode(v.validate(await mint(entra, { key: restricted, nowSec: nowSec() })), 'token_issuer_invalid');
+      expect(err.detail).to.include('signing key');
+      // The same key is fine for the tenant it names (multi-tenant app).
+      const common = await started({ tenantId: 'common' });
+      await common.validate(await mint(entra, { key: restricted, tenant: OTHER_TENANT, nowSec: nowSec() }));
+    });
+  });
+
+  describe('header and signature', function () {
+    it("rejects alg 'none' and HS256 (even when keyed with the public key bytes)", async function () {
+      const v = await started();
+      const payload = { aud: CLIENT_ID, iss: entra.v2Issuer(TENANT), tid: TENANT, ver: '2.0', exp: nowSec() + 600 };
+      await expectCode(v.validate(rawToken({ alg: 'none', kid: key.kid }, payload)), 'token_alg_not_allowed');
+      await expectCode(v.validate(rawToken({ alg: 'none', kid: key.kid }, payload, 'AAAA')), 'token_alg_not_allowed');
+      const publicPem = Buffer.from(key.publicKey.export({ type: 'spki', format: 'pem' }));
+      const hs = await new SignJWT(payload).setProtectedHeader({ alg: 'HS256', kid: key.kid }).sign(publicPem);
+      await expectCode(v.validate(hs), 'token_alg_not_allowed');
+      expect(v.stats().signatureVerifications).to.equal(0);
+    });
+
+    it('rejects a tampered payload as an invalid signature', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      const [h, p, s] = token.split('.');
+      const claims = JSON.parse(Buffer.from(p, 'base64url').toString());
+      claims.scp = 'admin';
+      const tampered = `${h}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.${s}`;
+      const err = await expectCode(v.validate(tampered), 'token_signature_invalid');
+      expect(err.detail).to.equal('The signature is invalid');
+    });
+
+    it('rejects jku/x5u/jwk/crit headers and Graph tokens with a nonce header, even when validly signed', async function () {
+      const v = await started();
+      const valid = await mint(entra, { key, nowSec: nowSec() });
+      const payload = JSON.parse(Buffer.from(valid.split('.')[1], 'base64url').toString()) as Record<string, unknown>;
+      await v.validate(signRs256({ kid: key.kid }, payload, key.privateKey));
+      for (const header of [{ jku: 'https://evil.example/keys' }, { x5u: 'https://evil.example/cert' }, { jwk: { kty: 'RSA' } }, { crit: ['exp'], exp: 1 }, { nonce: 'abc' }]) {
+        await expectCode(v.validate(signRs256({ kid: key.kid, ...header }, payload, key.privateKey)), 'token_malformed');
+      }
+    });
+
+    it('rejects tokens that are not 3-part JWS or 5-part JWE', async function () {
+      const v = await started();
+      for (const bad of ['', 'abc', 'a.b', 'a.b.c.d', 'a.b.c.d.e.f', '..', '!!.@@.##']) {
+        await expectCode(v.validate(bad), 'token_malformed');
+      }
+    });
+
+    it("rejects a signature made with another key carrying a published key's kid", async function () {
+      const v = await started();
+      const impostor = { ...makeSigningKey(), kid: key.kid };
+      await expectCode(v.validate(await mint(entra, { key: impostor, nowSec: nowSec() })), 'token_signature_invalid');
+    });
+
+    it('rejects role- and scope-free tokens when ACL authorization is off, and accepts them when on', async function () {
+      const token = await mint(entra, { key, claims: { scp: undefined }, nowSec: nowSec() });
+      await (await started()).validate(token);
+      const strict = await started({ allowWebApiToBeAuthorizedByACL: false });
+      await expectCode(strict.validate(token), 'token_scope_or_role_missing');
+      await strict.validate(await mint(entra, { key, claims: { scp: undefined, roles: ['Data.Read'] }, nowSec: nowSec() }));
+    });
+  });
+
+  describe('signing keys', function () {
+    it('re-fetches the JWKS exactly once when 100 concurrent tokens carry an unknown kid, then honours the cooldown', async function () {
+      const v = await started({}, { unknownKidCooldownSec: 300 });
+      const fetchesAfterStart = entra.hits.jwks;
+      expect(v.stats().jwksFetches).to.equal(1);
+      const rotated = makeSigningKey();
+      const unknown = await mint(entra, { key: rotated, nowSec: nowSec() });
+      const results = await Promise.allSettled(Array.from({ length: 100 }, () => v.validate(unknown)));
+      expect(entra.hits.jwks - fetchesAfterStart).to.equal(1);
+      expect(results.every((r) => r.status === 'rejected' && (r.reason as SidecarError).code === 'token_key_unknown')).to.equal(true);
+      // The new key is published, but the cooldown still holds.
+      entra.keys = [key, rotated];
+      await expectCode(v.validate(unknown), 'token_key_unknown');
+      expect(entra.hits.jwks - fetchesAfterStart).to.equal(1);
+      // After the cooldown one more fetch finds it.
+      clockMs += 301_000;
+      const burst = await Promise.all(Array.from({ length: 100 }, () => v.validate(unknown)));
+      expect(burst[0].tenantId).to.equal(TENANT);
+      expect(entra.hits.jwks - fetchesAfterStart).to.equal(2);
+      expect(v.stats().jwksFetches).to.equal(3);
+    });
+
+    it('keeps validating with cached keys while the JWKS endpoint is down', async function () {
+      const v = await started({}, { signingKeysRefreshIntervalSec: 1 });
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      entra.down = true;
+      const before = entra.hits.jwks + entra.hits.metadataV2;
+      await new Promise((r) => setTimeout(r, 1100));
+      expect(entra.hits.jwks + entra.hits.metadataV2).to.be.greaterThan(before);
+      expect(v.ready()).to.equal(true);
+      expect((await v.validate(token)).tenantId).to.equal(TENANT);
+      // An unknown kid during the outage still fails as unknown, not as unavailable.
+      await expectCode(v.validate(await mint(entra, { key: makeSigningKey(), nowSec: nowSec() })), 'token_key_unknown');
+    });
+
+    it('answers signing_keys_unavailable and is not ready until the keys can be loaded, then recovers in the background', async function () {
+      entra.down = true;
+      const v = await started();
+      expect(v.ready()).to.equal(false);
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      await expectCode(v.validate(token), 'signing_keys_unavailable');
+      entra.down = false;
+      const deadline = Date.now() + 3000;
+      while (!v.ready() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(v.ready()).to.equal(true);
+      await v.validate(token);
+    });
+
+    it('loads keys once for concurrent start() calls and picks up rotated keys on the periodic refresh', async function () {
+      const v = createTokenValidator(deps({}, { signingKeysRefreshIntervalSec: 1 }));
+      validators.push(v);
+      await Promise.all([v.start(), v.start(), v.start()]);
+      expect(v.stats().jwksFetches).to.equal(1);
+      expect(v.stats().metadataFetches).to.equal(2);
+      const next = makeSigningKey();
+      entra.keys = [next];
+      await new Promise((r) => setTimeout(r, 1100));
+      expect(v.stats().jwksFetches).to.equal(2);
+      expect(v.stats().keyCount).to.equal(1);
+      await v.validate(await mint(entra, { key: next, nowSec: nowSec() }));
+      // The old key left the JWKS: its tokens are no longer accepted.
+      await expectCode(v.validate(await mint(entra, { key, nowSec: nowSec() })), 'token_key_unknown');
+    });
+
+    it('ignores JWKS entries with RSA keys shorter than 2048 bits', async function () {
+      const weak = generateKeyPairSync('rsa', { modulusLength: 1024 });
+      const weakKey: TestSigningKey = { kid: 'weak', ...weak, alg: 'RS256' };
+      entra.keys = [key, weakKey];
+      const v = await started();
+      expect(v.stats().keyCount).to.equal(1);
+      const payload = { aud: CLIENT_ID, iss: entra.v2Issuer(TENANT), tid: TENANT, ver: '2.0', exp: nowSec() + 600 };
+      await expectCode(v.validate(signRs256({ kid: 'weak' }, payload, weak.privateKey)), 'token_key_unknown');
+      await v.validate(signRs256({ kid: key.kid }, payload, key.privateKey));
+    });
+  });
+
+  describe('verified-token cache', function () {
+    it('serves a repeated token without another signature verification', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      const first = await v.validate(token);
+      const verifies = v.stats().signatureVerifications;
+      const second = await v.validate(token);
+      expect(second).to.equal(first);
+      expect(v.stats().signatureVerifications).to.equal(verifies);
+      expect(v.stats().cacheHits).to.equal(1);
+      expect(v.stats().cacheMisses).to.equal(1);
+    });
+
+    it('never serves a cached token past exp plus skew', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec(), expiresIn: 60 });
+      await v.validate(token);
+      clockMs += (60 + 299) * 1000;
+      await v.validate(token);
+      expect(v.stats().cacheHits).to.equal(1);
+      clockMs += 2000;
+      await expectCode(v.validate(token), 'token_expired');
+      expect(v.stats().cacheHits).to.equal(1);
+    });
+
+    it('is bounded and evicts the least recently used token', async function () {
+      const v = await started({}, { verifiedTokenCacheSize: 3 });
+      const tokens = await Promise.all([0, 1, 2, 3].map((i) => mint(entra, { key, claims: { uti: `t${i}` }, nowSec: nowSec() })));
+      for (const t of tokens.slice(0, 3)) await v.validate(t);
+      await v.validate(tokens[0]); // refresh t0 → t1 is now least recent
+      await v.validate(tokens[3]);
+      expect(v.stats().cacheSize).to.equal(3);
+      const hits = v.stats().cacheHits;
+      await v.validate(tokens[0]);
+      expect(v.stats().cacheHits).to.equal(hits + 1);
+      await v.validate(tokens[1]);
+      expect(v.stats().cacheHits).to.equal(hits + 1);
+    });
+
+    it('does not cache rejected tokens', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, claims: { aud: 'api://someone-else' }, nowSec: nowSec() });
+      await expectCode(v.validate(token), 'token_audience_invalid');
+      await expectCode(v.validate(token), 'token_audience_invalid');
+      expect(v.stats().cacheHits).to.equal(0);
+    });
+  });
+
+  describe('encrypted tokens (JWE)', function () {
+    const encPair = rsaKeyPair();
+    const thumb = createHash('sha1').update('test-encryption-cert').digest('hex').toUpperCase();
+    const decryptionKey: DecryptionKey = { privateKey: encPair.privateKey, thumbprintSha1Hex: thumb, x5t: Buffer.from(thumb, 'hex').toString('base64url') };
+    const otherPair = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const otherKey: DecryptionKey = { privateKey: otherPair.privateKey, thumbprintSha1Hex: 'AA'.repeat(20), x5t: Buffer.alloc(20, 0xaa).toString('base64url') };
+
+    async function encrypt(inner: string, header: Record<string, unknown>): Promise<string> {
+      return new CompactEncrypt(Buffer.from(inner)).setProtectedHeader({ cty: 'JWT', typ: 'JWT', ...header } as unknown as { alg: string; enc: string }).encrypt(createPublicKey(encPair.privateKey));
+    }
+
+    it('decrypts RSA-OAEP + A256CBC-HS512 with the key named by kid and validates the inner token', async function () {
+      const v = await started({}, {}, { decryptionKeys: [otherKey, decryptionKey] });
+      const inner = await mint(entra, { key, nowSec: nowSec() });
+      const jwe = await encrypt(inner, { alg: 'RSA-OAEP', enc: 'A256CBC-HS512', kid: thumb });
+      const r = await v.validate(jwe);
+      expect(r.raw).to.equal(jwe);
+      expect(r.jws).to.equal(inner);
+      expect(r.header.kid).to.equal(key.kid);
+      await v.validate(jwe);
+      expect(v.stats().cacheHits).to.equal(1);
+    });
+
+    it('tries every configured key when the JWE names none (RSA-OAEP-256 + A256GCM)', async function () {
+      const v = await started({}, {}, { decryptionKeys: [otherKey, decryptionKey] });
+      const jwe = await encrypt(await mint(entra, { key, nowSec: nowSec() }), { alg: 'RSA-OAEP-256', enc: 'A256GCM' });
+      expect((await v.validate(jwe)).tenantId).to.equal(TENANT);
+    });
+
+    it('rejects disallowed key management and content encryption algorithms before decrypting', async function () {
+      const v = await started({}, {}, { decryptionKeys: [decryptionKey] });
+      const parts = (h: object): string => `${Buffer.from(JSON.stringify(h)).toString('base64url')}.AAAA.AAAA.AAAA.AAAA`;
+      await expectCode(v.validate(parts({ alg: 'RSA1_5', enc: 'A256CBC-HS512' })), 'token_alg_not_allowed');
+      await expectCode(v.validate(parts({ alg: 'dir', enc: 'A256GCM' })), 'token_alg_not_allowed');
+      await expectCode(v.validate(parts({ alg: 'RSA-OAEP', enc: 'A192GCM' })), 'token_alg_not_allowed');
+      const real = await encrypt(await mint(entra, { key, nowSec: nowSec() }), { alg: 'RSA-OAEP', enc: 'A192CBC-HS384' });
+      await expectCode(v.validate(real), 'token_alg_not_allowed');
+    });
+
+    it('rejects a JWE no configured key can open, a JWE without a signed token inside, and an inner token that fails validation', async function () {
+      const onlyOther = await started({}, {}, { decryptionKeys: [otherKey] });
+      const jwe = await encrypt(await mint(entra, { key, nowSec: nowSec() }), { alg: 'RSA-OAEP', enc: 'A256CBC-HS512' });
+      await expectCode(onlyOther.validate(jwe), 'token_decryption_failed');
+      await expectCode((await started()).validate(jwe), 'token_decryption_failed');
+      const v = await started({}, {}, { decryptionKeys: [decryptionKey] });
+      await expectCode(v.validate(await encrypt('{"sub":"x"}', { alg: 'RSA-OAEP', enc: 'A256CBC-HS512' })), 'token_decryption_failed');
+      const expiredInner = await mint(entra, { key, nowSec: nowSec() - 7200, expiresIn: 60 });
+      await expectCode(v.validate(await encrypt(expiredInner, { alg: 'RSA-OAEP', enc: 'A128CBC-HS256' })), 'token_expired');
+    });
+  });
+});
