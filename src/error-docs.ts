@@ -17,7 +17,7 @@ export function renderErrorReference(): string {
   return [
     '# Error codes',
     '',
-    '<!-- Generated from src/errors.ts by `node dist/scripts/gen-docs.js`; test/errors.test.ts keeps it in step. -->',
+    '<!-- Generated from src/errors.ts by `npm run docs`; test/errors.test.ts keeps it in step. -->',
     '',
     'Every failure the sidecar reports carries one of these stable codes. The HTTP API puts it in the',
     'ProblemDetails `code` member (401 challenges from token validation have no body, only',

@@ -24,7 +24,7 @@ function concrete(key: string): string {
 }
 
 describe('config: documentation', () => {
-  it('docs/configuration.md is exactly what renderConfigReference() generates (run node dist/scripts/gen-config-docs.js)', () => {
+  it('docs/configuration.md is exactly what renderConfigReference() generates (run npm run docs)', () => {
     const committed = readFileSync(join(repoRoot(), 'docs', 'configuration.md'), 'utf8');
     expect(committed === renderConfigReference(), 'docs/configuration.md is stale; regenerate it').to.equal(true);
   });

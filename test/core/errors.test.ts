@@ -8,7 +8,7 @@ import { repoRoot } from '../helpers/sidecar.js';
 describe('error codes', () => {
   it('docs/errors.md is exactly what the error table renders', () => {
     const committed = readFileSync(path.join(repoRoot, 'docs', 'errors.md'), 'utf8');
-    expect(committed, 'run `npm run build && node dist/scripts/gen-docs.js`').to.equal(renderErrorReference());
+    expect(committed, 'run `npm run docs`').to.equal(renderErrorReference());
   });
 
   it('maps every code to a defined Envoy status, a non-zero gRPC code and a 4xx/5xx HTTP status', () => {
