@@ -22,7 +22,7 @@ interface Routed {
 
 /** Maps a path on the HTTPS origin to a handler. */
 function routeLogin(path: string[], adminEnabled: boolean): Routed | undefined {
-  const [a, b, c, d, e, f] = path;
+  const [a, b, c, d, e] = path;
   const n = path.length;
   if (n === 3 && a.toLowerCase() === 'common' && b === 'discovery' && c === 'instance') return { route: 'instance', run: instanceDiscovery };
   if (n === 4 && b.toLowerCase() === 'v2.0' && c === '.well-known' && d === 'openid-configuration') return { route: 'metadata', tenant: a, run: (ex) => openIdConfiguration(ex, a, 2) };
@@ -33,7 +33,6 @@ function routeLogin(path: string[], adminEnabled: boolean): Routed | undefined {
   if (n === 3 && b === 'oauth2' && c === 'token') return { route: 'token', tenant: a, run: (ex) => tokenEndpoint(ex, a, true) };
   if ((n === 4 || n === 5) && a === 'keyvault' && c === 'secrets') return { route: 'keyvault', run: (ex) => keyVaultSecret(ex, b, d, e) };
   if (adminEnabled && a === '_emulator' && n >= 2) return { route: 'admin', run: (ex) => adminRoute(ex, path.slice(1).join('/')) };
-  void f;
   return undefined;
 }
 

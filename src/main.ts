@@ -13,6 +13,9 @@ import { createTokenAcquirer } from './acquisition/acquirer.js';
 import { resolveApiOptions } from './pipeline/api-options.js';
 import { startHttpApi, type HttpApiServer } from './http/server.js';
 import { startExtAuthzServer, type ExtAuthzServer } from './extauthz/server.js';
+import { createMetrics } from './metrics.js';
+import { startManagementServer } from './management/server.js';
+import { VERSION } from './version.js';
 
 const SHUTDOWN_GRACE_MS = 10_000;
 
@@ -28,12 +31,18 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
     decryptionKeys: loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials),
   });
   const acquirer = createTokenAcquirer({ config, agent, logger });
+  const metrics = createMetrics({ version: VERSION, collectProcess: true });
+  metrics.addScrapeHook(() => {
+    metrics.syncTokenCache(acquirer.stats());
+    metrics.setSigningKeys(validator.stats().keyCount);
+  });
 
   const http: HttpApiServer = await startHttpApi({
     config,
     logger,
     validator,
     acquirer,
+    metrics,
     downstream: {
       agent,
       acquirer,
@@ -62,6 +71,15 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
     });
   }
 
+  const management = config.sidecar.management.enabled
+    ? await startManagementServer({
+        address: config.sidecar.management.address,
+        metrics,
+        logger,
+        readiness: () => ({ ready: validator.ready(), reasons: validator.ready() ? [] : ['signing_keys_not_loaded'] }),
+      })
+    : undefined;
+
   // Keys load in the background; readiness (gRPC health, /readyz) follows validator.ready().
   const started = validator.start().catch((err: unknown) => {
     logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'signing keys not loaded yet; retrying in the background');
@@ -75,6 +93,7 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
       event: 'listening',
       http: http.addresses,
       extAuthz: extAuthz ? { host: extAuthz.address, port: extAuthz.port } : null,
+      management: management ? { host: management.host, port: management.port } : null,
       environment: config.environment.name,
     },
     'entra-sidecar is listening',
@@ -82,8 +101,11 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
 
   return async () => {
     clearInterval(readyPoll);
+    // Readiness goes false first so the kubelet and Envoy stop sending, then listeners drain.
+    management?.setShuttingDown();
     extAuthz?.setServing(false);
     await Promise.all([http.close(SHUTDOWN_GRACE_MS), extAuthz?.close(SHUTDOWN_GRACE_MS)]);
+    await management?.close(1_000);
     validator.close();
     acquirer.close();
     await agent.close();

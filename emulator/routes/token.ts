@@ -84,7 +84,7 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   if (!app) throw Aadsts.unknownClient(clientId, tenant.id);
   if (app.disabled) throw Aadsts.clientDisabled(clientId);
   // 5. Client authentication.
-  const client = await authenticateClient(core, ex, tenant, tenantSegment, app, form, basic?.secret);
+  const client = await authenticateClient(core, tenant, tenantSegment, app, form, basic?.secret);
   // 6. Grant rules.
   let plan: TokenPlan;
   if (grantType === 'client_credentials') plan = clientCredentials(core, tenant, client, form);
@@ -174,7 +174,7 @@ function parseBasic(header: string | undefined): { clientId: string; secret: str
   }
 }
 
-async function authenticateClient(core: EmulatorCore, ex: Exchange, tenant: TenantRecord, segment: string, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
+async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, segment: string, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
   const secret = form.client_secret ?? basicSecret;
   const assertion = form.client_assertion;
   if (secret !== undefined && assertion !== undefined) throw Aadsts.multipleCredentials();
@@ -204,12 +204,12 @@ async function authenticateClient(core: EmulatorCore, ex: Exchange, tenant: Tena
   }
   const h = decoded.header;
   if (typeof h['x5t#S256'] === 'string' || typeof h.x5t === 'string') {
-    return certificateAssertion(core, ex, tenant, segment, app, jws, decoded.header, p);
+    return certificateAssertion(core, tenant, segment, app, jws, decoded.header, p);
   }
   throw Aadsts.ficIssuer(String(p.iss));
 }
 
-function certificateAssertion(core: EmulatorCore, _ex: Exchange, tenant: TenantRecord, segment: string, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
+function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, segment: string, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
   const certs = core.appCertificates(app);
   const match = certs.find((c) => (typeof header['x5t#S256'] === 'string' && c.material.x5tS256 === header['x5t#S256'])
     || (typeof header.x5t === 'string' && c.material.x5t === header.x5t));
@@ -217,11 +217,9 @@ function certificateAssertion(core: EmulatorCore, _ex: Exchange, tenant: TenantR
   const notAfter = match.credential.notAfter ? Date.parse(match.credential.notAfter) / 1000 : match.material.notAfter.getTime() / 1000;
   if (notAfter <= core.nowSec()) throw Aadsts.assertionSignature('The certificate used to sign the client assertion has expired.');
   if (!core.verifyJwsSignature(jws, String(header.alg), match.material.publicKey)) throw Aadsts.assertionSignature('The signature does not verify with the registered certificate.');
-  if (p.iss !== app.appId || p.sub !== app.appId) {
-    // msal lower-cases nothing in iss/sub, but compare GUIDs case-insensitively.
-    const same = (v: unknown): boolean => typeof v === 'string' && v.toLowerCase() === app.appId.toLowerCase();
-    if (!same(p.iss) || !same(p.sub)) throw Aadsts.assertionIssuerSubject();
-  }
+  // iss == sub == client_id; GUIDs compare case-insensitively.
+  const isClient = (v: unknown): boolean => typeof v === 'string' && v.toLowerCase() === app.appId.toLowerCase();
+  if (!isClient(p.iss) || !isClient(p.sub)) throw Aadsts.assertionIssuerSubject();
   const audiences = Array.isArray(p.aud) ? p.aud : [p.aud];
   const accepted = acceptedAssertionAudiences(core, tenant, segment);
   if (!audiences.some((a) => typeof a === 'string' && accepted.has(a.toLowerCase().replace(/\/+$/, '')))) {

@@ -5,12 +5,13 @@
  * Every outcome is a CheckResponse. A deny is never a failed RPC, because Envoy reads a failed RPC as
  * an Error and `failure_mode_allow: true` would let the request through (reference §1.3).
  */
+import { setMaxListeners } from 'node:events';
 import type { ExtAuthzOptions } from '../config/types.js';
 import { SidecarError, toSidecarError, wwwAuthenticate } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
-import type { AcquiredToken, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
+import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
 
 // ---- Wire shapes (proto-loader with keepCase, enums as names, longs as strings). ----
@@ -116,6 +117,10 @@ const EMPTY_HEADERS: Record<string, string> = Object.freeze(Object.create(null) 
 const DEADLINE_MARGIN_FRACTION = 0.1;
 const MIN_DEADLINE_MARGIN_MS = 20;
 const MAX_DEADLINE_MARGIN_MS = 250;
+const MAX_CACHED_API_NAMES = 256;
+
+/** AcquireRequest built field by field (no spreads on the hot path). */
+type MutableAcquireRequest = { -readonly [K in keyof AcquireRequest]: AcquireRequest[K] };
 
 function option(key: string, value: string): HeaderValueOption {
   return { header: { key, value }, append_action: OVERWRITE };
@@ -183,10 +188,49 @@ interface RequestFacts {
   readonly path: string;
 }
 
-/** Thrown-free per-call state shared between the pipeline and its deadline timer. */
+/** Per-call state shared between the pipeline and its deadline timer. */
 interface CallState {
-  controller: AbortController | undefined;
-  timedOut: boolean;
+  /** When the acquirer should give up (epoch ms); undefined = the call has no deadline. */
+  abortAt: number | undefined;
+  /** The call has been answered (by the pipeline or by the deadline timer). */
+  answered: boolean;
+}
+
+/** Width of one shared abort slice. */
+const ABORT_SLICE_MS = 50;
+
+/**
+ * Abort signals for acquisitions, shared by every call whose abort time falls in the same 50 ms
+ * slice. An AbortController per Check costs more than the rest of a warm Check; the signal only
+ * releases the acquirer's wait (the deny has already been sent by the call's own timer), so
+ * firing up to one slice late is harmless. A slice never fires early.
+ */
+export class DeadlineSignals {
+  readonly #slices = new Map<number, AbortController>();
+  readonly #now: () => number;
+
+  constructor(now: () => number = Date.now) {
+    this.#now = now;
+  }
+
+  /** A signal that aborts at or shortly after `abortAt` (epoch ms). */
+  signalFor(abortAt: number): AbortSignal {
+    const slice = Math.ceil(abortAt / ABORT_SLICE_MS);
+    let controller = this.#slices.get(slice);
+    if (controller === undefined) {
+      const c = new AbortController();
+      // Many concurrent acquisitions may listen on one slice; that is by design, not a leak.
+      setMaxListeners(0, c.signal);
+      this.#slices.set(slice, c);
+      const timer = setTimeout(() => {
+        this.#slices.delete(slice);
+        c.abort();
+      }, Math.max(0, slice * ABORT_SLICE_MS - this.#now()));
+      timer.unref();
+      controller = c;
+    }
+    return controller.signal;
+  }
 }
 
 /** Builds the Check decision over the injected validator and acquirer. Throws if the defaults are invalid. */
@@ -194,6 +238,16 @@ export function createChecker(deps: CheckDeps): Checker {
   const { options, validator, acquirer, resolveApiOptions, logger, httpStatusNames } = deps;
   const now = deps.now ?? Date.now;
   const defaults = defaultPolicy(options);
+  const signals = new DeadlineSignals(now);
+  // ext_authz takes no optionsOverride, so a name always resolves to the same deep-frozen options;
+  // resolving once per name keeps the deep copy off the hot path. Bounded: names come from envoy.yaml.
+  const resolvedApis = new Map<string, EffectiveApiOptions | undefined>();
+  function apiOptionsFor(apiName: string): EffectiveApiOptions | undefined {
+    if (resolvedApis.has(apiName)) return resolvedApis.get(apiName);
+    const resolved = resolveApiOptions(apiName);
+    if (resolvedApis.size < MAX_CACHED_API_NAMES) resolvedApis.set(apiName, resolved);
+    return resolved;
+  }
   const claimHeaders: ReadonlyArray<readonly [header: string, claim: string]> = Object.entries(options.claimsToHeaders).map(
     ([h, c]) => [h.toLowerCase(), c] as const,
   );
@@ -237,19 +291,15 @@ export function createChecker(deps: CheckDeps): Checker {
 
   async function acquire(policy: RoutePolicy, user: ValidatedToken | undefined, headers: Record<string, string>, state: CallState): Promise<AcquiredToken> {
     const apiName = policy.downstreamApi as string;
-    const apiOptions = resolveApiOptions(apiName);
+    const apiOptions = apiOptionsFor(apiName);
     if (apiOptions === undefined) throw new SidecarError('api_not_configured', `The downstream API "${apiName}" is not configured.`);
-    const controller = new AbortController();
-    state.controller = controller;
-    if (state.timedOut) controller.abort();
+    const req: MutableAcquireRequest = { options: apiOptions };
+    if (user !== undefined) req.user = user;
+    if (policy.agent !== undefined) req.agent = policy.agent;
     const requestId = headers['x-request-id'];
-    return acquirer.acquire({
-      options: apiOptions,
-      ...(user !== undefined ? { user } : {}),
-      ...(policy.agent !== undefined ? { agent: policy.agent } : {}),
-      ...(requestId !== undefined && REQUEST_ID.test(requestId) ? { correlationId: requestId } : {}),
-      signal: controller.signal,
-    });
+    if (requestId !== undefined && REQUEST_ID.test(requestId)) req.correlationId = requestId;
+    if (state.abortAt !== undefined) req.signal = signals.signalFor(state.abortAt);
+    return acquirer.acquire(req);
   }
 
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
@@ -309,28 +359,26 @@ export function createChecker(deps: CheckDeps): Checker {
       return allow(policy, user, token, facts);
     } catch (err) {
       // After the deadline answer went out, a late failure is not worth a second log line.
-      return deny(toSidecarError(err), facts, !state.timedOut);
+      return deny(toSidecarError(err), facts, !state.answered);
     }
   }
 
   return {
     check(request, deadline) {
-      const state: CallState = { controller: undefined, timedOut: false };
-      if (deadline === undefined || !Number.isFinite(deadline)) return decide(request, state);
+      if (deadline === undefined || !Number.isFinite(deadline)) return decide(request, { abortAt: undefined, answered: false });
       const remaining = deadline - now();
       const margin = Math.min(MAX_DEADLINE_MARGIN_MS, Math.max(MIN_DEADLINE_MARGIN_MS, remaining * DEADLINE_MARGIN_FRACTION));
+      const budget = Math.max(0, remaining - margin);
+      const state: CallState = { abortAt: deadline - margin, answered: false };
       return new Promise<CheckResponse>((resolve) => {
-        let settled = false;
         const timer = setTimeout(() => {
-          if (settled) return;
-          settled = true;
-          state.timedOut = true;
-          state.controller?.abort();
+          if (state.answered) return;
+          state.answered = true;
           resolve(deny(new SidecarError('dependency_timeout', 'A dependency did not answer before the Check deadline.'), undefined));
-        }, Math.max(0, remaining - margin));
+        }, budget);
         void decide(request, state).then((response) => {
-          if (settled) return;
-          settled = true;
+          if (state.answered) return;
+          state.answered = true;
           clearTimeout(timer);
           resolve(response);
         });

@@ -8,9 +8,10 @@ import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { authenticate } from '../pipeline/authenticate.js';
 import { tokenScopes } from '../pipeline/authorize.js';
-import { assertScopes, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
+import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
 import type { TokenAcquirer, TokenValidator } from '../pipeline/types.js';
 import type { DownstreamCallDeps } from '../downstream/call.js';
+import type { Metrics } from '../metrics.js';
 import { callDownstreamApi } from '../downstream/call.js';
 import { sendJson, sendText } from './problem.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
@@ -21,6 +22,7 @@ export interface RouteDeps {
   readonly validator: TokenValidator;
   readonly acquirer: TokenAcquirer;
   readonly downstream: DownstreamCallDeps;
+  readonly metrics: Metrics;
 }
 
 export interface RouteContext {
@@ -60,20 +62,6 @@ function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored:
   if (r.overridesIgnored) logger.warn({ route, event: 'OverridesIgnored' }, `Caller-supplied 'optionsOverride.*' parameters were ignored on route '${route}' because Sidecar:AllowOverrides:${route} is false.`);
   if (r.baseUrlOverrideIgnored) logger.warn({ route, event: 'BaseUrlOverrideIgnored' }, "'optionsOverride.BaseUrl' is never honoured.");
   if (r.agentParamsIgnored) logger.warn({ route, event: 'AgentIdentityOverridesIgnored' }, `Agent identity parameters were ignored because Sidecar:AllowOverrides:${route} is false.`);
-}
-
-function overridesAllowed(config: SidecarConfig, route: OverrideRoute): boolean {
-  const a = config.sidecar.allowOverrides;
-  switch (route) {
-    case 'GetAuthorizationHeader':
-      return a.getAuthorizationHeader;
-    case 'GetAuthorizationHeaderUnauthenticated':
-      return a.getAuthorizationHeaderUnauthenticated;
-    case 'CallDownstreamApi':
-      return a.callDownstreamApi;
-    case 'CallDownstreamApiUnauthenticated':
-      return a.callDownstreamApiUnauthenticated;
-  }
 }
 
 /** Shared front half of the AuthorizationHeader and DownstreamApi routes (§2.3 steps 1–5). */

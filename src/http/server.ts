@@ -73,6 +73,8 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
         return;
       }
     }
+    const started = process.hrtime.bigint();
+    res.once('finish', () => deps.metrics.observeHttpRequest(route.name, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
     const ctx: RouteContext = {
       req,
       res,
@@ -82,6 +84,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     };
     route.handle(ctx, deps).catch((err: unknown) => {
       const e = toSidecarError(err);
+      if (e.code.startsWith('token_')) deps.metrics.countValidationFailure(e.code);
       const level = e.spec.logLevel;
       logger[level]({ code: e.code, route: route.name, err: e.cause instanceof Error ? { type: e.cause.name, message: e.cause.message } : undefined, detail: e.detail }, 'request failed');
       if (res.headersSent) {

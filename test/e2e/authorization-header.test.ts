@@ -1,0 +1,271 @@
+/**
+ * GET /AuthorizationHeader[Unauthenticated]/{apiName} through the built sidecar against the
+ * emulator (issue 3 acceptance): OBO, app tokens, caching and single-flight, override gates,
+ * Microsoft's error mapping, and isolation under concurrency.
+ */
+import { expect } from 'chai';
+import { decodeJwt } from 'jose';
+import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
+import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+
+function apis(emu: Emulator): Record<string, string> {
+  const downstream = emu.scenario.apps.downstreamApi;
+  return {
+    DownstreamApis__downstream__BaseUrl: 'https://127.0.0.1:1/',
+    DownstreamApis__downstream__Scopes__0: 'api://downstream/read',
+    DownstreamApis__downstreamApp__Scopes__0: 'api://downstream/.default',
+    DownstreamApis__downstreamApp__RequestAppToken: 'true',
+    DownstreamApis__noScopes__BaseUrl: 'https://127.0.0.1:1/',
+    DownstreamApis__graph__Scopes__0: 'User.Read',
+    [`DownstreamApis__byId__Scopes__0`]: `${downstream.appId}/.default`,
+    DownstreamApis__byId__RequestAppToken: 'true',
+  };
+}
+
+function bearer(header: string): Record<string, unknown> {
+  expect(header).to.match(/^Bearer ey/);
+  return decodeJwt(header.slice('Bearer '.length));
+}
+
+describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator)', function () {
+  this.timeout(40_000);
+  let emu: Emulator;
+  let sidecar: RunningSidecar;
+  const tokens: string[] = [];
+  const userToken = async (extra: Parameters<Emulator['mint']>[0] = { kind: 'user' }) => {
+    const t = await emu.mint({ scp: 'access_as_user', ...extra });
+    tokens.push(t);
+    return t;
+  };
+  const authHeader = async (api: string, token?: string, query = '') => {
+    const r = await call(`${sidecar.url}/AuthorizationHeader/${api}${query}`, { token });
+    if (r.status === 200) tokens.push(r.json().authorizationHeader.slice(7));
+    return r;
+  };
+
+  before(async () => {
+    emu = await startEmulator();
+    sidecar = await startSidecar(sidecarEnv(emu, { ...apis(emu), Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated: 'false' }));
+  });
+  after(async () => {
+    await sidecar?.stop();
+    assertNoSecrets(sidecar?.lines ?? [], secretsOf(emu, tokens));
+    await emu?.close();
+  });
+
+  it('exchanges the caller\'s token On-Behalf-Of and the emulator sees that token as the assertion', async () => {
+    const user = await userToken();
+    const r = await authHeader('downstream', user);
+    expect(r.status, r.text).to.equal(200);
+    expect(r.headers.get('cache-control')).to.equal('no-cache, no-store, must-revalidate');
+    const claims = bearer(r.json().authorizationHeader);
+    expect(claims.aud).to.equal(emu.scenario.apps.downstreamApi.appId);
+    expect(claims.scp).to.equal('read');
+    expect(claims.oid).to.equal(emu.scenario.users.normal.oid);
+    const obo = emu.requests().filter((q) => q.route === 'token' && q.form.grant_type === 'urn:ietf:params:oauth:grant-type:jwt-bearer');
+    expect(obo).to.have.length(1);
+    expect(obo[0].form.requested_token_use).to.equal('on_behalf_of');
+    expect(obo[0].form.assertion).to.include(redactionFingerprint(user));
+    expect(obo[0].form.scope.split(' ')).to.include('api://downstream/read');
+    expect(obo[0].form.client_id).to.equal(emu.scenario.apps.sidecarApi.appId);
+  });
+
+  it('serves the second call from its cache (no new request to Entra)', async () => {
+    const user = await userToken();
+    const first = await authHeader('downstream', user);
+    const before = emu.counters().token;
+    const second = await authHeader('downstream', user);
+    expect(second.json().authorizationHeader).to.equal(first.json().authorizationHeader);
+    expect(emu.counters().token).to.equal(before);
+  });
+
+  it('sends exactly one token request for 100 concurrent cold callers', async () => {
+    const user = await userToken();
+    const before = emu.counters().token;
+    const answers = await Promise.all(Array.from({ length: 100 }, () => authHeader('downstream', user)));
+    for (const a of answers) expect(a.status).to.equal(200);
+    expect(new Set(answers.map((a) => a.json().authorizationHeader)).size).to.equal(1);
+    expect(emu.counters().token - before).to.equal(1);
+  });
+
+  it('acquires an app token when the API says RequestAppToken', async () => {
+    const r = await authHeader('downstreamApp', await userToken());
+    expect(r.status, r.text).to.equal(200);
+    const claims = bearer(r.json().authorizationHeader);
+    expect(claims.idtyp).to.equal('app');
+    expect(claims.roles).to.deep.equal(['Data.Read']);
+  });
+
+  it('honours optionsOverride.Scopes and RequestAppToken on the authenticated route (overrides allowed by default)', async () => {
+    const r = await authHeader('anything', await userToken(), '?optionsOverride.Scopes=api://downstream/.default&optionsOverride.RequestAppToken=true');
+    expect(r.status, r.text).to.equal(200);
+    expect(bearer(r.json().authorizationHeader).idtyp).to.equal('app');
+  });
+
+  it('answers 400 "No scopes found" for an API without scopes and for an unknown API', async () => {
+    const user = await userToken();
+    for (const api of ['noScopes', 'unknown-api']) {
+      const r = await authHeader(api, user);
+      expect(r.status).to.equal(400);
+      expect(r.headers.get('content-type')).to.equal('application/problem+json');
+      const body = r.json();
+      expect(body.type).to.equal('https://tools.ietf.org/html/rfc9110#section-15.5.1');
+      expect(body.detail).to.equal(`No scopes found for the API '${api}' or in optionsOverride. 'scopes' needs to be either a single value or a list of values.`);
+    }
+  });
+
+  it('requires a token: 401 with a bare Bearer challenge and no body', async () => {
+    const r = await authHeader('downstream');
+    expect(r.status).to.equal(401);
+    expect(r.headers.get('www-authenticate')).to.equal('Bearer');
+    expect(r.text).to.equal('');
+  });
+
+  it('keeps 20 concurrent requests with distinct overrides isolated', async () => {
+    const user = await userToken();
+    const scopes = ['read', 'write'];
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => {
+        const scope = `api://downstream/${scopes[i % 2]}`;
+        return authHeader('graph', user, `?optionsOverride.Scopes=${encodeURIComponent(scope)}`).then((r) => ({ i, r }));
+      }),
+    );
+    for (const { i, r } of answers) {
+      expect(r.status, r.text).to.equal(200);
+      expect(bearer(r.json().authorizationHeader).scp).to.equal(scopes[i % 2]);
+    }
+  });
+
+  it('on the unauthenticated route ignores overrides by default and answers "No account" 401 without a user', async () => {
+    const r = await call(`${sidecar.url}/AuthorizationHeaderUnauthenticated/downstream?optionsOverride.RequestAppToken=true`);
+    expect(r.status).to.equal(401);
+    expect(r.json().detail).to.equal('No account or login hint was passed to the AcquireTokenSilent call.');
+    expect(sidecar.lines.some((l) => l.includes('OverridesIgnored'))).to.equal(true);
+  });
+
+  it('on the unauthenticated route issues an app token for a RequestAppToken API and still OBOs a valid token if sent', async () => {
+    const app = await call(`${sidecar.url}/AuthorizationHeaderUnauthenticated/downstreamApp`);
+    expect(app.status, app.text).to.equal(200);
+    expect(bearer(app.json().authorizationHeader).idtyp).to.equal('app');
+    const obo = await call(`${sidecar.url}/AuthorizationHeaderUnauthenticated/downstream`, { token: await userToken() });
+    expect(obo.status, obo.text).to.equal(200);
+    expect(bearer(obo.json().authorizationHeader).idtyp).to.equal('user');
+  });
+
+  it('maps an Entra refusal to 401 carrying the AADSTS text, and a throttle to a fast failure honouring Retry-After', async () => {
+    emu.fault({ route: 'token', error: 'invalid_scope', aadsts: 70011, status: 400 });
+    const refused = await authHeader('byId', await userToken());
+    expect(refused.status).to.equal(401);
+    expect(refused.json().detail).to.include('AADSTS70011');
+
+    emu.fault({ route: 'token', status: 429, retryAfter: 30, error: 'temporarily_unavailable', aadsts: 50196 });
+    const user = await userToken();
+    const throttled = await authHeader('downstream', user, '?optionsOverride.Scopes=api://downstream/write');
+    expect(throttled.status).to.equal(401);
+    const before = emu.counters().token;
+    const again = await authHeader('downstream', user, '?optionsOverride.Scopes=api://downstream/write');
+    expect(again.status).to.equal(401);
+    expect(emu.counters().token, 'no second request inside Retry-After').to.equal(before);
+  });
+});
+
+describe('token acquisition edge cases (built sidecar)', function () {
+  this.timeout(40_000);
+  let emu: Emulator;
+  const running: RunningSidecar[] = [];
+  before(async () => {
+    emu = await startEmulator();
+  });
+  after(async () => {
+    for (const s of running) await s.stop();
+    await emu?.close();
+  });
+  const start = async (extra: Record<string, string>) => {
+    const s = await startSidecar(sidecarEnv(emu, { ...apis(emu), ...extra }));
+    running.push(s);
+    return s;
+  };
+
+  it('answers 401 with AADSTS7000215 when the client secret is wrong', async () => {
+    const s = await start({ AzureAd__ClientCredentials__0__ClientSecret: 'wrong-secret-value' });
+    const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/downstreamApp`);
+    expect(r.status).to.equal(401);
+    expect(r.json().detail).to.include('AADSTS7000215');
+    expect(r.text).to.not.include('wrong-secret-value');
+  });
+
+  it('answers 500 within the configured bound when the token endpoint hangs', async () => {
+    const s = await start({ Sidecar__Outbound__TimeoutMs: '1000' });
+    emu.fault({ route: 'token', delayMs: 5_000 });
+    const t0 = Date.now();
+    const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/downstreamApp`);
+    const elapsed = Date.now() - t0;
+    expect(r.status).to.equal(500);
+    expect(r.json().detail).to.equal('An unexpected error occurred.');
+    expect(elapsed).to.be.lessThan(4_000);
+    emu.clearFaults();
+  });
+
+  it('falls back to the next credential when the first is refused as invalid_client', async () => {
+    const s = await start({
+      AzureAd__ClientCredentials__0__ClientSecret: 'definitely-not-it',
+      AzureAd__ClientCredentials__1__SourceType: 'ClientSecret',
+      AzureAd__ClientCredentials__1__ClientSecret: emu.scenario.apps.sidecarApi.secrets[0].value,
+    });
+    const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/downstreamApp`);
+    expect(r.status, r.text).to.equal(200);
+  });
+
+  it('uses a workload-identity assertion file, re-reading it on every acquisition', async () => {
+    const file = await emu.writeFederatedAssertionFile();
+    const s = await start({
+      AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFilePath',
+      AzureAd__ClientCredentials__0__SignedAssertionFileDiskPath: file,
+      AzureAd__ClientCredentials__0__ClientSecret: '',
+    });
+    const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/downstreamApp`);
+    expect(r.status, r.text).to.equal(200);
+    const req = emu.requests().filter((q) => q.route === 'token').at(-1)!;
+    expect(req.form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+  });
+
+  it('acquires a managed-identity token from IMDS for an API that names a managed identity', async () => {
+    const mi = emu.scenario.managedIdentities.userAssigned;
+    const s = await start({
+      AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin,
+      DownstreamApis__mi__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__mi__AcquireTokenOptions__ManagedIdentity__UserAssignedClientId: mi.clientId,
+    });
+    const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/mi`);
+    expect(r.status, r.text).to.equal(200);
+    const claims = bearer(r.json().authorizationHeader);
+    expect(claims.oid).to.equal(mi.objectId);
+    expect(emu.counters().imds).to.be.greaterThan(0);
+  });
+});
+
+describe('refresh-ahead (built sidecar, short-lived tokens)', function () {
+  this.timeout(30_000);
+  it('refreshes a token in the background before it expires and keeps serving the old one meanwhile', async () => {
+    const emu = await startEmulator({ tokenLifetimeSec: 8 });
+    const s = await startSidecar(sidecarEnv(emu, { ...apis(emu), Sidecar__TokenCache__ExpiryBufferSec: '1' }));
+    try {
+      const url = `${s.url}/AuthorizationHeaderUnauthenticated/downstreamApp`;
+      const first = (await call(url)).json().authorizationHeader;
+      const base = emu.counters().token;
+      // 75% of 8 s = 6 s: past the refresh point but before expiry.
+      await new Promise((r) => setTimeout(r, 6_500));
+      const during = (await call(url)).json().authorizationHeader;
+      expect(during).to.equal(first);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(emu.counters().token - base).to.equal(1);
+      const after = (await call(url)).json().authorizationHeader;
+      expect(after).to.not.equal(first);
+      expect(emu.counters().token - base).to.equal(1);
+    } finally {
+      await s.stop();
+      await emu.close();
+    }
+  });
+});

@@ -1,0 +1,90 @@
+/**
+ * The pure pieces of the ext_authz adapter: route policy, header normalisation, claim values and
+ * the shared deadline signals.
+ */
+import { expect } from 'chai';
+import { SidecarError } from '../../src/errors.js';
+import { claimHeaderValue, DeadlineSignals, inboundHeaders } from '../../src/extauthz/check.js';
+import { defaultPolicy, routePolicy } from '../../src/extauthz/policy.js';
+import { extAuthzOptions } from './fixtures.js';
+
+describe('ext_authz route policy', function () {
+  const defaults = defaultPolicy(extAuthzOptions({ requiredScopes: ['access_as_user'], downstreamApi: 'graph' }));
+
+  it('uses the Sidecar:ExtAuthz defaults when a route sets no context_extensions', function () {
+    expect(routePolicy(defaults, undefined)).to.equal(defaults);
+    expect(routePolicy(defaults, {})).to.equal(defaults);
+    expect(defaults).to.include({ validate: 'required', downstreamApi: 'graph', injectHeader: 'authorization', requireAll: false });
+  });
+
+  it('overrides per key, and an empty downstream_api turns injection off', function () {
+    const p = routePolicy(defaults, { required_scopes: 'a  b', downstream_api: '', require_all: 'TRUE', inject_header: 'X-Token' });
+    expect(p.requiredScopes).to.deep.equal(['a', 'b']);
+    expect(p.downstreamApi).to.equal(undefined);
+    expect(p.requireAll).to.equal(true);
+    expect(p.injectHeader).to.equal('x-token');
+    expect(p.validate).to.equal('required');
+  });
+
+  it('builds the agent selection only with agent_identity', function () {
+    expect(routePolicy(defaults, { agent_identity: 'a', agent_user_id: 'u' }).agent).to.deep.equal({ agentIdentity: 'a', userId: 'u' });
+    expect(() => routePolicy(defaults, { agent_username: 'x@y' })).to.throw(SidecarError).with.property('code', 'misconfigured');
+  });
+
+  it('rejects unknown keys, bad values and an invalid inject_header', function () {
+    for (const ext of [{ scopes: 'x' }, { validate: 'Required' }, { strip_inbound_authorization: '1' }, { inject_header: 'bad header' }]) {
+      expect(() => routePolicy(defaults, ext), JSON.stringify(ext)).to.throw(SidecarError).with.property('code', 'misconfigured');
+    }
+  });
+
+  it('refuses defaults that require scopes without validating tokens', function () {
+    expect(() => defaultPolicy(extAuthzOptions({ validate: 'none', requiredRoles: ['Admin'] }))).to.throw(SidecarError);
+  });
+});
+
+describe('ext_authz request headers', function () {
+  it("returns Envoy's lower-cased headers map as is", function () {
+    const headers = { ':path': '/x', authorization: 'Bearer t' };
+    expect(inboundHeaders({ headers })).to.equal(headers);
+  });
+
+  it('lower-cases and comma-joins a headers map with upper-case names', function () {
+    expect({ ...inboundHeaders({ headers: { Authorization: 'Bearer t', 'X-A': '1', 'x-a': '2' } }) }).to.deep.equal({ authorization: 'Bearer t', 'x-a': '1,2' });
+  });
+
+  it('decodes header_map raw_value bytes and prefers header_map over headers', function () {
+    const out = inboundHeaders({
+      headers: { ignored: 'yes' },
+      header_map: { headers: [{ key: 'X-Raw', raw_value: new Uint8Array([0x61, 0xe9]) }, { key: 'x-raw', value: 'b' }, { key: '' }] },
+    });
+    expect({ ...out }).to.deep.equal({ 'x-raw': 'a\u00e9,b' });
+  });
+});
+
+describe('ext_authz claim header values', function () {
+  it('keeps strings, stringifies numbers and booleans, space-joins arrays, skips objects', function () {
+    expect(claimHeaderValue('x')).to.equal('x');
+    expect(claimHeaderValue(42)).to.equal('42');
+    expect(claimHeaderValue(true)).to.equal('true');
+    expect(claimHeaderValue(['a', 'b', 3])).to.equal('a b 3');
+    expect(claimHeaderValue({ a: 1 })).to.equal(undefined);
+    expect(claimHeaderValue([{ a: 1 }])).to.equal(undefined);
+    expect(claimHeaderValue(undefined)).to.equal(undefined);
+  });
+});
+
+describe('ext_authz deadline signals', function () {
+  it('shares one signal per 50 ms slice and never aborts before the requested time', async function () {
+    const signals = new DeadlineSignals();
+    const t = Date.now();
+    const slice = Math.ceil((t + 120) / 50) * 50;
+    const a = signals.signalFor(slice - 10);
+    const b = signals.signalFor(slice - 40);
+    const c = signals.signalFor(slice + 10);
+    expect(a).to.equal(b);
+    expect(a).not.to.equal(c);
+    const abortedAt = await new Promise<number>((resolve) => a.addEventListener('abort', () => resolve(Date.now())));
+    expect(abortedAt).to.be.at.least(slice - 10);
+    expect(c.aborted).to.equal(false);
+  });
+});
