@@ -25,11 +25,12 @@ import {
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
-import type { AcquiredToken, AcquireRequest, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
+import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
 import { createMsalNetworkClient, observation, type AcquisitionObservation } from './msal-network.js';
 import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
 import { ManagedIdentityTokens } from './managed-identity.js';
+import { requestToken, TokenEndpointError } from './token-endpoint.js';
 
 export interface AcquirerDeps {
   readonly config: SidecarConfig;
@@ -73,6 +74,9 @@ const ALLOCATE_FOR_ME = 'AllocateForMe';
 
 /** Bound on distinct msal applications (one per tenant × credential); OBO across many tenants would otherwise grow it. */
 const MAX_MSAL_APPS = 256;
+
+/** The token-exchange audience of T1 and T2 (reference §5.6). */
+const TOKEN_EXCHANGE_SCOPE = 'api://AzureADTokenExchange/.default';
 
 const NO_MSAL_CACHE = { accessToken: false, refreshToken: false, idToken: false } as const;
 
@@ -131,6 +135,14 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
     }
     return err;
   }
+  if (err instanceof TokenEndpointError) {
+    // Our own token-endpoint client (PoP requests): the same mapping as msal's errors below.
+    if (err.status === 429 || err.status === 503) return new SidecarError('acquisition_throttled', err.message, { cause: err, retryAfterSec: err.retryAfterSec });
+    if (err.error === 'interaction_required' || err.error === 'consent_required' || err.error === 'login_required') {
+      return new SidecarError('acquisition_ui_required', err.message, { cause: err, claims: err.claims });
+    }
+    return new SidecarError('acquisition_rejected', err.message, { cause: err });
+  }
   if (err instanceof InteractionRequiredAuthError) {
     return new SidecarError('acquisition_ui_required', safeMessage(err), { cause: err, claims: err.claims ? err.claims : undefined });
   }
@@ -153,7 +165,7 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
 }
 
 function isInvalidClient(err: unknown): boolean {
-  return err instanceof ServerError && err.errorCode === 'invalid_client';
+  return (err instanceof ServerError && err.errorCode === 'invalid_client') || (err instanceof TokenEndpointError && err.error === 'invalid_client');
 }
 
 function toCachedToken(result: AuthenticationResult | null): CachedToken {
@@ -268,8 +280,11 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
     for (const key of [...apps.keys()]) if (key.endsWith(`|${source.label}`)) apps.delete(key);
   }
 
-  /** Runs `call` with the preferred credential, falling back in configured order on load failure or `invalid_client`. */
-  async function withClientCredential<T>(authority: string, call: (app: ConfidentialClientApplication) => Promise<T>): Promise<T> {
+  /**
+   * Runs `call` with what `prepare` makes of the preferred credential, falling back in configured
+   * order when preparing fails (the credential cannot be loaded) or Entra answers `invalid_client`.
+   */
+  async function withCredentialSource<P, T>(prepare: (source: ClientCredentialSource) => Promise<P>, call: (prepared: P) => Promise<T>): Promise<T> {
     if (credentialSources.length === 0) {
       throw new SidecarError('misconfigured', 'No usable client credential is configured (AzureAd:ClientCredentials).');
     }
@@ -277,9 +292,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
     const order = [preferred, ...credentialSources.filter((s) => s !== preferred)];
     let lastError: unknown;
     for (const source of order) {
-      let app: ConfidentialClientApplication;
+      let prepared: P;
       try {
-        app = await appFor(authority, source);
+        prepared = await prepare(source);
       } catch (err) {
         const e = err instanceof SidecarError ? err : undefined;
         logger.warn({ credential: source.label, code: e?.code, detail: e?.detail }, 'client credential could not be loaded; trying the next one');
@@ -287,7 +302,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
         continue;
       }
       try {
-        const result = await call(app);
+        const result = await call(prepared);
         preferredCredential = source.index;
         return result;
       } catch (err) {
@@ -299,6 +314,11 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
       }
     }
     throw lastError;
+  }
+
+  /** Runs `call` with the blueprint's msal application for the preferred credential (see withCredentialSource). */
+  function withClientCredential<T>(authority: string, call: (app: ConfidentialClientApplication) => Promise<T>): Promise<T> {
+    return withCredentialSource((source) => appFor(authority, source), call);
   }
 
   /** Removes the account msal records for an OBO/refresh response, keeping msal's cache empty. */
@@ -318,12 +338,176 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
     while (sessions.size > Math.max(1, config.sidecar.tokenCache.maxEntries)) sessions.delete(sessions.keys().next().value as string);
   }
 
+  // ---------------------------------------------------------------- agent identities (reference §5.6)
+
+  /** msal applications acting as an agent identity: one per (agent, authority), authenticated with T1. */
+  const agentApps = new Map<string, ConfidentialClientApplication>();
+
+  /**
+   * Leg 1: T1, the blueprint's exchange token naming the agent (`fmi_path`), used as the agent's
+   * client assertion. Cached and single-flighted per (authority, blueprint, agent) in our cache.
+   */
+  function agentExchangeToken(agentId: string, authority: string, correlationId: string): Promise<CachedToken> {
+    const key = cacheKey(['agent-t1', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase()]);
+    return cache.get(key, () =>
+      observed(() =>
+        withClientCredential(authority, async (app) =>
+          toCachedToken(
+            await app.acquireTokenByClientCredential({
+              scopes: [TOKEN_EXCHANGE_SCOPE],
+              authority,
+              correlationId,
+              skipCache: true,
+              fmiPath: agentId,
+              ...({ storeInCache: NO_MSAL_CACHE } as object),
+            }),
+          ),
+        ),
+      ),
+    );
+  }
+
+  /** The msal application whose client is the agent identity and whose credential is T1 (entra-protocol §5.2). */
+  function agentAppFor(agentId: string, authority: string): ConfidentialClientApplication {
+    const key = `${agentId.toLowerCase()}|${authority.toLowerCase()}`;
+    const existing = agentApps.get(key);
+    if (existing) {
+      agentApps.delete(key);
+      agentApps.set(key, existing);
+      return existing;
+    }
+    const app = new ConfidentialClientApplication({
+      auth: {
+        clientId: agentId,
+        authority,
+        knownAuthorities,
+        ...(azureAd.clientCapabilities.length > 0 ? { clientCapabilities: [...azureAd.clientCapabilities] } : {}),
+        // Called by msal for every agent request: T1 comes from our cache (fetched once per lifetime).
+        clientAssertion: async () => (await agentExchangeToken(agentId, authority, randomUUID())).token,
+      },
+      system: { networkClient, loggerOptions, disableInternalRetries: true },
+    });
+    agentApps.set(key, app);
+    while (agentApps.size > MAX_MSAL_APPS) agentApps.delete(agentApps.keys().next().value as string);
+    return app;
+  }
+
+  interface AgentFlowInput {
+    readonly agent: AgentSelection;
+    readonly scopes: readonly string[];
+    readonly appFlow: boolean;
+    readonly user?: ValidatedToken;
+    readonly correlationId: string;
+    readonly claimsParam: { claims?: string };
+    readonly claimsDigest?: string;
+    readonly eqp: object;
+    readonly extraQueryDigest?: string;
+  }
+
+  /** Cache key and fetcher for an agent identity request (autonomous, on behalf of the caller, or agent user). */
+  function agentFlow(options: EffectiveApiOptions, input: AgentFlowInput): { key: string; fetch: () => Promise<CachedToken> } {
+    const ato = options.acquireTokenOptions;
+    const { agent, scopes, correlationId, claimsParam, claimsDigest, eqp, extraQueryDigest } = input;
+    const agentId = agent.agentIdentity.trim();
+    if (ato.managedIdentity) {
+      throw new SidecarError('misconfigured', `API '${options.apiName}' asks for a managed-identity token, which cannot be combined with AgentIdentity.`);
+    }
+    const agentUser = agent.username ?? agent.userId;
+    if (agentUser !== undefined) {
+      // Agent user (T2 then user_fic), with or without an inbound token (§2.6, §5.6).
+      const tenant = ato.tenant ?? azureAd.tenantId;
+      if (META_TENANTS.has(tenant.toLowerCase())) {
+        throw new SidecarError('misconfigured', `Tenant '${tenant}' cannot be used for an agent user token; name a real tenant.`);
+      }
+      const authority = authorityFor(ato.tenant);
+      const userKey = agent.username !== undefined ? `upn:${agent.username.toUpperCase()}` : `oid:${agentUser.toLowerCase()}`;
+      const key = cacheKey(['agent-user', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), userKey, normalisedScopes(scopes), claimsDigest, extraQueryDigest]);
+      const t2Key = cacheKey(['agent-t2', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase()]);
+      const fetch = () =>
+        observed(async () => {
+          const app = agentAppFor(agentId, authority);
+          // Leg 2: T2, an exchange token issued to the agent identity (its user FIC).
+          const t2 = await cache.get(t2Key, () =>
+            observed(async () =>
+              toCachedToken(
+                await app.acquireTokenByClientCredential({
+                  scopes: [TOKEN_EXCHANGE_SCOPE],
+                  authority,
+                  correlationId,
+                  skipCache: true,
+                  ...({ storeInCache: NO_MSAL_CACHE } as object),
+                }),
+              ),
+            ),
+          );
+          // Leg 3: grant_type=user_fic with T1 as client assertion (msal sends it from the app's callback).
+          const result = await app.acquireTokenByUserFederatedIdentityCredential({
+            scopes: [...scopes],
+            assertion: t2.token,
+            ...(agent.username !== undefined ? { username: agent.username } : { userObjectId: agentUser }),
+            authority,
+            correlationId,
+            ...claimsParam,
+            ...eqp,
+          });
+          await forgetAccount(app, result);
+          return toCachedToken(result);
+        });
+      return { key, fetch };
+    }
+    if (input.appFlow) {
+      // Autonomous agent: client credentials as the agent identity (§5.6, entra-protocol §5.2).
+      const scope = scopes[0];
+      if (!scope.endsWith('/.default')) {
+        throw new SidecarError('misconfigured', `The scope '${scope}' of API '${options.apiName}' must end with '/.default' for an app token.`);
+      }
+      const tenant = ato.tenant ?? azureAd.tenantId;
+      if (META_TENANTS.has(tenant.toLowerCase())) {
+        throw new SidecarError('misconfigured', `Tenant '${tenant}' cannot be used for an app token; name a real tenant (AcquireTokenOptions:Tenant or AzureAd:TenantId).`);
+      }
+      const authority = authorityFor(ato.tenant);
+      const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), scope.toLowerCase(), claimsDigest, extraQueryDigest]);
+      const fetch = () =>
+        observed(async () =>
+          toCachedToken(
+            await agentAppFor(agentId, authority).acquireTokenByClientCredential({
+              scopes: [scope],
+              authority,
+              correlationId,
+              skipCache: true,
+              ...claimsParam,
+              ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+            }),
+          ),
+        );
+      return { key, fetch };
+    }
+    const user = input.user;
+    if (!user) throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
+    // The agent acting for the calling user: OBO as the agent identity (entra-protocol §5.4).
+    const authority = authorityFor(ato.tenant ?? user.tenantId);
+    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), sha256(user.jws), claimsDigest, extraQueryDigest]);
+    const fetch = () =>
+      observed(async () => {
+        const app = agentAppFor(agentId, authority);
+        const result = await app.acquireTokenOnBehalfOf({
+          oboAssertion: user.jws,
+          scopes: [...scopes],
+          authority,
+          correlationId,
+          skipCache: true,
+          ...claimsParam,
+          ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+        });
+        await forgetAccount(app, result);
+        return toCachedToken(result);
+      });
+    return { key, fetch };
+  }
+
   async function acquire(req: AcquireRequest): Promise<AcquiredToken> {
     const options = req.options;
     const ato = options.acquireTokenOptions;
-    if (req.agent) {
-      throw new SidecarError('agent_flow_not_implemented', 'Agent identity flows are not implemented yet.');
-    }
     const scopes = options.scopes ?? [];
     if (scopes.length === 0) throw new SidecarError('misconfigured', `No scopes to request for the API '${options.apiName}'.`);
     const claims = req.claims ?? ato.claims;
@@ -339,7 +523,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
     let key: string;
     let fetch: () => Promise<CachedToken>;
 
-    if (appFlow) {
+    if (req.agent) {
+      ({ key, fetch } = agentFlow(options, { agent: req.agent, scopes, appFlow, user: req.user, correlationId, claimsParam, claimsDigest, eqp, extraQueryDigest }));
+    } else if (appFlow) {
       if (ato.popPublicKey) throw new SidecarError('misconfigured', 'PopPublicKey is not supported yet');
       const scope = scopes[0];
       if (ato.managedIdentity) {
@@ -454,6 +640,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
       cache.clear();
       sessions.clear();
       apps.clear();
+      agentApps.clear();
       managedIdentity.close();
     },
   };

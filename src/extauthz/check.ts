@@ -177,6 +177,15 @@ export function claimHeaderValue(value: unknown): string | undefined {
   return undefined;
 }
 
+/** A JWS/JWE-shaped run of base64url segments. */
+const TOKEN_LIKE = /eyJ[\w-]*(?:\.[\w-]*){2,4}/g;
+
+/** An unexpected error's name and message for the log, with anything token-shaped cut out. */
+function safeCause(cause: Error): string {
+  const text = `${cause.name}: ${cause.message}`.replace(TOKEN_LIKE, '[redacted]');
+  return text.length > 500 ? text.slice(0, 500) + '…' : text;
+}
+
 function pathWithoutQuery(path: string): string {
   const q = path.indexOf('?');
   return q < 0 ? path : path.slice(0, q);
@@ -268,7 +277,7 @@ export function createChecker(deps: CheckDeps): Checker {
         {
           code: err.code,
           ...(err.detail !== undefined ? { detail: err.detail } : {}),
-          ...(cause instanceof Error ? { cause: `${cause.name}: ${cause.message}` } : {}),
+          ...(cause instanceof Error ? { cause: safeCause(cause) } : {}),
           ...(facts ? { route: pathWithoutQuery(facts.path), requestId: facts.headers['x-request-id'] } : {}),
         },
         'ext_authz deny',

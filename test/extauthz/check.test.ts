@@ -259,11 +259,15 @@ describe('ext_authz Check', function () {
     });
 
     it('an unexpected acquirer failure → 500 internal with a generic message', async function () {
-      h.acquirer.error = new Error('socket hang up while talking to secret-host');
+      h.acquirer.error = new Error('socket hang up while sending eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl to secret-host');
       const res = await check(h.client, envoyCheckRequest({ headers: { authorization: `Bearer ${userToken}` }, contextExtensions: { downstream_api: 'graph' } }));
       const { body } = expectDeny(res, 13, 'InternalServerError', 'internal');
       expect(body.message).to.equal(ERROR_TABLE.internal.message);
       expect(res.status.message).not.to.contain('secret-host');
+      // The cause is logged for operators, with the token-shaped part cut out.
+      const log = h.lines.join('\n');
+      expect(log).to.contain('socket hang up');
+      expect(log).not.to.contain('eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0');
     });
 
     it('an unknown downstream_api → 500 api_not_configured', async function () {

@@ -32,7 +32,8 @@ describe('ext_authz route policy', function () {
   });
 
   it('rejects unknown keys, bad values and an invalid inject_header', function () {
-    for (const ext of [{ scopes: 'x' }, { validate: 'Required' }, { strip_inbound_authorization: '1' }, { inject_header: 'bad header' }]) {
+    const bad: Array<Record<string, string>> = [{ scopes: 'x' }, { validate: 'Required' }, { strip_inbound_authorization: '1' }, { inject_header: 'bad header' }];
+    for (const ext of bad) {
       expect(() => routePolicy(defaults, ext), JSON.stringify(ext)).to.throw(SidecarError).with.property('code', 'misconfigured');
     }
   });

@@ -1,0 +1,186 @@
+/**
+ * POST /DownstreamApi[Unauthenticated]/{apiName} through the built sidecar, the emulator and a local
+ * downstream server that records what it received (issue 4 acceptance).
+ */
+import { expect } from 'chai';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { decodeJwt } from 'jose';
+import { startEmulator, type Emulator } from '../../emulator/index.js';
+import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+
+interface Seen { method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }
+type Responder = (req: IncomingMessage, body: Buffer, res: import('node:http').ServerResponse) => void;
+
+async function recordingServer(): Promise<{ server: Server; origin: string; seen: Seen[]; respond: { fn: Responder } }> {
+  const seen: Seen[] = [];
+  const respond: { fn: Responder } = { fn: (_q, _b, res) => { res.setHeader('content-type', 'application/json; charset=utf-8'); res.end('{"result": "success"}'); } };
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      seen.push({ method: req.method!, url: req.url!, headers: req.headers, body });
+      respond.fn(req, body, res);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, respond };
+}
+
+describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording downstream)', function () {
+  this.timeout(40_000);
+  let emu: Emulator;
+  let sidecar: RunningSidecar;
+  let api: Awaited<ReturnType<typeof recordingServer>>;
+  let other: Awaited<ReturnType<typeof recordingServer>>;
+  const tokens: string[] = [];
+
+  before(async () => {
+    emu = await startEmulator();
+    api = await recordingServer();
+    other = await recordingServer();
+    sidecar = await startSidecar(
+      sidecarEnv(emu, {
+        DownstreamApis__items__BaseUrl: `${api.origin}/v1.0/`,
+        DownstreamApis__items__RelativePath: '/items?top=5',
+        DownstreamApis__items__Scopes__0: 'api://downstream/read',
+        'DownstreamApis__items__ExtraQueryParameters__api-version': '2024-01-01',
+        'DownstreamApis__items__ExtraHeaderParameters__X-Custom': 'configured',
+        DownstreamApis__items__HttpMethod: 'Post',
+        DownstreamApis__appItems__BaseUrl: `${api.origin}/`,
+        DownstreamApis__appItems__Scopes__0: 'api://downstream/.default',
+        DownstreamApis__appItems__RequestAppToken: 'true',
+        DownstreamApis__refused__BaseUrl: 'http://127.0.0.1:1/',
+        DownstreamApis__refused__Scopes__0: 'api://downstream/.default',
+        DownstreamApis__refused__RequestAppToken: 'true',
+        Sidecar__DownstreamApi__MaxResponseBytes: '65536',
+      }),
+    );
+  });
+  after(async () => {
+    await sidecar?.stop();
+    assertNoSecrets(sidecar?.lines ?? [], secretsOf(emu, tokens));
+    await emu?.close();
+    api?.server.close();
+    other?.server.close();
+  });
+  beforeEach(() => {
+    api.seen.length = 0;
+    other.seen.length = 0;
+    api.respond.fn = (_q, _b, res) => {
+      res.setHeader('content-type', 'application/json; charset=utf-8');
+      res.end('{"result": "success"}');
+    };
+  });
+
+  const user = async () => {
+    const t = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+    tokens.push(t);
+    return t;
+  };
+
+  it('calls the API with the OBO token and returns {statusCode, headers, content}', async () => {
+    const r = await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token: await user() });
+    expect(r.status, r.text).to.equal(200);
+    expect(r.json()).to.deep.equal({ statusCode: 200, headers: { 'Content-Type': ['application/json; charset=utf-8'], 'Content-Length': ['21'] }, content: '{"result": "success"}' });
+    expect(api.seen).to.have.length(1);
+    const seen = api.seen[0];
+    expect(seen.method).to.equal('POST');
+    expect(seen.url).to.equal('/v1.0/items?top=5&api-version=2024-01-01');
+    expect(seen.headers.accept).to.equal('application/json');
+    expect(seen.headers['x-custom']).to.equal('configured');
+    const auth = String(seen.headers.authorization);
+    expect(auth).to.match(/^Bearer /);
+    tokens.push(auth.slice(7));
+    expect(decodeJwt(auth.slice(7)).scp).to.equal('read');
+  });
+
+  it('passes 404, 204 and 202 through with Microsoft\'s shapes', async () => {
+    const token = await user();
+    api.respond.fn = (_q, _b, res) => { res.statusCode = 404; res.setHeader('content-type', 'text/plain'); res.end('nope'); };
+    expect((await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token })).json()).to.include({ statusCode: 404, content: 'nope' });
+    api.respond.fn = (_q, _b, res) => { res.statusCode = 204; res.end(); };
+    expect((await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token })).json()).to.deep.include({ statusCode: 204, content: null });
+    api.respond.fn = (_q, body, res) => { res.statusCode = 202; res.setHeader('content-type', 'text/plain'); res.end(body); };
+    const accepted = await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token, body: 'echo me', headers: { 'content-type': 'text/plain' } });
+    expect(accepted.json()).to.include({ statusCode: 202, content: 'echo me' });
+  });
+
+  it('forwards the body only when the caller sent a Content-Type', async () => {
+    const token = await user();
+    await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token, body: '{"a":1}', headers: { 'content-type': 'application/json' } });
+    await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token, body: new Uint8Array(Buffer.from('ignored')) });
+    expect(api.seen[0].body.toString()).to.equal('{"a":1}');
+    expect(String(api.seen[0].headers['content-type'])).to.match(/^application\/json/);
+    expect(api.seen[1].body.length).to.equal(0);
+  });
+
+  it('never lets optionsOverride.BaseUrl change the host, nor ExtraHeaderParameters.Authorization replace the token', async () => {
+    const token = await user();
+    const q = `?optionsOverride.BaseUrl=${encodeURIComponent(other.origin + '/')}&optionsOverride.ExtraHeaderParameters.Authorization=Bearer%20evil&optionsOverride.ExtraHeaderParameters.X-Forwarded-For=1.2.3.4&optionsOverride.ExtraHeaderParameters.X-Ok=yes`;
+    const r = await call(`${sidecar.url}/DownstreamApi/items${q}`, { method: 'POST', token });
+    expect(r.json().statusCode).to.equal(200);
+    expect(other.seen).to.have.length(0);
+    expect(api.seen).to.have.length(1);
+    expect(String(api.seen[0].headers.authorization)).to.not.equal('Bearer evil');
+    expect(api.seen[0].headers['x-forwarded-for']).to.equal(undefined);
+    expect(api.seen[0].headers['x-ok']).to.equal('yes');
+  });
+
+  it('does not follow redirects by default and never contacts the target', async () => {
+    api.respond.fn = (_q, _b, res) => { res.statusCode = 302; res.setHeader('location', `${other.origin}/stolen`); res.end(); };
+    const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/appItems`, { method: 'POST' });
+    expect(r.json().statusCode).to.equal(302);
+    expect(other.seen).to.have.length(0);
+  });
+
+  it('retries exactly once with a claims challenge after a downstream 401', async () => {
+    const claims = '{"access_token":{"nbf":{"essential":true,"value":"1"}}}';
+    api.respond.fn = (_q, _b, res) => {
+      res.statusCode = 401;
+      res.setHeader('www-authenticate', `Bearer realm="", error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
+      res.end();
+    };
+    const before = emu.counters().token;
+    const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/appItems`, { method: 'POST' });
+    expect(r.json().statusCode).to.equal(401);
+    expect(api.seen).to.have.length(2);
+    const claimRequests = emu.requests().filter((q) => q.route === 'token' && q.form.claims);
+    expect(claimRequests.length).to.be.greaterThan(0);
+    expect(emu.counters().token).to.be.greaterThan(before);
+  });
+
+  it('answers 500 in bounded time when the downstream refuses connections', async () => {
+    const t0 = Date.now();
+    const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/refused`, { method: 'POST' });
+    expect(r.status).to.equal(500);
+    expect(r.json().detail).to.equal('An unexpected error occurred.');
+    expect(Date.now() - t0).to.be.lessThan(5_000);
+  });
+
+  it('cuts off an oversized response with downstream_response_too_large', async () => {
+    api.respond.fn = (_q, _b, res) => {
+      res.setHeader('content-type', 'application/octet-stream');
+      const chunk = Buffer.alloc(16_384, 7);
+      let sent = 0;
+      const pump = () => {
+        while (sent < 10_000_000) {
+          sent += chunk.length;
+          if (!res.write(chunk)) return void res.once('drain', pump);
+        }
+        res.end();
+      };
+      res.on('error', () => {});
+      pump();
+    };
+    const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/appItems`, { method: 'POST' });
+    expect(r.status).to.equal(502);
+    expect(r.json().code).to.equal('downstream_response_too_large');
+  });
+
+  it('answers 405 to GET, as Microsoft\'s POST-only routes do', async () => {
+    expect((await call(`${sidecar.url}/DownstreamApi/items`)).status).to.equal(405);
+  });
+});
