@@ -9,7 +9,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 const bodyBytes = Math.max(2, Number(process.argv[2] ?? 1024));
-// A JSON object whose serialised form is exactly bodyBytes long: {"pad":"xxxx…"} (11 bytes of framing).
+// A JSON object whose serialised form is exactly bodyBytes long: {"pad":"xxxx…"} (10 bytes of framing).
 const body = Buffer.from(JSON.stringify({ pad: 'x'.repeat(Math.max(0, bodyBytes - 10)) }));
 
 const server = createServer((_req, res) => {

@@ -93,3 +93,15 @@ export function isExpectedAllow(response: DecodedCheckResponse | undefined, inje
   const headers = response.ok_response?.headers ?? [];
   return headers.some((h) => h.header?.key === injectedHeader && (h.header.value ?? '').length > 0);
 }
+
+/** Splits a buffer of concatenated gRPC frames into one Buffer per frame. */
+export function splitFrames(data: Buffer): Buffer[] {
+  const frames: Buffer[] = [];
+  let at = 0;
+  while (at + 5 <= data.length) {
+    const len = data.readUInt32BE(at + 1);
+    frames.push(data.subarray(at, at + 5 + len));
+    at += 5 + len;
+  }
+  return frames;
+}

@@ -88,16 +88,21 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   const readyPoll = setInterval(() => extAuthz?.setServing(validator.ready()), 500);
   readyPoll.unref();
 
-  logger.info(
-    {
-      event: 'listening',
-      http: http.addresses,
-      extAuthz: extAuthz ? { host: extAuthz.address, port: extAuthz.port } : null,
-      management: management ? { host: management.host, port: management.port } : null,
-      environment: config.environment.name,
-    },
-    'entra-sidecar is listening',
-  );
+  // The one line that says what was bound: written whatever the log level, because supervisors and
+  // tests that start the sidecar on port 0 read their ports from it.
+  const listening = {
+    level: 'info',
+    time: new Date().toISOString(),
+    service: 'entra-sidecar',
+    event: 'listening',
+    http: http.addresses,
+    extAuthz: extAuthz ? { host: extAuthz.address.slice(0, extAuthz.address.lastIndexOf(':')), port: extAuthz.port } : null,
+    management: management ? { host: management.host, port: management.port } : null,
+    environment: config.environment.name,
+    version: VERSION,
+    msg: 'entra-sidecar is listening',
+  };
+  process.stdout.write(JSON.stringify(listening) + '\n');
 
   return async () => {
     clearInterval(readyPoll);

@@ -3,8 +3,11 @@
  * Microsoft's DefaultAuthorizationHeaderProvider (§5.1), msal-node for the wire protocol with our own
  * network client, and our own bounded, single-flight token cache in front of it.
  *
+ *   agent identity (AgentIdentity, §5.6): agent user (T1 → T2 → user_fic) | autonomous agent
+ *             (T1 → client credentials as the agent) | the agent on behalf of the caller (T1 → OBO)
  *   app flow  (RequestAppToken or ManagedIdentity): managed identity | client credentials
- *   user flow: agent (not yet) | OBO with the inbound token | long-running OBO session | "UI required"
+ *             (PoP-bound through our own token-endpoint client when PopPublicKey is set, §5.8)
+ *   user flow: OBO with the inbound token | long-running OBO session | "UI required"
  *
  * msal's own cache is never consulted (`skipCache`) nor filled (`storeInCache` all false); OBO
  * accounts msal records anyway are removed after each call, so msal's unbounded O(n) cache stays
@@ -338,6 +341,59 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
     while (sessions.size > Math.max(1, config.sidecar.tokenCache.maxEntries)) sessions.delete(sessions.keys().next().value as string);
   }
 
+  // ---------------------------------------------------------------- PoP app tokens (reference §5.8)
+
+  const tokenEndpointDeps = { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++ };
+
+  interface PopInput {
+    readonly correlationId: string;
+    readonly claims?: string;
+    readonly claimsDigest?: string;
+    readonly extraQueryParameters: Readonly<Record<string, string>>;
+    readonly extraQueryDigest?: string;
+    readonly fmiPath?: string;
+  }
+
+  /**
+   * A client-credentials token bound to `popPublicKey`: `token_type=pop` and `req_cnf=<value
+   * verbatim>` (what Microsoft.Identity.Web sends), through our own token-endpoint client because
+   * msal-node cannot (entra-protocol §6.3). Cached per key id like any other app token.
+   */
+  function popAppFlow(authority: string, scope: string, popPublicKey: string, popClaim: string | undefined, input: PopInput): { key: string; fetch: () => Promise<CachedToken> } {
+    if (popClaim !== undefined && popClaim !== '') {
+      // Microsoft switches to MSAuth 1.0 AT-PoP here; refusing is safer than sending an unbound token.
+      throw new SidecarError('misconfigured', 'AcquireTokenOptions:PopClaim (MSAuth AT-PoP) is not supported; use PopPublicKey alone.');
+    }
+    const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.claimsDigest, input.extraQueryDigest]);
+    const params: Record<string, string> = {
+      grant_type: 'client_credentials',
+      scope,
+      token_type: 'pop',
+      req_cnf: popPublicKey,
+      ...(input.fmiPath ? { fmi_path: input.fmiPath } : {}),
+      ...(input.claims ? { claims: input.claims } : {}),
+    };
+    // msal sends ExtraQueryParameters on the URL; ours go on the token endpoint's query string too.
+    const query = new URLSearchParams(input.extraQueryParameters).toString();
+    const fetch = () =>
+      observed(() =>
+        withCredentialSource(
+          (source) => source.load(),
+          (credential) =>
+            requestToken(tokenEndpointDeps, {
+              authority,
+              clientId: azureAd.clientId,
+              credential,
+              params,
+              correlationId: input.correlationId,
+              expectTokenType: 'pop',
+              ...(query !== '' ? { query } : {}),
+            }),
+        ),
+      );
+    return { key, fetch };
+  }
+
   // ---------------------------------------------------------------- agent identities (reference §5.6)
 
   /** msal applications acting as an agent identity: one per (agent, authority), authenticated with T1. */
@@ -526,7 +582,6 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
     if (req.agent) {
       ({ key, fetch } = agentFlow(options, { agent: req.agent, scopes, appFlow, user: req.user, correlationId, claimsParam, claimsDigest, eqp, extraQueryDigest }));
     } else if (appFlow) {
-      if (ato.popPublicKey) throw new SidecarError('misconfigured', 'PopPublicKey is not supported yet');
       const scope = scopes[0];
       if (ato.managedIdentity) {
         const token = await untilAborted(managedIdentityToken(scope, ato.managedIdentity.userAssignedClientId, claims, ato.forceRefresh), req.signal);
@@ -541,25 +596,29 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
         throw new SidecarError('misconfigured', `Tenant '${appTenant}' cannot be used for an app token; name a real tenant (AcquireTokenOptions:Tenant or AzureAd:TenantId).`);
       }
       const authority = authorityFor(ato.tenant);
-      key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, claimsDigest, extraQueryDigest]);
-      fetch = () =>
-        observed(() =>
-          withClientCredential(authority, async (app) =>
-            toCachedToken(
-              await app.acquireTokenByClientCredential({
-                scopes: [scope],
-                authority,
-                correlationId,
-                skipCache: true,
-                ...claimsParam,
-                ...(ato.fmiPath ? { fmiPath: ato.fmiPath } : {}),
-                ...(azureAd.azureRegion ? { azureRegion: azureAd.azureRegion } : {}),
-                // Honoured by msal at run time although its request type omits them.
-                ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
-              }),
+      if (ato.popPublicKey) {
+        ({ key, fetch } = popAppFlow(authority, scope, ato.popPublicKey, ato.popClaim, { correlationId, claims, claimsDigest, extraQueryParameters, extraQueryDigest, fmiPath: ato.fmiPath }));
+      } else {
+        key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, claimsDigest, extraQueryDigest]);
+        fetch = () =>
+          observed(() =>
+            withClientCredential(authority, async (app) =>
+              toCachedToken(
+                await app.acquireTokenByClientCredential({
+                  scopes: [scope],
+                  authority,
+                  correlationId,
+                  skipCache: true,
+                  ...claimsParam,
+                  ...(ato.fmiPath ? { fmiPath: ato.fmiPath } : {}),
+                  ...(azureAd.azureRegion ? { azureRegion: azureAd.azureRegion } : {}),
+                  // Honoured by msal at run time although its request type omits them.
+                  ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+                }),
+              ),
             ),
-          ),
-        );
+          );
+      }
     } else if (req.user) {
       const user: ValidatedToken = req.user;
       const tenant = ato.tenant ?? user.tenantId;

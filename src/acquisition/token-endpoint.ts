@@ -100,6 +100,8 @@ export interface TokenRequest {
   /** Grant parameters (`grant_type`, `scope`, ...); client authentication is added here. */
   readonly params: Readonly<Record<string, string>>;
   readonly correlationId?: string;
+  /** Query string for the token endpoint URL (ExtraQueryParameters), already encoded. */
+  readonly query?: string;
   /** Fail closed when Entra answers another token type (a PoP request must never yield a Bearer token). */
   readonly expectTokenType?: string;
 }
@@ -108,12 +110,13 @@ export interface TokenRequest {
 export async function requestToken(deps: TokenEndpointDeps, req: TokenRequest): Promise<CachedToken> {
   const { authority, clientId, credential, params, expectTokenType } = req;
   const tokenEndpoint = `${authority.replace(/\/+$/, '')}/oauth2/v2.0/token`;
+  const url = req.query ? `${tokenEndpoint}?${req.query}` : tokenEndpoint;
   const host = new URL(tokenEndpoint).host;
   const form = new URLSearchParams({ client_id: clientId, ...params, ...(await clientAuthentication(clientId, tokenEndpoint, credential)) });
   deps.onTokenRequest?.();
   let res;
   try {
-    res = await send(deps.agent, tokenEndpoint, {
+    res = await send(deps.agent, url, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded;charset=utf-8', accept: 'application/json', 'client-request-id': req.correlationId ?? randomUUID() },
       body: form.toString(),

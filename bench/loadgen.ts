@@ -1,0 +1,240 @@
+/**
+ * The Node gRPC load generator, run as its own process (pinned to the other core) by the bench.
+ * It speaks raw HTTP/2 with pre-encoded gRPC frames (no grpc-js on the client side, so the client
+ * costs as little CPU as possible) and has two modes:
+ *
+ * - `open`: a fixed request rate. Request i is due at t0 + i/rate and its latency is measured from
+ *   that intended send time, not from when it was actually written, so a stalled server is charged
+ *   for the requests it delayed (no coordinated omission, as in wrk2).
+ * - `closed`: a fixed number of requests with a fixed number in flight; reports the rate reached.
+ *
+ * Every answer must be HTTP 200 with `grpc-status: 0`; every `sampleEvery`-th body is decoded and
+ * must be an allow (status code 0) carrying `injectedHeader` when one is expected.
+ *
+ * Usage: node loadgen.js <job.json>; prints one JSON line (LoadgenResult) on stdout.
+ */
+import http2 from 'node:http2';
+import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { CHECK_PATH, GRPC_REQUEST_HEADERS, decodeCheckFrame, isExpectedAllow, splitFrames } from './wire.js';
+import { summarizeLatencies, type LatencySummary } from './stats.js';
+
+export interface LoadgenJob {
+  /** `http://127.0.0.1:PORT` of the gRPC server. */
+  target: string;
+  mode: 'open' | 'closed';
+  /** HTTP/2 connections, used round robin. */
+  connections: number;
+  /** A file of concatenated gRPC frames; requests cycle through them in order. */
+  framesFile: string;
+  /** open: requests per second and how long to send. */
+  rate?: number;
+  durationMs?: number;
+  /** closed: requests in flight and how many to send in all. */
+  concurrency?: number;
+  count?: number;
+  /** Decode every n-th response body (1 = all). */
+  sampleEvery: number;
+  /** Header an allow must inject (undefined for the do-nothing baseline). */
+  injectedHeader?: string;
+  /** How long to wait for stragglers after the last send before counting them as timeouts. */
+  drainMs?: number;
+}
+
+export interface LoadgenResult {
+  sent: number;
+  completed: number;
+  /** Transport errors, non-200 answers, non-zero grpc-status and timeouts. */
+  errors: number;
+  /** Sampled bodies that were not the expected allow. */
+  incorrect: number;
+  sampled: number;
+  elapsedMs: number;
+  /** Completed requests per second over the sending period (closed: until the last answer). */
+  rps: number;
+  latencyMs: LatencySummary;
+  /** Worst lateness of the sender itself behind the schedule (open mode); large values mean the client saturated. */
+  maxSendLagMs: number;
+  firstError?: string;
+}
+
+async function connect(target: string): Promise<http2.ClientHttp2Session> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(target);
+    session.once('connect', () => resolve(session));
+    session.once('error', reject);
+  });
+}
+
+/** Runs one job against the target and resolves with its result. */
+export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
+  const frames = splitFrames(readFileSync(job.framesFile));
+  if (frames.length === 0) throw new Error('no frames in ' + job.framesFile);
+  const sessions = await Promise.all(Array.from({ length: Math.max(1, job.connections) }, () => connect(job.target)));
+  const expectedTotal = job.mode === 'open' ? Math.ceil(((job.rate ?? 0) * (job.durationMs ?? 0)) / 1000) : (job.count ?? frames.length);
+  const latencies = new Float64Array(expectedTotal);
+  const intendedAt = new Float64Array(expectedTotal);
+  const answered = new Uint8Array(expectedTotal);
+  let sent = 0;
+  let completed = 0;
+  let errors = 0;
+  let incorrect = 0;
+  let sampled = 0;
+  let firstError: string | undefined;
+  let lastDone = 0;
+  const headers = { ':method': 'POST', ':path': CHECK_PATH, ...GRPC_REQUEST_HEADERS };
+
+  const fail = (why: string) => {
+    errors++;
+    firstError ??= why;
+  };
+
+  /** Sends request number i, due at `intended` (performance.now() ms); calls done() once answered. */
+  function send(i: number, intended: number, done: () => void): void {
+    intendedAt[i] = intended;
+    const session = sessions[i % sessions.length];
+    const frame = frames[i % frames.length];
+    const sample = job.sampleEvery > 0 && i % job.sampleEvery === 0;
+    let status = 0;
+    let grpcStatus: string | undefined;
+    const chunks: Buffer[] = [];
+    let finished = false;
+    const finish = (err?: string) => {
+      if (finished) return;
+      finished = true;
+      const now = performance.now();
+      lastDone = now;
+      completed++;
+      answered[i] = 1;
+      latencies[i] = now - intended;
+      if (err !== undefined) fail(err);
+      else if (status !== 200) fail(`HTTP ${status}`);
+      else if (grpcStatus !== '0') fail(`grpc-status ${grpcStatus}`);
+      else if (sample) {
+        sampled++;
+        if (!isExpectedAllow(decodeCheckFrame(Buffer.concat(chunks)), job.injectedHeader)) {
+          incorrect++;
+          firstError ??= 'unexpected response body (not an allow with the injected header)';
+        }
+      }
+      done();
+    };
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = session.request(headers);
+    } catch (err) {
+      finish(err instanceof Error ? err.message : String(err));
+      return;
+    }
+    stream.on('response', (h) => {
+      status = Number(h[':status']);
+      // A trailers-only answer (an RPC error) carries grpc-status in the headers.
+      const gs = h['grpc-status'];
+      if (gs !== undefined) grpcStatus = String(gs);
+    });
+    stream.on('trailers', (t) => {
+      const gs = t['grpc-status'];
+      if (gs !== undefined) grpcStatus = String(gs);
+    });
+    if (sample) stream.on('data', (c: Buffer) => chunks.push(c));
+    else stream.resume();
+    stream.on('end', () => finish());
+    stream.on('error', (err) => finish(err.message));
+    stream.end(frame);
+  }
+
+  let maxSendLagMs = 0;
+  const t0 = performance.now();
+  if (job.mode === 'open') {
+    const rate = job.rate ?? 0;
+    const interval = 1000 / rate;
+    const total = expectedTotal;
+    await new Promise<void>((resolve) => {
+      let outstanding = 0;
+      let scheduled = false;
+      const onDone = () => {
+        outstanding--;
+        if (scheduled && outstanding === 0) resolve();
+      };
+      const tick = () => {
+        const now = performance.now();
+        while (sent < total) {
+          const intended = t0 + sent * interval;
+          if (intended > now) break;
+          maxSendLagMs = Math.max(maxSendLagMs, now - intended);
+          outstanding++;
+          send(sent, intended, onDone);
+          sent++;
+        }
+        if (sent >= total) {
+          clearInterval(timer);
+          scheduled = true;
+          if (outstanding === 0) resolve();
+          else setTimeout(() => resolve(), job.drainMs ?? 5000).unref();
+        }
+      };
+      // 1 ms is the finest timer; every due request is sent in the tick that notices it.
+      const timer = setInterval(tick, 1);
+      tick();
+    });
+  } else {
+    const total = expectedTotal;
+    const concurrency = Math.max(1, job.concurrency ?? 16);
+    await new Promise<void>((resolve) => {
+      let outstanding = 0;
+      // A server that stops answering must not hang the bench: give up after drainMs of silence.
+      let lastProgress = performance.now();
+      const watchdog = setInterval(() => {
+        if (performance.now() - lastProgress > (job.drainMs ?? 5000)) {
+          clearInterval(watchdog);
+          resolve();
+        }
+      }, 100);
+      const next = () => {
+        lastProgress = performance.now();
+        if (sent < total) {
+          outstanding++;
+          const i = sent++;
+          // Closed loop: each request is "intended" when it is sent, so latency is service time.
+          send(i, performance.now(), onDone);
+        } else if (outstanding === 0) {
+          clearInterval(watchdog);
+          resolve();
+        }
+      };
+      const onDone = () => {
+        outstanding--;
+        next();
+      };
+      for (let k = 0; k < concurrency; k++) next();
+    });
+  }
+  // Unanswered requests count as errors and, for the percentiles, as late as the drain deadline.
+  const giveUp = performance.now();
+  for (let i = 0; i < sent; i++) {
+    if (answered[i] === 0) {
+      latencies[i] = giveUp - intendedAt[i];
+      fail('timeout: no answer before the drain deadline');
+    }
+  }
+  const end = job.mode === 'open' ? t0 + (job.durationMs ?? 0) : lastDone;
+  const elapsedMs = Math.max(1, end - t0);
+  for (const s of sessions) s.destroy();
+  return {
+    sent,
+    completed,
+    errors,
+    incorrect,
+    sampled,
+    elapsedMs,
+    rps: (completed / elapsedMs) * 1000,
+    latencyMs: summarizeLatencies(latencies.subarray(0, sent)),
+    maxSendLagMs,
+    ...(firstError !== undefined ? { firstError } : {}),
+  };
+}
+
+const job = JSON.parse(readFileSync(process.argv[2], 'utf8')) as LoadgenJob;
+const result = await runJob(job);
+process.stdout.write(JSON.stringify(result) + '\n');
+process.exit(0);
