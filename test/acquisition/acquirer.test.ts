@@ -201,12 +201,13 @@ describe('token acquirer against the emulator', function () {
       expect(tokenCount(emu)).to.equal(count);
     });
 
-    it('refuses agent identities and PoP app tokens clearly until they are implemented', async () => {
+    it('refuses MSAuth AT-PoP (PopClaim) rather than sending an unbound token (agents and PoP: test/agents, test/pop)', async () => {
       const a = acquirer();
-      expect((await rejection(a.acquire({ ...appRequest(), agent: { agentIdentity: emu.scenario.apps.agentIdentity1.appId } }))).code).to.equal('agent_flow_not_implemented');
-      const pop = await rejection(a.acquire({ options: apiOptions({ scopes: [DOWNSTREAM_APP], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ popPublicKey: 'eyJraWQiOiJ4In0' }) }) }));
+      const count = tokenCount(emu);
+      const pop = await rejection(a.acquire({ options: apiOptions({ scopes: [DOWNSTREAM_APP], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ popPublicKey: 'eyJraWQiOiJ4In0', popClaim: '{"x":1}' }) }) }));
       expect(pop.code).to.equal('misconfigured');
-      expect(pop.detail).to.equal('PopPublicKey is not supported yet');
+      expect(pop.detail).to.contain('PopClaim');
+      expect(tokenCount(emu)).to.equal(count);
     });
   });
 

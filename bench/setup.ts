@@ -1,0 +1,193 @@
+/**
+ * What every scenario shares: the run's settings, the local Entra emulator, the sidecar's
+ * environment (it is configured only by env, like in production), starting the built sidecar and
+ * the baselines pinned to the server core, the load generator process, and frame files.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { Emulator } from '../emulator/index.js';
+import { benchDir, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
+import type { LoadgenJob, LoadgenResult } from './loadgen.js';
+import { encodeCheckFrame, envoyCheckRequest } from './wire.js';
+
+/** Names of the DownstreamApis the bench configures. */
+export const APP_TOKEN_API = 'downstream-app';
+export const OBO_API = 'downstream-obo';
+/** The header the sidecar injects on allow (its default). */
+export const INJECTED_HEADER = 'authorization';
+
+/** Durations and counts of one run; `--quick` scales them down. */
+export interface Budget {
+  rounds: number;
+  warmupSec: number;
+  saturationSec: number;
+  latencyRates: number[];
+  latencySec: number;
+  latencyRounds: number;
+  firstSightPerRound: number;
+  firstSightRounds: number;
+  httpSec: number;
+  coldRounds: number;
+  coldCallers: number;
+  startupRounds: number;
+  checksForRss: number;
+  soakSec: number;
+}
+
+export const FULL: Budget = {
+  rounds: 5,
+  warmupSec: 3,
+  saturationSec: 6,
+  latencyRates: [250, 500, 1000, 2000],
+  latencySec: 6,
+  latencyRounds: 3,
+  firstSightPerRound: 5000,
+  firstSightRounds: 4,
+  httpSec: 5,
+  coldRounds: 5,
+  coldCallers: 100,
+  startupRounds: 5,
+  checksForRss: 100_000,
+  soakSec: 60,
+};
+
+export const QUICK: Budget = {
+  rounds: 2,
+  warmupSec: 1,
+  saturationSec: 3,
+  latencyRates: [250, 500, 1000, 2000],
+  latencySec: 2,
+  latencyRounds: 2,
+  firstSightPerRound: 2000,
+  firstSightRounds: 2,
+  httpSec: 3,
+  coldRounds: 2,
+  coldCallers: 100,
+  startupRounds: 3,
+  checksForRss: 100_000,
+  soakSec: 15,
+};
+
+export interface BenchContext {
+  readonly budget: Budget;
+  readonly quick: boolean;
+  readonly emu: Emulator;
+  readonly place: Placement;
+  /** Private scratch folder (tokens, frames, job files), removed at the end. */
+  readonly scratch: string;
+  /** Progress line on stderr. */
+  log(message: string): void;
+}
+
+/** A scratch folder only this user can read (it holds tokens). */
+export async function makeScratch(): Promise<{ dir: string; remove(): Promise<void> }> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'entra-sidecar-bench-'));
+  return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** The sidecar's whole configuration: the emulator as Entra, two downstream APIs, every listener on loopback port 0. */
+export function sidecarEnv(emu: Emulator, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const s = emu.scenario;
+  const downstream = s.apps.downstreamApi.identifierUris[0];
+  return {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    NODE_ENV: 'production',
+    AzureAd__Instance: emu.instance,
+    AzureAd__TenantId: s.tenants.primary.id,
+    AzureAd__ClientId: s.apps.sidecarApi.appId,
+    AzureAd__ClientCredentials__0__SourceType: 'ClientSecret',
+    AzureAd__ClientCredentials__0__ClientSecret: s.apps.sidecarApi.secrets[0].value,
+    Sidecar__Outbound__CaFile: emu.caFile,
+    Sidecar__Http__Url: 'http://127.0.0.1:0',
+    Sidecar__ExtAuthz__Address: '127.0.0.1:0',
+    Sidecar__Management__Url: 'http://127.0.0.1:0',
+    [`DownstreamApis__${APP_TOKEN_API}__BaseUrl`]: 'https://downstream.example.test/',
+    [`DownstreamApis__${APP_TOKEN_API}__Scopes__0`]: `${downstream}/.default`,
+    [`DownstreamApis__${APP_TOKEN_API}__RequestAppToken`]: 'true',
+    [`DownstreamApis__${OBO_API}__BaseUrl`]: 'https://downstream.example.test/',
+    [`DownstreamApis__${OBO_API}__Scopes__0`]: `${downstream}/read`,
+    ...extra,
+  };
+}
+
+/** The running sidecar with its three listeners. */
+export interface BenchSidecar extends RunningServer {
+  readonly httpUrl: string;
+  readonly grpcUrl: string;
+  readonly managementUrl: string;
+}
+
+/** Starts the built sidecar pinned to the server core and resolves at its listening line. */
+export async function startBenchSidecar(ctx: Pick<BenchContext, 'emu' | 'place'>, extraEnv: Record<string, string> = {}, nodeArgs: string[] = []): Promise<BenchSidecar> {
+  const server = await startServer(ctx.place.server, [process.execPath, ...nodeArgs, sidecarEntry], sidecarEnv(ctx.emu, extraEnv));
+  const l = server.listening as { http: Array<{ host: string; port: number }>; extAuthz: { host: string; port: number } | null; management: { host: string; port: number } | null };
+  if (!l.extAuthz || !l.management) throw new Error('the sidecar started without its ext_authz or management listener');
+  return {
+    ...server,
+    httpUrl: `http://127.0.0.1:${l.http[0].port}`,
+    grpcUrl: `http://127.0.0.1:${l.extAuthz.port}`,
+    managementUrl: `http://127.0.0.1:${l.management.port}`,
+  };
+}
+
+/** Polls `/readyz` until 200; resolves with ms since the process was spawned. */
+export async function waitReady(sidecar: BenchSidecar, timeoutMs = 20_000): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  while (performance.now() < deadline) {
+    try {
+      const r = await fetch(`${sidecar.managementUrl}/readyz`);
+      await r.arrayBuffer();
+      if (r.status === 200) return performance.now() - sidecar.spawnedAt;
+    } catch {
+      // not accepting yet
+    }
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  throw new Error('the sidecar did not become ready in time');
+}
+
+/** Starts the do-nothing grpc-js Check server pinned to the server core. */
+export async function startBaselineGrpc(ctx: Pick<BenchContext, 'place'>): Promise<RunningServer & { grpcUrl: string }> {
+  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js')], { PATH: process.env.PATH });
+  return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
+}
+
+/** Starts the bare node:http server answering a JSON body of `bodyBytes`. */
+export async function startBaselineHttp(ctx: Pick<BenchContext, 'place'>, bodyBytes: number): Promise<RunningServer & { httpUrl: string }> {
+  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-http.js'), String(bodyBytes)], { PATH: process.env.PATH });
+  return { ...server, httpUrl: `http://127.0.0.1:${server.listening.port as number}` };
+}
+
+let jobSeq = 0;
+
+/** Runs the Node load generator in its own process on the load core. */
+export async function runLoadgen(ctx: Pick<BenchContext, 'place' | 'scratch'>, job: LoadgenJob): Promise<LoadgenResult> {
+  const file = path.join(ctx.scratch, `job-${++jobSeq}.json`);
+  await writeFile(file, JSON.stringify(job), { mode: 0o600 });
+  const budgetMs = (job.durationMs ?? 120_000) + (job.drainMs ?? 5000) + 60_000;
+  const r = await runToEnd(ctx.place.load, [process.execPath, path.join(benchDir, 'loadgen.js'), file], budgetMs);
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  if (r.code !== 0 || !line.startsWith('{')) throw new Error(`load generator failed (exit ${r.code}): ${r.stderr.slice(-1500)}`);
+  return JSON.parse(line) as LoadgenResult;
+}
+
+/** Writes the frames of Envoy-shaped Checks, one per token, to a scratch file; returns its path. */
+export async function writeCheckFrames(ctx: Pick<BenchContext, 'scratch'>, name: string, tokens: readonly (string | undefined)[], contextExtensions?: Record<string, string>): Promise<string> {
+  const file = path.join(ctx.scratch, `${name}.frames`);
+  const frames = tokens.map((token) => encodeCheckFrame(envoyCheckRequest({ ...(token !== undefined ? { token } : {}), ...(contextExtensions ? { contextExtensions } : {}) })));
+  await writeFile(file, Buffer.concat(frames), { mode: 0o600 });
+  return file;
+}
+
+/** Mints `count` distinct valid user tokens for the sidecar's audience. */
+export async function mintUserTokens(emu: Emulator, count: number, onProgress?: (done: number) => void): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < count; i++) {
+    // Distinct claims make every token (and so every verified-token cache key) unique.
+    out.push(await emu.mint({ kind: 'user', scp: 'access_as_user', claims: { uti: `bench${i.toString(36)}x${process.pid}` } }));
+    if (onProgress && (i + 1) % 5000 === 0) onProgress(i + 1);
+  }
+  return out;
+}
