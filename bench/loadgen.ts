@@ -37,6 +37,8 @@ export interface LoadgenJob {
   sampleEvery: number;
   /** Header an allow must inject (undefined for the do-nothing baseline). */
   injectedHeader?: string;
+  /** open: an unrecorded lead-in at the same rate. */
+  warmupMs?: number;
   /** How long to wait for stragglers after the last send before counting them as timeouts. */
   drainMs?: number;
 }
@@ -71,6 +73,15 @@ export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
   const frames = splitFrames(readFileSync(job.framesFile));
   if (frames.length === 0) throw new Error('no frames in ' + job.framesFile);
   const sessions = await Promise.all(Array.from({ length: Math.max(1, job.connections) }, () => connect(job.target)));
+  // Open loop: send at the same rate for a while first, so JIT, connection windows and the
+  // server's caches settle before anything is recorded.
+  if (job.mode === 'open' && (job.warmupMs ?? 0) > 0) await runPhase(sessions, frames, { ...job, durationMs: job.warmupMs });
+  const result = await runPhase(sessions, frames, job);
+  for (const s of sessions) s.destroy();
+  return result;
+}
+
+async function runPhase(sessions: http2.ClientHttp2Session[], frames: Buffer[], job: LoadgenJob): Promise<LoadgenResult> {
   const expectedTotal = job.mode === 'open' ? Math.ceil(((job.rate ?? 0) * (job.durationMs ?? 0)) / 1000) : (job.count ?? frames.length);
   const latencies = new Float64Array(expectedTotal);
   const intendedAt = new Float64Array(expectedTotal);
@@ -219,7 +230,6 @@ export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
   }
   const end = job.mode === 'open' ? t0 + (job.durationMs ?? 0) : lastDone;
   const elapsedMs = Math.max(1, end - t0);
-  for (const s of sessions) s.destroy();
   return {
     sent,
     completed,

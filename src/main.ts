@@ -64,6 +64,7 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
       validator,
       acquirer,
       logger,
+      metrics,
       resolveApiOptions: (apiName) =>
         Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName)
           ? resolveApiOptions(config, apiName, new URLSearchParams(), false).options
@@ -80,13 +81,9 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
       })
     : undefined;
 
-  // Keys load in the background; readiness (gRPC health, /readyz) follows validator.ready().
-  const started = validator.start().catch((err: unknown) => {
-    logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'signing keys not loaded yet; retrying in the background');
-  });
-  void started.then(() => extAuthz?.setServing(validator.ready()));
-  const readyPoll = setInterval(() => extAuthz?.setServing(validator.ready()), 500);
-  readyPoll.unref();
+  // Keys load in the background (start() never rejects; it retries with backoff). Readiness follows
+  // validator.ready(): /readyz on the management listener and the gRPC health of the Authorization service.
+  void validator.start();
 
   // The one line that says what was bound: written whatever the log level, because supervisors and
   // tests that start the sidecar on port 0 read their ports from it.
@@ -105,7 +102,6 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   process.stdout.write(JSON.stringify(listening) + '\n');
 
   return async () => {
-    clearInterval(readyPoll);
     // Readiness goes false first so the kubelet and Envoy stop sending, then listeners drain.
     management?.setShuttingDown();
     extAuthz?.setServing(false);

@@ -71,6 +71,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'DownstreamApis:<name>:ProtocolScheme', default: 'Bearer', description: 'Authorization scheme of the outbound token.' },
   { key: 'DownstreamApis:<name>:ExtraHeaderParameters:<header>', default: '', description: 'Extra headers on the downstream request (reserved names are skipped).' },
   { key: 'DownstreamApis:<name>:ExtraQueryParameters:<key>', default: '', description: 'Extra query parameters on the downstream request.' },
+  { key: 'DownstreamApis:<name>:SignHttpRequest', default: 'false', description: 'Ours: on `/DownstreamApi*`, acquire an app token bound to the sidecar\'s own PoP key and send `Authorization: PoP <signed HTTP request>` (requires RequestAppToken; see docs/agents-and-pop.md).' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:Tenant', default: '', description: 'Tenant to acquire the token in (multi-tenant apps).' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:ForceRefresh', default: 'false', description: 'Bypass the token cache on every call.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:Claims', default: '', description: 'Claims request JSON sent with the token request.' },
@@ -99,6 +100,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:PopValidation:ClaimsToValidateWhenPresent:<i>', default: 'm,p', description: 'Claims checked when ValidatePresentClaims is on (array).' },
   { key: 'Sidecar:PopValidation:SignedHttpRequestLifetime', default: '00:05:00', unit: 'hh:mm:ss', description: 'Maximum age of a signed HTTP request (`ts`); must be > 0.' },
   { key: 'Sidecar:PopValidation:ReplayCache', default: 'false', description: 'Reject a signed HTTP request seen before within its lifetime (ours; off like Microsoft).' },
+  { key: 'Sidecar:Pop:KeyFile', default: '', description: 'Ours: PEM private key (RSA ≥ 2048 or EC P-256) the sidecar signs HTTP requests with (SignHttpRequest); unset = a fresh RSA key generated per process.' },
 
   // ---- Sidecar: our own keys ----
   { key: 'Sidecar:SettingsFile', default: 'appsettings.json', description: 'Path of the JSON settings file, relative to the working directory; set it by environment or command line. A missing default file is fine; a missing explicit one is an error.' },

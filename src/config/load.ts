@@ -458,6 +458,7 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
     extraHeaderParameters: b.dictionary(`${p}:ExtraHeaderParameters`, (n) => HEADER_TOKEN.test(n)),
     extraQueryParameters: b.dictionary(`${p}:ExtraQueryParameters`),
     acquireTokenOptions,
+    ...(b.bool(`${p}:SignHttpRequest`) ? { signHttpRequest: true } : {}),
   };
 }
 
@@ -622,6 +623,9 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     else b.error('Logging:LogLevel:Default must be one of Trace, Debug, Information, Warning, Error, Critical, None');
   }
 
+  const popKeyText = b.explicit('Sidecar:Pop:KeyFile');
+  const popKeyFile = popKeyText === undefined || popKeyText.trim() === '' ? undefined : resolve(cwd, popKeyText.trim());
+  if (popKeyFile !== undefined && !readableFile(popKeyFile)) b.error('Sidecar:Pop:KeyFile names a file that does not exist or is not a regular file');
   const pop = 'Sidecar:PopValidation';
   const claimsToValidate = b.stringArray(`${pop}:ClaimsToValidateWhenPresent`) ?? defaultOf(`${pop}:ClaimsToValidateWhenPresent:0`).split(',');
   return {
@@ -643,6 +647,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
       validatePresentClaims: b.bool(`${pop}:ValidatePresentClaims`),
       claimsToValidateWhenPresent: claimsToValidate,
     },
+    pop: popKeyFile !== undefined ? { keyFile: popKeyFile } : {},
     http: {
       listen: bindHttpListeners(b),
       maxHeaderBytes: b.int('Sidecar:Http:MaxHeaderBytes', 1024),

@@ -70,6 +70,8 @@ export interface DownstreamApiOptions {
   readonly extraHeaderParameters: Readonly<Record<string, string>>;
   readonly extraQueryParameters: Readonly<Record<string, string>>;
   readonly acquireTokenOptions: AcquireTokenOptions;
+  /** Ours: sign the `/DownstreamApi*` request with the sidecar's PoP key (`Authorization: PoP <SHR>`). */
+  readonly signHttpRequest?: boolean;
 }
 
 export interface AzureAdConfig {
@@ -143,6 +145,8 @@ export interface SidecarSettings {
   readonly allowOverrides: AllowOverrides;
   readonly allowOutboundRedirects: boolean;
   readonly popValidation: PopValidationOptions;
+  /** Ours: the sidecar's own PoP key for SignHttpRequest. */
+  readonly pop?: { readonly keyFile?: string };
   readonly http: {
     readonly listen: readonly ListenAddress[];
     readonly maxHeaderBytes: number;

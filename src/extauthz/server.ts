@@ -11,6 +11,8 @@ import type { EffectiveApiOptions, TokenAcquirer, TokenValidator } from '../pipe
 import { createChecker, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
 import { HealthService, type ServingStatus } from './health.js';
 import { AUTHORIZATION_SERVICE, loadExtAuthzProtos } from './protos.js';
+import { NOOP_METRICS, type Metrics, type Outcome } from '../metrics.js';
+import type { ErrorCode } from '../errors.js';
 
 export interface ExtAuthzDeps {
   config: SidecarConfig;
@@ -19,6 +21,7 @@ export interface ExtAuthzDeps {
   /** The named DownstreamApis entry with no overrides (ext_authz never takes optionsOverride); undefined = not configured. */
   resolveApiOptions: (apiName: string) => EffectiveApiOptions | undefined;
   logger: Logger;
+  metrics?: Metrics;
   now?: () => number;
 }
 
@@ -43,6 +46,22 @@ function hostPort(host: string, port: number): string {
 /** Starts the ext_authz gRPC server on `config.sidecar.extAuthz.address`; resolves once it listens. */
 export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzServer> {
   const { config, validator, logger } = deps;
+  const metrics = deps.metrics ?? NOOP_METRICS;
+  /** Counts one decision; the deny reason is the stable code the checker put in the body. */
+  const observe = (response: CheckResponse, started: bigint): void => {
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    if (response.status?.code === 0) {
+      metrics.observeCheck('allow', 'ok', seconds);
+      return;
+    }
+    let reason: Outcome = 'internal';
+    try {
+      reason = (JSON.parse(response.denied_response?.body ?? '{}') as { code?: ErrorCode }).code ?? 'internal';
+    } catch {
+      /* keep 'internal' */
+    }
+    metrics.observeCheck('deny', reason, seconds);
+  };
   const options = config.sidecar.extAuthz;
   const protos = loadExtAuthzProtos();
   const checker = createChecker({
@@ -69,13 +88,18 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   });
   server.addService(protos.authorizationService as grpc.ServiceDefinition, {
     Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>) {
+      const started = process.hrtime.bigint();
       const d = call.getDeadline();
       checker.check(call.request, d instanceof Date ? d.getTime() : d).then(
-        (response) => callback(null, response),
+        (response) => {
+          callback(null, response);
+          observe(response, started);
+        },
         (err: unknown) => {
           // The checker renders every failure itself; this is the last line that keeps a deny a deny.
           logger.error({ cause: err instanceof Error ? err.name : typeof err }, 'ext_authz Check failed unexpectedly');
           callback(null, internalDeny);
+          observe(internalDeny, started);
         },
       );
     },

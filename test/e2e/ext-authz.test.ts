@@ -1,0 +1,198 @@
+/**
+ * envoy.service.auth.v3.Authorization/Check through the BUILT sidecar with the real validator and
+ * acquirer against the emulator (issue 5 acceptance): Envoy-shaped requests in, full CheckResponses out.
+ */
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { decodeJwt } from 'jose';
+import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
+import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
+import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+import { applyOkResponse, check, envoyCheckRequest, headerMap } from '../extauthz/fixtures.js';
+
+function apis(): Record<string, string> {
+  return {
+    DownstreamApis__orders__Scopes__0: 'api://downstream/read',
+    DownstreamApis__partner__Scopes__0: 'api://downstream/.default',
+    DownstreamApis__partner__RequestAppToken: 'true',
+    'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-oid': 'oid',
+    'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-tid': 'tid',
+    'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-scp': 'scp',
+  };
+}
+
+/** grpc.health.v1.Health/Check with a hand-rolled codec (the messages are two tiny protobufs). */
+function healthCheck(address: string, service: string): Promise<string> {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  const encode = (s: string) => {
+    const b = Buffer.from(s);
+    return b.length === 0 ? Buffer.alloc(0) : Buffer.concat([Buffer.from([0x0a, b.length]), b]);
+  };
+  const decode = (buf: Buffer) => (buf.length >= 2 && buf[0] === 0x08 ? ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN'][buf[1]] : 'UNKNOWN');
+  return new Promise((resolve, reject) => {
+    client.makeUnaryRequest('/grpc.health.v1.Health/Check', encode, (b: Buffer) => b, service, { deadline: Date.now() + 2000 }, (err, res) => {
+      client.close();
+      if (err) reject(err);
+      else resolve(decode(res as Buffer));
+    });
+  });
+}
+
+describe('ext_authz Check (built sidecar against the emulator)', function () {
+  this.timeout(40_000);
+  let emu: Emulator;
+  let sidecar: RunningSidecar;
+  let client: AuthorizationClient;
+  const tokens: string[] = [];
+  const user = async (claims: Record<string, unknown> = {}) => {
+    const t = await emu.mint({ kind: 'user', scp: 'access_as_user', claims });
+    tokens.push(t);
+    return t;
+  };
+
+  before(async () => {
+    emu = await startEmulator();
+    sidecar = await startSidecar(sidecarEnv(emu, { ...apis(), Sidecar__Outbound__TimeoutMs: '3000' }));
+    client = createAuthorizationClient(`127.0.0.1:${sidecar.listening.extAuthz!.port}`);
+  });
+  after(async () => {
+    client?.close();
+    await sidecar?.stop();
+    assertNoSecrets(sidecar?.lines ?? [], secretsOf(emu, tokens));
+    await emu?.close();
+  });
+
+  it('reports the Authorization service SERVING once signing keys are loaded', async () => {
+    const deadline = Date.now() + 10_000;
+    let status = '';
+    while (Date.now() < deadline && status !== 'SERVING') {
+      status = await healthCheck(`127.0.0.1:${sidecar.listening.extAuthz!.port}`, 'envoy.service.auth.v3.Authorization');
+      if (status !== 'SERVING') await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(status).to.equal('SERVING');
+  });
+
+  it('allows with the OBO token injected (overwrite) and spoofed identity headers replaced', async () => {
+    const token = await user();
+    const req = envoyCheckRequest({ headers: { authorization: `Bearer ${token}`, 'x-entra-oid': 'spoofed', 'x-entra-tid': 'spoofed' }, contextExtensions: { downstream_api: 'orders' } });
+    const res = await check(client, req);
+    expect(res.status?.code ?? 0).to.equal(0);
+    const set = headerMap(res.ok_response.headers);
+    for (const h of res.ok_response.headers) expect(h.append_action).to.equal('OVERWRITE_IF_EXISTS_OR_ADD');
+    expect(set.authorization).to.match(/^Bearer ey/);
+    tokens.push(set.authorization.slice(7));
+    const obo = decodeJwt(set.authorization.slice(7));
+    expect(obo.aud).to.equal(emu.scenario.apps.downstreamApi.appId);
+    expect(obo.scp).to.equal('read');
+    const upstream = applyOkResponse((req.attributes as any).request.http.headers, res);
+    expect(upstream['x-entra-oid']).to.equal(emu.scenario.users.normal.oid);
+    expect(upstream['x-entra-tid']).to.equal(emu.scenario.tenants.primary.id);
+    expect(upstream.authorization).to.equal(set.authorization);
+    const oboReq = emu.requests().filter((q) => q.form.grant_type === 'urn:ietf:params:oauth:grant-type:jwt-bearer').at(-1)!;
+    expect(oboReq.form.assertion).to.include(redactionFingerprint(token));
+  });
+
+  it('serves a repeat Check from the caches (no Entra request) and accepts the raw header_map form', async () => {
+    const token = await user();
+    const first = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'orders' } }));
+    const before = emu.counters().token;
+    const second = await check(client, envoyCheckRequest({ raw: true, headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'orders' } }));
+    expect(headerMap(second.ok_response.headers).authorization).to.equal(headerMap(first.ok_response.headers).authorization);
+    expect(emu.counters().token).to.equal(before);
+  });
+
+  it('sends exactly one token request for 50 concurrent cold Checks', async () => {
+    const token = await user();
+    const before = emu.counters().token;
+    const req = envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'orders' } });
+    const answers = await Promise.all(Array.from({ length: 50 }, () => check(client, req)));
+    for (const a of answers) expect(a.status?.code ?? 0).to.equal(0);
+    expect(emu.counters().token - before).to.equal(1);
+  });
+
+  it('injects an app token on the egress pattern with no inbound token', async () => {
+    const res = await check(client, envoyCheckRequest({ contextExtensions: { validate: 'none', downstream_api: 'partner' } }));
+    expect(res.status?.code ?? 0).to.equal(0);
+    const auth = headerMap(res.ok_response.headers).authorization;
+    tokens.push(auth.slice(7));
+    expect(decodeJwt(auth.slice(7)).idtyp).to.equal('app');
+  });
+
+  const denials: Array<[string, () => Promise<Record<string, unknown>>, number, string, RegExp | null, string]> = [
+    ['no token', async () => envoyCheckRequest({}), 16, 'Unauthorized', /^Bearer$/, 'credential_missing'],
+    ['an expired token', async () => envoyCheckRequest({ headers: { authorization: `Bearer ${await emu.mint({ kind: 'user', expiresInSec: -900 })}` } }), 16, 'Unauthorized', /^Bearer error="invalid_token"/, 'token_expired'],
+    ['a token for another audience', async () => envoyCheckRequest({ headers: { authorization: `Bearer ${await emu.mint({ kind: 'user', audience: 'api://downstream' })}` } }), 16, 'Unauthorized', /invalid_token/, 'token_audience_invalid'],
+    ['a missing scope', async () => envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { required_scopes: 'Orders.Admin' } }), 7, 'Forbidden', /^Bearer error="insufficient_scope", scope="Orders.Admin"$/, 'insufficient_scope'],
+    ['an unknown downstream_api', async () => envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'nope' } }), 13, 'InternalServerError', null, 'api_not_configured'],
+    ['a TCP (non-HTTP) request', async () => ({ attributes: { source: { address: { socket_address: { address: '10.0.0.1', port_value: 1 } } } } }), 7, 'Forbidden', null, 'request_not_http'],
+  ];
+  for (const [what, make, grpcCode, envoyStatus, challenge, code] of denials) {
+    it(`denies ${what} with status ${grpcCode}, HTTP ${envoyStatus} and code ${code} (a successful RPC)`, async () => {
+      const res = await check(client, await make());
+      expect(res.status.code).to.equal(grpcCode);
+      expect(res.denied_response.status.code).to.equal(envoyStatus);
+      const headers = headerMap(res.denied_response.headers);
+      expect(headers['content-type']).to.equal('application/json');
+      if (challenge) expect(headers['www-authenticate']).to.match(challenge);
+      else expect(headers['www-authenticate']).to.equal(undefined);
+      expect(JSON.parse(res.denied_response.body).code).to.equal(code);
+    });
+  }
+
+  it('denies with 503 before Envoy\'s deadline when Entra is slow, never with a gRPC error', async () => {
+    emu.fault({ route: 'token', delayMs: 2_000, count: 5 });
+    const token = await user();
+    const t0 = Date.now();
+    const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'orders' } }), 400);
+    expect(Date.now() - t0).to.be.lessThan(400);
+    expect(res.status.code).to.equal(14);
+    expect(res.denied_response.status.code).to.equal('ServiceUnavailable');
+    expect(JSON.parse(res.denied_response.body).code).to.equal('dependency_timeout');
+    emu.clearFaults();
+  });
+
+  it('denies with 503 when Entra is down', async () => {
+    emu.fault({ route: 'token', status: 503, error: 'temporarily_unavailable', aadsts: 90033, count: 3 });
+    const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'orders' } }));
+    expect(res.status.code).to.equal(14);
+    expect(res.denied_response.status.code).to.equal('ServiceUnavailable');
+    emu.clearFaults();
+  });
+
+  it('counts allows and denies in /metrics', async () => {
+    const m = await call(`http://127.0.0.1:${sidecar.listening.management!.port}/metrics`);
+    expect(m.status).to.equal(200);
+    expect(m.text).to.match(/entra_sidecar_ext_authz_checks_total\{decision="allow",reason="ok"\} [1-9]/);
+    expect(m.text).to.match(/entra_sidecar_ext_authz_checks_total\{decision="deny",reason="credential_missing"\} 1/);
+  });
+});
+
+describe('ext_authz health before signing keys load (built sidecar)', function () {
+  this.timeout(30_000);
+  it('is NOT_SERVING for the Authorization service (and /readyz 503) until keys load, then SERVING', async () => {
+    const emu = await startEmulator();
+    emu.fault({ route: 'metadata', sticky: true, status: 503 });
+    const s = await startSidecar(sidecarEnv(emu));
+    try {
+      const addr = `127.0.0.1:${s.listening.extAuthz!.port}`;
+      const mgmt = `http://127.0.0.1:${s.listening.management!.port}`;
+      expect(await healthCheck(addr, 'envoy.service.auth.v3.Authorization')).to.equal('NOT_SERVING');
+      const notReady = await call(`${mgmt}/readyz`);
+      expect(notReady.status).to.equal(503);
+      expect(notReady.json().reasons).to.include('signing_keys_not_loaded');
+      emu.clearFaults();
+      const deadline = Date.now() + 15_000;
+      let status = '';
+      while (Date.now() < deadline && status !== 'SERVING') {
+        await new Promise((r) => setTimeout(r, 200));
+        status = await healthCheck(addr, 'envoy.service.auth.v3.Authorization');
+      }
+      expect(status).to.equal('SERVING');
+      expect((await call(`${mgmt}/readyz`)).status).to.equal(200);
+    } finally {
+      await s.stop();
+      await emu.close();
+    }
+  });
+});
