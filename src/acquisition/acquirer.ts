@@ -34,6 +34,7 @@ import { createMsalNetworkClient, observation, type AcquisitionObservation } fro
 import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
 import { ManagedIdentityTokens } from './managed-identity.js';
 import { requestToken, TokenEndpointError } from './token-endpoint.js';
+import { createHttpRequestSigner, type WithHttpRequestSigner } from '../pop/signer.js';
 
 export interface AcquirerDeps {
   readonly config: SidecarConfig;
@@ -188,11 +189,14 @@ interface LongRunningSession {
 }
 
 /** Creates the process's token acquirer; see the module comment. */
-export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats(): AcquirerStats } {
+export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHttpRequestSigner & { stats(): AcquirerStats } {
   const { config, agent, logger } = deps;
   const azureAd = config.azureAd;
   const outbound = config.sidecar.outbound;
   let entraRequests = 0;
+  // The sidecar's own PoP key for SignHttpRequest APIs; a bad Sidecar:Pop:KeyFile fails here, at start.
+  const httpRequestSigner = createHttpRequestSigner(config.sidecar.pop?.keyFile);
+
 
   const loggerOptions: NonNullable<NodeSystemOptions['loggerOptions']> = {
     piiLoggingEnabled: false,
@@ -692,6 +696,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & { stats
 
   return {
     acquire,
+    httpRequestSigner,
     stats(): AcquirerStats {
       return { ...cache.stats(), entraRequests };
     },

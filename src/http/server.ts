@@ -151,8 +151,13 @@ export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
                 server.closeAllConnections();
               }, graceMs);
               timer.unref();
+              // Keep-alive sockets that finish their in-flight request during the drain become idle
+              // later; close them as they do instead of waiting for keepAliveTimeout.
+              const sweep = setInterval(() => server.closeIdleConnections(), 50);
+              sweep.unref();
               server.close(() => {
                 clearTimeout(timer);
+                clearInterval(sweep);
                 resolve();
               });
               server.closeIdleConnections();

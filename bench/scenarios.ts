@@ -1,0 +1,505 @@
+/**
+ * The five scenarios of `npm run bench`. Each measures the sidecar and its baseline in the same
+ * run, alternating them round by round (A B A B …) after a warm-up, and reports medians with
+ * min/max plus whether the issue's targets were met.
+ */
+import { performance } from 'node:perf_hooks';
+import { cpuSeconds, rssMb, sleep, type RunningServer } from './processes.js';
+import type { LoadgenResult } from './loadgen.js';
+import type { Figure, ScenarioResult, TargetCheck } from './report.js';
+import { pairedRatios, slope, spread, type Spread } from './stats.js';
+import { runH2load, runWrk, type SaturationResult } from './tools.js';
+import {
+  APP_TOKEN_API,
+  INJECTED_HEADER,
+  OBO_API,
+  mintUserTokens,
+  runLoadgen,
+  startBaselineGrpc,
+  startBaselineHttp,
+  startBenchSidecar,
+  waitReady,
+  writeCheckFrames,
+  type BenchContext,
+  type BenchSidecar,
+} from './setup.js';
+import { CHECK_PATH } from './wire.js';
+
+/** Processes and tokens that several scenarios share within one run (started on first use). */
+export class SharedFixtures {
+  private sidecarP: Promise<BenchSidecar> | undefined;
+  private baselineP: Promise<RunningServer & { grpcUrl: string }> | undefined;
+  private warmTokenP: Promise<string> | undefined;
+  private poolP: Promise<string[]> | undefined;
+  readonly ctx: BenchContext;
+
+  constructor(ctx: BenchContext) {
+    this.ctx = ctx;
+  }
+
+  /** The sidecar under test, ready (signing keys loaded). */
+  sidecar(): Promise<BenchSidecar> {
+    this.sidecarP ??= (async () => {
+      const s = await startBenchSidecar(this.ctx);
+      await waitReady(s);
+      return s;
+    })();
+    return this.sidecarP;
+  }
+
+  baselineGrpc(): Promise<RunningServer & { grpcUrl: string }> {
+    this.baselineP ??= startBaselineGrpc(this.ctx);
+    return this.baselineP;
+  }
+
+  /** One valid user token that every warm scenario reuses. */
+  warmToken(): Promise<string> {
+    this.warmTokenP ??= this.ctx.emu.mint({ kind: 'user', scp: 'access_as_user' });
+    return this.warmTokenP;
+  }
+
+  /** Distinct valid tokens, each to be sent once (first sight); minted once per run. */
+  tokenPool(): Promise<string[]> {
+    const b = this.ctx.budget;
+    this.poolP ??= (async () => {
+      const n = b.firstSightPerRound * b.firstSightRounds + FIRST_SIGHT_WARMUP;
+      const t0 = performance.now();
+      this.ctx.log(`minting ${n} distinct tokens at the emulator…`);
+      const tokens = await mintUserTokens(this.ctx.emu, n, (d) => this.ctx.log(`  ${d}/${n}`));
+      this.ctx.log(`minted in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      return tokens;
+    })();
+    return this.poolP;
+  }
+
+  async close(): Promise<void> {
+    const all = await Promise.allSettled([this.sidecarP, this.baselineP]);
+    await Promise.all(all.map((r) => (r.status === 'fulfilled' && r.value ? r.value.stop() : undefined)));
+  }
+}
+
+const FIRST_SIGHT_WARMUP = 500;
+const WARM_CONTEXT = Object.freeze({ downstream_api: APP_TOKEN_API });
+const H2LOAD_CLIENTS = 4;
+const H2LOAD_STREAMS = 8;
+const WRK_CONNECTIONS = 16;
+
+function figure(figureName: string, candidate: string, unit: string, values: number[]): Figure {
+  return { figure: figureName, candidate, unit, value: spread(values) };
+}
+
+function ms(n: number): string {
+  return `${n.toFixed(2)} ms`;
+}
+
+/** A correctness probe: `count` warm Checks, every answer decoded; returns errors + wrong answers. */
+async function probeChecks(ctx: BenchContext, url: string, framesFile: string, injectedHeader: string | undefined, count = 300): Promise<LoadgenResult> {
+  return runLoadgen(ctx, { target: url, mode: 'closed', connections: 2, framesFile, concurrency: 8, count, sampleEvery: 1, ...(injectedHeader ? { injectedHeader } : {}) });
+}
+
+/** Sidecar CPU µs per answered request over a measured interval. */
+function cpuPerRequestUs(cpuBefore: number, cpuAfter: number, requests: number): number {
+  return requests > 0 ? ((cpuAfter - cpuBefore) * 1e6) / requests : Number.NaN;
+}
+
+interface Candidate {
+  name: string;
+  pid: number;
+  url: string;
+  injectedHeader: string | undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. ext_authz Check, warm
+
+/** Scenario 1: warm Check (cached verification, cached app token, header injected) vs the NOP server. */
+export async function checkWarm(shared: SharedFixtures): Promise<Omit<ScenarioResult, 'durationSec'>> {
+  const { ctx } = shared;
+  const b = ctx.budget;
+  const [sidecar, baseline, token] = await Promise.all([shared.sidecar(), shared.baselineGrpc(), shared.warmToken()]);
+  const frames = await writeCheckFrames(ctx, 'warm', [token], WARM_CONTEXT);
+  const candidates: Candidate[] = [
+    { name: 'nop-grpc', pid: baseline.pid, url: baseline.grpcUrl, injectedHeader: undefined },
+    { name: 'sidecar', pid: sidecar.pid, url: sidecar.grpcUrl, injectedHeader: INJECTED_HEADER },
+  ];
+  const notes: string[] = [];
+  const targets: TargetCheck[] = [];
+  const figures: Figure[] = [];
+
+  // Correctness first (this also fills the sidecar's caches): every answer decoded.
+  const probesBefore = await Promise.all(candidates.map((c) => probeChecks(ctx, c.url, frames, c.injectedHeader)));
+  for (const [i, p] of probesBefore.entries()) {
+    if (p.errors || p.incorrect) notes.push(`${candidates[i].name}: correctness probe before load: ${p.errors} errors, ${p.incorrect} wrong answers (${p.firstError ?? ''})`);
+  }
+
+  // Saturation (closed loop, h2load), alternating A B A B after one warm-up each.
+  ctx.log(`check-warm: saturation, ${b.rounds} rounds × ${b.saturationSec} s per candidate`);
+  const h2 = (c: Candidate, durationSec: number, warmupSec: number) =>
+    runH2load(ctx.place.load, { url: c.url + CHECK_PATH, bodyFile: frames, durationSec, warmupSec, clients: H2LOAD_CLIENTS, streamsPerClient: H2LOAD_STREAMS });
+  for (const c of candidates) await h2(c, b.warmupSec, 1);
+  const sat: Record<string, SaturationResult[]> = { 'nop-grpc': [], sidecar: [] };
+  const cpuUs: Record<string, number[]> = { 'nop-grpc': [], sidecar: [] };
+  for (let r = 0; r < b.rounds; r++) {
+    for (const c of r % 2 === 0 ? candidates : [...candidates].reverse()) {
+      const cpu0 = cpuSeconds(c.pid);
+      const t0 = performance.now();
+      const res = await h2(c, b.saturationSec, 1);
+      const cpu1 = cpuSeconds(c.pid);
+      // The h2load warm-up second is inside the CPU interval; scale requests to the whole interval.
+      const wall = (performance.now() - t0) / 1000;
+      cpuUs[c.name].push(cpuPerRequestUs(cpu0, cpu1, res.rps * wall));
+      sat[c.name].push(res);
+    }
+  }
+  const rps = (n: string) => sat[n].map((s) => s.rps);
+  const satErrors = sat.sidecar.reduce((a, s) => a + s.errors, 0);
+  figures.push(figure('saturation', 'nop-grpc', 'req/s', rps('nop-grpc')));
+  figures.push(figure('saturation', 'sidecar', 'req/s', rps('sidecar')));
+  const ratio = spread(pairedRatios(rps('sidecar'), rps('nop-grpc')));
+  figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
+  figures.push(figure('server CPU per request', 'nop-grpc', 'µs', cpuUs['nop-grpc']));
+  figures.push(figure('server CPU per request', 'sidecar', 'µs', cpuUs.sidecar));
+  targets.push({ target: 'warm Check saturation ≥ 0.90× NOP', measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)})`, met: ratio.median >= 0.9 });
+
+  // Fixed-rate latency (open loop, measured from the intended send time).
+  ctx.log(`check-warm: open-loop latency at ${b.latencyRates.join('/')} req/s, ${b.latencyRounds} rounds × ${b.latencySec} s`);
+  const latency: Record<string, Record<number, LoadgenResult[]>> = { 'nop-grpc': {}, sidecar: {} };
+  for (const rate of b.latencyRates) {
+    for (let r = 0; r < b.latencyRounds; r++) {
+      for (const c of r % 2 === 0 ? candidates : [...candidates].reverse()) {
+        const res = await runLoadgen(ctx, {
+          target: c.url,
+          mode: 'open',
+          connections: H2LOAD_CLIENTS,
+          framesFile: frames,
+          rate,
+          durationMs: b.latencySec * 1000,
+          warmupMs: 1000,
+          sampleEvery: 50,
+          ...(c.injectedHeader ? { injectedHeader: c.injectedHeader } : {}),
+        });
+        (latency[c.name][rate] ??= []).push(res);
+      }
+    }
+    for (const c of candidates) {
+      const rs = latency[c.name][rate];
+      for (const [key, label] of [['p50', 'p50'], ['p90', 'p90'], ['p99', 'p99'], ['p999', 'p99.9']] as const) {
+        figures.push(figure(`${label} @ ${rate} req/s`, c.name, 'ms', rs.map((x) => x.latencyMs[key])));
+      }
+      const lag = Math.max(...rs.map((x) => x.maxSendLagMs));
+      if (lag > 20) notes.push(`${c.name} @ ${rate} req/s: the load generator fell up to ${lag.toFixed(0)} ms behind its schedule (that delay is charged to the server).`);
+    }
+  }
+  const latErrors = Object.values(latency.sidecar).flat().reduce((a, x) => a + x.errors + x.incorrect, 0);
+  const at1000 = latency.sidecar[1000];
+  if (at1000) {
+    const p50 = spread(at1000.map((x) => x.latencyMs.p50));
+    const p99 = spread(at1000.map((x) => x.latencyMs.p99));
+    targets.push({ target: 'p50 ≤ 0.5 ms at 1,000 req/s', measured: ms(p50.median), met: p50.median <= 0.5 });
+    targets.push({ target: 'p99 ≤ 3 ms at 1,000 req/s', measured: ms(p99.median), met: p99.median <= 3 });
+  }
+
+  const probeAfter = await probeChecks(ctx, sidecar.grpcUrl, frames, INJECTED_HEADER);
+  const totalErrors = satErrors + latErrors + probesBefore[1].errors + probesBefore[1].incorrect + probeAfter.errors + probeAfter.incorrect;
+  targets.push({
+    target: 'zero errors (warm Check)',
+    measured: `${totalErrors} (h2load ${satErrors}; open loop ${latErrors}; ${probesBefore[1].sampled + probeAfter.sampled + Object.values(latency.sidecar).flat().reduce((a, x) => a + x.sampled, 0)} answers decoded and checked)`,
+    met: totalErrors === 0,
+  });
+  notes.push(`h2load: ${H2LOAD_CLIENTS} connections × ${H2LOAD_STREAMS} streams, 1 s warm-up per round; open loop: ${H2LOAD_CLIENTS} connections, 1 s unrecorded lead-in, every 50th answer decoded.`);
+  return {
+    name: 'check-warm',
+    title: 'ext_authz Check, warm (cached verification + cached app token, header injected) vs do-nothing grpc-js',
+    figures,
+    targets,
+    notes,
+    details: {
+      saturation: Object.fromEntries(Object.entries(sat).map(([k, v]) => [k, v.map(({ raw: _raw, ...rest }) => rest)])),
+      latency,
+      probes: { before: probesBefore, after: probeAfter },
+      sidecarRssMb: rssMb(sidecar.pid),
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. ext_authz Check, first sight of each token
+
+/** Scenario 2: every Check carries a token the sidecar has never seen (full RS256 verification). */
+export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<ScenarioResult, 'durationSec'>> {
+  const { ctx } = shared;
+  const b = ctx.budget;
+  const [sidecar, baseline, pool] = await Promise.all([shared.sidecar(), shared.baselineGrpc(), shared.tokenPool()]);
+  const per = b.firstSightPerRound;
+  const warmFrames = await writeCheckFrames(ctx, 'first-sight-warmup', pool.slice(0, FIRST_SIGHT_WARMUP), WARM_CONTEXT);
+  const roundFrames: string[] = [];
+  for (let r = 0; r < b.firstSightRounds; r++) {
+    const slice = pool.slice(FIRST_SIGHT_WARMUP + r * per, FIRST_SIGHT_WARMUP + (r + 1) * per);
+    roundFrames.push(await writeCheckFrames(ctx, `first-sight-${r}`, slice, WARM_CONTEXT));
+  }
+  const concurrency = H2LOAD_CLIENTS * H2LOAD_STREAMS;
+  const closed = (url: string, framesFile: string, count: number, injectedHeader?: string) =>
+    runLoadgen(ctx, { target: url, mode: 'closed', connections: H2LOAD_CLIENTS, framesFile, concurrency, count, sampleEvery: 25, ...(injectedHeader ? { injectedHeader } : {}) });
+
+  ctx.log(`check-first-sight: ${b.firstSightRounds} rounds × ${per} distinct tokens`);
+  // Warm-up: the sidecar sees the warm-up tokens once (never again); the NOP server gets the same requests.
+  await closed(sidecar.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP, INJECTED_HEADER);
+  await closed(baseline.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP * 4);
+  const side: LoadgenResult[] = [];
+  const nop: LoadgenResult[] = [];
+  for (let r = 0; r < b.firstSightRounds; r++) {
+    // The NOP server gets the same frames, cycled to about as many seconds of load as it needs.
+    const runNop = async () => nop.push(await closed(baseline.grpcUrl, roundFrames[r], per * 3));
+    const runSide = async () => side.push(await closed(sidecar.grpcUrl, roundFrames[r], per, INJECTED_HEADER));
+    if (r % 2 === 0) {
+      await runNop();
+      await runSide();
+    } else {
+      await runSide();
+      await runNop();
+    }
+  }
+  const figures: Figure[] = [
+    figure('saturation (Node client)', 'nop-grpc', 'req/s', nop.map((x) => x.rps)),
+    figure('saturation (Node client)', 'sidecar first sight', 'req/s', side.map((x) => x.rps)),
+  ];
+  const ratio = spread(pairedRatios(side.map((x) => x.rps), nop.map((x) => x.rps)));
+  figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
+  figures.push(figure(`p50 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p50)));
+  figures.push(figure(`p99 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p99)));
+  const errors = side.reduce((a, x) => a + x.errors + x.incorrect, 0);
+  const notes = [
+    `each round sends ${per} tokens never seen before (distinct uti claim, so the verified-token cache cannot hit); the downstream app token stays cached.`,
+    `load from the Node HTTP/2 client (h2load sends one fixed body) with ${concurrency} requests in flight; the NOP figure is therefore also capped by this client.`,
+  ];
+  return {
+    name: 'check-first-sight',
+    title: 'ext_authz Check, first sight of each token (RS256 verify every request) vs do-nothing grpc-js',
+    figures,
+    targets: [
+      { target: 'first-sight Check ≥ 0.70× NOP', measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)})`, met: ratio.median >= 0.7 },
+      { target: 'zero errors (first-sight Check)', measured: String(errors), met: errors === 0 },
+    ],
+    notes,
+    details: { sidecar: side, nop },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. HTTP /Validate and /AuthorizationHeader, warm
+
+/** Scenario 3: the identity HTTP API, warm, vs a bare node:http server answering a body of the same size. */
+export async function httpWarm(shared: SharedFixtures): Promise<Omit<ScenarioResult, 'durationSec'>> {
+  const { ctx } = shared;
+  const b = ctx.budget;
+  const [sidecar, token] = await Promise.all([shared.sidecar(), shared.warmToken()]);
+  const headers = { authorization: `Bearer ${token}` };
+  const routes = [
+    { name: '/Validate', path: '/Validate' },
+    { name: `/AuthorizationHeader/${APP_TOKEN_API}`, path: `/AuthorizationHeader/${APP_TOKEN_API}` },
+  ];
+  const notes: string[] = [];
+  const figures: Figure[] = [];
+  const targets: TargetCheck[] = [];
+  const details: Record<string, unknown> = {};
+  for (const route of routes) {
+    // The real answer fixes the baseline's body size, and proves the route works before load.
+    const res = await fetch(sidecar.httpUrl + route.path, { headers });
+    const body = await res.text();
+    if (res.status !== 200) throw new Error(`${route.name} answered ${res.status} before load`);
+    const baseline = await startBaselineHttp(ctx, Buffer.byteLength(body));
+    try {
+      const candidates = [
+        { name: 'bare node:http', url: baseline.httpUrl + route.path },
+        { name: 'sidecar', url: sidecar.httpUrl + route.path },
+      ];
+      ctx.log(`http-warm ${route.name}: ${b.rounds} rounds × ${b.httpSec} s per candidate`);
+      const wrk = (url: string, sec: number) => runWrk(ctx.place.load, { url, durationSec: sec, connections: WRK_CONNECTIONS, headers });
+      for (const c of candidates) await wrk(c.url, b.warmupSec);
+      const results: Record<string, SaturationResult[]> = { 'bare node:http': [], sidecar: [] };
+      for (let r = 0; r < b.rounds; r++) {
+        for (const c of r % 2 === 0 ? candidates : [...candidates].reverse()) results[c.name].push(await wrk(c.url, b.httpSec));
+      }
+      const rpsOf = (n: string) => results[n].map((x) => x.rps);
+      figures.push(figure(`${route.name} saturation`, 'bare node:http', 'req/s', rpsOf('bare node:http')));
+      figures.push(figure(`${route.name} saturation`, 'sidecar', 'req/s', rpsOf('sidecar')));
+      const ratio = spread(pairedRatios(rpsOf('sidecar'), rpsOf('bare node:http')));
+      figures.push({ figure: `${route.name} ratio`, candidate: 'sidecar / bare', unit: '×', value: ratio });
+      figures.push(figure(`${route.name} p99 at saturation (wrk, closed loop)`, 'sidecar', 'ms', results.sidecar.map((x) => x.p99Ms ?? Number.NaN)));
+      const errors = results.sidecar.reduce((a, x) => a + x.errors, 0);
+      targets.push({ target: `HTTP ${route.name} warm ≥ 0.85× bare node:http`, measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)}), ${errors} errors`, met: ratio.median >= 0.85 && errors === 0 });
+      const after = await fetch(sidecar.httpUrl + route.path, { headers });
+      const afterBody = await after.text();
+      if (after.status !== 200 || Buffer.byteLength(afterBody) !== Buffer.byteLength(body)) notes.push(`${route.name}: answer after load differs (status ${after.status})`);
+      details[route.name] = { bodyBytes: Buffer.byteLength(body), results: Object.fromEntries(Object.entries(results).map(([k, v]) => [k, v.map(({ raw: _raw, ...rest }) => rest)])) };
+    } finally {
+      await baseline.stop();
+    }
+  }
+  notes.push(`wrk: 1 thread, ${WRK_CONNECTIONS} keep-alive connections, HTTP/1.1; the baseline answers a JSON body of the same byte size with the same content-type and cache-control.`);
+  return { name: 'http-warm', title: 'identity HTTP API, warm token, vs a bare node:http server', figures, targets, notes, details };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Cold single-flight
+
+/** Scenario 4: N concurrent callers with one never-seen token on an OBO API → exactly one Entra request. */
+export async function coldSingleFlight(shared: SharedFixtures): Promise<Omit<ScenarioResult, 'durationSec'>> {
+  const { ctx } = shared;
+  const b = ctx.budget;
+  const sidecar = await shared.sidecar();
+  const n = b.coldCallers;
+  const grpcCounts: number[] = [];
+  const httpCounts: number[] = [];
+  const grpcRuns: LoadgenResult[] = [];
+  const httpP50: number[] = [];
+  const httpP99: number[] = [];
+  const httpMax: number[] = [];
+  let httpErrors = 0;
+  const tokenRequests = () => ctx.emu.counters().token ?? 0;
+  ctx.log(`cold-single-flight: ${b.coldRounds} rounds × ${n} concurrent callers (gRPC and HTTP)`);
+  for (let r = 0; r < b.coldRounds; r++) {
+    // gRPC: one fresh token, n Checks in flight at once.
+    const token = await ctx.emu.mint({ kind: 'user', scp: 'access_as_user', claims: { uti: `cold-grpc-${r}-${process.pid}` } });
+    const frames = await writeCheckFrames(ctx, `cold-${r}`, [token], { downstream_api: OBO_API });
+    const before = tokenRequests();
+    grpcRuns.push(await runLoadgen(ctx, { target: sidecar.grpcUrl, mode: 'closed', connections: 4, framesFile: frames, concurrency: n, count: n, sampleEvery: 1, injectedHeader: INJECTED_HEADER }));
+    grpcCounts.push(tokenRequests() - before);
+
+    // HTTP: another fresh token, n concurrent /AuthorizationHeader calls.
+    const httpToken = await ctx.emu.mint({ kind: 'user', scp: 'access_as_user', claims: { uti: `cold-http-${r}-${process.pid}` } });
+    const before2 = tokenRequests();
+    const lat = await Promise.all(
+      Array.from({ length: n }, async () => {
+        const t0 = performance.now();
+        try {
+          const res = await fetch(`${sidecar.httpUrl}/AuthorizationHeader/${OBO_API}`, { headers: { authorization: `Bearer ${httpToken}` } });
+          const body = (await res.json()) as { authorizationHeader?: string };
+          if (res.status !== 200 || !body.authorizationHeader?.startsWith('Bearer ')) httpErrors++;
+        } catch {
+          httpErrors++;
+        }
+        return performance.now() - t0;
+      }),
+    );
+    httpCounts.push(tokenRequests() - before2);
+    lat.sort((a, c) => a - c);
+    httpP50.push(lat[Math.ceil(n * 0.5) - 1]);
+    httpP99.push(lat[Math.ceil(n * 0.99) - 1]);
+    httpMax.push(lat[n - 1]);
+  }
+  const grpcErrors = grpcRuns.reduce((a, x) => a + x.errors + x.incorrect, 0);
+  const allOne = [...grpcCounts, ...httpCounts].every((c) => c === 1);
+  return {
+    name: 'cold-single-flight',
+    title: `${n} concurrent callers, one uncached token, OBO downstream API`,
+    figures: [
+      figure('Entra token requests per round', 'gRPC Check', 'requests', grpcCounts),
+      figure('Entra token requests per round', 'HTTP /AuthorizationHeader', 'requests', httpCounts),
+      figure('p50', 'gRPC Check', 'ms', grpcRuns.map((x) => x.latencyMs.p50)),
+      figure('p99', 'gRPC Check', 'ms', grpcRuns.map((x) => x.latencyMs.p99)),
+      figure('max', 'gRPC Check', 'ms', grpcRuns.map((x) => x.latencyMs.max)),
+      figure('p50', 'HTTP /AuthorizationHeader', 'ms', httpP50),
+      figure('p99', 'HTTP /AuthorizationHeader', 'ms', httpP99),
+      figure('max', 'HTTP /AuthorizationHeader', 'ms', httpMax),
+    ],
+    targets: [
+      { target: `cold: exactly 1 Entra request for ${n} callers`, measured: `gRPC ${grpcCounts.join(',')}; HTTP ${httpCounts.join(',')}`, met: allOne },
+      { target: 'zero errors (cold)', measured: `gRPC ${grpcErrors}, HTTP ${httpErrors}`, met: grpcErrors + httpErrors === 0 },
+    ],
+    notes: ['counted at the emulator (`counters().token`); latency includes the first RS256 verification of the token and the OBO round trip to the local emulator.'],
+    details: { grpcCounts, httpCounts, grpcRuns },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Memory and start-up
+
+/** Scenario 5: start-up times, idle RSS, RSS after 100k Checks, and RSS over a soak. */
+export async function memoryStartup(shared: SharedFixtures): Promise<Omit<ScenarioResult, 'durationSec'>> {
+  const { ctx } = shared;
+  const b = ctx.budget;
+  const listeningMs: number[] = [];
+  const readyMs: number[] = [];
+  const idleRss: number[] = [];
+  const notes: string[] = [];
+  let last: BenchSidecar | undefined;
+  ctx.log(`memory-startup: ${b.startupRounds} cold starts`);
+  try {
+    for (let r = 0; r < b.startupRounds; r++) {
+      const s = await startBenchSidecar(ctx);
+      listeningMs.push(s.listeningAfterMs);
+      readyMs.push(await waitReady(s));
+      await sleep(2000);
+      idleRss.push(rssMb(s.pid));
+      if (r < b.startupRounds - 1) await s.stop();
+      else last = s;
+    }
+    const sidecar = last as BenchSidecar;
+    const token = await shared.warmToken();
+    const frames = await writeCheckFrames(ctx, 'rss-warm', [token], WARM_CONTEXT);
+    ctx.log(`memory-startup: ${b.checksForRss} warm Checks`);
+    const h2 = await runH2load(ctx.place.load, { url: sidecar.grpcUrl + CHECK_PATH, bodyFile: frames, durationSec: 0, warmupSec: 0, clients: H2LOAD_CLIENTS, streamsPerClient: H2LOAD_STREAMS, requests: b.checksForRss });
+    await sleep(1000);
+    const rssAfterChecks = rssMb(sidecar.pid);
+
+    // Soak: open loop at 1,000 req/s over a pool of distinct tokens (larger than the verified-token
+    // cache in a full run, so the LRU evicts) while RSS is sampled every second.
+    const pool = await shared.tokenPool();
+    const soakFrames = await writeCheckFrames(ctx, 'soak', pool, WARM_CONTEXT);
+    ctx.log(`memory-startup: ${b.soakSec} s soak at 1000 req/s over ${pool.length} tokens`);
+    const samples: Array<{ t: number; rss: number }> = [];
+    const t0 = performance.now();
+    const sampler = setInterval(() => samples.push({ t: (performance.now() - t0) / 1000, rss: rssMb(sidecar.pid) }), 1000);
+    let soak: LoadgenResult;
+    try {
+      soak = await runLoadgen(ctx, { target: sidecar.grpcUrl, mode: 'open', connections: H2LOAD_CLIENTS, framesFile: soakFrames, rate: 1000, durationMs: b.soakSec * 1000, sampleEvery: 100, injectedHeader: INJECTED_HEADER });
+    } finally {
+      clearInterval(sampler);
+    }
+    const secondHalf = samples.filter((s) => s.t >= b.soakSec / 2);
+    const trend = slope(secondHalf.map((s) => s.t / 60), secondHalf.map((s) => s.rss));
+    const rssSoakEnd = samples.length ? samples[samples.length - 1].rss : Number.NaN;
+    const rssSoakMax = Math.max(...samples.map((s) => s.rss));
+    const readySpread = spread(readyMs);
+    const idle = spread(idleRss);
+    const figures: Figure[] = [
+      figure('spawn → listening line', 'sidecar', 'ms', listeningMs),
+      figure('spawn → /readyz 200', 'sidecar', 'ms', readyMs),
+      figure('RSS idle (2 s after ready)', 'sidecar', 'MB', idleRss),
+      figure(`RSS after ${b.checksForRss} warm Checks`, 'sidecar', 'MB', [rssAfterChecks]),
+      figure('RSS at soak end / max', 'sidecar', 'MB', [rssSoakEnd, rssSoakMax]),
+      figure('RSS trend, 2nd half of soak', 'sidecar', 'MB/min', [trend]),
+    ];
+    const soakErrors = soak.errors + soak.incorrect;
+    const noGrowth = Number.isFinite(trend) && trend <= 2;
+    if (h2.errors) notes.push(`h2load reported ${h2.errors} errors during the ${b.checksForRss} Checks`);
+    notes.push(`soak: ${soak.completed} Checks, p99 ${soak.latencyMs.p99.toFixed(2)} ms, ${soakErrors} errors; "no growth" means a least-squares RSS slope ≤ 2 MB/min over the second half.`);
+    return {
+      name: 'memory-startup',
+      title: 'start-up time and memory (fresh sidecar processes)',
+      figures,
+      targets: [
+        { target: 'RSS ≤ 70 MB idle', measured: `${idle.median.toFixed(1)} MB`, met: idle.median <= 70 },
+        { target: `RSS ≤ 120 MB after ${b.checksForRss} Checks`, measured: `${rssAfterChecks.toFixed(1)} MB`, met: rssAfterChecks <= 120 },
+        { target: 'no RSS growth trend in the soak', measured: `${trend.toFixed(2)} MB/min over ${secondHalf.length} samples, ${soakErrors} errors`, met: noGrowth && soakErrors === 0 },
+        { target: 'start-to-ready ≤ 400 ms (emulator local)', measured: `${readySpread.median.toFixed(0)} ms (${readySpread.min.toFixed(0)}–${readySpread.max.toFixed(0)})`, met: readySpread.median <= 400 },
+      ],
+      notes,
+      details: { listeningMs, readyMs, idleRss, rssAfterChecks, h2load: { rps: h2.rps, requests: h2.requests, errors: h2.errors }, soak, samples },
+    };
+  } finally {
+    await last?.stop();
+  }
+}
+
+/** Every scenario by its `--scenario` name, in run order. */
+export const SCENARIOS: ReadonlyArray<{ name: string; run: (shared: SharedFixtures) => Promise<Omit<ScenarioResult, 'durationSec'>> }> = [
+  { name: 'check-warm', run: checkWarm },
+  { name: 'check-first-sight', run: checkFirstSight },
+  { name: 'http-warm', run: httpWarm },
+  { name: 'cold-single-flight', run: coldSingleFlight },
+  { name: 'memory-startup', run: memoryStartup },
+];
+
+export type { Spread };
