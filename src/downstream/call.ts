@@ -15,6 +15,7 @@ import { isTextualMediaType, isToken, parseMediaType } from './media-type.js';
 import { addExtraHeaders, isCredentialLikeHeaderName, isValidHeaderValue } from './request-headers.js';
 import { decodeContent, selectResponseHeaders, type RawResponseHeaders } from './response.js';
 import { buildDownstreamUrl } from './url.js';
+import { httpRequestSignerOf, type HttpRequestSigner } from '../pop/signer.js';
 
 export { buildDownstreamUrl } from './url.js';
 
@@ -32,6 +33,8 @@ export interface DownstreamCallDeps {
     timeoutMs: number;
   };
   logger: Logger;
+  /** The sidecar's PoP signer for SignHttpRequest APIs; defaults to the acquirer's (src/pop/signer.ts). */
+  httpRequestSigner?: HttpRequestSigner;
 }
 
 /** The inbound request body; forwarded only when contentType is a non-blank parseable media type. */
@@ -131,16 +134,18 @@ export async function callDownstreamApi(deps: DownstreamCallDeps, req: Downstrea
   }
 
   const scopes = (options.scopes ?? []).filter((s) => s.trim() !== '');
+  // SignHttpRequest (ours, src/pop): the token is bound to the sidecar's key and the request is signed with it.
+  const signer = options.signHttpRequest === true ? requireHttpRequestSigner(deps) : undefined;
   const acquire = async (claims?: string): Promise<string> => {
     const acquired: AcquiredToken = await deps.acquirer.acquire({
-      options,
+      options: signer ? await signer.bindOptions(options) : options,
       ...(req.user ? { user: req.user } : {}),
       ...(req.agent ? { agent: req.agent } : {}),
       ...(req.correlationId ? { correlationId: req.correlationId } : {}),
       ...(claims !== undefined ? { claims } : {}),
       ...(req.signal ? { signal: req.signal } : {}),
     });
-    const value = `${acquired.scheme} ${acquired.token}`;
+    const value = signer ? `PoP ${await signedHttpRequest(signer, acquired, method, target)}` : `${acquired.scheme} ${acquired.token}`;
     if (!isValidHeaderValue(value)) throw new SidecarError('internal', 'The acquired token cannot be sent in an Authorization header.');
     return value;
   };
@@ -201,6 +206,21 @@ export async function callDownstreamApi(deps: DownstreamCallDeps, req: Downstrea
     content: decoded.content,
     ...(decoded.contentEncoding ? { contentEncoding: decoded.contentEncoding } : {}),
   };
+}
+
+/** The signer for SignHttpRequest APIs: the one wired into the deps, else the acquirer's own. */
+function requireHttpRequestSigner(deps: DownstreamCallDeps): HttpRequestSigner {
+  const signer = deps.httpRequestSigner ?? httpRequestSignerOf(deps.acquirer);
+  if (!signer) throw new SidecarError('misconfigured', 'SignHttpRequest is set but this sidecar has no PoP signing key.');
+  return signer;
+}
+
+/** The SHR over the first hop's method and URL; fails closed unless the token is PoP-bound (an app token). */
+async function signedHttpRequest(signer: HttpRequestSigner, acquired: AcquiredToken, method: string, target: URL): Promise<string> {
+  if (acquired.scheme.toLowerCase() !== 'pop') {
+    throw new SidecarError('misconfigured', 'SignHttpRequest needs a PoP-bound app token (RequestAppToken=true, no AgentIdentity).');
+  }
+  return signer.sign(acquired.token, method, target);
 }
 
 /** Request headers for one hop; off the BaseUrl origin the token and credential-like headers stay home. */

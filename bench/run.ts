@@ -1,0 +1,133 @@
+/**
+ * `npm run bench`: the sidecar against do-nothing baselines, side by side on loopback, in one
+ * invocation. Prints a table and writes bench/results/latest.json (and latest.md).
+ *
+ *   node dist/bench/run.js [--quick] [--scenario <name>]… [--list]
+ *
+ * Method and targets: bench/README.md. Never part of `npm test`.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { spawnSync } from 'node:child_process';
+import { startEmulator } from '../emulator/index.js';
+import { hasCommand, placement, repoRoot, sidecarEntry } from './processes.js';
+import { renderMarkdown, renderText, type BenchReport, type ScenarioResult } from './report.js';
+import { SCENARIOS, SharedFixtures } from './scenarios.js';
+import { FULL, QUICK, makeScratch, type BenchContext } from './setup.js';
+import { existsSync } from 'node:fs';
+
+interface Args {
+  quick: boolean;
+  scenarios: string[];
+  list: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const out: Args = { quick: false, scenarios: [], list: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--quick') out.quick = true;
+    else if (a === '--list') out.list = true;
+    else if (a === '--scenario') out.scenarios.push(...(argv[++i] ?? '').split(',').filter(Boolean));
+    else if (a.startsWith('--scenario=')) out.scenarios.push(...a.slice('--scenario='.length).split(',').filter(Boolean));
+    else if (a === '--help' || a === '-h') {
+      process.stdout.write('usage: npm run bench -- [--quick] [--scenario <name>[,<name>]] [--list]\n');
+      process.exit(0);
+    } else throw new Error(`unknown argument ${a} (try --help)`);
+  }
+  const known = new Set(SCENARIOS.map((s) => s.name));
+  for (const s of out.scenarios) if (!known.has(s)) throw new Error(`unknown scenario "${s}"; known: ${[...known].join(', ')}`);
+  return out;
+}
+
+function cpuModel(): string {
+  const lscpu = spawnSync('lscpu', [], { encoding: 'utf8' });
+  const m = /^Model name:\s+(.+)$/m.exec(lscpu.stdout ?? '');
+  return m ? m[1].trim() : (cpus()[0]?.model ?? 'unknown');
+}
+
+function toolVersion(argv: string[]): string {
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });
+  return ((r.stdout || r.stderr || '').split('\n')[0] ?? '').trim() || 'unknown';
+}
+
+function load(): string {
+  return loadavg()
+    .map((l) => l.toFixed(2))
+    .join(', ');
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  if (args.list) {
+    for (const s of SCENARIOS) process.stdout.write(s.name + '\n');
+    return;
+  }
+  if (!existsSync(sidecarEntry)) throw new Error(`built sidecar not found at ${sidecarEntry}; run npm run build first`);
+  for (const tool of ['h2load', 'wrk']) {
+    if (!hasCommand(tool)) throw new Error(`${tool} is not installed: apt-get install -y ${tool === 'h2load' ? 'nghttp2-client' : 'wrk'}`);
+  }
+  const selected = SCENARIOS.filter((s) => args.scenarios.length === 0 || args.scenarios.includes(s.name));
+  const cores = cpus().length;
+  const place = placement(cores);
+  const started = performance.now();
+  const report: BenchReport = {
+    startedAt: new Date().toISOString(),
+    mode: args.quick ? 'quick' : 'full',
+    machine: {
+      cpuModel: cpuModel(),
+      cores,
+      node: process.version,
+      platform: `${process.platform} ${process.arch}`,
+      loadBefore: load(),
+      loadAfter: '',
+      placement: place.description,
+      tools: { h2load: toolVersion(['h2load', '--version']), wrk: toolVersion(['wrk', '-v']) },
+    },
+    scenarios: [],
+    errors: [],
+    durationSec: 0,
+  };
+  const log = (m: string) => process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
+  log(`${report.mode} run: ${selected.map((s) => s.name).join(', ')}; load average ${report.machine.loadBefore}`);
+
+  const scratch = await makeScratch();
+  const emu = await startEmulator();
+  const ctx: BenchContext = { budget: args.quick ? QUICK : FULL, quick: args.quick, emu, place, scratch: scratch.dir, log };
+  const shared = new SharedFixtures(ctx);
+  try {
+    for (const s of selected) {
+      const t0 = performance.now();
+      log(`scenario ${s.name}`);
+      try {
+        const result = await s.run(shared);
+        const full: ScenarioResult = { ...result, durationSec: (performance.now() - t0) / 1000 };
+        report.scenarios.push(full);
+      } catch (err) {
+        const message = err instanceof Error ? (err.stack ?? err.message) : String(err);
+        log(`scenario ${s.name} failed: ${message}`);
+        report.errors.push({ scenario: s.name, message });
+      }
+    }
+  } finally {
+    await shared.close();
+    await emu.close();
+    await scratch.remove();
+  }
+  report.machine.loadAfter = load();
+  report.durationSec = (performance.now() - started) / 1000;
+
+  const dir = path.join(repoRoot, 'bench', 'results');
+  await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
+  await writeFile(path.join(dir, 'latest.md'), renderMarkdown(report) + '\n');
+  process.stdout.write(renderText(report) + '\n');
+  process.stdout.write(`\nreport: ${path.join(dir, 'latest.json')}\n`);
+  const missed = report.scenarios.flatMap((s) => s.targets).filter((t) => t.met === false).length;
+  if (missed) process.stdout.write(`${missed} target(s) not met (see bench/README.md "Findings").\n`);
+  if (report.errors.length) process.exitCode = 1;
+}
+
+await main();
