@@ -17,6 +17,7 @@ import http2 from 'node:http2';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { CHECK_PATH, GRPC_REQUEST_HEADERS, decodeCheckFrame, isExpectedAllow, splitFrames } from './wire.js';
+import { loadExtAuthzProtos } from '../src/extauthz/protos.js';
 import { summarizeLatencies, type LatencySummary } from './stats.js';
 
 export interface LoadgenJob {
@@ -39,6 +40,8 @@ export interface LoadgenJob {
   injectedHeader?: string;
   /** open: an unrecorded lead-in at the same rate. */
   warmupMs?: number;
+  /** Requests sent (closed loop, unrecorded) on the same connections before the measured phase, e.g. warm-token Checks before a cold burst. */
+  prime?: { framesFile: string; count: number; concurrency: number };
   /** How long to wait for stragglers after the last send before counting them as timeouts. */
   drainMs?: number;
 }
@@ -72,7 +75,13 @@ async function connect(target: string): Promise<http2.ClientHttp2Session> {
 export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
   const frames = splitFrames(readFileSync(job.framesFile));
   if (frames.length === 0) throw new Error('no frames in ' + job.framesFile);
+  // Load the protos now: their first use would otherwise stall the event loop mid-measurement.
+  loadExtAuthzProtos();
   const sessions = await Promise.all(Array.from({ length: Math.max(1, job.connections) }, () => connect(job.target)));
+  if (job.prime) {
+    const primeFrames = splitFrames(readFileSync(job.prime.framesFile));
+    await runPhase(sessions, primeFrames, { ...job, mode: 'closed', count: job.prime.count, concurrency: job.prime.concurrency, sampleEvery: 1 });
+  }
   // Open loop: send at the same rate for a while first, so JIT, connection windows and the
   // server's caches settle before anything is recorded.
   if (job.mode === 'open' && (job.warmupMs ?? 0) > 0) await runPhase(sessions, frames, { ...job, durationMs: job.warmupMs });

@@ -34,6 +34,8 @@ export interface BenchReport {
   scenarios: ScenarioResult[];
   errors: Array<{ scenario: string; message: string }>;
   durationSec: number;
+  /** With --cpu-prof: the shared sidecar's top self-time functions. */
+  profile?: { file: string; totalMs: number; top: Array<{ function: string; location: string; selfMs: number; percent: number }> };
 }
 
 /** Formats a number for the table: 3 significant digits, thousands kept whole. */

@@ -6,13 +6,14 @@
  *
  * Method and targets: bench/README.md. Never part of `npm test`.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { spawnSync } from 'node:child_process';
 import { startEmulator } from '../emulator/index.js';
 import { hasCommand, placement, repoRoot, sidecarEntry } from './processes.js';
+import { renderTop, topSelfTime } from './profile.js';
 import { renderMarkdown, renderText, type BenchReport, type ScenarioResult } from './report.js';
 import { SCENARIOS, SharedFixtures } from './scenarios.js';
 import { FULL, QUICK, makeScratch, type BenchContext } from './setup.js';
@@ -22,18 +23,20 @@ interface Args {
   quick: boolean;
   scenarios: string[];
   list: boolean;
+  cpuProf: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const out: Args = { quick: false, scenarios: [], list: false };
+  const out: Args = { quick: false, scenarios: [], list: false, cpuProf: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--quick') out.quick = true;
     else if (a === '--list') out.list = true;
+    else if (a === '--cpu-prof') out.cpuProf = true;
     else if (a === '--scenario') out.scenarios.push(...(argv[++i] ?? '').split(',').filter(Boolean));
     else if (a.startsWith('--scenario=')) out.scenarios.push(...a.slice('--scenario='.length).split(',').filter(Boolean));
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: npm run bench -- [--quick] [--scenario <name>[,<name>]] [--list]\n');
+      process.stdout.write('usage: npm run bench -- [--quick] [--scenario <name>[,<name>]] [--cpu-prof] [--list]\n');
       process.exit(0);
     } else throw new Error(`unknown argument ${a} (try --help)`);
   }
@@ -93,9 +96,12 @@ async function main(): Promise<void> {
   const log = (m: string) => process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${m}\n`);
   log(`${report.mode} run: ${selected.map((s) => s.name).join(', ')}; load average ${report.machine.loadBefore}`);
 
+  const dir = path.join(repoRoot, 'bench', 'results');
+  await mkdir(dir, { recursive: true });
+  const profileDir = args.cpuProf ? await mkdtemp(path.join(dir, 'cpu-prof-')) : undefined;
   const scratch = await makeScratch();
   const emu = await startEmulator();
-  const ctx: BenchContext = { budget: args.quick ? QUICK : FULL, quick: args.quick, emu, place, scratch: scratch.dir, log };
+  const ctx: BenchContext = { budget: args.quick ? QUICK : FULL, quick: args.quick, emu, place, scratch: scratch.dir, log, ...(profileDir ? { profileDir } : {}) };
   const shared = new SharedFixtures(ctx);
   try {
     for (const s of selected) {
@@ -119,8 +125,15 @@ async function main(): Promise<void> {
   report.machine.loadAfter = load();
   report.durationSec = (performance.now() - started) / 1000;
 
-  const dir = path.join(repoRoot, 'bench', 'results');
-  await mkdir(dir, { recursive: true });
+  if (profileDir) {
+    // The shared sidecar (scenarios 1–4) wrote its profile when it exited.
+    for (const f of (await readdir(profileDir)).filter((n) => n.endsWith('.cpuprofile'))) {
+      const file = path.join(profileDir, f);
+      const top = topSelfTime(file, 25);
+      report.profile = { file, totalMs: top.totalMs, top: top.entries };
+      process.stdout.write(`\nCPU profile of the sidecar (${file}), top self time:\n${renderTop(top)}\n`);
+    }
+  }
   await writeFile(path.join(dir, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
   await writeFile(path.join(dir, 'latest.md'), renderMarkdown(report) + '\n');
   process.stdout.write(renderText(report) + '\n');

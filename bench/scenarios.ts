@@ -40,7 +40,7 @@ export class SharedFixtures {
   /** The sidecar under test, ready (signing keys loaded). */
   sidecar(): Promise<BenchSidecar> {
     this.sidecarP ??= (async () => {
-      const s = await startBenchSidecar(this.ctx);
+      const s = await startBenchSidecar(this.ctx, {}, this.ctx.profileDir ? ['--cpu-prof', '--cpu-prof-dir', this.ctx.profileDir] : []);
       await waitReady(s);
       return s;
     })();
@@ -247,10 +247,18 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
   await closed(baseline.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP * 4);
   const side: LoadgenResult[] = [];
   const nop: LoadgenResult[] = [];
+  const sideCpu: number[] = [];
+  const nopCpu: number[] = [];
   for (let r = 0; r < b.firstSightRounds; r++) {
     // The NOP server gets the same frames, cycled to about as many seconds of load as it needs.
-    const runNop = async () => nop.push(await closed(baseline.grpcUrl, roundFrames[r], per * 3));
-    const runSide = async () => side.push(await closed(sidecar.grpcUrl, roundFrames[r], per, INJECTED_HEADER));
+    const measured = async (pid: number, run: () => Promise<LoadgenResult>, into: LoadgenResult[], cpu: number[]) => {
+      const c0 = cpuSeconds(pid);
+      const res = await run();
+      cpu.push(cpuPerRequestUs(c0, cpuSeconds(pid), res.completed));
+      into.push(res);
+    };
+    const runNop = () => measured(baseline.pid, () => closed(baseline.grpcUrl, roundFrames[r], per * 3), nop, nopCpu);
+    const runSide = () => measured(sidecar.pid, () => closed(sidecar.grpcUrl, roundFrames[r], per, INJECTED_HEADER), side, sideCpu);
     if (r % 2 === 0) {
       await runNop();
       await runSide();
@@ -265,6 +273,8 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
   ];
   const ratio = spread(pairedRatios(side.map((x) => x.rps), nop.map((x) => x.rps)));
   figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
+  figures.push(figure('server CPU per request', 'nop-grpc', 'µs', nopCpu));
+  figures.push(figure('server CPU per request', 'sidecar first sight', 'µs', sideCpu));
   figures.push(figure(`p50 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p50)));
   figures.push(figure(`p99 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p99)));
   const errors = side.reduce((a, x) => a + x.errors + x.incorrect, 0);
@@ -357,17 +367,28 @@ export async function coldSingleFlight(shared: SharedFixtures): Promise<Omit<Sce
   const httpMax: number[] = [];
   let httpErrors = 0;
   const tokenRequests = () => ctx.emu.counters().token ?? 0;
+  // Warm-token Checks first on the same connections, so the burst meets warm connections and a JIT-ed client.
+  // (Validate-only Checks: no downstream API, so priming never asks Entra for anything.)
+  const primeFrames = await writeCheckFrames(ctx, 'cold-prime', [await shared.warmToken()]);
+  const baseline = await shared.baselineGrpc();
+  const nopRuns: LoadgenResult[] = [];
+  const prime = { framesFile: primeFrames, count: 400, concurrency: 16 };
   ctx.log(`cold-single-flight: ${b.coldRounds} rounds × ${n} concurrent callers (gRPC and HTTP)`);
   for (let r = 0; r < b.coldRounds; r++) {
     // gRPC: one fresh token, n Checks in flight at once.
     const token = await ctx.emu.mint({ kind: 'user', scp: 'access_as_user', claims: { uti: `cold-grpc-${r}-${process.pid}` } });
     const frames = await writeCheckFrames(ctx, `cold-${r}`, [token], { downstream_api: OBO_API });
     const before = tokenRequests();
-    grpcRuns.push(await runLoadgen(ctx, { target: sidecar.grpcUrl, mode: 'closed', connections: 4, framesFile: frames, concurrency: n, count: n, sampleEvery: 1, injectedHeader: INJECTED_HEADER }));
+    grpcRuns.push(await runLoadgen(ctx, { target: sidecar.grpcUrl, mode: 'closed', connections: 4, framesFile: frames, concurrency: n, count: n, sampleEvery: 1, injectedHeader: INJECTED_HEADER, prime }));
     grpcCounts.push(tokenRequests() - before);
+    // The same burst against the do-nothing server: what n concurrent calls cost with no work at all.
+    nopRuns.push(await runLoadgen(ctx, { target: baseline.grpcUrl, mode: 'closed', connections: 4, framesFile: frames, concurrency: n, count: n, sampleEvery: 1, prime }));
 
     // HTTP: another fresh token, n concurrent /AuthorizationHeader calls.
     const httpToken = await ctx.emu.mint({ kind: 'user', scp: 'access_as_user', claims: { uti: `cold-http-${r}-${process.pid}` } });
+    // n warm calls first, so fetch's pool holds n open keep-alive connections when the burst starts.
+    const warm = await shared.warmToken();
+    await Promise.all(Array.from({ length: n }, async () => (await fetch(`${sidecar.httpUrl}/Validate`, { headers: { authorization: `Bearer ${warm}` } })).arrayBuffer()));
     const before2 = tokenRequests();
     const lat = await Promise.all(
       Array.from({ length: n }, async () => {
@@ -399,6 +420,8 @@ export async function coldSingleFlight(shared: SharedFixtures): Promise<Omit<Sce
       figure('p50', 'gRPC Check', 'ms', grpcRuns.map((x) => x.latencyMs.p50)),
       figure('p99', 'gRPC Check', 'ms', grpcRuns.map((x) => x.latencyMs.p99)),
       figure('max', 'gRPC Check', 'ms', grpcRuns.map((x) => x.latencyMs.max)),
+      figure('p50', 'nop-grpc (same burst)', 'ms', nopRuns.map((x) => x.latencyMs.p50)),
+      figure('max', 'nop-grpc (same burst)', 'ms', nopRuns.map((x) => x.latencyMs.max)),
       figure('p50', 'HTTP /AuthorizationHeader', 'ms', httpP50),
       figure('p99', 'HTTP /AuthorizationHeader', 'ms', httpP99),
       figure('max', 'HTTP /AuthorizationHeader', 'ms', httpMax),

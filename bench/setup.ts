@@ -77,6 +77,8 @@ export interface BenchContext {
   readonly place: Placement;
   /** Private scratch folder (tokens, frames, job files), removed at the end. */
   readonly scratch: string;
+  /** With `--cpu-prof`: where the shared sidecar writes its V8 CPU profile on exit. */
+  readonly profileDir?: string;
   /** Progress line on stderr. */
   log(message: string): void;
 }

@@ -16,6 +16,7 @@ import { startExtAuthzServer, type ExtAuthzServer } from './extauthz/server.js';
 import { createMetrics } from './metrics.js';
 import { startManagementServer } from './management/server.js';
 import { VERSION } from './version.js';
+import { ReplayCache } from './pop/inbound.js';
 
 const SHUTDOWN_GRACE_MS = 10_000;
 
@@ -43,6 +44,7 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
     validator,
     acquirer,
     metrics,
+    ...(config.sidecar.popValidation.replayCache ? { popReplayCache: new ReplayCache() } : {}),
     downstream: {
       agent,
       acquirer,

@@ -13,7 +13,8 @@ import type { TokenAcquirer, TokenValidator } from '../pipeline/types.js';
 import type { DownstreamCallDeps } from '../downstream/call.js';
 import type { Metrics } from '../metrics.js';
 import { callDownstreamApi } from '../downstream/call.js';
-import { sendJson, sendText } from './problem.js';
+import { sendEmpty, sendJson, sendText } from './problem.js';
+import { POP_CHALLENGE, popCredential, validatePopRequest, type ReplayCache } from '../pop/inbound.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
 
 export interface RouteDeps {
@@ -23,6 +24,8 @@ export interface RouteDeps {
   readonly acquirer: TokenAcquirer;
   readonly downstream: DownstreamCallDeps;
   readonly metrics: Metrics;
+  /** Present when Sidecar:PopValidation:ReplayCache is on. */
+  readonly popReplayCache?: ReplayCache;
 }
 
 export interface RouteContext {
@@ -44,6 +47,17 @@ export interface Route {
 
 /** GET /Validate (reference §2.2). */
 async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
+  // PoP variant (§2.2): src/pop/inbound.ts decides; the AzureAd:Scopes gate does not apply.
+  if (popCredential(ctx.req.headers.authorization) !== undefined) {
+    const result = await validatePopRequest({ config: deps.config, validator: deps.validator, logger: deps.logger, replayCache: deps.popReplayCache }, ctx.req.headers);
+    if (!result.ok) {
+      // Microsoft answers every PoP failure the same way: no body, no error_description.
+      sendEmpty(ctx.res, 401, { 'WWW-Authenticate': POP_CHALLENGE });
+      return;
+    }
+    sendJson(ctx.res, 200, { protocol: 'PoP', token: result.token.raw, claims: result.token.claims });
+    return;
+  }
   const token = await authenticate(deps.validator, ctx.req.headers.authorization, 'required');
   if (!token) throw new SidecarError('credential_missing');
   const required = deps.config.azureAd.scopes;

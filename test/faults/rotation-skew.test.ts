@@ -1,0 +1,111 @@
+/**
+ * Signing-key rotation under traffic and clock skew at the edges of the 300 s tolerance, through the
+ * built sidecar's /Validate and ext_authz Check (issue 9).
+ */
+import { expect } from 'chai';
+import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
+import { assertAlive, checkWith, decision, eventually, sleep, startStack, userToken, type Stack } from './harness.js';
+
+/** Waits until the wall clock is just past a whole second, so a test owns the next ~900 ms. */
+async function atSecondStart(): Promise<void> {
+  const ms = Date.now() % 1000;
+  if (ms > 100) await sleep(1000 - ms + 5);
+}
+
+describe('signing-key rotation and clock skew (built sidecar)', function () {
+  this.timeout(30_000);
+  let stack: Stack;
+  before(async () => {
+    stack = await startStack({ Sidecar__Validation__UnknownKidCooldownSec: '1' });
+    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+  });
+  after(async () => {
+    stack?.emu.setClockOffset(0);
+    await stack?.close();
+    if (stack) assertNoSecrets(stack.sidecar.lines, secretsOf(stack.emu, stack.tokens));
+  });
+
+  it('rejects no fresh token while the issuer rotates its signing key twice mid-traffic', async () => {
+    const preRotation = await userToken(stack);
+    let stop = false;
+    const rejections: string[] = [];
+    let validated = 0;
+    const worker = async (door: 'http' | 'grpc') => {
+      while (!stop) {
+        const token = await userToken(stack);
+        if (door === 'http') {
+          const r = await call(`${stack.sidecar.url}/Validate`, { token });
+          if (r.status !== 200) rejections.push(`http ${r.status} ${r.headers.get('www-authenticate')}`);
+        } else {
+          const d = decision(await checkWith(stack, { headers: { authorization: `Bearer ${token}` } }));
+          if (d !== 'allow') rejections.push(`grpc ${d}`);
+        }
+        validated++;
+      }
+    };
+    const workers = [worker('http'), worker('grpc'), worker('http'), worker('grpc')];
+    await sleep(600);
+    stack.emu.rotateKeys();
+    await sleep(1_400);
+    stack.emu.rotateKeys();
+    await sleep(1_000);
+    stop = true;
+    await Promise.all(workers);
+    expect(rejections, 'false rejections during rotation').to.deep.equal([]);
+    expect(validated).to.be.greaterThan(20);
+    // A token signed with the previous key stays valid while that key is still published.
+    expect((await call(`${stack.sidecar.url}/Validate`, { token: preRotation })).status).to.equal(200);
+    await assertAlive(stack);
+  });
+
+  it('stops accepting old-key tokens once the issuer drops the key (verified-token cache included)', async () => {
+    const old = await userToken(stack);
+    expect((await call(`${stack.sidecar.url}/Validate`, { token: old })).status).to.equal(200);
+    await sleep(1_050); // past the unknown-kid cooldown of the previous test
+    stack.emu.rotateKeys({ dropOld: true });
+    const fresh = await userToken(stack);
+    // The new kid triggers the JWKS re-fetch that learns the old key is gone.
+    expect((await call(`${stack.sidecar.url}/Validate`, { token: fresh })).status).to.equal(200);
+    const r = await call(`${stack.sidecar.url}/Validate`, { token: old });
+    expect(r.status).to.equal(401);
+    expect(r.headers.get('www-authenticate')).to.match(/invalid_token/);
+    expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${old}` } }))).to.equal('token_key_unknown');
+  });
+
+  const skew: Array<[string, Parameters<typeof userToken>[1], string]> = [
+    ['exp 299 s in the past', { expiresInSec: -299 }, 'allow'],
+    ['exp 301 s in the past', { expiresInSec: -301 }, 'token_expired'],
+    ['nbf 299 s in the future', { notBeforeOffsetSec: 299 }, 'allow'],
+    ['nbf 301 s in the future', { notBeforeOffsetSec: 301 }, 'token_not_yet_valid'],
+  ];
+  for (const [what, mint, expected] of skew) {
+    it(`${expected === 'allow' ? 'accepts' : 'rejects'} a token with ${what} on both doors (300 s skew)`, async () => {
+      await atSecondStart();
+      const token = await userToken(stack, mint);
+      const http = await call(`${stack.sidecar.url}/Validate`, { token });
+      const grpc = decision(await checkWith(stack, { headers: { authorization: `Bearer ${token}` } }));
+      if (expected === 'allow') {
+        expect(http.status).to.equal(200);
+      } else {
+        expect(http.status).to.equal(401);
+        expect(http.headers.get('www-authenticate')).to.match(/invalid_token/);
+      }
+      expect(grpc).to.equal(expected);
+    });
+  }
+
+  for (const [offset, expected] of [[299, 'allow'], [301, 'token_not_yet_valid'], [-299 - 3599, 'allow'], [-301 - 3599, 'token_expired']] as const) {
+    it(`${expected === 'allow' ? 'accepts' : 'rejects'} a token from an issuer whose clock is ${offset} s off`, async () => {
+      stack.emu.setClockOffset(offset);
+      try {
+        await atSecondStart();
+        const token = await userToken(stack);
+        const http = await call(`${stack.sidecar.url}/Validate`, { token });
+        expect(http.status).to.equal(expected === 'allow' ? 200 : 401);
+        expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${token}` } }))).to.equal(expected);
+      } finally {
+        stack.emu.setClockOffset(0);
+      }
+    });
+  }
+});
