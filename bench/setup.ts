@@ -41,7 +41,7 @@ export const FULL: Budget = {
   warmupSec: 3,
   saturationSec: 6,
   latencyRates: [250, 500, 1000, 2000],
-  latencySec: 6,
+  latencySec: 5,
   latencyRounds: 3,
   firstSightPerRound: 5000,
   firstSightRounds: 4,

@@ -30,7 +30,6 @@ const INTERNAL = 13;
 const INVALID_ARGUMENT = 3;
 const NOT_FOUND = 5;
 const RESOURCE_EXHAUSTED = 8;
-const UNIMPLEMENTED = 12;
 
 function invalidToken(message: string): ErrorSpec {
   return { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'invalid_token', expose: true, message, logLevel: 'info' };
@@ -64,7 +63,6 @@ export const ERROR_TABLE = {
   acquisition_rejected: { httpStatus: 401, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: true, message: 'Entra ID refused the token request.', logLevel: 'warn' },
   acquisition_throttled: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, message: 'Entra ID is throttling token requests.', logLevel: 'warn' },
   acquisition_unavailable: { httpStatus: 500, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'warn' },
-  agent_flow_not_implemented: { httpStatus: 501, grpcCode: UNIMPLEMENTED, envoyStatus: 500, challenge: 'none', expose: true, message: 'Agent identity flows are not implemented yet.', logLevel: 'warn' },
 
   // Downstream API calls.
   downstream_unavailable: { httpStatus: 500, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'warn' },

@@ -276,7 +276,7 @@ describe('ext_authz Check', function () {
       expect(h.acquirer.requests).to.have.length(0);
     });
 
-    it('agent_identity is passed to the acquirer; an unimplemented agent flow → 500', async function () {
+    it('passes agent_identity and agent_username to the acquirer and injects the agent\'s token', async function () {
       const res = await check(
         h.client,
         envoyCheckRequest({
@@ -284,7 +284,8 @@ describe('ext_authz Check', function () {
           contextExtensions: { downstream_api: 'graph', agent_identity: 'a1b2c3d4-0000-0000-0000-000000000001', agent_username: 'agent@contoso.test' },
         }),
       );
-      expectDeny(res, 12, 'InternalServerError', 'agent_flow_not_implemented');
+      expect(res.status?.code ?? 0).to.equal(0);
+      expect(headerMap(res.ok_response.headers).authorization).to.equal('Bearer downstream.graph.agent.a1b2c3d4-0000-0000-0000-000000000001');
       expect(h.acquirer.requests[0].agent).to.deep.equal({ agentIdentity: 'a1b2c3d4-0000-0000-0000-000000000001', username: 'agent@contoso.test' });
     });
 

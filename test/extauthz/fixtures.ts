@@ -73,9 +73,8 @@ export class FakeAcquirer implements TokenAcquirer {
         });
       });
     }
-    if (req.agent) throw new SidecarError('agent_flow_not_implemented');
     if (this.error !== undefined) throw this.error;
-    const who = req.user ? (req.user.claims.oid as string) : 'app';
+    const who = req.agent ? `agent.${req.agent.agentIdentity}` : req.user ? (req.user.claims.oid as string) : 'app';
     return { scheme: this.scheme, token: `downstream.${req.options.apiName}.${who}`, expiresOn: Math.floor(Date.now() / 1000) + 3600 };
   }
   close(): void {}
