@@ -7,7 +7,7 @@
 import { expect } from 'chai';
 import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator, type RecordedRequest } from '../../emulator/index.js';
-import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { startSidecar, type RunningSidecar, waitForLine } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
 import { createAuthorizationClient } from '../../src/extauthz/protos.js';
 import { check, envoyCheckRequest, headerMap } from '../extauthz/fixtures.js';
@@ -223,7 +223,7 @@ describe('agent identities (built sidecar against the emulator)', function () {
     const claims = decodeJwt(auth.token);
     expect(claims.azp).to.equal(blueprint);
     expect(claims.oid).to.equal(emu.scenario.users.normal.oid);
-    expect(gated.lines.some((l) => l.includes('AgentIdentityOverridesIgnored'))).to.equal(true);
+    expect(await waitForLine(gated, 'AgentIdentityOverridesIgnored')).to.equal(true);
   });
 
   it('an agent from one request never leaks into the next', async () => {

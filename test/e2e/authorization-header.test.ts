@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
-import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { startSidecar, waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
 
 function apis(emu: Emulator): Record<string, string> {
@@ -141,7 +141,7 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     const r = await call(`${sidecar.url}/AuthorizationHeaderUnauthenticated/downstream?optionsOverride.RequestAppToken=true`);
     expect(r.status).to.equal(401);
     expect(r.json().detail).to.equal('No account or login hint was passed to the AcquireTokenSilent call.');
-    expect(sidecar.lines.some((l) => l.includes('OverridesIgnored'))).to.equal(true);
+    expect(await waitForLine(sidecar, 'OverridesIgnored')).to.equal(true);
   });
 
   it('on the unauthenticated route issues an app token for a RequestAppToken API and still OBOs a valid token if sent', async () => {

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { ROUTES } from '../../src/http/routes.js';
 import { OPENAPI_DOCUMENT } from '../../src/http/openapi.js';
-import { startSidecar } from '../helpers/sidecar.js';
+import { startSidecar, waitForLine } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
 
 describe('process lifecycle (built sidecar)', function () {
@@ -46,7 +46,7 @@ describe('process lifecycle (built sidecar)', function () {
     }
     expect(await exited).to.equal(0);
     expect(Date.now() - t0).to.be.lessThan(12_000);
-    expect(s.lines.some((l) => l.includes('"event":"shutdown"'))).to.equal(true);
+    expect(await waitForLine(s, '"event":"shutdown"')).to.equal(true);
   });
 
   it('serves /openapi/v1.json in Development only, with every route documented', async () => {

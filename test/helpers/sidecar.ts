@@ -110,3 +110,14 @@ function collect(stream: NodeJS.ReadableStream, onLine: (line: string) => void):
     }
   });
 }
+
+/** Waits until a captured line matches (log lines are written asynchronously); false on timeout. */
+export async function waitForLine(sidecar: RunningSidecar, pattern: RegExp | string, timeoutMs = 3_000): Promise<boolean> {
+  const matches = (l: string) => (typeof pattern === 'string' ? l.includes(pattern) : pattern.test(l));
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (sidecar.lines.some(matches)) return true;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return sidecar.lines.some(matches);
+}

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { decodeJwt, type JWK } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator, type RecordedRequest } from '../../emulator/index.js';
-import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { runSidecarToExit, startSidecar, type RunningSidecar, waitForLine } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
 import { decodeShr, jwkThumbprint, publicMembers, reqCnfFor, signShr, verifyShr, type ShrSigningKey } from '../../src/pop/shr.js';
 
@@ -241,7 +241,7 @@ describe('proof of possession (built sidecar against the emulator)', function ()
       expectRefused(await validate(shr, { 'original-method': 'GET' }), 'no original-uri');
       expectRefused(await validate(shr, { 'original-uri': target.href }), 'no original-method');
       expectRefused(await validate(shr, { 'original-method': 'GET', 'original-uri': '/orders/42' }), 'relative original-uri');
-      expect(sidecar.lines.some((l) => l.includes("Missing required 'original-uri' header for PoP validation."))).to.equal(true);
+      expect(await waitForLine(sidecar, "Missing required 'original-uri' header for PoP validation.")).to.equal(true);
     });
 
     it('refuses a signed request for another method, path or host', async () => {
@@ -266,7 +266,7 @@ describe('proof of possession (built sidecar against the emulator)', function ()
       expectRefused(await validate(await signShr(callerKey, { accessToken: unbound, method: 'GET', url: target })), 'no cnf');
       const expired = await popToken({ kind: 'app', expiresInSec: -3600 });
       expectRefused(await validate(await signShr(callerKey, { accessToken: expired, method: 'GET', url: target })), 'expired at');
-      expect(sidecar.lines.some((l) => l.includes('not an app-only token'))).to.equal(true);
+      expect(await waitForLine(sidecar, 'not an app-only token')).to.equal(true);
     });
 
     it('refuses a request signed with a key other than the one the token is bound to', async () => {
