@@ -120,8 +120,8 @@ export async function startServer(prefix: string[], argv: string[], env: NodeJS.
 }
 
 /**
- * The pid of the process that does the work: with a taskset prefix the child execs node, so the
- * pid is the same; reading /proc confirms the command is node.
+ * Resident set size of a process in MB (VmRSS). With a taskset prefix the pid is still node's,
+ * because taskset execs the command in place.
  */
 export function rssMb(pid: number): number {
   try {
