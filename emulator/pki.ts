@@ -68,8 +68,10 @@ export function certify(key: { privateKey: KeyObject; publicKey: KeyObject }, op
   const keyPem = key.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
   const cert = forge.pki.createCertificate();
   cert.publicKey = forgePublic;
-  // Positive serial: a leading 0 nibble keeps the DER INTEGER non-negative.
-  cert.serialNumber = '0' + randomBytes(15).toString('hex');
+  // Positive and minimally encoded: a leading 0x01 byte keeps the DER INTEGER non-negative without a
+  // 0x00 pad (an odd-length '0…' serial sometimes encoded as 00 <byte < 0x80>, which OpenSSL rejects
+  // as "illegal padding").
+  cert.serialNumber = '01' + randomBytes(15).toString('hex');
   const now = Date.now();
   cert.validity.notBefore = new Date(now - 60 * 60 * 1000);
   cert.validity.notAfter = new Date(now + (opts.validDays ?? 365) * 24 * 60 * 60 * 1000);

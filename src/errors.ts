@@ -61,6 +61,9 @@ export const ERROR_TABLE = {
   api_not_configured: { httpStatus: 400, grpcCode: INTERNAL, envoyStatus: 500, challenge: 'none', expose: true, message: 'The downstream API is not configured.', logLevel: 'error' },
   acquisition_ui_required: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'insufficient_claims', expose: true, message: 'User interaction is required.', logLevel: 'info' },
   acquisition_rejected: { httpStatus: 401, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: true, message: 'Entra ID refused the token request.', logLevel: 'warn' },
+  // Entra answered 5xx or something that is not a token response: on HTTP an MsalServiceException
+  // (401, as Microsoft's sidecar answers); at Envoy a retryable 503, not a refusal.
+  acquisition_upstream_failed: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, message: 'Entra ID failed to answer the token request.', logLevel: 'warn' },
   acquisition_throttled: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, message: 'Entra ID is throttling token requests.', logLevel: 'warn' },
   acquisition_unavailable: { httpStatus: 500, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'warn' },
 

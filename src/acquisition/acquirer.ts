@@ -89,8 +89,23 @@ function sha256(value: string): string {
 }
 
 /** Cache key: a digest of the parts, so no raw token, assertion or session key ever sits in a key. */
+/**
+ * Our token-cache key. Its parts are identifiers and digests only (never a raw token or secret), so
+ * the joined string is the key itself; no hashing on the hot path.
+ */
 function cacheKey(parts: readonly (string | undefined)[]): string {
-  return sha256(JSON.stringify(parts.map((p) => p ?? null)));
+  return JSON.stringify(parts.map((p) => p ?? null));
+}
+
+/**
+ * SHA-256 of a validated token's JWS, remembered per ValidatedToken: the validator hands back the
+ * same object for a token it has seen, so a repeat caller costs no second hash.
+ */
+const assertionDigests = new WeakMap<ValidatedToken, string>();
+function assertionDigest(user: ValidatedToken): string {
+  let digest = assertionDigests.get(user);
+  if (digest === undefined) assertionDigests.set(user, (digest = sha256(user.jws)));
+  return digest;
 }
 
 function normalisedScopes(scopes: readonly string[]): string {
@@ -142,6 +157,7 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
   if (err instanceof TokenEndpointError) {
     // Our own token-endpoint client (PoP requests): the same mapping as msal's errors below.
     if (err.status === 429 || err.status === 503) return new SidecarError('acquisition_throttled', err.message, { cause: err, retryAfterSec: err.retryAfterSec });
+    if (err.status >= 500 || err.error === 'invalid_response') return new SidecarError('acquisition_upstream_failed', err.message, { cause: err });
     if (err.error === 'interaction_required' || err.error === 'consent_required' || err.error === 'login_required') {
       return new SidecarError('acquisition_ui_required', err.message, { cause: err, claims: err.claims });
     }
@@ -153,6 +169,9 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
   if (err instanceof ServerError) {
     if (seen.status === 429 || seen.status === 503) {
       return new SidecarError('acquisition_throttled', safeMessage(err), { cause: err, retryAfterSec: seen.retryAfterSec });
+    }
+    if ((seen.status ?? 0) >= 500 || err.errorCode === 'invalid_response') {
+      return new SidecarError('acquisition_upstream_failed', safeMessage(err), { cause: err });
     }
     return new SidecarError('acquisition_rejected', safeMessage(err), { cause: err });
   }
@@ -546,7 +565,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     if (!user) throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
     // The agent acting for the calling user: OBO as the agent identity (entra-protocol §5.4).
     const authority = authorityFor(ato.tenant ?? user.tenantId);
-    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), sha256(user.jws), claimsDigest, extraQueryDigest]);
+    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), assertionDigest(user), claimsDigest, extraQueryDigest]);
     const fetch = () =>
       observed(async () => {
         const app = agentAppFor(agentId, authority);
@@ -629,7 +648,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       const authority = authorityFor(tenant);
       const sessionKey = ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME ? ato.longRunningWebApiSessionKey : undefined;
       const sessionId = sessionKey ? sha256(`${azureAd.clientId}|${sessionKey}`) : undefined;
-      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), sha256(user.jws), sessionId, claimsDigest, extraQueryDigest]);
+      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), assertionDigest(user), sessionId, claimsDigest, extraQueryDigest]);
       fetch = () =>
         observed(async () => {
           const token = await withClientCredential(authority, async (app) => {

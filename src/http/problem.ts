@@ -28,7 +28,11 @@ const NO_CACHE: ReadonlyArray<[string, string]> = [
 
 /** Writes a JSON 2xx body with Microsoft's no-cache headers. */
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
+  sendJsonText(res, status, JSON.stringify(body));
+}
+
+/** Writes an already serialised JSON body with Microsoft's no-cache headers on 2xx. */
+export function sendJsonText(res: ServerResponse, status: number, text: string): void {
   res.statusCode = status;
   res.setHeader('Content-Type', 'application/json; charset=utf-8');
   res.setHeader('Content-Length', Buffer.byteLength(text));

@@ -9,11 +9,11 @@ import { SidecarError } from '../errors.js';
 import { authenticate } from '../pipeline/authenticate.js';
 import { tokenScopes } from '../pipeline/authorize.js';
 import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
-import type { TokenAcquirer, TokenValidator } from '../pipeline/types.js';
+import type { TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import type { DownstreamCallDeps } from '../downstream/call.js';
 import type { Metrics } from '../metrics.js';
 import { callDownstreamApi } from '../downstream/call.js';
-import { sendEmpty, sendJson, sendText } from './problem.js';
+import { sendEmpty, sendJson, sendJsonText, sendText } from './problem.js';
 import { POP_CHALLENGE, popCredential, validatePopRequest, type ReplayCache } from '../pop/inbound.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
 
@@ -68,8 +68,13 @@ async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
       return;
     }
   }
-  sendJson(ctx.res, 200, { protocol: 'Bearer', token: token.raw, claims: token.claims });
+  let body = validateBodies.get(token);
+  if (body === undefined) validateBodies.set(token, (body = JSON.stringify({ protocol: 'Bearer', token: token.raw, claims: token.claims })));
+  sendJsonText(ctx.res, 200, body);
 }
+
+/** The /Validate answer per validated token: the validator returns the same object for a repeat token. */
+const validateBodies = new WeakMap<ValidatedToken, string>();
 
 /** Warns about ignored caller input the way Microsoft's event ids 3–5 do (reference §1.5). */
 function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored: boolean; agentParamsIgnored: boolean; baseUrlOverrideIgnored: boolean }): void {

@@ -114,6 +114,9 @@ export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
         maxHeaderSize: config.sidecar.http.maxHeaderBytes,
         requestTimeout: config.sidecar.http.requestTimeoutMs,
         headersTimeout: config.sidecar.http.headersTimeoutMs,
+        // Node enforces the two timeouts above only when it sweeps connections, every 30 s by
+        // default, so a slowloris client would otherwise hold a socket up to 30 s past the limit.
+        connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(config.sidecar.http.headersTimeoutMs / 2))),
         keepAliveTimeout: 5_000,
       },
       handler,

@@ -113,6 +113,8 @@ export async function startManagementServer(deps: ManagementServerDeps): Promise
       maxHeaderSize: MAX_HEADER_BYTES,
       headersTimeout: HEADERS_TIMEOUT_MS,
       requestTimeout: REQUEST_TIMEOUT_MS,
+      // Node checks the timeouts above only every connectionsCheckingInterval (30 s by default).
+      connectionsCheckingInterval: 1_000,
       keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
     },
     (req, res) => {

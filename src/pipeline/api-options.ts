@@ -256,14 +256,16 @@ function deepFreeze<T>(value: T): T {
  */
 export function resolveApiOptions(config: SidecarConfig, apiName: string, query: URLSearchParams, allowOverrides: boolean): ResolvedApiOptions {
   const configured = Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName) ? config.downstreamApis[apiName] : undefined;
-  let options = configured ? copyApiOptions(configured) : defaultApiOptions();
-
   const overrides = collectOverrides(query);
-  let overridesIgnored = false;
-  if (overrides.any) {
-    if (allowOverrides) options = merge(options, overrides);
-    else overridesIgnored = true;
-  }
+  const merged = overrides.any && allowOverrides;
+  // Without merged overrides the result is the configured entry itself, deep-frozen; sharing one
+  // frozen copy per configured name keeps the copy off the hot path and still cannot leak between
+  // requests, since nobody can write to it.
+  let options: DownstreamApiOptions | EffectiveApiOptions;
+  if (!merged && configured) options = unmodifiedOptions(config, apiName, configured);
+  else options = configured ? copyApiOptions(configured) : defaultApiOptions();
+  const overridesIgnored = overrides.any && !allowOverrides;
+  if (merged) options = merge(options, overrides);
 
   const identity = lastParam(query, 'agentidentity');
   const username = lastParam(query, 'agentusername');
@@ -273,7 +275,7 @@ export function resolveApiOptions(config: SidecarConfig, apiName: string, query:
   if (allowOverrides) agent = selectAgent(identity, username, userId);
   else agentParamsIgnored = [identity, username, userId].some((v) => v !== undefined && v.trim() !== '');
 
-  const effective: EffectiveApiOptions = deepFreeze({ ...options, apiName });
+  const effective: EffectiveApiOptions = 'apiName' in options ? options : deepFreeze({ ...options, apiName });
   return {
     options: effective,
     ...(agent ? { agent: deepFreeze(agent) } : {}),
@@ -281,6 +283,17 @@ export function resolveApiOptions(config: SidecarConfig, apiName: string, query:
     agentParamsIgnored,
     baseUrlOverrideIgnored: overrides.baseUrl,
   };
+}
+
+/** Frozen, unmodified options per configured name, memoised per (frozen) config. */
+const unmodified = new WeakMap<SidecarConfig, Map<string, EffectiveApiOptions>>();
+
+function unmodifiedOptions(config: SidecarConfig, apiName: string, configured: DownstreamApiOptions): EffectiveApiOptions {
+  let byName = unmodified.get(config);
+  if (!byName) unmodified.set(config, (byName = new Map()));
+  let options = byName.get(apiName);
+  if (!options) byName.set(apiName, (options = deepFreeze({ ...copyApiOptions(configured), apiName })));
+  return options;
 }
 
 /** The exact 400 detail Microsoft returns when no scopes are configured or overridden (§2.3 step 4). */

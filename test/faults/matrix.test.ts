@@ -43,7 +43,7 @@ interface Expected {
 }
 
 const THROTTLED: Expected = { httpStatus: 401, code: 'acquisition_throttled', grpcCode: 14, envoyStatus: 'ServiceUnavailable' };
-const REJECTED: Expected = { httpStatus: 401, code: 'acquisition_rejected', grpcCode: 7, envoyStatus: 'Forbidden' };
+const UPSTREAM_FAILED: Expected = { httpStatus: 401, code: 'acquisition_upstream_failed', grpcCode: 14, envoyStatus: 'ServiceUnavailable' };
 const UNAVAILABLE: Expected = { httpStatus: 500, code: 'acquisition_unavailable', grpcCode: 14, envoyStatus: 'ServiceUnavailable' };
 
 /**
@@ -52,16 +52,16 @@ const UNAVAILABLE: Expected = { httpStatus: 500, code: 'acquisition_unavailable'
  * answer at all (timeout, reset, not JSON, too big) is "unavailable" (500 / UNAVAILABLE).
  */
 const TOKEN_ENDPOINT: Record<FaultCase['kind'], Expected> = {
-  status500: REJECTED,
-  status502: REJECTED,
+  status500: UPSTREAM_FAILED,
+  status502: UPSTREAM_FAILED,
   status503: THROTTLED,
   throttledRetryAfter: THROTTLED,
   throttled: THROTTLED,
   slow: UNAVAILABLE,
   drop: UNAVAILABLE,
   // msal-network turns a non-JSON body into an OAuth-shaped `invalid_response` error on purpose, so
-  // msal reports it as a service error (MsalServiceException → 401) rather than an opaque parse failure.
-  nonJson: REJECTED,
+  // msal reports it as a service error (MsalServiceException → 401 on HTTP, retryable 503 at Envoy).
+  nonJson: UPSTREAM_FAILED,
   hugeBody: UNAVAILABLE,
 };
 

@@ -1,0 +1,218 @@
+/**
+ * Abuse and limits through the built sidecar (issue 9): oversized headers, tokens and bodies are
+ * refused early with bounded memory; slow (slowloris) requests are timed out; an unknown-kid flood
+ * costs at most one JWKS fetch per cooldown; a flood of distinct tokens cannot grow the caches past
+ * their bounds; identical concurrent cold requests share one call to Entra.
+ */
+import { expect } from 'chai';
+import { connect, type Socket } from 'node:net';
+import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
+import { assertAlive, checkWith, decision, eventually, problemCode, sample, scrape, sleep, startStack, userToken, type Stack } from '../faults/harness.js';
+
+const HEADERS_TIMEOUT_MS = 1_000;
+const REQUEST_TIMEOUT_MS = 2_000;
+const MAX_HEADER_BYTES = 16 * 1024;
+const MAX_BODY_BYTES = 64 * 1024;
+const CACHE_BOUND = 50;
+
+/** Opens a raw TCP connection to `url`'s host:port. */
+function rawSocket(url: string): Promise<Socket> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const s = connect(Number(u.port), u.hostname, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Resolves the first bytes the server sends and when the socket closed (ms after `t0`). */
+function watch(s: Socket, t0: number): Promise<{ head: string; closedAfterMs: number }> {
+  let head = '';
+  s.on('data', (d: Buffer) => (head += d.toString('latin1')));
+  s.on('error', () => {});
+  return new Promise((resolve) => s.once('close', () => resolve({ head, closedAfterMs: Date.now() - t0 })));
+}
+
+/** Sidecar RSS from /metrics (prom-client process metrics), in bytes. */
+async function rss(stack: Stack): Promise<number> {
+  const v = sample(await scrape(stack), 'process_resident_memory_bytes');
+  expect(v, 'process_resident_memory_bytes').to.be.a('number');
+  return v!;
+}
+
+describe('abuse and limits (built sidecar)', function () {
+  this.timeout(60_000);
+  let stack: Stack;
+  before(async () => {
+    stack = await startStack({
+      // The emulator shares this process with the flood's token minting; give it time to answer.
+      Sidecar__Outbound__TimeoutMs: '5000',
+      Sidecar__Http__HeadersTimeoutMs: String(HEADERS_TIMEOUT_MS),
+      Sidecar__Http__RequestTimeoutMs: String(REQUEST_TIMEOUT_MS),
+      Sidecar__Http__MaxHeaderBytes: String(MAX_HEADER_BYTES),
+      Sidecar__Http__MaxBodyBytes: String(MAX_BODY_BYTES),
+      Sidecar__Validation__VerifiedTokenCacheSize: String(CACHE_BOUND),
+      Sidecar__TokenCache__MaxEntries: String(CACHE_BOUND),
+      Sidecar__ExtAuthz__MaxReceiveMessageBytes: String(64 * 1024),
+      DownstreamApis__orders__Scopes__0: 'api://downstream/read',
+      DownstreamApis__sink__BaseUrl: 'http://127.0.0.1:9/',
+      DownstreamApis__sink__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__sink__RequestAppToken: 'true',
+    });
+    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+  });
+  after(async () => {
+    stack?.emu.clearFaults();
+    await stack?.close();
+    if (stack) assertNoSecrets(stack.sidecar.lines, secretsOf(stack.emu, stack.tokens));
+  });
+
+  it('answers 431 to a header block over Sidecar:Http:MaxHeaderBytes and closes the connection', async () => {
+    const s = await rawSocket(stack.sidecar.url);
+    const seen = watch(s, Date.now());
+    s.write(`GET /Validate HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(MAX_HEADER_BYTES * 2)}\r\n\r\n`);
+    const { head, closedAfterMs } = await seen;
+    expect(head).to.match(/^HTTP\/1\.1 431 /);
+    expect(closedAfterMs).to.be.lessThan(2_000);
+    await assertAlive(stack);
+  });
+
+  it('refuses an oversized bearer token before any parsing (431 or 401 credential_malformed) on both doors', async () => {
+    const big = 'eyJ' + 'A'.repeat(17_000) + '.' + 'B'.repeat(100) + '.' + 'C'.repeat(100);
+    const r = await call(`${stack.sidecar.url}/Validate`, { token: big });
+    // Here the header block limit (16 KiB) bites first; with a larger one the token limit answers 401.
+    expect([401, 431]).to.include(r.status);
+    if (r.status === 401) expect(r.headers.get('www-authenticate')).to.match(/invalid_token/);
+    expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${big}` } }))).to.equal('credential_malformed');
+  });
+
+  it('refuses a Check over Sidecar:ExtAuthz:MaxReceiveMessageBytes without a crash', async () => {
+    const headers: Record<string, string> = {};
+    for (let i = 0; i < 200; i++) headers[`x-pad-${i}`] = 'p'.repeat(500);
+    let failedWith: number | undefined;
+    try {
+      await checkWith(stack, { headers });
+    } catch (err) {
+      failedWith = (err as { code: number }).code;
+    }
+    expect(failedWith, 'RESOURCE_EXHAUSTED').to.equal(8);
+    await assertAlive(stack);
+  });
+
+  it('answers 413 to a declared or streamed body over Sidecar:Http:MaxBodyBytes, with bounded memory', async () => {
+    const token = await userToken(stack);
+    const declared = await call(`${stack.sidecar.url}/DownstreamApi/sink`, { method: 'POST', token, body: 'x'.repeat(MAX_BODY_BYTES + 1), headers: { 'content-type': 'text/plain' } });
+    expect(declared.status).to.equal(413);
+    expect(problemCode(declared)).to.equal('request_body_too_large');
+
+    const before = await rss(stack);
+    // 32 MiB streamed without a Content-Length: the sidecar must stop buffering at the limit.
+    const chunk = Buffer.alloc(256 * 1024, 0x61);
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent >= 32 * 1024 * 1024) return controller.close();
+        sent += chunk.length;
+        controller.enqueue(chunk);
+      },
+    });
+    let status = 0;
+    try {
+      const res = await fetch(`${stack.sidecar.url}/DownstreamApi/sink`, { method: 'POST', body, duplex: 'half', headers: { authorization: `Bearer ${token}`, 'content-type': 'text/plain' } } as RequestInit);
+      status = res.status;
+      await res.arrayBuffer();
+    } catch {
+      status = -1; // the server may close the socket while we are still sending; that is a refusal too
+    }
+    expect([413, -1]).to.include(status);
+    const after = await rss(stack);
+    expect(after - before, 'RSS growth while refusing 32 MiB').to.be.lessThan(24 * 1024 * 1024);
+    await assertAlive(stack);
+  });
+
+  it('times out slowloris clients (headers and body dribbled) and keeps serving others', async () => {
+    const t0 = Date.now();
+    const sockets = await Promise.all(Array.from({ length: 40 }, () => rawSocket(stack.sidecar.url)));
+    const results = sockets.map((s) => watch(s, t0));
+    sockets.forEach((s, i) => s.write(i % 2 === 0 ? 'GET /healthz HTTP/1.1\r\nHost: x\r\n' : 'POST /DownstreamApi/sink HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n'));
+    const drip = setInterval(() => {
+      sockets.forEach((s, i) => {
+        if (!s.destroyed) s.write(i % 2 === 0 ? 'X-Drip: 1\r\n' : 'x');
+      });
+    }, 200);
+    try {
+      // Meanwhile the sidecar answers everyone else.
+      await sleep(300);
+      expect((await call(`${stack.sidecar.url}/healthz`)).status).to.equal(200);
+      const outcomes = await Promise.race([Promise.all(results), sleep(10_000).then(() => undefined)]);
+      expect(outcomes, 'every slow connection was closed by the sidecar').to.not.equal(undefined);
+      for (const o of outcomes!) {
+        expect(o.closedAfterMs).to.be.lessThan(REQUEST_TIMEOUT_MS + 2_500);
+        if (o.head !== '') expect(o.head).to.match(/^HTTP\/1\.1 (408|400|401) /);
+      }
+    } finally {
+      clearInterval(drip);
+      for (const s of sockets) s.destroy();
+    }
+    await assertAlive(stack);
+  });
+
+  it('times out a slowloris client on the management listener too (it listens on all interfaces)', async () => {
+    const t0 = Date.now();
+    const s = await rawSocket(stack.management);
+    const seen = watch(s, t0);
+    s.write('GET /metrics HTTP/1.1\r\nHost: x\r\n');
+    const drip = setInterval(() => !s.destroyed && s.write('X-Drip: 1\r\n'), 200);
+    try {
+      const outcome = await Promise.race([seen, sleep(9_000).then(() => undefined)]);
+      expect(outcome, 'the management listener closed the slow connection').to.not.equal(undefined);
+      // Its fixed header timeout is 5 s.
+      expect(outcome!.closedAfterMs).to.be.lessThan(5_000 + 2_000);
+    } finally {
+      clearInterval(drip);
+      s.destroy();
+    }
+  });
+
+  it('fetches the JWKS at most once per cooldown for a flood of unknown-kid tokens on both doors', async () => {
+    const before = stack.emu.counters().jwks;
+    const tokens = await Promise.all(Array.from({ length: 150 }, () => stack.emu.mint({ kind: 'user', signWith: 'unknown-key' })));
+    const answers = await Promise.all(
+      tokens.map((t, i) => (i % 2 === 0 ? call(`${stack.sidecar.url}/Validate`, { token: t }).then((r) => String(r.status)) : checkWith(stack, { headers: { authorization: `Bearer ${t}` } }).then(decision))),
+    );
+    for (const a of answers) expect(['401', 'token_key_unknown', 'token_signature_invalid']).to.include(a);
+    expect(stack.emu.counters().jwks - before, 'JWKS fetches for 150 unknown-kid tokens').to.be.at.most(1);
+    await assertAlive(stack);
+  });
+
+  it('shares one Entra request among 50 identical concurrent cold requests', async () => {
+    const token = await userToken(stack);
+    expect((await call(`${stack.sidecar.url}/Validate`, { token })).status).to.equal(200);
+    stack.emu.fault({ route: 'token', delayMs: 300, count: 5 });
+    const before = stack.emu.counters().token;
+    const answers = await Promise.all(Array.from({ length: 50 }, () => call(`${stack.sidecar.url}/AuthorizationHeader/orders`, { token })));
+    for (const a of answers) expect(a.status, a.text).to.equal(200);
+    stack.tokens.push(answers[0].json().authorizationHeader.slice(7));
+    expect(stack.emu.counters().token - before).to.equal(1);
+    stack.emu.clearFaults();
+  });
+
+  it('keeps the caches within their bounds under a flood of distinct tokens (RSS bounded, token cache ≤ bound)', async () => {
+    // Warm up, then measure.
+    for (let i = 0; i < 50; i++) await call(`${stack.sidecar.url}/Validate`, { token: await userToken(stack) });
+    const before = await rss(stack);
+    for (let round = 0; round < 10; round++) {
+      const batch = await Promise.all(Array.from({ length: 60 }, () => stack.emu.mint({ kind: 'user', scp: 'access_as_user' })));
+      stack.tokens.push(...batch);
+      const rs = await Promise.all(batch.map((t, i) => (i < 12 ? call(`${stack.sidecar.url}/AuthorizationHeader/orders`, { token: t }) : call(`${stack.sidecar.url}/Validate`, { token: t }))));
+      for (const r of rs) expect(r.status, r.text).to.equal(200);
+    }
+    const text = await scrape(stack);
+    const entries = sample(text, 'entra_sidecar_token_cache_entries');
+    expect(entries).to.be.a('number');
+    expect(entries!).to.be.at.most(CACHE_BOUND);
+    expect(sample(text, 'entra_sidecar_token_cache_evictions_total')!).to.be.greaterThan(0);
+    const after = await rss(stack);
+    expect(after - before, 'RSS growth after 600 distinct tokens').to.be.lessThan(40 * 1024 * 1024);
+    await assertAlive(stack);
+  });
+});

@@ -1,0 +1,252 @@
+/**
+ * Security checks through the built sidecar (issue 9): no override or header moves a downstream call
+ * off the configured origin (SSRF); redirects to another origin never carry the token; the
+ * AllowOverrides gates hold on every route; concurrent requests never see each other's identity or
+ * overrides; nothing secret is logged even at trace level; secret material is never compared with ===.
+ */
+import { expect } from 'chai';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { decodeJwt } from 'jose';
+import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
+import { repoRoot } from '../helpers/sidecar.js';
+import { checkWith, eventually, startDownstream, startStack, type Downstream, type Stack } from '../faults/harness.js';
+import { headerMap } from '../extauthz/fixtures.js';
+
+const V1_SCOPE = 'api://legacy-v1/.default';
+
+function audOf(authorization: string | undefined): unknown {
+  expect(authorization, 'an Authorization header').to.be.a('string');
+  return decodeJwt(authorization!.split(' ')[1]).aud;
+}
+
+describe('security (built sidecar)', function () {
+  this.timeout(40_000);
+  let stack: Stack;
+  let api: Downstream;
+  let other: Downstream;
+  let downstreamAud = '';
+  before(async () => {
+    api = await startDownstream();
+    other = await startDownstream();
+    stack = await startStack({
+      Sidecar__LogLevel: 'trace',
+      Sidecar__Outbound__TimeoutMs: '5000',
+      Sidecar__AllowOutboundRedirects: 'true',
+      // Gates: off on both authenticated routes, on for one anonymous route (to show the switch is per route).
+      Sidecar__AllowOverrides__GetAuthorizationHeader: 'false',
+      Sidecar__AllowOverrides__CallDownstreamApi: 'false',
+      Sidecar__AllowOverrides__CallDownstreamApiUnauthenticated: 'true',
+      DownstreamApis__items__BaseUrl: `${api.origin}/v1`,
+      DownstreamApis__items__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__items__RequestAppToken: 'true',
+      'DownstreamApis__items__ExtraHeaderParameters__X-Api-Key': 'configured-api-key-value',
+      DownstreamApis__app__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__app__RequestAppToken: 'true',
+      DownstreamApis__orders__Scopes__0: 'api://downstream/read',
+      'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-name': 'name',
+    });
+    downstreamAud = stack.emu.scenario.apps.downstreamApi.appId;
+    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+  });
+  after(async () => {
+    await stack?.close();
+    if (stack) assertNoSecrets(stack.sidecar.lines, secretsOf(stack.emu, [...stack.tokens, 'configured-api-key-value']));
+    await stack?.emu.close();
+    await api?.close();
+    await other?.close();
+  });
+  beforeEach(() => {
+    api.seen.length = 0;
+    other.seen.length = 0;
+    api.behaviour = (_q, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end('{"ok":true}');
+    };
+  });
+
+  const user = async (claims: Record<string, unknown> = {}) => {
+    const t = await stack.emu.mint({ kind: 'user', scp: 'access_as_user', claims });
+    stack.tokens.push(t);
+    return t;
+  };
+
+  describe('SSRF: the downstream origin comes from BaseUrl only', () => {
+    const attempts: Array<[string, (o: string) => string]> = [
+      ['optionsOverride.BaseUrl', (o) => `optionsOverride.BaseUrl=${encodeURIComponent(o)}`],
+      ['an absolute RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent(o + '/steal')}`],
+      ['a scheme-relative RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('//' + new URL(o).host + '/steal')}`],
+      ['a userinfo-style RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('@' + new URL(o).host + '/steal')}`],
+      ['a backslash RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('\\\\' + new URL(o).host + '\\steal')}`],
+      ['dot segments', () => `optionsOverride.RelativePath=${encodeURIComponent('../../../x')}`],
+      ['an extra query parameter holding a URL', (o) => `optionsOverride.ExtraQueryParameters.next=${encodeURIComponent(o)}`],
+    ];
+    for (const route of ['DownstreamApi', 'DownstreamApiUnauthenticated']) {
+      for (const [what, query] of attempts) {
+        it(`${route}: ${what} never reaches another origin`, async () => {
+          const token = await user();
+          const r = await call(`${stack.sidecar.url}/${route}/items?${query(other.origin)}`, {
+            method: 'POST',
+            token,
+            headers: { 'content-type': 'application/json', host: new URL(other.origin).host, 'x-forwarded-host': new URL(other.origin).host },
+            body: '{}',
+          });
+          expect(r.status, r.text).to.be.oneOf([200, 400]);
+          expect(other.seen.length, 'requests that reached the other origin').to.equal(0);
+          for (const s of api.seen) expect(s.headers.host).to.equal(new URL(api.origin).host);
+        });
+      }
+    }
+  });
+
+  describe('redirects (Sidecar:AllowOutboundRedirects=true)', () => {
+    it('follows a cross-origin redirect without the token or credential-like headers', async () => {
+      api.behaviour = (_q, res) => {
+        res.writeHead(302, { location: `${other.origin}/landing` });
+        res.end();
+      };
+      const r = await call(`${stack.sidecar.url}/DownstreamApi/items`, { method: 'POST', token: await user(), body: '{}', headers: { 'content-type': 'application/json' } });
+      expect(r.status, r.text).to.equal(200);
+      expect(api.seen.length).to.equal(1);
+      expect(audOf(api.seen[0].headers.authorization as string)).to.equal(downstreamAud);
+      stack.tokens.push((api.seen[0].headers.authorization as string).slice(7));
+      expect(other.seen.length).to.equal(1);
+      expect(other.seen[0].headers.authorization, 'token sent to another origin').to.equal(undefined);
+      expect(other.seen[0].headers['x-api-key'], 'configured API key sent to another origin').to.equal(undefined);
+    });
+
+    it('keeps the token on a same-origin redirect', async () => {
+      api.behaviour = (req, res) => {
+        if (req.url?.startsWith('/moved')) {
+          res.setHeader('content-type', 'application/json');
+          res.end('{"moved":true}');
+          return;
+        }
+        res.writeHead(307, { location: '/moved' });
+        res.end();
+      };
+      const r = await call(`${stack.sidecar.url}/DownstreamApi/items`, { method: 'POST', token: await user(), body: '{}', headers: { 'content-type': 'application/json' } });
+      expect(r.status).to.equal(200);
+      expect(api.seen.length).to.equal(2);
+      expect(audOf(api.seen[1].headers.authorization as string)).to.equal(downstreamAud);
+      stack.tokens.push((api.seen[1].headers.authorization as string).slice(7));
+    });
+  });
+
+  describe('override gates on every route', () => {
+    const widen = `optionsOverride.Scopes=${encodeURIComponent(V1_SCOPE)}&optionsOverride.RequestAppToken=true`;
+    for (const [route, expectV1] of [
+      ['AuthorizationHeader', false],
+      ['AuthorizationHeaderUnauthenticated', false],
+      ['DownstreamApi', false],
+      ['DownstreamApiUnauthenticated', true],
+    ] as const) {
+      it(`${route} ${expectV1 ? 'honours' : 'ignores'} optionsOverride.* as its AllowOverrides switch says`, async () => {
+        const api2 = route.startsWith('Downstream') ? 'items' : 'app';
+        const token = await user();
+        const r = await call(`${stack.sidecar.url}/${route}/${api2}?${widen}`, { token, method: route.startsWith('Downstream') ? 'POST' : 'GET', body: route.startsWith('Downstream') ? '{}' : undefined, headers: { 'content-type': 'application/json' } });
+        expect(r.status, r.text).to.equal(200);
+        const authorization = route.startsWith('Downstream') ? (api.seen.at(-1)?.headers.authorization as string) : r.json().authorizationHeader;
+        stack.tokens.push(authorization.slice(7));
+        const aud = audOf(authorization);
+        if (expectV1) expect(aud).to.equal('api://legacy-v1');
+        else expect(aud).to.equal(downstreamAud);
+        if (!expectV1) {
+          const gate = route === 'AuthorizationHeader' ? '"route":"GetAuthorizationHeader"' : route === 'AuthorizationHeaderUnauthenticated' ? '"route":"GetAuthorizationHeaderUnauthenticated"' : '"route":"CallDownstreamApi"';
+          // Log lines arrive over a pipe; give the line a moment.
+          const warned = await eventually(async () => stack.sidecar.lines.some((l) => l.includes('"event":"OverridesIgnored"') && l.includes(gate)), 2_000);
+          expect(warned, 'OverridesIgnored was logged').to.equal(true);
+        }
+      });
+    }
+
+    it('ignores agent identity parameters where overrides are off (no fmi_path reaches Entra)', async () => {
+      const before = stack.emu.requests().length;
+      const agent = stack.emu.scenario.apps.agentIdentity1.appId;
+      const r = await call(`${stack.sidecar.url}/AuthorizationHeaderUnauthenticated/app?AgentIdentity=${agent}&optionsOverride.AcquireTokenOptions.ForceRefresh=true`);
+      expect(r.status, r.text).to.equal(200);
+      stack.tokens.push(r.json().authorizationHeader.slice(7));
+      expect(decodeJwt(r.json().authorizationHeader.slice(7)).azp).to.not.equal(agent);
+      for (const q of stack.emu.requests().slice(before)) expect(q.form.fmi_path).to.equal(undefined);
+    });
+  });
+
+  describe('per-request isolation under concurrency', () => {
+    it('answers 60 concurrent /Validate and Check calls each with its own caller\'s claims', async () => {
+      const tokens = await Promise.all(Array.from({ length: 60 }, (_, i) => user({ name: `caller-${i}` })));
+      const answers = await Promise.all(
+        tokens.map(async (t, i) => {
+          if (i % 2 === 0) return (await call(`${stack.sidecar.url}/Validate`, { token: t })).json().claims.name as string;
+          return headerMap((await checkWith(stack, { headers: { authorization: `Bearer ${t}`, 'x-entra-name': 'spoofed' } })).ok_response.headers)['x-entra-name'];
+        }),
+      );
+      answers.forEach((name, i) => expect(name).to.equal(`caller-${i}`));
+    });
+
+    it('never lets one request\'s overrides leak into another\'s (concurrent, mixed)', async () => {
+      const answers = await Promise.all(
+        Array.from({ length: 30 }, async (_, i) => {
+          const widen = i % 3 === 0;
+          const q = widen ? `?optionsOverride.Scopes=${encodeURIComponent(V1_SCOPE)}&optionsOverride.RequestAppToken=true` : '';
+          const r = await call(`${stack.sidecar.url}/DownstreamApiUnauthenticated/items${q}`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json', 'x-case': String(i) } });
+          return { widen, status: r.status, text: r.text };
+        }),
+      );
+      for (const a of answers) expect(a.status, a.text).to.equal(200);
+      expect(api.seen.length).to.equal(30);
+      const auds = api.seen.map((s) => audOf(s.headers.authorization as string));
+      for (const s of api.seen) stack.tokens.push((s.headers.authorization as string).slice(7));
+      expect(auds.filter((a) => a === 'api://legacy-v1').length).to.equal(answers.filter((a) => a.widen).length);
+      // The configured options are unchanged afterwards.
+      const plain = await call(`${stack.sidecar.url}/DownstreamApiUnauthenticated/items`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+      expect(plain.status).to.equal(200);
+      expect(audOf(api.seen.at(-1)!.headers.authorization as string)).to.equal(downstreamAud);
+    });
+  });
+});
+
+describe('security: secret material is never compared with === in src/', () => {
+  /** Every .ts file under src/. */
+  function sources(dir: string): string[] {
+    const out: string[] = [];
+    for (const name of readdirSync(dir)) {
+      const p = path.join(dir, name);
+      if (statSync(p).isDirectory()) out.push(...sources(p));
+      else if (p.endsWith('.ts')) out.push(p);
+    }
+    return out;
+  }
+  const SECRET_OPERAND = /\b\w*(secret|password|privatekey|assertion|refreshtoken|sessionkey|apikey|identityheader)\w*\b/i;
+  // Against a literal or a public constant (e.g. `!== ALLOCATE_FOR_ME`, `.asymmetricKeyType === 'rsa'`) nothing secret can leak.
+  const BENIGN_OTHER_SIDE = /^(undefined|null|true|false|\d+|'[^']*'|"[^"]*"|[A-Z][A-Z0-9_]*)$/;
+
+  it('finds src/ files to scan', () => {
+    expect(sources(path.join(repoRoot, 'src')).length).to.be.greaterThan(20);
+  });
+
+  it('has no equality comparison between secret-named values (use crypto.timingSafeEqual or compare digests)', () => {
+    const offences: string[] = [];
+    for (const file of sources(path.join(repoRoot, 'src'))) {
+      const lines = readFileSync(file, 'utf8').split('\n');
+      lines.forEach((line, i) => {
+        if (/^\s*(\/\/|\*)/.test(line)) return;
+        for (const m of line.matchAll(/([\w.$[\]'"?]+)\s*(===|!==|==|!=)\s*([\w.$[\]'"?]+)/g)) {
+          const [left, right] = [m[1], m[3]];
+          const secretSide = SECRET_OPERAND.test(left) ? right : SECRET_OPERAND.test(right) ? left : undefined;
+          if (secretSide === undefined) continue;
+          if (BENIGN_OTHER_SIDE.test(secretSide) || /typeof/.test(line.slice(Math.max(0, (m.index ?? 0) - 10), m.index))) continue;
+          offences.push(`${path.relative(repoRoot, file)}:${i + 1}: ${line.trim()}`);
+        }
+      });
+    }
+    expect(offences).to.deep.equal([]);
+  });
+
+  it('uses timingSafeEqual correctly wherever it is used (equal-length buffers checked first)', () => {
+    for (const file of sources(path.join(repoRoot, 'src'))) {
+      const text = readFileSync(file, 'utf8');
+      if (!text.includes('timingSafeEqual(')) continue;
+      expect(text, `${file} compares lengths before timingSafeEqual`).to.match(/\.length\s*[!=]==/);
+    }
+  });
+});
