@@ -6,14 +6,16 @@
 import { describeConfigErrors, loadConfig, processConfigInputs } from './config/load.js';
 import type { SidecarConfig } from './config/types.js';
 import { createLogger, type Logger } from './log.js';
-import { createOutboundAgent } from './net/outbound.js';
+import { createOutboundAgent, observeOutbound } from './net/outbound.js';
 import { createTokenValidator } from './validation/validator.js';
 import { loadDecryptionKeys } from './validation/decryption.js';
 import { createTokenAcquirer } from './acquisition/acquirer.js';
 import { resolveApiOptions } from './pipeline/api-options.js';
 import { startHttpApi, type HttpApiServer } from './http/server.js';
 import { startExtAuthzServer, type ExtAuthzServer } from './extauthz/server.js';
-import { createMetrics } from './metrics.js';
+import { createMetrics, type Metrics, type TokenFlow } from './metrics.js';
+import { toSidecarError } from './errors.js';
+import type { AcquireRequest, TokenAcquirer } from './pipeline/types.js';
 import { startManagementServer } from './management/server.js';
 import { VERSION } from './version.js';
 import { ReplayCache } from './pop/inbound.js';
@@ -23,20 +25,23 @@ const SHUTDOWN_GRACE_MS = 10_000;
 /** Builds and starts everything for a loaded config. */
 export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<void>> {
   const outbound = config.sidecar.outbound;
-  const agent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
+  const metrics = createMetrics({ version: VERSION, collectProcess: true });
+  const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
+  const agent = observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds));
   const validator = createTokenValidator({
     azureAd: config.azureAd,
     settings: config.sidecar.validation,
     outbound: { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes },
     logger,
     decryptionKeys: loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials),
+    onSigningKeysLoad: (outcome, keyCount) => {
+      metrics.countSigningKeysRefresh(outcome);
+      metrics.setSigningKeys(keyCount);
+    },
   });
-  const acquirer = createTokenAcquirer({ config, agent, logger });
-  const metrics = createMetrics({ version: VERSION, collectProcess: true });
-  metrics.addScrapeHook(() => {
-    metrics.syncTokenCache(acquirer.stats());
-    metrics.setSigningKeys(validator.stats().keyCount);
-  });
+  const engine = createTokenAcquirer({ config, agent, logger });
+  metrics.addScrapeHook(() => metrics.syncTokenCache(engine.stats()));
+  const acquirer = countAcquisitions(engine, metrics);
 
   const http: HttpApiServer = await startHttpApi({
     config,
@@ -56,6 +61,7 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
         maxRedirects: config.sidecar.downstreamApi.maxRedirects,
         timeoutMs: outbound.timeoutMs,
       },
+      ...(engine.httpRequestSigner ? { httpRequestSigner: engine.httpRequestSigner } : {}),
     },
   });
 
@@ -111,7 +117,35 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
     await management?.close(1_000);
     validator.close();
     acquirer.close();
-    await agent.close();
+    await baseAgent.close();
+  };
+}
+
+/** The acquisition flow a request selects (reference sidecar-http-api §5.1), for metrics only. */
+function flowOf(req: AcquireRequest): TokenFlow {
+  const o = req.options;
+  if (req.agent) return 'agent';
+  if (o.acquireTokenOptions.managedIdentity) return 'managed_identity';
+  if (o.requestAppToken) return 'client_credentials';
+  return req.user ? 'on_behalf_of' : 'long_running_on_behalf_of';
+}
+
+/** Counts every acquisition (cache hits included) by flow and outcome; the engine itself stays metric-free. */
+function countAcquisitions(engine: TokenAcquirer, metrics: Metrics): TokenAcquirer {
+  return {
+    acquire(req) {
+      return engine.acquire(req).then(
+        (token) => {
+          metrics.countTokenAcquisition(flowOf(req), 'ok');
+          return token;
+        },
+        (err: unknown) => {
+          metrics.countTokenAcquisition(flowOf(req), toSidecarError(err).code);
+          throw err;
+        },
+      );
+    },
+    close: () => engine.close(),
   };
 }
 

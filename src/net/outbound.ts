@@ -6,8 +6,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, DecoratorHandler, request, type Dispatcher } from 'undici';
 import { SidecarError } from '../errors.js';
+import type { OutboundTarget } from '../metrics.js';
 
 export interface OutboundOptions {
   /** PEM files to trust in addition to the system store (NODE_EXTRA_CA_CERTS, Sidecar:Outbound:CaFile). */
@@ -15,6 +16,65 @@ export interface OutboundOptions {
   readonly connectTimeoutMs: number;
   /** Bound on waiting for response headers and on each gap while reading the body. */
   readonly timeoutMs: number;
+}
+
+/** Called once per outbound request when it ends: its kind, the status (or 'error') and its duration. */
+export type OutboundObserver = (target: OutboundTarget, status: number | 'error', seconds: number) => void;
+
+/**
+ * What an outbound request is, from its path alone (bounded label set; never the URL itself):
+ * OpenID metadata, signing keys, the token endpoint, a managed-identity endpoint, Key Vault, or
+ * anything else (a downstream API).
+ */
+export function outboundTarget(path: string): OutboundTarget {
+  if (path.includes('/.well-known/openid-configuration')) return 'metadata';
+  if (path.includes('/discovery/')) return path.includes('/discovery/instance') ? 'metadata' : 'jwks';
+  if (/\/oauth2\/(v2\.0\/)?token/.test(path)) return 'token';
+  if (path.includes('/metadata/identity/') || path.includes('/msi/token')) return 'managed_identity';
+  if (path.includes('/secrets/')) return 'key_vault';
+  return 'downstream';
+}
+
+type ResponseStart = NonNullable<Dispatcher.DispatchHandler['onResponseStart']>;
+type ResponseEnd = NonNullable<Dispatcher.DispatchHandler['onResponseEnd']>;
+type ResponseError = NonNullable<Dispatcher.DispatchHandler['onResponseError']>;
+/** undici 7's DecoratorHandler speaks the new handler API at run time; its published types still describe the old one. */
+interface DecoratedHandler {
+  onResponseStart(...args: Parameters<ResponseStart>): ReturnType<ResponseStart>;
+  onResponseEnd(...args: Parameters<ResponseEnd>): ReturnType<ResponseEnd>;
+  onResponseError(...args: Parameters<ResponseError>): ReturnType<ResponseError>;
+}
+const DecoratorBase = DecoratorHandler as unknown as new (handler: Dispatcher.DispatchHandler) => DecoratedHandler;
+
+/** Reports each request's status and duration to the observer (undici interceptor). */
+class ObservingHandler extends DecoratorBase {
+  private status: number | 'error' = 'error';
+  private readonly done: (status: number | 'error') => void;
+  constructor(handler: Dispatcher.DispatchHandler, done: (status: number | 'error') => void) {
+    super(handler);
+    this.done = done;
+  }
+  override onResponseStart(...args: Parameters<ResponseStart>): ReturnType<ResponseStart> {
+    this.status = args[1];
+    return super.onResponseStart(...args);
+  }
+  override onResponseEnd(...args: Parameters<ResponseEnd>): ReturnType<ResponseEnd> {
+    this.done(this.status);
+    return super.onResponseEnd(...args);
+  }
+  override onResponseError(...args: Parameters<ResponseError>): ReturnType<ResponseError> {
+    this.done('error');
+    return super.onResponseError(...args);
+  }
+}
+
+/** Wraps a dispatcher so every request it sends is reported to `observe` (for outbound metrics). */
+export function observeOutbound(agent: Dispatcher, observe: OutboundObserver): Dispatcher {
+  return agent.compose((dispatch) => (dispatchOpts, handler) => {
+    const target = outboundTarget(dispatchOpts.path);
+    const started = process.hrtime.bigint();
+    return dispatch(dispatchOpts, new ObservingHandler(handler, (status) => observe(target, status, Number(process.hrtime.bigint() - started) / 1e9)));
+  });
 }
 
 /** Creates a keep-alive undici Agent with the configured trust and timeouts. */

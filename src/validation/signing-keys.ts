@@ -50,6 +50,8 @@ export interface SigningKeyStoreOptions {
   readonly now: () => number;
   /** Background retry after a failed load: first delay and ceiling (ms). */
   readonly retry?: { readonly initialMs: number; readonly maxMs: number };
+  /** Called after every load attempt with its outcome and the number of keys then held. */
+  readonly onLoad?: (outcome: 'ok' | 'error', keyCount: number) => void;
   /** Called after a newer key set replaces an older one. */
   readonly onChange?: (previous: SigningKeySet | undefined, next: SigningKeySet) => void;
 }
@@ -205,7 +207,16 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
 
   function shared(withMetadata: boolean): Promise<SigningKeySet> {
     if (inflight) return inflight;
-    const p = load(withMetadata).finally(() => {
+    const p = load(withMetadata).then(
+      (set) => {
+        opts.onLoad?.('ok', set.all.length);
+        return set;
+      },
+      (err: unknown) => {
+        opts.onLoad?.('error', snapshot?.all.length ?? 0);
+        throw err;
+      },
+    ).finally(() => {
       if (inflight === p) inflight = undefined;
     });
     inflight = p;

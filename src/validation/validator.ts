@@ -26,6 +26,8 @@ export interface ValidatorDeps {
   readonly decryptionKeys?: DecryptionKey[];
   /** Background retry of a failed key load: first delay and ceiling in ms (default 1 s … 60 s). */
   readonly keyLoadRetry?: { readonly initialMs: number; readonly maxMs: number };
+  /** Told about every metadata/JWKS load (for the signing-key metrics). */
+  readonly onSigningKeysLoad?: (outcome: 'ok' | 'error', keyCount: number) => void;
 }
 
 /** Counters for tests and metrics. */
@@ -150,6 +152,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     logger,
     now,
     ...(deps.keyLoadRetry ? { retry: deps.keyLoadRetry } : {}),
+    ...(deps.onSigningKeysLoad ? { onLoad: deps.onSigningKeysLoad } : {}),
     onChange(previous, next) {
       // A key that left the JWKS no longer vouches for tokens it signed.
       if (previous && cache.size > 0) {

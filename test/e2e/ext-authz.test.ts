@@ -165,6 +165,12 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     expect(m.status).to.equal(200);
     expect(m.text).to.match(/entra_sidecar_ext_authz_checks_total\{decision="allow",reason="ok"\} [1-9]/);
     expect(m.text).to.match(/entra_sidecar_ext_authz_checks_total\{decision="deny",reason="credential_missing"\} 1/);
+    // Outbound calls, acquisitions and key loads are counted too, with bounded labels only.
+    expect(m.text).to.match(/entra_sidecar_outbound_requests_total\{target="token",status_class="2xx"\} [1-9]/);
+    expect(m.text).to.match(/entra_sidecar_outbound_requests_total\{target="jwks",status_class="2xx"\} [1-9]/);
+    expect(m.text).to.match(/entra_sidecar_token_acquisitions_total\{flow="on_behalf_of",outcome="ok"\} [1-9]/);
+    expect(m.text).to.match(/entra_sidecar_signing_keys_refreshes_total\{outcome="ok"\} [1-9]/);
+    expect(m.text).to.match(/entra_sidecar_token_cache_hits_total [1-9]/);
   });
 });
 
