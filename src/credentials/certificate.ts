@@ -6,7 +6,18 @@
  */
 import { X509Certificate, createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import forge from 'node-forge';
+import type forgeModule from 'node-forge';
+import { createRequire } from 'node:module';
+
+/**
+ * node-forge (PKCS#12 only) is loaded on first use: most deployments never read a PFX, and the
+ * module costs start-up time and memory in every process that imports it.
+ */
+let forgeInstance: typeof forgeModule | undefined;
+function loadForge(): typeof forgeModule {
+  forgeInstance ??= createRequire(import.meta.url)('node-forge') as typeof forgeModule;
+  return forgeInstance;
+}
 import type { CredentialDescription } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 
@@ -71,10 +82,11 @@ export function loadCertificateFromPem(pem: string, password?: string, source = 
 
 /** Loads a PKCS#12 (PFX) file with node-forge; certificates and keys of any algorithm node:crypto reads. */
 export function loadCertificateFromPfx(pfx: Buffer, password?: string, source = 'The PFX certificate'): LoadedCertificate {
-  let bags: forge.pkcs12.Bag[];
+  const forge = loadForge();
+  let bags: forgeModule.pkcs12.Bag[];
   try {
     const asn1 = forge.asn1.fromDer(forge.util.createBuffer(pfx.toString('binary')));
-    let p12: forge.pkcs12.Pkcs12Pfx;
+    let p12: forgeModule.pkcs12.Pkcs12Pfx;
     try {
       p12 = forge.pkcs12.pkcs12FromAsn1(asn1, false, password ?? '');
     } catch (err) {
@@ -90,7 +102,7 @@ export function loadCertificateFromPfx(pfx: Buffer, password?: string, source = 
   let privateKey: KeyObject | undefined;
   for (const bag of bags) {
     // forge parses RSA keys/certificates itself and keeps anything else (EC) as raw ASN.1.
-    const withAsn1 = bag as forge.pkcs12.Bag & { asn1?: forge.asn1.Asn1 };
+    const withAsn1 = bag as forgeModule.pkcs12.Bag & { asn1?: forgeModule.asn1.Asn1 };
     if (bag.type === forge.pki.oids.certBag) {
       const asn1 = bag.cert ? forge.pki.certificateToAsn1(bag.cert) : withAsn1.asn1;
       if (asn1) certs.push(new X509Certificate(Buffer.from(forge.asn1.toDer(asn1).getBytes(), 'binary')));

@@ -1,0 +1,208 @@
+/**
+ * The sidecar process (started by main.ts) and the only place that wires modules together: load config (exit non-zero
+ * before listening when it is invalid), build the outbound agent, validator and acquirer, start the
+ * listeners, log one JSON line with every bound address, and shut down gracefully on SIGTERM/SIGINT.
+ */
+import { describeConfigErrors, loadConfig, processConfigInputs } from './config/load.js';
+import type { SidecarConfig } from './config/types.js';
+import { createLogger, type Logger } from './log.js';
+import { createOutboundAgent, observeOutbound } from './net/outbound.js';
+import { createTokenValidator } from './validation/validator.js';
+import { loadDecryptionKeys } from './validation/decryption.js';
+import { createTokenAcquirer } from './acquisition/acquirer.js';
+import { resolveApiOptions } from './pipeline/api-options.js';
+import { startHttpApi, type HttpApiServer } from './http/server.js';
+import { startExtAuthzServer, type ExtAuthzServer } from './extauthz/server.js';
+import { createMetrics, type Metrics, type TokenFlow } from './metrics.js';
+import { toSidecarError } from './errors.js';
+import type { AcquireRequest, TokenAcquirer } from './pipeline/types.js';
+import { startManagementServer } from './management/server.js';
+import { VERSION } from './version.js';
+import { ReplayCache } from './pop/inbound.js';
+
+const SHUTDOWN_GRACE_MS = 10_000;
+
+/** Builds and starts everything for a loaded config. */
+export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<void>> {
+  const outbound = config.sidecar.outbound;
+  const metrics = createMetrics({ version: VERSION, collectProcess: true });
+  const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
+  const agent = observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds));
+  const validator = createTokenValidator({
+    azureAd: config.azureAd,
+    settings: config.sidecar.validation,
+    outbound: { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes },
+    logger,
+    decryptionKeys: loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials),
+    onSigningKeysLoad: (outcome, keyCount) => {
+      metrics.countSigningKeysRefresh(outcome);
+      metrics.setSigningKeys(keyCount);
+    },
+  });
+  const engine = createTokenAcquirer({ config, agent, logger });
+  metrics.addScrapeHook(() => metrics.syncTokenCache(engine.stats()));
+  const acquirer = countAcquisitions(engine, metrics);
+
+  const http: HttpApiServer = await startHttpApi({
+    config,
+    logger,
+    validator,
+    acquirer,
+    metrics,
+    ...(config.sidecar.popValidation.replayCache ? { popReplayCache: new ReplayCache() } : {}),
+    downstream: {
+      agent,
+      acquirer,
+      logger,
+      settings: {
+        allowOutboundRedirects: config.sidecar.allowOutboundRedirects,
+        returnAllResponseHeaders: config.sidecar.downstreamApi.returnAllResponseHeaders,
+        maxResponseBytes: config.sidecar.downstreamApi.maxResponseBytes,
+        maxRedirects: config.sidecar.downstreamApi.maxRedirects,
+        timeoutMs: outbound.timeoutMs,
+      },
+      ...(engine.httpRequestSigner ? { httpRequestSigner: engine.httpRequestSigner } : {}),
+    },
+  });
+
+  let extAuthz: ExtAuthzServer | undefined;
+  if (config.sidecar.extAuthz.enabled) {
+    extAuthz = await startExtAuthzServer({
+      config,
+      validator,
+      acquirer,
+      logger,
+      metrics,
+      resolveApiOptions: (apiName) =>
+        Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName)
+          ? resolveApiOptions(config, apiName, new URLSearchParams(), false).options
+          : undefined,
+    });
+  }
+
+  const management = config.sidecar.management.enabled
+    ? await startManagementServer({
+        address: config.sidecar.management.address,
+        metrics,
+        logger,
+        readiness: () => ({ ready: validator.ready(), reasons: validator.ready() ? [] : ['signing_keys_not_loaded'] }),
+      })
+    : undefined;
+
+  // Keys load in the background (start() never rejects; it retries with backoff). Readiness follows
+  // validator.ready(): /readyz on the management listener and the gRPC health of the Authorization service.
+  void validator.start();
+
+  // The one line that says what was bound: written whatever the log level, because supervisors and
+  // tests that start the sidecar on port 0 read their ports from it.
+  const listening = {
+    level: 'info',
+    time: new Date().toISOString(),
+    service: 'entra-sidecar',
+    event: 'listening',
+    http: http.addresses,
+    extAuthz: extAuthz ? { host: extAuthz.address.slice(0, extAuthz.address.lastIndexOf(':')), port: extAuthz.port } : null,
+    management: management ? { host: management.host, port: management.port } : null,
+    environment: config.environment.name,
+    version: VERSION,
+    msg: 'entra-sidecar is listening',
+  };
+  process.stdout.write(JSON.stringify(listening) + '\n');
+
+  return async () => {
+    // Readiness goes false first so the kubelet and Envoy stop sending, then listeners drain.
+    management?.setShuttingDown();
+    extAuthz?.setServing(false);
+    await Promise.all([http.close(SHUTDOWN_GRACE_MS), extAuthz?.close(SHUTDOWN_GRACE_MS)]);
+    await management?.close(1_000);
+    validator.close();
+    acquirer.close();
+    await baseAgent.close();
+  };
+}
+
+/** The acquisition flow a request selects (reference sidecar-http-api §5.1), for metrics only. */
+function flowOf(req: AcquireRequest): TokenFlow {
+  const o = req.options;
+  if (req.agent) return 'agent';
+  if (o.acquireTokenOptions.managedIdentity) return 'managed_identity';
+  if (o.requestAppToken) return 'client_credentials';
+  return req.user ? 'on_behalf_of' : 'long_running_on_behalf_of';
+}
+
+/** Counts every acquisition (cache hits included) by flow and outcome; the engine itself stays metric-free. */
+function countAcquisitions(engine: TokenAcquirer, metrics: Metrics): TokenAcquirer {
+  return {
+    acquire(req) {
+      return engine.acquire(req).then(
+        (token) => {
+          metrics.countTokenAcquisition(flowOf(req), 'ok');
+          return token;
+        },
+        (err: unknown) => {
+          metrics.countTokenAcquisition(flowOf(req), toSidecarError(err).code);
+          throw err;
+        },
+      );
+    },
+    close: () => engine.close(),
+  };
+}
+
+async function main(): Promise<void> {
+  const result = loadConfig(processConfigInputs());
+  if (!result.ok) {
+    process.stderr.write(describeConfigErrors(result.errors));
+    process.exitCode = 1;
+    return;
+  }
+  const { config, warnings } = result;
+  const logger = createLogger(config.sidecar.logLevel);
+  for (const w of warnings) logger.warn({ event: 'config_warning' }, w);
+
+  process.on('uncaughtException', (err) => {
+    logger.fatal({ err: { type: err.name, message: err.message, stack: err.stack } }, 'uncaught exception');
+    logger.flush();
+    process.exit(70);
+  });
+  process.on('unhandledRejection', (reason) => {
+    logger.fatal({ err: reason instanceof Error ? { type: reason.name, message: reason.message, stack: reason.stack } : String(reason) }, 'unhandled rejection');
+    logger.flush();
+    process.exit(70);
+  });
+
+  let stop: () => Promise<void>;
+  try {
+    stop = await run(config, logger);
+  } catch (err) {
+    logger.fatal({ err: err instanceof Error ? { type: err.name, message: err.message } : String(err) }, 'failed to start');
+    logger.flush();
+    process.exitCode = 1;
+    return;
+  }
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ event: 'shutdown', signal }, 'shutting down');
+    const force = setTimeout(() => process.exit(1), SHUTDOWN_GRACE_MS + 2_000);
+    force.unref();
+    stop().then(
+      () => {
+        logger.info({ event: 'stopped' }, 'stopped');
+        logger.flush();
+        process.exitCode = 0;
+        setTimeout(() => process.exit(0), 50).unref();
+      },
+      (err: unknown) => {
+        logger.error({ err: err instanceof Error ? err.message : String(err) }, 'error during shutdown');
+        logger.flush();
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+await main();
