@@ -86,7 +86,8 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       const e = toSidecarError(err);
       if (e.code.startsWith('token_')) deps.metrics.countValidationFailure(e.code);
       const level = e.spec.logLevel;
-      logger[level]({ code: e.code, route: route.name, err: e.cause instanceof Error ? { type: e.cause.name, message: e.cause.message } : undefined, detail: e.detail }, 'request failed');
+      const requestId = req.headers['x-request-id'];
+      logger[level]({ code: e.code, route: route.name, ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {}), err: e.cause instanceof Error ? { type: e.cause.name, message: e.cause.message } : undefined, detail: e.detail }, 'request failed');
       if (res.headersSent) {
         res.destroy();
         return;
