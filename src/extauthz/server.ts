@@ -4,6 +4,7 @@
  * v2/v2alpha names by itself (reference envoy-ext-authz §1.5). No reflection.
  */
 import * as grpc from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -74,7 +75,6 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     ...(deps.now ? { now: deps.now } : {}),
   });
   const internalDeny = renderDeny(new SidecarError('internal'), protos.httpStatusNames);
-  if (options.reflection) logger.warn('Sidecar:ExtAuthz:Reflection is set but gRPC reflection is not part of this build; it stays off.');
 
   let serving = false;
   const health = new HealthService(['', AUTHORIZATION_SERVICE], (service): ServingStatus | undefined => {
@@ -105,6 +105,9 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     },
   });
   health.addToServer(server);
+  // Off by default: reflection tells any caller of the port which services exist (grpcurl and
+  // friends need it; Envoy does not).
+  if (options.reflection) new ReflectionService(protos.packageDefinition, { services: [AUTHORIZATION_SERVICE] }).addToServer(server);
 
   const target = hostPort(options.address.host, options.address.port);
   const port = await new Promise<number>((resolve, reject) => {

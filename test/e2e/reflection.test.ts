@@ -1,0 +1,61 @@
+/**
+ * gRPC server reflection on the ext_authz port: off by default (UNIMPLEMENTED), on with
+ * Sidecar:ExtAuthz:Reflection=true, listing the Authorization service (what grpcurl asks first).
+ */
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { startEmulator, type Emulator } from '../../emulator/index.js';
+import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { sidecarEnv } from '../helpers/e2e.js';
+
+/** ServerReflectionRequest{list_services: ""} (field 7, string), hand-encoded. */
+const LIST_SERVICES = Buffer.from([0x3a, 0x00]);
+
+function listServices(address: string): Promise<string> {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  return new Promise((resolve, reject) => {
+    const call = client.makeBidiStreamRequest('/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', (b: Buffer) => b, (b: Buffer) => b, { deadline: Date.now() + 3000 });
+    call.on('data', (b: Buffer) => {
+      // The response is protobuf; service names appear in it as UTF-8 strings.
+      resolve(b.toString('latin1'));
+      call.end();
+      client.close();
+    });
+    call.on('error', (err) => {
+      client.close();
+      reject(err);
+    });
+    call.write(LIST_SERVICES);
+  });
+}
+
+describe('gRPC reflection on the ext_authz port (built sidecar)', function () {
+  this.timeout(30_000);
+  let emu: Emulator;
+  const running: RunningSidecar[] = [];
+  before(async () => {
+    emu = await startEmulator();
+  });
+  after(async () => {
+    for (const s of running) await s.stop();
+    await emu?.close();
+  });
+
+  it('is off by default: the reflection service answers UNIMPLEMENTED', async () => {
+    const s = await startSidecar(sidecarEnv(emu));
+    running.push(s);
+    try {
+      await listServices(`127.0.0.1:${s.listening.extAuthz!.port}`);
+      expect.fail('reflection answered');
+    } catch (err) {
+      expect((err as grpc.ServiceError).code).to.equal(grpc.status.UNIMPLEMENTED);
+    }
+  });
+
+  it('lists envoy.service.auth.v3.Authorization when Sidecar:ExtAuthz:Reflection is true', async () => {
+    const s = await startSidecar(sidecarEnv(emu, { Sidecar__ExtAuthz__Reflection: 'true' }));
+    running.push(s);
+    const answer = await listServices(`127.0.0.1:${s.listening.extAuthz!.port}`);
+    expect(answer).to.include('envoy.service.auth.v3.Authorization');
+  });
+});
