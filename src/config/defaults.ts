@@ -120,7 +120,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:ExtAuthz:RequiredScopes:<i>', default: '', description: 'Scopes (`scp`) the inbound token must carry (array).' },
   { key: 'Sidecar:ExtAuthz:RequiredRoles:<i>', default: '', description: 'App roles (`roles`) the inbound token must carry (array).' },
   { key: 'Sidecar:ExtAuthz:RequireAll', default: 'false', description: 'true = every listed scope/role is required; false = any one suffices (ASP.NET RequiredScope semantics).' },
-  { key: 'Sidecar:ExtAuthz:ClaimsToHeaders:<header>', default: '', description: 'Header name → claim name, set on allow and always stripped from the client\'s request (e.g. `Sidecar__ExtAuthz__ClaimsToHeaders__x-user-oid=oid`).' },
+  { key: 'Sidecar:ExtAuthz:ClaimsToHeaders:<header>', default: '', description: 'Header name → claim name: on allow the header is overwritten with the claim, or removed when the token lacks it, so a client-sent copy never reaches the app (e.g. `Sidecar__ExtAuthz__ClaimsToHeaders__x-user-oid=oid`).' },
   { key: 'Sidecar:ExtAuthz:StripInboundAuthorization', default: 'false', description: 'Remove the client\'s Authorization header before forwarding when no token is injected in its place.' },
   { key: 'Sidecar:ExtAuthz:AllowCorsPreflight', default: 'true', description: 'Allow CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) without a token; browsers never send one.' },
   { key: 'Sidecar:ExtAuthz:Reflection', default: 'false', description: 'Expose gRPC server reflection (debugging aid, off in production).' },
