@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { collectLines } from '../test/helpers/sidecar.js';
 
 /** The compiled output root (holds src/, bench/, emulator/): this file is `<outRoot>/bench/processes.js`. */
 export const outRoot = fileURLToPath(new URL('../', import.meta.url));
@@ -51,18 +52,6 @@ export function spawnPinned(prefix: string[], argv: string[], opts: { env?: Node
   return spawn(full[0], full.slice(1), { env: opts.env ?? process.env, cwd: opts.cwd ?? repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-/** Calls onLine for each complete line of a stream. */
-export function eachLine(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
-  let buf = '';
-  stream.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i: number;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      onLine(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-}
 
 /** A server child that printed a JSON "listening" line. */
 export interface RunningServer {
@@ -86,14 +75,14 @@ export async function startServer(prefix: string[], argv: string[], env: NodeJS.
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const listening = await new Promise<Record<string, unknown>>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${argv.join(' ')} did not start in time:\n${lines.slice(-20).join('\n')}`)), timeoutMs);
-    eachLine(child.stdout!, (line) => {
+    collectLines(child.stdout!, (line) => {
       if (lines.length < 10_000) lines.push(line);
       if (line.includes('"event":"listening"')) {
         clearTimeout(timer);
         resolve(JSON.parse(line) as Record<string, unknown>);
       }
     });
-    eachLine(child.stderr!, (line) => {
+    collectLines(child.stderr!, (line) => {
       if (lines.length < 10_000) lines.push(line);
     });
     void exited.then(() => {

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Emulator } from '../emulator/index.js';
+import { sidecarEnv as testSidecarEnv } from '../test/helpers/e2e.js';
 import { benchDir, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
 import type { LoadgenJob, LoadgenResult } from './loadgen.js';
 import { encodeCheckFrame, envoyCheckRequest } from './wire.js';
@@ -91,26 +92,20 @@ export async function makeScratch(): Promise<{ dir: string; remove(): Promise<vo
 
 /** The sidecar's whole configuration: the emulator as Entra, two downstream APIs, every listener on loopback port 0. */
 export function sidecarEnv(emu: Emulator, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const s = emu.scenario;
-  const downstream = s.apps.downstreamApi.identifierUris[0];
+  const downstream = emu.scenario.apps.downstreamApi.identifierUris[0];
   return {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     NODE_ENV: 'production',
-    AzureAd__Instance: emu.instance,
-    AzureAd__TenantId: s.tenants.primary.id,
-    AzureAd__ClientId: s.apps.sidecarApi.appId,
-    AzureAd__ClientCredentials__0__SourceType: 'ClientSecret',
-    AzureAd__ClientCredentials__0__ClientSecret: s.apps.sidecarApi.secrets[0].value,
-    Sidecar__Outbound__CaFile: emu.caFile,
-    Sidecar__Http__Url: 'http://127.0.0.1:0',
-    Sidecar__ExtAuthz__Address: '127.0.0.1:0',
-    Sidecar__Management__Url: 'http://127.0.0.1:0',
-    [`DownstreamApis__${APP_TOKEN_API}__BaseUrl`]: 'https://downstream.example.test/',
-    [`DownstreamApis__${APP_TOKEN_API}__Scopes__0`]: `${downstream}/.default`,
-    [`DownstreamApis__${APP_TOKEN_API}__RequestAppToken`]: 'true',
-    [`DownstreamApis__${OBO_API}__BaseUrl`]: 'https://downstream.example.test/',
-    [`DownstreamApis__${OBO_API}__Scopes__0`]: `${downstream}/read`,
-    ...extra,
+    ...testSidecarEnv(emu, {
+      // Production's default level, not the tests' debug.
+      Sidecar__LogLevel: 'info',
+      [`DownstreamApis__${APP_TOKEN_API}__BaseUrl`]: 'https://downstream.example.test/',
+      [`DownstreamApis__${APP_TOKEN_API}__Scopes__0`]: `${downstream}/.default`,
+      [`DownstreamApis__${APP_TOKEN_API}__RequestAppToken`]: 'true',
+      [`DownstreamApis__${OBO_API}__BaseUrl`]: 'https://downstream.example.test/',
+      [`DownstreamApis__${OBO_API}__Scopes__0`]: `${downstream}/read`,
+      ...extra,
+    }),
   };
 }
 

@@ -90,6 +90,16 @@ function sha256(value: string): string {
 
 /** Cache key: a digest of the parts, so no raw token, assertion or session key ever sits in a key. */
 /**
+ * The fields every msal token call here shares: msal's own cache is bypassed and never written (our
+ * TokenCache owns caching), and claims and extra query parameters ride along when present.
+ * `storeInCache` and `extraQueryParameters` are honoured by msal at run time although its request
+ * types omit them, hence the cast.
+ */
+function msalCommon(authority: string, correlationId: string, claimsParam: { claims?: string }, eqp: { extraQueryParameters?: Record<string, string> }): { authority: string; correlationId: string; skipCache: true; claims?: string } {
+  return { authority, correlationId, skipCache: true, ...claimsParam, ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object) };
+}
+
+/**
  * Our token-cache key. Its parts are identifiers and digests only (never a raw token or secret), so
  * the joined string is the key itself; no hashing on the hot path.
  */
@@ -551,11 +561,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
           toCachedToken(
             await agentAppFor(agentId, authority).acquireTokenByClientCredential({
               scopes: [scope],
-              authority,
-              correlationId,
-              skipCache: true,
-              ...claimsParam,
-              ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+              ...msalCommon(authority, correlationId, claimsParam, eqp),
             }),
           ),
         );
@@ -572,11 +578,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         const result = await app.acquireTokenOnBehalfOf({
           oboAssertion: user.jws,
           scopes: [...scopes],
-          authority,
-          correlationId,
-          skipCache: true,
-          ...claimsParam,
-          ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+          ...msalCommon(authority, correlationId, claimsParam, eqp),
         });
         await forgetAccount(app, result);
         return toCachedToken(result);
@@ -655,11 +657,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
             const result = await app.acquireTokenOnBehalfOf({
               oboAssertion: user.jws,
               scopes: [...scopes],
-              authority,
-              correlationId,
-              skipCache: true,
-              ...claimsParam,
-              ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+              ...msalCommon(authority, correlationId, claimsParam, eqp),
             });
             await forgetAccount(app, result);
             return toCachedToken(result);

@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
 import { startSidecar, waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
-import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 
 function apis(emu: Emulator): Record<string, string> {
   const downstream = emu.scenario.apps.downstreamApi;
@@ -172,20 +172,12 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
 
 describe('token acquisition edge cases (built sidecar)', function () {
   this.timeout(40_000);
+  const suite = withEmulatorAndSidecars(apis);
+  const start = suite.start;
   let emu: Emulator;
-  const running: RunningSidecar[] = [];
-  before(async () => {
-    emu = await startEmulator();
+  before(() => {
+    emu = suite.emu();
   });
-  after(async () => {
-    for (const s of running) await s.stop();
-    await emu?.close();
-  });
-  const start = async (extra: Record<string, string>) => {
-    const s = await startSidecar(sidecarEnv(emu, { ...apis(emu), ...extra }));
-    running.push(s);
-    return s;
-  };
 
   it('answers 401 with AADSTS7000215 when the client secret is wrong', async () => {
     const s = await start({ AzureAd__ClientCredentials__0__ClientSecret: 'wrong-secret-value' });

@@ -4,9 +4,7 @@
  */
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
-import { startEmulator, type Emulator } from '../../emulator/index.js';
-import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
-import { sidecarEnv } from '../helpers/e2e.js';
+import { withEmulatorAndSidecars } from '../helpers/e2e.js';
 
 /** ServerReflectionRequest{list_services: ""} (field 7, string), hand-encoded. */
 const LIST_SERVICES = Buffer.from([0x3a, 0x00]);
@@ -31,19 +29,10 @@ function listServices(address: string): Promise<string> {
 
 describe('gRPC reflection on the ext_authz port (built sidecar)', function () {
   this.timeout(30_000);
-  let emu: Emulator;
-  const running: RunningSidecar[] = [];
-  before(async () => {
-    emu = await startEmulator();
-  });
-  after(async () => {
-    for (const s of running) await s.stop();
-    await emu?.close();
-  });
+  const suite = withEmulatorAndSidecars();
 
   it('is off by default: the reflection service answers UNIMPLEMENTED', async () => {
-    const s = await startSidecar(sidecarEnv(emu));
-    running.push(s);
+    const s = await suite.start();
     try {
       await listServices(`127.0.0.1:${s.listening.extAuthz!.port}`);
       expect.fail('reflection answered');
@@ -53,8 +42,7 @@ describe('gRPC reflection on the ext_authz port (built sidecar)', function () {
   });
 
   it('lists envoy.service.auth.v3.Authorization when Sidecar:ExtAuthz:Reflection is true', async () => {
-    const s = await startSidecar(sidecarEnv(emu, { Sidecar__ExtAuthz__Reflection: 'true' }));
-    running.push(s);
+    const s = await suite.start({ Sidecar__ExtAuthz__Reflection: 'true' });
     const answer = await listServices(`127.0.0.1:${s.listening.extAuthz!.port}`);
     expect(answer).to.include('envoy.service.auth.v3.Authorization');
   });

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
-import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 
 describe('GET /Validate (built sidecar against the emulator)', function () {
   this.timeout(30_000);
@@ -131,20 +131,12 @@ describe('GET /Validate (built sidecar against the emulator)', function () {
 
 describe('GET /Validate with options (built sidecar)', function () {
   this.timeout(30_000);
+  const suite = withEmulatorAndSidecars();
+  const start = suite.start;
   let emu: Emulator;
-  const running: RunningSidecar[] = [];
-  before(async () => {
-    emu = await startEmulator();
+  before(() => {
+    emu = suite.emu();
   });
-  after(async () => {
-    for (const s of running) await s.stop();
-    await emu?.close();
-  });
-  const start = async (extra: Record<string, string>) => {
-    const s = await startSidecar(sidecarEnv(emu, extra));
-    running.push(s);
-    return s;
-  };
 
   it('enforces AzureAd:Scopes with Microsoft\'s plain-text IDW10203 403', async () => {
     const s = await start({ AzureAd__Scopes: 'access_as_user' });
@@ -182,7 +174,7 @@ describe('GET /Validate with options (built sidecar)', function () {
     expect(r.json().token).to.equal(jwe);
     expect(r.json().claims.scp).to.equal('access_as_user');
     // Without the decryption key the same token is refused.
-    const plain = running[0] ?? (await start({}));
+    const plain = await start({});
     expect((await call(`${plain.url}/Validate`, { token: jwe })).status).to.equal(401);
   });
 

@@ -2,7 +2,8 @@
  * Wiring for end-to-end tests: environment variables that point the built sidecar at a running
  * emulator (nothing else configures it), and small HTTP helpers.
  */
-import type { Emulator } from '../../emulator/index.js';
+import { startEmulator, type Emulator } from '../../emulator/index.js';
+import { startSidecar, type RunningSidecar } from './sidecar.js';
 
 /** Env for a sidecar whose AzureAd app is the emulator's sidecar API, all listeners on port 0. */
 export function sidecarEnv(emu: Emulator, extra: Record<string, string> = {}): Record<string, string> {
@@ -59,4 +60,32 @@ export function assertNoSecrets(lines: readonly string[], secrets: readonly stri
       if (line.includes(probe)) throw new Error(`secret #${i} (${s.slice(0, 6)}…) appears in a log line: ${line.slice(0, 200).replace(probe, '<here>')}`);
     }
   }
+}
+
+/**
+ * Registers mocha hooks for a suite that needs one emulator and several differently configured
+ * sidecars: `start(extra)` spawns one with `sidecarEnv(emu, {...base(emu), ...extra})`; all of them
+ * are stopped, and the emulator closed, after the suite.
+ */
+export function withEmulatorAndSidecars(base: (emu: Emulator) => Record<string, string> = () => ({})): {
+  emu(): Emulator;
+  start(extra?: Record<string, string>): Promise<RunningSidecar>;
+} {
+  let emu: Emulator | undefined;
+  const running: RunningSidecar[] = [];
+  before(async () => {
+    emu = await startEmulator();
+  });
+  after(async () => {
+    for (const s of running) await s.stop();
+    await emu?.close();
+  });
+  return {
+    emu: () => emu!,
+    async start(extra = {}) {
+      const s = await startSidecar(sidecarEnv(emu!, { ...base(emu!), ...extra }));
+      running.push(s);
+      return s;
+    },
+  };
 }

@@ -62,8 +62,8 @@ export async function startSidecar(env: Record<string, string>, opts: { args?: s
         resolve(JSON.parse(line) as ListeningLine);
       }
     };
-    collect(child.stdout!, onLine);
-    collect(child.stderr!, (l) => lines.push(l));
+    collectLines(child.stdout!, onLine);
+    collectLines(child.stderr!, (l) => lines.push(l));
     void exited.then((code) => {
       clearTimeout(timer);
       reject(new Error(`sidecar exited with ${code} before listening:\n${lines.join('\n')}`));
@@ -99,7 +99,8 @@ export async function runSidecarToExit(env: Record<string, string>, args: string
   return { code, stdout, stderr };
 }
 
-function collect(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+/** Calls onLine for each complete line of a stream. */
+export function collectLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
   let buf = '';
   stream.on('data', (d: Buffer) => {
     buf += d.toString();
