@@ -62,6 +62,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
       /* keep 'internal' */
     }
     metrics.observeCheck('deny', reason, seconds);
+    if (reason.startsWith('token_')) metrics.countValidationFailure(reason as ErrorCode);
   };
   const options = config.sidecar.extAuthz;
   const protos = loadExtAuthzProtos();

@@ -171,6 +171,7 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     expect(m.text).to.match(/entra_sidecar_token_acquisitions_total\{flow="on_behalf_of",outcome="ok"\} [1-9]/);
     expect(m.text).to.match(/entra_sidecar_signing_keys_refreshes_total\{outcome="ok"\} [1-9]/);
     expect(m.text).to.match(/entra_sidecar_token_cache_hits_total [1-9]/);
+    expect(m.text).to.match(/entra_sidecar_token_validation_failures_total\{reason="token_expired"\} 1/);
   });
 });
 
