@@ -31,7 +31,10 @@ export interface RouteDeps {
 export interface RouteContext {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
-  readonly url: URL;
+  /** The request path without its query string, as sent (not normalised). */
+  readonly path: string;
+  /** The query string's parameters (empty when there is none). */
+  readonly query: URLSearchParams;
   /** The decoded `{apiName}` segment ('' for routes without one). */
   readonly apiName: string;
   readBody(): Promise<Buffer>;
@@ -86,7 +89,7 @@ function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored:
 /** Shared front half of the AuthorizationHeader and DownstreamApi routes (§2.3 steps 1–5). */
 async function prepare(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute, authenticated: boolean, scopesNonEmpty: boolean) {
   const user = await authenticate(deps.validator, ctx.req.headers.authorization, authenticated ? 'required' : 'optional');
-  const resolved = resolveApiOptions(deps.config, ctx.apiName, ctx.url.searchParams, overridesAllowed(deps.config, route));
+  const resolved = resolveApiOptions(deps.config, ctx.apiName, ctx.query, overridesAllowed(deps.config, route));
   logIgnored(deps.logger, route, resolved);
   assertScopes(resolved.options, scopesNonEmpty);
   const correlationId = resolved.options.acquireTokenOptions.correlationId;
@@ -137,7 +140,7 @@ export const ROUTES: readonly Route[] = [
     // Development only, like Microsoft's MapOpenApi (reference §2 table).
     matches: (first, n, development) => development && first === 'openapi',
     handle: async (ctx) => {
-      if (ctx.url.pathname.toLowerCase() !== '/openapi/v1.json') {
+      if (ctx.path.toLowerCase() !== '/openapi/v1.json') {
         ctx.res.statusCode = 404;
         ctx.res.end();
         return;

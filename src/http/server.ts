@@ -39,8 +39,17 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
   const { config, logger } = deps;
   const development = config.environment.isDevelopment;
   return (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const segments = url.pathname.split('/').filter((s) => s !== '');
+    // A plain split rather than new URL() on the hot path: the routes need only the path segments
+    // and the query. Dot segments are not resolved, so `/healthz/../Validate` is not /healthz.
+    let target = req.url ?? '/';
+    // Absolute-form targets (RFC 9112 §3.2.2) carry scheme and authority; only the path matters here.
+    if (!target.startsWith('/')) {
+      const m = /^[a-z][a-z0-9+.-]*:\/\/[^/?]*/i.exec(target);
+      target = m ? target.slice(m[0].length) || '/' : '/';
+    }
+    const q = target.indexOf('?');
+    const path = q < 0 ? target : target.slice(0, q);
+    const segments = path.split('/').filter((s) => s !== '');
     const first = (segments[0] ?? '').toLowerCase();
 
     // §1.3 step 1: loopback-only callers outside Development; /healthz is exempt for probes.
@@ -57,7 +66,8 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       req.resume();
       return;
     }
-    if (req.method !== route.method && !(route.method === 'GET' && req.method === 'HEAD')) {
+    // Exactly the route's method, as ASP.NET's MapGet/MapPost (HEAD included) answer 405 otherwise.
+    if (req.method !== route.method) {
       sendEmpty(res, 405, { Allow: route.method });
       req.resume();
       return;
@@ -78,7 +88,8 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     const ctx: RouteContext = {
       req,
       res,
-      url,
+      path,
+      query: new URLSearchParams(q < 0 ? '' : target.slice(q + 1)),
       apiName,
       readBody: () => readBody(req, config.sidecar.http.maxBodyBytes),
     };

@@ -3,6 +3,7 @@
  * reference sidecar-http-api §4, the IDW10203 gate, JWE, key refresh behaviour, and no secret in logs.
  */
 import { expect } from 'chai';
+import { connect } from 'node:net';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -229,6 +230,19 @@ describe('identity API cross-cutting behaviour (built sidecar)', function () {
     expect([m.status, m.text]).to.deep.equal([405, '']);
     const g = await call(`${s.url}/DownstreamApi/x`);
     expect(g.status).to.equal(405);
+  });
+  it('answers HEAD with 405 like ASP.NET\'s MapGet, and accepts an absolute-form request target', async () => {
+    expect((await call(`${s.url}/healthz`, { method: 'HEAD' })).status).to.equal(405);
+    const port = new URL(s.url).port;
+    const raw = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), '127.0.0.1', () => socket.end(`GET http://127.0.0.1:${port}/HEALTHZ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`));
+      let data = '';
+      socket.on('data', (d: Buffer) => (data += d.toString()));
+      socket.on('end', () => resolve(data));
+      socket.on('error', reject);
+    });
+    expect(raw).to.match(/^HTTP\/1\.1 200 /);
+    expect(raw).to.match(/Healthy$/);
   });
   it('does not serve the OpenAPI document outside Development', async () => {
     expect((await call(`${s.url}/openapi/v1.json`)).status).to.equal(404);
