@@ -286,6 +286,22 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     return tenant === undefined || tenant === '' ? defaultAuthority : `${instanceBase}${tenant}`;
   }
 
+  /**
+   * The authority for an app token (the sidecar's own or an agent's), after Microsoft's app-token
+   * rules (§5.2): exactly one `<resource>/.default` scope (only the first is used), and a real tenant.
+   */
+  function appTokenAuthority(options: EffectiveApiOptions, scope: string): string {
+    if (!scope.endsWith('/.default')) {
+      throw new SidecarError('misconfigured', `The scope '${scope}' of API '${options.apiName}' must end with '/.default' for an app token.`);
+    }
+    const override = options.acquireTokenOptions.tenant;
+    const tenant = override ?? azureAd.tenantId;
+    if (META_TENANTS.has(tenant.toLowerCase())) {
+      throw new SidecarError('misconfigured', `Tenant '${tenant}' cannot be used for an app token; name a real tenant (AcquireTokenOptions:Tenant or AzureAd:TenantId).`);
+    }
+    return authorityFor(override);
+  }
+
   const apps = new Map<string, ConfidentialClientApplication>();
 
   async function appFor(authority: string, source: ClientCredentialSource): Promise<ConfidentialClientApplication> {
@@ -547,14 +563,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     if (input.appFlow) {
       // Autonomous agent: client credentials as the agent identity (§5.6, entra-protocol §5.2).
       const scope = scopes[0];
-      if (!scope.endsWith('/.default')) {
-        throw new SidecarError('misconfigured', `The scope '${scope}' of API '${options.apiName}' must end with '/.default' for an app token.`);
-      }
-      const tenant = ato.tenant ?? azureAd.tenantId;
-      if (META_TENANTS.has(tenant.toLowerCase())) {
-        throw new SidecarError('misconfigured', `Tenant '${tenant}' cannot be used for an app token; name a real tenant (AcquireTokenOptions:Tenant or AzureAd:TenantId).`);
-      }
-      const authority = authorityFor(ato.tenant);
+      const authority = appTokenAuthority(options, scope);
       const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), scope.toLowerCase(), claimsDigest, extraQueryDigest]);
       const fetch = () =>
         observed(async () =>
@@ -612,15 +621,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         const token = await untilAborted(managedIdentityToken(scope, ato.managedIdentity.userAssignedClientId, claims, ato.forceRefresh), req.signal);
         return { scheme: token.scheme, token: token.token, expiresOn: token.expiresOn };
       }
-      // Client credentials take exactly one `<resource>/.default` scope; only the first is used (§5.2).
-      if (!scope.endsWith('/.default')) {
-        throw new SidecarError('misconfigured', `The scope '${scope}' of API '${options.apiName}' must end with '/.default' for an app token.`);
-      }
-      const appTenant = ato.tenant ?? azureAd.tenantId;
-      if (META_TENANTS.has(appTenant.toLowerCase())) {
-        throw new SidecarError('misconfigured', `Tenant '${appTenant}' cannot be used for an app token; name a real tenant (AcquireTokenOptions:Tenant or AzureAd:TenantId).`);
-      }
-      const authority = authorityFor(ato.tenant);
+      const authority = appTokenAuthority(options, scope);
       if (ato.popPublicKey) {
         ({ key, fetch } = popAppFlow(authority, scope, ato.popPublicKey, ato.popClaim, { correlationId, claims, claimsDigest, extraQueryParameters, extraQueryDigest, fmiPath: ato.fmiPath }));
       } else {
