@@ -29,7 +29,7 @@ const GUID = /^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[
 const BRACED_GUID = /^[{(]([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})[})]$/i;
 
 /** What an unknown `apiName` resolves to: .NET named options fall back to a default-constructed object (§2.3 step 1). */
-function defaultApiOptions(): DownstreamApiOptions {
+export function defaultApiOptions(): DownstreamApiOptions {
   return {
     relativePath: '',
     httpMethod: 'Get',

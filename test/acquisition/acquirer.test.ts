@@ -1,11 +1,11 @@
 import { expect } from 'chai';
+import { rejection } from '../helpers/assert.js';
 import { decodeJwt } from 'jose';
 import type { Agent } from 'undici';
 import { startEmulator } from '../../emulator/index.js';
 import { redactionFingerprint } from '../../emulator/core.js';
 import type { Emulator } from '../../emulator/types.js';
 import { createTokenAcquirer, NO_ACCOUNT_MESSAGE, type AcquirerDeps } from '../../src/acquisition/acquirer.js';
-import { SidecarError } from '../../src/errors.js';
 import type { AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
 import { acquireTokenOptions, captureLogger, type ConfigOptions } from './fixtures.js';
 import { apiOptions, emulatorAgent, emulatorConfig, secretCredential, sleep, tokenCount, tokenRequests, userToken } from './harness.js';
@@ -13,15 +13,6 @@ import { apiOptions, emulatorAgent, emulatorConfig, secretCredential, sleep, tok
 const DOWNSTREAM_READ = 'api://downstream/read';
 const DOWNSTREAM_APP = 'api://downstream/.default';
 
-async function rejection(p: Promise<unknown>): Promise<SidecarError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).to.be.instanceOf(SidecarError);
-    return err as SidecarError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('token acquirer against the emulator', function () {
   this.timeout(20_000);

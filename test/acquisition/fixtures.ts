@@ -2,9 +2,8 @@
  * Hand-built configuration objects for the acquisition tests (the config loader is tested on its own),
  * plus a logger whose every line is captured so tests can assert that no secret was written.
  */
-import { Writable } from 'node:stream';
+import { defaultApiOptions } from '../../src/pipeline/api-options.js';
 import type { AcquireTokenOptions, CredentialDescription, DownstreamApiOptions, SidecarConfig } from '../../src/config/types.js';
-import { createLogger, type Logger } from '../../src/log.js';
 
 export const TENANT = '11111111-1111-1111-1111-111111111111';
 export const CLIENT_ID = '22222222-2222-2222-2222-222222222222';
@@ -14,20 +13,9 @@ export function acquireTokenOptions(over: Partial<AcquireTokenOptions> = {}): Ac
   return { forceRefresh: false, extraQueryParameters: {}, extraHeadersParameters: {}, extraParameters: {}, ...over };
 }
 
-/** A DownstreamApis entry with Microsoft's defaults and the given fields replaced. */
+/** A DownstreamApis entry with Microsoft's defaults (the resolver's own) and the given fields replaced. */
 export function downstreamApi(over: Partial<DownstreamApiOptions> = {}): DownstreamApiOptions {
-  return {
-    relativePath: '',
-    httpMethod: 'Get',
-    requestAppToken: false,
-    acceptHeader: 'application/json',
-    contentType: 'application/json',
-    protocolScheme: 'Bearer',
-    extraHeaderParameters: {},
-    extraQueryParameters: {},
-    acquireTokenOptions: acquireTokenOptions(),
-    ...over,
-  };
+  return { ...defaultApiOptions(), ...over };
 }
 
 /** A credential description with the loader's defaults. */
@@ -116,14 +104,4 @@ export function makeConfig(o: ConfigOptions = {}): SidecarConfig {
 }
 
 /** A debug-level pino logger writing into memory; `text()` is everything it wrote. */
-export function captureLogger(): { logger: Logger; text(): string } {
-  const chunks: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      chunks.push(chunk.toString('utf8'));
-      cb();
-    },
-  });
-  const logger = createLogger('debug', stream);
-  return { logger, text: () => chunks.join('') };
-}
+export { memoryLogger as captureLogger } from '../helpers/logger.js';

@@ -2,6 +2,7 @@
  * Fixtures for the downstream API tests: a loopback HTTP server that records exactly what it
  * received, a fake TokenAcquirer that records every AcquireRequest, and option/dependency builders.
  */
+import { defaultApiOptions } from '../../src/pipeline/api-options.js';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createOutboundAgent } from '../../src/net/outbound.js';
@@ -76,18 +77,11 @@ export class FakeAcquirer implements TokenAcquirer {
 /** Effective options as the options resolver would produce them for a configured API. */
 export function apiOptions(baseUrl: string | undefined, over: Partial<EffectiveApiOptions> = {}): EffectiveApiOptions {
   return {
+    ...defaultApiOptions(),
     apiName: 'TestApi',
     ...(baseUrl === undefined ? {} : { baseUrl }),
-    relativePath: '',
-    httpMethod: 'Get',
     scopes: ['api://downstream/.default'],
     requestAppToken: true,
-    acceptHeader: 'application/json',
-    contentType: 'application/json',
-    protocolScheme: 'Bearer',
-    extraHeaderParameters: {},
-    extraQueryParameters: {},
-    acquireTokenOptions: { forceRefresh: false, extraQueryParameters: {}, extraHeadersParameters: {}, extraParameters: {} },
     ...over,
   };
 }

@@ -1,14 +1,14 @@
+import { defaultApiOptions } from '../../src/pipeline/api-options.js';
+import { memoryLogger } from '../helpers/logger.js';
 /**
  * Fixtures for the ext_authz tests: a config with only what the gRPC server reads, fake validator
  * and acquirer that record what they were asked, Envoy-shaped CheckRequests (reference §1.2, modelled
  * on the shape OPA-Envoy captured from a real Envoy) and a "mini-Envoy" that applies a CheckResponse
  * the way ext_authz.cc does.
  */
-import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import type { DownstreamApiOptions, ExtAuthzOptions, SidecarConfig } from '../../src/config/types.js';
 import { SidecarError } from '../../src/errors.js';
-import { createLogger, type Logger } from '../../src/log.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../../src/pipeline/types.js';
 import { startExtAuthzServer, type ExtAuthzServer } from '../../src/extauthz/server.js';
 import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
@@ -81,19 +81,7 @@ export class FakeAcquirer implements TokenAcquirer {
 }
 
 function apiOptions(scopes: string[], requestAppToken = false): DownstreamApiOptions {
-  return {
-    baseUrl: 'https://graph.example.test/v1.0',
-    relativePath: '',
-    httpMethod: 'Get',
-    scopes,
-    requestAppToken,
-    acceptHeader: 'application/json',
-    contentType: 'application/json',
-    protocolScheme: 'Bearer',
-    extraHeaderParameters: {},
-    extraQueryParameters: {},
-    acquireTokenOptions: { forceRefresh: false, extraQueryParameters: {}, extraHeadersParameters: {}, extraParameters: {} },
-  };
+  return { ...defaultApiOptions(), baseUrl: 'https://graph.example.test/v1.0', scopes, requestAppToken };
 }
 
 export const DOWNSTREAM_APIS: Record<string, DownstreamApiOptions> = {
@@ -130,16 +118,7 @@ export function resolveFromTable(apiName: string): EffectiveApiOptions | undefin
 }
 
 /** A logger whose JSON lines are kept in memory (to assert that no token is ever logged). */
-export function memoryLogger(level = 'debug'): { logger: Logger; lines: string[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString());
-      cb();
-    },
-  });
-  return { logger: createLogger(level, stream), lines };
-}
+export { memoryLogger } from '../helpers/logger.js';
 
 export interface Harness {
   server: ExtAuthzServer;

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { rejection } from '../helpers/assert.js';
 import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { CompactEncrypt, SignJWT } from 'jose';
 import type { Agent } from 'undici';
@@ -26,15 +27,6 @@ import {
 
 const logger = createLogger('silent');
 
-async function rejection(p: Promise<unknown>): Promise<SidecarError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).to.be.instanceOf(SidecarError);
-    return err as SidecarError;
-  }
-  throw new Error('expected a rejection');
-}
 
 async function expectCode(p: Promise<unknown>, code: ErrorCode): Promise<SidecarError> {
   const err = await rejection(p);

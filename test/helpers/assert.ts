@@ -1,0 +1,14 @@
+/** Small assertions shared by the unit suites. */
+import { expect } from 'chai';
+import { SidecarError } from '../../src/errors.js';
+
+/** Awaits a promise that must reject with a SidecarError, and returns that error. */
+export async function rejection(p: Promise<unknown>): Promise<SidecarError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).to.be.instanceOf(SidecarError);
+    return err as SidecarError;
+  }
+  throw new Error('expected a rejection');
+}
