@@ -20,6 +20,12 @@ export interface ErrorSpec {
   /** The safe, stable message for the caller. */
   readonly message: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /**
+   * A failed authentication on the HTTP API is ASP.NET JwtBearer's challenge: 401 with only
+   * `WWW-Authenticate` and no body (reference sidecar-http-api §1.4). Every other error has a
+   * ProblemDetails body.
+   */
+  readonly challengeOnly?: true;
 }
 
 // google.rpc.Code values used below.
@@ -32,12 +38,12 @@ const NOT_FOUND = 5;
 const RESOURCE_EXHAUSTED = 8;
 
 function invalidToken(message: string): ErrorSpec {
-  return { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'invalid_token', expose: true, message, logLevel: 'info' };
+  return { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'invalid_token', expose: true, message, logLevel: 'info', challengeOnly: true };
 }
 
 export const ERROR_TABLE = {
   // Inbound credential and token validation.
-  credential_missing: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'bearer', expose: true, message: 'No bearer token was sent.', logLevel: 'debug' },
+  credential_missing: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'bearer', expose: true, message: 'No bearer token was sent.', logLevel: 'debug', challengeOnly: true },
   credential_malformed: invalidToken('The Authorization header is not a bearer token.'),
   token_malformed: invalidToken('The token is malformed.'),
   token_alg_not_allowed: invalidToken('The token signing algorithm is not allowed.'),

@@ -11,6 +11,7 @@ import { SidecarError, toSidecarError, wwwAuthenticate } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
+import { authenticate } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
 
@@ -286,16 +287,23 @@ export function createChecker(deps: CheckDeps): Checker {
     return renderDeny(err, httpStatusNames);
   }
 
-  async function authenticate(policy: RoutePolicy, headers: Record<string, string>): Promise<ValidatedToken | undefined> {
+  /**
+   * The pipeline's authenticate step with the route's policy on top: `none` skips it; `optional` lets
+   * a request without a bearer token through (unless the route requires scopes or roles) but, unlike
+   * the HTTP API's unauthenticated routes, a token that is sent must be valid. A PoP credential counts
+   * as none: Envoy gives no body to check a signed HTTP request against.
+   */
+  async function authenticateFor(policy: RoutePolicy, headers: Record<string, string>): Promise<ValidatedToken | undefined> {
     if (policy.validate === 'none') return undefined;
-    const credential = parseAuthorization(headers.authorization);
-    if (credential.kind !== 'bearer') {
-      // PoP needs the signed-HTTP-request checks of the identity API; Envoy gives us no body to verify.
-      if (policy.validate === 'optional' && policy.requiredScopes.length === 0 && policy.requiredRoles.length === 0) return undefined;
-      throw new SidecarError('credential_missing');
+    if (
+      policy.validate === 'optional' &&
+      policy.requiredScopes.length === 0 &&
+      policy.requiredRoles.length === 0 &&
+      parseAuthorization(headers.authorization).kind !== 'bearer'
+    ) {
+      return undefined;
     }
-    // optional = "allow missing", not "allow failed": a token that is sent must be valid.
-    return validator.validate(credential.token);
+    return authenticate(validator, headers.authorization, 'required');
   }
 
   async function acquire(policy: RoutePolicy, user: ValidatedToken | undefined, headers: Record<string, string>, state: CallState): Promise<AcquiredToken> {
@@ -362,7 +370,7 @@ export function createChecker(deps: CheckDeps): Checker {
         // Browsers send preflights without credentials (Fetch §4.8); the app answers CORS itself.
         return corsPreflightResponse;
       }
-      const user = await authenticate(policy, headers);
+      const user = await authenticateFor(policy, headers);
       if (user !== undefined) requireScopesOrRoles(user.claims, policy.requiredScopes, policy.requiredRoles, policy.requireAll);
       const token = policy.downstreamApi !== undefined ? await acquire(policy, user, headers, state) : undefined;
       return allow(policy, user, token, facts);

@@ -103,8 +103,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
         res.destroy();
         return;
       }
-      // Authentication failures are JwtBearer challenges: 401 with no body (reference §1.4).
-      if (e.spec.httpStatus === 401 && (e.code === 'credential_missing' || e.code.startsWith('token_') || e.code === 'credential_malformed')) {
+      if (e.spec.challengeOnly) {
         sendChallenge(res, e);
       } else {
         sendProblem(res, e);
