@@ -7,7 +7,7 @@
  */
 import { setMaxListeners } from 'node:events';
 import type { ExtAuthzOptions } from '../config/types.js';
-import { SidecarError, toSidecarError, wwwAuthenticate } from '../errors.js';
+import { SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
@@ -404,8 +404,22 @@ export function createChecker(deps: CheckDeps): Checker {
   };
 }
 
+/** The stable code of each deny this module rendered (for metrics), without re-reading its body. */
+const denyReasons = new WeakMap<CheckResponse, ErrorCode>();
+
+/** The error code a deny was rendered from; undefined for an allow. */
+export function denyReason(response: CheckResponse): ErrorCode | undefined {
+  return denyReasons.get(response);
+}
+
 /** Renders a SidecarError as a successful Check with a denied_response, all from ERROR_TABLE. */
 export function renderDeny(err: SidecarError, httpStatusNames: ReadonlyMap<number, string>): CheckResponse {
+  const response = buildDeny(err, httpStatusNames);
+  denyReasons.set(response, err.code);
+  return response;
+}
+
+function buildDeny(err: SidecarError, httpStatusNames: ReadonlyMap<number, string>): CheckResponse {
   const spec = err.spec;
   const message = err.publicMessage;
   const headers = [option('content-type', 'application/json'), option('cache-control', 'no-store')];

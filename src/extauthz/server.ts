@@ -9,10 +9,10 @@ import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { EffectiveApiOptions, TokenAcquirer, TokenValidator } from '../pipeline/types.js';
-import { createChecker, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
+import { createChecker, denyReason, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
 import { HealthService, type ServingStatus } from './health.js';
 import { AUTHORIZATION_SERVICE, loadExtAuthzProtos } from './protos.js';
-import { NOOP_METRICS, type Metrics, type Outcome } from '../metrics.js';
+import { NOOP_METRICS, type Metrics } from '../metrics.js';
 import type { ErrorCode } from '../errors.js';
 
 export interface ExtAuthzDeps {
@@ -55,14 +55,9 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
       metrics.observeCheck('allow', 'ok', seconds);
       return;
     }
-    let reason: Outcome = 'internal';
-    try {
-      reason = (JSON.parse(response.denied_response?.body ?? '{}') as { code?: ErrorCode }).code ?? 'internal';
-    } catch {
-      /* keep 'internal' */
-    }
+    const reason: ErrorCode = denyReason(response) ?? 'internal';
     metrics.observeCheck('deny', reason, seconds);
-    if (reason.startsWith('token_')) metrics.countValidationFailure(reason as ErrorCode);
+    if (reason.startsWith('token_')) metrics.countValidationFailure(reason);
   };
   const options = config.sidecar.extAuthz;
   const protos = loadExtAuthzProtos();
