@@ -14,7 +14,7 @@ const OK_RESPONSE = Object.freeze({ status: Object.freeze({ code: 0 }) });
 export async function startBaselineGrpc(port = 0): Promise<{ port: number; server: grpc.Server }> {
   const protos = loadExtAuthzProtos();
   const server = new grpc.Server();
-  server.addService(protos.authorizationService as grpc.ServiceDefinition, {
+  server.addService(protos.authorizationService, {
     Check(_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) {
       callback(null, OK_RESPONSE);
     },

@@ -15,24 +15,16 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Dispatcher } from 'undici';
-import {
-  AuthError,
-  ClientConfigurationError,
-  ConfidentialClientApplication,
-  InteractionRequiredAuthError,
-  LogLevel,
-  ServerError,
-  type AuthenticationResult,
-  type NodeSystemOptions,
-} from '@azure/msal-node';
+import type { AuthenticationResult, ConfidentialClientApplication } from '@azure/msal-node';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
-import { createMsalNetworkClient, observation, type AcquisitionObservation } from './msal-network.js';
+import { createMsalNetworkClient, observation, withObservation, type AcquisitionObservation } from './msal-network.js';
 import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
 import { ManagedIdentityTokens } from './managed-identity.js';
+import { loadMsal, loadedMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
 import { requestToken, TokenEndpointError } from './token-endpoint.js';
 import { createHttpRequestSigner, type WithHttpRequestSigner } from '../pop/signer.js';
 
@@ -173,10 +165,12 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
     }
     return new SidecarError('acquisition_rejected', err.message, { cause: err });
   }
-  if (err instanceof InteractionRequiredAuthError) {
+  // msal's errors exist only once msal is loaded (loadedMsal() is undefined before the first acquisition).
+  const msal = loadedMsal();
+  if (msal && err instanceof msal.InteractionRequiredAuthError) {
     return new SidecarError('acquisition_ui_required', safeMessage(err), { cause: err, claims: err.claims ? err.claims : undefined });
   }
-  if (err instanceof ServerError) {
+  if (msal && err instanceof msal.ServerError) {
     if (seen.status === 429 || seen.status === 503) {
       return new SidecarError('acquisition_throttled', safeMessage(err), { cause: err, retryAfterSec: seen.retryAfterSec });
     }
@@ -188,17 +182,18 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
   if (seen.transportError) {
     return new SidecarError('acquisition_unavailable', seen.transportError.detail, { cause: err });
   }
-  if (err instanceof ClientConfigurationError) {
+  if (msal && err instanceof msal.ClientConfigurationError) {
     return new SidecarError('misconfigured', `msal configuration error: ${err.errorCode}`, { cause: err });
   }
-  if (err instanceof AuthError) {
+  if (msal && err instanceof msal.AuthError) {
     return new SidecarError('acquisition_unavailable', `msal error: ${err.errorCode}`, { cause: err });
   }
   return new SidecarError('internal', undefined, { cause: err });
 }
 
 function isInvalidClient(err: unknown): boolean {
-  return (err instanceof ServerError && err.errorCode === 'invalid_client') || (err instanceof TokenEndpointError && err.error === 'invalid_client');
+  const msal = loadedMsal();
+  return (msal !== undefined && err instanceof msal.ServerError && err.errorCode === 'invalid_client') || (err instanceof TokenEndpointError && err.error === 'invalid_client');
 }
 
 function toCachedToken(result: AuthenticationResult | null): CachedToken {
@@ -227,9 +222,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   const httpRequestSigner = createHttpRequestSigner(config.sidecar.pop?.keyFile);
 
 
-  const loggerOptions: NonNullable<NodeSystemOptions['loggerOptions']> = {
+  const loggerOptions: MsalLoggerOptions = {
     piiLoggingEnabled: false,
-    logLevel: LogLevel.Warning,
     // msal's own lines (no PII enabled) go to debug: they name endpoints and error codes, never tokens.
     loggerCallback: (_level, message, containsPii) => {
       if (!containsPii) logger.debug({ component: 'msal' }, message.replace(JWT_LIKE, '[redacted]'));
@@ -253,7 +247,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   async function observed<T>(run: () => Promise<T>): Promise<T> {
     const seen: AcquisitionObservation = {};
     try {
-      return await observation.run(seen, run);
+      return await withObservation(seen, run);
     } catch (err) {
       const mapped = mapAcquisitionError(err, seen);
       logger[mapped.spec.logLevel]({ code: mapped.code, detail: mapped.detail, status: seen.status }, 'token acquisition failed');
@@ -313,7 +307,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       return existing;
     }
     const credential = await source.load();
-    const app = new ConfidentialClientApplication({
+    const msal = await loadMsal();
+    const app = new msal.ConfidentialClientApplication({
       auth: {
         clientId: azureAd.clientId,
         authority,
@@ -321,7 +316,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         ...(azureAd.clientCapabilities.length > 0 ? { clientCapabilities: [...azureAd.clientCapabilities] } : {}),
         ...credential,
       },
-      system: { networkClient, loggerOptions, disableInternalRetries: true },
+      system: msalSystem(msal, networkClient, loggerOptions),
     });
     apps.set(key, app);
     while (apps.size > MAX_MSAL_APPS) apps.delete(apps.keys().next().value as string);
@@ -473,7 +468,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   }
 
   /** The msal application whose client is the agent identity and whose credential is T1 (entra-protocol §5.2). */
-  function agentAppFor(agentId: string, authority: string): ConfidentialClientApplication {
+  async function agentAppFor(agentId: string, authority: string): Promise<ConfidentialClientApplication> {
+    const msal = await loadMsal();
     const key = `${agentId.toLowerCase()}|${authority.toLowerCase()}`;
     const existing = agentApps.get(key);
     if (existing) {
@@ -481,7 +477,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       agentApps.set(key, existing);
       return existing;
     }
-    const app = new ConfidentialClientApplication({
+    const app = new msal.ConfidentialClientApplication({
       auth: {
         clientId: agentId,
         authority,
@@ -490,7 +486,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         // Called by msal for every agent request: T1 comes from our cache (fetched once per lifetime).
         clientAssertion: async () => (await agentExchangeToken(agentId, authority, randomUUID())).token,
       },
-      system: { networkClient, loggerOptions, disableInternalRetries: true },
+      system: msalSystem(msal, networkClient, loggerOptions),
     });
     agentApps.set(key, app);
     while (agentApps.size > MAX_MSAL_APPS) agentApps.delete(agentApps.keys().next().value as string);
@@ -530,7 +526,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       const t2Key = cacheKey(['agent-t2', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase()]);
       const fetch = () =>
         observed(async () => {
-          const app = agentAppFor(agentId, authority);
+          const app = await agentAppFor(agentId, authority);
           // Leg 2: T2, an exchange token issued to the agent identity (its user FIC).
           const t2 = await cache.get(t2Key, () =>
             observed(async () =>
@@ -568,7 +564,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       const fetch = () =>
         observed(async () =>
           toCachedToken(
-            await agentAppFor(agentId, authority).acquireTokenByClientCredential({
+            await (await agentAppFor(agentId, authority)).acquireTokenByClientCredential({
               scopes: [scope],
               ...msalCommon(authority, correlationId, claimsParam, eqp),
             }),
@@ -583,7 +579,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), assertionDigest(user), claimsDigest, extraQueryDigest]);
     const fetch = () =>
       observed(async () => {
-        const app = agentAppFor(agentId, authority);
+        const app = await agentAppFor(agentId, authority);
         const result = await app.acquireTokenOnBehalfOf({
           oboAssertion: user.jws,
           scopes: [...scopes],
@@ -595,7 +591,61 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     return { key, fetch };
   }
 
+  // ---------------------------------------------------------------- the warm path
+
+  /**
+   * Cache keys the full path below computed for "plain" requests (nothing per request: no claims,
+   * agent, managed identity, PoP, session or forced refresh), remembered per frozen options object
+   * and, for user flows, per ValidatedToken (the validator returns the same object for a token it
+   * has seen). A repeat request then costs a WeakMap lookup and a cache peek. Weak maps: an entry
+   * lives only as long as its options and token objects do.
+   */
+  const appKeys = new WeakMap<EffectiveApiOptions, string>();
+  const userKeys = new WeakMap<EffectiveApiOptions, WeakMap<ValidatedToken, string>>();
+
+  function isPlain(req: AcquireRequest): boolean {
+    const ato = req.options.acquireTokenOptions;
+    return (
+      req.agent === undefined &&
+      req.claims === undefined &&
+      ato.claims === undefined &&
+      !ato.forceRefresh &&
+      ato.managedIdentity === undefined &&
+      ato.popPublicKey === undefined &&
+      ato.longRunningWebApiSessionKey === undefined
+    );
+  }
+
+  function learnedKey(req: AcquireRequest): string | undefined {
+    if (req.options.requestAppToken) return appKeys.get(req.options);
+    return req.user === undefined ? undefined : userKeys.get(req.options)?.get(req.user);
+  }
+
+  function learnKey(req: AcquireRequest, key: string): void {
+    if (req.options.requestAppToken) {
+      appKeys.set(req.options, key);
+    } else if (req.user !== undefined) {
+      let byUser = userKeys.get(req.options);
+      if (byUser === undefined) userKeys.set(req.options, (byUser = new WeakMap()));
+      byUser.set(req.user, key);
+    }
+  }
+
+  /** One frozen AcquiredToken per cached token, so repeat callers get the very same object. */
+  const acquiredTokens = new WeakMap<CachedToken, AcquiredToken>();
+  function acquiredFrom(t: CachedToken): AcquiredToken {
+    let a = acquiredTokens.get(t);
+    if (a === undefined) acquiredTokens.set(t, (a = Object.freeze({ scheme: t.scheme, token: t.token, expiresOn: t.expiresOn })));
+    return a;
+  }
+
   async function acquire(req: AcquireRequest): Promise<AcquiredToken> {
+    const plain = isPlain(req);
+    if (plain) {
+      const known = learnedKey(req);
+      const hit = known === undefined ? undefined : cache.peek(known);
+      if (hit !== undefined) return acquiredFrom(hit);
+    }
     const options = req.options;
     const ato = options.acquireTokenOptions;
     const scopes = options.scopes ?? [];
@@ -708,8 +758,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
     }
 
-    const token = await untilAborted(cache.get(key, fetch, { bypass }), req.signal);
-    return { scheme: token.scheme, token: token.token, expiresOn: token.expiresOn };
+    if (plain) learnKey(req, key);
+    return acquiredFrom(await untilAborted(cache.get(key, fetch, { bypass }), req.signal));
   }
 
   return {

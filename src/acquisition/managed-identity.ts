@@ -16,7 +16,8 @@
  * - Internal retries are disabled (IMDS backs off up to 4 s × 3, or 10 s × 7 on 410): the caller's
  *   timeout, not msal's retry policy, bounds a request.
  */
-import { ManagedIdentityApplication, type INetworkModule, type NetworkRequestOptions, type NodeSystemOptions } from '@azure/msal-node';
+import type { INetworkModule, ManagedIdentityApplication, NetworkRequestOptions } from '@azure/msal-node';
+import { loadMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
 import { SidecarError } from '../errors.js';
 import type { CachedToken } from './token-cache.js';
 
@@ -37,7 +38,7 @@ const forwardingNetworkClient: INetworkModule = {
 
 export interface ManagedIdentityDeps {
   readonly networkClient: INetworkModule;
-  readonly loggerOptions: NonNullable<NodeSystemOptions['loggerOptions']>;
+  readonly loggerOptions: MsalLoggerOptions;
 }
 
 /** Managed-identity token source: one msal application per identity (system-assigned or a user-assigned client id). */
@@ -59,7 +60,7 @@ export class ManagedIdentityTokens {
 
   /** A fresh token for `resource` (`…/.default` accepted) from the host's managed identity. */
   async acquire(resource: string, userAssignedClientId: string | undefined, claims: string | undefined): Promise<CachedToken> {
-    const app = this.app(userAssignedClientId);
+    const app = await this.app(userAssignedClientId);
     const result = await app.acquireToken({ resource, forceRefresh: true, ...(claims ? { claims } : {}) });
     return {
       scheme: 'Bearer',
@@ -69,13 +70,14 @@ export class ManagedIdentityTokens {
     };
   }
 
-  private app(userAssignedClientId: string | undefined): ManagedIdentityApplication {
+  private async app(userAssignedClientId: string | undefined): Promise<ManagedIdentityApplication> {
     const id = userAssignedClientId ?? 'system';
     let app = this.apps.get(id);
     if (!app) {
-      app = new ManagedIdentityApplication({
+      const msal = await loadMsal();
+      app = new msal.ManagedIdentityApplication({
         ...(userAssignedClientId ? { managedIdentityIdParams: { userAssignedClientId } } : {}),
-        system: { networkClient: forwardingNetworkClient, loggerOptions: this.deps.loggerOptions, disableInternalRetries: true },
+        system: msalSystem(msal, forwardingNetworkClient, this.deps.loggerOptions),
       });
       this.apps.set(id, app);
     }

@@ -101,6 +101,23 @@ export class TokenCache {
     return this.start(key, fetch);
   }
 
+  /**
+   * The stored token for `key` when it is usable and not yet due for a refresh, else undefined (then
+   * call get(), which refreshes ahead, coalesces and honours Retry-After). Synchronous, so a warm
+   * caller needs no promise.
+   */
+  peek(key: string): CachedToken | undefined {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return undefined;
+    const now = this.now();
+    if (now >= entry.refreshAt || now >= entry.usableUntil) return undefined;
+    this.counters.cacheHits++;
+    // Move to the most-recently-used end.
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    return entry.value;
+  }
+
   /** Stores a token obtained under another key (the first call of a long-running OBO session). */
   put(key: string, value: CachedToken): void {
     this.store(key, value);

@@ -10,7 +10,6 @@
  */
 import { createPrivateKey, randomUUID } from 'node:crypto';
 import type { Dispatcher } from 'undici';
-import { SignJWT } from 'jose';
 import { send } from '../net/outbound.js';
 import { SidecarError } from '../errors.js';
 import type { MsalCredential } from './credentials.js';
@@ -63,6 +62,8 @@ export async function certificateAssertion(
 ): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
   const x5c = cert.x5c ? pemBlocksToX5c(cert.x5c) : [];
+  // Imported here: only certificate credentials on our own token client need it (≈45 ms at start-up otherwise).
+  const { SignJWT } = await import('jose');
   return new SignJWT({ jti: randomUUID() })
     .setProtectedHeader({ alg: 'PS256', typ: 'JWT', 'x5t#S256': Buffer.from(cert.thumbprintSha256, 'hex').toString('base64url'), ...(x5c.length > 0 ? { x5c } : {}) })
     .setIssuer(clientId)

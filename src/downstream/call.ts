@@ -5,7 +5,8 @@
  * another origin), retries once on a claims challenge, and returns `{ statusCode, headers, content }`.
  * docs/downstream-api.md lists where this deliberately differs from Microsoft's sidecar.
  */
-import { request, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { request } from '../net/undici.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readCapped } from '../net/outbound.js';

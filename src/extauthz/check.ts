@@ -24,26 +24,23 @@ export interface HeaderValue {
   raw_value?: Uint8Array;
 }
 
-/** `envoy.service.auth.v3.AttributeContext.HttpRequest` (the fields the sidecar reads). */
+/**
+ * `envoy.service.auth.v3.AttributeContext.HttpRequest`: the fields the checker reads. The server
+ * decodes only the fields named in CHECK_REQUEST_FIELDS_READ (protos.ts); reading another one here
+ * means adding it there.
+ */
 export interface HttpRequestAttributes {
-  id?: string;
   method?: string;
   headers?: Record<string, string>;
   header_map?: { headers?: HeaderValue[] };
   path?: string;
-  host?: string;
-  scheme?: string;
-  size?: string;
-  protocol?: string;
 }
 
-/** `envoy.service.auth.v3.CheckRequest`. */
+/** `envoy.service.auth.v3.CheckRequest`: the fields the checker reads (see HttpRequestAttributes). */
 export interface CheckRequest {
   attributes?: {
-    request?: { http?: HttpRequestAttributes; time?: unknown };
+    request?: { http?: HttpRequestAttributes };
     context_extensions?: Record<string, string>;
-    source?: unknown;
-    destination?: unknown;
   };
 }
 
@@ -119,6 +116,9 @@ const DEADLINE_MARGIN_FRACTION = 0.1;
 const MIN_DEADLINE_MARGIN_MS = 20;
 const MAX_DEADLINE_MARGIN_MS = 250;
 const MAX_CACHED_API_NAMES = 256;
+const MAX_CACHED_POLICIES = 256;
+/** Stands for "no caller" / "no token" as a WeakMap key. */
+const NONE = Object.freeze({});
 
 /** AcquireRequest built field by field (no spreads on the hot path). */
 type MutableAcquireRequest = { -readonly [K in keyof AcquireRequest]: AcquireRequest[K] };
@@ -319,7 +319,52 @@ export function createChecker(deps: CheckDeps): Checker {
     return acquirer.acquire(req);
   }
 
+  /**
+   * Route policies by context_extensions content. Envoy sends the same few maps (one per route in
+   * envoy.yaml) over and over; parsing each once keeps the policy, and so the allow memo below,
+   * stable per route. Bounded; an invalid map throws and is not kept.
+   */
+  const policies = new Map<string, RoutePolicy>();
+  function policyFor(ext: Readonly<Record<string, string>> | undefined): RoutePolicy {
+    if (ext === undefined) return defaults;
+    let key = '';
+    for (const k in ext) key += k + '\u0000' + ext[k] + '\u0000';
+    if (key === '') return defaults;
+    let policy = policies.get(key);
+    if (policy === undefined) {
+      policy = routePolicy(defaults, ext);
+      if (policies.size < MAX_CACHED_POLICIES) policies.set(key, policy);
+    }
+    return policy;
+  }
+
+  /**
+   * Allow responses by (route policy, caller, acquired token, token-in-query): a pure function of
+   * those, and the same caller with the same cached downstream token on the same route is the warm
+   * path. Weak maps, so an entry lives as long as its token objects do (both caches are bounded).
+   * Responses are frozen: the server keeps the encoding of a frozen response and sends it again.
+   */
+  const allowMemo = new WeakMap<RoutePolicy, WeakMap<object, WeakMap<object, [CheckResponse?, CheckResponse?]>>>();
+  function memoisedAllow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
+    let byUser = allowMemo.get(policy);
+    if (byUser === undefined) allowMemo.set(policy, (byUser = new WeakMap()));
+    let byToken = byUser.get(user ?? NONE);
+    if (byToken === undefined) byUser.set(user ?? NONE, (byToken = new WeakMap()));
+    let pair = byToken.get(token ?? NONE);
+    if (pair === undefined) byToken.set(token ?? NONE, (pair = []));
+    const i = tokenInQuery ? 1 : 0;
+    return (pair[i] ??= allowResponse(policy, user, token, tokenInQuery));
+  }
+
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
+    const response = memoisedAllow(policy, user, token, ACCESS_TOKEN_QUERY.test(facts.path));
+    if (logger.isLevelEnabled('debug')) {
+      logger.debug({ route: pathWithoutQuery(facts.path), downstreamApi: policy.downstreamApi, requestId: facts.headers['x-request-id'] }, 'ext_authz allow');
+    }
+    return response;
+  }
+
+  function allowResponse(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
     const headers: HeaderValueOption[] = [];
     const headersToRemove: string[] = [];
     let injected = false;
@@ -347,13 +392,10 @@ export function createChecker(deps: CheckDeps): Checker {
     const ok: OkHttpResponse = { headers, headers_to_remove: headersToRemove };
     // Only the Authorization header carries credentials (reference sidecar-http-api §4); a token in
     // the query string must not travel on to the app or its access logs.
-    if (ACCESS_TOKEN_QUERY.test(facts.path)) ok.query_parameters_to_remove = ACCESS_TOKEN_PARAM;
+    if (tokenInQuery) ok.query_parameters_to_remove = ACCESS_TOKEN_PARAM;
     const response: CheckResponse = { status: OK_STATUS, ok_response: ok };
     if (user !== undefined) response.dynamic_metadata = identityMetadata(user);
-    if (logger.isLevelEnabled('debug')) {
-      logger.debug({ route: pathWithoutQuery(facts.path), downstreamApi: policy.downstreamApi, requestId: facts.headers['x-request-id'] }, 'ext_authz allow');
-    }
-    return response;
+    return Object.freeze(response);
   }
 
   async function decide(request: CheckRequest, state: CallState): Promise<CheckResponse> {
@@ -365,7 +407,7 @@ export function createChecker(deps: CheckDeps): Checker {
       if (http === undefined) throw new SidecarError('request_not_http');
       const headers = inboundHeaders(http);
       facts = { headers, path: http.path || headers[':path'] || '' };
-      const policy = routePolicy(defaults, attributes.context_extensions);
+      const policy = policyFor(attributes.context_extensions);
       if (options.allowCorsPreflight && (http.method || headers[':method']) === 'OPTIONS' && headers.origin !== undefined && headers['access-control-request-method'] !== undefined) {
         // Browsers send preflights without credentials (Fetch §4.8); the app answers CORS itself.
         return corsPreflightResponse;

@@ -7,8 +7,7 @@
  * wire they are identical to grpc/health/v1/health.proto.
  */
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { PROTO_LOADER_OPTIONS } from './protos.js';
+import { serviceDefinitionFromJson, type ServiceDefinition } from './protos.js';
 
 export const HEALTH_SERVICE = 'grpc.health.v1.Health';
 
@@ -45,11 +44,11 @@ const HEALTH_DESCRIPTOR = {
   },
 };
 
-let healthService: protoLoader.ServiceDefinition | undefined;
+let healthService: ServiceDefinition | undefined;
 
 /** The Health service definition (built once). */
-export function healthServiceDefinition(): protoLoader.ServiceDefinition {
-  healthService ??= protoLoader.fromJSON(HEALTH_DESCRIPTOR as unknown as Parameters<typeof protoLoader.fromJSON>[0], PROTO_LOADER_OPTIONS)[HEALTH_SERVICE] as protoLoader.ServiceDefinition;
+export function healthServiceDefinition(): ServiceDefinition {
+  healthService ??= serviceDefinitionFromJson(HEALTH_DESCRIPTOR, HEALTH_SERVICE);
   return healthService;
 }
 
@@ -74,7 +73,7 @@ export class HealthService {
 
   /** Registers Check, Watch and List on a grpc-js server. */
   addToServer(server: grpc.Server): void {
-    server.addService(healthServiceDefinition() as grpc.ServiceDefinition, {
+    server.addService(healthServiceDefinition(), {
       Check: (call: grpc.ServerUnaryCall<HealthCheckRequest, HealthCheckResponse>, callback: grpc.sendUnaryData<HealthCheckResponse>) => {
         const status = this.#resolve(call.request.service ?? '');
         if (status === undefined) callback({ code: grpc.status.NOT_FOUND, details: 'unknown service' });

@@ -4,14 +4,13 @@
  * v2/v2alpha names by itself (reference envoy-ext-authz §1.5). No reflection.
  */
 import * as grpc from '@grpc/grpc-js';
-import { ReflectionService } from '@grpc/reflection';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { EffectiveApiOptions, TokenAcquirer, TokenValidator } from '../pipeline/types.js';
 import { createChecker, denyReason, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
 import { HealthService, type ServingStatus } from './health.js';
-import { AUTHORIZATION_SERVICE, loadExtAuthzProtos } from './protos.js';
+import { AUTHORIZATION_SERVICE, loadExtAuthzProtos, loadReflectionPackageDefinition } from './protos.js';
 import { NOOP_METRICS, type Metrics } from '../metrics.js';
 import type { ErrorCode } from '../errors.js';
 
@@ -82,7 +81,24 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   const server = new grpc.Server({
     'grpc.max_receive_message_length': options.maxReceiveMessageBytes,
   });
-  server.addService(protos.authorizationService as grpc.ServiceDefinition, {
+  // The checker hands out frozen responses more than once (the warm allow per caller, token and
+  // route; the preflight and internal denies): encode each of those once. grpc-js copies the bytes
+  // into its frame, so sharing them is safe.
+  const encodeResponse = protos.serverService.Check.responseSerialize;
+  const encoded = new WeakMap<object, Buffer>();
+  const service = {
+    ...protos.serverService,
+    Check: {
+      ...protos.serverService.Check,
+      responseSerialize(response: object): Buffer {
+        if (!Object.isFrozen(response)) return encodeResponse(response);
+        let bytes = encoded.get(response);
+        if (bytes === undefined) encoded.set(response, (bytes = encodeResponse(response)));
+        return bytes;
+      },
+    },
+  };
+  server.addService(service, {
     Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>) {
       const started = process.hrtime.bigint();
       const d = call.getDeadline();
@@ -103,7 +119,11 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   health.addToServer(server);
   // Off by default: reflection tells any caller of the port which services exist (grpcurl and
   // friends need it; Envoy does not).
-  if (options.reflection) new ReflectionService(protos.packageDefinition, { services: [AUTHORIZATION_SERVICE] }).addToServer(server);
+  // Loaded only then: it parses the whole .proto tree for the file descriptors it serves.
+  if (options.reflection) {
+    const { ReflectionService } = await import('@grpc/reflection');
+    new ReflectionService(await loadReflectionPackageDefinition(), { services: [AUTHORIZATION_SERVICE] }).addToServer(server);
+  }
 
   const target = hostPort(options.address.host, options.address.port);
   const port = await new Promise<number>((resolve, reject) => {

@@ -8,7 +8,9 @@
  * `/Validate`, and test downstreams), so both sides agree on every encoding.
  */
 import { createHash, randomUUID, type KeyObject } from 'node:crypto';
-import { calculateJwkThumbprint, compactVerify, decodeProtectedHeader, importJWK, CompactSign, type JWK } from 'jose';
+import type { JWK, ProtectedHeaderParameters } from 'jose';
+
+// jose is imported where it is used: only PoP deployments need it, and it costs ≈45 ms at start-up.
 
 /** Algorithms an SHR may be signed with; symmetric and `none` are never accepted. */
 export const SHR_ALGORITHMS = ['RS256', 'PS256', 'ES256'] as const;
@@ -35,7 +37,8 @@ export interface ShrPayload {
 }
 
 /** The RFC 7638 SHA-256 thumbprint of a public JWK (what `cnf.kid` in a PoP token holds). */
-export function jwkThumbprint(jwk: JWK): Promise<string> {
+export async function jwkThumbprint(jwk: JWK): Promise<string> {
+  const { calculateJwkThumbprint } = await import('jose');
   return calculateJwkThumbprint(jwk, 'sha256');
 }
 
@@ -98,6 +101,7 @@ export async function signShr(key: ShrSigningKey, req: ShrRequest): Promise<stri
     nonce: req.nonce ?? randomUUID().replace(/-/g, ''),
     cnf: { jwk: publicMembers(key.publicJwk) },
   };
+  const { CompactSign } = await import('jose');
   return new CompactSign(Buffer.from(JSON.stringify(payload)))
     .setProtectedHeader({ alg: key.alg, typ: 'pop', kid: key.thumbprint })
     .sign(key.privateKey);
@@ -174,7 +178,8 @@ function checkQuery(q: unknown, url: URL, acceptUnsigned: boolean): void {
  */
 export async function verifyShr(shr: string, v: ShrVerification): Promise<ShrPayload> {
   const payload = decodeShr(shr);
-  let header: ReturnType<typeof decodeProtectedHeader>;
+  const { compactVerify, decodeProtectedHeader, importJWK } = await import('jose');
+  let header: ProtectedHeaderParameters;
   try {
     header = decodeProtectedHeader(shr);
   } catch {

@@ -4,15 +4,9 @@
  * values (`typed_config` with `@type`). Envoy itself rejects unknown fields at startup, so a typo
  * here is a config that would never load.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import path from 'node:path';
+import protobuf from 'protobufjs';
 import type * as Protobuf from 'protobufjs';
-import { envoyProtoIncludeDirs } from '../../src/extauthz/protos.js';
-
-// protobufjs is what @grpc/proto-loader parses .proto files with; use that very copy.
-const requireFromLoader = createRequire(createRequire(import.meta.url).resolve('@grpc/proto-loader'));
-const protobuf = requireFromLoader('protobufjs') as typeof Protobuf;
+import { parseEnvoyProtos } from '../../src/extauthz/protos.js';
 
 /** The extension protos the examples use in `typed_config`; the bootstrap closure does not import them. */
 export const EXTENSION_PROTOS = [
@@ -28,20 +22,8 @@ let root: Protobuf.Root | undefined;
 
 /** Loads the bootstrap and extension protos once, with proto field names kept as written. */
 export function envoyRoot(): Protobuf.Root {
-  if (root) return root;
-  const dirs = envoyProtoIncludeDirs();
-  const r = new protobuf.Root();
-  r.resolvePath = (_origin: string, target: string) => {
-    for (const d of dirs) {
-      const p = path.join(d, target);
-      if (existsSync(p)) return p;
-    }
-    return target; // google/protobuf/* well-known types: protobufjs supplies them
-  };
-  r.loadSync(EXTENSION_PROTOS, { keepCase: true });
-  r.resolveAll();
-  root = r;
-  return r;
+  root ??= parseEnvoyProtos(EXTENSION_PROTOS);
+  return root;
 }
 
 const TYPE_URL_PREFIX = 'type.googleapis.com/';

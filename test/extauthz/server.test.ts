@@ -14,7 +14,7 @@ type HealthClient = grpc.Client & {
 };
 
 function healthClient(port: number): HealthClient {
-  const Ctor = grpc.makeGenericClientConstructor(healthServiceDefinition() as grpc.ServiceDefinition, 'Health');
+  const Ctor = grpc.makeGenericClientConstructor(healthServiceDefinition(), 'Health');
   return new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as HealthClient;
 }
 
