@@ -31,14 +31,23 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
   sendJsonText(res, status, JSON.stringify(body));
 }
 
-/** Writes an already serialised JSON body with Microsoft's no-cache headers on 2xx. */
+/**
+ * Writes an already serialised JSON body with Microsoft's no-cache headers on 2xx. One writeHead
+ * with every header (node:http's fast path) instead of a setHeader per header: this is the answer
+ * of every successful /Validate and /AuthorizationHeader call.
+ */
 export function sendJsonText(res: ServerResponse, status: number, text: string): void {
-  res.statusCode = status;
-  res.setHeader('Content-Type', 'application/json; charset=utf-8');
-  res.setHeader('Content-Length', Buffer.byteLength(text));
-  if (status >= 200 && status < 300) for (const [k, v] of NO_CACHE) res.setHeader(k, v);
+  const length = Buffer.byteLength(text);
+  res.writeHead(
+    status,
+    status >= 200 && status < 300
+      ? { 'Content-Type': JSON_TYPE, 'Content-Length': length, 'Cache-Control': NO_CACHE[0][1], Expires: NO_CACHE[1][1], Pragma: NO_CACHE[2][1] }
+      : { 'Content-Type': JSON_TYPE, 'Content-Length': length },
+  );
   res.end(text);
 }
+
+const JSON_TYPE = 'application/json; charset=utf-8';
 
 /** Writes a plain-text body (healthz, IDW10203). */
 export function sendText(res: ServerResponse, status: number, text: string): void {

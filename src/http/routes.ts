@@ -9,7 +9,7 @@ import { SidecarError } from '../errors.js';
 import { authenticate } from '../pipeline/authenticate.js';
 import { tokenScopes } from '../pipeline/authorize.js';
 import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
-import type { TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
+import type { AcquiredToken, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import type { DownstreamCallDeps } from '../downstream/call.js';
 import type { Metrics } from '../metrics.js';
 import { callDownstreamApi } from '../downstream/call.js';
@@ -78,6 +78,8 @@ async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
 
 /** The /Validate answer per validated token: the validator returns the same object for a repeat token. */
 const validateBodies = new WeakMap<ValidatedToken, string>();
+/** The /AuthorizationHeader answer per acquired token: the acquirer returns the same object for a cached token. */
+const authorizationHeaderBodies = new WeakMap<AcquiredToken, string>();
 
 /** Warns about ignored caller input the way Microsoft's event ids 3–5 do (reference §1.5). */
 function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored: boolean; agentParamsIgnored: boolean; baseUrlOverrideIgnored: boolean }): void {
@@ -101,7 +103,9 @@ function authorizationHeaderRoute(authenticated: boolean): Route['handle'] {
   return async (ctx, deps) => {
     const { user, resolved, correlationId } = await prepare(ctx, deps, route, authenticated, false);
     const token = await deps.acquirer.acquire({ options: resolved.options, user, agent: resolved.agent, correlationId });
-    sendJson(ctx.res, 200, { authorizationHeader: `${token.scheme} ${token.token}` });
+    let body = authorizationHeaderBodies.get(token);
+    if (body === undefined) authorizationHeaderBodies.set(token, (body = JSON.stringify({ authorizationHeader: `${token.scheme} ${token.token}` })));
+    sendJsonText(ctx.res, 200, body);
   };
 }
 

@@ -34,10 +34,34 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   return Buffer.concat(chunks, size);
 }
 
+/** The query of every request that has none: shared, so it refuses to change. */
+class ReadOnlySearchParams extends URLSearchParams {
+  override append(): never {
+    throw new TypeError('read-only query');
+  }
+  override set(): never {
+    throw new TypeError('read-only query');
+  }
+  override delete(): never {
+    throw new TypeError('read-only query');
+  }
+  override sort(): never {
+    throw new TypeError('read-only query');
+  }
+}
+const EMPTY_QUERY: URLSearchParams = new ReadOnlySearchParams();
+
 /** Creates the request handler (exported for tests that drive it without a socket). */
 export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { config, logger } = deps;
   const development = config.environment.isDevelopment;
+  // One listener function for every response (no closure per request); the route and start time
+  // ride along in a WeakMap.
+  const timings = new WeakMap<ServerResponse, { route: string; started: bigint }>();
+  function onFinish(this: ServerResponse): void {
+    const t = timings.get(this);
+    if (t !== undefined) deps.metrics.observeHttpRequest(t.route, this.statusCode, Number(process.hrtime.bigint() - t.started) / 1e9);
+  }
   return (req, res) => {
     // A plain split rather than new URL() on the hot path: the routes need only the path segments
     // and the query. Dot segments are not resolved, so `/healthz/../Validate` is not /healthz.
@@ -83,13 +107,13 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
         return;
       }
     }
-    const started = process.hrtime.bigint();
-    res.once('finish', () => deps.metrics.observeHttpRequest(route.name, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
+    timings.set(res, { route: route.name, started: process.hrtime.bigint() });
+    res.on('finish', onFinish);
     const ctx: RouteContext = {
       req,
       res,
       path,
-      query: new URLSearchParams(q < 0 ? '' : target.slice(q + 1)),
+      query: q < 0 || q === target.length - 1 ? EMPTY_QUERY : new URLSearchParams(target.slice(q + 1)),
       apiName,
       readBody: () => readBody(req, config.sidecar.http.maxBodyBytes),
     };

@@ -95,6 +95,28 @@ describe('metrics: exposition', () => {
   });
 });
 
+describe('metrics: the per-request histograms and counters render as prom-client\'s own', () => {
+  it('matches a prom-client Histogram and Counter fed the same observations, line for line, across scrapes', async () => {
+    const { Counter, Histogram, Registry } = await import('prom-client');
+    const { HTTP_BUCKETS_SECONDS } = await import('../../src/metrics.js');
+    const reference = new Registry();
+    const refCount = new Counter({ name: 'entra_sidecar_http_requests_total', help: 'x', labelNames: ['route', 'status_class'], registers: [reference] });
+    const refHist = new Histogram({ name: 'entra_sidecar_http_request_duration_seconds', help: 'x', labelNames: ['route'], buckets: [...HTTP_BUCKETS_SECONDS], registers: [reference] });
+    const m = createMetrics({ version: 'x', collectProcess: false });
+    const relevant = (text: string) => text.split('\n').filter((l) => l.startsWith('entra_sidecar_http_request'));
+    const durations = [0.0001, 0.0005, 0.0007, 0.003, 0.03, 0.3, 3, 30, 0.0025];
+    for (const [i, d] of durations.entries()) {
+      const route = i % 2 === 0 ? 'Validate' : 'AuthorizationHeader';
+      const status = i % 3 === 0 ? 401 : 200;
+      m.observeHttpRequest(route, status, d);
+      refCount.labels(route, status === 401 ? '4xx' : '2xx').inc();
+      refHist.labels(route).observe(d);
+      if (i === 4) expect(relevant(await m.render())).to.deep.equal(relevant(await reference.metrics()));
+    }
+    expect(relevant(await m.render())).to.deep.equal(relevant(await reference.metrics()));
+  });
+});
+
 describe('metrics: counting', () => {
   it('adds up N allows and M denies by decision and reason', async () => {
     const m = createMetrics({ version: 'x', collectProcess: false });

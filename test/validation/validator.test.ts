@@ -364,6 +364,26 @@ describe('token validator', function () {
       expect(v.stats().cacheMisses).to.equal(1);
     });
 
+    it('serves a hit only for the very token verified: same signature, other payload → verified and rejected', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      const first = await v.validate(token);
+      const [h, p, sig] = token.split('.');
+      const claims = JSON.parse(Buffer.from(p, 'base64url').toString('utf8')) as Record<string, unknown>;
+      const forged = [h, Buffer.from(JSON.stringify({ ...claims, roles: ['Admin'] })).toString('base64url'), sig].join('.');
+      expect(forged.slice(-64)).to.equal(token.slice(-64));
+      const verifies = v.stats().signatureVerifications;
+      await expectCode(v.validate(forged), 'token_signature_invalid');
+      expect(v.stats().signatureVerifications).to.equal(verifies + 1);
+      // Same length and same last 64 characters, one signature character different: still no hit.
+      const at = token.length - 100;
+      const flipped = token.slice(0, at) + (token[at] === 'A' ? 'B' : 'A') + token.slice(at + 1);
+      await expectCode(v.validate(flipped), 'token_signature_invalid');
+      // The real token still hits.
+      expect(await v.validate(token)).to.equal(first);
+      expect(v.stats().cacheHits).to.equal(1);
+    });
+
     it('never serves a cached token past exp plus skew', async function () {
       const v = await started();
       const token = await mint(entra, { key, nowSec: nowSec(), expiresIn: 60 });
