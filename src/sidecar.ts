@@ -39,6 +39,31 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
       metrics.setSigningKeys(keyCount);
     },
   });
+  // Keys load in the background (start() never rejects; it retries with backoff), begun before the
+  // listeners so the round trips to Entra overlap with setting them up. Readiness follows
+  // validator.ready(): /readyz on the management listener and the gRPC health of the Authorization service.
+  void validator.start();
+  try {
+    return await listen(config, logger, { metrics, baseAgent, agent, validator });
+  } catch (err) {
+    // Nothing may keep a process that failed to start alive (the key loader retries on timers).
+    validator.close();
+    await baseAgent.close();
+    throw err;
+  }
+}
+
+interface Core {
+  readonly metrics: Metrics;
+  readonly baseAgent: ReturnType<typeof createOutboundAgent>;
+  readonly agent: ReturnType<typeof observeOutbound>;
+  readonly validator: ReturnType<typeof createTokenValidator>;
+}
+
+/** Builds the acquirer and starts the listeners over the core built by run(). */
+async function listen(config: SidecarConfig, logger: Logger, core: Core): Promise<() => Promise<void>> {
+  const { metrics, baseAgent, agent, validator } = core;
+  const outbound = config.sidecar.outbound;
   const engine = createTokenAcquirer({ config, agent, logger });
   metrics.addScrapeHook(() => metrics.syncTokenCache(engine.stats()));
   const acquirer = countAcquisitions(engine, metrics);
@@ -88,10 +113,6 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
         readiness: () => ({ ready: validator.ready(), reasons: validator.ready() ? [] : ['signing_keys_not_loaded'] }),
       })
     : undefined;
-
-  // Keys load in the background (start() never rejects; it retries with backoff). Readiness follows
-  // validator.ready(): /readyz on the management listener and the gRPC health of the Authorization service.
-  void validator.start();
 
   // The one line that says what was bound: written whatever the log level, because supervisors and
   // tests that start the sidecar on port 0 read their ports from it.
@@ -177,8 +198,8 @@ async function main(): Promise<void> {
   } catch (err) {
     logger.fatal({ err: err instanceof Error ? { type: err.name, message: err.message } : String(err) }, 'failed to start');
     logger.flush();
-    process.exitCode = 1;
-    return;
+    // A listener that did bind (or a timer) must not keep a process that failed to start alive.
+    process.exit(1);
   }
   let stopping = false;
   const shutdown = (signal: string) => {

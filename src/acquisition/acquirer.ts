@@ -68,6 +68,9 @@ export const NO_ACCOUNT_MESSAGE = 'No account or login hint was passed to the Ac
 /** Session key value that asks Microsoft's library to allocate a key; the sidecar never returns it (§5.3). */
 const ALLOCATE_FOR_ME = 'AllocateForMe';
 
+/** Callers whose OBO cache key is remembered per API (see learnKey). */
+const MAX_LEARNED_USER_KEYS = 4096;
+
 /** Bound on distinct msal applications (one per tenant × credential); OBO across many tenants would otherwise grow it. */
 const MAX_MSAL_APPS = 256;
 
@@ -597,11 +600,11 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
    * Cache keys the full path below computed for "plain" requests (nothing per request: no claims,
    * agent, managed identity, PoP, session or forced refresh), remembered per frozen options object
    * and, for user flows, per ValidatedToken (the validator returns the same object for a token it
-   * has seen). A repeat request then costs a WeakMap lookup and a cache peek. Weak maps: an entry
-   * lives only as long as its options and token objects do.
+   * has seen). A repeat request then costs two map lookups and a cache peek. Per-user keys sit in a
+   * bounded Map, oldest out (a WeakMap entry per first-sight caller made every collection slower).
    */
   const appKeys = new WeakMap<EffectiveApiOptions, string>();
-  const userKeys = new WeakMap<EffectiveApiOptions, WeakMap<ValidatedToken, string>>();
+  const userKeys = new WeakMap<EffectiveApiOptions, Map<ValidatedToken, string>>();
 
   function isPlain(req: AcquireRequest): boolean {
     const ato = req.options.acquireTokenOptions;
@@ -626,7 +629,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       appKeys.set(req.options, key);
     } else if (req.user !== undefined) {
       let byUser = userKeys.get(req.options);
-      if (byUser === undefined) userKeys.set(req.options, (byUser = new WeakMap()));
+      if (byUser === undefined) userKeys.set(req.options, (byUser = new Map()));
+      if (byUser.size >= MAX_LEARNED_USER_KEYS) byUser.delete(byUser.keys().next().value as ValidatedToken);
       byUser.set(req.user, key);
     }
   }

@@ -117,8 +117,17 @@ const MIN_DEADLINE_MARGIN_MS = 20;
 const MAX_DEADLINE_MARGIN_MS = 250;
 const MAX_CACHED_API_NAMES = 256;
 const MAX_CACHED_POLICIES = 256;
-/** Stands for "no caller" / "no token" as a WeakMap key. */
+/** Callers whose allow responses are kept per route policy (the warm set; first-sight callers churn through). */
+const MAX_MEMOISED_CALLERS = 4096;
+/** Stands for "no caller" / "no token" as a memo key. */
 const NONE = Object.freeze({});
+
+interface AllowMemoEntry {
+  /** The acquired token the responses carry (NONE without one); a refreshed token replaces the entry. */
+  readonly token: object;
+  /** [no access_token in the query, access_token in the query]. */
+  readonly responses: [CheckResponse | undefined, CheckResponse | undefined];
+}
 
 /** AcquireRequest built field by field (no spreads on the hot path). */
 type MutableAcquireRequest = { -readonly [K in keyof AcquireRequest]: AcquireRequest[K] };
@@ -341,19 +350,27 @@ export function createChecker(deps: CheckDeps): Checker {
   /**
    * Allow responses by (route policy, caller, acquired token, token-in-query): a pure function of
    * those, and the same caller with the same cached downstream token on the same route is the warm
-   * path. Weak maps, so an entry lives as long as its token objects do (both caches are bounded).
+   * path. Bounded Maps, not WeakMaps: with a new token on every request (first sight) a WeakMap
+   * entry per caller made each garbage collection slower; here the oldest caller is dropped.
    * Responses are frozen: the server keeps the encoding of a frozen response and sends it again.
    */
-  const allowMemo = new WeakMap<RoutePolicy, WeakMap<object, WeakMap<object, [CheckResponse?, CheckResponse?]>>>();
+  const allowMemo = new Map<RoutePolicy, Map<object, AllowMemoEntry>>();
   function memoisedAllow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
     let byUser = allowMemo.get(policy);
-    if (byUser === undefined) allowMemo.set(policy, (byUser = new WeakMap()));
-    let byToken = byUser.get(user ?? NONE);
-    if (byToken === undefined) byUser.set(user ?? NONE, (byToken = new WeakMap()));
-    let pair = byToken.get(token ?? NONE);
-    if (pair === undefined) byToken.set(token ?? NONE, (pair = []));
+    if (byUser === undefined) {
+      if (allowMemo.size >= MAX_CACHED_POLICIES) allowMemo.clear();
+      allowMemo.set(policy, (byUser = new Map()));
+    }
+    const userKey = user ?? NONE;
+    const tokenKey = token ?? NONE;
+    let entry = byUser.get(userKey);
+    if (entry === undefined || entry.token !== tokenKey) {
+      if (entry === undefined && byUser.size >= MAX_MEMOISED_CALLERS) byUser.delete(byUser.keys().next().value as object);
+      entry = { token: tokenKey, responses: [undefined, undefined] };
+      byUser.set(userKey, entry);
+    }
     const i = tokenInQuery ? 1 : 0;
-    return (pair[i] ??= allowResponse(policy, user, token, tokenInQuery));
+    return (entry.responses[i] ??= allowResponse(policy, user, token, tokenInQuery));
   }
 
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {

@@ -36,6 +36,9 @@ export interface ExtAuthzServer {
   close(graceMs: number): Promise<void>;
 }
 
+/** Encoded frozen responses kept for reuse (the warm allows of the busiest callers). */
+const MAX_ENCODED_RESPONSES = 1024;
+
 /** How often Watch streams are re-evaluated (the validator's readiness has no change event). */
 const HEALTH_POLL_MS = 500;
 
@@ -84,8 +87,9 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   // The checker hands out frozen responses more than once (the warm allow per caller, token and
   // route; the preflight and internal denies): encode each of those once. grpc-js copies the bytes
   // into its frame, so sharing them is safe.
+  // Bounded and oldest-out (a WeakMap entry per first-sight response slowed every collection).
   const encodeResponse = protos.serverService.Check.responseSerialize;
-  const encoded = new WeakMap<object, Buffer>();
+  const encoded = new Map<object, Buffer>();
   const service = {
     ...protos.serverService,
     Check: {
@@ -93,7 +97,10 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
       responseSerialize(response: object): Buffer {
         if (!Object.isFrozen(response)) return encodeResponse(response);
         let bytes = encoded.get(response);
-        if (bytes === undefined) encoded.set(response, (bytes = encodeResponse(response)));
+        if (bytes === undefined) {
+          if (encoded.size >= MAX_ENCODED_RESPONSES) encoded.delete(encoded.keys().next().value as object);
+          encoded.set(response, (bytes = encodeResponse(response)));
+        }
         return bytes;
       },
     },

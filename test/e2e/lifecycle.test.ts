@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { ROUTES } from '../../src/http/routes.js';
 import { OPENAPI_DOCUMENT } from '../../src/http/openapi.js';
-import { startSidecar, waitForLine } from '../helpers/sidecar.js';
+import { runSidecarToExit, startSidecar, waitForLine } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
 
 describe('process lifecycle (built sidecar)', function () {
@@ -25,6 +25,22 @@ describe('process lifecycle (built sidecar)', function () {
   after(async () => {
     slow?.close();
     await emu?.close();
+  });
+
+  it('exits 1 promptly when a listener cannot bind (the background key loader must not keep it alive)', async () => {
+    // The HTTP listener binds first, then ext_authz fails on a port that is taken.
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    try {
+      const port = (taken.address() as AddressInfo).port;
+      const t0 = Date.now();
+      const { code, stdout, stderr } = await runSidecarToExit(sidecarEnv(emu, { Sidecar__ExtAuthz__Address: `127.0.0.1:${port}` }), [], 10_000);
+      expect(code).to.equal(1);
+      expect(Date.now() - t0).to.be.lessThan(8_000);
+      expect(stdout + stderr).to.contain('failed to start');
+    } finally {
+      taken.close();
+    }
   });
 
   it('answers all 50 in-flight requests after SIGTERM, then exits 0 within the bound', async () => {
