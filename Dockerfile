@@ -36,7 +36,7 @@ WORKDIR /app
 ENV NODE_ENV=production
 # Keep V8's old generation well inside the 256Mi container limit of k8s/deployment.yaml (caches are
 # bounded: Sidecar:Validation:VerifiedTokenCacheSize, Sidecar:TokenCache:MaxEntries); raise it with
-# the limit.
+# the limit. `npm run bench` runs the sidecar with this same NODE_OPTIONS (bench/setup.ts reads it here).
 ENV NODE_OPTIONS="--max-old-space-size=160"
 # Files stay owned by root and read-only to the runtime user: the process never writes to the image
 # (caches are in memory), so the container runs with a read-only root filesystem.

@@ -16,7 +16,7 @@ import { hasCommand, placement, repoRoot, sidecarEntry } from './processes.js';
 import { renderTop, topSelfTime } from './profile.js';
 import { renderMarkdown, renderText, type BenchReport, type ScenarioResult } from './report.js';
 import { SCENARIOS, SharedFixtures } from './scenarios.js';
-import { FULL, QUICK, makeScratch, type BenchContext } from './setup.js';
+import { FULL, QUICK, imageNodeOptions, makeScratch, type BenchContext } from './setup.js';
 import { existsSync } from 'node:fs';
 
 interface Args {
@@ -86,7 +86,7 @@ async function main(): Promise<void> {
       platform: `${process.platform} ${process.arch}`,
       loadBefore: load(),
       loadAfter: '',
-      placement: place.description,
+      placement: `${place.description}; sidecar NODE_OPTIONS as in the Dockerfile: ${imageNodeOptions() || '(none)'}`,
       tools: { h2load: toolVersion(['h2load', '--version']), wrk: toolVersion(['wrk', '-v']) },
     },
     scenarios: [],

@@ -3,13 +3,14 @@
  * environment (it is configured only by env, like in production), starting the built sidecar and
  * the baselines pinned to the server core, the load generator process, and frame files.
  */
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Emulator } from '../emulator/index.js';
 import { sidecarEnv as testSidecarEnv } from '../test/helpers/e2e.js';
-import { benchDir, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
+import { benchDir, repoRoot, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
 import type { LoadgenJob, LoadgenResult } from './loadgen.js';
 import { encodeCheckFrame, envoyCheckRequest } from './wire.js';
 
@@ -90,12 +91,24 @@ export async function makeScratch(): Promise<{ dir: string; remove(): Promise<vo
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }
 
+/**
+ * The NODE_OPTIONS the container image sets (`ENV NODE_OPTIONS=` in the Dockerfile), so the bench
+ * measures the sidecar as it ships, heap cap included. Empty when the Dockerfile sets none.
+ */
+export function imageNodeOptions(): string {
+  const dockerfile = readFileSync(path.join(repoRoot, 'Dockerfile'), 'utf8');
+  const m = /^ENV NODE_OPTIONS="([^"]*)"/m.exec(dockerfile);
+  return m ? m[1] : '';
+}
+
 /** The sidecar's whole configuration: the emulator as Entra, two downstream APIs, every listener on loopback port 0. */
 export function sidecarEnv(emu: Emulator, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const downstream = emu.scenario.apps.downstreamApi.identifierUris[0];
+  const nodeOptions = imageNodeOptions();
   return {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     NODE_ENV: 'production',
+    ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}),
     ...testSidecarEnv(emu, {
       // Production's default level, not the tests' debug.
       Sidecar__LogLevel: 'info',

@@ -81,7 +81,7 @@ export function observeOutbound(agent: Dispatcher, observe: OutboundObserver): D
 /**
  * Creates a keep-alive undici Agent with the configured trust and timeouts. With extra CA files the
  * trust store is built into one TLS secure context here, once: passing `ca` per connection would make
- * Node parse the ~140 system roots again for every new connection (≈85 ms of CPU each, measured).
+ * Node parse the ~140 system roots again for every new connection (45–85 ms of CPU each, profiled).
  */
 export function createOutboundAgent(opts: OutboundOptions): UndiciAgent {
   const secureContext =
