@@ -337,7 +337,8 @@ export function createChecker(deps: CheckDeps): Checker {
   function policyFor(ext: Readonly<Record<string, string>> | undefined): RoutePolicy {
     if (ext === undefined) return defaults;
     let key = '';
-    for (const k in ext) key += k + '\u0000' + ext[k] + '\u0000';
+    // Length-prefixed, so no two different maps can spell the same key.
+    for (const k in ext) key += `${k.length}:${k}${ext[k].length}:${ext[k]}`;
     if (key === '') return defaults;
     let policy = policies.get(key);
     if (policy === undefined) {

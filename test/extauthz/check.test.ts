@@ -132,6 +132,15 @@ describe('ext_authz Check', function () {
       expect(res.dynamic_metadata).to.equal(undefined);
     });
 
+    it('keeps route policies apart even when their context_extensions would join to the same text', async function () {
+      // A route with validate=none, then one whose single value spells the first route's two entries.
+      const open = await check(h.client, envoyCheckRequest({ path: '/orders', contextExtensions: { downstream_api: 'partner-api', validate: 'none' } }));
+      expect(open.status.code).to.equal(0);
+      const tricky = await check(h.client, envoyCheckRequest({ path: '/orders', contextExtensions: { downstream_api: 'partner-api\u0000validate\u0000none' } }));
+      // Its own policy: validation required (no token sent → deny), not the other route's validate=none.
+      expectDeny(tricky, 16, 'Unauthorized', 'credential_missing');
+    });
+
     it('validate=optional lets anonymous requests through but never an invalid token', async function () {
       const anon = await check(h.client, envoyCheckRequest({ contextExtensions: { validate: 'optional' } }));
       expect(anon.status.code).to.equal(0);
