@@ -19,6 +19,7 @@ import type { AuthenticationResult, ConfidentialClientApplication } from '@azure
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
+import { setNewest } from '../bounded-map.js';
 import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
 import { createMsalNetworkClient, observation, withObservation, type AcquisitionObservation } from './msal-network.js';
@@ -321,8 +322,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       },
       system: msalSystem(msal, networkClient, loggerOptions),
     });
-    apps.set(key, app);
-    while (apps.size > MAX_MSAL_APPS) apps.delete(apps.keys().next().value as string);
+    setNewest(apps, key, app, MAX_MSAL_APPS);
     return app;
   }
 
@@ -383,9 +383,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
 
   const sessions = new Map<string, LongRunningSession>();
   function rememberSession(sessionId: string, session: LongRunningSession): void {
-    sessions.delete(sessionId);
-    sessions.set(sessionId, session);
-    while (sessions.size > Math.max(1, config.sidecar.tokenCache.maxEntries)) sessions.delete(sessions.keys().next().value as string);
+    setNewest(sessions, sessionId, session, Math.max(1, config.sidecar.tokenCache.maxEntries));
   }
 
   // ---------------------------------------------------------------- PoP app tokens (reference §5.8)
@@ -458,11 +456,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
           toCachedToken(
             await app.acquireTokenByClientCredential({
               scopes: [TOKEN_EXCHANGE_SCOPE],
-              authority,
-              correlationId,
-              skipCache: true,
               fmiPath: agentId,
-              ...({ storeInCache: NO_MSAL_CACHE } as object),
+              ...msalCommon(authority, correlationId, {}, {}),
             }),
           ),
         ),
@@ -491,8 +486,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       },
       system: msalSystem(msal, networkClient, loggerOptions),
     });
-    agentApps.set(key, app);
-    while (agentApps.size > MAX_MSAL_APPS) agentApps.delete(agentApps.keys().next().value as string);
+    setNewest(agentApps, key, app, MAX_MSAL_APPS);
     return app;
   }
 
@@ -536,10 +530,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
               toCachedToken(
                 await app.acquireTokenByClientCredential({
                   scopes: [TOKEN_EXCHANGE_SCOPE],
-                  authority,
-                  correlationId,
-                  skipCache: true,
-                  ...({ storeInCache: NO_MSAL_CACHE } as object),
+                  ...msalCommon(authority, correlationId, {}, {}),
                 }),
               ),
             ),
@@ -630,8 +621,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     } else if (req.user !== undefined) {
       let byUser = userKeys.get(req.options);
       if (byUser === undefined) userKeys.set(req.options, (byUser = new Map()));
-      if (byUser.size >= MAX_LEARNED_USER_KEYS) byUser.delete(byUser.keys().next().value as ValidatedToken);
-      byUser.set(req.user, key);
+      setNewest(byUser, req.user, key, MAX_LEARNED_USER_KEYS);
     }
   }
 
@@ -686,14 +676,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
               toCachedToken(
                 await app.acquireTokenByClientCredential({
                   scopes: [scope],
-                  authority,
-                  correlationId,
-                  skipCache: true,
-                  ...claimsParam,
                   ...(ato.fmiPath ? { fmiPath: ato.fmiPath } : {}),
                   ...(azureAd.azureRegion ? { azureRegion: azureAd.azureRegion } : {}),
-                  // Honoured by msal at run time although its request type omits them.
-                  ...({ storeInCache: NO_MSAL_CACHE, ...eqp } as object),
+                  ...msalCommon(authority, correlationId, claimsParam, eqp),
                 }),
               ),
             ),

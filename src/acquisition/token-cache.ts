@@ -8,6 +8,7 @@
  * inbound token, and no value is logged.
  */
 import { SidecarError } from '../errors.js';
+import { setNewest } from '../bounded-map.js';
 
 /** A token as the cache stores it. */
 export interface CachedToken {
@@ -201,11 +202,7 @@ export class TokenCache {
   private noteFailure(key: string, err: unknown): void {
     // Errors are shared by the waiters of this flight but never cached; only a Retry-After opens a window.
     if (err instanceof SidecarError && err.code === 'acquisition_throttled' && err.retryAfterSec !== undefined && err.retryAfterSec > 0) {
-      this.throttledUntil.delete(key);
-      this.throttledUntil.set(key, this.now() + err.retryAfterSec * 1000);
-      while (this.throttledUntil.size > Math.max(1, this.opts.maxEntries)) {
-        this.throttledUntil.delete(this.throttledUntil.keys().next().value as string);
-      }
+      setNewest(this.throttledUntil, key, this.now() + err.retryAfterSec * 1000, Math.max(1, this.opts.maxEntries));
     }
   }
 }

@@ -8,6 +8,7 @@
 import { setMaxListeners } from 'node:events';
 import type { ExtAuthzOptions } from '../config/types.js';
 import { SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../errors.js';
+import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
@@ -366,9 +367,8 @@ export function createChecker(deps: CheckDeps): Checker {
     const tokenKey = token ?? NONE;
     let entry = byUser.get(userKey);
     if (entry === undefined || entry.token !== tokenKey) {
-      if (entry === undefined && byUser.size >= MAX_MEMOISED_CALLERS) byUser.delete(byUser.keys().next().value as object);
       entry = { token: tokenKey, responses: [undefined, undefined] };
-      byUser.set(userKey, entry);
+      setNewest(byUser, userKey, entry, MAX_MEMOISED_CALLERS);
     }
     const i = tokenInQuery ? 1 : 0;
     return (entry.responses[i] ??= allowResponse(policy, user, token, tokenInQuery));

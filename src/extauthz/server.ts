@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
+import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
 import type { EffectiveApiOptions, TokenAcquirer, TokenValidator } from '../pipeline/types.js';
 import { createChecker, denyReason, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
@@ -100,10 +101,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
       responseSerialize(response: object): Buffer {
         if (!Object.isFrozen(response)) return encodeResponse(response);
         let bytes = encoded.get(response);
-        if (bytes === undefined) {
-          if (encoded.size >= MAX_ENCODED_RESPONSES) encoded.delete(encoded.keys().next().value as object);
-          encoded.set(response, (bytes = encodeResponse(response)));
-        }
+        if (bytes === undefined) setNewest(encoded, response, (bytes = encodeResponse(response)), MAX_ENCODED_RESPONSES);
         return bytes;
       },
     },

@@ -34,6 +34,9 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   return Buffer.concat(chunks, size);
 }
 
+const TIMING = Symbol('entra-sidecar.timing');
+type TimedResponse = ServerResponse & { [TIMING]?: { readonly route: string; readonly started: bigint } };
+
 /** The query of every request that has none: shared, so it refuses to change. */
 class ReadOnlySearchParams extends URLSearchParams {
   override append(): never {
@@ -56,10 +59,10 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
   const { config, logger } = deps;
   const development = config.environment.isDevelopment;
   // One listener function for every response (no closure per request); the route and start time
-  // ride along in a WeakMap.
-  const timings = new WeakMap<ServerResponse, { route: string; started: bigint }>();
-  function onFinish(this: ServerResponse): void {
-    const t = timings.get(this);
+  // ride along on the response itself (a WeakMap entry per request would give every collection an
+  // ephemeron to walk).
+  function onFinish(this: TimedResponse): void {
+    const t = this[TIMING];
     if (t !== undefined) deps.metrics.observeHttpRequest(t.route, this.statusCode, Number(process.hrtime.bigint() - t.started) / 1e9);
   }
   return (req, res) => {
@@ -107,7 +110,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
         return;
       }
     }
-    timings.set(res, { route: route.name, started: process.hrtime.bigint() });
+    (res as TimedResponse)[TIMING] = { route: route.name, started: process.hrtime.bigint() };
     res.on('finish', onFinish);
     const ctx: RouteContext = {
       req,

@@ -13,6 +13,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
+import { setNewest } from '../bounded-map.js';
 import type { TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { decodeShr, jwkThumbprint, ShrError, verifyShr } from './shr.js';
 
@@ -51,8 +52,7 @@ export class ReplayCache {
       if (exp >= nowSec) break;
       this.seen.delete(k);
     }
-    this.seen.set(id, expiresAtSec);
-    while (this.seen.size > this.maxEntries) this.seen.delete(this.seen.keys().next().value as string);
+    setNewest(this.seen, id, expiresAtSec, this.maxEntries);
     return true;
   }
 
