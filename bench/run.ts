@@ -16,7 +16,7 @@ import { hasCommand, placement, repoRoot, sidecarEntry } from './processes.js';
 import { renderTop, topSelfTime } from './profile.js';
 import { renderMarkdown, renderText, type BenchReport, type ScenarioResult } from './report.js';
 import { SCENARIOS, SharedFixtures } from './scenarios.js';
-import { FULL, QUICK, imageNodeOptions, makeScratch, type BenchContext } from './setup.js';
+import { FULL, QUICK, imageEnv, makeScratch, type BenchContext } from './setup.js';
 import { existsSync } from 'node:fs';
 
 interface Args {
@@ -86,7 +86,7 @@ async function main(): Promise<void> {
       platform: `${process.platform} ${process.arch}`,
       loadBefore: load(),
       loadAfter: '',
-      placement: `${place.description}; sidecar NODE_OPTIONS as in the Dockerfile: ${imageNodeOptions() || '(none)'}`,
+      placement: `${place.description}; sidecar environment as in the Dockerfile: ${Object.entries(imageEnv()).map(([k, v]) => `${k}=${v}`).join(' ') || '(none)'}`,
       tools: { h2load: toolVersion(['h2load', '--version']), wrk: toolVersion(['wrk', '-v']) },
     },
     scenarios: [],

@@ -92,23 +92,25 @@ export async function makeScratch(): Promise<{ dir: string; remove(): Promise<vo
 }
 
 /**
- * The NODE_OPTIONS the container image sets (`ENV NODE_OPTIONS=` in the Dockerfile), so the bench
- * measures the sidecar as it ships, heap cap included. Empty when the Dockerfile sets none.
+ * The process tuning the container image sets (`ENV NODE_OPTIONS=…` and glibc's `MALLOC_*`
+ * variables in the Dockerfile), so the bench runs the sidecar as it ships.
  */
-export function imageNodeOptions(): string {
+export function imageEnv(): Record<string, string> {
   const dockerfile = readFileSync(path.join(repoRoot, 'Dockerfile'), 'utf8');
-  const m = /^ENV NODE_OPTIONS="([^"]*)"/m.exec(dockerfile);
-  return m ? m[1] : '';
+  const env: Record<string, string> = {};
+  for (const m of dockerfile.matchAll(/^ENV ((?:NODE_OPTIONS|MALLOC_[A-Z_]+))=("[^"]*"|\S+)\s*$/gm)) {
+    env[m[1]] = m[2].startsWith('"') ? m[2].slice(1, -1) : m[2];
+  }
+  return env;
 }
 
 /** The sidecar's whole configuration: the emulator as Entra, two downstream APIs, every listener on loopback port 0. */
 export function sidecarEnv(emu: Emulator, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const downstream = emu.scenario.apps.downstreamApi.identifierUris[0];
-  const nodeOptions = imageNodeOptions();
   return {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     NODE_ENV: 'production',
-    ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}),
+    ...imageEnv(),
     ...testSidecarEnv(emu, {
       // Production's default level, not the tests' debug.
       Sidecar__LogLevel: 'info',

@@ -5,6 +5,7 @@
 import { expect } from 'chai';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { imageEnv } from '../../bench/setup.js';
 import { outRoot, repoRoot } from './paths.js';
 
 interface Instruction {
@@ -141,6 +142,14 @@ describe('Dockerfile', () => {
     expect(runtimeOf('ENV').some((e) => /\bNODE_ENV=production\b/.test(e.args))).to.equal(true);
     const ports = runtimeOf('EXPOSE').flatMap((e) => e.args.split(/\s+/)).map((p) => p.replace(/\/tcp$/, ''));
     expect(ports).to.include.members(['5000', '9191', '9090']);
+  });
+
+  it('tunes memory for the 256Mi pod: heap caps in NODE_OPTIONS, a fixed glibc mmap threshold, and the bench runs with the same', () => {
+    const env = runtimeOf('ENV').map((e) => e.args);
+    const nodeOptions = env.map((a) => /^NODE_OPTIONS="([^"]*)"$/.exec(a)?.[1]).find((v) => v !== undefined);
+    expect(nodeOptions).to.match(/--max-old-space-size=\d+/).and.match(/--max-semi-space-size=\d+/);
+    expect(env).to.include('MALLOC_MMAP_THRESHOLD_=131072');
+    expect(imageEnv()).to.deep.equal({ NODE_OPTIONS: nodeOptions, MALLOC_MMAP_THRESHOLD_: '131072' });
   });
 
   it('has an exec-form HEALTHCHECK and ENTRYPOINT running the compiled files', () => {
