@@ -74,8 +74,8 @@ export interface ExtAuthzProtos {
   readonly serverService: ServiceDefinition;
   /** `envoy.type.v3.StatusCode` number → enum name (what `enums: String` objects carry). */
   readonly httpStatusNames: ReadonlyMap<number, string>;
-  /** Where the descriptor came from: the file `npm run build` wrote, or the .proto tree (no build step). */
-  readonly source: 'descriptor-file' | 'proto-files';
+  /** Where the descriptor came from: inlined in the bundle, the file `npm run build` wrote, or the .proto tree (no build step). */
+  readonly source: 'inlined' | 'descriptor-file' | 'proto-files';
 }
 
 type JsonNode = Record<string, unknown> & { nested?: Record<string, JsonNode>; fields?: Record<string, { options?: Record<string, unknown> }> };
@@ -232,11 +232,15 @@ function withFieldsOnly(json: object, keep: Readonly<Record<string, readonly str
 
 let loaded: ExtAuthzProtos | undefined;
 
+/** The descriptor's JSON, inlined by the bundle (src/build-bundle.ts); not defined in the unbundled build. */
+declare const __ENVOY_EXT_AUTHZ_DESCRIPTOR__: object | undefined;
+
 /** The Authorization service and the status-code names; built once, later calls return the same object. */
 export function loadExtAuthzProtos(): ExtAuthzProtos {
   if (loaded) return loaded;
-  const fromFile = existsSync(DESCRIPTOR_FILE);
-  const json = fromFile ? (JSON.parse(readFileSync(DESCRIPTOR_FILE, 'utf8')) as object) : buildExtAuthzDescriptor();
+  const inlined = typeof __ENVOY_EXT_AUTHZ_DESCRIPTOR__ === 'undefined' ? undefined : __ENVOY_EXT_AUTHZ_DESCRIPTOR__;
+  const fromFile = inlined === undefined && existsSync(DESCRIPTOR_FILE);
+  const json = inlined ?? (fromFile ? (JSON.parse(readFileSync(DESCRIPTOR_FILE, 'utf8')) as object) : buildExtAuthzDescriptor());
   const root = protobuf.Root.fromJSON(json as Protobuf.INamespace);
   const authorizationService = serviceDefinitionOf(root, AUTHORIZATION_SERVICE);
   const view = protobuf.Root.fromJSON(withFieldsOnly(json, CHECK_REQUEST_FIELDS_READ) as Protobuf.INamespace);
@@ -247,7 +251,7 @@ export function loadExtAuthzProtos(): ExtAuthzProtos {
   } as ServiceDefinition;
   const httpStatusNames = new Map<number, string>();
   for (const [name, number] of Object.entries(root.lookupEnum('envoy.type.v3.StatusCode').values)) if (number !== 0) httpStatusNames.set(number, name);
-  loaded = { authorizationService, serverService, httpStatusNames, source: fromFile ? 'descriptor-file' : 'proto-files' };
+  loaded = { authorizationService, serverService, httpStatusNames, source: inlined !== undefined ? 'inlined' : fromFile ? 'descriptor-file' : 'proto-files' };
   return loaded;
 }
 

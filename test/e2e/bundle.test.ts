@@ -1,0 +1,85 @@
+/**
+ * The one-file bundle `npm run build` writes (src/build-bundle.ts): the built sidecar runs from it,
+ * and loads none of the files it replaced. Module loads are recorded by a preload (NODE_OPTIONS
+ * --import) with a resolve hook for ES modules and, at exit, require's cache for CommonJS ones.
+ */
+import { expect } from 'chai';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { startEmulator, type Emulator } from '../../emulator/index.js';
+import { BUNDLE_EXTERNAL, BUNDLE_FILE } from '../../src/build-bundle.js';
+import { outRoot, startSidecar } from '../helpers/sidecar.js';
+import { call, sidecarEnv } from '../helpers/e2e.js';
+
+/** A preload that appends every module the process loads to `log`. */
+function moduleRecorder(dir: string, log: string): string {
+  const hooks = path.join(dir, 'hooks.mjs');
+  writeFileSync(
+    hooks,
+    `import { appendFileSync } from 'node:fs';
+export async function resolve(specifier, context, next) {
+  const r = await next(specifier, context);
+  appendFileSync(${JSON.stringify(log)}, 'esm ' + r.url + '\\n');
+  return r;
+}
+`,
+  );
+  const preload = path.join(dir, 'preload.mjs');
+  writeFileSync(
+    preload,
+    `import { register, createRequire } from 'node:module';
+import { appendFileSync } from 'node:fs';
+register(${JSON.stringify(pathToFileURL(hooks).href)});
+process.on('exit', () => {
+  appendFileSync(${JSON.stringify(log)}, Object.keys(createRequire(import.meta.url).cache).map((f) => 'cjs ' + f + '\\n').join(''));
+});
+`,
+  );
+  return preload;
+}
+
+describe('the sidecar bundle (built sidecar)', function () {
+  this.timeout(40_000);
+  let emu: Emulator;
+  let dir: string;
+  before(async () => {
+    emu = await startEmulator();
+    dir = mkdtempSync(path.join(tmpdir(), 'bundle-test-'));
+  });
+  after(async () => {
+    await emu?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('is written by the build, with the Envoy descriptor inlined', () => {
+    expect(existsSync(BUNDLE_FILE)).to.equal(true);
+    // esbuild replaced the free identifier protos.ts tests for with the descriptor's JSON.
+    expect(readFileSync(BUNDLE_FILE, 'utf8')).to.not.contain('typeof __ENVOY_EXT_AUTHZ_DESCRIPTOR__');
+  });
+
+  it('is what main.js runs: no other compiled module, and no bundled package, is loaded from disk', async () => {
+    const log = path.join(dir, 'modules.log');
+    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }));
+    try {
+      const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+      expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
+    } finally {
+      expect(await s.stop()).to.equal(0);
+    }
+    const lines = readFileSync(log, 'utf8').trim().split('\n');
+    const files = lines.map((l) => l.slice(4).replace(/^file:\/\//, ''));
+    const ours = files.filter((f) => f.startsWith(path.join(outRoot, 'src') + path.sep));
+    expect([...new Set(ours)].sort()).to.deep.equal([path.join(outRoot, 'src', 'main.js'), BUNDLE_FILE].sort());
+    const packages = new Set(files.map((f) => /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(f)?.[1]).filter((p) => p !== undefined));
+    for (const p of ['@grpc/grpc-js', 'pino', 'prom-client']) expect(packages.has(p), p).to.equal(false);
+    expect(BUNDLE_EXTERNAL).to.include.members(['undici', 'protobufjs']);
+    // The descriptor came from the bundle: protobufjs's light build only, neither its parser (the
+    // full build) nor a .proto file from @grpc/grpc-js-xds.
+    const protobufjs = files.filter((f) => /node_modules\/protobufjs\/[^/]+\.js$/.test(f)).map((f) => path.basename(f));
+    expect(protobufjs).to.include('light.js');
+    expect(protobufjs).to.not.include('index.js');
+    expect(packages.has('@grpc/grpc-js-xds')).to.equal(false);
+  });
+});
