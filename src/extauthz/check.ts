@@ -354,7 +354,12 @@ export function createChecker(deps: CheckDeps): Checker {
    * those, and the same caller with the same cached downstream token on the same route is the warm
    * path. Bounded Maps, not WeakMaps: with a new token on every request (first sight) a WeakMap
    * entry per caller made each garbage collection slower; here the oldest caller is dropped.
-   * Responses are frozen: the server keeps the encoding of a frozen response and sends it again.
+   *
+   * Admission on the second sight: a caller's first request leaves only a bare entry (no response
+   * kept), and the response built on its second request is kept and frozen; the server keeps the
+   * encoding of a frozen response and sends it again. A caller seen once (a token used for one
+   * request) so leaves no response and no encoding behind to be copied and promoted by the garbage
+   * collector; a warm caller pays one extra build.
    */
   const allowMemo = new Map<RoutePolicy, Map<object, AllowMemoEntry>>();
   function memoisedAllow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
@@ -367,11 +372,11 @@ export function createChecker(deps: CheckDeps): Checker {
     const tokenKey = token ?? NONE;
     let entry = byUser.get(userKey);
     if (entry === undefined || entry.token !== tokenKey) {
-      entry = { token: tokenKey, responses: [undefined, undefined] };
-      setNewest(byUser, userKey, entry, MAX_MEMOISED_CALLERS);
+      setNewest(byUser, userKey, { token: tokenKey, responses: [undefined, undefined] }, MAX_MEMOISED_CALLERS);
+      return allowResponse(policy, user, token, tokenInQuery);
     }
     const i = tokenInQuery ? 1 : 0;
-    return (entry.responses[i] ??= allowResponse(policy, user, token, tokenInQuery));
+    return (entry.responses[i] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
   }
 
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
@@ -413,7 +418,7 @@ export function createChecker(deps: CheckDeps): Checker {
     if (tokenInQuery) ok.query_parameters_to_remove = ACCESS_TOKEN_PARAM;
     const response: CheckResponse = { status: OK_STATUS, ok_response: ok };
     if (user !== undefined) response.dynamic_metadata = identityMetadata(user);
-    return Object.freeze(response);
+    return response;
   }
 
   async function decide(request: CheckRequest, state: CallState): Promise<CheckResponse> {

@@ -1,0 +1,90 @@
+/**
+ * The checker's allow memo (src/extauthz/check.ts memoisedAllow): the same caller with the same
+ * downstream token on the same route gets one frozen response object (whose encoding the server
+ * keeps), admitted on the caller's second request so a one-off caller leaves nothing behind.
+ */
+import { expect } from 'chai';
+import { createChecker, type CheckRequest, type Checker } from '../../src/extauthz/check.js';
+import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
+import type { AcquiredToken, AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
+import { envoyCheckRequest, extAuthzOptions, FakeValidator, headerMap, memoryLogger, resolveFromTable } from './fixtures.js';
+
+/** Hands out one token object per (API, caller) until refresh() (as the real acquirer's cache does). */
+class StableAcquirer implements TokenAcquirer {
+  private readonly tokens = new Map<string, AcquiredToken>();
+  private generation = 0;
+  acquire(req: AcquireRequest): Promise<AcquiredToken> {
+    const who = `${req.options.apiName}.${req.user ? (req.user.claims.oid as string) : 'app'}`;
+    let t = this.tokens.get(who);
+    if (t === undefined) this.tokens.set(who, (t = Object.freeze({ scheme: 'Bearer', token: `downstream.${who}.${this.generation}`, expiresOn: 0 })));
+    return Promise.resolve(t);
+  }
+  refresh(): void {
+    this.generation++;
+    this.tokens.clear();
+  }
+  close(): void {}
+}
+
+describe('ext_authz allow memo', function () {
+  let validator: FakeValidator;
+  let acquirer: StableAcquirer;
+  let checker: Checker;
+  const request = (token: string, path = '/api/items') =>
+    envoyCheckRequest({ path, headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'graph' } }) as CheckRequest;
+
+  beforeEach(function () {
+    validator = new FakeValidator();
+    acquirer = new StableAcquirer();
+    checker = createChecker({
+      options: extAuthzOptions(),
+      validator,
+      acquirer,
+      resolveApiOptions: resolveFromTable,
+      logger: memoryLogger().logger,
+      httpStatusNames: loadExtAuthzProtos().httpStatusNames,
+    });
+  });
+
+  it("builds a caller's first allow without keeping it, then keeps one frozen response and reuses it", async function () {
+    const token = validator.add('alice.token', { oid: 'alice' });
+    const first = await checker.check(request(token));
+    const second = await checker.check(request(token));
+    const third = await checker.check(request(token));
+    expect(first.status.code).to.equal(0);
+    expect(Object.isFrozen(first), 'first sight: not kept, so not frozen for the encoding cache').to.equal(false);
+    expect(Object.isFrozen(second)).to.equal(true);
+    expect(third).to.equal(second);
+    expect(JSON.parse(JSON.stringify(first))).to.deep.equal(JSON.parse(JSON.stringify(second)));
+    expect(headerMap(second.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.alice.0');
+  });
+
+  it('keeps responses per caller, per downstream token and per token-in-query form', async function () {
+    const alice = validator.add('alice.token', { oid: 'alice' });
+    const bob = validator.add('bob.token', { oid: 'bob' });
+    for (let i = 0; i < 2; i++) {
+      await checker.check(request(alice));
+      await checker.check(request(bob));
+    }
+    const a = await checker.check(request(alice));
+    const b = await checker.check(request(bob));
+    expect(a).to.not.equal(b);
+    expect(headerMap(b.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.bob.0');
+    expect(b.dynamic_metadata?.fields['entra.oid'].stringValue).to.equal('bob');
+
+    // access_token in the query: its own response, which also strips that parameter.
+    await checker.check(request(alice, '/api/items?access_token=x'));
+    const q = await checker.check(request(alice, '/api/items?access_token=x'));
+    expect(q).to.not.equal(a);
+    expect(q.ok_response?.query_parameters_to_remove).to.deep.equal(['access_token']);
+    expect(await checker.check(request(alice))).to.equal(a);
+
+    // A refreshed downstream token replaces the caller's entry: never the old token again.
+    acquirer.refresh();
+    const refreshed = await checker.check(request(alice));
+    expect(headerMap(refreshed.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.alice.1');
+    const again = await checker.check(request(alice));
+    expect(headerMap(again.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.alice.1');
+    expect(await checker.check(request(alice))).to.equal(again);
+  });
+});
