@@ -4,7 +4,7 @@
  * --import) with a resolve hook for ES modules and, at exit, require's cache for CommonJS ones.
  */
 import { expect } from 'chai';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -81,5 +81,26 @@ describe('the sidecar bundle (built sidecar)', function () {
     expect(protobufjs).to.include('light.js');
     expect(protobufjs).to.not.include('index.js');
     expect(packages.has('@grpc/grpc-js-xds')).to.equal(false);
+  });
+
+  it('is passed over when the compiled modules are newer (a plain tsc run after a build)', async function () {
+    const modules = path.join(outRoot, 'src', 'sidecar.js');
+    const saved = statSync(modules);
+    const log = path.join(dir, 'stale.log');
+    try {
+      utimesSync(modules, saved.atime, new Date(statSync(BUNDLE_FILE).mtimeMs + 60_000));
+      const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }));
+      try {
+        const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+        expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
+      } finally {
+        expect(await s.stop()).to.equal(0);
+      }
+    } finally {
+      utimesSync(modules, saved.atime, saved.mtime);
+    }
+    const loaded = readFileSync(log, 'utf8');
+    expect(loaded).to.contain(pathToFileURL(modules).href);
+    expect(loaded).to.not.contain(pathToFileURL(BUNDLE_FILE).href);
   });
 });
