@@ -84,16 +84,15 @@ interface NativeContext {
 }
 
 /**
- * One TLS secure context that trusts Node's root store (the bundled roots, or the system store when
- * Node runs with --use-openssl-ca or --use-system-ca) plus `extraPems`. NODE_EXTRA_CA_CERTS must be
+ * One TLS secure context that trusts Node's root store plus `extraPems`. NODE_EXTRA_CA_CERTS must be
  * among `extraPems` (the configuration puts it there): Node 20 leaves it out of a context that gets
- * CAs of its own.
+ * CAs of its own (test/core/outbound-trust.test.ts).
  *
  * Adding the PEMs to a default context makes Node copy its already-parsed root store into a store of
- * the context's own (≈ 1 ms): the public route, `ca: [...rootCertificates, ...extra]`, parses ~140
- * PEM roots again (≈ 30 ms of CPU at start-up pinned to one core, 1.7 MB; profiled) and replaces the
- * root store with the bundled list, so a system store chosen by flag would be lost. That route
- * remains the fallback should a Node release drop the native method.
+ * the context's own (≈ 1 ms). The public route, `ca: [...rootCertificates, ...extra]`, parses the
+ * ~140 bundled PEM roots again (≈ 30 ms of CPU at start-up pinned to one core, 1.7 MB; profiled) and
+ * puts that list in place of whatever root store Node was started with. It remains the fallback
+ * should a Node release drop the native method.
  */
 export function outboundSecureContext(extraPems: readonly string[], opts: { preferNative?: boolean } = {}): SecureContext {
   if (opts.preferNative ?? true) {
