@@ -52,7 +52,7 @@ export const FULL: Budget = {
   coldCallers: 100,
   startupRounds: 5,
   checksForRss: 100_000,
-  soakSec: 60,
+  soakSec: 180,
 };
 
 export const QUICK: Budget = {

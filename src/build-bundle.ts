@@ -1,6 +1,7 @@
 /**
  * Build step (`npm run build`, after tsc and build-descriptor): bundles the compiled sidecar and the
- * packages it loads at every start (@grpc/grpc-js, pino, prom-client) into one ES module,
+ * packages it loads at every start (@grpc/grpc-js, pino, prom-client, undici's parts, protobufjs's
+ * light build) into one ES module,
  * `sidecar.bundle.js`, which main.js loads when it is there.
  *
  * Why: on Node 20, resolving, reading and linking ~250 module files was the largest part of
@@ -8,8 +9,9 @@
  * and compiled once, and Node ≥ 22's compile cache keeps it.
  *
  * Left outside the bundle, loaded from node_modules as before: what is imported lazily (msal-node,
- * jose, node-forge, proto-loader, reflection) and what src/ requires by path (undici's parts,
- * protobufjs's light build). The Envoy descriptor is inlined (no file read at start).
+ * jose, node-forge, proto-loader, reflection) and what only the build reads (@grpc/grpc-js-xds's
+ * .proto files, protobufjs's full build via require). undici's parts and protobufjs's light build
+ * are bundled. The Envoy descriptor is inlined (no file read at start).
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -21,7 +23,7 @@ const srcDir = path.dirname(fileURLToPath(import.meta.url));
 export const BUNDLE_FILE = path.join(srcDir, 'sidecar.bundle.js');
 
 /** Packages required at run time from node_modules, never copied into the bundle. */
-export const BUNDLE_EXTERNAL = ['@azure/msal-node', 'jose', 'node-forge', '@grpc/proto-loader', '@grpc/reflection', 'undici', 'protobufjs', '@grpc/grpc-js-xds'];
+export const BUNDLE_EXTERNAL = ['@azure/msal-node', 'jose', 'node-forge', '@grpc/proto-loader', '@grpc/reflection', '@grpc/grpc-js-xds'];
 
 const isEntry = process.argv[1] !== undefined && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url);
 if (isEntry) {

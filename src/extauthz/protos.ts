@@ -20,11 +20,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import type * as Protobuf from 'protobufjs';
+// protobufjs's reflection and codec without the .proto parser (the full build is loaded only to parse).
+import protobuf from 'protobufjs/light.js';
 import type * as ProtoLoader from '@grpc/proto-loader';
 
 const require = createRequire(import.meta.url);
-/** protobufjs's reflection and codec without the .proto parser (the full build is loaded only to parse). */
-const protobuf = require('protobufjs/light.js') as typeof Protobuf;
 
 /** Fully qualified name of the only ext_authz service Envoy calls (v3; v2 was removed in Envoy 1.18). */
 export const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';

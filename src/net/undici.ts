@@ -7,17 +7,17 @@
  * export here is the very object `undici` exports; an upgrade that moves a file fails that test,
  * not production.
  */
-import { createRequire } from 'node:module';
 import type * as Undici from 'undici';
+import AgentClass from 'undici/lib/dispatcher/agent.js';
+import DecoratorHandlerClass from 'undici/lib/handler/decorator-handler.js';
+import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
+import api from 'undici/lib/api/index.js';
 
-const require = createRequire(import.meta.url);
-
-export const Agent = require('undici/lib/dispatcher/agent.js') as typeof Undici.Agent;
-export const DecoratorHandler = require('undici/lib/handler/decorator-handler.js') as typeof Undici.DecoratorHandler;
+export const Agent = AgentClass;
+export const DecoratorHandler = DecoratorHandlerClass;
 
 // What undici's index does to give every dispatcher request()/stream()/…: the API lives on the prototype.
-const DispatcherClass = require('undici/lib/dispatcher/dispatcher.js') as typeof Undici.Dispatcher;
-Object.assign(DispatcherClass.prototype, require('undici/lib/api/index.js') as object);
+Object.assign(DispatcherClass.prototype, api);
 
 export type RequestOptions = Omit<Undici.Dispatcher.RequestOptions, 'origin' | 'path' | 'method'> & { dispatcher: Undici.Dispatcher; method?: Undici.Dispatcher.HttpMethod };
 
