@@ -39,7 +39,14 @@ if (isEntry) {
     banner: { js: "import { createRequire as __bundleCreateRequire } from 'node:module';\nconst require = __bundleCreateRequire(import.meta.url);" },
     define: { __ENVOY_EXT_AUTHZ_DESCRIPTOR__: readFileSync(DESCRIPTOR_FILE, 'utf8').trim() },
     sourcemap: 'linked',
-    legalComments: 'eof',
+    // Comments out and the source ASCII only: V8 keeps a script's source in the heap for the life of
+    // the process, as UTF-16 if a single character is beyond Latin-1 (our comments' "≈" and "→" did
+    // that): 3.9 MB of large-object space, 1.5 MB as plain ASCII without whitespace (measured). Names
+    // are not minified, so stack traces stay readable; the source map covers the rest.
+    legalComments: 'linked',
+    charset: 'ascii',
+    minifyWhitespace: true,
+    minifySyntax: true,
     logLevel: 'warning',
     metafile: true,
   });
