@@ -53,6 +53,19 @@ describe('the sidecar bundle (built sidecar)', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /** Starts the built sidecar with the module recorder, validates one token, stops it; returns the log. */
+  async function validateOnce(logName: string): Promise<string> {
+    const log = path.join(dir, logName);
+    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }));
+    try {
+      const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+      expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
+    } finally {
+      expect(await s.stop()).to.equal(0);
+    }
+    return readFileSync(log, 'utf8');
+  }
+
   it('is written by the build, with the Envoy descriptor inlined', () => {
     expect(existsSync(BUNDLE_FILE)).to.equal(true);
     // esbuild replaced the free identifier protos.ts tests for with the descriptor's JSON.
@@ -63,15 +76,7 @@ describe('the sidecar bundle (built sidecar)', function () {
   });
 
   it('is what main.js runs: no other compiled module, and no bundled package, is loaded from disk', async () => {
-    const log = path.join(dir, 'modules.log');
-    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }));
-    try {
-      const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
-      expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
-    } finally {
-      expect(await s.stop()).to.equal(0);
-    }
-    const lines = readFileSync(log, 'utf8').trim().split('\n');
+    const lines = (await validateOnce('modules.log')).trim().split('\n');
     const files = lines.map((l) => l.slice(4).replace(/^file:\/\//, ''));
     const ours = files.filter((f) => f.startsWith(path.join(outRoot, 'src') + path.sep));
     expect([...new Set(ours)].sort()).to.deep.equal([path.join(outRoot, 'src', 'main.js'), BUNDLE_FILE].sort());
@@ -85,20 +90,13 @@ describe('the sidecar bundle (built sidecar)', function () {
   it('is passed over when the compiled modules are newer (a plain tsc run after a build)', async function () {
     const modules = path.join(outRoot, 'src', 'sidecar.js');
     const saved = statSync(modules);
-    const log = path.join(dir, 'stale.log');
+    let loaded: string;
     try {
       utimesSync(modules, saved.atime, new Date(statSync(BUNDLE_FILE).mtimeMs + 60_000));
-      const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }));
-      try {
-        const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
-        expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
-      } finally {
-        expect(await s.stop()).to.equal(0);
-      }
+      loaded = await validateOnce('stale.log');
     } finally {
       utimesSync(modules, saved.atime, saved.mtime);
     }
-    const loaded = readFileSync(log, 'utf8');
     expect(loaded).to.contain(pathToFileURL(modules).href);
     expect(loaded).to.not.contain(pathToFileURL(BUNDLE_FILE).href);
   });
