@@ -99,6 +99,14 @@ async function probeChecks(ctx: BenchContext, url: string, framesFile: string, i
   return runLoadgen(ctx, { target: url, mode: 'closed', connections: 2, framesFile, concurrency: 8, count, sampleEvery: 1, ...(injectedHeader ? { injectedHeader } : {}) });
 }
 
+/** Requests in flight in the Node client's closed loop: as many as h2load keeps (connections × streams). */
+const CLOSED_LOOP_IN_FLIGHT = H2LOAD_CLIENTS * H2LOAD_STREAMS;
+
+/** `count` Checks from the frames file, closed loop over H2LOAD_CLIENTS connections, every 25th answer decoded. */
+function closedLoop(ctx: BenchContext, url: string, framesFile: string, count: number, injectedHeader?: string): Promise<LoadgenResult> {
+  return runLoadgen(ctx, { target: url, mode: 'closed', connections: H2LOAD_CLIENTS, framesFile, concurrency: CLOSED_LOOP_IN_FLIGHT, count, sampleEvery: 25, ...(injectedHeader ? { injectedHeader } : {}) });
+}
+
 /** Sidecar CPU µs per answered request over a measured interval. */
 function cpuPerRequestUs(cpuBefore: number, cpuAfter: number, requests: number): number {
   return requests > 0 ? ((cpuAfter - cpuBefore) * 1e6) / requests : Number.NaN;
@@ -239,9 +247,8 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
     const slice = pool.slice(FIRST_SIGHT_WARMUP + r * per, FIRST_SIGHT_WARMUP + (r + 1) * per);
     roundFrames.push(await writeCheckFrames(ctx, `first-sight-${r}`, slice, WARM_CONTEXT));
   }
-  const concurrency = H2LOAD_CLIENTS * H2LOAD_STREAMS;
-  const closed = (url: string, framesFile: string, count: number, injectedHeader?: string) =>
-    runLoadgen(ctx, { target: url, mode: 'closed', connections: H2LOAD_CLIENTS, framesFile, concurrency, count, sampleEvery: 25, ...(injectedHeader ? { injectedHeader } : {}) });
+  const concurrency = CLOSED_LOOP_IN_FLIGHT;
+  const closed = (url: string, framesFile: string, count: number, injectedHeader?: string) => closedLoop(ctx, url, framesFile, count, injectedHeader);
 
   ctx.log(`check-first-sight: ${b.firstSightRounds} rounds × ${per} distinct tokens`);
   // Warm-up: the sidecar sees the warm-up tokens once (never again); the NOP server gets the same requests.
@@ -475,7 +482,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
     const pool = await shared.tokenPool();
     const soakFrames = await writeCheckFrames(ctx, 'soak', pool, WARM_CONTEXT);
     ctx.log(`memory-startup: filling the caches with ${pool.length} distinct tokens`);
-    const fill = await runLoadgen(ctx, { target: sidecar.grpcUrl, mode: 'closed', connections: H2LOAD_CLIENTS, framesFile: soakFrames, concurrency: H2LOAD_CLIENTS * H2LOAD_STREAMS, count: pool.length, sampleEvery: 100, injectedHeader: INJECTED_HEADER });
+    const fill = await closedLoop(ctx, sidecar.grpcUrl, soakFrames, pool.length, INJECTED_HEADER);
     await sleep(1000);
     const rssAfterFill = rssMb(sidecar.pid);
     ctx.log(`memory-startup: ${b.soakSec} s soak at ${SOAK_RATE} req/s over ${pool.length} tokens`);

@@ -126,8 +126,8 @@ const NONE = Object.freeze({});
 interface AllowMemoEntry {
   /** The acquired token the responses carry (NONE without one); a refreshed token replaces the entry. */
   readonly token: object;
-  /** [no access_token in the query, access_token in the query]. */
-  readonly responses: [CheckResponse | undefined, CheckResponse | undefined];
+  /** [no access_token in the query, access_token in the query]; made on the caller's second request. */
+  responses?: [CheckResponse | undefined, CheckResponse | undefined];
 }
 
 /** AcquireRequest built field by field (no spreads on the hot path). */
@@ -372,11 +372,12 @@ export function createChecker(deps: CheckDeps): Checker {
     const tokenKey = token ?? NONE;
     let entry = byUser.get(userKey);
     if (entry === undefined || entry.token !== tokenKey) {
-      setNewest(byUser, userKey, { token: tokenKey, responses: [undefined, undefined] }, MAX_MEMOISED_CALLERS);
+      setNewest(byUser, userKey, { token: tokenKey }, MAX_MEMOISED_CALLERS);
       return allowResponse(policy, user, token, tokenInQuery);
     }
+    const responses = (entry.responses ??= [undefined, undefined]);
     const i = tokenInQuery ? 1 : 0;
-    return (entry.responses[i] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
+    return (responses[i] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
   }
 
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
