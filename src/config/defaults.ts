@@ -132,7 +132,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:Validation:ClockSkewSec', default: '300', unit: 's', description: 'Tolerance on `exp`/`nbf` (Microsoft.IdentityModel default 5 min).' },
   { key: 'Sidecar:Validation:SigningKeysRefreshIntervalSec', default: '86400', unit: 's', description: 'Regular refresh of OpenID metadata and JWKS (Microsoft.IdentityModel default 24 h).' },
   { key: 'Sidecar:Validation:UnknownKidCooldownSec', default: '300', unit: 's', description: 'Minimum gap between JWKS refetches triggered by an unknown `kid` (Microsoft.IdentityModel: 5 min).' },
-  { key: 'Sidecar:Validation:VerifiedTokenCacheSize', default: '10000', unit: 'entries', description: 'LRU of already-verified tokens so repeated calls skip signature checks; 0 disables it.' },
+  { key: 'Sidecar:Validation:VerifiedTokenCacheSize', default: '10000', unit: 'entries', description: 'LRU of already-verified tokens so repeated calls skip signature checks; a token enters it on its second verification (an encrypted one on its first), so a token used once leaves only a number behind; 0 disables it.' },
   { key: 'Sidecar:TokenCache:MaxEntries', default: '10000', unit: 'entries', description: 'Bound on cached acquired tokens (LRU), so many users cannot exhaust memory.' },
   { key: 'Sidecar:TokenCache:ExpiryBufferSec', default: '300', unit: 's', description: 'Treat a cached token as expired this long before `exp` (msal refreshes 5 min early too).' },
   { key: 'Sidecar:DownstreamApi:ReturnAllResponseHeaders', default: 'false', description: 'Return every downstream response header in DownstreamApiResult, not only content headers (Microsoft returns content headers only).' },

@@ -118,7 +118,7 @@ const MIN_DEADLINE_MARGIN_MS = 20;
 const MAX_DEADLINE_MARGIN_MS = 250;
 const MAX_CACHED_API_NAMES = 256;
 const MAX_CACHED_POLICIES = 256;
-/** Callers whose allow responses are kept per route policy (the warm set; first-sight callers churn through). */
+/** Callers whose allow responses are kept per route policy (the warm set: callers the validator has cached). */
 const MAX_MEMOISED_CALLERS = 4096;
 /** Stands for "no caller" / "no token" as a memo key. */
 const NONE = Object.freeze({});
@@ -126,8 +126,8 @@ const NONE = Object.freeze({});
 interface AllowMemoEntry {
   /** The acquired token the responses carry (NONE without one); a refreshed token replaces the entry. */
   readonly token: object;
-  /** [no access_token in the query, access_token in the query]; made on the caller's second request. */
-  responses?: [CheckResponse | undefined, CheckResponse | undefined];
+  /** [no access_token in the query, access_token in the query], each made when first needed. */
+  readonly responses: [CheckResponse | undefined, CheckResponse | undefined];
 }
 
 /** AcquireRequest built field by field (no spreads on the hot path). */
@@ -355,14 +355,14 @@ export function createChecker(deps: CheckDeps): Checker {
    * path. Bounded Maps, not WeakMaps: with a new token on every request (first sight) a WeakMap
    * entry per caller made each garbage collection slower; here the oldest caller is dropped.
    *
-   * Admission on the second sight: a caller's first request leaves only a bare entry (no response
-   * kept), and the response built on its second request is kept and frozen; the server keeps the
-   * encoding of a frozen response and sends it again. A caller seen once (a token used for one
-   * request) so leaves no response and no encoding behind to be copied and promoted by the garbage
-   * collector; a warm caller pays one extra build.
+   * Only callers the validator has cached are kept: it hands out the same frozen ValidatedToken for
+   * those (from a token's second request on) and a fresh unfrozen one for a token it has seen once,
+   * so a one-off caller leaves no entry, no response and no encoding behind. A kept response is
+   * frozen, and the server keeps the encoding of a frozen response and sends it again.
    */
   const allowMemo = new Map<RoutePolicy, Map<object, AllowMemoEntry>>();
   function memoisedAllow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
+    if (user !== undefined && !Object.isFrozen(user)) return allowResponse(policy, user, token, tokenInQuery);
     let byUser = allowMemo.get(policy);
     if (byUser === undefined) {
       if (allowMemo.size >= MAX_CACHED_POLICIES) allowMemo.clear();
@@ -372,12 +372,11 @@ export function createChecker(deps: CheckDeps): Checker {
     const tokenKey = token ?? NONE;
     let entry = byUser.get(userKey);
     if (entry === undefined || entry.token !== tokenKey) {
-      setNewest(byUser, userKey, { token: tokenKey }, MAX_MEMOISED_CALLERS);
-      return allowResponse(policy, user, token, tokenInQuery);
+      entry = { token: tokenKey, responses: [undefined, undefined] };
+      setNewest(byUser, userKey, entry, MAX_MEMOISED_CALLERS);
     }
-    const responses = (entry.responses ??= [undefined, undefined]);
     const i = tokenInQuery ? 1 : 0;
-    return (responses[i] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
+    return (entry.responses[i] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
   }
 
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
@@ -388,7 +387,31 @@ export function createChecker(deps: CheckDeps): Checker {
     return response;
   }
 
+  /**
+   * The OkHttpResponse part of allows whose headers depend on no claim (no ClaimsToHeaders): one
+   * frozen object per (route policy, acquired token, token-in-query), shared by every caller, so the
+   * server encodes it once even for callers whose whole response is not kept (see server.ts).
+   */
+  const sharedOk = new Map<RoutePolicy, { readonly token: object; readonly ok: [OkHttpResponse | undefined, OkHttpResponse | undefined] }>();
+  function okFor(policy: RoutePolicy, claims: ValidatedToken['claims'] | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): OkHttpResponse {
+    if (claimHeaders.length > 0) return okResponse(policy, claims, token, tokenInQuery);
+    const tokenKey = token ?? NONE;
+    let entry = sharedOk.get(policy);
+    if (entry === undefined || entry.token !== tokenKey) {
+      entry = { token: tokenKey, ok: [undefined, undefined] };
+      setNewest(sharedOk, policy, entry, MAX_CACHED_POLICIES);
+    }
+    const i = tokenInQuery ? 1 : 0;
+    return (entry.ok[i] ??= Object.freeze(okResponse(policy, undefined, token, tokenInQuery)));
+  }
+
   function allowResponse(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
+    const response: CheckResponse = { status: OK_STATUS, ok_response: okFor(policy, user?.claims, token, tokenInQuery) };
+    if (user !== undefined) response.dynamic_metadata = identityMetadata(user);
+    return response;
+  }
+
+  function okResponse(policy: RoutePolicy, claims: ValidatedToken['claims'] | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): OkHttpResponse {
     const headers: HeaderValueOption[] = [];
     const headersToRemove: string[] = [];
     let injected = false;
@@ -401,7 +424,6 @@ export function createChecker(deps: CheckDeps): Checker {
     if (policy.stripInboundAuthorization && !injected) headersToRemove.push('authorization');
     // Envoy applies headers_to_remove after the header sets (ext_authz.cc onComplete), so a claim
     // header is either overwritten with our value or removed; a client-sent copy never survives.
-    const claims = user?.claims;
     for (const [header, claim] of claimHeaders) {
       const value = claims === undefined ? undefined : claimHeaderValue(claims[claim]);
       if (value === undefined || value === '') {
@@ -417,9 +439,7 @@ export function createChecker(deps: CheckDeps): Checker {
     // Only the Authorization header carries credentials (reference sidecar-http-api §4); a token in
     // the query string must not travel on to the app or its access logs.
     if (tokenInQuery) ok.query_parameters_to_remove = ACCESS_TOKEN_PARAM;
-    const response: CheckResponse = { status: OK_STATUS, ok_response: ok };
-    if (user !== undefined) response.dynamic_metadata = identityMetadata(user);
-    return response;
+    return ok;
   }
 
   async function decide(request: CheckRequest, state: CallState): Promise<CheckResponse> {

@@ -74,6 +74,8 @@ export interface ExtAuthzProtos {
   readonly serverService: ServiceDefinition;
   /** `envoy.type.v3.StatusCode` number → enum name (what `enums: String` objects carry). */
   readonly httpStatusNames: ReadonlyMap<number, string>;
+  /** `envoy.service.auth.v3.CheckResponse`'s field names in field-number order (the order an encoder writes them). */
+  readonly checkResponseFields: readonly string[];
   /** Where the descriptor came from: inlined in the bundle, the file `npm run build` wrote, or the .proto tree (no build step). */
   readonly source: 'inlined' | 'descriptor-file' | 'proto-files';
 }
@@ -251,7 +253,10 @@ export function loadExtAuthzProtos(): ExtAuthzProtos {
   } as ServiceDefinition;
   const httpStatusNames = new Map<number, string>();
   for (const [name, number] of Object.entries(root.lookupEnum('envoy.type.v3.StatusCode').values)) if (number !== 0) httpStatusNames.set(number, name);
-  loaded = { authorizationService, serverService, httpStatusNames, source: inlined !== undefined ? 'inlined' : fromFile ? 'descriptor-file' : 'proto-files' };
+  const checkResponseFields = Object.freeze(
+    [...root.lookupType('envoy.service.auth.v3.CheckResponse').fieldsArray].sort((a, b) => a.id - b.id).map((f) => f.name),
+  );
+  loaded = { authorizationService, serverService, httpStatusNames, checkResponseFields, source: inlined !== undefined ? 'inlined' : fromFile ? 'descriptor-file' : 'proto-files' };
   return loaded;
 }
 

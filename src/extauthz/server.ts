@@ -89,20 +89,41 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     'grpc.enable_channelz': 0,
   });
   // The checker hands out frozen responses more than once (the warm allow per caller, token and
-  // route; the preflight and internal denies): encode each of those once. grpc-js copies the bytes
-  // into its frame, so sharing them is safe.
+  // route; the preflight and internal denies): encode each of those once. A response built for one
+  // call may still hold frozen parts the checker shares between callers (the status, and the
+  // OkHttpResponse with the downstream token): those are encoded once too and the call's own fields
+  // around them. A message is the concatenation of its encoded fields, so encoding each field as a
+  // one-field CheckResponse and joining them in field-number order gives the same bytes.
+  // grpc-js copies the bytes into its frame, so sharing them is safe.
   // Bounded and oldest-out (a WeakMap entry per first-sight response slowed every collection).
   const encodeResponse = protos.serverService.Check.responseSerialize;
+  const fields = protos.checkResponseFields;
   const encoded = new Map<object, Buffer>();
+  const encodeOnce = (frozen: object, encode: () => Buffer): Buffer => {
+    let bytes = encoded.get(frozen);
+    if (bytes === undefined) setNewest(encoded, frozen, (bytes = encode()), MAX_ENCODED_RESPONSES);
+    return bytes;
+  };
   const service = {
     ...protos.serverService,
     Check: {
       ...protos.serverService.Check,
-      responseSerialize(response: object): Buffer {
-        if (!Object.isFrozen(response)) return encodeResponse(response);
-        let bytes = encoded.get(response);
-        if (bytes === undefined) setNewest(encoded, response, (bytes = encodeResponse(response)), MAX_ENCODED_RESPONSES);
-        return bytes;
+      responseSerialize(response: Record<string, unknown>): Buffer {
+        if (Object.isFrozen(response)) return encodeOnce(response, () => encodeResponse(response));
+        let shared = false;
+        for (const name of fields) {
+          const value = response[name];
+          if (typeof value === 'object' && value !== null && Object.isFrozen(value)) shared = true;
+        }
+        if (!shared) return encodeResponse(response);
+        const parts: Buffer[] = [];
+        for (const name of fields) {
+          const value = response[name];
+          if (value === undefined || value === null) continue;
+          const one = () => encodeResponse({ [name]: value });
+          parts.push(typeof value === 'object' && Object.isFrozen(value) ? encodeOnce(value, one) : one());
+        }
+        return Buffer.concat(parts);
       },
     },
   };

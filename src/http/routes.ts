@@ -71,12 +71,18 @@ async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
       return;
     }
   }
-  let body = validateBodies.get(token);
-  if (body === undefined) validateBodies.set(token, (body = JSON.stringify({ protocol: 'Bearer', token: token.raw, claims: token.claims })));
+  // Only a token the validator cached comes back again as the same (frozen) object; a first-sight
+  // one would only add an entry for the garbage collector to walk.
+  const kept = Object.isFrozen(token);
+  let body = kept ? validateBodies.get(token) : undefined;
+  if (body === undefined) {
+    body = JSON.stringify({ protocol: 'Bearer', token: token.raw, claims: token.claims });
+    if (kept) validateBodies.set(token, body);
+  }
   sendJsonText(ctx.res, 200, body);
 }
 
-/** The /Validate answer per validated token: the validator returns the same object for a repeat token. */
+/** The /Validate answer per cached validated token: the validator returns the same frozen object for a cached token. */
 const validateBodies = new WeakMap<ValidatedToken, string>();
 /** The /AuthorizationHeader answer per acquired token: the acquirer returns the same object for a cached token. */
 const authorizationHeaderBodies = new WeakMap<AcquiredToken, string>();

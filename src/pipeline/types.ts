@@ -7,6 +7,11 @@ import type { JWTHeaderParameters, JWTPayload } from 'jose';
 import type { DownstreamApiOptions } from '../config/types.js';
 
 /** A token that passed every validation rule. */
+/**
+ * A verified inbound token. The validator hands out the same deep-frozen object for a token it has
+ * cached, and a fresh, unfrozen one for a token it verified without caching (its first sight): only
+ * frozen ones are worth keying anything on.
+ */
 export interface ValidatedToken {
   /** The compact token as received (JWS or JWE). */
   readonly raw: string;

@@ -1,13 +1,14 @@
 /**
  * The checker's allow memo (src/extauthz/check.ts memoisedAllow): the same caller with the same
  * downstream token on the same route gets one frozen response object (whose encoding the server
- * keeps), admitted on the caller's second request so a one-off caller leaves nothing behind.
+ * keeps). Only callers the validator has cached (a frozen ValidatedToken, from a token's second
+ * request on) are kept, so a one-off caller leaves nothing behind.
  */
 import { expect } from 'chai';
 import { createChecker, type CheckRequest, type Checker } from '../../src/extauthz/check.js';
 import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
-import type { AcquiredToken, AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
-import { envoyCheckRequest, extAuthzOptions, FakeValidator, headerMap, memoryLogger, resolveFromTable } from './fixtures.js';
+import type { AcquiredToken, AcquireRequest, TokenAcquirer, TokenValidator } from '../../src/pipeline/types.js';
+import { envoyCheckRequest, extAuthzOptions, FakeValidator, headerMap, memoryLogger, resolveFromTable, validatedToken } from './fixtures.js';
 
 /** Hands out one token object per (API, caller) until refresh() (as the real acquirer's cache does). */
 class StableAcquirer implements TokenAcquirer {
@@ -52,11 +53,37 @@ describe('ext_authz allow memo', function () {
     const second = await checker.check(request(token));
     const third = await checker.check(request(token));
     expect(first.status.code).to.equal(0);
-    expect(Object.isFrozen(first), 'first sight: not kept, so not frozen for the encoding cache').to.equal(false);
+    expect(Object.isFrozen(first), 'first sight (validator did not cache the caller): not kept, so not frozen for the encoding cache').to.equal(false);
     expect(Object.isFrozen(second)).to.equal(true);
     expect(third).to.equal(second);
     expect(JSON.parse(JSON.stringify(first))).to.deep.equal(JSON.parse(JSON.stringify(second)));
     expect(headerMap(second.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.alice.0');
+  });
+
+  it('keeps nothing for callers the validator did not cache', async function () {
+    // A validator with its cache off: every request gets a fresh, unfrozen token object.
+    const uncached: TokenValidator = {
+      validate: (compact) => Promise.resolve(validatedToken(compact, { oid: 'carol' })),
+      ready: () => true,
+      start: () => Promise.resolve(),
+      close() {},
+    };
+    const c = createChecker({
+      options: extAuthzOptions(),
+      validator: uncached,
+      acquirer,
+      resolveApiOptions: resolveFromTable,
+      logger: memoryLogger().logger,
+      httpStatusNames: loadExtAuthzProtos().httpStatusNames,
+    });
+    const responses = [];
+    for (let i = 0; i < 3; i++) responses.push(await c.check(request('carol.token')));
+    for (const r of responses) {
+      expect(r.status.code).to.equal(0);
+      expect(Object.isFrozen(r)).to.equal(false);
+      expect(headerMap(r.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.carol.0');
+    }
+    expect(responses[1]).to.not.equal(responses[0]);
   });
 
   it('keeps responses per caller, per downstream token and per token-in-query form', async function () {

@@ -30,15 +30,22 @@ export function validatedToken(token: string, claims: Record<string, unknown> = 
   };
 }
 
+/**
+ * Hands out tokens as the real validator does: a fresh, unfrozen object on a token's first request
+ * (verified, not cached), then one deep-frozen object on every later request (cached).
+ */
 export class FakeValidator implements TokenValidator {
   readonly tokens = new Map<string, ValidatedToken>();
+  private readonly seen = new Set<string>();
   isReady = true;
   /** When set, validate() waits this long (a slow JWKS fetch). */
   delayMs = 0;
   calls = 0;
 
   add(token: string, claims: Record<string, unknown> = {}): string {
-    this.tokens.set(token, validatedToken(token, claims));
+    const t = validatedToken(token, claims);
+    this.tokens.set(token, Object.freeze({ ...t, header: Object.freeze(t.header), claims: Object.freeze(t.claims) }));
+    this.seen.delete(token);
     return token;
   }
   async validate(compact: string): Promise<ValidatedToken> {
@@ -46,7 +53,9 @@ export class FakeValidator implements TokenValidator {
     if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
     const t = this.tokens.get(compact);
     if (!t) throw new SidecarError('token_signature_invalid');
-    return t;
+    if (this.seen.has(compact)) return t;
+    this.seen.add(compact);
+    return { ...t, header: { ...t.header }, claims: { ...t.claims } };
   }
   ready(): boolean {
     return this.isReady;

@@ -93,7 +93,6 @@ describe('token validator', function () {
       expect(result.claims.aud).to.equal(CLIENT_ID);
       expect(result.header.kid).to.equal(key.kid);
       expect(result.expiresAt).to.equal(nowSec() + 3600);
-      expect(Object.isFrozen(result.claims)).to.equal(true);
     });
 
     it('accepts a v1 token (sts-shaped issuer from the v1 metadata, aud api://ClientId) signed by a v2 key with a templated issuer', async function () {
@@ -352,21 +351,52 @@ describe('token validator', function () {
   });
 
   describe('verified-token cache', function () {
-    it('serves a repeated token without another signature verification', async function () {
+    it('caches a token on its second verification and serves it from then on without another', async function () {
       const v = await started();
       const token = await mint(entra, { key, nowSec: nowSec() });
       const first = await v.validate(token);
+      expect(Object.isFrozen(first), 'first sight: a fresh object nobody keeps').to.equal(false);
+      expect(v.stats().cacheSize).to.equal(0);
       const verifies = v.stats().signatureVerifications;
       const second = await v.validate(token);
-      expect(second).to.equal(first);
-      expect(v.stats().signatureVerifications).to.equal(verifies);
+      expect(v.stats().signatureVerifications).to.equal(verifies + 1);
+      expect(Object.isFrozen(second) && Object.isFrozen(second.claims)).to.equal(true);
+      expect(second).to.deep.equal(first);
+      expect(v.stats().cacheSize).to.equal(1);
+      const third = await v.validate(token);
+      expect(third).to.equal(second);
+      expect(v.stats().signatureVerifications).to.equal(verifies + 1);
       expect(v.stats().cacheHits).to.equal(1);
-      expect(v.stats().cacheMisses).to.equal(1);
+      expect(v.stats().cacheMisses).to.equal(2);
+    });
+
+    it('keeps nothing but a bounded doorkeeper for tokens seen once', async function () {
+      const v = await started({}, { verifiedTokenCacheSize: 3 });
+      const tokens = await Promise.all([0, 1, 2, 3, 4].map((i) => mint(entra, { key, claims: { uti: `once${i}` }, nowSec: nowSec() })));
+      for (const t of tokens) await v.validate(t);
+      expect(v.stats().cacheSize).to.equal(0);
+      // The doorkeeper holds the last three: t4 is admitted on its second request, t0 was forgotten.
+      await v.validate(tokens[4]);
+      expect(v.stats().cacheSize).to.equal(1);
+      await v.validate(tokens[0]);
+      expect(v.stats().cacheSize).to.equal(1);
+      await v.validate(tokens[0]);
+      expect(v.stats().cacheSize).to.equal(2);
+      expect(v.stats().cacheHits).to.equal(0);
+    });
+
+    it('with the cache off, verifies every request and keeps nothing', async function () {
+      const v = await started({}, { verifiedTokenCacheSize: 0 });
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      for (let i = 0; i < 3; i++) expect(Object.isFrozen(await v.validate(token))).to.equal(false);
+      expect(v.stats().signatureVerifications).to.equal(3);
+      expect(v.stats().cacheSize).to.equal(0);
     });
 
     it('serves a hit only for the very token verified: same signature, other payload → verified and rejected', async function () {
       const v = await started();
       const token = await mint(entra, { key, nowSec: nowSec() });
+      await v.validate(token);
       const first = await v.validate(token);
       const [h, p, sig] = token.split('.');
       const claims = JSON.parse(Buffer.from(p, 'base64url').toString('utf8')) as Record<string, unknown>;
@@ -374,7 +404,8 @@ describe('token validator', function () {
       expect(forged.slice(-64)).to.equal(token.slice(-64));
       const verifies = v.stats().signatureVerifications;
       await expectCode(v.validate(forged), 'token_signature_invalid');
-      expect(v.stats().signatureVerifications).to.equal(verifies + 1);
+      await expectCode(v.validate(forged), 'token_signature_invalid');
+      expect(v.stats().signatureVerifications).to.equal(verifies + 2);
       // Same length and same last 64 characters, one signature character different: still no hit.
       const at = token.length - 100;
       const flipped = token.slice(0, at) + (token[at] === 'A' ? 'B' : 'A') + token.slice(at + 1);
@@ -388,6 +419,7 @@ describe('token validator', function () {
       const v = await started();
       const token = await mint(entra, { key, nowSec: nowSec(), expiresIn: 60 });
       await v.validate(token);
+      await v.validate(token);
       clockMs += (60 + 299) * 1000;
       await v.validate(token);
       expect(v.stats().cacheHits).to.equal(1);
@@ -399,9 +431,14 @@ describe('token validator', function () {
     it('is bounded and evicts the least recently used token', async function () {
       const v = await started({}, { verifiedTokenCacheSize: 3 });
       const tokens = await Promise.all([0, 1, 2, 3].map((i) => mint(entra, { key, claims: { uti: `t${i}` }, nowSec: nowSec() })));
-      for (const t of tokens.slice(0, 3)) await v.validate(t);
-      await v.validate(tokens[0]); // refresh t0 → t1 is now least recent
-      await v.validate(tokens[3]);
+      const cached = async (t: string) => {
+        await v.validate(t);
+        await v.validate(t);
+      };
+      for (const t of tokens.slice(0, 3)) await cached(t);
+      expect(v.stats().cacheSize).to.equal(3);
+      await v.validate(tokens[0]); // a hit: t0 is now the most recent → t1 is least recent
+      await cached(tokens[3]);
       expect(v.stats().cacheSize).to.equal(3);
       const hits = v.stats().cacheHits;
       await v.validate(tokens[0]);
@@ -413,9 +450,9 @@ describe('token validator', function () {
     it('does not cache rejected tokens', async function () {
       const v = await started();
       const token = await mint(entra, { key, claims: { aud: 'api://someone-else' }, nowSec: nowSec() });
-      await expectCode(v.validate(token), 'token_audience_invalid');
-      await expectCode(v.validate(token), 'token_audience_invalid');
+      for (let i = 0; i < 3; i++) await expectCode(v.validate(token), 'token_audience_invalid');
       expect(v.stats().cacheHits).to.equal(0);
+      expect(v.stats().cacheSize).to.equal(0);
     });
   });
 
@@ -438,6 +475,8 @@ describe('token validator', function () {
       expect(r.raw).to.equal(jwe);
       expect(r.jws).to.equal(inner);
       expect(r.header.kid).to.equal(key.kid);
+      // Cached on its first sight: decrypting is the expensive part of an encrypted token.
+      expect(v.stats().cacheSize).to.equal(1);
       await v.validate(jwe);
       expect(v.stats().cacheHits).to.equal(1);
     });
