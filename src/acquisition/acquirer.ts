@@ -618,7 +618,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   function learnKey(req: AcquireRequest, key: string): void {
     if (req.options.requestAppToken) {
       appKeys.set(req.options, key);
-    } else if (req.user !== undefined) {
+    } else if (req.user !== undefined && Object.isFrozen(req.user)) {
+      // Only a token the validator cached comes back as the same object (pipeline/types.ts).
       let byUser = userKeys.get(req.options);
       if (byUser === undefined) userKeys.set(req.options, (byUser = new Map()));
       setNewest(byUser, req.user, key, MAX_LEARNED_USER_KEYS);

@@ -1,14 +1,14 @@
 /**
- * The sidecar's own access-token cache in front of msal-node (reference entra-protocol §7): a bounded
- * LRU by entry count, one in-flight acquisition per key (N concurrent callers → one request to
- * Entra), refresh-ahead that serves the current token while a background request replaces it, and
- * Retry-After windows during which a key fails fast without calling Entra.
+ * The sidecar's own access-token cache in front of msal-node (reference entra-protocol §7): a bounded,
+ * nearly LRU map by entry count (LruMap), one in-flight acquisition per key (N concurrent callers → one
+ * request to Entra), refresh-ahead that serves the current token while a background request replaces
+ * it, and Retry-After windows during which a key fails fast without calling Entra.
  *
  * Keys are opaque strings built by the acquirer from SHA-256 digests; nothing here ever sees a raw
  * inbound token, and no value is logged.
  */
 import { SidecarError } from '../errors.js';
-import { setNewest } from '../bounded-map.js';
+import { LruMap, setNewest } from '../bounded-map.js';
 
 /** A token as the cache stores it. */
 export interface CachedToken {
@@ -64,7 +64,7 @@ export interface GetOptions {
 
 /** Bounded single-flight token cache; see the module comment. */
 export class TokenCache {
-  private readonly entries = new Map<string, Entry>();
+  private readonly entries: LruMap<string, Entry>;
   private readonly inFlight = new Map<string, Promise<CachedToken>>();
   /** key → ms until which calls fail fast (Retry-After). Bounded like the entries. */
   private readonly throttledUntil = new Map<string, number>();
@@ -75,18 +75,17 @@ export class TokenCache {
   constructor(opts: TokenCacheOptions) {
     this.opts = opts;
     this.now = opts.now ?? Date.now;
+    this.entries = new LruMap(opts.maxEntries);
   }
 
   /** Returns a usable token for `key`, calling `fetch` at most once at a time per key. */
   async get(key: string, fetch: () => Promise<CachedToken>, options: GetOptions = {}): Promise<CachedToken> {
     const now = this.now();
     if (!options.bypass) {
+      // get() marks the entry as recently used.
       const entry = this.entries.get(key);
       if (entry && now < entry.usableUntil) {
         this.counters.cacheHits++;
-        // Move to the most-recently-used end.
-        this.entries.delete(key);
-        this.entries.set(key, entry);
         if (now >= entry.refreshAt && !this.inFlight.has(key) && !this.isThrottled(key, now)) this.refreshInBackground(key, entry, fetch);
         return entry.value;
       }
@@ -113,9 +112,6 @@ export class TokenCache {
     const now = this.now();
     if (now >= entry.refreshAt || now >= entry.usableUntil) return undefined;
     this.counters.cacheHits++;
-    // Move to the most-recently-used end.
-    this.entries.delete(key);
-    this.entries.set(key, entry);
     return entry.value;
   }
 
@@ -189,14 +185,8 @@ export class TokenCache {
     const fraction = this.opts.refreshFraction ?? 0.75;
     const byLifetime = now + (expiresAt - now) * fraction;
     const refreshAt = Math.min(value.refreshOn !== undefined ? value.refreshOn * 1000 : byLifetime, usableUntil);
-    this.entries.delete(key);
-    this.entries.set(key, { value, usableUntil, refreshAt });
+    this.counters.evictions += this.entries.set(key, { value, usableUntil, refreshAt });
     this.throttledUntil.delete(key);
-    while (this.entries.size > this.opts.maxEntries) {
-      const oldest = this.entries.keys().next().value as string;
-      this.entries.delete(oldest);
-      this.counters.evictions++;
-    }
   }
 
   private noteFailure(key: string, err: unknown): void {

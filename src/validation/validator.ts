@@ -17,6 +17,7 @@ import { constants, hash, verify, type KeyObject } from 'node:crypto';
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
 import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../config/types.js';
+import { LruMap } from '../bounded-map.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { TokenValidator, ValidatedToken } from '../pipeline/types.js';
@@ -151,7 +152,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   const skewSec = settings.clockSkewSec;
   const cacheCapacity = Math.max(0, Math.floor(settings.verifiedTokenCacheSize));
   const decryptionKeys = deps.decryptionKeys ?? [];
-  const cache = new Map<string, VerifiedEntry>();
+  const cache = new LruMap<string, VerifiedEntry>(cacheCapacity);
   /** Fingerprints of tokens verified once and not cached (the doorkeeper; as many as the cache holds). */
   const seenOnce = new Set<number>();
   let cacheHits = 0;
@@ -203,11 +204,6 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   }
 
   function remember(cacheKey: string, token: ValidatedToken, nbf: number | undefined): void {
-    if (cache.size >= cacheCapacity) {
-      // Map iteration order is insertion order; hits re-insert, so the first key is least recent.
-      const oldest = cache.keys().next();
-      if (!oldest.done) cache.delete(oldest.value);
-    }
     cache.set(cacheKey, {
       token,
       notBeforeMs: nbf === undefined ? Number.NEGATIVE_INFINITY : (nbf - skewSec) * 1000,
@@ -344,8 +340,6 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
         const t = now();
         if (t >= hit.notBeforeMs && t <= hit.notAfterMs) {
           cacheHits++;
-          cache.delete(cacheKey);
-          cache.set(cacheKey, hit);
           return hit.token;
         }
         cache.delete(cacheKey);
