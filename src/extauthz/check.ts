@@ -123,11 +123,22 @@ const MAX_MEMOISED_CALLERS = 4096;
 /** Stands for "no caller" / "no token" as a memo key. */
 const NONE = Object.freeze({});
 
-interface AllowMemoEntry {
-  /** The acquired token the responses carry (NONE without one); a refreshed token replaces the entry. */
+/** What the allow memos keep per key: a pair of values made for one acquired token. */
+interface ByQueryForm<V> {
+  /** The acquired token the values carry (NONE without one); a refreshed token replaces the entry. */
   readonly token: object;
   /** [no access_token in the query, access_token in the query], each made when first needed. */
-  readonly responses: [CheckResponse | undefined, CheckResponse | undefined];
+  readonly pair: [V | undefined, V | undefined];
+}
+
+/** The pair kept for `key` while it carries `token` (a new pair once the token changes); bounded, oldest out. */
+function pairFor<K, V>(map: Map<K, ByQueryForm<V>>, key: K, token: object, max: number): [V | undefined, V | undefined] {
+  let entry = map.get(key);
+  if (entry === undefined || entry.token !== token) {
+    entry = { token, pair: [undefined, undefined] };
+    setNewest(map, key, entry, max);
+  }
+  return entry.pair;
 }
 
 /** AcquireRequest built field by field (no spreads on the hot path). */
@@ -360,7 +371,7 @@ export function createChecker(deps: CheckDeps): Checker {
    * so a one-off caller leaves no entry, no response and no encoding behind. A kept response is
    * frozen, and the server keeps the encoding of a frozen response and sends it again.
    */
-  const allowMemo = new Map<RoutePolicy, Map<object, AllowMemoEntry>>();
+  const allowMemo = new Map<RoutePolicy, Map<object, ByQueryForm<CheckResponse>>>();
   function memoisedAllow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
     if (user !== undefined && !Object.isFrozen(user)) return allowResponse(policy, user, token, tokenInQuery);
     let byUser = allowMemo.get(policy);
@@ -368,15 +379,8 @@ export function createChecker(deps: CheckDeps): Checker {
       if (allowMemo.size >= MAX_CACHED_POLICIES) allowMemo.clear();
       allowMemo.set(policy, (byUser = new Map()));
     }
-    const userKey = user ?? NONE;
-    const tokenKey = token ?? NONE;
-    let entry = byUser.get(userKey);
-    if (entry === undefined || entry.token !== tokenKey) {
-      entry = { token: tokenKey, responses: [undefined, undefined] };
-      setNewest(byUser, userKey, entry, MAX_MEMOISED_CALLERS);
-    }
-    const i = tokenInQuery ? 1 : 0;
-    return (entry.responses[i] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
+    const pair = pairFor(byUser, user ?? NONE, token ?? NONE, MAX_MEMOISED_CALLERS);
+    return (pair[tokenInQuery ? 1 : 0] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
   }
 
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
@@ -392,17 +396,11 @@ export function createChecker(deps: CheckDeps): Checker {
    * frozen object per (route policy, acquired token, token-in-query), shared by every caller, so the
    * server encodes it once even for callers whose whole response is not kept (see server.ts).
    */
-  const sharedOk = new Map<RoutePolicy, { readonly token: object; readonly ok: [OkHttpResponse | undefined, OkHttpResponse | undefined] }>();
+  const sharedOk = new Map<RoutePolicy, ByQueryForm<OkHttpResponse>>();
   function okFor(policy: RoutePolicy, claims: ValidatedToken['claims'] | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): OkHttpResponse {
     if (claimHeaders.length > 0) return okResponse(policy, claims, token, tokenInQuery);
-    const tokenKey = token ?? NONE;
-    let entry = sharedOk.get(policy);
-    if (entry === undefined || entry.token !== tokenKey) {
-      entry = { token: tokenKey, ok: [undefined, undefined] };
-      setNewest(sharedOk, policy, entry, MAX_CACHED_POLICIES);
-    }
-    const i = tokenInQuery ? 1 : 0;
-    return (entry.ok[i] ??= Object.freeze(okResponse(policy, undefined, token, tokenInQuery)));
+    const pair = pairFor(sharedOk, policy, token ?? NONE, MAX_CACHED_POLICIES);
+    return (pair[tokenInQuery ? 1 : 0] ??= Object.freeze(okResponse(policy, undefined, token, tokenInQuery)));
   }
 
   function allowResponse(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {

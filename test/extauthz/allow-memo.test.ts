@@ -10,12 +10,12 @@ import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
 import type { AcquiredToken, AcquireRequest, TokenAcquirer, TokenValidator } from '../../src/pipeline/types.js';
 import { envoyCheckRequest, extAuthzOptions, FakeValidator, headerMap, memoryLogger, resolveFromTable, validatedToken } from './fixtures.js';
 
-/** Hands out one token object per (API, caller) until refresh() (as the real acquirer's cache does). */
+/** Hands out one token object per (API, caller; per API for app tokens) until refresh() (as the real acquirer's cache does). */
 class StableAcquirer implements TokenAcquirer {
   private readonly tokens = new Map<string, AcquiredToken>();
   private generation = 0;
   acquire(req: AcquireRequest): Promise<AcquiredToken> {
-    const who = `${req.options.apiName}.${req.user ? (req.user.claims.oid as string) : 'app'}`;
+    const who = `${req.options.apiName}.${req.user && !req.options.requestAppToken ? (req.user.claims.oid as string) : 'app'}`;
     let t = this.tokens.get(who);
     if (t === undefined) this.tokens.set(who, (t = Object.freeze({ scheme: 'Bearer', token: `downstream.${who}.${this.generation}`, expiresOn: 0 })));
     return Promise.resolve(t);
@@ -84,6 +84,39 @@ describe('ext_authz allow memo', function () {
       expect(headerMap(r.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.carol.0');
     }
     expect(responses[1]).to.not.equal(responses[0]);
+  });
+
+  it('shares one frozen OkHttpResponse between callers only when no claim becomes a header', async function () {
+    const make = (claimsToHeaders?: Record<string, string>) =>
+      createChecker({
+        options: extAuthzOptions(claimsToHeaders ? { claimsToHeaders } : {}),
+        validator,
+        acquirer,
+        resolveApiOptions: resolveFromTable,
+        logger: memoryLogger().logger,
+        httpStatusNames: loadExtAuthzProtos().httpStatusNames,
+      });
+    const app = (c: Checker, token: string) => c.check(envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'partner-api' } }) as CheckRequest);
+    const carol = validator.add('carol.token', { oid: 'carol', name: 'Carol' });
+    const dave = validator.add('dave.token', { oid: 'dave', name: 'Dave' });
+
+    const bare = make({});
+    const c1 = await app(bare, carol); // first sight: built for this call
+    const d1 = await app(bare, dave);
+    expect(c1).to.not.equal(d1);
+    expect(c1.ok_response).to.equal(d1.ok_response);
+    expect(Object.isFrozen(c1.ok_response)).to.equal(true);
+    expect(c1.dynamic_metadata?.fields['entra.oid'].stringValue).to.equal('carol');
+    expect(d1.dynamic_metadata?.fields['entra.oid'].stringValue).to.equal('dave');
+
+    const withClaims = make({ 'x-entra-name': 'name' });
+    validator.add('carol.token', { oid: 'carol', name: 'Carol' });
+    validator.add('dave.token', { oid: 'dave', name: 'Dave' });
+    const c2 = await app(withClaims, carol);
+    const d2 = await app(withClaims, dave);
+    expect(c2.ok_response).to.not.equal(d2.ok_response);
+    expect(headerMap(c2.ok_response?.headers)['x-entra-name']).to.equal('Carol');
+    expect(headerMap(d2.ok_response?.headers)['x-entra-name']).to.equal('Dave');
   });
 
   it('keeps responses per caller, per downstream token and per token-in-query form', async function () {

@@ -110,36 +110,46 @@ describe('ext_authz gRPC server', function () {
     }
   });
 
-  it('sends every allow byte-identical to a whole encoding, whether built for one call, shared in parts or kept whole', async function () {
-    // A raw client: the response bytes exactly as the server wrote them.
-    const { authorizationService } = loadExtAuthzProtos();
-    const Raw = grpc.makeGenericClientConstructor({ Check: { ...authorizationService.Check, responseDeserialize: (b: Buffer) => b } }, 'Authorization');
-    const raw = new Raw(`127.0.0.1:${h.server.port}`, grpc.credentials.createInsecure()) as unknown as {
-      Check(req: object, cb: (err: grpc.ServiceError | null, res?: Buffer) => void): void;
-      close(): void;
-    };
-    const rawCheck = (req: object) => new Promise<Buffer>((resolve, reject) => raw.Check(req, (err, res) => (err ? reject(err) : resolve(res!))));
-    // One app token object for every caller (as the acquirer's cache hands it out).
-    const appToken = Object.freeze({ scheme: 'Bearer', token: 'downstream.partner-api.app', expiresOn: 0 });
-    h.acquirer.acquire = () => Promise.resolve(appToken);
-    const alice = h.validator.add('alice.token', { oid: 'alice' });
-    const bob = h.validator.add('bob.token', { oid: 'bob' });
-    const req = (token: string) => envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'partner-api' } });
-    try {
-      // alice ×3 (first sight: built for the call around the shared ok part; then kept whole; then
-      // its kept encoding), bob once (his own metadata around the same shared ok part).
-      for (const [token, oid] of [[alice, 'alice'], [alice, 'alice'], [alice, 'alice'], [bob, 'bob']]) {
-        const bytes = await rawCheck(req(token));
-        const decoded = authorizationService.Check.responseDeserialize(bytes) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
-        expect(decoded.status.code ?? 0).to.equal(0);
-        expect(headerMap(decoded.ok_response.headers).authorization).to.equal('Bearer downstream.partner-api.app');
-        expect(decoded.dynamic_metadata.fields['entra.oid'].stringValue).to.equal(oid);
-        expect(bytes.equals(authorizationService.Check.responseSerialize(decoded)), `${oid}: not the canonical encoding`).to.equal(true);
+  for (const [label, overrides] of [
+    ['with ClaimsToHeaders', {}],
+    ['without ClaimsToHeaders (the OkHttpResponse shared by callers)', { claimsToHeaders: {} }],
+  ] as const) {
+    it(`sends every allow byte-identical to a whole encoding, whether built for one call, shared in parts or kept whole (${label})`, async function () {
+      const harness = await startHarness(overrides);
+      // A raw client: the response bytes exactly as the server wrote them.
+      const { authorizationService } = loadExtAuthzProtos();
+      const Raw = grpc.makeGenericClientConstructor({ Check: { ...authorizationService.Check, responseDeserialize: (b: Buffer) => b } }, 'Authorization');
+      const raw = new Raw(`127.0.0.1:${harness.server.port}`, grpc.credentials.createInsecure()) as unknown as {
+        Check(req: object, cb: (err: grpc.ServiceError | null, res?: Buffer) => void): void;
+        close(): void;
+      };
+      const rawCheck = (req: object) => new Promise<Buffer>((resolve, reject) => raw.Check(req, (err, res) => (err ? reject(err) : resolve(res!))));
+      // One app token object for every caller (as the acquirer's cache hands it out).
+      const appToken = Object.freeze({ scheme: 'Bearer', token: 'downstream.partner-api.app', expiresOn: 0 });
+      harness.acquirer.acquire = () => Promise.resolve(appToken);
+      const alice = harness.validator.add('alice.token', { oid: 'alice', name: 'Alice' });
+      const bob = harness.validator.add('bob.token', { oid: 'bob', name: 'Bob' });
+      const req = (token: string) => envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'partner-api' } });
+      try {
+        // alice ×3 (first sight: built for the call around the shared parts; then kept whole; then
+        // its kept encoding), bob once (his own fields around the same shared parts).
+        for (const [token, oid, name] of [[alice, 'alice', 'Alice'], [alice, 'alice', 'Alice'], [alice, 'alice', 'Alice'], [bob, 'bob', 'Bob']]) {
+          const bytes = await rawCheck(req(token));
+          const decoded = authorizationService.Check.responseDeserialize(bytes) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+          expect(decoded.status.code ?? 0).to.equal(0);
+          const headers = headerMap(decoded.ok_response.headers);
+          expect(headers.authorization).to.equal('Bearer downstream.partner-api.app');
+          // A caller's claims never travel in another caller's allow.
+          expect(headers['x-entra-name']).to.equal('claimsToHeaders' in overrides ? undefined : name);
+          expect(decoded.dynamic_metadata.fields['entra.oid'].stringValue).to.equal(oid);
+          expect(bytes.equals(authorizationService.Check.responseSerialize(decoded)), `${oid}: not the canonical encoding`).to.equal(true);
+        }
+      } finally {
+        raw.close();
+        await harness.close();
       }
-    } finally {
-      raw.close();
-    }
-  });
+    });
+  }
 
   it('refuses a CheckRequest larger than MaxReceiveMessageBytes', async function () {
     const big = envoyCheckRequest({ headers: { cookie: 'x'.repeat(80 * 1024) } });
