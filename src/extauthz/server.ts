@@ -99,29 +99,25 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   const encodeResponse = protos.serverService.Check.responseSerialize;
   const fields = protos.checkResponseFields;
   const encoded = new Map<object, Buffer>();
-  const encodeOnce = (frozen: object, encode: () => Buffer): Buffer => {
+  /** The encoding of a frozen message (a whole response, or one field's value as `{ [field]: value }`), made once. */
+  const encodeFrozen = (frozen: object, field: string | undefined): Buffer => {
     let bytes = encoded.get(frozen);
-    if (bytes === undefined) setNewest(encoded, frozen, (bytes = encode()), MAX_ENCODED_RESPONSES);
+    if (bytes === undefined) setNewest(encoded, frozen, (bytes = encodeResponse(field === undefined ? frozen : { [field]: frozen })), MAX_ENCODED_RESPONSES);
     return bytes;
   };
+  const isFrozenObject = (value: unknown): value is object => typeof value === 'object' && value !== null && Object.isFrozen(value);
   const service = {
     ...protos.serverService,
     Check: {
       ...protos.serverService.Check,
       responseSerialize(response: Record<string, unknown>): Buffer {
-        if (Object.isFrozen(response)) return encodeOnce(response, () => encodeResponse(response));
-        let shared = false;
-        for (const name of fields) {
-          const value = response[name];
-          if (typeof value === 'object' && value !== null && Object.isFrozen(value)) shared = true;
-        }
-        if (!shared) return encodeResponse(response);
+        if (Object.isFrozen(response)) return encodeFrozen(response, undefined);
+        if (!fields.some((name) => isFrozenObject(response[name]))) return encodeResponse(response);
         const parts: Buffer[] = [];
         for (const name of fields) {
           const value = response[name];
           if (value === undefined || value === null) continue;
-          const one = () => encodeResponse({ [name]: value });
-          parts.push(typeof value === 'object' && Object.isFrozen(value) ? encodeOnce(value, one) : one());
+          parts.push(isFrozenObject(value) ? encodeFrozen(value, name) : encodeResponse({ [name]: value }));
         }
         return Buffer.concat(parts);
       },

@@ -199,16 +199,12 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
         return token;
       }
     }
-    remember(cacheKey, deepFreeze(token), nbf);
-    return token;
-  }
-
-  function remember(cacheKey: string, token: ValidatedToken, nbf: number | undefined): void {
     cache.set(cacheKey, {
-      token,
+      token: deepFreeze(token),
       notBeforeMs: nbf === undefined ? Number.NEGATIVE_INFINITY : (nbf - skewSec) * 1000,
       notAfterMs: (token.expiresAt + skewSec) * 1000,
     });
+    return token;
   }
 
   function candidateKeys(set: SigningKeySet, header: Record<string, unknown>): readonly SigningKey[] | undefined {
