@@ -1,7 +1,8 @@
 /**
- * The one way this codebase bounds an insertion-ordered Map: the key goes to the newest end and the
- * oldest entries beyond `max` are dropped. Used by every cache and memo that has no eviction
- * bookkeeping of its own.
+ * The one way this codebase bounds an insertion-ordered Map it writes to: the key goes to the newest
+ * end and the oldest entries beyond `max` are dropped. Used by every memo that has no eviction
+ * bookkeeping of its own. A cache whose reads should keep an entry alive is an LruMap (below): never
+ * call this on every read of the same key.
  */
 export function setNewest<K, V>(map: Map<K, V>, key: K, value: V, max: number): void {
   map.delete(key);

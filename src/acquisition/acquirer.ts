@@ -21,6 +21,7 @@ import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
 import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
+import { isCachedToken } from '../pipeline/authenticate.js';
 import { TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
 import { createMsalNetworkClient, observation, withObservation, type AcquisitionObservation } from './msal-network.js';
 import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
@@ -618,8 +619,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   function learnKey(req: AcquireRequest, key: string): void {
     if (req.options.requestAppToken) {
       appKeys.set(req.options, key);
-    } else if (req.user !== undefined && Object.isFrozen(req.user)) {
-      // Only a token the validator cached comes back as the same object (pipeline/types.ts).
+    } else if (req.user !== undefined && isCachedToken(req.user)) {
       let byUser = userKeys.get(req.options);
       if (byUser === undefined) userKeys.set(req.options, (byUser = new Map()));
       setNewest(byUser, req.user, key, MAX_LEARNED_USER_KEYS);

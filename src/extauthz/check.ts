@@ -12,7 +12,7 @@ import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
-import { authenticate } from '../pipeline/authenticate.js';
+import { authenticate, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
 
@@ -373,7 +373,7 @@ export function createChecker(deps: CheckDeps): Checker {
    */
   const allowMemo = new Map<RoutePolicy, Map<object, ByQueryForm<CheckResponse>>>();
   function memoisedAllow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
-    if (user !== undefined && !Object.isFrozen(user)) return allowResponse(policy, user, token, tokenInQuery);
+    if (user !== undefined && !isCachedToken(user)) return allowResponse(policy, user, token, tokenInQuery);
     let byUser = allowMemo.get(policy);
     if (byUser === undefined) {
       if (allowMemo.size >= MAX_CACHED_POLICIES) allowMemo.clear();

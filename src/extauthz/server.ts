@@ -106,13 +106,17 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     return bytes;
   };
   const isFrozenObject = (value: unknown): value is object => typeof value === 'object' && value !== null && Object.isFrozen(value);
+  const hasFrozenField = (response: Record<string, unknown>): boolean => {
+    for (const name of fields) if (isFrozenObject(response[name])) return true;
+    return false;
+  };
   const service = {
     ...protos.serverService,
     Check: {
       ...protos.serverService.Check,
       responseSerialize(response: Record<string, unknown>): Buffer {
         if (Object.isFrozen(response)) return encodeFrozen(response, undefined);
-        if (!fields.some((name) => isFrozenObject(response[name]))) return encodeResponse(response);
+        if (!hasFrozenField(response)) return encodeResponse(response);
         const parts: Buffer[] = [];
         for (const name of fields) {
           const value = response[name];

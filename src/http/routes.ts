@@ -6,7 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
-import { authenticate } from '../pipeline/authenticate.js';
+import { authenticate, isCachedToken } from '../pipeline/authenticate.js';
 import { tokenScopes } from '../pipeline/authorize.js';
 import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
 import type { AcquiredToken, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
@@ -71,9 +71,8 @@ async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
       return;
     }
   }
-  // Only a token the validator cached comes back again as the same (frozen) object; a first-sight
-  // one would only add an entry for the garbage collector to walk.
-  const kept = Object.isFrozen(token);
+  // A first-sight token would only add an entry for the garbage collector to walk.
+  const kept = isCachedToken(token);
   let body = kept ? validateBodies.get(token) : undefined;
   if (body === undefined) {
     body = JSON.stringify({ protocol: 'Bearer', token: token.raw, claims: token.claims });
@@ -82,7 +81,7 @@ async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
   sendJsonText(ctx.res, 200, body);
 }
 
-/** The /Validate answer per cached validated token: the validator returns the same frozen object for a cached token. */
+/** The /Validate answer per cached validated token (isCachedToken: the same object on every request). */
 const validateBodies = new WeakMap<ValidatedToken, string>();
 /** The /AuthorizationHeader answer per acquired token: the acquirer returns the same object for a cached token. */
 const authorizationHeaderBodies = new WeakMap<AcquiredToken, string>();

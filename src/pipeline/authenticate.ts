@@ -10,6 +10,15 @@ import type { TokenValidator, ValidatedToken } from './types.js';
  * `optional`: no credential or an invalid one → anonymous (Microsoft's unauthenticated routes still
  * validate a token if one is sent and use it for OBO when it is valid, reference §2 table).
  */
+/**
+ * Whether `token` is one the validator has cached: then it hands out this very (frozen) object again
+ * for every later request with the token, so it is worth keying memos on. A token verified without
+ * caching (its first sight) is a fresh object no later request will present (pipeline/types.ts).
+ */
+export function isCachedToken(token: ValidatedToken): boolean {
+  return Object.isFrozen(token);
+}
+
 export async function authenticate(
   validator: TokenValidator,
   authorization: string | undefined,

@@ -6,11 +6,10 @@
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
 import type { DownstreamApiOptions } from '../config/types.js';
 
-/** A token that passed every validation rule. */
 /**
- * A verified inbound token. The validator hands out the same deep-frozen object for a token it has
- * cached, and a fresh, unfrozen one for a token it verified without caching (its first sight): only
- * frozen ones are worth keying anything on.
+ * A token that passed every validation rule. The validator hands out the same deep-frozen object
+ * for a token it has cached, and a fresh, unfrozen one for a token it verified without caching (its
+ * first sight): only cached ones are worth keying anything on (isCachedToken in authenticate.ts).
  */
 export interface ValidatedToken {
   /** The compact token as received (JWS or JWE). */

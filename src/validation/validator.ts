@@ -10,8 +10,8 @@
  * costs a warm caller one extra signature check; a token seen once (a new token on every request)
  * leaves no claims behind for the garbage collector to copy, promote and later sweep, which was
  * ≈ 40 µs of every such request (bench/README.md). A cached token is deep-frozen and the same object
- * on every hit; a first-sight one is a fresh object nobody keeps, so `Object.isFrozen` tells callers
- * which ones are worth keying on (the ext_authz allow memo does).
+ * on every hit; a first-sight one is a fresh object nobody keeps, so `isCachedToken`
+ * (pipeline/authenticate.ts) tells callers which ones are worth keying on.
  */
 import { constants, hash, verify, type KeyObject } from 'node:crypto';
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
