@@ -634,13 +634,17 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     return a;
   }
 
+  function cached(req: AcquireRequest): AcquiredToken | undefined {
+    if (!isPlain(req)) return undefined;
+    const known = learnedKey(req);
+    const hit = known === undefined ? undefined : cache.peek(known);
+    return hit === undefined ? undefined : acquiredFrom(hit);
+  }
+
   async function acquire(req: AcquireRequest): Promise<AcquiredToken> {
+    const hit = cached(req);
+    if (hit !== undefined) return hit;
     const plain = isPlain(req);
-    if (plain) {
-      const known = learnedKey(req);
-      const hit = known === undefined ? undefined : cache.peek(known);
-      if (hit !== undefined) return acquiredFrom(hit);
-    }
     const options = req.options;
     const ato = options.acquireTokenOptions;
     const scopes = options.scopes ?? [];
@@ -754,6 +758,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
 
   return {
     acquire,
+    cached,
     httpRequestSigner,
     stats(): AcquirerStats {
       return { ...cache.stats(), entraRequests };

@@ -12,7 +12,7 @@ import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
-import { authenticate, isCachedToken } from '../pipeline/authenticate.js';
+import { authenticate, cachedCaller, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
 
@@ -95,9 +95,13 @@ export interface CheckDeps {
   readonly now?: () => number;
 }
 
-/** Decides Check requests; `deadline` is the call's deadline in epoch ms (Infinity or undefined = none). */
+/**
+ * Decides Check requests; `deadline` is the call's deadline in epoch ms (Infinity or undefined =
+ * none). A warm Check (a cached caller, a cached downstream token) is answered synchronously; the
+ * others return the promise of their answer.
+ */
 export interface Checker {
-  check(request: CheckRequest, deadline?: number): Promise<CheckResponse>;
+  check(request: CheckRequest, deadline?: number): CheckResponse | Promise<CheckResponse>;
 }
 
 // ---- Constants shared by every response (read-only; protobufjs only reads them). ----
@@ -327,7 +331,8 @@ export function createChecker(deps: CheckDeps): Checker {
     return authenticate(validator, headers.authorization, 'required');
   }
 
-  async function acquire(policy: RoutePolicy, user: ValidatedToken | undefined, headers: Record<string, string>, state: CallState): Promise<AcquiredToken> {
+  /** The acquisition for the route's downstream API (no abort signal yet: a cached token needs none). */
+  function acquireRequest(policy: RoutePolicy, user: ValidatedToken | undefined, headers: Record<string, string>): MutableAcquireRequest {
     const apiName = policy.downstreamApi as string;
     const apiOptions = apiOptionsFor(apiName);
     if (apiOptions === undefined) throw new SidecarError('api_not_configured', `The downstream API "${apiName}" is not configured.`);
@@ -336,8 +341,7 @@ export function createChecker(deps: CheckDeps): Checker {
     if (policy.agent !== undefined) req.agent = policy.agent;
     const requestId = headers['x-request-id'];
     if (requestId !== undefined && REQUEST_ID.test(requestId)) req.correlationId = requestId;
-    if (state.abortAt !== undefined) req.signal = signals.signalFor(state.abortAt);
-    return acquirer.acquire(req);
+    return req;
   }
 
   /**
@@ -440,7 +444,12 @@ export function createChecker(deps: CheckDeps): Checker {
     return ok;
   }
 
-  async function decide(request: CheckRequest, state: CallState): Promise<CheckResponse> {
+  /**
+   * The decision. Every step runs synchronously while it can: a caller the validator has cached, and
+   * a downstream token the acquirer has cached, make the whole Check synchronous (no promise, no
+   * deadline timer); the first step that must wait continues as a promise.
+   */
+  function decide(request: CheckRequest, state: CallState): CheckResponse | Promise<CheckResponse> {
     let facts: RequestFacts | undefined;
     try {
       const attributes = request.attributes;
@@ -454,12 +463,37 @@ export function createChecker(deps: CheckDeps): Checker {
         // Browsers send preflights without credentials (Fetch §4.8); the app answers CORS itself.
         return corsPreflightResponse;
       }
-      const user = await authenticateFor(policy, headers);
-      if (user !== undefined) requireScopesOrRoles(user.claims, policy.requiredScopes, policy.requiredRoles, policy.requireAll);
-      const token = policy.downstreamApi !== undefined ? await acquire(policy, user, headers, state) : undefined;
-      return allow(policy, user, token, facts);
+      if (policy.validate === 'none') return authorized(policy, undefined, facts, state);
+      const user = cachedCaller(validator, headers.authorization);
+      return user !== undefined ? authorized(policy, user, facts, state) : authenticateThenAuthorize(policy, facts, state);
+    } catch (err) {
+      return deny(toSidecarError(err), facts, !state.answered);
+    }
+  }
+
+  async function authenticateThenAuthorize(policy: RoutePolicy, facts: RequestFacts, state: CallState): Promise<CheckResponse> {
+    try {
+      return await authorized(policy, await authenticateFor(policy, facts.headers), facts, state);
     } catch (err) {
       // After the deadline answer went out, a late failure is not worth a second log line.
+      return deny(toSidecarError(err), facts, !state.answered);
+    }
+  }
+
+  /** The steps after authentication: scopes and roles, the downstream token, the allow. Throws a deny's error. */
+  function authorized(policy: RoutePolicy, user: ValidatedToken | undefined, facts: RequestFacts, state: CallState): CheckResponse | Promise<CheckResponse> {
+    if (user !== undefined) requireScopesOrRoles(user.claims, policy.requiredScopes, policy.requiredRoles, policy.requireAll);
+    if (policy.downstreamApi === undefined) return allow(policy, user, undefined, facts);
+    const req = acquireRequest(policy, user, facts.headers);
+    const token = acquirer.cached?.(req);
+    return token !== undefined ? allow(policy, user, token, facts) : acquireThenAllow(policy, user, req, facts, state);
+  }
+
+  async function acquireThenAllow(policy: RoutePolicy, user: ValidatedToken | undefined, req: MutableAcquireRequest, facts: RequestFacts, state: CallState): Promise<CheckResponse> {
+    try {
+      if (state.abortAt !== undefined) req.signal = signals.signalFor(state.abortAt);
+      return allow(policy, user, await acquirer.acquire(req), facts);
+    } catch (err) {
       return deny(toSidecarError(err), facts, !state.answered);
     }
   }
@@ -471,13 +505,15 @@ export function createChecker(deps: CheckDeps): Checker {
       const margin = Math.min(MAX_DEADLINE_MARGIN_MS, Math.max(MIN_DEADLINE_MARGIN_MS, remaining * DEADLINE_MARGIN_FRACTION));
       const budget = Math.max(0, remaining - margin);
       const state: CallState = { abortAt: deadline - margin, answered: false };
+      const decided = decide(request, state);
+      if (!(decided instanceof Promise)) return decided;
       return new Promise<CheckResponse>((resolve) => {
         const timer = setTimeout(() => {
           if (state.answered) return;
           state.answered = true;
           resolve(deny(new SidecarError('dependency_timeout', 'A dependency did not answer before the Check deadline.'), undefined));
         }, budget);
-        void decide(request, state).then((response) => {
+        void decided.then((response) => {
           if (state.answered) return;
           state.answered = true;
           clearTimeout(timer);

@@ -131,7 +131,18 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>) {
       const started = process.hrtime.bigint();
       const d = call.getDeadline();
-      checker.check(call.request, d instanceof Date ? d.getTime() : d).then(
+      let decided: CheckResponse | Promise<CheckResponse>;
+      try {
+        decided = checker.check(call.request, d instanceof Date ? d.getTime() : d);
+      } catch (err) {
+        decided = Promise.reject(err);
+      }
+      if (!(decided instanceof Promise)) {
+        callback(null, decided);
+        observe(decided, started);
+        return;
+      }
+      decided.then(
         (response) => {
           callback(null, response);
           observe(response, started);

@@ -34,10 +34,11 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
 /**
  * Writes an already serialised JSON body with Microsoft's no-cache headers on 2xx. One writeHead
  * with every header (node:http's fast path) instead of a setHeader per header: this is the answer
- * of every successful /Validate and /AuthorizationHeader call.
+ * of every successful /Validate and /AuthorizationHeader call. The memoised answers are Buffers: a
+ * string body is measured and encoded to UTF-8 again inside every socket write.
  */
-export function sendJsonText(res: ServerResponse, status: number, text: string): void {
-  const length = Buffer.byteLength(text);
+export function sendJsonText(res: ServerResponse, status: number, text: string | Buffer): void {
+  const length = typeof text === 'string' ? Buffer.byteLength(text) : text.length;
   res.writeHead(
     status,
     status >= 200 && status < 300

@@ -6,10 +6,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
-import { authenticate, isCachedToken } from '../pipeline/authenticate.js';
+import { authenticate, cachedCaller, isCachedToken } from '../pipeline/authenticate.js';
 import { tokenScopes } from '../pipeline/authorize.js';
 import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
-import type { AcquiredToken, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
+import type { AcquiredToken, AcquireRequest, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import type { DownstreamCallDeps } from '../downstream/call.js';
 import type { Metrics } from '../metrics.js';
 import { callDownstreamApi } from '../downstream/call.js';
@@ -37,21 +37,35 @@ export interface RouteContext {
   readonly query: URLSearchParams;
   /** The decoded `{apiName}` segment ('' for routes without one). */
   readonly apiName: string;
+  /** The Authorization header (the first one, as in `req.headers`). */
+  readonly authorization: string | undefined;
   readBody(): Promise<Buffer>;
 }
 
 export interface Route {
   readonly name: string;
   readonly method: 'GET' | 'POST';
+  /** The lower-cased first path segments the route can match. */
+  readonly firstSegments: readonly string[];
   /** `first` is the lower-cased first path segment; `count` the number of segments. */
   matches(first: string, count: number, development: boolean): boolean;
-  handle(ctx: RouteContext, deps: RouteDeps): Promise<void>;
+  /** Answers synchronously when it can (a warm caller), else returns the promise of its answer. */
+  handle(ctx: RouteContext, deps: RouteDeps): void | Promise<void>;
 }
 
-/** GET /Validate (reference §2.2). */
-async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
+/** GET /Validate (reference §2.2): a caller the validator has cached is answered synchronously. */
+function validate(ctx: RouteContext, deps: RouteDeps): void | Promise<void> {
+  const warm = cachedCaller(deps.validator, ctx.authorization);
+  if (warm !== undefined) {
+    answerValidated(ctx, deps, warm);
+    return undefined;
+  }
+  return validateFully(ctx, deps);
+}
+
+async function validateFully(ctx: RouteContext, deps: RouteDeps): Promise<void> {
   // PoP variant (§2.2): src/pop/inbound.ts decides; the AzureAd:Scopes gate does not apply.
-  if (popCredential(ctx.req.headers.authorization) !== undefined) {
+  if (popCredential(ctx.authorization) !== undefined) {
     const result = await validatePopRequest({ config: deps.config, validator: deps.validator, logger: deps.logger, replayCache: deps.popReplayCache }, ctx.req.headers);
     if (!result.ok) {
       // Microsoft answers every PoP failure the same way: no body, no error_description.
@@ -61,8 +75,13 @@ async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
     sendJson(ctx.res, 200, { protocol: 'PoP', token: result.token.raw, claims: result.token.claims });
     return;
   }
-  const token = await authenticate(deps.validator, ctx.req.headers.authorization, 'required');
+  const token = await authenticate(deps.validator, ctx.authorization, 'required');
   if (!token) throw new SidecarError('credential_missing');
+  answerValidated(ctx, deps, token);
+}
+
+/** The rest of /Validate once the caller is authenticated: the AzureAd:Scopes gate, then the claims. */
+function answerValidated(ctx: RouteContext, deps: RouteDeps, token: ValidatedToken): void {
   const required = deps.config.azureAd.scopes;
   if (required !== undefined && required.trim() !== '') {
     // The whole configured string is one accepted scope (Microsoft's IDW10203 check, §2.2 step 2).
@@ -75,16 +94,16 @@ async function validate(ctx: RouteContext, deps: RouteDeps): Promise<void> {
   const kept = isCachedToken(token);
   let body = kept ? validateBodies.get(token) : undefined;
   if (body === undefined) {
-    body = JSON.stringify({ protocol: 'Bearer', token: token.raw, claims: token.claims });
+    body = Buffer.from(JSON.stringify({ protocol: 'Bearer', token: token.raw, claims: token.claims }));
     if (kept) validateBodies.set(token, body);
   }
   sendJsonText(ctx.res, 200, body);
 }
 
 /** The /Validate answer per cached validated token (isCachedToken: the same object on every request). */
-const validateBodies = new WeakMap<ValidatedToken, string>();
+const validateBodies = new WeakMap<ValidatedToken, Buffer>();
 /** The /AuthorizationHeader answer per acquired token: the acquirer returns the same object for a cached token. */
-const authorizationHeaderBodies = new WeakMap<AcquiredToken, string>();
+const authorizationHeaderBodies = new WeakMap<AcquiredToken, Buffer>();
 
 /** Warns about ignored caller input the way Microsoft's event ids 3–5 do (reference §1.5). */
 function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored: boolean; agentParamsIgnored: boolean; baseUrlOverrideIgnored: boolean }): void {
@@ -94,35 +113,64 @@ function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored:
 }
 
 /** Shared front half of the AuthorizationHeader and DownstreamApi routes (§2.3 steps 1–5). */
-async function prepare(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute, authenticated: boolean, scopesNonEmpty: boolean) {
-  const user = await authenticate(deps.validator, ctx.req.headers.authorization, authenticated ? 'required' : 'optional');
+async function prepare(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute, authenticated: boolean, scopesNonEmpty: boolean): Promise<AcquireRequest> {
+  const user = await authenticate(deps.validator, ctx.authorization, authenticated ? 'required' : 'optional');
+  return acquireRequest(ctx, deps, route, user, scopesNonEmpty);
+}
+
+/** Steps 3–5 for an authenticated (or anonymous) caller: the API's options with overrides, checked. */
+function acquireRequest(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute, user: ValidatedToken | undefined, scopesNonEmpty: boolean): AcquireRequest {
   const resolved = resolveApiOptions(deps.config, ctx.apiName, ctx.query, overridesAllowed(deps.config, route));
   logIgnored(deps.logger, route, resolved);
   assertScopes(resolved.options, scopesNonEmpty);
-  const correlationId = resolved.options.acquireTokenOptions.correlationId;
-  return { user, resolved, correlationId };
+  return { options: resolved.options, user, agent: resolved.agent, correlationId: resolved.options.acquireTokenOptions.correlationId };
+}
+
+/**
+ * The caller of a warm request, synchronously: a cached bearer token, or nobody on an
+ * unauthenticated route called without credentials. undefined when the full path must decide.
+ */
+function warmCaller(ctx: RouteContext, deps: RouteDeps, authenticated: boolean): { user: ValidatedToken | undefined } | undefined {
+  const authorization = ctx.authorization;
+  if (!authenticated && authorization === undefined) return ANONYMOUS;
+  const user = cachedCaller(deps.validator, authorization);
+  return user === undefined ? undefined : { user };
+}
+const ANONYMOUS = Object.freeze({ user: undefined });
+
+function sendAuthorizationHeader(ctx: RouteContext, token: AcquiredToken): void {
+  let body = authorizationHeaderBodies.get(token);
+  if (body === undefined) authorizationHeaderBodies.set(token, (body = Buffer.from(JSON.stringify({ authorizationHeader: `${token.scheme} ${token.token}` }))));
+  sendJsonText(ctx.res, 200, body);
 }
 
 function authorizationHeaderRoute(authenticated: boolean): Route['handle'] {
   const route: OverrideRoute = authenticated ? 'GetAuthorizationHeader' : 'GetAuthorizationHeaderUnauthenticated';
-  return async (ctx, deps) => {
-    const { user, resolved, correlationId } = await prepare(ctx, deps, route, authenticated, false);
-    const token = await deps.acquirer.acquire({ options: resolved.options, user, agent: resolved.agent, correlationId });
-    let body = authorizationHeaderBodies.get(token);
-    if (body === undefined) authorizationHeaderBodies.set(token, (body = JSON.stringify({ authorizationHeader: `${token.scheme} ${token.token}` })));
-    sendJsonText(ctx.res, 200, body);
+  const fully = async (ctx: RouteContext, deps: RouteDeps, prepared?: AcquireRequest): Promise<void> => {
+    const req = prepared ?? (await prepare(ctx, deps, route, authenticated, false));
+    sendAuthorizationHeader(ctx, await deps.acquirer.acquire(req));
+  };
+  // A cached caller whose downstream token is cached too is answered without a promise.
+  return (ctx, deps) => {
+    const caller = warmCaller(ctx, deps, authenticated);
+    if (caller === undefined) return fully(ctx, deps);
+    const req = acquireRequest(ctx, deps, route, caller.user, false);
+    const token = deps.acquirer.cached?.(req);
+    if (token === undefined) return fully(ctx, deps, req);
+    sendAuthorizationHeader(ctx, token);
+    return undefined;
   };
 }
 
 function downstreamApiRoute(authenticated: boolean): Route['handle'] {
   const route: OverrideRoute = authenticated ? 'CallDownstreamApi' : 'CallDownstreamApiUnauthenticated';
   return async (ctx, deps) => {
-    const { user, resolved, correlationId } = await prepare(ctx, deps, route, authenticated, true);
+    const { options, user, agent, correlationId } = await prepare(ctx, deps, route, authenticated, true);
     const body = await ctx.readBody();
     const result = await callDownstreamApi(deps.downstream, {
-      options: resolved.options,
+      options,
       user,
-      agent: resolved.agent,
+      agent,
       inbound: { contentType: ctx.req.headers['content-type'], body },
       correlationId,
     });
@@ -132,12 +180,12 @@ function downstreamApiRoute(authenticated: boolean): Route['handle'] {
 
 function segmentRoute(name: string, method: 'GET' | 'POST', literal: string, withName: boolean, handle: Route['handle']): Route {
   const count = withName ? 2 : 1;
-  return { name, method, matches: (first, n) => first === literal && n === count, handle };
+  return { name, method, firstSegments: [literal], matches: (first, n) => first === literal && n === count, handle };
 }
 
 /** Every route of the identity API; matching is case-insensitive on the literal segment. */
 export const ROUTES: readonly Route[] = [
-  segmentRoute('Healthz', 'GET', 'healthz', false, async (ctx) => sendText(ctx.res, 200, 'Healthy')),
+  segmentRoute('Healthz', 'GET', 'healthz', false, (ctx) => sendText(ctx.res, 200, 'Healthy')),
   segmentRoute('ValidateAuthorizationHeader', 'GET', 'validate', false, validate),
   segmentRoute('AuthorizationHeader', 'GET', 'authorizationheader', true, authorizationHeaderRoute(true)),
   segmentRoute('AuthorizationHeaderUnauthenticated', 'GET', 'authorizationheaderunauthenticated', true, authorizationHeaderRoute(false)),
@@ -146,9 +194,10 @@ export const ROUTES: readonly Route[] = [
   {
     name: 'OpenApi',
     method: 'GET',
+    firstSegments: ['openapi'],
     // Development only, like Microsoft's MapOpenApi (reference §2 table).
     matches: (first, n, development) => development && first === 'openapi',
-    handle: async (ctx) => {
+    handle: (ctx) => {
       if (ctx.path.toLowerCase() !== '/openapi/v1.json') {
         ctx.res.statusCode = 404;
         ctx.res.end();

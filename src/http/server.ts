@@ -6,10 +6,11 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
 import { SidecarError, toSidecarError } from '../errors.js';
 import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
-import { ROUTES, type RouteContext, type RouteDeps } from './routes.js';
+import { ROUTES, type Route, type RouteContext, type RouteDeps } from './routes.js';
 import { isLoopback } from './loopback.js';
 
 export interface HttpApiServer {
@@ -34,9 +35,6 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   return Buffer.concat(chunks, size);
 }
 
-const TIMING = Symbol('entra-sidecar.timing');
-type TimedResponse = ServerResponse & { [TIMING]?: { readonly route: string; readonly started: bigint } };
-
 /** The query of every request that has none: shared, so it refuses to change. */
 class ReadOnlySearchParams extends URLSearchParams {
   override append(): never {
@@ -54,19 +52,95 @@ class ReadOnlySearchParams extends URLSearchParams {
 }
 const EMPTY_QUERY: URLSearchParams = new ReadOnlySearchParams();
 
+/** The path of a request target split for routing, without an array per request. */
+interface RoutedPath {
+  /** The first segment, lower-cased ('' for `/`). */
+  readonly first: string;
+  /** The second segment as sent ('' when there is none). */
+  readonly second: string;
+  /** Non-empty segments. */
+  readonly count: number;
+}
+
+/** Splits `path` on `/`, ignoring empty segments (as `path.split('/').filter(Boolean)` would). */
+export function routedPath(path: string): RoutedPath {
+  let first = '';
+  let second = '';
+  let count = 0;
+  let start = 0;
+  while (start <= path.length) {
+    let slash = path.indexOf('/', start);
+    if (slash < 0) slash = path.length;
+    if (slash > start) {
+      if (count === 0) first = path.slice(start, slash).toLowerCase();
+      else if (count === 1) second = path.slice(start, slash);
+      count++;
+    }
+    start = slash + 1;
+  }
+  return { first, second, count };
+}
+
+/** Routes by lower-cased first segment (several may share one and differ in count or mode). */
+const ROUTES_BY_FIRST = new Map<string, Route[]>();
+for (const r of ROUTES) {
+  for (const first of r.firstSegments) {
+    const list = ROUTES_BY_FIRST.get(first);
+    if (list === undefined) ROUTES_BY_FIRST.set(first, [r]);
+    else list.push(r);
+  }
+}
+
+function matchRoute(first: string, count: number, development: boolean): Route | undefined {
+  const candidates = ROUTES_BY_FIRST.get(first);
+  if (candidates !== undefined) for (const r of candidates) if (r.matches(first, count, development)) return r;
+  return undefined;
+}
+
+/** A request as the routes see it (a class: no closure per request). */
+class Context implements RouteContext {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly path: string;
+  readonly query: URLSearchParams;
+  readonly apiName: string;
+  readonly authorization: string | undefined;
+  readonly #maxBodyBytes: number;
+
+  constructor(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams, apiName: string, maxBodyBytes: number) {
+    this.req = req;
+    this.res = res;
+    this.path = path;
+    this.query = query;
+    this.apiName = apiName;
+    this.authorization = authorizationHeader(req);
+    this.#maxBodyBytes = maxBodyBytes;
+  }
+
+  readBody(): Promise<Buffer> {
+    return readBody(this.req, this.#maxBodyBytes);
+  }
+}
+
+/**
+ * The Authorization header as node:http would put it in `req.headers` (the first one: duplicates of
+ * it are dropped there), read from `rawHeaders` so a warm request does not build the header object.
+ */
+export function authorizationHeader(req: IncomingMessage): string | undefined {
+  const raw = req.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i];
+    if (name.length === 13 && name.toLowerCase() === 'authorization') return raw[i + 1];
+  }
+  return undefined;
+}
+
 /** Creates the request handler (exported for tests that drive it without a socket). */
 export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { config, logger } = deps;
   const development = config.environment.isDevelopment;
-  // One listener function for every response (no closure per request); the route and start time
-  // ride along on the response itself (a WeakMap entry per request would give every collection an
-  // ephemeron to walk).
-  function onFinish(this: TimedResponse): void {
-    const t = this[TIMING];
-    if (t !== undefined) deps.metrics.observeHttpRequest(t.route, this.statusCode, Number(process.hrtime.bigint() - t.started) / 1e9);
-  }
   return (req, res) => {
-    // A plain split rather than new URL() on the hot path: the routes need only the path segments
+    // A plain scan rather than new URL() on the hot path: the routes need only the path segments
     // and the query. Dot segments are not resolved, so `/healthz/../Validate` is not /healthz.
     let target = req.url ?? '/';
     // Absolute-form targets (RFC 9112 §3.2.2) carry scheme and authority; only the path matters here.
@@ -76,19 +150,18 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     }
     const q = target.indexOf('?');
     const path = q < 0 ? target : target.slice(0, q);
-    const segments = path.split('/').filter((s) => s !== '');
-    const first = (segments[0] ?? '').toLowerCase();
+    const { first, second, count } = routedPath(path);
 
     // §1.3 step 1: loopback-only callers outside Development; /healthz is exempt for probes.
-    if (!development && !(first === 'healthz' && segments.length === 1) && !isLoopback(req.socket.remoteAddress)) {
+    if (!development && !(first === 'healthz' && count === 1) && !isLoopback(req.socket.remoteAddress)) {
       logger.warn({ code: 'caller_not_loopback', peer: req.socket.remoteAddress }, 'refused a non-loopback caller');
       sendEmpty(res, 403);
       req.resume();
       return;
     }
 
-    const route = ROUTES.find((r) => r.matches(first, segments.length, development));
-    if (!route) {
+    const route = matchRoute(first, count, development);
+    if (route === undefined) {
       sendEmpty(res, 404);
       req.resume();
       return;
@@ -101,43 +174,61 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     }
 
     let apiName = '';
-    if (segments.length > 1) {
+    if (count > 1) {
       try {
-        apiName = decodeURIComponent(segments[1]);
+        apiName = decodeURIComponent(second);
       } catch {
         sendEmpty(res, 404);
         req.resume();
         return;
       }
     }
-    (res as TimedResponse)[TIMING] = { route: route.name, started: process.hrtime.bigint() };
-    res.on('finish', onFinish);
-    const ctx: RouteContext = {
-      req,
-      res,
-      path,
-      query: q < 0 || q === target.length - 1 ? EMPTY_QUERY : new URLSearchParams(target.slice(q + 1)),
-      apiName,
-      readBody: () => readBody(req, config.sidecar.http.maxBodyBytes),
-    };
-    route.handle(ctx, deps).catch((err: unknown) => {
-      const e = toSidecarError(err);
-      if (e.code.startsWith('token_')) deps.metrics.countValidationFailure(e.code);
-      const level = e.spec.logLevel;
-      const requestId = req.headers['x-request-id'];
-      logger[level]({ code: e.code, route: route.name, ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {}), err: e.cause instanceof Error ? { type: e.cause.name, message: e.cause.message } : undefined, detail: e.detail }, 'request failed');
-      if (res.headersSent) {
-        res.destroy();
-        return;
-      }
-      if (e.spec.challengeOnly) {
-        sendChallenge(res, e);
-      } else {
-        sendProblem(res, e);
-      }
-      req.resume();
-    });
+    const started = performance.now();
+    const ctx = new Context(req, res, path, q < 0 || q === target.length - 1 ? EMPTY_QUERY : new URLSearchParams(target.slice(q + 1)), apiName, config.sidecar.http.maxBodyBytes);
+    // A warm request is answered synchronously (no promise); the rest settle later. The duration
+    // runs until the answer is handed to the socket (or the request failed).
+    let pending: void | Promise<void>;
+    try {
+      pending = route.handle(ctx, deps);
+    } catch (err) {
+      fail(err, route.name, req, res);
+      observe(route.name, res, started);
+      return;
+    }
+    if (pending === undefined) {
+      observe(route.name, res, started);
+    } else {
+      pending.then(
+        () => observe(route.name, res, started),
+        (err: unknown) => {
+          fail(err, route.name, req, res);
+          observe(route.name, res, started);
+        },
+      );
+    }
   };
+
+  function observe(routeName: string, res: ServerResponse, started: number): void {
+    deps.metrics.observeHttpRequest(routeName, res.statusCode, (performance.now() - started) / 1000);
+  }
+
+  function fail(err: unknown, routeName: string, req: IncomingMessage, res: ServerResponse): void {
+    const e = toSidecarError(err);
+    if (e.code.startsWith('token_')) deps.metrics.countValidationFailure(e.code);
+    const level = e.spec.logLevel;
+    const requestId = req.headers['x-request-id'];
+    logger[level]({ code: e.code, route: routeName, ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {}), err: e.cause instanceof Error ? { type: e.cause.name, message: e.cause.message } : undefined, detail: e.detail }, 'request failed');
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    if (e.spec.challengeOnly) {
+      sendChallenge(res, e);
+    } else {
+      sendProblem(res, e);
+    }
+    req.resume();
+  }
 }
 
 /** Starts one node:http server per configured listener. */

@@ -30,6 +30,11 @@ export interface ValidatedToken {
 export interface TokenValidator {
   /** Resolves a ValidatedToken or throws a SidecarError with a `token_*`/`signing_keys_unavailable` code. */
   validate(compact: string): Promise<ValidatedToken>;
+  /**
+   * The warm path, synchronous: the token validate() would resolve, if the validator has it cached
+   * and it is within its lifetime; undefined otherwise (then call validate()). Never throws.
+   */
+  cached?(compact: string): ValidatedToken | undefined;
   /** True once signing keys have been loaded at least once. */
   ready(): boolean;
   /** Loads metadata and signing keys (retrying in the background on failure). */
@@ -73,5 +78,10 @@ export interface AcquiredToken {
 export interface TokenAcquirer {
   /** Resolves a token or throws a SidecarError (`acquisition_*`, `scopes_missing`, `misconfigured`, ...). */
   acquire(req: AcquireRequest): Promise<AcquiredToken>;
+  /**
+   * The warm path, synchronous: the token acquire() would resolve at once from its cache (the same
+   * object), or undefined when acquire() has work to do. Never throws.
+   */
+  cached?(req: AcquireRequest): AcquiredToken | undefined;
   close(): void;
 }

@@ -12,6 +12,11 @@
  * ≈ 40 µs of every such request (bench/README.md). A cached token is deep-frozen and the same object
  * on every hit; a first-sight one is a fresh object nobody keeps, so `isCachedToken`
  * (pipeline/authenticate.ts) tells callers which ones are worth keying on.
+ *
+ * A hit is synchronous (`cached()`), so the front doors answer a warm caller without a promise, and
+ * usually without the SHA-256 either: a small table indexed by a few characters of the signature
+ * remembers the entries hit last, and a whole-string comparison with the entry's own token (about
+ * 0.1 µs for an Entra token, against 1.5 µs for the digest) gives its cache key.
  */
 import { constants, hash, verify, type KeyObject } from 'node:crypto';
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
@@ -54,6 +59,7 @@ export interface TokenValidatorStats {
 }
 
 export interface TokenValidatorWithStats extends TokenValidator {
+  cached(compact: string): ValidatedToken | undefined;
   stats(): TokenValidatorStats;
 }
 
@@ -74,6 +80,18 @@ const SIGNATURE_ALGS: Readonly<Record<string, { hash: string; kind: 'rsa' | 'pss
 const MAX_COMPACT_LENGTH = 64 * 1024;
 const BASE64URL = /^[A-Za-z0-9_-]*$/;
 const SCOPE_OR_ROLE_CLAIMS = ['scp', 'http://schemas.microsoft.com/identity/claims/scope', 'roles', 'role'];
+/** Slots of the recently-hit table (a power of two). */
+const RECENT_SLOTS = 1024;
+
+/**
+ * The recently-hit slot of a token: four characters near the end of its last segment (the
+ * signature, or a JWE's tag: random bytes, so they spread). A token crafted to collide only evicts
+ * another from the table; a slot is trusted only after its token compares equal in full.
+ */
+export function recentSlot(compact: string): number {
+  const n = compact.length;
+  return (compact.charCodeAt(n - 3) ^ (compact.charCodeAt(n - 4) << 3) ^ (compact.charCodeAt(n - 5) << 6) ^ (compact.charCodeAt(n - 6) << 9)) & (RECENT_SLOTS - 1);
+}
 
 /**
  * A number that stands for a cache key in the doorkeeper: 24 bits of the base64 SHA-256 (four
@@ -85,6 +103,8 @@ function fingerprint(cacheKey: string): number {
 }
 
 interface VerifiedEntry {
+  /** The entry's key in the cache: the base64 SHA-256 of `token.raw`. */
+  readonly key: string;
   readonly token: ValidatedToken;
   readonly notBeforeMs: number;
   readonly notAfterMs: number;
@@ -153,6 +173,8 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   const cacheCapacity = Math.max(0, Math.floor(settings.verifiedTokenCacheSize));
   const decryptionKeys = deps.decryptionKeys ?? [];
   const cache = new LruMap<string, VerifiedEntry>(cacheCapacity);
+  /** Cache entries hit lately, by recentSlot() of their token: lets a hit skip the digest. */
+  const recent: (VerifiedEntry | undefined)[] = new Array<VerifiedEntry | undefined>(cacheCapacity > 0 ? RECENT_SLOTS : 0).fill(undefined);
   /** Fingerprints of tokens verified once and not cached (the doorkeeper; as many as the cache holds). */
   const seenOnce = new Set<number>();
   let cacheHits = 0;
@@ -178,13 +200,18 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
       if (previous && cache.size > 0) {
         for (const kid of previous.byKid.keys()) {
           if (!next.byKid.has(kid)) {
-            cache.clear();
+            dropAll();
             break;
           }
         }
       }
     },
   });
+
+  function dropAll(): void {
+    cache.clear();
+    recent.fill(undefined);
+  }
 
   /**
    * Caches a token on its second verification (or its first when it was encrypted: decryption is the
@@ -200,6 +227,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
       }
     }
     cache.set(cacheKey, {
+      key: cacheKey,
       token: deepFreeze(token),
       notBeforeMs: nbf === undefined ? Number.NEGATIVE_INFINITY : (nbf - skewSec) * 1000,
       notAfterMs: (token.expiresAt + skewSec) * 1000,
@@ -326,25 +354,54 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     return validateJws(inner, compact);
   }
 
+  /** The token hashed last and its digest: a miss in cached() is followed by validate() of the same token. */
+  let lastHashed = '';
+  let lastKey = '';
+
+  /** The cache key of `compact`: from its recently-hit slot when the token there is this one, else the digest. */
+  function keyOf(compact: string, slot: number): string {
+    const seen = recent[slot];
+    if (seen !== undefined && seen.token.raw === compact) return seen.key;
+    if (compact !== lastHashed) {
+      lastKey = hash('sha256', compact, 'base64');
+      lastHashed = compact;
+    }
+    return lastKey;
+  }
+
+  /**
+   * The cached token for `compact` if there is one and it is within its lifetime: the same frozen
+   * object every time, synchronously. undefined sends the caller to validate(), which verifies the
+   * token in full (and rejects it with the right error, if it must).
+   */
+  function cached(compact: string): ValidatedToken | undefined {
+    if (cacheCapacity === 0 || typeof compact !== 'string' || compact.length < 8) return undefined;
+    const slot = recentSlot(compact);
+    const key = keyOf(compact, slot);
+    const hit = cache.get(key);
+    if (hit === undefined) return undefined;
+    const t = now();
+    if (t >= hit.notBeforeMs && t <= hit.notAfterMs) {
+      cacheHits++;
+      recent[slot] = hit;
+      return hit.token;
+    }
+    cache.delete(key);
+    recent[slot] = undefined;
+    return undefined;
+  }
+
   async function validate(compact: string): Promise<ValidatedToken> {
     if (typeof compact !== 'string' || compact === '') throw malformed('The token is empty');
-    let cacheKey = '';
-    if (cacheCapacity > 0) {
-      cacheKey = hash('sha256', compact, 'base64');
-      const hit = cache.get(cacheKey);
-      if (hit !== undefined) {
-        const t = now();
-        if (t >= hit.notBeforeMs && t <= hit.notAfterMs) {
-          cacheHits++;
-          return hit.token;
-        }
-        cache.delete(cacheKey);
-      }
-    }
+    const hit = cached(compact);
+    if (hit !== undefined) return hit;
+    // The key cached() just found (from the table or the digest it remembers: no second hash). A
+    // token shorter than 8 characters is never valid and needs none.
+    const cacheKey = cacheCapacity > 0 && compact.length >= 8 ? keyOf(compact, recentSlot(compact)) : '';
     cacheMisses++;
     try {
       const { token, nbf } = await validateUncached(compact);
-      return cacheCapacity > 0 ? admit(cacheKey, token, nbf) : token;
+      return cacheKey !== '' ? admit(cacheKey, token, nbf) : token;
     } catch (err) {
       if (err instanceof SidecarError) {
         // The token itself is never logged; a short hash lets operators correlate repeats.
@@ -360,11 +417,12 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
 
   return {
     validate,
+    cached,
     ready: () => keys.current() !== undefined,
     start: () => keys.start(),
     close() {
       keys.close();
-      cache.clear();
+      dropAll();
       seenOnce.clear();
     },
     stats() {

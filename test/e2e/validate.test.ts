@@ -61,6 +61,40 @@ describe('GET /Validate (built sidecar against the emulator)', function () {
     expect((await validate(await mint({ kind: 'app', roles: [] }))).status).to.equal(200);
   });
 
+  it('answers a warm caller the same on every request, whatever the scheme case, spacing or duplicate headers', async () => {
+    const token = await mint({ kind: 'user', scp: 'access_as_user' });
+    const url = `${sidecar.url}/Validate`;
+    // First sight, second sight (cached from here on), then the synchronous warm path.
+    const bodies = [];
+    for (let i = 0; i < 4; i++) {
+      const r = await validate(token);
+      expect(r.status).to.equal(200);
+      bodies.push(r.text);
+    }
+    expect(new Set(bodies).size).to.equal(1);
+    for (const header of [`bearer ${token}`, `BEARER ${token}`, `Bearer  ${token}`, `Bearer ${token} `]) {
+      const r = await call(url, { headers: { authorization: header } });
+      expect([r.status, r.text], header.slice(0, 8)).to.deep.equal([200, bodies[0]]);
+    }
+    for (const header of [`Bearer\t${token}`, `Bearer ${token}x`, `Bearer ${token.slice(0, -1)}`, `Token ${token}`]) {
+      expect((await call(url, { headers: { authorization: header } })).status, header.slice(0, 8)).to.equal(401);
+    }
+    // node:http keeps the first of duplicate Authorization headers; so does the warm path.
+    const raw = (first: string, second: string) =>
+      new Promise<string>((resolve, reject) => {
+        const port = Number(new URL(sidecar.url).port);
+        const socket = connect(port, '127.0.0.1', () =>
+          socket.end(`GET /Validate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${first}\r\nAuthorization: ${second}\r\nConnection: close\r\n\r\n`),
+        );
+        let data = '';
+        socket.on('data', (d: Buffer) => (data += d.toString()));
+        socket.on('end', () => resolve(data));
+        socket.on('error', reject);
+      });
+    expect(await raw(`Bearer ${token}`, 'Bearer not.a.token')).to.match(/^HTTP\/1\.1 200 /);
+    expect(await raw('Bearer not.a.token', `Bearer ${token}`)).to.match(/^HTTP\/1\.1 401 /);
+  });
+
   it('challenges with a bare Bearer and no body when no token is sent', async () => {
     const r = await validate();
     expect(r.status).to.equal(401);

@@ -41,6 +41,8 @@ export class FakeValidator implements TokenValidator {
   /** When set, validate() waits this long (a slow JWKS fetch). */
   delayMs = 0;
   calls = 0;
+  /** When true, cached() answers for tokens seen before (the real validator's synchronous warm path). */
+  syncCache = false;
 
   add(token: string, claims: Record<string, unknown> = {}): string {
     const t = validatedToken(token, claims);
@@ -56,6 +58,9 @@ export class FakeValidator implements TokenValidator {
     if (this.seen.has(compact)) return t;
     this.seen.add(compact);
     return { ...t, header: { ...t.header }, claims: { ...t.claims } };
+  }
+  cached(compact: string): ValidatedToken | undefined {
+    return this.syncCache && this.seen.has(compact) ? this.tokens.get(compact) : undefined;
   }
   ready(): boolean {
     return this.isReady;

@@ -8,7 +8,7 @@ import { SidecarError, type ErrorCode } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { createOutboundAgent } from '../../src/net/outbound.js';
 import type { DecryptionKey } from '../../src/validation/decryption.js';
-import { createTokenValidator, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
+import { createTokenValidator, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
 import {
   CLIENT_ID,
   OTHER_TENANT,
@@ -445,6 +445,55 @@ describe('token validator', function () {
       expect(v.stats().cacheHits).to.equal(hits + 1);
       await v.validate(tokens[1]);
       expect(v.stats().cacheHits).to.equal(hits + 1);
+    });
+
+    it('answers a cached token synchronously through cached(), and nothing else', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      expect(v.cached(token), 'never seen').to.equal(undefined);
+      await v.validate(token);
+      expect(v.cached(token), 'seen once: verified, not cached').to.equal(undefined);
+      const kept = await v.validate(token);
+      const verifies = v.stats().signatureVerifications;
+      // The first hit finds the entry by digest and remembers it; the next ones by the table.
+      for (let i = 0; i < 3; i++) expect(v.cached(token)).to.equal(kept);
+      expect(v.stats().cacheHits).to.equal(3);
+      expect(v.stats().signatureVerifications).to.equal(verifies);
+      // Whitespace, a prefix, a different payload with the same signature: never a hit.
+      const [h, p, sig] = token.split('.');
+      const claims = JSON.parse(Buffer.from(p, 'base64url').toString('utf8')) as Record<string, unknown>;
+      const forged = [h, Buffer.from(JSON.stringify({ ...claims, roles: ['Admin'] })).toString('base64url'), sig].join('.');
+      expect(recentSlot(forged)).to.equal(recentSlot(token));
+      for (const other of [forged, ` ${token}`, token.slice(1), `x${token.slice(1)}`, '', 'short']) expect(v.cached(other)).to.equal(undefined);
+      await expectCode(v.validate(forged), 'token_signature_invalid');
+      expect(v.cached(token)).to.equal(kept);
+      // Past exp plus skew, cached() answers nothing and validate() rejects.
+      clockMs += (3600 + 301) * 1000;
+      expect(v.cached(token)).to.equal(undefined);
+      await expectCode(v.validate(token), 'token_expired');
+    });
+
+    it('keeps two tokens apart that share a slot of the recently-hit table', async function () {
+      const v = await started();
+      const bySlot = new Map<number, string>();
+      let pair: [string, string] | undefined;
+      for (let i = 0; pair === undefined && i < 2000; i++) {
+        const t = await mint(entra, { key, claims: { uti: `slot${i}` }, nowSec: nowSec() });
+        const other = bySlot.get(recentSlot(t));
+        if (other !== undefined) pair = [other, t];
+        else bySlot.set(recentSlot(t), t);
+      }
+      if (pair === undefined) throw new Error('no two tokens shared a slot in 2,000');
+      const [a, b] = pair;
+      for (const t of [a, b]) {
+        await v.validate(t);
+        await v.validate(t);
+      }
+      for (let i = 0; i < 3; i++) {
+        expect(v.cached(a)?.claims.uti).to.equal(JSON.parse(Buffer.from(a.split('.')[1], 'base64url').toString()).uti);
+        expect(v.cached(b)?.claims.uti).to.equal(JSON.parse(Buffer.from(b.split('.')[1], 'base64url').toString()).uti);
+      }
+      expect(v.stats().cacheHits).to.equal(6);
     });
 
     it('does not cache rejected tokens', async function () {
