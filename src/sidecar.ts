@@ -13,9 +13,8 @@ import { createTokenAcquirer } from './acquisition/acquirer.js';
 import { resolveApiOptions } from './pipeline/api-options.js';
 import { startHttpApi, type HttpApiServer } from './http/server.js';
 import { startExtAuthzServer, type ExtAuthzServer } from './extauthz/server.js';
-import { createMetrics, type Metrics, type TokenFlow } from './metrics.js';
-import { toSidecarError } from './errors.js';
-import type { AcquireRequest, TokenAcquirer } from './pipeline/types.js';
+import { createMetrics, type Metrics } from './metrics.js';
+import { countAcquisitions } from './acquisition/counted.js';
 import { startManagementServer } from './management/server.js';
 import { VERSION } from './version.js';
 import { ReplayCache } from './pop/inbound.js';
@@ -139,34 +138,6 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     validator.close();
     acquirer.close();
     await baseAgent.close();
-  };
-}
-
-/** The acquisition flow a request selects (reference sidecar-http-api §5.1), for metrics only. */
-function flowOf(req: AcquireRequest): TokenFlow {
-  const o = req.options;
-  if (req.agent) return 'agent';
-  if (o.acquireTokenOptions.managedIdentity) return 'managed_identity';
-  if (o.requestAppToken) return 'client_credentials';
-  return req.user ? 'on_behalf_of' : 'long_running_on_behalf_of';
-}
-
-/** Counts every acquisition (cache hits included) by flow and outcome; the engine itself stays metric-free. */
-function countAcquisitions(engine: TokenAcquirer, metrics: Metrics): TokenAcquirer {
-  return {
-    acquire(req) {
-      return engine.acquire(req).then(
-        (token) => {
-          metrics.countTokenAcquisition(flowOf(req), 'ok');
-          return token;
-        },
-        (err: unknown) => {
-          metrics.countTokenAcquisition(flowOf(req), toSidecarError(err).code);
-          throw err;
-        },
-      );
-    },
-    close: () => engine.close(),
   };
 }
 

@@ -485,7 +485,7 @@ export function createChecker(deps: CheckDeps): Checker {
     if (user !== undefined) requireScopesOrRoles(user.claims, policy.requiredScopes, policy.requiredRoles, policy.requireAll);
     if (policy.downstreamApi === undefined) return allow(policy, user, undefined, facts);
     const req = acquireRequest(policy, user, facts.headers);
-    const token = acquirer.cached?.(req);
+    const token = acquirer.cached(req);
     return token !== undefined ? allow(policy, user, token, facts) : acquireThenAllow(policy, user, req, facts, state);
   }
 

@@ -155,7 +155,7 @@ function authorizationHeaderRoute(authenticated: boolean): Route['handle'] {
     const caller = warmCaller(ctx, deps, authenticated);
     if (caller === undefined) return fully(ctx, deps);
     const req = acquireRequest(ctx, deps, route, caller.user, false);
-    const token = deps.acquirer.cached?.(req);
+    const token = deps.acquirer.cached(req);
     if (token === undefined) return fully(ctx, deps, req);
     sendAuthorizationHeader(ctx, token);
     return undefined;

@@ -256,6 +256,8 @@ function deepFreeze<T>(value: T): T {
  */
 export function resolveApiOptions(config: SidecarConfig, apiName: string, query: URLSearchParams, allowOverrides: boolean): ResolvedApiOptions {
   const configured = Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName) ? config.downstreamApis[apiName] : undefined;
+  // No query at all (the usual request): nothing to merge, ignore or select, so one frozen answer per name.
+  if (query.size === 0 && configured !== undefined) return plainResolution(config, apiName, configured);
   const overrides = collectOverrides(query);
   const merged = overrides.any && allowOverrides;
   // Without merged overrides the result is the configured entry itself, deep-frozen; sharing one
@@ -283,6 +285,20 @@ export function resolveApiOptions(config: SidecarConfig, apiName: string, query:
     agentParamsIgnored,
     baseUrlOverrideIgnored: overrides.baseUrl,
   };
+}
+
+/** What resolveApiOptions answers for a configured name and an empty query, memoised per (frozen) config. */
+const plain = new WeakMap<SidecarConfig, Map<string, ResolvedApiOptions>>();
+
+function plainResolution(config: SidecarConfig, apiName: string, configured: DownstreamApiOptions): ResolvedApiOptions {
+  let byName = plain.get(config);
+  if (!byName) plain.set(config, (byName = new Map()));
+  let resolved = byName.get(apiName);
+  if (!resolved) {
+    resolved = Object.freeze({ options: unmodifiedOptions(config, apiName, configured), overridesIgnored: false, agentParamsIgnored: false, baseUrlOverrideIgnored: false });
+    byName.set(apiName, resolved);
+  }
+  return resolved;
 }
 
 /** Frozen, unmodified options per configured name, memoised per (frozen) config. */

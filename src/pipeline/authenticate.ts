@@ -35,7 +35,7 @@ function bearerPrefix(header: string): boolean {
  * and validation before and is compared in full, so the answer is the one the full path would give.
  */
 export function cachedCaller(validator: TokenValidator, authorization: string | undefined): ValidatedToken | undefined {
-  if (validator.cached === undefined || authorization === undefined || !bearerPrefix(authorization)) return undefined;
+  if (authorization === undefined || !bearerPrefix(authorization)) return undefined;
   // Surrounding whitespace is the full path's to trim; a cached token never contains any.
   if (authorization.length - 7 > MAX_TOKEN_LENGTH || authorization.charCodeAt(7) <= 0x20 || authorization.charCodeAt(authorization.length - 1) <= 0x20) return undefined;
   return validator.cached(authorization.slice(7));

@@ -34,7 +34,7 @@ export interface TokenValidator {
    * The warm path, synchronous: the token validate() would resolve, if the validator has it cached
    * and it is within its lifetime; undefined otherwise (then call validate()). Never throws.
    */
-  cached?(compact: string): ValidatedToken | undefined;
+  cached(compact: string): ValidatedToken | undefined;
   /** True once signing keys have been loaded at least once. */
   ready(): boolean;
   /** Loads metadata and signing keys (retrying in the background on failure). */
@@ -82,6 +82,6 @@ export interface TokenAcquirer {
    * The warm path, synchronous: the token acquire() would resolve at once from its cache (the same
    * object), or undefined when acquire() has work to do. Never throws.
    */
-  cached?(req: AcquireRequest): AcquiredToken | undefined;
+  cached(req: AcquireRequest): AcquiredToken | undefined;
   close(): void;
 }

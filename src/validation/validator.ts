@@ -80,17 +80,25 @@ const SIGNATURE_ALGS: Readonly<Record<string, { hash: string; kind: 'rsa' | 'pss
 const MAX_COMPACT_LENGTH = 64 * 1024;
 const BASE64URL = /^[A-Za-z0-9_-]*$/;
 const SCOPE_OR_ROLE_CLAIMS = ['scp', 'http://schemas.microsoft.com/identity/claims/scope', 'roles', 'role'];
-/** Slots of the recently-hit table (a power of two). */
-const RECENT_SLOTS = 1024;
+/** Most slots of the recently-hit table (a power of two); a smaller cache gets a smaller table. */
+const MAX_RECENT_SLOTS = 1024;
 
 /**
  * The recently-hit slot of a token: four characters near the end of its last segment (the
  * signature, or a JWE's tag: random bytes, so they spread). A token crafted to collide only evicts
  * another from the table; a slot is trusted only after its token compares equal in full.
  */
-export function recentSlot(compact: string): number {
+export function recentSlot(compact: string, slots = MAX_RECENT_SLOTS): number {
   const n = compact.length;
-  return (compact.charCodeAt(n - 3) ^ (compact.charCodeAt(n - 4) << 3) ^ (compact.charCodeAt(n - 5) << 6) ^ (compact.charCodeAt(n - 6) << 9)) & (RECENT_SLOTS - 1);
+  return (compact.charCodeAt(n - 3) ^ (compact.charCodeAt(n - 4) << 3) ^ (compact.charCodeAt(n - 5) << 6) ^ (compact.charCodeAt(n - 6) << 9)) & (slots - 1);
+}
+
+/** Slots for a cache of `capacity` tokens: the power of two at or above it, at most MAX_RECENT_SLOTS (0 without a cache). */
+function recentSlotsFor(capacity: number): number {
+  if (capacity <= 0) return 0;
+  let slots = 1;
+  while (slots < capacity && slots < MAX_RECENT_SLOTS) slots *= 2;
+  return slots;
 }
 
 /**
@@ -173,8 +181,13 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   const cacheCapacity = Math.max(0, Math.floor(settings.verifiedTokenCacheSize));
   const decryptionKeys = deps.decryptionKeys ?? [];
   const cache = new LruMap<string, VerifiedEntry>(cacheCapacity);
-  /** Cache entries hit lately, by recentSlot() of their token: lets a hit skip the digest. */
-  const recent: (VerifiedEntry | undefined)[] = new Array<VerifiedEntry | undefined>(cacheCapacity > 0 ? RECENT_SLOTS : 0).fill(undefined);
+  /**
+   * Cache entries hit lately, by recentSlot() of their token: lets a hit skip the digest. An entry
+   * the cache has since dropped may linger in its slot (no more of them than the cache holds, and
+   * never more than MAX_RECENT_SLOTS) but answers nothing: every hit is looked up in the cache.
+   */
+  const recentSlots = recentSlotsFor(cacheCapacity);
+  const recent: (VerifiedEntry | undefined)[] = new Array<VerifiedEntry | undefined>(recentSlots).fill(undefined);
   /** Fingerprints of tokens verified once and not cached (the doorkeeper; as many as the cache holds). */
   const seenOnce = new Set<number>();
   let cacheHits = 0;
@@ -376,7 +389,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    */
   function cached(compact: string): ValidatedToken | undefined {
     if (cacheCapacity === 0 || typeof compact !== 'string' || compact.length < 8) return undefined;
-    const slot = recentSlot(compact);
+    const slot = recentSlot(compact, recentSlots);
     const key = keyOf(compact, slot);
     const hit = cache.get(key);
     if (hit === undefined) return undefined;
@@ -397,7 +410,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     if (hit !== undefined) return hit;
     // The key cached() just found (from the table or the digest it remembers: no second hash). A
     // token shorter than 8 characters is never valid and needs none.
-    const cacheKey = cacheCapacity > 0 && compact.length >= 8 ? keyOf(compact, recentSlot(compact)) : '';
+    const cacheKey = cacheCapacity > 0 && compact.length >= 8 ? keyOf(compact, recentSlot(compact, recentSlots)) : '';
     cacheMisses++;
     try {
       const { token, nbf } = await validateUncached(compact);

@@ -29,6 +29,18 @@ describe('api-options: named lookup and copying', () => {
     expect(other.apiName).to.equal('Graph');
   });
 
+  it('answers a request without a query with one frozen resolution per name, the one a query without overrides gets', () => {
+    for (const allow of [true, false]) {
+      const a = resolveApiOptions(config, 'graph', q(''), allow);
+      expect(resolveApiOptions(config, 'graph', q(''), allow)).to.equal(a);
+      expect(Object.isFrozen(a) && Object.isFrozen(a.options)).to.equal(true);
+      expect(a).to.deep.equal(resolveApiOptions(config, 'graph', q('unrelated=1'), allow));
+    }
+    expect(resolveApiOptions(config, 'graph-app', q(''), true).options).to.not.equal(resolveApiOptions(config, 'graph', q(''), true).options);
+    // Unconfigured names are not kept.
+    expect(resolveApiOptions(config, 'nope', q(''), true)).to.not.equal(resolveApiOptions(config, 'nope', q(''), true));
+  });
+
   it('resolves an unknown name to Microsoft default options rather than an error', () => {
     const o = resolveApiOptions(config, 'nope', q(''), true).options;
     expect(o.baseUrl).to.equal(undefined);

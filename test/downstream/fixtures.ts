@@ -64,6 +64,10 @@ export async function startRecordingServer(handler: Handler = (_q, res) => res.e
 /** A TokenAcquirer that hands out `token-1`, `token-2`, ... and records every request. */
 export class FakeAcquirer implements TokenAcquirer {
   readonly requests: AcquireRequest[] = [];
+  /** No warm path: every request goes through acquire(), which records it. */
+  cached(): undefined {
+    return undefined;
+  }
   scheme = 'Bearer';
 
   async acquire(req: AcquireRequest): Promise<AcquiredToken> {

@@ -20,6 +20,10 @@ class StableAcquirer implements TokenAcquirer {
     if (t === undefined) this.tokens.set(who, (t = Object.freeze({ scheme: 'Bearer', token: `downstream.${who}.${this.generation}`, expiresOn: 0 })));
     return Promise.resolve(t);
   }
+  /** No warm path: the memo is exercised through acquire(). */
+  cached(): undefined {
+    return undefined;
+  }
   refresh(): void {
     this.generation++;
     this.tokens.clear();
@@ -64,6 +68,7 @@ describe('ext_authz allow memo', function () {
     // A validator with its cache off: every request gets a fresh, unfrozen token object.
     const uncached: TokenValidator = {
       validate: (compact) => Promise.resolve(validatedToken(compact, { oid: 'carol' })),
+      cached: () => undefined,
       ready: () => true,
       start: () => Promise.resolve(),
       close() {},

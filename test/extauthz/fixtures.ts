@@ -71,6 +71,10 @@ export class FakeValidator implements TokenValidator {
 
 export class FakeAcquirer implements TokenAcquirer {
   readonly requests: AcquireRequest[] = [];
+  /** No warm path: every request goes through acquire(), which records it. */
+  cached(): undefined {
+    return undefined;
+  }
   /** Makes acquire() wait until its signal aborts (a dependency that never answers). */
   hang = false;
   error: unknown;
