@@ -127,16 +127,13 @@ function acquireRequest(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute
 }
 
 /**
- * The caller of a warm request, synchronously: a cached bearer token, or nobody on an
+ * The caller of a warm request, synchronously: a cached bearer token, or `anonymous` on an
  * unauthenticated route called without credentials. undefined when the full path must decide.
  */
-function warmCaller(ctx: RouteContext, deps: RouteDeps, authenticated: boolean): { user: ValidatedToken | undefined } | undefined {
-  const authorization = ctx.authorization;
-  if (!authenticated && authorization === undefined) return ANONYMOUS;
-  const user = cachedCaller(deps.validator, authorization);
-  return user === undefined ? undefined : { user };
+function warmCaller(ctx: RouteContext, deps: RouteDeps, authenticated: boolean): ValidatedToken | 'anonymous' | undefined {
+  if (!authenticated && ctx.authorization === undefined) return 'anonymous';
+  return cachedCaller(deps.validator, ctx.authorization);
 }
-const ANONYMOUS = Object.freeze({ user: undefined });
 
 function sendAuthorizationHeader(ctx: RouteContext, token: AcquiredToken): void {
   let body = authorizationHeaderBodies.get(token);
@@ -154,7 +151,7 @@ function authorizationHeaderRoute(authenticated: boolean): Route['handle'] {
   return (ctx, deps) => {
     const caller = warmCaller(ctx, deps, authenticated);
     if (caller === undefined) return fully(ctx, deps);
-    const req = acquireRequest(ctx, deps, route, caller.user, false);
+    const req = acquireRequest(ctx, deps, route, caller === 'anonymous' ? undefined : caller, false);
     const token = deps.acquirer.cached(req);
     if (token === undefined) return fully(ctx, deps, req);
     sendAuthorizationHeader(ctx, token);
