@@ -39,7 +39,6 @@ export interface RouteContext {
   readonly apiName: string;
   /** The Authorization header (the first one, as in `req.headers`). */
   readonly authorization: string | undefined;
-  readBody(): Promise<Buffer>;
 }
 
 export interface Route {
@@ -51,6 +50,20 @@ export interface Route {
   matches(first: string, count: number, development: boolean): boolean;
   /** Answers synchronously when it can (a warm caller), else returns the promise of its answer. */
   handle(ctx: RouteContext, deps: RouteDeps): void | Promise<void>;
+}
+
+/** Reads the request body up to `max` bytes (413 beyond). */
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) throw new SidecarError('request_body_too_large');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > max) throw new SidecarError('request_body_too_large');
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, size);
 }
 
 /** GET /Validate (reference §2.2): a caller the validator has cached is answered synchronously. */
@@ -163,7 +176,7 @@ function downstreamApiRoute(authenticated: boolean): Route['handle'] {
   const route: OverrideRoute = authenticated ? 'CallDownstreamApi' : 'CallDownstreamApiUnauthenticated';
   return async (ctx, deps) => {
     const { options, user, agent, correlationId } = await prepare(ctx, deps, route, authenticated, true);
-    const body = await ctx.readBody();
+    const body = await readBody(ctx.req, deps.config.sidecar.http.maxBodyBytes);
     const result = await callDownstreamApi(deps.downstream, {
       options,
       user,

@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
-import { SidecarError, toSidecarError } from '../errors.js';
+import { toSidecarError } from '../errors.js';
 import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
 import { ROUTES, type Route, type RouteContext, type RouteDeps } from './routes.js';
 import { isLoopback } from './loopback.js';
@@ -20,20 +20,6 @@ export interface HttpApiServer {
   close(graceMs: number): Promise<void>;
 }
 
-
-/** Reads the request body up to `max` bytes (413 beyond). */
-async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > max) throw new SidecarError('request_body_too_large');
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > max) throw new SidecarError('request_body_too_large');
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks, size);
-}
 
 /** The query of every request that has none: shared, so it refuses to change. */
 class ReadOnlySearchParams extends URLSearchParams {
@@ -95,31 +81,6 @@ function matchRoute(first: string, count: number, development: boolean): Route |
   const candidates = ROUTES_BY_FIRST.get(first);
   if (candidates !== undefined) for (const r of candidates) if (r.matches(first, count, development)) return r;
   return undefined;
-}
-
-/** A request as the routes see it (a class: no closure per request). */
-class Context implements RouteContext {
-  readonly req: IncomingMessage;
-  readonly res: ServerResponse;
-  readonly path: string;
-  readonly query: URLSearchParams;
-  readonly apiName: string;
-  readonly authorization: string | undefined;
-  readonly #maxBodyBytes: number;
-
-  constructor(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams, apiName: string, maxBodyBytes: number) {
-    this.req = req;
-    this.res = res;
-    this.path = path;
-    this.query = query;
-    this.apiName = apiName;
-    this.authorization = authorizationHeader(req);
-    this.#maxBodyBytes = maxBodyBytes;
-  }
-
-  readBody(): Promise<Buffer> {
-    return readBody(this.req, this.#maxBodyBytes);
-  }
 }
 
 /**
@@ -184,7 +145,14 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       }
     }
     const started = performance.now();
-    const ctx = new Context(req, res, path, q < 0 || q === target.length - 1 ? EMPTY_QUERY : new URLSearchParams(target.slice(q + 1)), apiName, config.sidecar.http.maxBodyBytes);
+    const ctx: RouteContext = {
+      req,
+      res,
+      path,
+      query: q < 0 || q === target.length - 1 ? EMPTY_QUERY : new URLSearchParams(target.slice(q + 1)),
+      apiName,
+      authorization: authorizationHeader(req),
+    };
     // A warm request is answered synchronously (no promise); the rest settle later. The duration
     // runs until the answer is handed to the socket (or the request failed).
     let pending: void | Promise<void>;

@@ -2,7 +2,7 @@
  * Steps 1–2 of the pipeline for callers that present a bearer token: extract, then validate.
  */
 import { SidecarError } from '../errors.js';
-import { MAX_TOKEN_LENGTH, parseAuthorization } from './credential.js';
+import { parseAuthorization, plainBearerToken } from './credential.js';
 import type { TokenValidator, ValidatedToken } from './types.js';
 
 /**
@@ -14,20 +14,6 @@ export function isCachedToken(token: ValidatedToken): boolean {
   return Object.isFrozen(token);
 }
 
-/** Whether `header` starts with `Bearer ` (the scheme in any case, one space), without a copy. */
-function bearerPrefix(header: string): boolean {
-  return (
-    header.length > 7 &&
-    header.charCodeAt(6) === 0x20 &&
-    (header.charCodeAt(0) | 0x20) === 0x62 && // b
-    (header.charCodeAt(1) | 0x20) === 0x65 && // e
-    (header.charCodeAt(2) | 0x20) === 0x61 && // a
-    (header.charCodeAt(3) | 0x20) === 0x72 && // r
-    (header.charCodeAt(4) | 0x20) === 0x65 && // e
-    (header.charCodeAt(5) | 0x20) === 0x72 // r
-  );
-}
-
 /**
  * The warm path of `authenticate(…, 'required')`, synchronous: the validated token of a plain
  * `Bearer <token>` header when the validator has the token cached, else undefined and the caller
@@ -35,10 +21,8 @@ function bearerPrefix(header: string): boolean {
  * and validation before and is compared in full, so the answer is the one the full path would give.
  */
 export function cachedCaller(validator: TokenValidator, authorization: string | undefined): ValidatedToken | undefined {
-  if (authorization === undefined || !bearerPrefix(authorization)) return undefined;
-  // Surrounding whitespace is the full path's to trim; a cached token never contains any.
-  if (authorization.length - 7 > MAX_TOKEN_LENGTH || authorization.charCodeAt(7) <= 0x20 || authorization.charCodeAt(authorization.length - 1) <= 0x20) return undefined;
-  return validator.cached(authorization.slice(7));
+  const token = plainBearerToken(authorization);
+  return token === undefined ? undefined : validator.cached(token);
 }
 
 /**

@@ -30,3 +30,30 @@ export function parseAuthorization(header: string | undefined): InboundCredentia
   if (token.length > MAX_TOKEN_LENGTH || /\s/.test(token)) throw new SidecarError('credential_malformed');
   return scheme === 'bearer' ? { kind: 'bearer', token } : { kind: 'pop', token };
 }
+
+/** Whether `header` starts with `Bearer ` (the scheme in any case, one space), without a copy. */
+function bearerPrefix(header: string): boolean {
+  return (
+    header.length > 7 &&
+    header.charCodeAt(6) === 0x20 &&
+    (header.charCodeAt(0) | 0x20) === 0x62 && // b
+    (header.charCodeAt(1) | 0x20) === 0x65 && // e
+    (header.charCodeAt(2) | 0x20) === 0x61 && // a
+    (header.charCodeAt(3) | 0x20) === 0x72 && // r
+    (header.charCodeAt(4) | 0x20) === 0x65 && // e
+    (header.charCodeAt(5) | 0x20) === 0x72 // r
+  );
+}
+
+/**
+ * The token of the common form, `Bearer <token>` with exactly one space and no surrounding
+ * whitespace, without the copies parseAuthorization makes; undefined for anything else (then call
+ * parseAuthorization, which also tells the other forms apart and rejects bad ones). What it returns
+ * is what parseAuthorization would return as a bearer token, except that it does not check for
+ * whitespace inside: a caller must only use it to look up tokens that passed validation before.
+ */
+export function plainBearerToken(header: string | undefined): string | undefined {
+  if (header === undefined || !bearerPrefix(header)) return undefined;
+  if (header.length - 7 > MAX_TOKEN_LENGTH || header.charCodeAt(7) <= 0x20 || header.charCodeAt(header.length - 1) <= 0x20) return undefined;
+  return header.slice(7);
+}

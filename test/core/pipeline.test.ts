@@ -1,11 +1,21 @@
 import { expect } from 'chai';
-import { parseAuthorization, MAX_TOKEN_LENGTH } from '../../src/pipeline/credential.js';
+import { parseAuthorization, plainBearerToken, MAX_TOKEN_LENGTH } from '../../src/pipeline/credential.js';
 import { requireScopesOrRoles, tokenRoles, tokenScopes } from '../../src/pipeline/authorize.js';
 import { SidecarError } from '../../src/errors.js';
 import { isLoopback } from '../../src/http/loopback.js';
 
 describe('pipeline steps', () => {
   describe('credential extraction', () => {
+    it('plainBearerToken takes only the plain Bearer form, and then gives the token parseAuthorization gives', () => {
+      const headers = ['Bearer abc.def.ghi', 'bearer abc.def.ghi', 'BeArEr x', 'Bearer  abc', 'Bearer abc ', 'Bearer\tabc', 'PoP abc', 'Bearer', 'Bearer ', 'Bearerx abc', 'Token abc', '', `Bearer ${'a'.repeat(MAX_TOKEN_LENGTH + 1)}`];
+      const plain = headers.map((h) => plainBearerToken(h));
+      expect(plain.filter((t) => t !== undefined)).to.deep.equal(['abc.def.ghi', 'abc.def.ghi', 'x']);
+      for (const [i, h] of headers.entries()) {
+        if (plain[i] !== undefined) expect(parseAuthorization(h)).to.deep.equal({ kind: 'bearer', token: plain[i] });
+      }
+      expect(plainBearerToken(undefined)).to.equal(undefined);
+    });
+
     it('accepts the Bearer scheme case-insensitively', () => {
       expect(parseAuthorization('bearer abc.def.ghi')).to.deep.equal({ kind: 'bearer', token: 'abc.def.ghi' });
       expect(parseAuthorization('BEARER abc.def.ghi')).to.deep.equal({ kind: 'bearer', token: 'abc.def.ghi' });
