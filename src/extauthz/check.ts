@@ -12,7 +12,7 @@ import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
-import { authenticate, cachedCaller, isCachedToken } from '../pipeline/authenticate.js';
+import { authenticate, callerNow, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
 
@@ -445,9 +445,10 @@ export function createChecker(deps: CheckDeps): Checker {
   }
 
   /**
-   * The decision. Every step runs synchronously while it can: a caller the validator has cached, and
-   * a downstream token the acquirer has cached, make the whole Check synchronous (no promise, no
-   * deadline timer); the first step that must wait continues as a promise.
+   * The decision. Every step runs synchronously while it can: a caller the validator answers for at
+   * once (cached, or verified with a signing key already loaded) and a downstream token the acquirer
+   * has cached make the whole Check synchronous (no promise, no deadline timer); the first step that
+   * must wait continues as a promise.
    */
   function decide(request: CheckRequest, state: CallState): CheckResponse | Promise<CheckResponse> {
     let facts: RequestFacts | undefined;
@@ -464,7 +465,7 @@ export function createChecker(deps: CheckDeps): Checker {
         return corsPreflightResponse;
       }
       if (policy.validate === 'none') return authorized(policy, undefined, facts, state);
-      const user = cachedCaller(validator, headers.authorization);
+      const user = callerNow(validator, headers.authorization);
       return user !== undefined ? authorized(policy, user, facts, state) : authenticateThenAuthorize(policy, facts, state);
     } catch (err) {
       return deny(toSidecarError(err), facts, !state.answered);

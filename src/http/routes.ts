@@ -6,7 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
-import { authenticate, cachedCaller, isCachedToken } from '../pipeline/authenticate.js';
+import { authenticate, callerNow, isCachedToken } from '../pipeline/authenticate.js';
 import { tokenScopes } from '../pipeline/authorize.js';
 import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
 import type { AcquiredToken, AcquireRequest, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
@@ -66,11 +66,11 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   return Buffer.concat(chunks, size);
 }
 
-/** GET /Validate (reference §2.2): a caller the validator has cached is answered synchronously. */
+/** GET /Validate (reference §2.2): a caller the validator can answer for at once is answered synchronously. */
 function validate(ctx: RouteContext, deps: RouteDeps): void | Promise<void> {
-  const warm = cachedCaller(deps.validator, ctx.authorization);
-  if (warm !== undefined) {
-    answerValidated(ctx, deps, warm);
+  const now = callerNow(deps.validator, ctx.authorization);
+  if (now !== undefined) {
+    answerValidated(ctx, deps, now);
     return undefined;
   }
   return validateFully(ctx, deps);
@@ -140,12 +140,19 @@ function acquireRequest(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute
 }
 
 /**
- * The caller of a warm request, synchronously: a cached bearer token, or `anonymous` on an
- * unauthenticated route called without credentials. undefined when the full path must decide.
+ * The caller, synchronously when the validator can answer at once (callerNow), or `anonymous` on an
+ * unauthenticated route called without credentials or with a token that is not valid (prepare()'s
+ * `optional`). Throws the authentication error on an authenticated route. undefined when the full
+ * path must decide.
  */
-function warmCaller(ctx: RouteContext, deps: RouteDeps, authenticated: boolean): ValidatedToken | 'anonymous' | undefined {
-  if (!authenticated && ctx.authorization === undefined) return 'anonymous';
-  return cachedCaller(deps.validator, ctx.authorization);
+function callerAtOnce(ctx: RouteContext, deps: RouteDeps, authenticated: boolean): ValidatedToken | 'anonymous' | undefined {
+  if (authenticated) return callerNow(deps.validator, ctx.authorization);
+  if (ctx.authorization === undefined) return 'anonymous';
+  try {
+    return callerNow(deps.validator, ctx.authorization);
+  } catch {
+    return 'anonymous';
+  }
 }
 
 function sendAuthorizationHeader(ctx: RouteContext, token: AcquiredToken): void {
@@ -160,9 +167,9 @@ function authorizationHeaderRoute(authenticated: boolean): Route['handle'] {
     const req = prepared ?? (await prepare(ctx, deps, route, authenticated, false));
     sendAuthorizationHeader(ctx, await deps.acquirer.acquire(req));
   };
-  // A cached caller whose downstream token is cached too is answered without a promise.
+  // A caller validated at once whose downstream token is cached is answered without a promise.
   return (ctx, deps) => {
-    const caller = warmCaller(ctx, deps, authenticated);
+    const caller = callerAtOnce(ctx, deps, authenticated);
     if (caller === undefined) return fully(ctx, deps);
     const req = acquireRequest(ctx, deps, route, caller === 'anonymous' ? undefined : caller, false);
     const token = deps.acquirer.cached(req);

@@ -15,14 +15,13 @@ export function isCachedToken(token: ValidatedToken): boolean {
 }
 
 /**
- * The warm path of `authenticate(…, 'required')`, synchronous: the validated token of a plain
- * `Bearer <token>` header when the validator has the token cached, else undefined and the caller
- * takes the full path (which also produces every error). A cached token passed parseAuthorization
- * and validation before and is compared in full, so the answer is the one the full path would give.
+ * `authenticate(…, 'required')` in the same tick when it can: the validated token of a plain
+ * `Bearer <token>` header (cached, or verified now), or throws the error authenticate would reject
+ * with; undefined when the full path must decide (another header shape, or validation must wait).
  */
-export function cachedCaller(validator: TokenValidator, authorization: string | undefined): ValidatedToken | undefined {
+export function callerNow(validator: TokenValidator, authorization: string | undefined): ValidatedToken | undefined {
   const token = plainBearerToken(authorization);
-  return token === undefined ? undefined : validator.cached(token);
+  return token === undefined ? undefined : validator.validateNow(token);
 }
 
 /**

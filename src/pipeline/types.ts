@@ -35,6 +35,13 @@ export interface TokenValidator {
    * and it is within its lifetime; undefined otherwise (then call validate()). Never throws.
    */
   cached(compact: string): ValidatedToken | undefined;
+  /**
+   * validate() without a promise when it needs none: the token validate() would resolve (cached, or
+   * a compact JWS verified now with a signing key already loaded), or throws the SidecarError
+   * validate() would reject with; undefined when validation has to wait (an encrypted token, signing
+   * keys not loaded yet, a key id the loaded set lacks): then call validate().
+   */
+  validateNow(compact: string): ValidatedToken | undefined;
   /** True once signing keys have been loaded at least once. */
   ready(): boolean;
   /** Loads metadata and signing keys (retrying in the background on failure). */

@@ -13,6 +13,10 @@
  * on every hit; a first-sight one is a fresh object nobody keeps, so `isCachedToken`
  * (pipeline/authenticate.ts) tells callers which ones are worth keying on.
  *
+ * Validation is synchronous whenever the signing keys are at hand (`validateNow()`): only an
+ * encrypted token, the first load of the keys and a key id the loaded set lacks need a promise, so
+ * the front doors answer a new caller in the same tick as well.
+ *
  * A hit is synchronous (`cached()`), so the front doors answer a warm caller without a promise, and
  * usually without the SHA-256 either: a small table indexed by a few characters of the signature
  * remembers the entries hit last, and a whole-string comparison with the entry's own token (about
@@ -116,6 +120,12 @@ interface VerifiedEntry {
   readonly token: ValidatedToken;
   readonly notBeforeMs: number;
   readonly notAfterMs: number;
+}
+
+function dotCount(compact: string): number {
+  let dots = 0;
+  for (let i = compact.indexOf('.'); i >= 0; i = compact.indexOf('.', i + 1)) dots++;
+  return dots;
 }
 
 function malformed(detail: string): SidecarError {
@@ -261,8 +271,13 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     return set.all;
   }
 
-  /** Validates a compact JWS; `raw` is what the caller sent (the JWE when it was encrypted). */
-  async function validateJws(jws: string, raw: string): Promise<{ token: ValidatedToken; nbf: number | undefined }> {
+  /**
+   * Validates a compact JWS with the signing keys in `set`, synchronously; `raw` is what the caller
+   * sent (the JWE when it was encrypted). Throws the token's error. undefined when the keys to check
+   * it are not at hand (none loaded yet, or its key id is not in `set`) and `final` is false: then
+   * validateJws() waits for them. With `final`, that is an error too.
+   */
+  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: boolean): { token: ValidatedToken; nbf: number | undefined } | undefined {
     const firstDot = jws.indexOf('.');
     const lastDot = jws.lastIndexOf('.');
     if (firstDot <= 0 || lastDot === firstDot || jws.indexOf('.', firstDot + 1) !== lastDot) throw malformed('The token is not a compact JWS');
@@ -282,15 +297,14 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     if (signatureSegment === '' || !BASE64URL.test(signatureSegment)) throw malformed('The token signature is not base64url');
     const claims = decodeJsonObject(jws.slice(firstDot + 1, lastDot), 'payload');
 
-    let set = keys.current() ?? (await keys.awaitInflight());
-    if (set === undefined) throw new SidecarError('signing_keys_unavailable', 'Signing keys have not been loaded');
-    let candidates = candidateKeys(set, header);
+    if (set === undefined) {
+      if (!final) return undefined;
+      throw new SidecarError('signing_keys_unavailable', 'Signing keys have not been loaded');
+    }
+    const candidates = candidateKeys(set, header);
     if (candidates === undefined) {
-      set = (await keys.refreshForUnknownKid()) ?? set;
-      candidates = candidateKeys(set, header);
-      if (candidates === undefined) {
-        throw new SidecarError('token_key_unknown', `The signing key '${safeName(header.kid ?? header.x5t)}' was not found`);
-      }
+      if (!final) return undefined;
+      throw new SidecarError('token_key_unknown', `The signing key '${safeName(header.kid ?? header.x5t)}' was not found`);
     }
     const signingInput = Buffer.from(jws.slice(0, lastDot), 'latin1');
     const signature = Buffer.from(signatureSegment, 'base64url');
@@ -354,10 +368,21 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     return { token, nbf: nbf as number | undefined };
   }
 
+  /**
+   * verifyJws() with the keys it needs: the loaded set, else the load in flight, then one refresh
+   * when the token names a key the set does not have (a rotation the sidecar has not seen yet).
+   */
+  async function validateJws(jws: string, raw: string): Promise<{ token: ValidatedToken; nbf: number | undefined }> {
+    const now = verifyJws(jws, raw, keys.current(), false);
+    if (now !== undefined) return now;
+    const set = keys.current() ?? (await keys.awaitInflight());
+    if (set === undefined) throw new SidecarError('signing_keys_unavailable', 'Signing keys have not been loaded');
+    return verifyJws(jws, raw, set, false) ?? (verifyJws(jws, raw, (await keys.refreshForUnknownKid()) ?? set, true) as { token: ValidatedToken; nbf: number | undefined });
+  }
+
   async function validateUncached(compact: string): Promise<{ token: ValidatedToken; nbf: number | undefined }> {
     if (compact.length > MAX_COMPACT_LENGTH) throw malformed('The token is too long');
-    let dots = 0;
-    for (let i = compact.indexOf('.'); i >= 0; i = compact.indexOf('.', i + 1)) dots++;
+    const dots = dotCount(compact);
     if (dots === 2) return validateJws(compact, compact);
     if (dots !== 4) throw malformed('The token is neither a compact JWS nor a compact JWE');
     const header = decodeJsonObject(compact.slice(0, compact.indexOf('.')), 'header') as JweHeader;
@@ -404,32 +429,65 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     return undefined;
   }
 
-  async function validate(compact: string): Promise<ValidatedToken> {
+  /** The key cached() just found for `compact` (from the table or the digest it remembers: no second hash); '' without a cache. */
+  function cacheKeyAfterMiss(compact: string): string {
+    // A token shorter than 8 characters is never valid and needs none.
+    return cacheCapacity > 0 && compact.length >= 8 ? keyOf(compact, recentSlot(compact, recentSlots)) : '';
+  }
+
+  /** The error to throw for a token that failed: a SidecarError as is (logged at debug), anything else as `internal`. */
+  function rejected(err: unknown, compact: string): SidecarError {
+    if (err instanceof SidecarError) {
+      // The token itself is never logged; a short hash lets operators correlate repeats.
+      if (logger.isLevelEnabled('debug')) {
+        logger.debug({ code: err.code, reason: err.detail, tokenHash: hash('sha256', compact, 'base64url').slice(0, 12) }, 'token rejected');
+      }
+      return err;
+    }
+    logger.error({ err: (err as Error).message }, 'token validation failed unexpectedly');
+    return new SidecarError('internal', undefined, { cause: err });
+  }
+
+  /**
+   * validate() in the same tick when it can: a cached token, or a compact JWS whose signing key is
+   * loaded, is answered (or rejected with its error) without a promise; an encrypted token, or one
+   * whose keys are still to be fetched, gives undefined and the caller calls validate().
+   */
+  function validateNow(compact: string): ValidatedToken | undefined {
     if (typeof compact !== 'string' || compact === '') throw malformed('The token is empty');
     const hit = cached(compact);
     if (hit !== undefined) return hit;
-    // The key cached() just found (from the table or the digest it remembers: no second hash). A
-    // token shorter than 8 characters is never valid and needs none.
-    const cacheKey = cacheCapacity > 0 && compact.length >= 8 ? keyOf(compact, recentSlot(compact, recentSlots)) : '';
+    // validate() words the errors of a token of the wrong shape or size, and decrypts a JWE.
+    if (compact.length > MAX_COMPACT_LENGTH || dotCount(compact) !== 2) return undefined;
+    const cacheKey = cacheKeyAfterMiss(compact);
+    let verified: { token: ValidatedToken; nbf: number | undefined } | undefined;
+    try {
+      verified = verifyJws(compact, compact, keys.current(), false);
+    } catch (err) {
+      cacheMisses++;
+      throw rejected(err, compact);
+    }
+    if (verified === undefined) return undefined;
+    cacheMisses++;
+    return cacheKey !== '' ? admit(cacheKey, verified.token, verified.nbf) : verified.token;
+  }
+
+  async function validate(compact: string): Promise<ValidatedToken> {
+    const now = validateNow(compact);
+    if (now !== undefined) return now;
+    const cacheKey = cacheKeyAfterMiss(compact);
     cacheMisses++;
     try {
       const { token, nbf } = await validateUncached(compact);
       return cacheKey !== '' ? admit(cacheKey, token, nbf) : token;
     } catch (err) {
-      if (err instanceof SidecarError) {
-        // The token itself is never logged; a short hash lets operators correlate repeats.
-        if (logger.isLevelEnabled('debug')) {
-          logger.debug({ code: err.code, reason: err.detail, tokenHash: hash('sha256', compact, 'base64url').slice(0, 12) }, 'token rejected');
-        }
-        throw err;
-      }
-      logger.error({ err: (err as Error).message }, 'token validation failed unexpectedly');
-      throw new SidecarError('internal', undefined, { cause: err });
+      throw rejected(err, compact);
     }
   }
 
   return {
     validate,
+    validateNow,
     cached,
     ready: () => keys.current() !== undefined,
     start: () => keys.start(),

@@ -69,6 +69,7 @@ describe('ext_authz allow memo', function () {
     const uncached: TokenValidator = {
       validate: (compact) => Promise.resolve(validatedToken(compact, { oid: 'carol' })),
       cached: () => undefined,
+      validateNow: () => undefined,
       ready: () => true,
       start: () => Promise.resolve(),
       close() {},

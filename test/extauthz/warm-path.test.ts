@@ -8,6 +8,10 @@ import { expect } from 'chai';
 import { createChecker, type CheckRequest, type CheckResponse, type Checker } from '../../src/extauthz/check.js';
 import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
 import type { AcquiredToken, AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
+import { createLogger } from '../../src/log.js';
+import { createOutboundAgent } from '../../src/net/outbound.js';
+import { createTokenValidator, type TokenValidatorWithStats } from '../../src/validation/validator.js';
+import { buildAzureAd, buildValidationSettings, makeSigningKey, mint, startFakeEntra, type FakeEntra, type TestSigningKey } from '../validation/fixtures.js';
 import { envoyCheckRequest, extAuthzOptions, FakeValidator, headerMap, memoryLogger, resolveFromTable } from './fixtures.js';
 
 /** One token per API and caller, cached until refresh(); cached() answers like the real acquirer's warm peek. */
@@ -109,5 +113,73 @@ describe('ext_authz warm path (synchronous Check)', function () {
     const again = checker.check(request('mallory.token'));
     expect(again, 'an invalid token is verified (and denied) every time').to.be.instanceOf(Promise);
     expect((await again).status.code).to.equal(16);
+  });
+});
+
+describe('ext_authz first sight with the real validator (synchronous Check)', function () {
+  let entra: FakeEntra;
+  let key: TestSigningKey;
+  let agent: ReturnType<typeof createOutboundAgent>;
+  let validator: TokenValidatorWithStats;
+  let acquirer: CachingAcquirer;
+  const make = (v: TokenValidatorWithStats): Checker =>
+    createChecker({ options: extAuthzOptions(), validator: v, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames });
+  const request = (token: string) => envoyCheckRequest({ path: '/api/items', headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'graph' } }) as CheckRequest;
+  const newValidator = (): TokenValidatorWithStats =>
+    createTokenValidator({
+      azureAd: buildAzureAd(entra.instance),
+      settings: buildValidationSettings(),
+      outbound: { agent, timeoutMs: 2000, maxResponseBytes: 1 << 20 },
+      logger: createLogger('silent'),
+    });
+
+  before(async function () {
+    key = makeSigningKey();
+    entra = await startFakeEntra([key]);
+    agent = createOutboundAgent({ extraCaFiles: [], connectTimeoutMs: 1000, timeoutMs: 2000 });
+  });
+  after(async function () {
+    await agent.close();
+    await entra.close();
+  });
+  beforeEach(async function () {
+    validator = newValidator();
+    await validator.start();
+    acquirer = new CachingAcquirer();
+  });
+  afterEach(function () {
+    validator.close();
+  });
+
+  it('verifies a new token and answers in the same tick once the downstream token is cached', async function () {
+    const checker = make(validator);
+    // The first Check of the route acquires the downstream token (a promise); it is cached after.
+    expect((await checker.check(request(await mint(entra, { key, claims: { uti: 'a' } })), Date.now() + 1000)).status.code).to.equal(0);
+    const verifies = validator.stats().signatureVerifications;
+    const fresh = await mint(entra, { key, claims: { uti: 'b' } });
+    const now = checker.check(request(fresh), Date.now() + 1000);
+    expect(now, 'first sight, keys loaded, downstream token cached: no promise').to.not.be.instanceOf(Promise);
+    expect(validator.stats().signatureVerifications, 'and the signature was checked').to.equal(verifies + 1);
+    expect(headerMap((now as CheckResponse).ok_response?.headers).authorization).to.equal(`Bearer downstream.graph.${'5d2f7b0a-0000-4000-8000-000000000001'}`);
+  });
+
+  it('denies an invalid new token in the same tick, with the deny the full path renders', async function () {
+    const checker = make(validator);
+    const expired = await mint(entra, { key, nowSec: Math.floor(Date.now() / 1000) - 7200 });
+    const [h, p] = expired.split('.');
+    const forged = `${h}.${p}.${Buffer.alloc(256, 1).toString('base64url')}`;
+    for (const token of [expired, forged]) {
+      const now = checker.check(request(token), Date.now() + 1000);
+      expect(now).to.not.be.instanceOf(Promise);
+      expect((now as CheckResponse).status.code).to.equal(16);
+      // A validator whose keys are still loading takes the full path: the same deny, as a promise.
+      const loading = newValidator();
+      const started = loading.start();
+      const full = make(loading).check(request(token), Date.now() + 1000);
+      expect(full).to.be.instanceOf(Promise);
+      expect(plain(await full)).to.deep.equal(plain(now as CheckResponse));
+      await started;
+      loading.close();
+    }
   });
 });

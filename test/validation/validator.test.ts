@@ -473,6 +473,80 @@ describe('token validator', function () {
       await expectCode(v.validate(token), 'token_expired');
     });
 
+    it('validates a new token synchronously through validateNow(), exactly as validate() would', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      const viaPromise = await v.validate(await mint(entra, { key, claims: { uti: 'twin' }, nowSec: nowSec() }));
+      const verifies = v.stats().signatureVerifications;
+      const now = v.validateNow(token);
+      expect(now, 'answered in the same tick').to.not.be.instanceOf(Promise);
+      expect(now?.raw).to.equal(token);
+      expect(now?.version).to.equal(viaPromise.version);
+      expect(now?.tenantId).to.equal(viaPromise.tenantId);
+      expect({ ...now?.claims, uti: 'twin' }).to.deep.equal(viaPromise.claims);
+      expect(v.stats().signatureVerifications).to.equal(verifies + 1);
+      expect(Object.isFrozen(now), 'first sight: verified, not cached').to.equal(false);
+      // The doorkeeper counts it like validate(): the second verification caches it.
+      const second = v.validateNow(token);
+      expect(Object.isFrozen(second)).to.equal(true);
+      expect(v.validateNow(token)).to.equal(second);
+      expect(await v.validate(token)).to.equal(second);
+      expect(v.stats().signatureVerifications).to.equal(verifies + 2);
+    });
+
+    it('throws from validateNow() the error validate() rejects with, for every rule', async function () {
+      const v = await started({ allowWebApiToBeAuthorizedByACL: false });
+      const [h, p] = (await mint(entra, { key, nowSec: nowSec() })).split('.');
+      const cases: [string, string][] = [
+        [await mint(entra, { key, nowSec: nowSec() - 7200 }), 'token_expired'],
+        [await mint(entra, { key, nowSec: nowSec(), claims: { aud: 'api://someone-else' } }), 'token_audience_invalid'],
+        [await mint(entra, { key, nowSec: nowSec(), tenant: OTHER_TENANT }), 'token_issuer_invalid'],
+        [await mint(entra, { key, nowSec: nowSec(), claims: { scp: undefined } }), 'token_scope_or_role_missing'],
+        [`${h}.${p}.${Buffer.alloc(256, 7).toString('base64url')}`, 'token_signature_invalid'],
+        [rawToken({ alg: 'HS256', kid: key.kid }, { exp: nowSec() + 60 }, 'c2ln'), 'token_alg_not_allowed'],
+        [rawToken({ alg: 'RS256' }, { exp: nowSec() + 60 }, 'not base64url!'), 'token_malformed'],
+        ['', 'token_malformed'],
+      ];
+      for (const [token, code] of cases) {
+        let thrown: unknown;
+        try {
+          v.validateNow(token);
+        } catch (err) {
+          thrown = err;
+        }
+        expect(thrown, code).to.be.instanceOf(SidecarError);
+        expect((thrown as SidecarError).code, (thrown as SidecarError).detail).to.equal(code);
+        const rejected = await rejection(v.validate(token));
+        expect(rejected.code).to.equal(code);
+        expect(rejected.detail).to.equal((thrown as SidecarError).detail);
+      }
+    });
+
+    it('leaves to validate() what has to wait: keys not loaded yet, a key id it lacks, a token of another shape', async function () {
+      const early = createTokenValidator(deps());
+      validators.push(early);
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      expect(early.validateNow(token), 'no signing keys yet').to.equal(undefined);
+      const loading = early.start();
+      expect(early.validateNow(token), 'still loading').to.equal(undefined);
+      expect((await early.validate(token)).raw, 'validate() waits for the load and answers').to.equal(token);
+      await loading;
+
+      const v = await started();
+      const rotated = makeSigningKey();
+      entra.keys = [key, rotated];
+      const unknownKid = await mint(entra, { key: rotated, nowSec: nowSec() });
+      expect(v.validateNow(unknownKid), 'a kid the loaded set lacks').to.equal(undefined);
+      expect((await v.validate(unknownKid)).header.kid, 'validate() refreshes the keys once').to.equal(rotated.kid);
+      expect(v.validateNow(await mint(entra, { key: rotated, nowSec: nowSec() }))?.header.kid, 'then it is at hand').to.equal(rotated.kid);
+
+      // Not three segments, or too long: validate() words the error.
+      for (const other of ['a.b.c.d', 'a'.repeat(70_000)]) {
+        expect(v.validateNow(other)).to.equal(undefined);
+        await expectCode(v.validate(other), 'token_malformed');
+      }
+    });
+
     it('keeps two tokens apart that share a slot of the recently-hit table', async function () {
       const v = await started();
       const bySlot = new Map<number, string>();
@@ -520,6 +594,7 @@ describe('token validator', function () {
       const v = await started({}, {}, { decryptionKeys: [otherKey, decryptionKey] });
       const inner = await mint(entra, { key, nowSec: nowSec() });
       const jwe = await encrypt(inner, { alg: 'RSA-OAEP', enc: 'A256CBC-HS512', kid: thumb });
+      expect(v.validateNow(jwe), 'decryption is left to validate()').to.equal(undefined);
       const r = await v.validate(jwe);
       expect(r.raw).to.equal(jwe);
       expect(r.jws).to.equal(inner);
@@ -528,6 +603,7 @@ describe('token validator', function () {
       expect(v.stats().cacheSize).to.equal(1);
       await v.validate(jwe);
       expect(v.stats().cacheHits).to.equal(1);
+      expect(v.validateNow(jwe), 'a cached JWE is answered at once').to.equal(r);
     });
 
     it('tries every configured key when the JWE names none (RSA-OAEP-256 + A256GCM)', async function () {
