@@ -122,6 +122,12 @@ interface VerifiedEntry {
   readonly notAfterMs: number;
 }
 
+/** A token that passed every rule, with its `nbf` (the cache entry's start). */
+interface Verified {
+  readonly token: ValidatedToken;
+  readonly nbf: number | undefined;
+}
+
 function dotCount(compact: string): number {
   let dots = 0;
   for (let i = compact.indexOf('.'); i >= 0; i = compact.indexOf('.', i + 1)) dots++;
@@ -277,7 +283,9 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    * it are not at hand (none loaded yet, or its key id is not in `set`) and `final` is false: then
    * validateJws() waits for them. With `final`, that is an error too.
    */
-  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: boolean): { token: ValidatedToken; nbf: number | undefined } | undefined {
+  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: true): Verified;
+  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: boolean): Verified | undefined;
+  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: boolean): Verified | undefined {
     const firstDot = jws.indexOf('.');
     const lastDot = jws.lastIndexOf('.');
     if (firstDot <= 0 || lastDot === firstDot || jws.indexOf('.', firstDot + 1) !== lastDot) throw malformed('The token is not a compact JWS');
@@ -372,15 +380,15 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    * verifyJws() with the keys it needs: the loaded set, else the load in flight, then one refresh
    * when the token names a key the set does not have (a rotation the sidecar has not seen yet).
    */
-  async function validateJws(jws: string, raw: string): Promise<{ token: ValidatedToken; nbf: number | undefined }> {
+  async function validateJws(jws: string, raw: string): Promise<Verified> {
     const now = verifyJws(jws, raw, keys.current(), false);
     if (now !== undefined) return now;
     const set = keys.current() ?? (await keys.awaitInflight());
     if (set === undefined) throw new SidecarError('signing_keys_unavailable', 'Signing keys have not been loaded');
-    return verifyJws(jws, raw, set, false) ?? (verifyJws(jws, raw, (await keys.refreshForUnknownKid()) ?? set, true) as { token: ValidatedToken; nbf: number | undefined });
+    return verifyJws(jws, raw, set, false) ?? verifyJws(jws, raw, (await keys.refreshForUnknownKid()) ?? set, true);
   }
 
-  async function validateUncached(compact: string): Promise<{ token: ValidatedToken; nbf: number | undefined }> {
+  async function validateUncached(compact: string): Promise<Verified> {
     if (compact.length > MAX_COMPACT_LENGTH) throw malformed('The token is too long');
     const dots = dotCount(compact);
     if (dots === 2) return validateJws(compact, compact);
@@ -460,7 +468,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     // validate() words the errors of a token of the wrong shape or size, and decrypts a JWE.
     if (compact.length > MAX_COMPACT_LENGTH || dotCount(compact) !== 2) return undefined;
     const cacheKey = cacheKeyAfterMiss(compact);
-    let verified: { token: ValidatedToken; nbf: number | undefined } | undefined;
+    let verified: Verified | undefined;
     try {
       verified = verifyJws(compact, compact, keys.current(), false);
     } catch (err) {

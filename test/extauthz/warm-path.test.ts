@@ -5,13 +5,13 @@
  * must wait sends the Check down the full path.
  */
 import { expect } from 'chai';
+import type { Agent } from 'undici';
 import { createChecker, type CheckRequest, type CheckResponse, type Checker } from '../../src/extauthz/check.js';
 import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
 import type { AcquiredToken, AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
 import { createLogger } from '../../src/log.js';
-import { createOutboundAgent } from '../../src/net/outbound.js';
 import { createTokenValidator, type TokenValidatorWithStats } from '../../src/validation/validator.js';
-import { buildAzureAd, buildValidationSettings, makeSigningKey, mint, startFakeEntra, type FakeEntra, type TestSigningKey } from '../validation/fixtures.js';
+import { buildAzureAd, buildValidationSettings, mint, startFakeEntraWithAgent, type FakeEntra, type TestSigningKey } from '../validation/fixtures.js';
 import { envoyCheckRequest, extAuthzOptions, FakeValidator, headerMap, memoryLogger, resolveFromTable } from './fixtures.js';
 
 /** One token per API and caller, cached until refresh(); cached() answers like the real acquirer's warm peek. */
@@ -119,7 +119,7 @@ describe('ext_authz warm path (synchronous Check)', function () {
 describe('ext_authz first sight with the real validator (synchronous Check)', function () {
   let entra: FakeEntra;
   let key: TestSigningKey;
-  let agent: ReturnType<typeof createOutboundAgent>;
+  let agent: Agent;
   let validator: TokenValidatorWithStats;
   let acquirer: CachingAcquirer;
   const make = (v: TokenValidatorWithStats): Checker =>
@@ -133,14 +133,13 @@ describe('ext_authz first sight with the real validator (synchronous Check)', fu
       logger: createLogger('silent'),
     });
 
+  let closeEntra: () => Promise<void>;
+
   before(async function () {
-    key = makeSigningKey();
-    entra = await startFakeEntra([key]);
-    agent = createOutboundAgent({ extraCaFiles: [], connectTimeoutMs: 1000, timeoutMs: 2000 });
+    ({ entra, key, agent, close: closeEntra } = await startFakeEntraWithAgent());
   });
   after(async function () {
-    await agent.close();
-    await entra.close();
+    await closeEntra();
   });
   beforeEach(async function () {
     validator = newValidator();

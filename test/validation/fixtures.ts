@@ -7,7 +7,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { SignJWT, type JWTPayload } from 'jose';
 import forge from 'node-forge';
+import type { Agent } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
+import { createOutboundAgent } from '../../src/net/outbound.js';
 
 export const TENANT = '72f988bf-86f1-41af-91ab-2d7cd011db47';
 export const OTHER_TENANT = '0b0c1d2e-3f40-4a5b-8c6d-7e8f9a0b1c2d';
@@ -204,4 +206,20 @@ export function selfSignedCertificate(cn = 'entra-sidecar-test', keyPair = rsaKe
 export function toPfx(cert: forge.pki.Certificate, key: forge.pki.rsa.PrivateKey, password: string | null, extraCerts: forge.pki.Certificate[] = []): Buffer {
   const asn1 = forge.pkcs12.toPkcs12Asn1(key, [cert, ...extraCerts], password, { algorithm: 'aes256', friendlyName: 'test' });
   return Buffer.from(forge.asn1.toDer(asn1).getBytes(), 'binary');
+}
+
+/** A fake Entra with one signing key, and an outbound agent for a validator to reach it with. */
+export async function startFakeEntraWithAgent(): Promise<{ entra: FakeEntra; key: TestSigningKey; agent: Agent; close(): Promise<void> }> {
+  const key = makeSigningKey();
+  const entra = await startFakeEntra([key]);
+  const agent = createOutboundAgent({ extraCaFiles: [], connectTimeoutMs: 1000, timeoutMs: 2000 });
+  return {
+    entra,
+    key,
+    agent,
+    async close() {
+      await agent.close();
+      await entra.close();
+    },
+  };
 }

@@ -6,7 +6,6 @@ import type { Agent } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
 import { SidecarError, type ErrorCode } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
-import { createOutboundAgent } from '../../src/net/outbound.js';
 import type { DecryptionKey } from '../../src/validation/decryption.js';
 import { createTokenValidator, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
 import {
@@ -20,7 +19,7 @@ import {
   rawToken,
   rsaKeyPair,
   signRs256,
-  startFakeEntra,
+  startFakeEntraWithAgent,
   type FakeEntra,
   type TestSigningKey,
 } from './fixtures.js';
@@ -41,14 +40,13 @@ describe('token validator', function () {
   let clockMs: number;
   const validators: TokenValidatorWithStats[] = [];
 
+  let closeEntra: () => Promise<void>;
+
   before(async function () {
-    key = makeSigningKey();
-    entra = await startFakeEntra([key]);
-    agent = createOutboundAgent({ extraCaFiles: [], connectTimeoutMs: 1000, timeoutMs: 2000 });
+    ({ entra, key, agent, close: closeEntra } = await startFakeEntraWithAgent());
   });
   after(async function () {
-    await agent.close();
-    await entra.close();
+    await closeEntra();
   });
   beforeEach(function () {
     clockMs = Date.now();
