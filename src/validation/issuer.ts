@@ -26,6 +26,22 @@ function fill(template: string, tid: string): string {
   return template.includes(TENANT_ID_TEMPLATE) ? template.split(TENANT_ID_TEMPLATE).join(tid) : template;
 }
 
+/**
+ * `fill(template, tid) === value`, without building the filled string when `template` has one
+ * `{tenantid}` (every Entra issuer): this runs for every token verified.
+ */
+export function isFilled(template: string, tid: string, value: string): boolean {
+  const at = template.indexOf(TENANT_ID_TEMPLATE);
+  if (at < 0) return template === value;
+  const after = at + TENANT_ID_TEMPLATE.length;
+  if (template.includes(TENANT_ID_TEMPLATE, after)) return fill(template, tid) === value;
+  const rest = template.length - after;
+  if (value.length !== at + tid.length + rest || !value.startsWith(tid, at)) return false;
+  for (let i = 0; i < at; i++) if (value.charCodeAt(i) !== template.charCodeAt(i)) return false;
+  for (let i = 0, j = at + tid.length; i < rest; i++, j++) if (value.charCodeAt(j) !== template.charCodeAt(after + i)) return false;
+  return true;
+}
+
 /** Whether `iss` has the shape of `template` with any tenant in the `{tenantid}` slot. */
 function matchesShape(template: string, iss: string): boolean {
   const at = template.indexOf(TENANT_ID_TEMPLATE);
@@ -51,7 +67,7 @@ export function validateIssuer(iss: unknown, tid: unknown, templates: IssuerTemp
     for (const candidate of validIssuers) {
       const templated = candidate.includes(TENANT_ID_TEMPLATE);
       if (templated && !tidIsGuid) continue;
-      if (fill(candidate, tid) === iss) return iss.endsWith('/v2.0') ? '2.0' : '1.0';
+      if (isFilled(candidate, tid, iss)) return iss.endsWith('/v2.0') ? '2.0' : '1.0';
     }
     throw new SidecarError('token_issuer_invalid', `The issuer '${safeName(iss)}' is invalid`);
   }
@@ -62,7 +78,7 @@ export function validateIssuer(iss: unknown, tid: unknown, templates: IssuerTemp
       if (matchesShape(template, iss)) throw new SidecarError('token_tenant_mismatch', "The token's 'tid' claim is not a tenant id");
       continue;
     }
-    if (fill(template, tid) === iss) {
+    if (isFilled(template, tid, iss)) {
       if (!tidInIssuer) throw new SidecarError('token_tenant_mismatch', `The token's 'tid' does not match the issuer '${safeName(iss)}'`);
       return form;
     }
@@ -81,7 +97,7 @@ export function validateIssuer(iss: unknown, tid: unknown, templates: IssuerTemp
  */
 export function signingKeyIssuerMatches(keyIssuer: string | undefined, iss: string, tid: string, form: IssuerForm, templates: IssuerTemplates): boolean {
   if (keyIssuer === undefined || keyIssuer === '') return true;
-  const effective = fill(keyIssuer, tid);
-  if (effective === iss) return true;
-  return form === '1.0' && effective === fill(templates.v2Issuer, tid);
+  if (isFilled(keyIssuer, tid, iss)) return true;
+  if (form !== '1.0') return false;
+  return keyIssuer === templates.v2Issuer || fill(keyIssuer, tid) === fill(templates.v2Issuer, tid);
 }
