@@ -12,7 +12,7 @@ import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
-import { authenticate, callerNow, isCachedToken } from '../pipeline/authenticate.js';
+import { authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
 
@@ -465,7 +465,7 @@ export function createChecker(deps: CheckDeps): Checker {
         return corsPreflightResponse;
       }
       if (policy.validate === 'none') return authorized(policy, undefined, facts, state);
-      const user = callerNow(validator, headers.authorization);
+      const user = authenticateNow(validator, headers.authorization, 'required');
       return user !== undefined ? authorized(policy, user, facts, state) : authenticateThenAuthorize(policy, facts, state);
     } catch (err) {
       return deny(toSidecarError(err), facts, !state.answered);

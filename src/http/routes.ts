@@ -6,7 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
-import { authenticate, callerNow, isCachedToken } from '../pipeline/authenticate.js';
+import { ANONYMOUS, authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
 import { tokenScopes } from '../pipeline/authorize.js';
 import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
 import type { AcquiredToken, AcquireRequest, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
@@ -68,7 +68,7 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
 
 /** GET /Validate (reference §2.2): a caller the validator can answer for at once is answered synchronously. */
 function validate(ctx: RouteContext, deps: RouteDeps): void | Promise<void> {
-  const now = callerNow(deps.validator, ctx.authorization);
+  const now = authenticateNow(deps.validator, ctx.authorization, 'required');
   if (now !== undefined) {
     answerValidated(ctx, deps, now);
     return undefined;
@@ -139,22 +139,6 @@ function acquireRequest(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute
   return { options: resolved.options, user, agent: resolved.agent, correlationId: resolved.options.acquireTokenOptions.correlationId };
 }
 
-/**
- * The caller, synchronously when the validator can answer at once (callerNow), or `anonymous` on an
- * unauthenticated route called without credentials or with a token that is not valid (prepare()'s
- * `optional`). Throws the authentication error on an authenticated route. undefined when the full
- * path must decide.
- */
-function callerAtOnce(ctx: RouteContext, deps: RouteDeps, authenticated: boolean): ValidatedToken | 'anonymous' | undefined {
-  if (authenticated) return callerNow(deps.validator, ctx.authorization);
-  if (ctx.authorization === undefined) return 'anonymous';
-  try {
-    return callerNow(deps.validator, ctx.authorization);
-  } catch {
-    return 'anonymous';
-  }
-}
-
 function sendAuthorizationHeader(ctx: RouteContext, token: AcquiredToken): void {
   let body = authorizationHeaderBodies.get(token);
   if (body === undefined) authorizationHeaderBodies.set(token, (body = Buffer.from(JSON.stringify({ authorizationHeader: `${token.scheme} ${token.token}` }))));
@@ -169,9 +153,9 @@ function authorizationHeaderRoute(authenticated: boolean): Route['handle'] {
   };
   // A caller validated at once whose downstream token is cached is answered without a promise.
   return (ctx, deps) => {
-    const caller = callerAtOnce(ctx, deps, authenticated);
+    const caller = authenticateNow(deps.validator, ctx.authorization, authenticated ? 'required' : 'optional');
     if (caller === undefined) return fully(ctx, deps);
-    const req = acquireRequest(ctx, deps, route, caller === 'anonymous' ? undefined : caller, false);
+    const req = acquireRequest(ctx, deps, route, caller === ANONYMOUS ? undefined : caller, false);
     const token = deps.acquirer.cached(req);
     if (token === undefined) return fully(ctx, deps, req);
     sendAuthorizationHeader(ctx, token);

@@ -14,12 +14,26 @@ export function isCachedToken(token: ValidatedToken): boolean {
   return Object.isFrozen(token);
 }
 
+/** What authenticateNow() answers for a caller who is let in without a token (`optional`). */
+export const ANONYMOUS = 'anonymous';
+
 /**
- * `authenticate(…, 'required')` in the same tick when it can: the validated token of a plain
- * `Bearer <token>` header (cached, or verified now), or throws the error authenticate would reject
- * with; undefined when the full path must decide (another header shape, or validation must wait).
+ * authenticate() in the same tick when it can, with the same modes: the validated token of a plain
+ * `Bearer <token>` header (cached, or verified now), or ANONYMOUS where `optional` lets the caller in
+ * without one; `required` throws the error authenticate() would reject with. undefined when the full
+ * path must decide (a header of another shape, or validation has to wait).
  */
-export function callerNow(validator: TokenValidator, authorization: string | undefined): ValidatedToken | undefined {
+export function authenticateNow(validator: TokenValidator, authorization: string | undefined, mode: 'required'): ValidatedToken | undefined;
+export function authenticateNow(validator: TokenValidator, authorization: string | undefined, mode: 'required' | 'optional'): ValidatedToken | typeof ANONYMOUS | undefined;
+export function authenticateNow(validator: TokenValidator, authorization: string | undefined, mode: 'required' | 'optional'): ValidatedToken | typeof ANONYMOUS | undefined {
+  if (mode === 'optional') {
+    if (authorization === undefined) return ANONYMOUS;
+    try {
+      return authenticateNow(validator, authorization, 'required');
+    } catch {
+      return ANONYMOUS;
+    }
+  }
   const token = plainBearerToken(authorization);
   return token === undefined ? undefined : validator.validateNow(token);
 }

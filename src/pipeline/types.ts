@@ -31,11 +31,6 @@ export interface TokenValidator {
   /** Resolves a ValidatedToken or throws a SidecarError with a `token_*`/`signing_keys_unavailable` code. */
   validate(compact: string): Promise<ValidatedToken>;
   /**
-   * The warm path, synchronous: the token validate() would resolve, if the validator has it cached
-   * and it is within its lifetime; undefined otherwise (then call validate()). Never throws.
-   */
-  cached(compact: string): ValidatedToken | undefined;
-  /**
    * validate() without a promise when it needs none: the token validate() would resolve (cached, or
    * a compact JWS verified now with a signing key already loaded), or throws the SidecarError
    * validate() would reject with; undefined when validation has to wait (an encrypted token, signing

@@ -28,18 +28,14 @@ function fill(template: string, tid: string): string {
 
 /**
  * `fill(template, tid) === value`, without building the filled string when `template` has one
- * `{tenantid}` (every Entra issuer): this runs for every token verified.
+ * `{tenantid}` (every Entra issuer): this runs for every token verified. With one slot, `value` must
+ * have the template's shape (matchesShape) and exactly `tid` in the slot.
  */
 export function isFilled(template: string, tid: string, value: string): boolean {
   const at = template.indexOf(TENANT_ID_TEMPLATE);
   if (at < 0) return template === value;
-  const after = at + TENANT_ID_TEMPLATE.length;
-  if (template.includes(TENANT_ID_TEMPLATE, after)) return fill(template, tid) === value;
-  const rest = template.length - after;
-  if (value.length !== at + tid.length + rest || !value.startsWith(tid, at)) return false;
-  for (let i = 0; i < at; i++) if (value.charCodeAt(i) !== template.charCodeAt(i)) return false;
-  for (let i = 0, j = at + tid.length; i < rest; i++, j++) if (value.charCodeAt(j) !== template.charCodeAt(after + i)) return false;
-  return true;
+  if (tid === '' || template.includes(TENANT_ID_TEMPLATE, at + TENANT_ID_TEMPLATE.length)) return fill(template, tid) === value;
+  return value.length === template.length - TENANT_ID_TEMPLATE.length + tid.length && value.startsWith(tid, at) && matchesShape(template, value);
 }
 
 /** Whether `iss` has the shape of `template` with any tenant in the `{tenantid}` slot. */

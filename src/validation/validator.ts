@@ -63,6 +63,10 @@ export interface TokenValidatorStats {
 }
 
 export interface TokenValidatorWithStats extends TokenValidator {
+  /**
+   * The token validate() would resolve, if it is cached and within its lifetime; undefined
+   * otherwise. Never throws. validateNow() starts with it.
+   */
   cached(compact: string): ValidatedToken | undefined;
   stats(): TokenValidatorStats;
 }
@@ -126,6 +130,16 @@ interface VerifiedEntry {
 interface Verified {
   readonly token: ValidatedToken;
   readonly nbf: number | undefined;
+}
+
+/** A compact JWS that passed the rules needing no key (parseJws). */
+interface ParsedJws {
+  readonly jws: string;
+  readonly alg: string;
+  readonly header: Record<string, unknown>;
+  readonly claims: Record<string, unknown>;
+  readonly lastDot: number;
+  readonly signatureSegment: string;
 }
 
 function dotCount(compact: string): number {
@@ -278,14 +292,10 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   }
 
   /**
-   * Validates a compact JWS with the signing keys in `set`, synchronously; `raw` is what the caller
-   * sent (the JWE when it was encrypted). Throws the token's error. undefined when the keys to check
-   * it are not at hand (none loaded yet, or its key id is not in `set`) and `final` is false: then
-   * validateJws() waits for them. With `final`, that is an error too.
+   * The compact-JWS and header rules, and the decoded header and payload: everything about a token
+   * that needs no signing key. Throws the token's error.
    */
-  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: true): Verified;
-  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: boolean): Verified | undefined;
-  function verifyJws(jws: string, raw: string, set: SigningKeySet | undefined, final: boolean): Verified | undefined {
+  function parseJws(jws: string): ParsedJws {
     const firstDot = jws.indexOf('.');
     const lastDot = jws.lastIndexOf('.');
     if (firstDot <= 0 || lastDot === firstDot || jws.indexOf('.', firstDot + 1) !== lastDot) throw malformed('The token is not a compact JWS');
@@ -304,16 +314,16 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const signatureSegment = jws.slice(lastDot + 1);
     if (signatureSegment === '' || !BASE64URL.test(signatureSegment)) throw malformed('The token signature is not base64url');
     const claims = decodeJsonObject(jws.slice(firstDot + 1, lastDot), 'payload');
+    return { jws, alg, header, claims, lastDot, signatureSegment };
+  }
 
-    if (set === undefined) {
-      if (!final) return undefined;
-      throw new SidecarError('signing_keys_unavailable', 'Signing keys have not been loaded');
-    }
-    const candidates = candidateKeys(set, header);
-    if (candidates === undefined) {
-      if (!final) return undefined;
-      throw new SidecarError('token_key_unknown', `The signing key '${safeName(header.kid ?? header.x5t)}' was not found`);
-    }
+  /**
+   * The rest of the rules for a parsed JWS whose key id `set` knows (`candidates`): signature,
+   * lifetime, issuer, audience, scope or role. Synchronous; `raw` is what the caller sent (the JWE
+   * when it was encrypted). Throws the token's error.
+   */
+  function verifyParsed(parsed: ParsedJws, raw: string, set: SigningKeySet, candidates: readonly SigningKey[]): Verified {
+    const { jws, alg, header, claims, lastDot, signatureSegment } = parsed;
     const signingInput = Buffer.from(jws.slice(0, lastDot), 'latin1');
     const signature = Buffer.from(signatureSegment, 'base64url');
     let signingKey: SigningKey | undefined;
@@ -377,15 +387,23 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   }
 
   /**
-   * verifyJws() with the keys it needs: the loaded set, else the load in flight, then one refresh
-   * when the token names a key the set does not have (a rotation the sidecar has not seen yet).
+   * Validates a compact JWS, waiting for the keys it needs: the loaded set, else the load in flight,
+   * then one refresh when the token names a key the set does not have (a rotation the sidecar has
+   * not seen yet). `raw` is what the caller sent (the JWE when it was encrypted).
    */
   async function validateJws(jws: string, raw: string): Promise<Verified> {
-    const now = verifyJws(jws, raw, keys.current(), false);
-    if (now !== undefined) return now;
-    const set = keys.current() ?? (await keys.awaitInflight());
+    const parsed = parseJws(jws);
+    let set = keys.current() ?? (await keys.awaitInflight());
     if (set === undefined) throw new SidecarError('signing_keys_unavailable', 'Signing keys have not been loaded');
-    return verifyJws(jws, raw, set, false) ?? verifyJws(jws, raw, (await keys.refreshForUnknownKid()) ?? set, true);
+    let candidates = candidateKeys(set, parsed.header);
+    if (candidates === undefined) {
+      set = (await keys.refreshForUnknownKid()) ?? set;
+      candidates = candidateKeys(set, parsed.header);
+      if (candidates === undefined) {
+        throw new SidecarError('token_key_unknown', `The signing key '${safeName(parsed.header.kid ?? parsed.header.x5t)}' was not found`);
+      }
+    }
+    return verifyParsed(parsed, raw, set, candidates);
   }
 
   async function validateUncached(compact: string): Promise<Verified> {
@@ -468,14 +486,19 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     // validate() words the errors of a token of the wrong shape or size, and decrypts a JWE.
     if (compact.length > MAX_COMPACT_LENGTH || dotCount(compact) !== 2) return undefined;
     const cacheKey = cacheKeyAfterMiss(compact);
-    let verified: Verified | undefined;
+    let verified: Verified;
     try {
-      verified = verifyJws(compact, compact, keys.current(), false);
+      const parsed = parseJws(compact);
+      // Keys still to load, or a key id the set lacks: validate() waits for them.
+      const set = keys.current();
+      if (set === undefined) return undefined;
+      const candidates = candidateKeys(set, parsed.header);
+      if (candidates === undefined) return undefined;
+      verified = verifyParsed(parsed, compact, set, candidates);
     } catch (err) {
       cacheMisses++;
       throw rejected(err, compact);
     }
-    if (verified === undefined) return undefined;
     cacheMisses++;
     return cacheKey !== '' ? admit(cacheKey, verified.token, verified.nbf) : verified.token;
   }

@@ -68,7 +68,6 @@ describe('ext_authz allow memo', function () {
     // A validator with its cache off: every request gets a fresh, unfrozen token object.
     const uncached: TokenValidator = {
       validate: (compact) => Promise.resolve(validatedToken(compact, { oid: 'carol' })),
-      cached: () => undefined,
       validateNow: () => undefined,
       ready: () => true,
       start: () => Promise.resolve(),
