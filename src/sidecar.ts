@@ -24,7 +24,7 @@ const SHUTDOWN_GRACE_MS = 10_000;
 /** Builds and starts everything for a loaded config. */
 export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<void>> {
   const outbound = config.sidecar.outbound;
-  const metrics = createMetrics({ version: VERSION, collectProcess: true });
+  const metrics = createMetrics({ version: VERSION, collectProcess: true, gcDuration: config.sidecar.management.gcMetrics });
   const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
   const agent = observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds));
   const validator = createTokenValidator({

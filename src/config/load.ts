@@ -658,6 +658,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     management: {
       enabled: mgmtEnabled,
       address: mgmt.ok ? mgmt.address : { host: '0.0.0.0', port: 9090 },
+      gcMetrics: b.bool('Sidecar:Management:GcMetrics'),
     },
     extAuthz: bindExtAuthz(b),
     outbound: {

@@ -154,7 +154,7 @@ export interface SidecarSettings {
     readonly requestTimeoutMs: number;
     readonly headersTimeoutMs: number;
   };
-  readonly management: { readonly enabled: boolean; readonly address: ListenAddress };
+  readonly management: { readonly enabled: boolean; readonly address: ListenAddress; readonly gcMetrics: boolean };
   readonly extAuthz: ExtAuthzOptions;
   readonly outbound: {
     readonly caFile?: string;

@@ -237,9 +237,11 @@ describe('config: listener addresses', () => {
     expect(cfg.sidecar.extAuthz.address).to.deep.equal({ host: '127.0.0.1', port: 0 });
   });
 
-  it('defaults management to http://0.0.0.0:9090 and ext_authz to 127.0.0.1:9191, both enabled, and lets them be disabled', () => {
+  it('defaults management to http://0.0.0.0:9090 (no GC histogram) and ext_authz to 127.0.0.1:9191, both enabled, and lets them be disabled', () => {
     const cfg = ok(load());
-    expect(cfg.sidecar.management).to.deep.equal({ enabled: true, address: { host: '0.0.0.0', port: 9090 } });
+    expect(cfg.sidecar.management).to.deep.equal({ enabled: true, address: { host: '0.0.0.0', port: 9090 }, gcMetrics: false });
+    expect(ok(load({ Sidecar__Management__GcMetrics: 'true' })).sidecar.management.gcMetrics).to.equal(true);
+    expect(errorsOf(load({ Sidecar__Management__GcMetrics: 'sometimes' })).join('\n')).to.contain('Sidecar:Management:GcMetrics');
     expect(cfg.sidecar.extAuthz.enabled).to.equal(true);
     expect(cfg.sidecar.extAuthz.address).to.deep.equal({ host: '127.0.0.1', port: 9191 });
     const off = ok(load({ Sidecar__Management__Enabled: 'false', Sidecar__ExtAuthz__Enabled: 'False', Sidecar__ExtAuthz__Address: 'nonsense' }));

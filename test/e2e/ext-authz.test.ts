@@ -172,6 +172,26 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     expect(m.text).to.match(/entra_sidecar_signing_keys_refreshes_total\{outcome="ok"\} [1-9]/);
     expect(m.text).to.match(/entra_sidecar_token_cache_hits_total [1-9]/);
     expect(m.text).to.match(/entra_sidecar_token_validation_failures_total\{reason="token_expired"\} 1/);
+    // Node's process metrics, without the GC histogram unless Sidecar:Management:GcMetrics asks for it.
+    expect(m.text).to.match(/^nodejs_eventloop_lag_p99_seconds \d/m);
+    expect(m.text).to.not.match(/nodejs_gc_duration_seconds/);
+  });
+});
+
+describe('Sidecar:Management:GcMetrics (built sidecar)', function () {
+  this.timeout(30_000);
+  it('adds nodejs_gc_duration_seconds to /metrics', async () => {
+    const emu = await startEmulator();
+    const s = await startSidecar(sidecarEnv(emu, { Sidecar__Management__GcMetrics: 'true' }));
+    try {
+      const m = await call(`http://127.0.0.1:${s.listening.management!.port}/metrics`);
+      expect(m.status).to.equal(200);
+      expect(m.text).to.match(/^# TYPE nodejs_gc_duration_seconds histogram$/m);
+      expect(m.text).to.match(/^nodejs_eventloop_lag_p99_seconds \d/m);
+    } finally {
+      await s.stop();
+      await emu.close();
+    }
   });
 });
 

@@ -80,6 +80,21 @@ describe('metrics: exposition', () => {
     expect(without).to.not.match(/process_|nodejs_/);
   });
 
+  it("exports every one of prom-client's default metrics but the GC histogram, which gcDuration adds", async () => {
+    const { Registry, collectDefaultMetrics } = await import('prom-client');
+    const families = (text: string): string[] => [...text.matchAll(/^# TYPE ((?:process_|nodejs_)\S+) \S+$/gm)].map((m) => m[1]).sort();
+    const reference = new Registry();
+    collectDefaultMetrics({ register: reference });
+    const all = families(await reference.metrics());
+    expect(all).to.include('nodejs_gc_duration_seconds');
+    const lean = families(await createMetrics({ version: 'x', collectProcess: true }).render());
+    expect(lean).to.deep.equal(all.filter((name) => name !== 'nodejs_gc_duration_seconds'));
+    const withGc = families(await createMetrics({ version: 'x', collectProcess: true, gcDuration: true }).render());
+    expect(withGc).to.deep.equal(all);
+    // gcDuration alone adds nothing: it only widens the process metrics.
+    expect(await createMetrics({ version: 'x', gcDuration: true }).render()).to.not.match(/process_|nodejs_/);
+  });
+
   it('sets build_info to 1 with the version and the Node.js version', async () => {
     const text = await createMetrics({ version: '9.8.7', collectProcess: false }).render();
     expect(sample(text, `entra_sidecar_build_info{version="9.8.7",node="${process.versions.node}"}`)).to.equal(1);
