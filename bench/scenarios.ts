@@ -18,12 +18,16 @@ import {
   startBaselineGrpc,
   startBaselineHttp,
   startBenchSidecar,
+  startVerifyOnlyGrpc,
+  writeEmulatorJwks,
   waitReady,
   writeCheckFrames,
   type BenchContext,
   type BenchSidecar,
 } from './setup.js';
-import { CHECK_PATH } from './wire.js';
+import { Metadata } from '@grpc/grpc-js';
+import { createAuthorizationClient } from '../src/extauthz/protos.js';
+import { CHECK_PATH, envoyCheckRequest } from './wire.js';
 
 /** Processes and tokens that several scenarios share within one run (started on first use). */
 export class SharedFixtures {
@@ -125,6 +129,20 @@ function ms(n: number): string {
 /** A correctness probe: `count` warm Checks, every answer decoded; returns errors + wrong answers. */
 async function probeChecks(ctx: BenchContext, url: string, framesFile: string, injectedHeader: string | undefined, count = 300): Promise<LoadgenResult> {
   return runLoadgen(ctx, { target: url, mode: 'closed', connections: 2, framesFile, concurrency: 8, count, sampleEvery: 1, ...(injectedHeader ? { injectedHeader } : {}) });
+}
+
+/** One Check with `token` over a grpc-js client; resolves with the CheckResponse's status code. */
+async function checkOnce(url: string, token: string): Promise<number> {
+  const client = createAuthorizationClient(url.replace(/^http:\/\//, ''));
+  try {
+    return await new Promise<number>((resolve, reject) => {
+      client.Check(envoyCheckRequest({ token, contextExtensions: WARM_CONTEXT }), new Metadata(), { deadline: Date.now() + 10_000 }, (err, res) =>
+        err ? reject(err) : resolve(Number((res?.status as { code?: number } | undefined)?.code ?? 0)),
+      );
+    });
+  } finally {
+    client.close();
+  }
 }
 
 /** Requests in flight in the Node client's closed loop: as many as h2load keeps (connections × streams). */
@@ -271,71 +289,93 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
   const { ctx } = shared;
   const b = ctx.budget;
   const [sidecar, baseline, pool] = await Promise.all([shared.sidecar(), shared.baselineGrpc(), shared.tokenPool()]);
-  const per = b.firstSightPerRound;
-  const warmFrames = await writeCheckFrames(ctx, 'first-sight-warmup', pool.slice(0, FIRST_SIGHT_WARMUP), WARM_CONTEXT);
-  const roundFrames: string[] = [];
-  for (let r = 0; r < b.firstSightRounds; r++) {
-    const slice = pool.slice(FIRST_SIGHT_WARMUP + r * per, FIRST_SIGHT_WARMUP + (r + 1) * per);
-    roundFrames.push(await writeCheckFrames(ctx, `first-sight-${r}`, slice, WARM_CONTEXT));
-  }
-  const concurrency = CLOSED_LOOP_IN_FLIGHT;
-  const closed = (url: string, framesFile: string, count: number, injectedHeader?: string) => closedLoop(ctx, url, framesFile, count, injectedHeader);
-
-  ctx.log(`check-first-sight: ${b.firstSightRounds} rounds × ${per} distinct tokens`);
-  // Warm-up: the sidecar sees the warm-up tokens once (never again); the NOP server gets the same requests.
-  await closed(sidecar.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP, INJECTED_HEADER);
-  await closed(baseline.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP * 4);
-  const side: LoadgenResult[] = [];
-  const nop: LoadgenResult[] = [];
-  const sideCpu: number[] = [];
-  const nopCpu: number[] = [];
-  for (let r = 0; r < b.firstSightRounds; r++) {
-    // The NOP server gets the same frames, cycled to about as many seconds of load as it needs.
-    const measured = async (pid: number, run: () => Promise<LoadgenResult>, into: LoadgenResult[], cpu: number[]) => {
-      const c0 = cpuSeconds(pid);
-      const res = await run();
-      cpu.push(cpuPerRequestUs(c0, cpuSeconds(pid), res.completed));
-      into.push(res);
-    };
-    const runNop = () => measured(baseline.pid, () => closed(baseline.grpcUrl, roundFrames[r], per * 3), nop, nopCpu);
-    const runSide = () => measured(sidecar.pid, () => closed(sidecar.grpcUrl, roundFrames[r], per, INJECTED_HEADER), side, sideCpu);
-    if (r % 2 === 0) {
-      await runNop();
-      await runSide();
-    } else {
-      await runSide();
-      await runNop();
+  // The verify-only reference: what any server must do for a new token, and nothing else.
+  const verifyOnly = await startVerifyOnlyGrpc(ctx, await writeEmulatorJwks(ctx, pool[0]));
+  try {
+    const per = b.firstSightPerRound;
+    const warmFrames = await writeCheckFrames(ctx, 'first-sight-warmup', pool.slice(0, FIRST_SIGHT_WARMUP), WARM_CONTEXT);
+    const roundFrames: string[] = [];
+    for (let r = 0; r < b.firstSightRounds; r++) {
+      const slice = pool.slice(FIRST_SIGHT_WARMUP + r * per, FIRST_SIGHT_WARMUP + (r + 1) * per);
+      roundFrames.push(await writeCheckFrames(ctx, `first-sight-${r}`, slice, WARM_CONTEXT));
     }
+    const concurrency = CLOSED_LOOP_IN_FLIGHT;
+    const closed = (url: string, framesFile: string, count: number, injectedHeader?: string) => closedLoop(ctx, url, framesFile, count, injectedHeader);
+
+    // The reference must really verify: a forged signature is denied, a valid token allowed.
+    const [h, p, sig] = pool[0].split('.');
+    const forged = `${h}.${p}.${sig.slice(0, -4)}${sig.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
+    const probe = await checkOnce(verifyOnly.grpcUrl, forged);
+    const valid = await checkOnce(verifyOnly.grpcUrl, pool[0]);
+    if (probe !== 16 || valid !== 0) throw new Error(`the verify-only reference answered ${probe} to a forged token and ${valid} to a valid one (want 16 and 0)`);
+
+    ctx.log(`check-first-sight: ${b.firstSightRounds} rounds × ${per} distinct tokens`);
+    // Warm-up: the sidecar sees the warm-up tokens once (never again); the references get the same requests.
+    await closed(sidecar.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP, INJECTED_HEADER);
+    await closed(baseline.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP * 4);
+    await closed(verifyOnly.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP);
+    const side: LoadgenResult[] = [];
+    const nop: LoadgenResult[] = [];
+    const ver: LoadgenResult[] = [];
+    const sideCpu: number[] = [];
+    const nopCpu: number[] = [];
+    const verCpu: number[] = [];
+    for (let r = 0; r < b.firstSightRounds; r++) {
+      const measured = async (pid: number, run: () => Promise<LoadgenResult>, into: LoadgenResult[], cpu: number[]) => {
+        const c0 = cpuSeconds(pid);
+        const res = await run();
+        cpu.push(cpuPerRequestUs(c0, cpuSeconds(pid), res.completed));
+        into.push(res);
+      };
+      // The NOP server gets the same frames, cycled to about as many seconds of load as it needs.
+      const runs = [
+        () => measured(baseline.pid, () => closed(baseline.grpcUrl, roundFrames[r], per * 3), nop, nopCpu),
+        () => measured(verifyOnly.pid, () => closed(verifyOnly.grpcUrl, roundFrames[r], per), ver, verCpu),
+        () => measured(sidecar.pid, () => closed(sidecar.grpcUrl, roundFrames[r], per, INJECTED_HEADER), side, sideCpu),
+      ];
+      for (const run of r % 2 === 0 ? runs : [...runs].reverse()) await run();
+    }
+    const figures: Figure[] = [
+      figure('saturation (Node client)', 'nop-grpc', 'req/s', nop.map((x) => x.rps)),
+      figure('saturation (Node client)', 'verify-only grpc-js', 'req/s', ver.map((x) => x.rps)),
+      figure('saturation (Node client)', 'sidecar first sight', 'req/s', side.map((x) => x.rps)),
+    ];
+    const ratio = spread(pairedRatios(side.map((x) => x.rps), nop.map((x) => x.rps)));
+    const verRatio = spread(pairedRatios(ver.map((x) => x.rps), nop.map((x) => x.rps)));
+    figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
+    figures.push({ figure: 'saturation ratio', candidate: 'verify-only / nop', unit: '×', value: verRatio });
+    figures.push({ figure: 'saturation ratio', candidate: 'sidecar / verify-only', unit: '×', value: spread(pairedRatios(side.map((x) => x.rps), ver.map((x) => x.rps))) });
+    figures.push(figure('server CPU per request', 'nop-grpc', 'µs', nopCpu));
+    figures.push(figure('server CPU per request', 'verify-only grpc-js', 'µs', verCpu));
+    figures.push(figure('server CPU per request', 'sidecar first sight', 'µs', sideCpu));
+    const busy = cpuFigures('sidecar first sight', side.map((x) => x.rps), sideCpu, nop.map((x) => x.rps), nopCpu);
+    figures.push(busy[0], busy[1], figure('server busy (share of its core)', 'verify-only grpc-js', '%', busyPercent(ver.map((x) => x.rps), verCpu)), busy[2]);
+    figures.push({ figure: 'CPU per request ratio', candidate: 'nop µs / verify-only µs', unit: '×', value: spread(pairedRatios(nopCpu, verCpu)) });
+    figures.push(figure(`p50 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p50)));
+    figures.push(figure(`p99 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p99)));
+    const errors = side.reduce((a, x) => a + x.errors + x.incorrect, 0);
+    const refErrors = [...nop, ...ver].reduce((a, x) => a + x.errors + x.incorrect, 0);
+    const notes = [
+      `each round sends ${per} tokens never seen before (distinct uti claim, so the verified-token cache cannot hit); the downstream app token stays cached.`,
+      `load from the Node HTTP/2 client (h2load sends one fixed body) with ${concurrency} requests in flight; the NOP figure is therefore also capped by this client.`,
+      `verify-only grpc-js: the NOP server plus, per Check, the bearer token's header and payload decoded and its RS256 signature verified (a forged one is denied: probed before the load); no other rule, no downstream token. The least any server does for a new token; ${verRatio.median.toFixed(2)}× the NOP here.`,
+      ...clientPaceNote(busy),
+      ...(refErrors > 0 ? [`the reference servers answered ${refErrors} requests wrongly or not at all`] : []),
+    ];
+    return {
+      name: 'check-first-sight',
+      title: 'ext_authz Check, first sight of each token (RS256 verify every request) vs do-nothing grpc-js, and a verify-only reference',
+      figures,
+      targets: [
+        { target: 'first-sight Check ≥ 0.70× NOP', measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)})`, met: ratio.median >= 0.7 },
+        { target: 'zero errors (first-sight Check)', measured: String(errors), met: errors === 0 },
+      ],
+      notes,
+      details: { sidecar: side, nop, verifyOnly: ver },
+    };
+  } finally {
+    await verifyOnly.stop();
   }
-  const figures: Figure[] = [
-    figure('saturation (Node client)', 'nop-grpc', 'req/s', nop.map((x) => x.rps)),
-    figure('saturation (Node client)', 'sidecar first sight', 'req/s', side.map((x) => x.rps)),
-  ];
-  const ratio = spread(pairedRatios(side.map((x) => x.rps), nop.map((x) => x.rps)));
-  figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
-  figures.push(figure('server CPU per request', 'nop-grpc', 'µs', nopCpu));
-  figures.push(figure('server CPU per request', 'sidecar first sight', 'µs', sideCpu));
-  const busy = cpuFigures('sidecar first sight', side.map((x) => x.rps), sideCpu, nop.map((x) => x.rps), nopCpu);
-  figures.push(...busy);
-  figures.push(figure(`p50 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p50)));
-  figures.push(figure(`p99 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p99)));
-  const errors = side.reduce((a, x) => a + x.errors + x.incorrect, 0);
-  const notes = [
-    `each round sends ${per} tokens never seen before (distinct uti claim, so the verified-token cache cannot hit); the downstream app token stays cached.`,
-    `load from the Node HTTP/2 client (h2load sends one fixed body) with ${concurrency} requests in flight; the NOP figure is therefore also capped by this client.`,
-    ...clientPaceNote(busy),
-  ];
-  return {
-    name: 'check-first-sight',
-    title: 'ext_authz Check, first sight of each token (RS256 verify every request) vs do-nothing grpc-js',
-    figures,
-    targets: [
-      { target: 'first-sight Check ≥ 0.70× NOP', measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)})`, met: ratio.median >= 0.7 },
-      { target: 'zero errors (first-sight Check)', measured: String(errors), met: errors === 0 },
-    ],
-    notes,
-    details: { sidecar: side, nop },
-  };
 }
 
 // ---------------------------------------------------------------------------------------------

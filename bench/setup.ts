@@ -4,6 +4,7 @@
  * the baselines pinned to the server core, the load generator process, and frame files.
  */
 import { readFileSync } from 'node:fs';
+import https from 'node:https';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -164,6 +165,34 @@ export async function waitReady(sidecar: BenchSidecar, timeoutMs = 20_000): Prom
 export async function startBaselineGrpc(ctx: Pick<BenchContext, 'place'>): Promise<RunningServer & { grpcUrl: string }> {
   const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js')], { PATH: process.env.PATH });
   return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
+}
+
+/** Starts the verify-only reference Check server (baseline-grpc.ts with a JWKS file) pinned to the server core. */
+export async function startVerifyOnlyGrpc(ctx: Pick<BenchContext, 'place'>, jwksFile: string): Promise<RunningServer & { grpcUrl: string }> {
+  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js'), '0', jwksFile], { PATH: process.env.PATH });
+  return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
+}
+
+/** Fetches the signing keys that verify `token` (from its issuer's metadata at the emulator) into a scratch file; returns its path. */
+export async function writeEmulatorJwks(ctx: Pick<BenchContext, 'scratch' | 'emu'>, token: string): Promise<string> {
+  const { iss } = JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString('utf8')) as { iss: string };
+  const getJson = (url: string) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const req = https.get(url, { ca: ctx.emu.caPem, timeout: 10_000 }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          if (res.statusCode !== 200) reject(new Error(`GET ${url}: HTTP ${res.statusCode}`));
+          else resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>);
+        });
+      });
+      req.on('timeout', () => req.destroy(new Error(`GET ${url}: timed out`)));
+      req.on('error', reject);
+    });
+  const metadata = await getJson(`${iss.replace(/\/$/, '')}/.well-known/openid-configuration`);
+  const file = path.join(ctx.scratch, 'jwks.json');
+  await writeFile(file, JSON.stringify(await getJson(String(metadata.jwks_uri))), { mode: 0o600 });
+  return file;
 }
 
 /** Starts the bare node:http server answering a JSON body of `bodyBytes`. */
