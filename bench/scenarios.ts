@@ -91,6 +91,8 @@ const H2LOAD_STREAMS = 8;
 const WRK_CONNECTIONS = 16;
 /** Sidecar:Validation:VerifiedTokenCacheSize's default: the callers a full cache holds. */
 const FULL_CACHE_CALLERS = 10_000;
+/** Pause before each measured wrk round (see httpWarm). */
+const HTTP_SETTLE_MS = 1000;
 
 function figure(figureName: string, candidate: string, unit: string, values: number[]): Figure {
   return { figure: figureName, candidate, unit, value: spread(values) };
@@ -414,21 +416,32 @@ export async function httpWarm(shared: SharedFixtures): Promise<Omit<ScenarioRes
     const baseline = await startBaselineHttp(ctx, Buffer.byteLength(body));
     try {
       const candidates = [
-        { name: 'bare node:http', url: baseline.httpUrl + route.path },
-        { name: 'sidecar', url: sidecar.httpUrl + route.path },
+        { name: 'bare node:http', url: baseline.httpUrl + route.path, pid: baseline.pid },
+        { name: 'sidecar', url: sidecar.httpUrl + route.path, pid: sidecar.pid },
       ];
       ctx.log(`http-warm ${route.name}: ${b.rounds} rounds × ${b.httpSec} s per candidate`);
       const wrk = (url: string, sec: number) => runWrk(ctx.place.load, { url, durationSec: sec, connections: WRK_CONNECTIONS, headers });
       for (const c of candidates) await wrk(c.url, b.warmupSec);
       const results: Record<string, SaturationResult[]> = { 'bare node:http': [], sidecar: [] };
+      const cpuUs: Record<string, number[]> = { 'bare node:http': [], sidecar: [] };
       for (let r = 0; r < b.rounds; r++) {
-        for (const c of r % 2 === 0 ? candidates : [...candidates].reverse()) results[c.name].push(await wrk(c.url, b.httpSec));
+        for (const c of r % 2 === 0 ? candidates : [...candidates].reverse()) {
+          // A server that has just been under load keeps working on the shared core for a moment
+          // (V8 finishing compilations and sweeping); let that pass before the other one is measured.
+          await sleep(HTTP_SETTLE_MS);
+          const c0 = cpuSeconds(c.pid);
+          const res = await wrk(c.url, b.httpSec);
+          cpuUs[c.name].push(cpuPerRequestUs(c0, cpuSeconds(c.pid), res.requests));
+          results[c.name].push(res);
+        }
       }
       const rpsOf = (n: string) => results[n].map((x) => x.rps);
       figures.push(figure(`${route.name} saturation`, 'bare node:http', 'req/s', rpsOf('bare node:http')));
       figures.push(figure(`${route.name} saturation`, 'sidecar', 'req/s', rpsOf('sidecar')));
       const ratio = spread(pairedRatios(rpsOf('sidecar'), rpsOf('bare node:http')));
       figures.push({ figure: `${route.name} ratio`, candidate: 'sidecar / bare', unit: '×', value: ratio });
+      figures.push(figure(`${route.name} server CPU per request`, 'bare node:http', 'µs', cpuUs['bare node:http']));
+      figures.push(figure(`${route.name} server CPU per request`, 'sidecar', 'µs', cpuUs.sidecar));
       figures.push(figure(`${route.name} p99 at saturation (wrk, closed loop)`, 'sidecar', 'ms', results.sidecar.map((x) => x.p99Ms ?? Number.NaN)));
       const errors = results.sidecar.reduce((a, x) => a + x.errors, 0);
       targets.push({ target: `HTTP ${route.name} warm ≥ 0.85× bare node:http`, measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)}), ${errors} errors`, met: ratio.median >= 0.85 && errors === 0 });
