@@ -25,8 +25,8 @@ import {
   type BenchContext,
   type BenchSidecar,
 } from './setup.js';
-import { Metadata } from '@grpc/grpc-js';
 import { createAuthorizationClient } from '../src/extauthz/protos.js';
+import { check } from '../test/extauthz/fixtures.js';
 import { CHECK_PATH, envoyCheckRequest } from './wire.js';
 
 /** Processes and tokens that several scenarios share within one run (started on first use). */
@@ -133,15 +133,11 @@ async function probeChecks(ctx: BenchContext, url: string, framesFile: string, i
   return runLoadgen(ctx, { target: url, mode: 'closed', connections: 2, framesFile, concurrency: 8, count, sampleEvery: 1, ...(injectedHeader ? { injectedHeader } : {}) });
 }
 
-/** One Check with `token` over a grpc-js client; resolves with the CheckResponse's status code. */
+/** One Check with `token` over a grpc-js client (the tests' `check()`); resolves with the CheckResponse's status code. */
 async function checkOnce(url: string, token: string): Promise<number> {
   const client = createAuthorizationClient(url.replace(/^http:\/\//, ''));
   try {
-    return await new Promise<number>((resolve, reject) => {
-      client.Check(envoyCheckRequest({ token, contextExtensions: WARM_CONTEXT }), new Metadata(), { deadline: Date.now() + 10_000 }, (err, res) =>
-        err ? reject(err) : resolve(Number((res?.status as { code?: number } | undefined)?.code ?? 0)),
-      );
-    });
+    return Number((await check(client, envoyCheckRequest({ token, contextExtensions: WARM_CONTEXT }), 10_000)).status?.code ?? 0);
   } finally {
     client.close();
   }
@@ -316,47 +312,46 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
     await closed(sidecar.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP, INJECTED_HEADER);
     await closed(baseline.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP * 4);
     await closed(verifyOnly.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP);
-    const side: LoadgenResult[] = [];
-    const nop: LoadgenResult[] = [];
-    const ver: LoadgenResult[] = [];
-    const sideCpu: number[] = [];
-    const nopCpu: number[] = [];
-    const verCpu: number[] = [];
+    // One record per server; the NOP gets the same frames, cycled to about as many seconds of load as it needs.
+    const measuredServer = (server: RunningServer & { grpcUrl: string }, count: number, injectedHeader?: string) => ({
+      server,
+      count,
+      injectedHeader,
+      results: [] as LoadgenResult[],
+      cpuUs: [] as number[],
+    });
+    const nop = measuredServer(baseline, per * 3);
+    const ver = measuredServer(verifyOnly, per);
+    const side = measuredServer(sidecar, per, INJECTED_HEADER);
     for (let r = 0; r < b.firstSightRounds; r++) {
-      const measured = async (pid: number, run: () => Promise<LoadgenResult>, into: LoadgenResult[], cpu: number[]) => {
-        const c0 = cpuSeconds(pid);
-        const res = await run();
-        cpu.push(cpuPerRequestUs(c0, cpuSeconds(pid), res.completed));
-        into.push(res);
-      };
-      // The NOP server gets the same frames, cycled to about as many seconds of load as it needs.
-      const runs = [
-        () => measured(baseline.pid, () => closed(baseline.grpcUrl, roundFrames[r], per * 3), nop, nopCpu),
-        () => measured(verifyOnly.pid, () => closed(verifyOnly.grpcUrl, roundFrames[r], per), ver, verCpu),
-        () => measured(sidecar.pid, () => closed(sidecar.grpcUrl, roundFrames[r], per, INJECTED_HEADER), side, sideCpu),
-      ];
-      for (const run of r % 2 === 0 ? runs : [...runs].reverse()) await run();
+      for (const m of r % 2 === 0 ? [nop, ver, side] : [side, ver, nop]) {
+        const c0 = cpuSeconds(m.server.pid);
+        const res = await closed(m.server.grpcUrl, roundFrames[r], m.count, m.injectedHeader);
+        m.cpuUs.push(cpuPerRequestUs(c0, cpuSeconds(m.server.pid), res.completed));
+        m.results.push(res);
+      }
     }
+    const rps = (m: { results: LoadgenResult[] }) => m.results.map((x) => x.rps);
     const figures: Figure[] = [
-      figure('saturation (Node client)', 'nop-grpc', 'req/s', nop.map((x) => x.rps)),
-      figure('saturation (Node client)', 'verify-only grpc-js', 'req/s', ver.map((x) => x.rps)),
-      figure('saturation (Node client)', 'sidecar first sight', 'req/s', side.map((x) => x.rps)),
+      figure('saturation (Node client)', 'nop-grpc', 'req/s', rps(nop)),
+      figure('saturation (Node client)', 'verify-only grpc-js', 'req/s', rps(ver)),
+      figure('saturation (Node client)', 'sidecar first sight', 'req/s', rps(side)),
     ];
-    const ratio = spread(pairedRatios(side.map((x) => x.rps), nop.map((x) => x.rps)));
-    const verRatio = spread(pairedRatios(ver.map((x) => x.rps), nop.map((x) => x.rps)));
+    const ratio = spread(pairedRatios(rps(side), rps(nop)));
+    const verRatio = spread(pairedRatios(rps(ver), rps(nop)));
     figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
     figures.push({ figure: 'saturation ratio', candidate: 'verify-only / nop', unit: '×', value: verRatio });
-    figures.push({ figure: 'saturation ratio', candidate: 'sidecar / verify-only', unit: '×', value: spread(pairedRatios(side.map((x) => x.rps), ver.map((x) => x.rps))) });
-    figures.push(figure('server CPU per request', 'nop-grpc', 'µs', nopCpu));
-    figures.push(figure('server CPU per request', 'verify-only grpc-js', 'µs', verCpu));
-    figures.push(figure('server CPU per request', 'sidecar first sight', 'µs', sideCpu));
-    const busy = cpuFigures('sidecar first sight', side.map((x) => x.rps), sideCpu, nop.map((x) => x.rps), nopCpu);
-    figures.push(busy[0], busy[1], figure('server busy (share of its core)', 'verify-only grpc-js', '%', busyPercent(ver.map((x) => x.rps), verCpu)), busy[2]);
-    figures.push({ figure: 'CPU per request ratio', candidate: 'nop µs / verify-only µs', unit: '×', value: spread(pairedRatios(nopCpu, verCpu)) });
-    figures.push(figure(`p50 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p50)));
-    figures.push(figure(`p99 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.map((x) => x.latencyMs.p99)));
-    const errors = side.reduce((a, x) => a + x.errors + x.incorrect, 0);
-    const refErrors = [...nop, ...ver].reduce((a, x) => a + x.errors + x.incorrect, 0);
+    figures.push({ figure: 'saturation ratio', candidate: 'sidecar / verify-only', unit: '×', value: spread(pairedRatios(rps(side), rps(ver))) });
+    figures.push(figure('server CPU per request', 'nop-grpc', 'µs', nop.cpuUs));
+    figures.push(figure('server CPU per request', 'verify-only grpc-js', 'µs', ver.cpuUs));
+    figures.push(figure('server CPU per request', 'sidecar first sight', 'µs', side.cpuUs));
+    const busy = cpuFigures('sidecar first sight', rps(side), side.cpuUs, rps(nop), nop.cpuUs);
+    figures.push(busy[0], busy[1], figure('server busy (share of its core)', 'verify-only grpc-js', '%', busyPercent(rps(ver), ver.cpuUs)), busy[2]);
+    figures.push({ figure: 'CPU per request ratio', candidate: 'nop µs / verify-only µs', unit: '×', value: spread(pairedRatios(nop.cpuUs, ver.cpuUs)) });
+    figures.push(figure(`p50 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.results.map((x) => x.latencyMs.p50)));
+    figures.push(figure(`p99 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.results.map((x) => x.latencyMs.p99)));
+    const errors = side.results.reduce((a, x) => a + x.errors + x.incorrect, 0);
+    const refErrors = [...nop.results, ...ver.results].reduce((a, x) => a + x.errors + x.incorrect, 0);
     const notes = [
       `each round sends ${per} tokens never seen before (distinct uti claim, so the verified-token cache cannot hit); the downstream app token stays cached.`,
       `load from the Node HTTP/2 client (h2load sends one fixed body) with ${concurrency} requests in flight; the NOP figure is therefore also capped by this client.`,
@@ -373,7 +368,7 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
         { target: 'zero errors (first-sight Check)', measured: String(errors), met: errors === 0 },
       ],
       notes,
-      details: { sidecar: side, nop, verifyOnly: ver },
+      details: { sidecar: side.results, nop: nop.results, verifyOnly: ver.results },
     };
   } finally {
     await verifyOnly.stop();

@@ -4,11 +4,11 @@
  * the baselines pinned to the server core, the load generator process, and frame files.
  */
 import { readFileSync } from 'node:fs';
-import https from 'node:https';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { Agent, fetch } from 'undici';
 import type { Emulator } from '../emulator/index.js';
 import { sidecarEnv as testSidecarEnv } from '../test/helpers/e2e.js';
 import { benchDir, repoRoot, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
@@ -176,23 +176,20 @@ export async function startVerifyOnlyGrpc(ctx: Pick<BenchContext, 'place'>, jwks
 /** Fetches the signing keys that verify `token` (from its issuer's metadata at the emulator) into a scratch file; returns its path. */
 export async function writeEmulatorJwks(ctx: Pick<BenchContext, 'scratch' | 'emu'>, token: string): Promise<string> {
   const { iss } = JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString('utf8')) as { iss: string };
-  const getJson = (url: string) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const req = https.get(url, { ca: ctx.emu.caPem, timeout: 10_000 }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          if (res.statusCode !== 200) reject(new Error(`GET ${url}: HTTP ${res.statusCode}`));
-          else resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>);
-        });
-      });
-      req.on('timeout', () => req.destroy(new Error(`GET ${url}: timed out`)));
-      req.on('error', reject);
-    });
-  const metadata = await getJson(`${iss.replace(/\/$/, '')}/.well-known/openid-configuration`);
-  const file = path.join(ctx.scratch, 'jwks.json');
-  await writeFile(file, JSON.stringify(await getJson(String(metadata.jwks_uri))), { mode: 0o600 });
-  return file;
+  const dispatcher = new Agent({ connect: { ca: ctx.emu.caPem } });
+  try {
+    const getJson = async (url: string): Promise<Record<string, unknown>> => {
+      const res = await fetch(url, { dispatcher, signal: AbortSignal.timeout(10_000) });
+      if (res.status !== 200) throw new Error(`GET ${url}: HTTP ${res.status}`);
+      return (await res.json()) as Record<string, unknown>;
+    };
+    const metadata = await getJson(`${iss.replace(/\/$/, '')}/.well-known/openid-configuration`);
+    const file = path.join(ctx.scratch, 'jwks.json');
+    await writeFile(file, JSON.stringify(await getJson(String(metadata.jwks_uri))), { mode: 0o600 });
+    return file;
+  } finally {
+    await dispatcher.close();
+  }
 }
 
 /** Starts the bare node:http server answering a JSON body of `bodyBytes`. */
