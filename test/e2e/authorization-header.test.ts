@@ -240,17 +240,24 @@ describe('token acquisition edge cases (built sidecar)', function () {
 describe('refresh-ahead (built sidecar, short-lived tokens)', function () {
   this.timeout(30_000);
   it('refreshes a token in the background before it expires and keeps serving the old one meanwhile', async () => {
-    const emu = await startEmulator({ tokenLifetimeSec: 8 });
-    const s = await startSidecar(sidecarEnv(emu, { ...apis(emu), Sidecar__TokenCache__ExpiryBufferSec: '1' }));
+    // The cache stores msal's expiresOn, which is `exp` or `exp + 1` (msal rounds the clock where the
+    // emulator floors it), and refreshes after 75 % of the time left when it stores the token. With a
+    // 12 s lifetime and no expiry buffer, one second before `exp` is past the refresh point (at most
+    // iat + 10.1 s even when the first answer took a second) and before expiry, with a second to spare
+    // either way on a slow host.
+    const emu = await startEmulator({ tokenLifetimeSec: 12 });
+    const s = await startSidecar(sidecarEnv(emu, { ...apis(emu), Sidecar__TokenCache__ExpiryBufferSec: '0' }));
     try {
       const url = `${s.url}/AuthorizationHeaderUnauthenticated/downstreamApp`;
       const first = (await call(url)).json().authorizationHeader;
       const base = emu.counters().token;
-      // 75% of 8 s = 6 s: past the refresh point but before expiry.
-      await new Promise((r) => setTimeout(r, 6_500));
+      const exp = decodeJwt(first.slice('Bearer '.length)).exp!;
+      await new Promise((r) => setTimeout(r, Math.max(0, (exp - 1) * 1000 - Date.now())));
       const during = (await call(url)).json().authorizationHeader;
       expect(during).to.equal(first);
-      await new Promise((r) => setTimeout(r, 500));
+      // The background request: wait for it (a slow host may take more than a moment), then no more.
+      for (let waited = 0; emu.counters().token === base && waited < 5_000; waited += 50) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 200));
       expect(emu.counters().token - base).to.equal(1);
       const after = (await call(url)).json().authorizationHeader;
       expect(after).to.not.equal(first);
