@@ -370,17 +370,49 @@ describe('token validator', function () {
 
     it('keeps nothing but a bounded doorkeeper for tokens seen once', async function () {
       const v = await started({}, { verifiedTokenCacheSize: 3 });
-      const tokens = await Promise.all([0, 1, 2, 3, 4].map((i) => mint(entra, { key, claims: { uti: `once${i}` }, nowSec: nowSec() })));
+      const tokens = await Promise.all([0, 1, 2, 3, 4, 5, 6].map((i) => mint(entra, { key, claims: { uti: `once${i}` }, nowSec: nowSec() })));
       for (const t of tokens) await v.validate(t);
       expect(v.stats().cacheSize).to.equal(0);
-      // The doorkeeper holds the last three: t4 is admitted on its second request, t0 was forgotten.
-      await v.validate(tokens[4]);
+      // The doorkeeper holds the last six (twice the cache): t6 is admitted on its second request, t0 was forgotten.
+      await v.validate(tokens[6]);
       expect(v.stats().cacheSize).to.equal(1);
       await v.validate(tokens[0]);
       expect(v.stats().cacheSize).to.equal(1);
       await v.validate(tokens[0]);
       expect(v.stats().cacheSize).to.equal(2);
       expect(v.stats().cacheHits).to.equal(0);
+    });
+
+    it('computes no SHA-256 cache key for a token it has not seen lately', async function () {
+      const v = await started({}, { verifiedTokenCacheSize: 3 });
+      const tokens = await Promise.all([0, 1, 2, 3].map((i) => mint(entra, { key, claims: { uti: `fresh${i}` }, nowSec: nowSec() })));
+      for (const t of tokens) {
+        expect(v.cached(t), 'new: not cached').to.equal(undefined);
+        expect(Object.isFrozen(v.validateNow(t)), 'new: verified, not cached').to.equal(false);
+      }
+      expect(v.stats().cacheKeyDigests, 'four new tokens, no digest').to.equal(0);
+      // Seen before: one digest, then cached; the hit after it needs none (the token was hashed last).
+      const second = await v.validate(tokens[1]);
+      expect(Object.isFrozen(second)).to.equal(true);
+      expect(v.stats().cacheKeyDigests).to.equal(1);
+      expect(await v.validate(tokens[1])).to.equal(second);
+      expect(v.stats().cacheKeyDigests).to.equal(1);
+      expect(v.stats().cacheHits).to.equal(1);
+      // Six more new tokens push the others out of the filter without a digest. tokens[2], cached on
+      // its second verification but never hit (so not in the recently-hit table), is verified again,
+      // not answered wrongly, and found by its digest after that.
+      const cachedTwo = await v.validate(tokens[2]);
+      expect(Object.isFrozen(cachedTwo)).to.equal(true);
+      const digests = v.stats().cacheKeyDigests;
+      const more = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => mint(entra, { key, claims: { uti: `more${i}` }, nowSec: nowSec() })));
+      for (const t of more) await v.validate(t);
+      expect(v.stats().cacheKeyDigests, 'new tokens, no digest').to.equal(digests);
+      const verifies = v.stats().signatureVerifications;
+      expect(await v.validate(tokens[2])).to.deep.equal(cachedTwo);
+      expect(v.stats().signatureVerifications, 'aged out of the filter: verified again').to.equal(verifies + 1);
+      expect(await v.validate(tokens[2])).to.equal(cachedTwo);
+      expect(v.stats().signatureVerifications, 'then found by its digest').to.equal(verifies + 1);
+      expect(await v.validate(tokens[1])).to.deep.equal(second);
     });
 
     it('with the cache off, verifies every request and keeps nothing', async function () {
