@@ -282,7 +282,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
       if (token.raw === token.jws) return token;
     }
     // A token that was new when cached() looked has no key yet.
-    if (cacheKey === '') cacheKey = keyOf(token.raw, recentSlot(token.raw, recentSlots));
+    if (cacheKey === '') cacheKey = digestOf(token.raw);
     cache.set(cacheKey, {
       key: cacheKey,
       token: deepFreeze(token),
@@ -436,10 +436,8 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   let lastHashed = '';
   let lastKey = '';
 
-  /** The cache key of `compact`: from its recently-hit slot when the token there is this one, else the digest. */
-  function keyOf(compact: string, slot: number): string {
-    const seen = recent[slot];
-    if (seen !== undefined && seen.token.raw === compact) return seen.key;
+  /** The cache key of `compact`: its SHA-256, remembered for the token hashed last. */
+  function digestOf(compact: string): string {
     if (compact !== lastHashed) {
       cacheKeyDigests++;
       lastKey = hash('sha256', compact, 'base64');
@@ -448,11 +446,14 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     return lastKey;
   }
 
-  /** keyOf() for a token seen lately; '' for a new one (no digest: nothing cached can be found by it). */
+  /**
+   * The cache key of a token seen lately: from its recently-hit slot when the token there is this
+   * one, else the digest; '' for a new one (no digest: nothing cached can be found by it).
+   */
   function keyIfSeen(compact: string, slot: number): string {
     const held = recent[slot];
     if (held !== undefined && held.token.raw === compact) return held.key;
-    return seen.has(fingerprint(compact)) ? keyOf(compact, slot) : '';
+    return seen.has(fingerprint(compact)) ? digestOf(compact) : '';
   }
 
   /**
