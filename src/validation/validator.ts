@@ -215,6 +215,8 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   const now = deps.now ?? Date.now;
   const skewSec = settings.clockSkewSec;
   const cacheCapacity = Math.max(0, Math.floor(settings.verifiedTokenCacheSize));
+  /** Whether verified tokens are cached at all (admit() decides the rest). */
+  const caching = cacheCapacity > 0;
   const decryptionKeys = deps.decryptionKeys ?? [];
   const cache = new LruMap<string, VerifiedEntry>(cacheCapacity);
   /**
@@ -462,7 +464,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    * token in full (and rejects it with the right error, if it must).
    */
   function cached(compact: string): ValidatedToken | undefined {
-    if (cacheCapacity === 0 || typeof compact !== 'string' || compact.length < 8) return undefined;
+    if (!caching || typeof compact !== 'string' || compact.length < 8) return undefined;
     const slot = recentSlot(compact, recentSlots);
     const key = keyIfSeen(compact, slot);
     if (key === '') return undefined;
@@ -485,11 +487,8 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    */
   function cacheKeyAfterMiss(compact: string): string {
     // A token shorter than 8 characters is never valid and needs none.
-    return cacheCapacity > 0 && compact.length >= 8 ? keyIfSeen(compact, recentSlot(compact, recentSlots)) : '';
+    return caching && compact.length >= 8 ? keyIfSeen(compact, recentSlot(compact, recentSlots)) : '';
   }
-
-  /** Whether verified tokens are cached at all (admit() decides the rest). */
-  const caching = cacheCapacity > 0;
 
   /** The error to throw for a token that failed: a SidecarError as is (logged at debug), anything else as `internal`. */
   function rejected(err: unknown, compact: string): SidecarError {
