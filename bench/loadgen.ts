@@ -1,7 +1,8 @@
 /**
  * The Node gRPC load generator, run as its own process (pinned to the other core) by the bench.
- * It speaks raw HTTP/2 with pre-encoded gRPC frames (no grpc-js on the client side, so the client
- * costs as little CPU as possible) and has two modes:
+ * It sends pre-encoded gRPC frames over its own minimal HTTP/2 client (h2client.ts: no grpc-js and
+ * no node:http2 streams on the client side, so the client costs little CPU and little garbage) and
+ * has two modes:
  *
  * - `open`: a fixed request rate. Request i is due at t0 + i/rate and its latency is measured from
  *   that intended send time, not from when it was actually written, so a stalled server is charged
@@ -14,10 +15,10 @@
  *
  * Usage: node loadgen.js <job.json>; prints one JSON line (LoadgenResult) on stdout.
  */
-import http2 from 'node:http2';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { CHECK_PATH, GRPC_REQUEST_HEADERS, decodeCheckFrame, isExpectedAllow, splitFrames } from './wire.js';
+import { GrpcH2Connection } from './h2client.js';
 import { loadExtAuthzProtos } from '../src/extauthz/protos.js';
 import { summarizeLatencies, type LatencySummary } from './stats.js';
 
@@ -64,12 +65,10 @@ export interface LoadgenResult {
   firstError?: string;
 }
 
-async function connect(target: string): Promise<http2.ClientHttp2Session> {
-  return new Promise((resolve, reject) => {
-    const session = http2.connect(target);
-    session.once('connect', () => resolve(session));
-    session.once('error', reject);
-  });
+async function connect(target: string): Promise<GrpcH2Connection> {
+  const url = new URL(target);
+  if (url.protocol !== 'http:') throw new Error('the load generator speaks cleartext HTTP/2 only: ' + target);
+  return GrpcH2Connection.open(url.hostname, Number(url.port), CHECK_PATH, GRPC_REQUEST_HEADERS);
 }
 
 /** Runs one job against the target and resolves with its result. */
@@ -87,11 +86,11 @@ export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
   // server's caches settle before anything is recorded.
   if (job.mode === 'open' && (job.warmupMs ?? 0) > 0) await runPhase(sessions, frames, { ...job, durationMs: job.warmupMs });
   const result = await runPhase(sessions, frames, job);
-  for (const s of sessions) s.destroy();
+  for (const s of sessions) s.close();
   return result;
 }
 
-async function runPhase(sessions: http2.ClientHttp2Session[], frames: Buffer[], job: LoadgenJob): Promise<LoadgenResult> {
+async function runPhase(sessions: GrpcH2Connection[], frames: Buffer[], job: LoadgenJob): Promise<LoadgenResult> {
   const expectedTotal = job.mode === 'open' ? Math.ceil(((job.rate ?? 0) * (job.durationMs ?? 0)) / 1000) : (job.count ?? frames.length);
   const latencies = new Float64Array(expectedTotal);
   const intendedAt = new Float64Array(expectedTotal);
@@ -103,7 +102,6 @@ async function runPhase(sessions: http2.ClientHttp2Session[], frames: Buffer[], 
   let sampled = 0;
   let firstError: string | undefined;
   let lastDone = 0;
-  const headers = { ':method': 'POST', ':path': CHECK_PATH, ...GRPC_REQUEST_HEADERS };
 
   const fail = (why: string) => {
     errors++;
@@ -116,52 +114,22 @@ async function runPhase(sessions: http2.ClientHttp2Session[], frames: Buffer[], 
     const session = sessions[i % sessions.length];
     const frame = frames[i % frames.length];
     const sample = job.sampleEvery > 0 && i % job.sampleEvery === 0;
-    let status = 0;
-    let grpcStatus: string | undefined;
-    const chunks: Buffer[] = [];
-    let finished = false;
-    const finish = (err?: string) => {
-      if (finished) return;
-      finished = true;
+    session.call(frame, sample, (err, body) => {
       const now = performance.now();
       lastDone = now;
       completed++;
       answered[i] = 1;
       latencies[i] = now - intended;
       if (err !== undefined) fail(err);
-      else if (status !== 200) fail(`HTTP ${status}`);
-      else if (grpcStatus !== '0') fail(`grpc-status ${grpcStatus}`);
       else if (sample) {
         sampled++;
-        if (!isExpectedAllow(decodeCheckFrame(Buffer.concat(chunks)), job.injectedHeader)) {
+        if (!isExpectedAllow(decodeCheckFrame(body ?? Buffer.alloc(0)), job.injectedHeader)) {
           incorrect++;
           firstError ??= 'unexpected response body (not an allow with the injected header)';
         }
       }
       done();
-    };
-    let stream: http2.ClientHttp2Stream;
-    try {
-      stream = session.request(headers);
-    } catch (err) {
-      finish(err instanceof Error ? err.message : String(err));
-      return;
-    }
-    stream.on('response', (h) => {
-      status = Number(h[':status']);
-      // A trailers-only answer (an RPC error) carries grpc-status in the headers.
-      const gs = h['grpc-status'];
-      if (gs !== undefined) grpcStatus = String(gs);
     });
-    stream.on('trailers', (t) => {
-      const gs = t['grpc-status'];
-      if (gs !== undefined) grpcStatus = String(gs);
-    });
-    if (sample) stream.on('data', (c: Buffer) => chunks.push(c));
-    else stream.resume();
-    stream.on('end', () => finish());
-    stream.on('error', (err) => finish(err.message));
-    stream.end(frame);
   }
 
   let maxSendLagMs = 0;

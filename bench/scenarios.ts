@@ -354,7 +354,7 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
     const refErrors = [...nop.results, ...ver.results].reduce((a, x) => a + x.errors + x.incorrect, 0);
     const notes = [
       `each round sends ${per} tokens never seen before (distinct uti claim, so the verified-token cache cannot hit); the downstream app token stays cached.`,
-      `load from the Node HTTP/2 client (h2load sends one fixed body) with ${concurrency} requests in flight; the NOP figure is therefore also capped by this client.`,
+      `load from the Node load generator (h2load sends one fixed body) with ${concurrency} requests in flight over its own HTTP/2 client (bench/h2client.ts), which keeps a server busy at least 90 % of the time unless a note below says otherwise.`,
       `verify-only grpc-js: the NOP server plus, per Check, the bearer token's header and payload decoded and its RS256 signature verified (a forged one is denied: probed before the load); no other rule, no downstream token. The least any server does for a new token; ${verRatio.median.toFixed(2)}× the NOP here.`,
       ...clientPaceNote(busy),
       ...(refErrors > 0 ? [`the reference servers answered ${refErrors} requests wrongly or not at all`] : []),
