@@ -53,7 +53,7 @@ export type CallDone = (error: string | undefined, body: Buffer | undefined) => 
 
 interface Call {
   done: CallDone;
-  keepBody: boolean;
+  /** The DATA received so far, when the caller asked for the body. */
   chunks: Buffer[] | undefined;
   /** 0: awaiting response headers; 1: headers seen; 2: DATA seen. */
   stage: number;
@@ -145,6 +145,8 @@ export class GrpcH2Connection {
   private trailers: Buffer | undefined;
   private failure: string | undefined;
   private corked = false;
+  /** Called on the server's first SETTINGS frame: settles `ready`. */
+  private readonly onSettings: () => void;
   /** Resolves once the server's SETTINGS arrived (and were acknowledged). */
   readonly ready: Promise<void>;
 
@@ -160,7 +162,10 @@ export class GrpcH2Connection {
       settled(err);
       this.fail(`socket error: ${err.message}`);
     });
-    this.socket.on('close', () => this.fail('connection closed'));
+    this.socket.on('close', () => {
+      settled(new Error('connection closed before the server sent its SETTINGS'));
+      this.fail('connection closed');
+    });
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     const settings = Buffer.alloc(18);
     settings.writeUInt16BE(0x1, 0); // HEADER_TABLE_SIZE
@@ -174,12 +179,18 @@ export class GrpcH2Connection {
     this.socket.write(Buffer.concat([PREFACE, frame(FrameType.Settings, 0, 0, settings), frame(FrameType.WindowUpdate, 0, 0, windowUpdate)]));
   }
 
-  private onSettings: () => void;
-
-  /** Connects to `host:port`; calls go to `path` with `headers` (lower-case names). */
-  static async open(host: string, port: number, path: string, headers: Readonly<Record<string, string>>): Promise<GrpcH2Connection> {
+  /**
+   * Connects to `host:port`; calls go to `path` with `headers` (lower-case names). Rejects when the
+   * server has not sent its SETTINGS within `timeoutMs`.
+   */
+  static async open(host: string, port: number, path: string, headers: Readonly<Record<string, string>>, timeoutMs = 5000): Promise<GrpcH2Connection> {
     const c = new GrpcH2Connection(host, port, path, headers);
-    await c.ready;
+    const timer = setTimeout(() => c.socket.destroy(), timeoutMs);
+    try {
+      await c.ready;
+    } finally {
+      clearTimeout(timer);
+    }
     return c;
   }
 
@@ -196,7 +207,7 @@ export class GrpcH2Connection {
       done(`request body of ${message.length} bytes exceeds the server's frame size or stream window`, undefined);
       return;
     }
-    const c: Call = { done, keepBody, chunks: keepBody ? [] : undefined, stage: 0, block: undefined, ended: false };
+    const c: Call = { done, chunks: keepBody ? [] : undefined, stage: 0, block: undefined, ended: false };
     if (this.sendWindow < message.length || this.blocked.length > 0) {
       this.blocked.push([message, c]);
       return;

@@ -102,6 +102,26 @@ describe('bench HTTP/2 client (h2client)', () => {
     expect(refused).to.be.instanceOf(Error);
   });
 
+  it('refuses a peer that closes the connection or never sends its SETTINGS', async () => {
+    const sockets: Socket[] = [];
+    const closer = createServer((sock) => sock.destroy());
+    const mute = createServer((sock) => sockets.push(sock));
+    await Promise.all([closer, mute].map((srv) => new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))));
+    try {
+      const outcome = (port: number, timeoutMs?: number) =>
+        GrpcH2Connection.open('127.0.0.1', port, CHECK_PATH, GRPC_REQUEST_HEADERS, timeoutMs).then(
+          () => 'opened',
+          (err: Error) => err.message,
+        );
+      expect(await outcome((closer.address() as AddressInfo).port)).to.match(/closed|ECONNRESET/);
+      expect(await outcome((mute.address() as AddressInfo).port, 200)).to.match(/closed/);
+    } finally {
+      for (const sock of sockets) sock.destroy();
+      closer.close();
+      mute.close();
+    }
+  });
+
   it('fails the calls in flight when the server goes away', async () => {
     conn = await GrpcH2Connection.open('127.0.0.1', s.port, CHECK_PATH, GRPC_REQUEST_HEADERS);
     expect((await call(conn, frameFor('/ok'))).error).to.equal(undefined);
