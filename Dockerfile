@@ -36,10 +36,12 @@ WORKDIR /app
 ENV NODE_ENV=production
 # Keep V8's old generation well inside the 256Mi container limit of k8s/deployment.yaml (caches are
 # bounded: Sidecar:Validation:VerifiedTokenCacheSize, Sidecar:TokenCache:MaxEntries); raise it with
-# the limit. The young generation is set explicitly to V8's default (16 MB semi-spaces): with only the
-# old-space cap V8 shrinks it to ~1 MB, and the extra scavenges cost ~10 % more CPU per Check (A/B
-# rounds of warm Checks, bench/README.md Findings). `npm run bench` runs the sidecar with this same
-# NODE_OPTIONS (bench/setup.ts reads it here).
+# the limit. The young generation is set explicitly (16 MB semi-spaces, Node 20's default): with only
+# the old-space cap Node 20's V8 shrinks it to ~1 MB, and the extra scavenges cost ~10 % more CPU per
+# Check. Node 24's own default under load is 64 MB semi-spaces: 16 keeps RSS inside the limit at
+# about 12 µs more garbage collection per Check; 32 is a middle way (docs/deployment.md, bench/README.md
+# findings 11 and 31). `npm run bench` runs the sidecar with this same NODE_OPTIONS (bench/setup.ts
+# reads it here).
 ENV NODE_OPTIONS="--max-old-space-size=160 --max-semi-space-size=16"
 # glibc malloc: a fixed mmap threshold, so memory that start-up work (V8's background compiler,
 # TLS) mallocs in large blocks goes back to the kernel when freed. With glibc's sliding threshold
