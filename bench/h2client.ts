@@ -36,6 +36,13 @@ const FrameType = {
   WindowUpdate: 0x8,
   Continuation: 0x9,
 } as const;
+/** SETTINGS parameters this client sends or reads (RFC 9113 §6.5.2). */
+const Setting = {
+  HeaderTableSize: 0x1,
+  EnablePush: 0x2,
+  InitialWindowSize: 0x4,
+  MaxFrameSize: 0x5,
+} as const;
 const END_STREAM = 0x1;
 const ACK = 0x1;
 const END_HEADERS = 0x4;
@@ -51,12 +58,14 @@ const STATUS_200 = 0x88;
 /** The outcome of one call: `error` is undefined on success; `body` is the DATA when asked for. */
 export type CallDone = (error: string | undefined, body: Buffer | undefined) => void;
 
+/** How far an answer has come: nothing yet, its response headers, then at least one DATA frame. */
+type Stage = 'awaiting-headers' | 'headers' | 'data';
+
 interface Call {
   done: CallDone;
   /** The DATA received so far, when the caller asked for the body. */
   chunks: Buffer[] | undefined;
-  /** 0: awaiting response headers; 1: headers seen; 2: DATA seen. */
-  stage: number;
+  stage: Stage;
   /** The header block being assembled across CONTINUATION frames. */
   block: Buffer[] | undefined;
   /** The HEADERS frame of that block carried END_STREAM. */
@@ -96,19 +105,21 @@ function hpackString(s: string): number[] {
   return [...hpackInt(bytes.length, 7, 0), ...bytes];
 }
 
+/** HPACK static-table index of `content-type` (RFC 7541 Appendix A). */
+const CONTENT_TYPE_INDEX = 31;
+
 /**
  * The request header block of a POST to `path`: pseudo-headers first, then `headers`, each a
- * literal without indexing (static-table names where RFC 7541 Appendix A has them).
+ * literal without indexing (by static-table name for content-type, by literal name otherwise).
  */
-export function requestHeaderBlock(authority: string, path: string, headers: Readonly<Record<string, string>>): Buffer {
-  const staticNames: Record<string, number> = { 'content-type': 31, 'user-agent': 58, accept: 19 };
+function requestHeaderBlock(authority: string, path: string, headers: Readonly<Record<string, string>>): Buffer {
   const out: number[] = [0x83, 0x86]; // :method POST (index 3), :scheme http (index 6)
   out.push(...hpackInt(4, 4, 0), ...hpackString(path)); // :path, name index 4
   out.push(...hpackInt(1, 4, 0), ...hpackString(authority)); // :authority, name index 1
   for (const [name, value] of Object.entries(headers)) {
-    const index = staticNames[name.toLowerCase()];
-    if (index !== undefined) out.push(...hpackInt(index, 4, 0));
-    else out.push(0x00, ...hpackString(name.toLowerCase()));
+    const lower = name.toLowerCase();
+    if (lower === 'content-type') out.push(...hpackInt(CONTENT_TYPE_INDEX, 4, 0));
+    else out.push(0x00, ...hpackString(lower));
     out.push(...hpackString(value));
   }
   return Buffer.from(out);
@@ -145,34 +156,32 @@ export class GrpcH2Connection {
   private trailers: Buffer | undefined;
   private failure: string | undefined;
   private corked = false;
-  /** Called on the server's first SETTINGS frame: settles `ready`. */
-  private readonly onSettings: () => void;
+  /** Settles `ready`: with no error on the server's SETTINGS, with one if the socket fails first. */
+  private settle: (err?: Error) => void = () => {};
   /** Resolves once the server's SETTINGS arrived (and were acknowledged). */
-  readonly ready: Promise<void>;
+  private readonly ready: Promise<void>;
 
   private constructor(host: string, port: number, path: string, headers: Readonly<Record<string, string>>) {
     this.headerBlock = requestHeaderBlock(`${host}:${port}`, path, headers);
     this.socket = connect({ host, port, noDelay: true });
-    let settled: (err?: Error) => void = () => {};
     this.ready = new Promise<void>((resolve, reject) => {
-      settled = (err) => (err ? reject(err) : resolve());
+      this.settle = (err) => (err ? reject(err) : resolve());
     });
-    this.onSettings = () => settled();
     this.socket.once('error', (err) => {
-      settled(err);
+      this.settle(err);
       this.fail(`socket error: ${err.message}`);
     });
     this.socket.on('close', () => {
-      settled(new Error('connection closed before the server sent its SETTINGS'));
+      this.settle(new Error('connection closed before the server sent its SETTINGS'));
       this.fail('connection closed');
     });
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     const settings = Buffer.alloc(18);
-    settings.writeUInt16BE(0x1, 0); // HEADER_TABLE_SIZE
+    settings.writeUInt16BE(Setting.HeaderTableSize, 0);
     settings.writeUInt32BE(0, 2);
-    settings.writeUInt16BE(0x2, 6); // ENABLE_PUSH
+    settings.writeUInt16BE(Setting.EnablePush, 6);
     settings.writeUInt32BE(0, 8);
-    settings.writeUInt16BE(0x4, 12); // INITIAL_WINDOW_SIZE
+    settings.writeUInt16BE(Setting.InitialWindowSize, 12);
     settings.writeUInt32BE(MAX_WINDOW, 14);
     const windowUpdate = Buffer.alloc(4);
     windowUpdate.writeUInt32BE(MAX_WINDOW - DEFAULT_WINDOW, 0);
@@ -207,7 +216,7 @@ export class GrpcH2Connection {
       done(`request body of ${message.length} bytes exceeds the server's frame size or stream window`, undefined);
       return;
     }
-    const c: Call = { done, chunks: keepBody ? [] : undefined, stage: 0, block: undefined, ended: false };
+    const c: Call = { done, chunks: keepBody ? [] : undefined, stage: 'awaiting-headers', block: undefined, ended: false };
     if (this.sendWindow < message.length || this.blocked.length > 0) {
       this.blocked.push([message, c]);
       return;
@@ -290,8 +299,8 @@ export class GrpcH2Connection {
         if (c === undefined) return;
         let data = payload;
         if (flags & PADDED) data = payload.subarray(1, payload.length - payload[0]);
-        if (c.stage !== 1 && c.stage !== 2) return this.finish(stream, c, 'DATA before response headers');
-        c.stage = 2;
+        if (c.stage === 'awaiting-headers') return this.finish(stream, c, 'DATA before response headers');
+        c.stage = 'data';
         if (c.chunks !== undefined) c.chunks.push(Buffer.from(data));
         if (flags & END_STREAM) this.finish(stream, c, 'answer ended without trailers (no grpc-status)');
         return;
@@ -330,11 +339,11 @@ export class GrpcH2Connection {
         for (let i = 0; i + 6 <= payload.length; i += 6) {
           const id = payload.readUInt16BE(i);
           const value = payload.readUInt32BE(i + 2);
-          if (id === 0x4) this.peerStreamWindow = value;
-          else if (id === 0x5) this.peerMaxFrame = value;
+          if (id === Setting.InitialWindowSize) this.peerStreamWindow = value;
+          else if (id === Setting.MaxFrameSize) this.peerMaxFrame = value;
         }
         this.socket.write(frame(FrameType.Settings, ACK, 0, Buffer.alloc(0)));
-        this.onSettings();
+        this.settle();
         return;
       }
       case FrameType.Ping:
@@ -358,15 +367,14 @@ export class GrpcH2Connection {
   }
 
   private onHeaderBlock(stream: number, c: Call, block: Buffer): void {
-    const ended = c.ended;
-    if (c.stage === 0) {
+    if (c.stage === 'awaiting-headers') {
       if (block[afterSizeUpdates(block)] !== STATUS_200) return this.finish(stream, c, 'HTTP status other than 200');
-      if (ended) return this.finish(stream, c, 'trailers-only answer (a gRPC error status)');
-      c.stage = 1;
+      if (c.ended) return this.finish(stream, c, 'trailers-only answer (a gRPC error status)');
+      c.stage = 'headers';
       return;
     }
-    if (!ended) return this.finish(stream, c, 'a second header block without END_STREAM');
-    if (c.stage !== 2) return this.finish(stream, c, 'trailers without a message');
+    if (!c.ended) return this.finish(stream, c, 'a second header block without END_STREAM');
+    if (c.stage !== 'data') return this.finish(stream, c, 'trailers without a message');
     const trailers = block.subarray(afterSizeUpdates(block));
     if (this.trailers === undefined) this.trailers = Buffer.from(trailers);
     else if (!this.trailers.equals(trailers)) return this.finish(stream, c, 'trailers differ from the first successful call (grpc-status not 0?)');

@@ -160,7 +160,7 @@ describe('bench HTTP/2 client (h2client)', () => {
     try {
       conn = await GrpcH2Connection.open('127.0.0.1', (fake.address() as AddressInfo).port, CHECK_PATH, GRPC_REQUEST_HEADERS);
       const frame = frameFor('/ok');
-      const settled: Array<Promise<unknown>> = [];
+      const settled: Array<ReturnType<typeof call>> = [];
       for (let i = 0; i < 100; i++) settled.push(call(conn, frame, false));
       const until = async (cond: () => boolean) => {
         for (let i = 0; i < 100 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
@@ -174,7 +174,7 @@ describe('bench HTTP/2 client (h2client)', () => {
       await until(() => dataBytes === 100 * frame.length);
       expect(dataBytes).to.equal(100 * frame.length);
       conn.close();
-      for (const r of (await Promise.all(settled)) as Array<{ error?: string }>) expect(r.error).to.match(/closed/);
+      for (const r of await Promise.all(settled)) expect(r.error).to.match(/closed/);
       conn = undefined;
     } finally {
       peer?.destroy();
