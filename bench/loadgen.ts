@@ -13,23 +13,29 @@
  * Every answer must be HTTP 200 with `grpc-status: 0`; every `sampleEvery`-th body is decoded and
  * must be an allow (status code 0) carrying `injectedHeader` when one is expected.
  *
+ * With `protocol: 'echo'` the same loops send 8-byte messages to the TCP echo floor
+ * (baseline-echo.ts, over echo.ts) instead, and every echo must equal the message sent.
+ *
  * Usage: node loadgen.js <job.json>; prints one JSON line (LoadgenResult) on stdout.
  */
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { CHECK_PATH, GRPC_REQUEST_HEADERS, decodeCheckFrame, isExpectedAllow, splitFrames } from './wire.js';
-import { GrpcH2Connection } from './h2client.js';
+import { GrpcH2Connection, type CallDone } from './h2client.js';
+import { EchoConnection } from './echo.js';
 import { loadExtAuthzProtos } from '../src/extauthz/protos.js';
 import { summarizeLatencies, type LatencySummary } from './stats.js';
 
 export interface LoadgenJob {
-  /** `http://127.0.0.1:PORT` of the gRPC server. */
+  /** `http://127.0.0.1:PORT` of the server. */
   target: string;
+  /** `grpc` (default): Check calls from `framesFile`; `echo`: 8-byte messages to baseline-echo.ts, each checked when it comes back. */
+  protocol?: 'grpc' | 'echo';
   mode: 'open' | 'closed';
   /** HTTP/2 connections, used round robin. */
   connections: number;
-  /** A file of concatenated gRPC frames; requests cycle through them in order. */
-  framesFile: string;
+  /** A file of concatenated gRPC frames; requests cycle through them in order (unused for echo). */
+  framesFile?: string;
   /** open: requests per second and how long to send. */
   rate?: number;
   durationMs?: number;
@@ -65,21 +71,36 @@ export interface LoadgenResult {
   firstError?: string;
 }
 
-async function connect(target: string): Promise<GrpcH2Connection> {
+/** What the two loops need of a connection (GrpcH2Connection, EchoConnection). */
+interface Connection {
+  call(message: Buffer, keepBody: boolean, done: CallDone): void;
+  close(): void;
+}
+
+async function connect(target: string, protocol: 'grpc' | 'echo'): Promise<Connection> {
   const url = new URL(target);
-  if (url.protocol !== 'http:') throw new Error('the load generator speaks cleartext HTTP/2 only: ' + target);
+  if (url.protocol !== 'http:') throw new Error('the load generator speaks cleartext only: ' + target);
+  if (protocol === 'echo') return EchoConnection.open(url.hostname, Number(url.port));
   return GrpcH2Connection.open(url.hostname, Number(url.port), CHECK_PATH, GRPC_REQUEST_HEADERS);
+}
+
+/** The request bodies of a job: its gRPC frames, or one placeholder for echo (EchoConnection writes its own bytes). */
+function framesOf(job: Pick<LoadgenJob, 'protocol' | 'framesFile'>): Buffer[] {
+  if (job.protocol === 'echo') return [Buffer.alloc(0)];
+  if (job.framesFile === undefined) throw new Error('a gRPC job needs a framesFile');
+  return splitFrames(readFileSync(job.framesFile));
 }
 
 /** Runs one job against the target and resolves with its result. */
 export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
-  const frames = splitFrames(readFileSync(job.framesFile));
+  const protocol = job.protocol ?? 'grpc';
+  const frames = framesOf(job);
   if (frames.length === 0) throw new Error('no frames in ' + job.framesFile);
   // Load the protos now: their first use would otherwise stall the event loop mid-measurement.
   loadExtAuthzProtos();
-  const sessions = await Promise.all(Array.from({ length: Math.max(1, job.connections) }, () => connect(job.target)));
+  const sessions = await Promise.all(Array.from({ length: Math.max(1, job.connections) }, () => connect(job.target, protocol)));
   if (job.prime) {
-    const primeFrames = splitFrames(readFileSync(job.prime.framesFile));
+    const primeFrames = framesOf({ protocol, framesFile: job.prime.framesFile });
     await runPhase(sessions, primeFrames, { ...job, mode: 'closed', count: job.prime.count, concurrency: job.prime.concurrency, sampleEvery: 1 });
   }
   // Open loop: send at the same rate for a while first, so JIT, connection windows and the
@@ -90,7 +111,7 @@ export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
   return result;
 }
 
-async function runPhase(sessions: GrpcH2Connection[], frames: Buffer[], job: LoadgenJob): Promise<LoadgenResult> {
+async function runPhase(sessions: Connection[], frames: Buffer[], job: LoadgenJob): Promise<LoadgenResult> {
   const expectedTotal = job.mode === 'open' ? Math.ceil(((job.rate ?? 0) * (job.durationMs ?? 0)) / 1000) : (job.count ?? frames.length);
   const latencies = new Float64Array(expectedTotal);
   const intendedAt = new Float64Array(expectedTotal);
@@ -123,7 +144,8 @@ async function runPhase(sessions: GrpcH2Connection[], frames: Buffer[], job: Loa
       if (err !== undefined) fail(err);
       else if (sample) {
         sampled++;
-        if (!isExpectedAllow(decodeCheckFrame(body ?? Buffer.alloc(0)), job.injectedHeader)) {
+        // An echo was compared byte for byte by EchoConnection before it got here.
+        if (job.protocol !== 'echo' && !isExpectedAllow(decodeCheckFrame(body ?? Buffer.alloc(0)), job.injectedHeader)) {
           incorrect++;
           firstError ??= 'unexpected response body (not an allow with the injected header)';
         }

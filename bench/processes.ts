@@ -46,10 +46,30 @@ export function placement(cores: number): Placement {
   return { server: [], load: [], description: 'not pinned (taskset missing or a single core)' };
 }
 
+/** Every child spawned here that has not exited yet, for killAllChildren(). */
+const children = new Set<ChildProcess>();
+
 /** Spawns `argv` behind a pinning prefix. */
 export function spawnPinned(prefix: string[], argv: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): ChildProcess {
   const full = [...prefix, ...argv];
-  return spawn(full[0], full.slice(1), { env: opts.env ?? process.env, cwd: opts.cwd ?? repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(full[0], full.slice(1), { env: opts.env ?? process.env, cwd: opts.cwd ?? repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  // A failed spawn (command missing) emits 'error' and never 'exit'.
+  child.once('error', () => children.delete(child));
+  return child;
+}
+
+/**
+ * Kills every child still running, synchronously (for an interrupted bench, which must not leave
+ * servers or load generators behind). A child stopped for a latency round is continued first,
+ * though SIGKILL does not need it.
+ */
+export function killAllChildren(): void {
+  for (const child of children) {
+    child.kill('SIGCONT');
+    child.kill('SIGKILL');
+  }
 }
 
 

@@ -12,12 +12,12 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { spawnSync } from 'node:child_process';
 import { startEmulator } from '../emulator/index.js';
-import { hasCommand, placement, repoRoot, sidecarEntry } from './processes.js';
+import { hasCommand, killAllChildren, placement, repoRoot, sidecarEntry } from './processes.js';
 import { renderTop, topSelfTime } from './profile.js';
 import { renderMarkdown, renderText, type BenchReport, type ScenarioResult } from './report.js';
 import { SCENARIOS, SharedFixtures } from './scenarios.js';
 import { FULL, QUICK, imageEnv, makeScratch, type BenchContext } from './setup.js';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 
 interface Args {
   quick: boolean;
@@ -100,6 +100,15 @@ async function main(): Promise<void> {
   await mkdir(dir, { recursive: true });
   const profileDir = args.cpuProf ? await mkdtemp(path.join(dir, 'cpu-prof-')) : undefined;
   const scratch = await makeScratch();
+  // Interrupted (Ctrl-C, a CI timeout): no server, load generator or token file is left behind.
+  const interrupted = (signal: NodeJS.Signals) => {
+    killAllChildren();
+    rmSync(scratch.dir, { recursive: true, force: true });
+    process.stderr.write(`\nbench interrupted by ${signal}: its processes were killed\n`);
+    process.exit(130);
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   const emu = await startEmulator();
   const ctx: BenchContext = { budget: args.quick ? QUICK : FULL, quick: args.quick, emu, place, scratch: scratch.dir, log, ...(profileDir ? { profileDir } : {}) };
   const shared = new SharedFixtures(ctx);

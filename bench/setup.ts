@@ -167,6 +167,12 @@ export async function startBaselineGrpc(ctx: Pick<BenchContext, 'place'>): Promi
   return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
 }
 
+/** Starts the TCP echo floor (baseline-echo.ts) pinned to the server core; the load generator reaches it with `protocol: 'echo'`. */
+export async function startBaselineEcho(ctx: Pick<BenchContext, 'place'>): Promise<RunningServer & { echoUrl: string }> {
+  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-echo.js')], { PATH: process.env.PATH });
+  return { ...server, echoUrl: `http://127.0.0.1:${server.listening.port as number}` };
+}
+
 /** Starts the verify-only reference Check server (baseline-grpc.ts with a JWKS file) pinned to the server core. */
 export async function startVerifyOnlyGrpc(ctx: Pick<BenchContext, 'place'>, jwksFile: string): Promise<RunningServer & { grpcUrl: string }> {
   const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js'), '0', jwksFile], { PATH: process.env.PATH });

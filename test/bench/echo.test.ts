@@ -1,0 +1,141 @@
+/**
+ * The TCP echo floor of the latency figures (bench/baseline-echo.ts) and the load generator's echo
+ * client (bench/echo.ts, `protocol: 'echo'` in bench/loadgen.ts): a floor that counted a wrong or
+ * missing echo as an answer would read lower than the host really allows.
+ */
+import { expect } from 'chai';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ECHO_MESSAGE_BYTES, EchoConnection } from '../../bench/echo.js';
+import type { LoadgenResult } from '../../bench/loadgen.js';
+
+const benchDir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../bench');
+
+/** Starts bench/baseline-echo.js and resolves with its port once it prints its listening line. */
+async function startEchoServer(): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, [path.join(benchDir, 'baseline-echo.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  for await (const chunk of child.stdout!) {
+    out += String(chunk);
+    if (out.includes('\n')) break;
+  }
+  const line = JSON.parse(out.split('\n')[0]) as { event: string; port: number };
+  expect(line.event).to.equal('listening');
+  return { child, port: line.port };
+}
+
+/** A bare TCP peer whose behaviour each test chooses. */
+async function startPeer(onSocket: (s: Socket) => void): Promise<{ server: Server; port: number }> {
+  const server = createServer(onSocket);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+function call(c: EchoConnection): Promise<{ error: string | undefined; body: Buffer | undefined }> {
+  return new Promise((resolve) => c.call(Buffer.alloc(0), true, (error, body) => resolve({ error, body })));
+}
+
+/** Runs the load generator's CLI on a job and returns its result line. */
+async function runLoadgen(job: object): Promise<LoadgenResult> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'echo-job-'));
+  try {
+    const file = path.join(dir, 'job.json');
+    writeFileSync(file, JSON.stringify(job));
+    const child = spawn(process.execPath, [path.join(benchDir, 'loadgen.js'), file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += String(d)));
+    const [code] = (await once(child, 'exit')) as [number];
+    expect(code, out).to.equal(0);
+    return JSON.parse(out.trim().split('\n').pop()!) as LoadgenResult;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('bench TCP echo floor (baseline-echo, echo client, loadgen echo mode)', () => {
+  const cleanup: Array<() => void> = [];
+  afterEach(() => {
+    for (const f of cleanup.splice(0)) f();
+  });
+
+  it('echoes 300 concurrent calls, each answered with exactly the bytes it sent', async () => {
+    const echo = await startEchoServer();
+    cleanup.push(() => echo.child.kill());
+    const c = await EchoConnection.open('127.0.0.1', echo.port);
+    cleanup.push(() => c.close());
+    const results = await Promise.all(Array.from({ length: 300 }, () => call(c)));
+    expect(results.filter((r) => r.error !== undefined)).to.deep.equal([]);
+    const seqs = results.map((r) => r.body!.readUInt32BE(4));
+    expect(seqs).to.deep.equal(Array.from({ length: 300 }, (_, i) => i));
+    expect(results.every((r) => r.body!.length === ECHO_MESSAGE_BYTES)).to.equal(true);
+  });
+
+  it('reassembles echoes that arrive one byte at a time', async () => {
+    const peer = await startPeer((s) =>
+      s.on('data', (d: Buffer) => {
+        for (const byte of d) s.write(Buffer.from([byte]));
+      }),
+    );
+    cleanup.push(() => peer.server.close());
+    const c = await EchoConnection.open('127.0.0.1', peer.port);
+    cleanup.push(() => c.close());
+    const results = await Promise.all(Array.from({ length: 20 }, () => call(c)));
+    expect(results.map((r) => r.error)).to.deep.equal(Array(20).fill(undefined));
+  });
+
+  it('fails a call whose echo differs, and every call after it on that connection', async () => {
+    const peer = await startPeer((s) => s.on('data', (d: Buffer) => s.write(Buffer.alloc(d.length, 0x58))));
+    cleanup.push(() => peer.server.close());
+    const c = await EchoConnection.open('127.0.0.1', peer.port);
+    cleanup.push(() => c.close());
+    expect((await call(c)).error).to.equal('the echo differs from the message sent');
+    expect((await call(c)).error).to.equal('the echo differs from the message sent');
+  });
+
+  it('fails on bytes nobody asked for, and on a peer that closes with calls waiting', async () => {
+    const chatty = await startPeer((s) => s.write(Buffer.alloc(ECHO_MESSAGE_BYTES)));
+    cleanup.push(() => chatty.server.close());
+    const c1 = await EchoConnection.open('127.0.0.1', chatty.port);
+    cleanup.push(() => c1.close());
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await call(c1)).error).to.equal('an echo arrived for no call');
+
+    const closing = await startPeer((s) => s.once('data', () => s.destroy()));
+    cleanup.push(() => closing.server.close());
+    const c2 = await EchoConnection.open('127.0.0.1', closing.port);
+    cleanup.push(() => c2.close());
+    expect((await call(c2)).error).to.equal('connection closed');
+    expect((await call(c2)).error).to.equal('connection closed');
+  });
+
+  it('rejects a connection to a port nobody listens on', async () => {
+    const peer = await startPeer(() => {});
+    const port = peer.port;
+    await new Promise((r) => peer.server.close(r));
+    let error: unknown;
+    await EchoConnection.open('127.0.0.1', port).catch((err: unknown) => (error = err));
+    expect(String(error)).to.match(/ECONNREFUSED/);
+  });
+
+  it('drives the load generator open loop: every message echoed at the rate asked, a mute peer counted as errors', async function () {
+    this.timeout(20_000);
+    const echo = await startEchoServer();
+    cleanup.push(() => echo.child.kill());
+    const ok = await runLoadgen({ target: `http://127.0.0.1:${echo.port}`, protocol: 'echo', mode: 'open', connections: 2, rate: 500, durationMs: 1000, warmupMs: 200, sampleEvery: 10 });
+    expect(ok).to.include({ sent: 500, completed: 500, errors: 0, incorrect: 0, sampled: 50 });
+    expect(ok.latencyMs.p50).to.be.above(0).and.below(50);
+
+    const mute = await startPeer(() => {});
+    cleanup.push(() => mute.server.close());
+    const bad = await runLoadgen({ target: `http://127.0.0.1:${mute.port}`, protocol: 'echo', mode: 'open', connections: 2, rate: 200, durationMs: 500, sampleEvery: 10, drainMs: 300 });
+    expect(bad.sent).to.equal(100);
+    expect(bad.errors).to.equal(100);
+    expect(bad.firstError).to.match(/timeout/);
+  });
+});
