@@ -14,7 +14,7 @@ const ECHO_MAGIC = 0x45434830; // "ECH0"
 export class EchoConnection {
   private readonly socket: Socket;
   /** Calls in the order their messages were written (TCP keeps that order). */
-  private readonly waiting: Array<{ seq: number; done: CallDone }> = [];
+  private readonly waiting: Array<{ seq: number; keepBody: boolean; done: CallDone }> = [];
   private partial = Buffer.alloc(0);
   private nextSeq = 0;
   private failure: string | undefined;
@@ -46,7 +46,7 @@ export class EchoConnection {
     });
   }
 
-  /** Sends one message; `done` gets the echo (when `keepBody`) or an error. `message` is ignored: the bytes are a sequence number. */
+  /** Sends one message; `done` gets a copy of the echo (when `keepBody`) or an error. `message` is ignored: the bytes are a sequence number. */
   call(_message: Buffer, keepBody: boolean, done: CallDone): void {
     if (this.failure !== undefined) {
       done(this.failure, undefined);
@@ -56,7 +56,7 @@ export class EchoConnection {
     const out = Buffer.allocUnsafe(ECHO_MESSAGE_BYTES);
     out.writeUInt32BE(ECHO_MAGIC, 0);
     out.writeUInt32BE(seq >>> 0, 4);
-    this.waiting.push({ seq, done: keepBody ? done : (err) => done(err, undefined) });
+    this.waiting.push({ seq, keepBody, done });
     this.socket.write(out);
   }
 
@@ -82,7 +82,7 @@ export class EchoConnection {
         this.fail('the echo differs from the message sent');
         return;
       }
-      call.done(undefined, Buffer.from(echo));
+      call.done(undefined, call.keepBody ? Buffer.from(echo) : undefined);
     }
     data = data.subarray(at);
     this.partial = data.length > 0 ? Buffer.from(data) : Buffer.alloc(0);

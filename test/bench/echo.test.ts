@@ -63,6 +63,14 @@ describe('bench TCP echo floor (baseline-echo, echo client, loadgen echo mode)',
   afterEach(() => {
     for (const f of cleanup.splice(0)) f();
   });
+  /** An echo client connected to a bare peer that behaves as `onSocket` says; both closed after the test. */
+  async function connectedTo(onSocket: (s: Socket) => void): Promise<EchoConnection> {
+    const peer = await startPeer(onSocket);
+    cleanup.push(() => peer.server.close());
+    const c = await EchoConnection.open('127.0.0.1', peer.port);
+    cleanup.push(() => c.close());
+    return c;
+  }
 
   it('echoes 300 concurrent calls, each answered with exactly the bytes it sent', async () => {
     const echo = await startEchoServer();
@@ -77,39 +85,27 @@ describe('bench TCP echo floor (baseline-echo, echo client, loadgen echo mode)',
   });
 
   it('reassembles echoes that arrive one byte at a time', async () => {
-    const peer = await startPeer((s) =>
+    const c = await connectedTo((s) =>
       s.on('data', (d: Buffer) => {
         for (const byte of d) s.write(Buffer.from([byte]));
       }),
     );
-    cleanup.push(() => peer.server.close());
-    const c = await EchoConnection.open('127.0.0.1', peer.port);
-    cleanup.push(() => c.close());
     const results = await Promise.all(Array.from({ length: 20 }, () => call(c)));
     expect(results.map((r) => r.error)).to.deep.equal(Array(20).fill(undefined));
   });
 
   it('fails a call whose echo differs, and every call after it on that connection', async () => {
-    const peer = await startPeer((s) => s.on('data', (d: Buffer) => s.write(Buffer.alloc(d.length, 0x58))));
-    cleanup.push(() => peer.server.close());
-    const c = await EchoConnection.open('127.0.0.1', peer.port);
-    cleanup.push(() => c.close());
+    const c = await connectedTo((s) => s.on('data', (d: Buffer) => s.write(Buffer.alloc(d.length, 0x58))));
     expect((await call(c)).error).to.equal('the echo differs from the message sent');
     expect((await call(c)).error).to.equal('the echo differs from the message sent');
   });
 
   it('fails on bytes nobody asked for, and on a peer that closes with calls waiting', async () => {
-    const chatty = await startPeer((s) => s.write(Buffer.alloc(ECHO_MESSAGE_BYTES)));
-    cleanup.push(() => chatty.server.close());
-    const c1 = await EchoConnection.open('127.0.0.1', chatty.port);
-    cleanup.push(() => c1.close());
+    const c1 = await connectedTo((s) => s.write(Buffer.alloc(ECHO_MESSAGE_BYTES)));
     await new Promise((r) => setTimeout(r, 100));
     expect((await call(c1)).error).to.equal('an echo arrived for no call');
 
-    const closing = await startPeer((s) => s.once('data', () => s.destroy()));
-    cleanup.push(() => closing.server.close());
-    const c2 = await EchoConnection.open('127.0.0.1', closing.port);
-    cleanup.push(() => c2.close());
+    const c2 = await connectedTo((s) => s.once('data', () => s.destroy()));
     expect((await call(c2)).error).to.equal('connection closed');
     expect((await call(c2)).error).to.equal('connection closed');
   });
