@@ -54,22 +54,18 @@ export function spawnPinned(prefix: string[], argv: string[], opts: { env?: Node
   const full = [...prefix, ...argv];
   const child = spawn(full[0], full.slice(1), { env: opts.env ?? process.env, cwd: opts.cwd ?? repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
-  child.once('exit', () => children.delete(child));
-  // A failed spawn (command missing) emits 'error' and never 'exit'.
-  child.once('error', () => children.delete(child));
+  // 'close' comes after 'exit', and also after the 'error' of a spawn that failed, which is left
+  // unhandled here as before (it must stay loud, not turn into a wait for an 'exit' that never comes).
+  child.once('close', () => children.delete(child));
   return child;
 }
 
 /**
  * Kills every child still running, synchronously (for an interrupted bench, which must not leave
- * servers or load generators behind). A child stopped for a latency round is continued first,
- * though SIGKILL does not need it.
+ * servers or load generators behind). SIGKILL also ends a child stopped for a latency round.
  */
 export function killAllChildren(): void {
-  for (const child of children) {
-    child.kill('SIGCONT');
-    child.kill('SIGKILL');
-  }
+  for (const child of children) child.kill('SIGKILL');
 }
 
 
