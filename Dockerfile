@@ -34,9 +34,10 @@ LABEL org.opencontainers.image.title="entra-sidecar" \
       org.opencontainers.image.version="${VERSION}"
 WORKDIR /app
 ENV NODE_ENV=production
-# Keep V8's old generation well inside the 256Mi container limit of k8s/deployment.yaml (caches are
-# bounded: Sidecar:Validation:VerifiedTokenCacheSize, Sidecar:TokenCache:MaxEntries); raise it with
-# the limit. The young generation is set explicitly (16 MB semi-spaces, Node 20's default): with only
+# Keep V8's old generation well inside the 384Mi container limit of k8s/deployment.yaml (caches are
+# bounded: Sidecar:Validation:VerifiedTokenCacheSize, Sidecar:TokenCache:MaxEntries; with both full at
+# their defaults the process holds ~280 MiB on Node 24); raise it with the limit.
+# The young generation is set explicitly (16 MB semi-spaces, Node 20's default): with only
 # the old-space cap Node 20's V8 shrinks it to ~1 MB, and the extra scavenges cost ~10 % more CPU per
 # Check. Node 24's own default under load is 64 MB semi-spaces: 16 keeps RSS inside the limit at
 # about 12 µs more garbage collection per Check; 32 is a middle way (docs/deployment.md, bench/README.md

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Agent, fetch } from 'undici';
+import YAML from 'yaml';
 import type { Emulator } from '../emulator/index.js';
 import { sidecarEnv as testSidecarEnv } from '../test/helpers/e2e.js';
 import { benchDir, repoRoot, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
@@ -103,6 +104,27 @@ export function imageEnv(): Record<string, string> {
     env[m[1]] = m[2].startsWith('"') ? m[2].slice(1, -1) : m[2];
   }
   return env;
+}
+
+/** A Kubernetes memory quantity (`384Mi`, `1Gi`, `400M`, plain bytes) in bytes. */
+export function memoryQuantityBytes(quantity: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?$/.exec(quantity.trim());
+  if (!m) throw new Error(`not a Kubernetes memory quantity: ${quantity}`);
+  const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, k: 1e3, M: 1e6, G: 1e9 }[m[2] ?? ''] ?? 1;
+  return Number(m[1]) * unit;
+}
+
+/**
+ * The memory limit of the entra-sidecar container in k8s/deployment.yaml, in MiB (rssMb()'s unit:
+ * its "MB" are kB / 1024), so the bench judges the RSS it measures against the limit the example pod ships with.
+ */
+export function podMemoryLimitMib(): number {
+  const docs = YAML.parseAllDocuments(readFileSync(path.join(repoRoot, 'k8s', 'deployment.yaml'), 'utf8')).map((d) => d.toJS() as Record<string, any>); // eslint-disable-line @typescript-eslint/no-explicit-any
+  const spec = docs.find((d) => d?.kind === 'Deployment')?.spec?.template?.spec;
+  const sidecar = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])].find((c: { name?: string }) => c.name === 'entra-sidecar');
+  const limit = sidecar?.resources?.limits?.memory;
+  if (typeof limit !== 'string') throw new Error('k8s/deployment.yaml: no memory limit on the entra-sidecar container');
+  return memoryQuantityBytes(limit) / 2 ** 20;
 }
 
 /** The sidecar's whole configuration: the emulator as Entra, two downstream APIs, every listener on loopback port 0. */
