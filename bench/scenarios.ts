@@ -672,7 +672,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
       figure('spawn → /readyz 200', 'sidecar', 'ms', readyMs),
       figure('RSS idle (2 s after ready)', 'sidecar', 'MB', idleRss),
       figure(`RSS after ${b.checksForRss} warm Checks`, 'sidecar', 'MB', [rssAfterChecks]),
-      figure(`RSS after ${pool.length} distinct tokens, each sent twice on the OBO route (caches full)`, 'sidecar', 'MB', [rssAfterFill]),
+      figure(`RSS after ${pool.length} distinct tokens, each sent twice on the OBO route and on the app-token route (every cache full)`, 'sidecar', 'MB', [rssAfterFill]),
       figure('RSS during the soak: at the end (min–max)', 'sidecar', 'MB', [rssSoakMin, rssSoakEnd, rssSoakMax]),
       figure('RSS trend over the soak', 'sidecar', 'MB/min', [trend]),
     ];
