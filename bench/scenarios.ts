@@ -632,9 +632,9 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
     // the cache (the most it can hold). First the whole pool is sent (closed loop, unrecorded) on the
     // OBO route and then on the soak's app-token route, so every bounded cache is full before RSS is
     // judged: the verified-token cache, the acquired-token cache (one On-Behalf-Of token per caller,
-    // each a real exchange at the emulator) and the allow memos of both routes. RSS that rises while a bounded cache fills is the bound at work, not a
-    // leak; the full caches are the most memory the default settings can hold, which is what the
-    // pod's memory limit must fit. The soak itself uses the app-token route (no Entra request per
+    // each a real exchange at the emulator) and the allow memos of both routes. RSS that rises while
+    // a bounded cache fills is the bound at work, not a leak; the full caches are the most memory
+    // the default settings can hold, which is what the pod's memory limit must fit. The soak itself uses the app-token route (no Entra request per
     // Check), so the verified-token cache churns while the OBO tokens stay cached.
     const pool = await shared.tokenPool();
     const fillFrames = await writeCheckFrames(ctx, 'fill', pool.flatMap((t) => [t, t]), OBO_CONTEXT);

@@ -116,15 +116,17 @@ export function memoryQuantityBytes(quantity: string): number {
 
 /**
  * The memory limit of the entra-sidecar container in k8s/deployment.yaml, in MiB (rssMb()'s unit:
- * its "MB" are kB / 1024), so the bench judges the RSS it measures against the limit the example pod ships with.
+ * its "MB" are kB / 1024), so the bench judges the RSS it measures against the limit the example
+ * pod ships with.
  */
 export function podMemoryLimitMib(): number {
   const docs = YAML.parseAllDocuments(readFileSync(path.join(repoRoot, 'k8s', 'deployment.yaml'), 'utf8')).map((d) => d.toJS() as Record<string, any>); // eslint-disable-line @typescript-eslint/no-explicit-any
   const spec = docs.find((d) => d?.kind === 'Deployment')?.spec?.template?.spec;
   const sidecar = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])].find((c: { name?: string }) => c.name === 'entra-sidecar');
-  const limit = sidecar?.resources?.limits?.memory;
-  if (typeof limit !== 'string') throw new Error('k8s/deployment.yaml: no memory limit on the entra-sidecar container');
-  return memoryQuantityBytes(limit) / 2 ** 20;
+  const limit: unknown = sidecar?.resources?.limits?.memory;
+  // A quantity in plain bytes reads as a YAML number.
+  if (typeof limit !== 'string' && typeof limit !== 'number') throw new Error('k8s/deployment.yaml: no memory limit on the entra-sidecar container');
+  return memoryQuantityBytes(String(limit)) / 2 ** 20;
 }
 
 /** The sidecar's whole configuration: the emulator as Entra, two downstream APIs, every listener on loopback port 0. */
