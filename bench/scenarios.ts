@@ -643,7 +643,9 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
     const fillObo = await closedLoop(ctx, sidecar.grpcUrl, fillFrames, pool.length * 2, INJECTED_HEADER);
     // The soak's own route once over the pool too: its allow memo fills here, not during the soak.
     const fillApp = await closedLoop(ctx, sidecar.grpcUrl, soakFrames, pool.length * 2, INJECTED_HEADER);
-    const fill = { completed: fillObo.completed + fillApp.completed, errors: fillObo.errors + fillApp.errors, incorrect: fillObo.incorrect + fillApp.incorrect, rps: fillObo.rps };
+    const fills = { obo: fillObo, app: fillApp };
+    const fillCompleted = fillObo.completed + fillApp.completed;
+    const fillErrors = fillObo.errors + fillObo.incorrect + fillApp.errors + fillApp.incorrect;
     await sleep(1000);
     const rssAfterFill = rssMb(sidecar.pid);
     ctx.log(`memory-startup: ${b.soakSec} s soak at ${SOAK_RATE} req/s over ${pool.length} tokens`);
@@ -676,11 +678,11 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
       figure('RSS during the soak: at the end (min–max)', 'sidecar', 'MB', [rssSoakMin, rssSoakEnd, rssSoakMax]),
       figure('RSS trend over the soak', 'sidecar', 'MB/min', [trend]),
     ];
-    const soakErrors = soak.errors + soak.incorrect + fill.errors + fill.incorrect;
+    const soakErrors = soak.errors + soak.incorrect + fillErrors;
     const noGrowth = Number.isFinite(trend) && trend <= 2;
     if (h2.errors) notes.push(`h2load reported ${h2.errors} errors during the ${b.checksForRss} Checks`);
     notes.push(
-      `soak: ${soak.completed} Checks after ${fill.completed} that filled the caches, p99 ${soak.latencyMs.p99.toFixed(2)} ms, ${soakErrors} errors; "no growth" means a least-squares RSS slope ≤ 2 MB/min over the whole soak.`,
+      `soak: ${soak.completed} Checks after ${fillCompleted} that filled the caches, p99 ${soak.latencyMs.p99.toFixed(2)} ms, ${soakErrors} errors; "no growth" means a least-squares RSS slope ≤ 2 MB/min over the whole soak.`,
     );
     return {
       name: 'memory-startup',
@@ -698,7 +700,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
         { target: 'start-to-ready ≤ 400 ms (emulator local)', measured: `${readySpread.median.toFixed(0)} ms (${readySpread.min.toFixed(0)}–${readySpread.max.toFixed(0)})`, met: readySpread.median <= 400 },
       ],
       notes,
-      details: { listeningMs, readyMs, idleRss, rssAfterChecks, rssAfterFill, fill: { completed: fill.completed, errors: fill.errors + fill.incorrect, rps: fill.rps }, h2load: { rps: h2.rps, requests: h2.requests, errors: h2.errors }, soak, samples },
+      details: { listeningMs, readyMs, idleRss, rssAfterChecks, rssAfterFill, fill: Object.fromEntries(Object.entries(fills).map(([route, f]) => [route, { completed: f.completed, errors: f.errors + f.incorrect, rps: f.rps }])), h2load: { rps: h2.rps, requests: h2.requests, errors: h2.errors }, soak, samples },
     };
   } finally {
     await last?.stop();

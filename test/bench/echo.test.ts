@@ -4,29 +4,23 @@
  * missing echo as an answer would read lower than the host really allows.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ECHO_MESSAGE_BYTES, EchoConnection } from '../../bench/echo.js';
-import type { LoadgenResult } from '../../bench/loadgen.js';
+import type { LoadgenJob, LoadgenResult } from '../../bench/loadgen.js';
+import type { Placement } from '../../bench/processes.js';
+import { runLoadgen as runBenchLoadgen, startBaselineEcho } from '../../bench/setup.js';
 
-const benchDir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../bench');
+/** Unpinned: the tests run the bench's own helpers on whatever core is free. */
+const place: Placement = { server: [], load: [], description: 'not pinned' };
 
-/** Starts bench/baseline-echo.js and resolves with its port once it prints its listening line. */
-async function startEchoServer(): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [path.join(benchDir, 'baseline-echo.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  for await (const chunk of child.stdout!) {
-    out += String(chunk);
-    if (out.includes('\n')) break;
-  }
-  const line = JSON.parse(out.split('\n')[0]) as { event: string; port: number };
-  expect(line.event).to.equal('listening');
-  return { child, port: line.port };
+/** The echo floor as the bench starts it (bench/baseline-echo.js), with its port. */
+async function startEchoServer(): Promise<Awaited<ReturnType<typeof startBaselineEcho>> & { port: number }> {
+  const server = await startBaselineEcho({ place });
+  return { ...server, port: Number(new URL(server.echoUrl).port) };
 }
 
 /** A bare TCP peer whose behaviour each test chooses. */
@@ -41,20 +35,13 @@ function call(c: EchoConnection): Promise<{ error: string | undefined; body: Buf
   return new Promise((resolve) => c.call(Buffer.alloc(0), true, (error, body) => resolve({ error, body })));
 }
 
-/** Runs the load generator's CLI on a job and returns its result line. */
-async function runLoadgen(job: object): Promise<LoadgenResult> {
-  const dir = mkdtempSync(path.join(tmpdir(), 'echo-job-'));
+/** Runs the load generator's CLI on a job as the bench does (a job file in a private scratch folder) and returns its result. */
+async function runLoadgen(job: LoadgenJob): Promise<LoadgenResult> {
+  const scratch = mkdtempSync(path.join(tmpdir(), 'echo-job-'));
   try {
-    const file = path.join(dir, 'job.json');
-    writeFileSync(file, JSON.stringify(job));
-    const child = spawn(process.execPath, [path.join(benchDir, 'loadgen.js'), file], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += String(d)));
-    const [code] = (await once(child, 'exit')) as [number];
-    expect(code, out).to.equal(0);
-    return JSON.parse(out.trim().split('\n').pop()!) as LoadgenResult;
+    return await runBenchLoadgen({ place, scratch }, job);
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    rmSync(scratch, { recursive: true, force: true });
   }
 }
 
@@ -74,7 +61,7 @@ describe('bench TCP echo floor (baseline-echo, echo client, loadgen echo mode)',
 
   it('echoes 300 concurrent calls, each answered with exactly the bytes it sent', async () => {
     const echo = await startEchoServer();
-    cleanup.push(() => echo.child.kill());
+    cleanup.push(() => void echo.stop());
     const c = await EchoConnection.open('127.0.0.1', echo.port);
     cleanup.push(() => c.close());
     const results = await Promise.all(Array.from({ length: 300 }, () => call(c)));
@@ -122,7 +109,7 @@ describe('bench TCP echo floor (baseline-echo, echo client, loadgen echo mode)',
   it('drives the load generator open loop: every message echoed at the rate asked, a mute peer counted as errors', async function () {
     this.timeout(20_000);
     const echo = await startEchoServer();
-    cleanup.push(() => echo.child.kill());
+    cleanup.push(() => void echo.stop());
     const ok = await runLoadgen({ target: `http://127.0.0.1:${echo.port}`, protocol: 'echo', mode: 'open', connections: 2, rate: 500, durationMs: 1000, warmupMs: 200, sampleEvery: 10 });
     expect(ok).to.include({ sent: 500, completed: 500, errors: 0, incorrect: 0, sampled: 50 });
     expect(ok.latencyMs.p50).to.be.above(0).and.below(50);
