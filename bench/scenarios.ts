@@ -24,6 +24,7 @@ import {
   writeEmulatorJwks,
   waitReady,
   writeCheckFrames,
+  imageEnv,
   type BenchContext,
   type BenchSidecar,
 } from './setup.js';
@@ -92,6 +93,8 @@ const OBO_CONTEXT = Object.freeze({ downstream_api: OBO_API });
 /** Share of the pod's memory limit (k8s/deployment.yaml) the sidecar may use with every cache full: the rest is headroom. */
 const POD_LIMIT_SHARE = 0.8;
 const H2LOAD_CLIENTS = 4;
+/** The do-nothing server run with the image's NODE_OPTIONS and malloc setting (check-warm's third candidate). */
+const NOP_IMAGE = 'nop-grpc, image flags';
 const H2LOAD_STREAMS = 8;
 const WRK_CONNECTIONS = 16;
 /** Sidecar:Validation:VerifiedTokenCacheSize's default: the callers a full cache holds. */
@@ -217,124 +220,140 @@ export async function checkWarm(shared: SharedFixtures): Promise<Omit<ScenarioRe
     { name: 'nop-grpc', pid: baseline.pid, url: baseline.grpcUrl, injectedHeader: undefined },
     { name: 'sidecar', pid: sidecar.pid, url: sidecar.grpcUrl, injectedHeader: INJECTED_HEADER },
   ];
-  const notes: string[] = [];
-  const targets: TargetCheck[] = [];
-  const figures: Figure[] = [];
-
-  // Correctness first (this also fills the sidecar's caches): every answer decoded.
-  const probesBefore = await Promise.all(candidates.map((c) => probeChecks(ctx, c.url, frames, c.injectedHeader)));
-  for (const [i, p] of probesBefore.entries()) {
-    if (p.errors || p.incorrect) notes.push(`${candidates[i].name}: correctness probe before load: ${p.errors} errors, ${p.incorrect} wrong answers (${p.firstError ?? ''})`);
-  }
-
-  // Saturation (closed loop, h2load), alternating A B A B after one warm-up each.
-  ctx.log(`check-warm: saturation, ${b.rounds} rounds × ${b.saturationSec} s per candidate`);
-  const h2 = (c: Candidate, durationSec: number, warmupSec: number) =>
-    runH2load(ctx.place.load, { url: c.url + CHECK_PATH, bodyFile: frames, durationSec, warmupSec, clients: H2LOAD_CLIENTS, streamsPerClient: H2LOAD_STREAMS });
-  for (const c of candidates) await h2(c, b.warmupSec, 1);
-  const sat: Record<string, SaturationResult[]> = { 'nop-grpc': [], sidecar: [] };
-  const cpuUs: Record<string, number[]> = { 'nop-grpc': [], sidecar: [] };
-  for (let r = 0; r < b.rounds; r++) {
-    for (const c of r % 2 === 0 ? candidates : [...candidates].reverse()) {
-      const cpu0 = cpuSeconds(c.pid);
-      const t0 = performance.now();
-      const res = await h2(c, b.saturationSec, 1);
-      const cpu1 = cpuSeconds(c.pid);
-      // The h2load warm-up second is inside the CPU interval; scale requests to the whole interval.
-      const wall = (performance.now() - t0) / 1000;
-      cpuUs[c.name].push(cpuPerRequestUs(cpu0, cpu1, res.rps * wall));
-      sat[c.name].push(res);
-    }
-  }
-  const rps = (n: string) => sat[n].map((s) => s.rps);
-  const satErrors = sat.sidecar.reduce((a, s) => a + s.errors, 0);
-  figures.push(figure('saturation', 'nop-grpc', 'req/s', rps('nop-grpc')));
-  figures.push(figure('saturation', 'sidecar', 'req/s', rps('sidecar')));
-  const ratio = spread(pairedRatios(rps('sidecar'), rps('nop-grpc')));
-  figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
-  figures.push(figure('server CPU per request', 'nop-grpc', 'µs', cpuUs['nop-grpc']));
-  figures.push(figure('server CPU per request', 'sidecar', 'µs', cpuUs.sidecar));
-  const cpu = cpuFigures('sidecar', rps('sidecar'), cpuUs.sidecar, rps('nop-grpc'), cpuUs['nop-grpc']);
-  figures.push(...cpu);
-  notes.push(...clientPaceNote(cpu));
-  targets.push({ target: 'warm Check saturation ≥ 0.90× NOP', measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)})`, met: ratio.median >= 0.9 });
-
-  // Fixed-rate latency (open loop, measured from the intended send time), with the TCP echo floor
-  // beside the two servers: what the host and Node's event loop alone cost at the same rate.
-  ctx.log(`check-warm: open-loop latency at ${b.latencyRates.join('/')} req/s, ${b.latencyRounds} rounds × ${b.latencySec} s`);
-  const echo = await startBaselineEcho(ctx);
-  const timed: Array<Candidate & { protocol: 'grpc' | 'echo' }> = [
-    ...candidates.map((c) => ({ ...c, protocol: 'grpc' as const })),
-    { name: 'tcp-echo', pid: echo.pid, url: echo.echoUrl, injectedHeader: undefined, protocol: 'echo' },
-  ];
-  const latency: Record<string, Record<number, LoadgenResult[]>> = { 'nop-grpc': {}, sidecar: {}, 'tcp-echo': {} };
+  // The same do-nothing server with the image's NODE_OPTIONS and malloc setting, in the saturation
+  // rounds only: it tells the cost of the image's heap caps (finding 31: the whole gap on Node 24)
+  // from the cost of the sidecar's own work. The target stays against V8's defaults.
+  const nopImage = await startBaselineGrpc(ctx, imageEnv());
   try {
-    for (const rate of b.latencyRates) {
-      for (let r = 0; r < b.latencyRounds; r++) {
-        // A different candidate first in each round.
-        for (const c of [...timed.slice(r % timed.length), ...timed.slice(0, r % timed.length)]) {
-          const others = timed.filter((o) => o !== c).map((o) => o.pid);
-          const res = await whileStopped(others, () => runLoadgen(ctx, {
-            target: c.url,
-            protocol: c.protocol,
-            mode: 'open',
-            connections: H2LOAD_CLIENTS,
-            ...(c.protocol === 'grpc' ? { framesFile: frames } : {}),
-            rate,
-            durationMs: b.latencySec * 1000,
-            warmupMs: LATENCY_LEAD_IN_MS,
-            sampleEvery: 50,
-            ...(c.injectedHeader ? { injectedHeader: c.injectedHeader } : {}),
-          }));
-          (latency[c.name][rate] ??= []).push(res);
-        }
-      }
-      for (const c of timed) {
-        const rs = latency[c.name][rate];
-        for (const [key, label] of [['p50', 'p50'], ['p90', 'p90'], ['p99', 'p99'], ['p999', 'p99.9']] as const) {
-          figures.push(figure(`${label} @ ${rate} req/s`, c.name, 'ms', rs.map((x) => x.latencyMs[key])));
-        }
-        const lag = Math.max(...rs.map((x) => x.maxSendLagMs));
-        if (lag > 20) notes.push(`${c.name} @ ${rate} req/s: the load generator fell up to ${lag.toFixed(0)} ms behind its schedule (that delay is charged to the server).`);
+    const withImageNop: Candidate[] = [...candidates, { name: NOP_IMAGE, pid: nopImage.pid, url: nopImage.grpcUrl, injectedHeader: undefined }];
+    const notes: string[] = [];
+    const targets: TargetCheck[] = [];
+    const figures: Figure[] = [];
+
+    // Correctness first (this also fills the sidecar's caches): every answer decoded.
+    const probesBefore = await Promise.all(withImageNop.map((c) => probeChecks(ctx, c.url, frames, c.injectedHeader)));
+    for (const [i, p] of probesBefore.entries()) {
+      if (p.errors || p.incorrect) notes.push(`${withImageNop[i].name}: correctness probe before load: ${p.errors} errors, ${p.incorrect} wrong answers (${p.firstError ?? ''})`);
+    }
+
+    // Saturation (closed loop, h2load), each candidate first in turn after one warm-up each.
+    ctx.log(`check-warm: saturation, ${b.rounds} rounds × ${b.saturationSec} s per candidate`);
+    const h2 = (c: Candidate, durationSec: number, warmupSec: number) =>
+      runH2load(ctx.place.load, { url: c.url + CHECK_PATH, bodyFile: frames, durationSec, warmupSec, clients: H2LOAD_CLIENTS, streamsPerClient: H2LOAD_STREAMS });
+    for (const c of withImageNop) await h2(c, b.warmupSec, 1);
+    const sat: Record<string, SaturationResult[]> = { 'nop-grpc': [], sidecar: [], [NOP_IMAGE]: [] };
+    const cpuUs: Record<string, number[]> = { 'nop-grpc': [], sidecar: [], [NOP_IMAGE]: [] };
+    for (let r = 0; r < b.rounds; r++) {
+      const first = r % withImageNop.length;
+      for (const c of [...withImageNop.slice(first), ...withImageNop.slice(0, first)]) {
+        const cpu0 = cpuSeconds(c.pid);
+        const t0 = performance.now();
+        const res = await h2(c, b.saturationSec, 1);
+        const cpu1 = cpuSeconds(c.pid);
+        // The h2load warm-up second is inside the CPU interval; scale requests to the whole interval.
+        const wall = (performance.now() - t0) / 1000;
+        cpuUs[c.name].push(cpuPerRequestUs(cpu0, cpu1, res.rps * wall));
+        sat[c.name].push(res);
       }
     }
-  } finally {
-    await echo.stop();
-  }
-  const echoErrors = Object.values(latency['tcp-echo']).flat().reduce((a, x) => a + x.errors + x.incorrect, 0);
-  if (echoErrors > 0) notes.push(`tcp-echo: ${echoErrors} errors (${Object.values(latency['tcp-echo']).flat().find((x) => x.firstError)?.firstError ?? ''}): its figures are not a floor.`);
-  const latErrors = Object.values(latency.sidecar).flat().reduce((a, x) => a + x.errors + x.incorrect, 0);
-  const at1000 = latency.sidecar[1000];
-  if (at1000) {
-    const p50 = spread(at1000.map((x) => x.latencyMs.p50));
-    const p99 = spread(at1000.map((x) => x.latencyMs.p99));
-    targets.push({ target: 'p50 ≤ 0.5 ms at 1,000 req/s', measured: ms(p50.median), met: p50.median <= 0.5 });
-    const p99Of = (name: string) => ms(spread((latency[name][1000] ?? []).map((x) => x.latencyMs.p99)).median);
-    targets.push({ target: 'p99 ≤ 3 ms at 1,000 req/s', measured: `${ms(p99.median)} (NOP ${p99Of('nop-grpc')}, TCP echo floor ${p99Of('tcp-echo')})`, met: p99.median <= 3 });
-  }
+    const rps = (n: string) => sat[n].map((s) => s.rps);
+    const satErrors = sat.sidecar.reduce((a, s) => a + s.errors, 0);
+    figures.push(figure('saturation', 'nop-grpc', 'req/s', rps('nop-grpc')));
+    figures.push(figure('saturation', 'sidecar', 'req/s', rps('sidecar')));
+    const ratio = spread(pairedRatios(rps('sidecar'), rps('nop-grpc')));
+    figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
+    figures.push(figure('server CPU per request', 'nop-grpc', 'µs', cpuUs['nop-grpc']));
+    figures.push(figure('server CPU per request', 'sidecar', 'µs', cpuUs.sidecar));
+    const cpu = cpuFigures('sidecar', rps('sidecar'), cpuUs.sidecar, rps('nop-grpc'), cpuUs['nop-grpc']);
+    figures.push(...cpu);
+    notes.push(...clientPaceNote(cpu));
+    figures.push(figure('saturation', NOP_IMAGE, 'req/s', rps(NOP_IMAGE)));
+    figures.push(figure('server CPU per request', NOP_IMAGE, 'µs', cpuUs[NOP_IMAGE]));
+    const imageRatio = spread(pairedRatios(rps('sidecar'), rps(NOP_IMAGE)));
+    figures.push({ figure: 'saturation ratio', candidate: `sidecar / ${NOP_IMAGE}`, unit: '×', value: imageRatio });
+    figures.push({ figure: 'saturation ratio', candidate: `${NOP_IMAGE} / nop`, unit: '×', value: spread(pairedRatios(rps(NOP_IMAGE), rps('nop-grpc'))) });
+    notes.push(`${NOP_IMAGE}: the do-nothing server run with the image's environment (${Object.entries(imageEnv()).map(([k, v]) => `${k}=${v}`).join(' ')}), saturation rounds only. Against it the sidecar reads ${imageRatio.median.toFixed(2)}×: what is left once the image's heap caps are charged to both is the sidecar's own work. The target is against the NOP with V8's defaults.`);
+    targets.push({ target: 'warm Check saturation ≥ 0.90× NOP', measured: `${ratio.median.toFixed(2)}× (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)})`, met: ratio.median >= 0.9 });
 
-  const probeAfter = await probeChecks(ctx, sidecar.grpcUrl, frames, INJECTED_HEADER);
-  const totalErrors = satErrors + latErrors + probesBefore[1].errors + probesBefore[1].incorrect + probeAfter.errors + probeAfter.incorrect;
-  targets.push({
-    target: 'zero errors (warm Check)',
-    measured: `${totalErrors} (h2load ${satErrors}; open loop ${latErrors}; ${probesBefore[1].sampled + probeAfter.sampled + Object.values(latency.sidecar).flat().reduce((a, x) => a + x.sampled, 0)} answers decoded and checked)`,
-    met: totalErrors === 0,
-  });
-  notes.push(`h2load: ${H2LOAD_CLIENTS} connections × ${H2LOAD_STREAMS} streams, 1 s warm-up per round; open loop: ${H2LOAD_CLIENTS} connections, ${LATENCY_LEAD_IN_MS / 1000} s unrecorded lead-in, every 50th answer decoded.`);
-  notes.push('tcp-echo (open loop only): a Node process that echoes 8-byte messages over TCP and does nothing else, pinned like the servers; every echo is compared with what was sent. It is the latency floor the host and Node\'s event loop set at each rate (bench/README.md finding 32).');
-  return {
-    name: 'check-warm',
-    title: 'ext_authz Check, warm (cached verification + cached app token, header injected) vs do-nothing grpc-js',
-    figures,
-    targets,
-    notes,
-    details: {
-      saturation: Object.fromEntries(Object.entries(sat).map(([k, v]) => [k, v.map(({ raw: _raw, ...rest }) => rest)])),
-      latency,
-      probes: { before: probesBefore, after: probeAfter },
-      sidecarRssMb: rssMb(sidecar.pid),
-    },
-  };
+    // Fixed-rate latency (open loop, measured from the intended send time), with the TCP echo floor
+    // beside the two servers: what the host and Node's event loop alone cost at the same rate.
+    ctx.log(`check-warm: open-loop latency at ${b.latencyRates.join('/')} req/s, ${b.latencyRounds} rounds × ${b.latencySec} s`);
+    const echo = await startBaselineEcho(ctx);
+    const timed: Array<Candidate & { protocol: 'grpc' | 'echo' }> = [
+      ...candidates.map((c) => ({ ...c, protocol: 'grpc' as const })),
+      { name: 'tcp-echo', pid: echo.pid, url: echo.echoUrl, injectedHeader: undefined, protocol: 'echo' },
+    ];
+    const latency: Record<string, Record<number, LoadgenResult[]>> = { 'nop-grpc': {}, sidecar: {}, 'tcp-echo': {} };
+    try {
+      for (const rate of b.latencyRates) {
+        for (let r = 0; r < b.latencyRounds; r++) {
+          // A different candidate first in each round.
+          for (const c of [...timed.slice(r % timed.length), ...timed.slice(0, r % timed.length)]) {
+            const others = timed.filter((o) => o !== c).map((o) => o.pid);
+            const res = await whileStopped(others, () => runLoadgen(ctx, {
+              target: c.url,
+              protocol: c.protocol,
+              mode: 'open',
+              connections: H2LOAD_CLIENTS,
+              ...(c.protocol === 'grpc' ? { framesFile: frames } : {}),
+              rate,
+              durationMs: b.latencySec * 1000,
+              warmupMs: LATENCY_LEAD_IN_MS,
+              sampleEvery: 50,
+              ...(c.injectedHeader ? { injectedHeader: c.injectedHeader } : {}),
+            }));
+            (latency[c.name][rate] ??= []).push(res);
+          }
+        }
+        for (const c of timed) {
+          const rs = latency[c.name][rate];
+          for (const [key, label] of [['p50', 'p50'], ['p90', 'p90'], ['p99', 'p99'], ['p999', 'p99.9']] as const) {
+            figures.push(figure(`${label} @ ${rate} req/s`, c.name, 'ms', rs.map((x) => x.latencyMs[key])));
+          }
+          const lag = Math.max(...rs.map((x) => x.maxSendLagMs));
+          if (lag > 20) notes.push(`${c.name} @ ${rate} req/s: the load generator fell up to ${lag.toFixed(0)} ms behind its schedule (that delay is charged to the server).`);
+        }
+      }
+    } finally {
+      await echo.stop();
+    }
+    const echoErrors = Object.values(latency['tcp-echo']).flat().reduce((a, x) => a + x.errors + x.incorrect, 0);
+    if (echoErrors > 0) notes.push(`tcp-echo: ${echoErrors} errors (${Object.values(latency['tcp-echo']).flat().find((x) => x.firstError)?.firstError ?? ''}): its figures are not a floor.`);
+    const latErrors = Object.values(latency.sidecar).flat().reduce((a, x) => a + x.errors + x.incorrect, 0);
+    const at1000 = latency.sidecar[1000];
+    if (at1000) {
+      const p50 = spread(at1000.map((x) => x.latencyMs.p50));
+      const p99 = spread(at1000.map((x) => x.latencyMs.p99));
+      targets.push({ target: 'p50 ≤ 0.5 ms at 1,000 req/s', measured: ms(p50.median), met: p50.median <= 0.5 });
+      const p99Of = (name: string) => ms(spread((latency[name][1000] ?? []).map((x) => x.latencyMs.p99)).median);
+      targets.push({ target: 'p99 ≤ 3 ms at 1,000 req/s', measured: `${ms(p99.median)} (NOP ${p99Of('nop-grpc')}, TCP echo floor ${p99Of('tcp-echo')})`, met: p99.median <= 3 });
+    }
+
+    const probeAfter = await probeChecks(ctx, sidecar.grpcUrl, frames, INJECTED_HEADER);
+    const totalErrors = satErrors + latErrors + probesBefore[1].errors + probesBefore[1].incorrect + probeAfter.errors + probeAfter.incorrect;
+    targets.push({
+      target: 'zero errors (warm Check)',
+      measured: `${totalErrors} (h2load ${satErrors}; open loop ${latErrors}; ${probesBefore[1].sampled + probeAfter.sampled + Object.values(latency.sidecar).flat().reduce((a, x) => a + x.sampled, 0)} answers decoded and checked)`,
+      met: totalErrors === 0,
+    });
+    notes.push(`h2load: ${H2LOAD_CLIENTS} connections × ${H2LOAD_STREAMS} streams, 1 s warm-up per round; open loop: ${H2LOAD_CLIENTS} connections, ${LATENCY_LEAD_IN_MS / 1000} s unrecorded lead-in, every 50th answer decoded.`);
+    notes.push('tcp-echo (open loop only): a Node process that echoes 8-byte messages over TCP and does nothing else, pinned like the servers; every echo is compared with what was sent. It is the latency floor the host and Node\'s event loop set at each rate (bench/README.md finding 32).');
+    return {
+      name: 'check-warm',
+      title: 'ext_authz Check, warm (cached verification + cached app token, header injected) vs do-nothing grpc-js',
+      figures,
+      targets,
+      notes,
+      details: {
+        saturation: Object.fromEntries(Object.entries(sat).map(([k, v]) => [k, v.map(({ raw: _raw, ...rest }) => rest)])),
+        latency,
+        probes: { before: probesBefore, after: probeAfter },
+        sidecarRssMb: rssMb(sidecar.pid),
+      },
+    };
+  } finally {
+    await nopImage.stop();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

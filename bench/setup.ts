@@ -185,9 +185,12 @@ export async function waitReady(sidecar: BenchSidecar, timeoutMs = 20_000): Prom
   throw new Error('the sidecar did not become ready in time');
 }
 
-/** Starts the do-nothing grpc-js Check server pinned to the server core. */
-export async function startBaselineGrpc(ctx: Pick<BenchContext, 'place'>): Promise<RunningServer & { grpcUrl: string }> {
-  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js')], { PATH: process.env.PATH });
+/**
+ * Starts the do-nothing grpc-js Check server pinned to the server core, with V8's defaults unless
+ * `env` says otherwise (`imageEnv()` runs it with the image's heap flags and malloc setting).
+ */
+export async function startBaselineGrpc(ctx: Pick<BenchContext, 'place'>, env: Record<string, string> = {}): Promise<RunningServer & { grpcUrl: string }> {
+  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js')], { PATH: process.env.PATH, ...env });
   return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
 }
 
