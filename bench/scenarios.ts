@@ -267,6 +267,8 @@ export async function checkWarm(shared: SharedFixtures): Promise<Omit<ScenarioRe
     const cpu = cpuFigures('sidecar', rps('sidecar'), cpuUs.sidecar, rps('nop-grpc'), cpuUs['nop-grpc']);
     figures.push(...cpu);
     notes.push(...clientPaceNote(cpu));
+    // Gone before the latency jobs, where an idle neighbour on the core would add its own wake-ups.
+    await nopImage.stop();
     figures.push(figure('saturation', NOP_IMAGE, 'req/s', rps(NOP_IMAGE)));
     figures.push(figure('server CPU per request', NOP_IMAGE, 'µs', cpuUs[NOP_IMAGE]));
     const imageRatio = spread(pairedRatios(rps('sidecar'), rps(NOP_IMAGE)));
@@ -352,7 +354,7 @@ export async function checkWarm(shared: SharedFixtures): Promise<Omit<ScenarioRe
       },
     };
   } finally {
-    await nopImage.stop();
+    await nopImage.stop(); // returns at once when it was stopped after the saturation rounds
   }
 }
 
