@@ -5,9 +5,11 @@
  */
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
+import { placement } from '../../bench/processes.js';
 import { imageEnv, startBaselineGrpc } from '../../bench/setup.js';
 
-const unpinned = { place: { server: [], load: [], description: 'not pinned' } };
+/** Unpinned (placement for one core): the test runs on whatever core is free. */
+const unpinned = { place: placement(1) };
 
 function environOf(pid: number): Record<string, string> {
   const entries = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter(Boolean);

@@ -11,11 +11,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ECHO_MESSAGE_BYTES, EchoConnection } from '../../bench/echo.js';
 import type { LoadgenJob, LoadgenResult } from '../../bench/loadgen.js';
-import type { Placement } from '../../bench/processes.js';
+import { placement } from '../../bench/processes.js';
 import { runLoadgen as runBenchLoadgen, startBaselineEcho } from '../../bench/setup.js';
 
-/** Unpinned: the tests run the bench's own helpers on whatever core is free. */
-const place: Placement = { server: [], load: [], description: 'not pinned' };
+/** Unpinned (placement for one core): the tests run the bench's own helpers on whatever core is free. */
+const place = placement(1);
 
 /** The echo floor as the bench starts it (bench/baseline-echo.js), with its port. */
 async function startEchoServer(): Promise<Awaited<ReturnType<typeof startBaselineEcho>> & { port: number }> {
