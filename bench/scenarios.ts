@@ -69,7 +69,8 @@ export class SharedFixtures {
   tokenPool(): Promise<string[]> {
     const b = this.ctx.budget;
     this.poolP ??= (async () => {
-      const n = b.firstSightPerRound * b.firstSightRounds + FIRST_SIGHT_WARMUP;
+      // The first-sight rounds, the unmeasured warm round before them, and the warm-up.
+      const n = b.firstSightPerRound * (b.firstSightRounds + 1) + FIRST_SIGHT_WARMUP;
       const t0 = performance.now();
       this.ctx.log(`minting ${n} distinct tokens at the emulator…`);
       const tokens = await mintUserTokens(this.ctx.emu, n, (d) => this.ctx.log(`  ${d}/${n}`));
@@ -85,6 +86,7 @@ export class SharedFixtures {
   }
 }
 
+/** Distinct tokens each first-sight server handles first, before the unmeasured warm round. */
 const FIRST_SIGHT_WARMUP = 500;
 /** Soak rate: first-sight Checks a loaded 2-core machine sustains with room to spare, so RSS reflects state, not queues. */
 const SOAK_RATE = 500;
@@ -95,6 +97,8 @@ const POD_LIMIT_SHARE = 0.8;
 const H2LOAD_CLIENTS = 4;
 /** The do-nothing server run with the image's NODE_OPTIONS and malloc setting (check-warm's third candidate). */
 const NOP_IMAGE = 'nop-grpc, image flags';
+/** The verify-only reference run with the image's environment (check-first-sight's fourth candidate). */
+const VERIFY_IMAGE = 'verify-only, image flags';
 const H2LOAD_STREAMS = 8;
 const WRK_CONNECTIONS = 16;
 /** Sidecar:Validation:VerifiedTokenCacheSize's default: the callers a full cache holds. */
@@ -198,6 +202,16 @@ async function whileStopped<T>(pids: readonly number[], work: () => Promise<T>):
       }
     }
   }
+}
+
+/**
+ * The rounds of check-first-sight over `candidates`: first an unmeasured warm round, then
+ * `measured` rounds, alternating the given order and its reverse (the warm round is the reverse, so
+ * the first measured round has the given order and every round continues the alternation).
+ */
+export function firstSightSchedule<T>(candidates: readonly T[], measured: number): Array<{ measured: boolean; order: T[] }> {
+  const reversed = [...candidates].reverse();
+  return Array.from({ length: measured + 1 }, (_, r) => ({ measured: r > 0, order: r % 2 === 1 ? [...candidates] : [...reversed] }));
 }
 
 /** `list` with round `r`'s first candidate in front: each candidate goes first in turn. */
@@ -373,31 +387,39 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
   const { ctx } = shared;
   const b = ctx.budget;
   const [sidecar, baseline, pool] = await Promise.all([shared.sidecar(), shared.baselineGrpc(), shared.tokenPool()]);
-  // The verify-only reference: what any server must do for a new token, and nothing else.
-  const verifyOnly = await startVerifyOnlyGrpc(ctx, await writeEmulatorJwks(ctx, pool[0]));
+  // The verify-only reference: what any server must do for a new token, and nothing else. Also run
+  // with the image's environment, as check-warm's third candidate, so the cost of the image's heap
+  // caps is told from the sidecar's own work; the target stays against the NOP with V8's defaults.
+  const jwksFile = await writeEmulatorJwks(ctx, pool[0]);
+  const image = imageEnv();
+  const [verifyOnly, verifyOnlyImage] = await Promise.all([startVerifyOnlyGrpc(ctx, jwksFile), startVerifyOnlyGrpc(ctx, jwksFile, image)]);
   try {
     const per = b.firstSightPerRound;
     const warmFrames = await writeCheckFrames(ctx, 'first-sight-warmup', pool.slice(0, FIRST_SIGHT_WARMUP), WARM_CONTEXT);
+    // Round 0 is the warm round, unmeasured; 1…firstSightRounds are measured.
     const roundFrames: string[] = [];
-    for (let r = 0; r < b.firstSightRounds; r++) {
+    for (let r = 0; r <= b.firstSightRounds; r++) {
       const slice = pool.slice(FIRST_SIGHT_WARMUP + r * per, FIRST_SIGHT_WARMUP + (r + 1) * per);
       roundFrames.push(await writeCheckFrames(ctx, `first-sight-${r}`, slice, WARM_CONTEXT));
     }
     const concurrency = CLOSED_LOOP_IN_FLIGHT;
     const closed = (url: string, framesFile: string, count: number, injectedHeader?: string) => closedLoop(ctx, url, framesFile, count, injectedHeader);
 
-    // The reference must really verify: a forged signature is denied, a valid token allowed.
+    // The references must really verify: a forged signature is denied, a valid token allowed.
     const [h, p, sig] = pool[0].split('.');
     const forged = `${h}.${p}.${sig.slice(0, -4)}${sig.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
-    const probe = await checkOnce(verifyOnly.grpcUrl, forged);
-    const valid = await checkOnce(verifyOnly.grpcUrl, pool[0]);
-    if (probe !== 16 || valid !== 0) throw new Error(`the verify-only reference answered ${probe} to a forged token and ${valid} to a valid one (want 16 and 0)`);
+    for (const reference of [verifyOnly, verifyOnlyImage]) {
+      const probe = await checkOnce(reference.grpcUrl, forged);
+      const valid = await checkOnce(reference.grpcUrl, pool[0]);
+      if (probe !== 16 || valid !== 0) throw new Error(`the verify-only reference answered ${probe} to a forged token and ${valid} to a valid one (want 16 and 0)`);
+    }
 
     ctx.log(`check-first-sight: ${b.firstSightRounds} rounds × ${per} distinct tokens`);
     // Warm-up: the sidecar sees the warm-up tokens once (never again); the references get the same requests.
     await closed(sidecar.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP, INJECTED_HEADER);
     await closed(baseline.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP * 4);
     await closed(verifyOnly.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP);
+    await closed(verifyOnlyImage.grpcUrl, warmFrames, FIRST_SIGHT_WARMUP);
     // One record per server; the NOP gets the same frames, cycled to about as many seconds of load as it needs.
     const measuredServer = (server: RunningServer & { grpcUrl: string }, count: number, injectedHeader?: string) => ({
       server,
@@ -405,14 +427,23 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
       injectedHeader,
       results: [] as LoadgenResult[],
       cpuUs: [] as number[],
+      warmRound: undefined as LoadgenResult | undefined,
     });
     const nop = measuredServer(baseline, per * 3);
     const ver = measuredServer(verifyOnly, per);
+    const verImage = measuredServer(verifyOnlyImage, per);
     const side = measuredServer(sidecar, per, INJECTED_HEADER);
-    for (let r = 0; r < b.firstSightRounds; r++) {
-      for (const m of r % 2 === 0 ? [nop, ver, side] : [side, ver, nop]) {
+    // The first round after the warm-up cost every server more CPU per Check than the rounds after
+    // it (1.2–3.1×, the NOP too, in every run: finding 35), whatever the warm-up's length. So a
+    // whole round runs first, in the alternation's order, and is not counted.
+    for (const [r, round] of firstSightSchedule([nop, ver, verImage, side], b.firstSightRounds).entries()) {
+      for (const m of round.order) {
         const c0 = cpuSeconds(m.server.pid);
         const res = await closed(m.server.grpcUrl, roundFrames[r], m.count, m.injectedHeader);
+        if (!round.measured) {
+          m.warmRound = res;
+          continue;
+        }
         m.cpuUs.push(cpuPerRequestUs(c0, cpuSeconds(m.server.pid), res.completed));
         m.results.push(res);
       }
@@ -421,6 +452,7 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
     const figures: Figure[] = [
       figure('saturation (Node client)', 'nop-grpc', 'req/s', rps(nop)),
       figure('saturation (Node client)', 'verify-only grpc-js', 'req/s', rps(ver)),
+      figure('saturation (Node client)', VERIFY_IMAGE, 'req/s', rps(verImage)),
       figure('saturation (Node client)', 'sidecar first sight', 'req/s', rps(side)),
     ];
     const ratio = spread(pairedRatios(rps(side), rps(nop)));
@@ -428,20 +460,27 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
     figures.push({ figure: 'saturation ratio', candidate: 'sidecar / nop', unit: '×', value: ratio });
     figures.push({ figure: 'saturation ratio', candidate: 'verify-only / nop', unit: '×', value: verRatio });
     figures.push({ figure: 'saturation ratio', candidate: 'sidecar / verify-only', unit: '×', value: spread(pairedRatios(rps(side), rps(ver))) });
+    const imageRatio = spread(pairedRatios(rps(side), rps(verImage)));
+    figures.push({ figure: 'saturation ratio', candidate: `sidecar / ${VERIFY_IMAGE}`, unit: '×', value: imageRatio });
+    figures.push({ figure: 'saturation ratio', candidate: `${VERIFY_IMAGE} / verify-only`, unit: '×', value: spread(pairedRatios(rps(verImage), rps(ver))) });
     figures.push(figure('server CPU per request', 'nop-grpc', 'µs', nop.cpuUs));
     figures.push(figure('server CPU per request', 'verify-only grpc-js', 'µs', ver.cpuUs));
+    figures.push(figure('server CPU per request', VERIFY_IMAGE, 'µs', verImage.cpuUs));
     figures.push(figure('server CPU per request', 'sidecar first sight', 'µs', side.cpuUs));
     const busy = cpuFigures('sidecar first sight', rps(side), side.cpuUs, rps(nop), nop.cpuUs);
     figures.push(busy[0], busy[1], figure('server busy (share of its core)', 'verify-only grpc-js', '%', busyPercent(rps(ver), ver.cpuUs)), busy[2]);
     figures.push({ figure: 'CPU per request ratio', candidate: 'nop µs / verify-only µs', unit: '×', value: spread(pairedRatios(nop.cpuUs, ver.cpuUs)) });
     figures.push(figure(`p50 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.results.map((x) => x.latencyMs.p50)));
     figures.push(figure(`p99 at saturation (${concurrency} in flight)`, 'sidecar first sight', 'ms', side.results.map((x) => x.latencyMs.p99)));
-    const errors = side.results.reduce((a, x) => a + x.errors + x.incorrect, 0);
-    const refErrors = [...nop.results, ...ver.results].reduce((a, x) => a + x.errors + x.incorrect, 0);
+    // Errors count in the warm round too: only its timings are left out.
+    const answered = (m: { results: LoadgenResult[]; warmRound?: LoadgenResult }) => (m.warmRound ? [m.warmRound, ...m.results] : m.results);
+    const errors = answered(side).reduce((a, x) => a + x.errors + x.incorrect, 0);
+    const refErrors = [...answered(nop), ...answered(ver), ...answered(verImage)].reduce((a, x) => a + x.errors + x.incorrect, 0);
     const notes = [
-      `each round sends ${per} tokens never seen before (distinct uti claim, so the verified-token cache cannot hit); the downstream app token stays cached.`,
+      `each round sends ${per} tokens never seen before (distinct uti claim, so the verified-token cache cannot hit); the downstream app token stays cached. One more round of the same shape runs first, unmeasured (its errors still count).`,
       `load from the Node load generator (h2load sends one fixed body) with ${concurrency} requests in flight over its own HTTP/2 client (bench/h2client.ts), which keeps a server busy at least 90 % of the time unless a note below says otherwise.`,
       `verify-only grpc-js: the NOP server plus, per Check, the bearer token's header and payload decoded and its RS256 signature verified (a forged one is denied: probed before the load); no other rule, no downstream token. The least any server does for a new token; ${verRatio.median.toFixed(2)}× the NOP here.`,
+      `${VERIFY_IMAGE}: the same reference run with the image's environment (${Object.entries(image).map(([k, v]) => `${k}=${v}`).join(' ')}), like the sidecar. Against it the sidecar reads ${imageRatio.median.toFixed(2)}×: what is left once the image's heap caps are charged to both is the sidecar's own work beyond verifying.`,
       ...clientPaceNote(busy),
       ...(refErrors > 0 ? [`the reference servers answered ${refErrors} requests wrongly or not at all`] : []),
     ];
@@ -454,10 +493,16 @@ export async function checkFirstSight(shared: SharedFixtures): Promise<Omit<Scen
         { target: 'zero errors (first-sight Check)', measured: String(errors), met: errors === 0 },
       ],
       notes,
-      details: { sidecar: side.results, nop: nop.results, verifyOnly: ver.results },
+      details: {
+        sidecar: side.results,
+        nop: nop.results,
+        verifyOnly: ver.results,
+        verifyOnlyImage: verImage.results,
+        warmRound: { sidecar: side.warmRound, nop: nop.warmRound, verifyOnly: ver.warmRound, verifyOnlyImage: verImage.warmRound },
+      },
     };
   } finally {
-    await verifyOnly.stop();
+    await Promise.all([verifyOnly.stop(), verifyOnlyImage.stop()]);
   }
 }
 

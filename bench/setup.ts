@@ -200,9 +200,12 @@ export async function startBaselineEcho(ctx: Pick<BenchContext, 'place'>): Promi
   return { ...server, echoUrl: `http://127.0.0.1:${server.listening.port as number}` };
 }
 
-/** Starts the verify-only reference Check server (baseline-grpc.ts with a JWKS file) pinned to the server core. */
-export async function startVerifyOnlyGrpc(ctx: Pick<BenchContext, 'place'>, jwksFile: string): Promise<RunningServer & { grpcUrl: string }> {
-  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js'), '0', jwksFile], { PATH: process.env.PATH });
+/**
+ * Starts the verify-only reference Check server (baseline-grpc.ts with a JWKS file) pinned to the
+ * server core, with V8's defaults unless `env` says otherwise (as for startBaselineGrpc).
+ */
+export async function startVerifyOnlyGrpc(ctx: Pick<BenchContext, 'place'>, jwksFile: string, env: Record<string, string> = {}): Promise<RunningServer & { grpcUrl: string }> {
+  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js'), '0', jwksFile], { PATH: process.env.PATH, ...env });
   return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
 }
 
