@@ -189,8 +189,13 @@ export async function waitReady(sidecar: BenchSidecar, timeoutMs = 20_000): Prom
  * Starts the do-nothing grpc-js Check server pinned to the server core, with V8's defaults unless
  * `env` says otherwise (`imageEnv()` runs it with the image's heap flags and malloc setting).
  */
-export async function startBaselineGrpc(ctx: Pick<BenchContext, 'place'>, env: Record<string, string> = {}): Promise<RunningServer & { grpcUrl: string }> {
-  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js')], { PATH: process.env.PATH, ...env });
+export function startBaselineGrpc(ctx: Pick<BenchContext, 'place'>, env: Record<string, string> = {}): Promise<RunningServer & { grpcUrl: string }> {
+  return startGrpcBaseline(ctx, [], env);
+}
+
+/** baseline-grpc.js with `args` (none: the do-nothing server; port and JWKS file: the verify-only reference). */
+async function startGrpcBaseline(ctx: Pick<BenchContext, 'place'>, args: string[], env: Record<string, string>): Promise<RunningServer & { grpcUrl: string }> {
+  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js'), ...args], { PATH: process.env.PATH, ...env });
   return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
 }
 
@@ -204,9 +209,8 @@ export async function startBaselineEcho(ctx: Pick<BenchContext, 'place'>): Promi
  * Starts the verify-only reference Check server (baseline-grpc.ts with a JWKS file) pinned to the
  * server core, with V8's defaults unless `env` says otherwise (as for startBaselineGrpc).
  */
-export async function startVerifyOnlyGrpc(ctx: Pick<BenchContext, 'place'>, jwksFile: string, env: Record<string, string> = {}): Promise<RunningServer & { grpcUrl: string }> {
-  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-grpc.js'), '0', jwksFile], { PATH: process.env.PATH, ...env });
-  return { ...server, grpcUrl: `http://127.0.0.1:${server.listening.port as number}` };
+export function startVerifyOnlyGrpc(ctx: Pick<BenchContext, 'place'>, jwksFile: string, env: Record<string, string> = {}): Promise<RunningServer & { grpcUrl: string }> {
+  return startGrpcBaseline(ctx, ['0', jwksFile], env);
 }
 
 /** Fetches the signing keys that verify `token` (from its issuer's metadata at the emulator) into a scratch file; returns its path. */

@@ -44,9 +44,9 @@ function baseEnv(): Record<string, string> {
   return { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'test' };
 }
 
-/** Spawns the sidecar and resolves once it logged its listening line (rejects if it exits first). */
-export async function startSidecar(env: Record<string, string>, opts: { args?: string[]; timeoutMs?: number; cwd?: string } = {}): Promise<RunningSidecar> {
-  const child = spawn(process.execPath, [sidecarEntry, ...(opts.args ?? [])], {
+/** Spawns the sidecar (`nodeArgs` go to node, `args` to the sidecar) and resolves once it logged its listening line (rejects if it exits first). */
+export async function startSidecar(env: Record<string, string>, opts: { args?: string[]; nodeArgs?: string[]; timeoutMs?: number; cwd?: string } = {}): Promise<RunningSidecar> {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), sidecarEntry, ...(opts.args ?? [])], {
     env: { ...baseEnv(), ...env },
     cwd: opts.cwd ?? repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
