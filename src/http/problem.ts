@@ -35,15 +35,18 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
  * Writes an already serialised JSON body with Microsoft's no-cache headers on 2xx. One writeHead
  * with every header (node:http's fast path) instead of a setHeader per header: this is the answer
  * of every successful /Validate and /AuthorizationHeader call. The memoised answers are Buffers: a
- * string body is measured and encoded to UTF-8 again inside every socket write.
+ * string body is measured and encoded to UTF-8 again inside every socket write. The names are
+ * lower case (field names are case-insensitive, RFC 9110 §5.1): node:http lower-cases every name
+ * it writes to look for the ones it treats specially, and a name already in lower case costs it no
+ * new string (bench/README.md finding 37).
  */
 export function sendJsonText(res: ServerResponse, status: number, text: string | Buffer): void {
   const length = typeof text === 'string' ? Buffer.byteLength(text) : text.length;
   res.writeHead(
     status,
     status >= 200 && status < 300
-      ? { 'Content-Type': JSON_TYPE, 'Content-Length': length, 'Cache-Control': NO_CACHE[0][1], Expires: NO_CACHE[1][1], Pragma: NO_CACHE[2][1] }
-      : { 'Content-Type': JSON_TYPE, 'Content-Length': length },
+      ? { 'content-type': JSON_TYPE, 'content-length': length, 'cache-control': NO_CACHE[0][1], expires: NO_CACHE[1][1], pragma: NO_CACHE[2][1] }
+      : { 'content-type': JSON_TYPE, 'content-length': length },
   );
   res.end(text);
 }

@@ -59,6 +59,8 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     const r = await authHeader('downstream', user);
     expect(r.status, r.text).to.equal(200);
     expect(r.headers.get('cache-control')).to.equal('no-cache, no-store, must-revalidate');
+    expect(r.headers.get('expires')).to.equal('0');
+    expect(r.headers.get('pragma')).to.equal('no-cache');
     const claims = bearer(r.json().authorizationHeader);
     expect(claims.aud).to.equal(emu.scenario.apps.downstreamApi.appId);
     expect(claims.scp).to.equal('read');

@@ -40,6 +40,8 @@ describe('GET /Validate (built sidecar against the emulator)', function () {
     expect(r.status).to.equal(200);
     expect(r.headers.get('content-type')).to.equal('application/json; charset=utf-8');
     expect(r.headers.get('cache-control')).to.equal('no-cache, no-store, must-revalidate');
+    expect(r.headers.get('expires')).to.equal('0');
+    expect(r.headers.get('pragma')).to.equal('no-cache');
     const body = r.json();
     expect(body.protocol).to.equal('Bearer');
     expect(body.token).to.equal(token);
