@@ -232,9 +232,16 @@ export async function writeEmulatorJwks(ctx: Pick<BenchContext, 'scratch' | 'emu
   }
 }
 
-/** Starts the bare node:http server answering a JSON body of `bodyBytes`. */
-export async function startBaselineHttp(ctx: Pick<BenchContext, 'place'>, bodyBytes: number): Promise<RunningServer & { httpUrl: string }> {
-  const server = await startServer(ctx.place.server, [process.execPath, path.join(benchDir, 'baseline-http.js'), String(bodyBytes)], { PATH: process.env.PATH });
+/** What src/build-bundle.ts puts in the sidecar's bundle: the packages the sidecar loads before it listens. */
+export const SIDECAR_START_DEPENDENCIES: readonly string[] = ['@grpc/grpc-js', 'protobufjs', 'pino', 'prom-client', 'undici'];
+
+/**
+ * Starts the bare node:http server answering a JSON body of `bodyBytes`; with `withDependencies`,
+ * in a process that has first imported SIDECAR_START_DEPENDENCIES (http-warm's third candidate).
+ */
+export async function startBaselineHttp(ctx: Pick<BenchContext, 'place'>, bodyBytes: number, withDependencies = false): Promise<RunningServer & { httpUrl: string }> {
+  const args = [process.execPath, path.join(benchDir, 'baseline-http.js'), String(bodyBytes), ...(withDependencies ? SIDECAR_START_DEPENDENCIES : [])];
+  const server = await startServer(ctx.place.server, args, { PATH: process.env.PATH });
   return { ...server, httpUrl: `http://127.0.0.1:${server.listening.port as number}` };
 }
 

@@ -1,8 +1,9 @@
 /**
- * The bench's gRPC baselines (bench/setup.ts): the do-nothing server (startBaselineGrpc) and the
+ * The bench's baselines (bench/setup.ts): the do-nothing server (startBaselineGrpc) and the
  * verify-only reference (startVerifyOnlyGrpc) run with V8's defaults, and with `imageEnv()` with
  * the image's NODE_OPTIONS and malloc setting: the third saturation candidate of check-warm and
- * the fourth of check-first-sight. Checked in what the started process really got.
+ * the fourth of check-first-sight; and the bare node:http server, alone or with the sidecar's
+ * dependencies loaded (http-warm's third candidate). Checked in what the started process really got.
  */
 import { expect } from 'chai';
 import { generateKeyPairSync } from 'node:crypto';
@@ -10,7 +11,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { placement } from '../../bench/processes.js';
-import { imageEnv, startBaselineGrpc, startVerifyOnlyGrpc } from '../../bench/setup.js';
+import { imageEnv, SIDECAR_START_DEPENDENCIES, startBaselineGrpc, startBaselineHttp, startVerifyOnlyGrpc } from '../../bench/setup.js';
 
 /** Unpinned (placement for one core): the test runs on whatever core is free. */
 const unpinned = { place: placement(1) };
@@ -60,6 +61,31 @@ describe('bench baseline gRPC server environment', function () {
       for (const s of [plain, flagged]) expect(readFileSync(`/proc/${s.pid}/cmdline`, 'utf8').split('\0')).to.include(jwksFile);
     } finally {
       await Promise.all([plain.stop(), flagged.stop()]);
+    }
+  });
+});
+
+describe('bench baseline HTTP server', function () {
+  this.timeout(30_000);
+
+  it("answers the same with and without the sidecar's dependencies loaded, and only the loaded one holds them", async () => {
+    const bare = await startBaselineHttp(unpinned, 2024);
+    const weighted = await startBaselineHttp(unpinned, 2024, true);
+    try {
+      expect(bare.listening.dependencies).to.equal(0);
+      expect(weighted.listening.dependencies).to.equal(SIDECAR_START_DEPENDENCIES.length);
+      // The packages are really there: grpc-js, protobufjs, pino, prom-client and undici add
+      // megabytes of code and data to the heap.
+      expect(Number(weighted.listening.heapUsedBytes) - Number(bare.listening.heapUsedBytes)).to.be.greaterThan(2 * 1024 * 1024);
+      for (const s of [bare, weighted]) {
+        const r = await fetch(`${s.httpUrl}/Validate`, { headers: { authorization: 'Bearer x' } });
+        expect(r.status).to.equal(200);
+        expect(r.headers.get('content-type')).to.equal('application/json; charset=utf-8');
+        expect(r.headers.get('cache-control')).to.equal('no-cache, no-store, must-revalidate');
+        expect(Buffer.byteLength(await r.text())).to.equal(2024);
+      }
+    } finally {
+      await Promise.all([bare.stop(), weighted.stop()]);
     }
   });
 });
