@@ -5,6 +5,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { cpuSeconds, rssMb, sleep, type RunningServer } from './processes.js';
+import { BUNDLED_AT_START } from '../src/build-bundle.js';
 import type { LoadgenResult } from './loadgen.js';
 import type { Figure, ScenarioResult, TargetCheck } from './report.js';
 import { pairedRatios, slope, spread, type Spread } from './stats.js';
@@ -19,7 +20,6 @@ import {
   startBaselineEcho,
   startBaselineGrpc,
   startBaselineHttp,
-  SIDECAR_START_DEPENDENCIES,
   startBenchSidecar,
   startVerifyOnlyGrpc,
   writeEmulatorJwks,
@@ -588,7 +588,7 @@ export async function httpWarm(shared: SharedFixtures): Promise<Omit<ScenarioRes
     }
   }
   notes.push(`wrk: 1 thread, ${WRK_CONNECTIONS} keep-alive connections, HTTP/1.1; the baseline answers a JSON body of the same byte size with the same content-type and cache-control.`);
-  notes.push(`${WEIGHTED}: the same bare server in a process that first imported what the sidecar loads at start (${SIDECAR_START_DEPENDENCIES.join(', ')}) and never uses it: the weight of the sidecar's process without its code on the request path (finding 37). The target is against the bare server.`);
+  notes.push(`${WEIGHTED}: the same bare server in a process that first imported what the sidecar loads at start (${BUNDLED_AT_START.join(', ')}) and never uses it: the weight of the sidecar's process without its code on the request path (finding 37). The target is against the bare server.`);
   return { name: 'http-warm', title: 'identity HTTP API, warm token, vs a bare node:http server', figures, targets, notes, details };
 }
 

@@ -13,6 +13,7 @@ import YAML from 'yaml';
 import type { Emulator } from '../emulator/index.js';
 import { sidecarEnv as testSidecarEnv } from '../test/helpers/e2e.js';
 import { benchDir, repoRoot, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
+import { BUNDLED_AT_START } from '../src/build-bundle.js';
 import type { LoadgenJob, LoadgenResult } from './loadgen.js';
 import { encodeCheckFrame, envoyCheckRequest } from './wire.js';
 
@@ -232,15 +233,13 @@ export async function writeEmulatorJwks(ctx: Pick<BenchContext, 'scratch' | 'emu
   }
 }
 
-/** What src/build-bundle.ts puts in the sidecar's bundle: the packages the sidecar loads before it listens. */
-export const SIDECAR_START_DEPENDENCIES: readonly string[] = ['@grpc/grpc-js', 'protobufjs', 'pino', 'prom-client', 'undici'];
-
 /**
  * Starts the bare node:http server answering a JSON body of `bodyBytes`; with `withDependencies`,
- * in a process that has first imported SIDECAR_START_DEPENDENCIES (http-warm's third candidate).
+ * in a process that has first imported the packages the sidecar loads at start (BUNDLED_AT_START,
+ * src/build-bundle.ts; http-warm's third candidate).
  */
 export async function startBaselineHttp(ctx: Pick<BenchContext, 'place'>, bodyBytes: number, withDependencies = false): Promise<RunningServer & { httpUrl: string }> {
-  const args = [process.execPath, path.join(benchDir, 'baseline-http.js'), String(bodyBytes), ...(withDependencies ? SIDECAR_START_DEPENDENCIES : [])];
+  const args = [process.execPath, path.join(benchDir, 'baseline-http.js'), String(bodyBytes), ...(withDependencies ? BUNDLED_AT_START : [])];
   const server = await startServer(ctx.place.server, args, { PATH: process.env.PATH });
   return { ...server, httpUrl: `http://127.0.0.1:${server.listening.port as number}` };
 }

@@ -22,6 +22,12 @@ import { DESCRIPTOR_FILE } from './extauthz/protos.js';
 const srcDir = path.dirname(fileURLToPath(import.meta.url));
 export const BUNDLE_FILE = path.join(srcDir, 'sidecar.bundle.js');
 
+/**
+ * The packages the bundle holds because the sidecar loads them at every start (their own
+ * dependencies come with them). The build fails if one of them is missing from the bundle.
+ */
+export const BUNDLED_AT_START: readonly string[] = ['@grpc/grpc-js', 'pino', 'prom-client', 'undici', 'protobufjs'];
+
 /** Packages required at run time from node_modules, never copied into the bundle. */
 export const BUNDLE_EXTERNAL = ['@azure/msal-node', 'jose', 'node-forge', '@grpc/proto-loader', '@grpc/reflection', '@grpc/grpc-js-xds'];
 
@@ -52,5 +58,7 @@ if (isEntry) {
   });
   const inputs = Object.keys(result.metafile.inputs);
   const packages = new Set(inputs.filter((f) => f.includes('node_modules/')).map((f) => /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(f)?.[1]));
+  const missing = BUNDLED_AT_START.filter((p) => !packages.has(p));
+  if (missing.length > 0) throw new Error(`the bundle lacks ${missing.join(', ')} (BUNDLED_AT_START)`);
   process.stdout.write(`wrote ${BUNDLE_FILE}: ${inputs.length} modules (${[...packages].sort().join(', ')})\n`);
 }

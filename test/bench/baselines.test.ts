@@ -11,7 +11,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { placement } from '../../bench/processes.js';
-import { imageEnv, SIDECAR_START_DEPENDENCIES, startBaselineGrpc, startBaselineHttp, startVerifyOnlyGrpc } from '../../bench/setup.js';
+import { imageEnv, startBaselineGrpc, startBaselineHttp, startVerifyOnlyGrpc } from '../../bench/setup.js';
+import { BUNDLED_AT_START } from '../../src/build-bundle.js';
 
 /** Unpinned (placement for one core): the test runs on whatever core is free. */
 const unpinned = { place: placement(1) };
@@ -73,7 +74,7 @@ describe('bench baseline HTTP server', function () {
     const weighted = await startBaselineHttp(unpinned, 2024, true);
     try {
       expect(bare.listening.dependencies).to.equal(0);
-      expect(weighted.listening.dependencies).to.equal(SIDECAR_START_DEPENDENCIES.length);
+      expect(weighted.listening.dependencies).to.equal(BUNDLED_AT_START.length);
       // The packages are really there: grpc-js, protobufjs, pino, prom-client and undici add
       // megabytes of code and data to the heap.
       expect(Number(weighted.listening.heapUsedBytes) - Number(bare.listening.heapUsedBytes)).to.be.greaterThan(2 * 1024 * 1024);
