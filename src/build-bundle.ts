@@ -16,7 +16,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { build, type Plugin } from 'esbuild';
 import { DESCRIPTOR_FILE } from './extauthz/protos.js';
 
 const srcDir = path.dirname(fileURLToPath(import.meta.url));
@@ -31,6 +31,22 @@ export const BUNDLED_AT_START: readonly string[] = ['@grpc/grpc-js', 'pino', 'pr
 /** Packages required at run time from node_modules, never copied into the bundle. */
 export const BUNDLE_EXTERNAL = ['@azure/msal-node', 'jose', 'node-forge', '@grpc/proto-loader', '@grpc/reflection', '@grpc/grpc-js-xds'];
 
+/**
+ * Routes the sidecar's own `import … from 'node:…'` through the bundle's `require`. An ES module
+ * import of a built-in makes Node build a module namespace for it, which reads every export once,
+ * lazy getters included: `node:http`'s WebSocket loads Node's own copy of undici (Node ≥ 22),
+ * `node:crypto`'s webcrypto the Web Crypto API (bench/README.md finding 39). `require()` returns
+ * the module object as it is, and esbuild's interop reads a named import from it where it is used.
+ */
+export const builtinsThroughRequire: Plugin = {
+  name: 'builtins-through-require',
+  setup(b) {
+    b.onResolve({ filter: /^node:/ }, (args) => (args.kind === 'import-statement' ? { path: args.path, namespace: 'builtin' } : undefined));
+    // This require() is left to the bundle's own (the banner's), as every external require is.
+    b.onLoad({ filter: /.*/, namespace: 'builtin' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});`, loader: 'js' }));
+  },
+};
+
 const isEntry = process.argv[1] !== undefined && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url);
 if (isEntry) {
   const result = await build({
@@ -41,6 +57,7 @@ if (isEntry) {
     format: 'esm',
     target: 'node20',
     external: BUNDLE_EXTERNAL,
+    plugins: [builtinsThroughRequire],
     // Bundled CommonJS packages call require() for Node's built-ins; an ES module has none of its own.
     banner: { js: "import { createRequire as __bundleCreateRequire } from 'node:module';\nconst require = __bundleCreateRequire(import.meta.url);" },
     define: { __ENVOY_EXT_AUTHZ_DESCRIPTOR__: readFileSync(DESCRIPTOR_FILE, 'utf8').trim() },

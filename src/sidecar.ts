@@ -1,5 +1,5 @@
 /**
- * The sidecar process (started by main.ts) and the only place that wires modules together: load config (exit non-zero
+ * The sidecar process (loaded and started by main.ts, which calls `main()`) and the only place that wires modules together: load config (exit non-zero
  * before listening when it is invalid), build the outbound agent, validator and acquirer, start the
  * listeners, log one JSON line with every bound address, and shut down gracefully on SIGTERM/SIGINT.
  */
@@ -141,7 +141,8 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
   };
 }
 
-async function main(): Promise<void> {
+/** Runs the sidecar process: configuration, logger, process handlers, `run()`, shutdown on signals. */
+export async function main(): Promise<void> {
   const result = loadConfig(processConfigInputs());
   if (!result.ok) {
     process.stderr.write(describeConfigErrors(result.errors));
@@ -196,5 +197,3 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
 }
-
-await main();

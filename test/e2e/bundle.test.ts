@@ -87,6 +87,25 @@ describe('the sidecar bundle (built sidecar)', function () {
     expect(packages.has('@grpc/grpc-js-xds')).to.equal(false);
   });
 
+  it("loads Node's built-ins through require: no module namespace reads their lazy exports (Node's own undici, Web Crypto)", async () => {
+    // An ES module import of node:http or node:crypto makes Node read every export once, which loads
+    // Node's copy of undici (http's WebSocket, Node >= 22) and the Web Crypto API (crypto's
+    // webcrypto): 40-50 ms of a start on Node 24 (bench/README.md finding 39).
+    const log = path.join(dir, 'builtins.log');
+    const preload = path.join(dir, 'builtins.cjs');
+    writeFileSync(preload, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, process.moduleLoadList.join('\\n')));\n`);
+    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--require=${preload}` }));
+    try {
+      const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+      expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
+    } finally {
+      expect(await s.stop()).to.equal(0);
+    }
+    const loaded = readFileSync(log, 'utf8').split('\n');
+    expect(loaded, 'the preload saw the built-ins the sidecar uses').to.include('NativeModule http2');
+    expect(loaded.filter((m) => /^NativeModule internal\/(deps\/undici|crypto\/webcrypto)/.test(m))).to.deep.equal([]);
+  });
+
   it('is passed over when the compiled modules are newer (a plain tsc run after a build)', async function () {
     const modules = path.join(outRoot, 'src', 'sidecar.js');
     const saved = statSync(modules);

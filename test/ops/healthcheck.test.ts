@@ -1,6 +1,8 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createLogger } from '../../src/log.js';
 import { createMetrics } from '../../src/metrics.js';
@@ -11,9 +13,9 @@ import { outRoot } from './paths.js';
 const script = path.join(outRoot, 'src', 'healthcheck.js');
 
 /** Runs the compiled healthcheck script as Docker would and resolves its exit code. */
-function runHealthcheck(args: string[]): Promise<number | null> {
+function runHealthcheck(args: string[], nodeArgs: string[] = []): Promise<number | null> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, ...args], { stdio: 'ignore' });
+    const child = spawn(process.execPath, [...nodeArgs, script, ...args], { stdio: 'ignore' });
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
     child.on('error', reject);
     child.on('exit', (code) => {
@@ -48,6 +50,21 @@ describe('container healthcheck script', () => {
 
   it('exits 0 when the management listener answers /healthz', async () => {
     expect(await runHealthcheck([`http://127.0.0.1:${server.port}/healthz`])).to.equal(0);
+  });
+
+  it("loads none of node:http's lazy exports (Node's own undici, on Node >= 22)", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'healthcheck-test-'));
+    try {
+      const log = path.join(dir, 'modules.log');
+      const preload = path.join(dir, 'preload.cjs');
+      writeFileSync(preload, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, process.moduleLoadList.join('\\n')));\n`);
+      expect(await runHealthcheck([`http://127.0.0.1:${server.port}/healthz`], [`--require=${preload}`])).to.equal(0);
+      const loaded = readFileSync(log, 'utf8').split('\n');
+      expect(loaded, 'the preload saw the probe load node:http').to.include('NativeModule http');
+      expect(loaded.filter((m) => m.startsWith('NativeModule internal/deps/undici'))).to.deep.equal([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('exits 1 when nothing listens', async () => {
