@@ -1,7 +1,8 @@
 /**
- * The sidecar process (loaded and started by main.ts, which calls `main()`) and the only place that wires modules together: load config (exit non-zero
- * before listening when it is invalid), build the outbound agent, validator and acquirer, start the
- * listeners, log one JSON line with every bound address, and shut down gracefully on SIGTERM/SIGINT.
+ * The sidecar process (main.ts loads this module, then calls `main()`) and the only place that wires
+ * modules together: load config (exit non-zero before listening when it is invalid), build the
+ * outbound agent, validator and acquirer, start the listeners, log one JSON line with every bound
+ * address, and shut down gracefully on SIGTERM/SIGINT.
  */
 import { describeConfigErrors, loadConfig, processConfigInputs } from './config/load.js';
 import type { SidecarConfig } from './config/types.js';
