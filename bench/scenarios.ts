@@ -686,12 +686,18 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
   const b = ctx.budget;
   const listeningMs: number[] = [];
   const readyMs: number[] = [];
+  const bareListeningMs: number[] = [];
   const idleRss: number[] = [];
   const notes: string[] = [];
   let last: BenchSidecar | undefined;
-  ctx.log(`memory-startup: ${b.startupRounds} cold starts`);
+  ctx.log(`memory-startup: ${b.startupRounds} cold starts, each after one of the bare node:http server`);
   try {
     for (let r = 0; r < b.startupRounds; r++) {
+      // The host's own cost of starting a Node server, in the same round: the host has phases in
+      // which every start takes ~1.4× as long (finding 39), and this shows them in the report.
+      const bare = await startBaselineHttp(ctx, 2);
+      bareListeningMs.push(bare.listeningAfterMs);
+      await bare.stop();
       const s = await startBenchSidecar(ctx);
       listeningMs.push(s.listeningAfterMs);
       readyMs.push(await waitReady(s));
@@ -755,6 +761,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
     const figures: Figure[] = [
       figure('spawn → listening line', 'sidecar', 'ms', listeningMs),
       figure('spawn → /readyz 200', 'sidecar', 'ms', readyMs),
+      figure('spawn → listening line', 'bare node:http', 'ms', bareListeningMs),
       figure('RSS idle (2 s after ready)', 'sidecar', 'MB', idleRss),
       figure(`RSS after ${b.checksForRss} warm Checks`, 'sidecar', 'MB', [rssAfterChecks]),
       figure(`RSS after ${pool.length} distinct tokens, each sent twice on the OBO route and on the app-token route (every cache full)`, 'sidecar', 'MB', [rssAfterFill]),
@@ -764,6 +771,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
     const soakErrors = soak.errors + soak.incorrect + fillErrors;
     const noGrowth = Number.isFinite(trend) && trend <= 2;
     if (h2.errors) notes.push(`h2load reported ${h2.errors} errors during the ${b.checksForRss} Checks`);
+    notes.push(`bare node:http: the bare server (V8's defaults, no dependencies) started just before each sidecar, pinned alike: what starting any Node server costs on this host at that moment; a slow phase of the host moves both.`);
     notes.push(
       `soak: ${soak.completed} Checks after ${fillCompleted} that filled the caches, p99 ${soak.latencyMs.p99.toFixed(2)} ms, ${soakErrors} errors; "no growth" means a least-squares RSS slope ≤ 2 MB/min over the whole soak.`,
     );
@@ -783,7 +791,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
         { target: 'start-to-ready ≤ 400 ms (emulator local)', measured: `${readySpread.median.toFixed(0)} ms (${readySpread.min.toFixed(0)}–${readySpread.max.toFixed(0)})`, met: readySpread.median <= 400 },
       ],
       notes,
-      details: { listeningMs, readyMs, idleRss, rssAfterChecks, rssAfterFill, fill: Object.fromEntries(Object.entries(fills).map(([route, f]) => [route, { completed: f.completed, errors: f.errors + f.incorrect, rps: f.rps }])), h2load: { rps: h2.rps, requests: h2.requests, errors: h2.errors }, soak, samples },
+      details: { listeningMs, readyMs, bareListeningMs, idleRss, rssAfterChecks, rssAfterFill, fill: Object.fromEntries(Object.entries(fills).map(([route, f]) => [route, { completed: f.completed, errors: f.errors + f.incorrect, rps: f.rps }])), h2load: { rps: h2.rps, requests: h2.requests, errors: h2.errors }, soak, samples },
     };
   } finally {
     await last?.stop();
