@@ -10,6 +10,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { BUNDLE_EXTERNAL, BUNDLE_FILE, BUNDLED_AT_START } from '../../src/build-bundle.js';
+import { builtinRecorder } from '../helpers/builtins.js';
 import { outRoot, startSidecar } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
 
@@ -91,17 +92,15 @@ describe('the sidecar bundle (built sidecar)', function () {
     // An ES module import of node:http or node:crypto makes Node read every export once, which loads
     // Node's copy of undici (http's WebSocket, Node >= 22) and the Web Crypto API (crypto's
     // webcrypto): 40-50 ms of a start on Node 24 (bench/README.md finding 39).
-    const log = path.join(dir, 'builtins.log');
-    const preload = path.join(dir, 'builtins.cjs');
-    writeFileSync(preload, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, process.moduleLoadList.join('\\n')));\n`);
-    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--require=${preload}` }));
+    const recorder = builtinRecorder(dir, 'builtins');
+    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: recorder.nodeArg }));
     try {
       const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
       expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
     } finally {
       expect(await s.stop()).to.equal(0);
     }
-    const loaded = readFileSync(log, 'utf8').split('\n');
+    const loaded = recorder.loaded();
     expect(loaded, 'the preload saw the built-ins the sidecar uses').to.include('NativeModule http2');
     expect(loaded.filter((m) => /^NativeModule internal\/(deps\/undici|crypto\/webcrypto)/.test(m))).to.deep.equal([]);
   });

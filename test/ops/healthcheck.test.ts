@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -9,6 +9,7 @@ import { createMetrics } from '../../src/metrics.js';
 import { probe } from '../../src/healthcheck.js';
 import { startManagementServer, type ManagementServer } from '../../src/management/server.js';
 import { outRoot } from './paths.js';
+import { builtinRecorder } from '../helpers/builtins.js';
 
 const script = path.join(outRoot, 'src', 'healthcheck.js');
 
@@ -55,11 +56,9 @@ describe('container healthcheck script', () => {
   it("loads none of node:http's lazy exports (Node's own undici, on Node >= 22)", async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'healthcheck-test-'));
     try {
-      const log = path.join(dir, 'modules.log');
-      const preload = path.join(dir, 'preload.cjs');
-      writeFileSync(preload, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(log)}, process.moduleLoadList.join('\\n')));\n`);
-      expect(await runHealthcheck([`http://127.0.0.1:${server.port}/healthz`], [`--require=${preload}`])).to.equal(0);
-      const loaded = readFileSync(log, 'utf8').split('\n');
+      const recorder = builtinRecorder(dir, 'modules');
+      expect(await runHealthcheck([`http://127.0.0.1:${server.port}/healthz`], [recorder.nodeArg])).to.equal(0);
+      const loaded = recorder.loaded();
       expect(loaded, 'the preload saw the probe load node:http').to.include('NativeModule http');
       expect(loaded.filter((m) => m.startsWith('NativeModule internal/deps/undici'))).to.deep.equal([]);
     } finally {
