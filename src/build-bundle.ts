@@ -14,6 +14,7 @@
  * are bundled. The Envoy descriptor is inlined (no file read at start).
  */
 import { readFileSync } from 'node:fs';
+import { builtinModules } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build, type Plugin } from 'esbuild';
@@ -32,16 +33,18 @@ export const BUNDLED_AT_START: readonly string[] = ['@grpc/grpc-js', 'pino', 'pr
 export const BUNDLE_EXTERNAL = ['@azure/msal-node', 'jose', 'node-forge', '@grpc/proto-loader', '@grpc/reflection', '@grpc/grpc-js-xds'];
 
 /**
- * Routes the sidecar's own `import … from 'node:…'` through the bundle's `require`. An ES module
- * import of a built-in makes Node build a module namespace for it, which reads every export once,
- * lazy getters included: `node:http`'s WebSocket loads Node's own copy of undici (Node ≥ 22),
+ * Routes the sidecar's own imports of Node's built-ins (`import … from 'node:…'`, or without the
+ * prefix) through the bundle's `require`. An ES module import of a built-in makes Node build a
+ * module namespace for it, which reads every export once, lazy getters included: `node:http`'s WebSocket loads Node's own copy of undici (Node ≥ 22),
  * `node:crypto`'s webcrypto the Web Crypto API (bench/README.md finding 39). `require()` returns
  * the module object as it is, and esbuild's interop reads a named import from it where it is used.
  */
 export const builtinsThroughRequire: Plugin = {
   name: 'builtins-through-require',
   setup(b) {
-    b.onResolve({ filter: /^node:/ }, (args) => (args.kind === 'import-statement' ? { path: args.path, namespace: 'builtin' } : undefined));
+    // Every specifier Node resolves to a built-in, with or without the `node:` prefix.
+    const builtin = new RegExp(`^(?:node:.+|${builtinModules.map((m) => m.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')).join('|')})$`);
+    b.onResolve({ filter: builtin }, (args) => (args.kind === 'import-statement' ? { path: args.path, namespace: 'builtin' } : undefined));
     // This require() is left to the bundle's own (the banner's), as every external require is.
     b.onLoad({ filter: /.*/, namespace: 'builtin' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});`, loader: 'js' }));
   },

@@ -16,7 +16,7 @@ const bundle = new URL('./sidecar.bundle.js', import.meta.url);
 const modules = new URL('./sidecar.js', import.meta.url);
 const modifiedMs = (file: URL): number => statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? Number.NEGATIVE_INFINITY;
 const bundleMs = modifiedMs(bundle);
-const sidecar = (await import(bundleMs !== Number.NEGATIVE_INFINITY && bundleMs >= modifiedMs(modules) ? bundle.href : modules.href)) as { main(): Promise<void> };
+const sidecar = (await import(bundleMs !== Number.NEGATIVE_INFINITY && bundleMs >= modifiedMs(modules) ? bundle.href : modules.href)) as typeof import('./sidecar.js');
 
 // No allocation-site pretenuring (bench/README.md finding 36). After a burst of load V8 (Node ≥ 24)
 // decides to allocate grpc-js's and node:http2's per-call objects straight in the old generation;

@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
-import { BUNDLE_EXTERNAL, BUNDLE_FILE, BUNDLED_AT_START } from '../../src/build-bundle.js';
+import { build } from 'esbuild';
+import { BUNDLE_EXTERNAL, BUNDLE_FILE, BUNDLED_AT_START, builtinsThroughRequire } from '../../src/build-bundle.js';
 import { builtinRecorder } from '../helpers/builtins.js';
 import { outRoot, startSidecar } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
@@ -103,6 +104,21 @@ describe('the sidecar bundle (built sidecar)', function () {
     const loaded = recorder.loaded();
     expect(loaded, 'the preload saw the built-ins the sidecar uses').to.include('NativeModule http2');
     expect(loaded.filter((m) => /^NativeModule internal\/(deps\/undici|crypto\/webcrypto)/.test(m))).to.deep.equal([]);
+  });
+
+  it('routes every import of a built-in through require, with or without the node: prefix', async () => {
+    const out = await build({
+      stdin: { contents: "import http from 'http'; import { createHash } from 'node:crypto'; import { readFile } from 'fs/promises'; export { http, createHash, readFile };", resolveDir: outRoot },
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      write: false,
+      plugins: [builtinsThroughRequire],
+      logLevel: 'silent',
+    });
+    const text = out.outputFiles[0].text;
+    expect(text).to.not.match(/^import /m);
+    for (const m of ['http', 'node:crypto', 'fs/promises']) expect(text).to.contain(`require(${JSON.stringify(m)})`);
   });
 
   it('is passed over when the compiled modules are newer (a plain tsc run after a build)', async function () {
