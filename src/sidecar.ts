@@ -13,7 +13,7 @@ import { loadDecryptionKeys } from './validation/decryption.js';
 import { createTokenAcquirer } from './acquisition/acquirer.js';
 import { resolveApiOptions } from './pipeline/api-options.js';
 import { startHttpApi, type HttpApiServer } from './http/server.js';
-import { startExtAuthzServer, type ExtAuthzServer } from './extauthz/server.js';
+import type { ExtAuthzServer } from './extauthz/server.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { countAcquisitions } from './acquisition/counted.js';
 import { startManagementServer } from './management/server.js';
@@ -92,6 +92,9 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
 
   let extAuthz: ExtAuthzServer | undefined;
   if (config.sidecar.extAuthz.enabled) {
+    // Loaded only here: a sidecar serving the HTTP API alone (Microsoft's drop-in) never evaluates
+    // grpc-js and protobufjs, ~30 ms of a start on Node 24 (bench/README.md finding 41).
+    const { startExtAuthzServer } = await import('./extauthz/server.js');
     extAuthz = await startExtAuthzServer({
       config,
       validator,

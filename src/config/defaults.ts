@@ -113,7 +113,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:Management:Enabled', default: 'true', description: 'Serve `/healthz`, `/readyz` and `/metrics` on a separate listener.' },
   { key: 'Sidecar:Management:Url', default: 'http://0.0.0.0:9090', description: 'Management listener; all interfaces so kubelet probes and Prometheus can reach it (it never mints or shows a token).' },
   { key: 'Sidecar:Management:GcMetrics', default: 'false', description: 'Also export `nodejs_gc_duration_seconds`. Off by default: Node runs a callback for every garbage collection while it is observed, about 4–7 % of the CPU of a warm request under load (bench/README.md).' },
-  { key: 'Sidecar:ExtAuthz:Enabled', default: 'true', description: 'Serve the Envoy ext_authz gRPC API.' },
+  { key: 'Sidecar:ExtAuthz:Enabled', default: 'true', description: 'Serve the Envoy ext_authz gRPC API. `false` serves the identity HTTP API alone, and the gRPC stack is then never loaded (a shorter start).' },
   { key: 'Sidecar:ExtAuthz:Address', default: '127.0.0.1:9191', unit: 'host:port', description: 'ext_authz gRPC listener; loopback because Envoy runs in the same pod; port 0 picks a free port.' },
   { key: 'Sidecar:ExtAuthz:Validate', default: 'required', description: 'Default inbound token policy: `required`, `optional` or `none`; routes override it with context_extensions.' },
   { key: 'Sidecar:ExtAuthz:DownstreamApi', default: '', description: 'Default DownstreamApis name whose token is injected on allow; unset = validate only.' },

@@ -106,6 +106,35 @@ describe('the sidecar bundle (built sidecar)', function () {
     expect(loaded.filter((m) => /^NativeModule internal\/(deps\/undici|crypto\/webcrypto)/.test(m))).to.deep.equal([]);
   });
 
+  it('evaluates the gRPC stack only when the ext_authz server is on: an HTTP-only sidecar never runs grpc-js', async () => {
+    // grpc-js reads GRPC_NODE_VERBOSITY and GRPC_TRACE from the environment when it loads, and
+    // nothing else in the sidecar reads a GRPC_ name: a preload that records those reads shows
+    // whether grpc-js ran. The same start with the server on proves the record works.
+    const grpcEnvReads = async (enabled: boolean): Promise<string[]> => {
+      const log = path.join(dir, `grpc-env-${enabled}.log`);
+      const preload = path.join(dir, 'grpc-env.cjs');
+      writeFileSync(
+        preload,
+        `const reads = new Set();
+const env = process.env;
+process.env = new Proxy(env, { get(t, k) { if (typeof k === 'string' && k.startsWith('GRPC_')) reads.add(k); return Reflect.get(t, k); } });
+process.on('exit', () => require('node:fs').writeFileSync(process.env.ENV_READS_LOG, [...reads].join('\\n')));
+`,
+      );
+      const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--require=${preload}`, ENV_READS_LOG: log, Sidecar__ExtAuthz__Enabled: String(enabled) }));
+      try {
+        const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+        expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
+        expect(s.listening.extAuthz === null, 'no ext_authz listener').to.equal(!enabled);
+      } finally {
+        expect(await s.stop()).to.equal(0);
+      }
+      return readFileSync(log, 'utf8').split('\n').filter(Boolean);
+    };
+    expect(await grpcEnvReads(true)).to.include('GRPC_NODE_VERBOSITY');
+    expect(await grpcEnvReads(false)).to.deep.equal([]);
+  });
+
   it('routes every import of a built-in through require, with or without the node: prefix', async () => {
     const out = await build({
       stdin: { contents: "import http from 'http'; import { createHash } from 'node:crypto'; import { readFile } from 'fs/promises'; export { http, createHash, readFile };", resolveDir: outRoot },
