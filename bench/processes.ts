@@ -138,6 +138,20 @@ export function rssMb(pid: number): number {
   }
 }
 
+/**
+ * The file-backed part of a process's RSS in MB (RssFile: Node's binary and the shared libraries
+ * mapped from disk). The kernel can drop those pages under memory pressure and read them back, and
+ * every Node process on the host shares them; the anonymous rest (the V8 heap, malloc) it cannot.
+ */
+export function rssFileMb(pid: number): number {
+  try {
+    const m = /^RssFile:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 /** User+system CPU seconds a process has used so far (from /proc/<pid>/stat). */
 export function cpuSeconds(pid: number): number {
   try {

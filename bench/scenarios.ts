@@ -4,7 +4,7 @@
  * min/max plus whether the issue's targets were met.
  */
 import { performance } from 'node:perf_hooks';
-import { cpuSeconds, rssMb, sleep, type RunningServer } from './processes.js';
+import { cpuSeconds, rssFileMb, rssMb, sleep, type RunningServer } from './processes.js';
 import { BUNDLED_AT_START } from '../src/build-bundle.js';
 import type { LoadgenResult } from './loadgen.js';
 import type { Figure, ScenarioResult, TargetCheck } from './report.js';
@@ -688,6 +688,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
   const readyMs: number[] = [];
   const bareListeningMs: number[] = [];
   const idleRss: number[] = [];
+  const idleRssFile: number[] = [];
   const notes: string[] = [];
   let last: BenchSidecar | undefined;
   ctx.log(`memory-startup: ${b.startupRounds} cold starts, each after one of the bare node:http server`);
@@ -703,6 +704,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
       readyMs.push(await waitReady(s));
       await sleep(2000);
       idleRss.push(rssMb(s.pid));
+      idleRssFile.push(rssFileMb(s.pid));
       if (r < b.startupRounds - 1) await s.stop();
       else last = s;
     }
@@ -713,6 +715,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
     const h2 = await runH2load(ctx.place.load, { url: sidecar.grpcUrl + CHECK_PATH, bodyFile: frames, durationSec: 0, warmupSec: 0, clients: H2LOAD_CLIENTS, streamsPerClient: H2LOAD_STREAMS, requests: b.checksForRss });
     await sleep(1000);
     const rssAfterChecks = rssMb(sidecar.pid);
+    const rssFileAfterChecks = rssFileMb(sidecar.pid);
 
     // Soak: open loop at a sustainable rate over a pool of distinct tokens (larger than the verified-token
     // cache in a full run, so the LRU evicts) while RSS is sampled every second. Each token is sent
@@ -763,7 +766,9 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
       figure('spawn → /readyz 200', 'sidecar', 'ms', readyMs),
       figure('spawn → listening line', 'bare node:http', 'ms', bareListeningMs),
       figure('RSS idle (2 s after ready)', 'sidecar', 'MB', idleRss),
+      figure('RSS idle: file-backed part (Node binary, libraries)', 'sidecar', 'MB', idleRssFile),
       figure(`RSS after ${b.checksForRss} warm Checks`, 'sidecar', 'MB', [rssAfterChecks]),
+      figure(`RSS after ${b.checksForRss} warm Checks: file-backed part`, 'sidecar', 'MB', [rssFileAfterChecks]),
       figure(`RSS after ${pool.length} distinct tokens, each sent twice on the OBO route and on the app-token route (every cache full)`, 'sidecar', 'MB', [rssAfterFill]),
       figure('RSS during the soak: at the end (min–max)', 'sidecar', 'MB', [rssSoakMin, rssSoakEnd, rssSoakMax]),
       figure('RSS trend over the soak', 'sidecar', 'MB/min', [trend]),
@@ -771,6 +776,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
     const soakErrors = soak.errors + soak.incorrect + fillErrors;
     const noGrowth = Number.isFinite(trend) && trend <= 2;
     if (h2.errors) notes.push(`h2load reported ${h2.errors} errors during the ${b.checksForRss} Checks`);
+    notes.push(`file-backed part of RSS: pages of Node's binary and the shared libraries read from disk (RssFile), shared with every Node process on the host and dropped by the kernel under memory pressure; the targets are on the whole RSS.`);
     notes.push(`bare node:http: the bare server (V8's defaults, no dependencies) started just before each sidecar, pinned alike: what starting any Node server costs on this host at that moment; a slow phase of the host moves both.`);
     notes.push(
       `soak: ${soak.completed} Checks after ${fillCompleted} that filled the caches, p99 ${soak.latencyMs.p99.toFixed(2)} ms, ${soakErrors} errors; "no growth" means a least-squares RSS slope ≤ 2 MB/min over the whole soak.`,
@@ -791,7 +797,7 @@ export async function memoryStartup(shared: SharedFixtures): Promise<Omit<Scenar
         { target: 'start-to-ready ≤ 400 ms (emulator local)', measured: `${readySpread.median.toFixed(0)} ms (${readySpread.min.toFixed(0)}–${readySpread.max.toFixed(0)})`, met: readySpread.median <= 400 },
       ],
       notes,
-      details: { listeningMs, readyMs, bareListeningMs, idleRss, rssAfterChecks, rssAfterFill, fill: Object.fromEntries(Object.entries(fills).map(([route, f]) => [route, { completed: f.completed, errors: f.errors + f.incorrect, rps: f.rps }])), h2load: { rps: h2.rps, requests: h2.requests, errors: h2.errors }, soak, samples },
+      details: { listeningMs, readyMs, bareListeningMs, idleRss, idleRssFile, rssAfterChecks, rssFileAfterChecks, rssAfterFill, fill: Object.fromEntries(Object.entries(fills).map(([route, f]) => [route, { completed: f.completed, errors: f.errors + f.incorrect, rps: f.rps }])), h2load: { rps: h2.rps, requests: h2.requests, errors: h2.errors }, soak, samples },
     };
   } finally {
     await last?.stop();

@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { once } from 'node:events';
-import { killAllChildren, spawnPinned } from '../../bench/processes.js';
+import { killAllChildren, rssFileMb, rssMb, spawnPinned } from '../../bench/processes.js';
 
 describe('bench processes (killAllChildren)', () => {
   it('kills running and stopped children, and forgets the ones that already exited', async () => {
@@ -22,5 +22,25 @@ describe('bench processes (killAllChildren)', () => {
     expect(done.exitCode).to.equal(0);
     // Nothing is left to kill (a second call must not throw on the exited ones).
     killAllChildren();
+  });
+});
+
+describe('bench processes (rssMb, rssFileMb)', () => {
+  it("reads a live process's RSS and its file-backed part, and NaN for a process that is gone", async () => {
+    const child = spawnPinned([], [process.execPath, '-e', 'globalThis.keep = Buffer.alloc(32 * 1024 * 1024, 1); setInterval(() => {}, 1000)']);
+    await once(child, 'spawn');
+    try {
+      // Node's binary is mapped from disk (file-backed); the 32 MB buffer, once written, is anonymous.
+      const anon = () => rssMb(child.pid!) - rssFileMb(child.pid!);
+      const deadline = Date.now() + 10_000;
+      while (!(anon() > 32) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(anon()).to.be.greaterThan(32);
+      expect(rssFileMb(child.pid!)).to.be.greaterThan(1);
+    } finally {
+      child.kill('SIGKILL');
+      await once(child, 'exit');
+    }
+    expect(rssMb(child.pid!)).to.be.NaN;
+    expect(rssFileMb(child.pid!)).to.be.NaN;
   });
 });
