@@ -124,18 +124,22 @@ export async function startServer(prefix: string[], argv: string[], env: NodeJS.
   };
 }
 
+/** One `kB` field of /proc/<pid>/status in MB (NaN once the process is gone). */
+function statusMb(pid: number, field: 'VmRSS' | 'RssFile'): number {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 /**
  * Resident set size of a process in MB (VmRSS). With a taskset prefix the pid is still node's,
  * because taskset execs the command in place.
  */
 export function rssMb(pid: number): number {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
-    return m ? Number(m[1]) / 1024 : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
+  return statusMb(pid, 'VmRSS');
 }
 
 /**
@@ -144,12 +148,7 @@ export function rssMb(pid: number): number {
  * every Node process on the host shares them; the anonymous rest (the V8 heap, malloc) it cannot.
  */
 export function rssFileMb(pid: number): number {
-  try {
-    const m = /^RssFile:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
+  return statusMb(pid, 'RssFile');
 }
 
 /** User+system CPU seconds a process has used so far (from /proc/<pid>/stat). */
