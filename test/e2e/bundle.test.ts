@@ -11,7 +11,7 @@ import { pathToFileURL } from 'node:url';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { build } from 'esbuild';
 import { BUNDLE_EXTERNAL, BUNDLE_FILE, BUNDLED_AT_START, builtinsThroughRequire } from '../../src/build-bundle.js';
-import { builtinRecorder } from '../helpers/builtins.js';
+import { builtinRecorder, envReadRecorder } from '../helpers/recorders.js';
 import { outRoot, startSidecar } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
 
@@ -111,17 +111,8 @@ describe('the sidecar bundle (built sidecar)', function () {
     // nothing else in the sidecar reads a GRPC_ name: a preload that records those reads shows
     // whether grpc-js ran. The same start with the server on proves the record works.
     const grpcEnvReads = async (enabled: boolean): Promise<string[]> => {
-      const log = path.join(dir, `grpc-env-${enabled}.log`);
-      const preload = path.join(dir, 'grpc-env.cjs');
-      writeFileSync(
-        preload,
-        `const reads = new Set();
-const env = process.env;
-process.env = new Proxy(env, { get(t, k) { if (typeof k === 'string' && k.startsWith('GRPC_')) reads.add(k); return Reflect.get(t, k); } });
-process.on('exit', () => require('node:fs').writeFileSync(process.env.ENV_READS_LOG, [...reads].join('\\n')));
-`,
-      );
-      const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--require=${preload}`, ENV_READS_LOG: log, Sidecar__ExtAuthz__Enabled: String(enabled) }));
+      const recorder = envReadRecorder(dir, `grpc-env-${enabled}`, 'GRPC_');
+      const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: recorder.nodeArg, Sidecar__ExtAuthz__Enabled: String(enabled) }));
       try {
         const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
         expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
@@ -129,7 +120,7 @@ process.on('exit', () => require('node:fs').writeFileSync(process.env.ENV_READS_
       } finally {
         expect(await s.stop()).to.equal(0);
       }
-      return readFileSync(log, 'utf8').split('\n').filter(Boolean);
+      return recorder.loaded();
     };
     expect(await grpcEnvReads(true)).to.include('GRPC_NODE_VERBOSITY');
     expect(await grpcEnvReads(false)).to.deep.equal([]);

@@ -9,7 +9,7 @@ import { createMetrics } from '../../src/metrics.js';
 import { probe } from '../../src/healthcheck.js';
 import { startManagementServer, type ManagementServer } from '../../src/management/server.js';
 import { outRoot } from './paths.js';
-import { builtinRecorder } from '../helpers/builtins.js';
+import { builtinRecorder } from '../helpers/recorders.js';
 
 const script = path.join(outRoot, 'src', 'healthcheck.js');
 
