@@ -42,6 +42,8 @@ export interface AcquirerDeps {
 export interface AcquirerStats extends TokenCacheStats {
   /** Token requests that left the process (token-endpoint POSTs and managed-identity GETs). */
   entraRequests: number;
+  /** msal managed-identity applications kept (bounded: the identity can come from a caller's override). */
+  managedIdentityApplications: number;
 }
 
 /** Hosts of Microsoft's clouds; msal knows their metadata. Any other instance host goes into `knownAuthorities`. */
@@ -761,7 +763,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     cached,
     httpRequestSigner,
     stats(): AcquirerStats {
-      return { ...cache.stats(), entraRequests };
+      return { ...cache.stats(), entraRequests, managedIdentityApplications: managedIdentity.applications };
     },
     close(): void {
       cache.clear();

@@ -20,6 +20,7 @@ import type { INetworkModule, ManagedIdentityApplication, NetworkRequestOptions 
 import { loadMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
 import { SidecarError } from '../errors.js';
 import type { CachedToken } from './token-cache.js';
+import { LruMap } from '../bounded-map.js';
 
 /** Network clients of the open ManagedIdentityTokens, newest last; the forwarding client uses the newest. */
 const openNetworkClients: INetworkModule[] = [];
@@ -29,6 +30,9 @@ function currentNetworkClient(): INetworkModule {
   if (!client) throw new SidecarError('acquisition_unavailable', 'The managed-identity client is closed.');
   return client;
 }
+
+/** Managed-identity applications kept at once (one per identity a pod uses). */
+export const MAX_APPLICATIONS = 32;
 
 /** The one network client msal's static managed-identity source ever sees (see the module comment). */
 const forwardingNetworkClient: INetworkModule = {
@@ -43,7 +47,13 @@ export interface ManagedIdentityDeps {
 
 /** Managed-identity token source: one msal application per identity (system-assigned or a user-assigned client id). */
 export class ManagedIdentityTokens {
-  private readonly apps = new Map<string, ManagedIdentityApplication>();
+  /**
+   * The applications, by identity. Bounded: the user-assigned client id can come from a caller
+   * (`optionsOverride.AcquireTokenOptions.ManagedIdentity.UserAssignedClientId`), and a pod has a
+   * handful of identities, so an application dropped here is only rebuilt (msal keeps no state in
+   * it that we use: our TokenCache holds the tokens).
+   */
+  private readonly apps = new LruMap<string, ManagedIdentityApplication>(MAX_APPLICATIONS);
   private readonly deps: ManagedIdentityDeps;
 
   constructor(deps: ManagedIdentityDeps) {
@@ -68,6 +78,11 @@ export class ManagedIdentityTokens {
       expiresOn: Math.floor((result.expiresOn?.getTime() ?? Date.now()) / 1000),
       ...(result.refreshOn ? { refreshOn: Math.floor(result.refreshOn.getTime() / 1000) } : {}),
     };
+  }
+
+  /** How many applications are kept (for tests). */
+  get applications(): number {
+    return this.apps.size;
   }
 
   private async app(userAssignedClientId: string | undefined): Promise<ManagedIdentityApplication> {

@@ -40,6 +40,17 @@ export interface ExtAuthzServer {
 /** Encoded frozen responses kept for reuse (the warm allows of the busiest callers). */
 const MAX_ENCODED_RESPONSES = 1024;
 
+/**
+ * grpc-js's own limit on a received message. A CheckRequest over `MaxReceiveMessageBytes` but under
+ * this is answered in band, with a 431 deny: a failed RPC would be an *error* to Envoy, which
+ * `failure_mode_allow` (Istio's `failOpen`) turns into an allow, so a client could pass unchecked by
+ * sending large headers. Envoy's own header limit tops out at 8 MiB (`max_request_headers_kb`).
+ */
+const TRANSPORT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024;
+
+/** Stands in for a CheckRequest over the configured size: the handler denies it without decoding it. */
+const OVERSIZED: CheckRequest = Object.freeze({}) as CheckRequest;
+
 /** How often Watch streams are re-evaluated (the validator's readiness has no change event). */
 const HEALTH_POLL_MS = 500;
 
@@ -82,8 +93,11 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     return undefined;
   });
 
+  const tooLarge = new SidecarError('request_headers_too_large', 'The CheckRequest is larger than Sidecar:ExtAuthz:MaxReceiveMessageBytes.');
+  const tooLargeDeny = renderDeny(tooLarge, protos.httpStatusNames);
+
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': options.maxReceiveMessageBytes,
+    'grpc.max_receive_message_length': Math.max(options.maxReceiveMessageBytes, TRANSPORT_MAX_RECEIVE_BYTES),
     // No channelz service is exposed, so grpc-js need not keep its per-call bookkeeping (four
     // closures and two clock reads per Check).
     'grpc.enable_channelz': 0,
@@ -96,6 +110,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   // one-field CheckResponse and joining them in field-number order gives the same bytes.
   // grpc-js copies the bytes into its frame, so sharing them is safe.
   // Bounded and oldest-out (a WeakMap entry per first-sight response slowed every collection).
+  const decodeRequest = protos.serverService.Check.requestDeserialize;
   const encodeResponse = protos.serverService.Check.responseSerialize;
   const fields = protos.checkResponseFields;
   const encoded = new Map<object, Buffer>();
@@ -114,6 +129,11 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     ...protos.serverService,
     Check: {
       ...protos.serverService.Check,
+      requestDeserialize(bytes: Buffer): CheckRequest {
+        if (bytes.length <= options.maxReceiveMessageBytes) return decodeRequest(bytes) as CheckRequest;
+        logger.info({ code: tooLarge.code, bytes: bytes.length, limit: options.maxReceiveMessageBytes }, 'ext_authz deny');
+        return OVERSIZED;
+      },
       responseSerialize(response: Record<string, unknown>): Buffer {
         if (Object.isFrozen(response)) return encodeFrozen(response, undefined);
         if (!hasFrozenField(response)) return encodeResponse(response);
@@ -130,6 +150,11 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   server.addService(service, {
     Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>) {
       const started = process.hrtime.bigint();
+      if (call.request === OVERSIZED) {
+        callback(null, tooLargeDeny);
+        observe(tooLargeDeny, started);
+        return;
+      }
       const d = call.getDeadline();
       let decided: CheckResponse | Promise<CheckResponse>;
       try {

@@ -85,12 +85,15 @@ describe('abuse and limits (built sidecar)', function () {
     expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${big}` } }))).to.equal('credential_malformed');
   });
 
-  it('refuses a Check over Sidecar:ExtAuthz:MaxReceiveMessageBytes without a crash', async () => {
+  it('denies a Check over Sidecar:ExtAuthz:MaxReceiveMessageBytes in band (431), without a crash', async () => {
+    // A failed RPC would be an error to Envoy, which failure_mode_allow turns into an allow.
     const headers: Record<string, string> = {};
     for (let i = 0; i < 200; i++) headers[`x-pad-${i}`] = 'p'.repeat(500);
+    expect(decision(await checkWith(stack, { headers }))).to.equal('request_headers_too_large');
+    // Beyond grpc-js's own 16 MiB the RPC fails (no Envoy sends that much: its header limit is 8 MiB).
     let failedWith: number | undefined;
     try {
-      await checkWith(stack, { headers });
+      await checkWith(stack, { headers: { 'x-pad': 'p'.repeat(17 * 1024 * 1024) } });
     } catch (err) {
       failedWith = (err as { code: number }).code;
     }

@@ -7,6 +7,7 @@ import { acquireTokenOptions, credential } from './fixtures.js';
 import { apiOptions, emulatorConfig } from './harness.js';
 import type { SidecarConfig } from '../../src/config/types.js';
 import type { EffectiveApiOptions } from '../../src/pipeline/types.js';
+import { MAX_APPLICATIONS } from '../../src/acquisition/managed-identity.js';
 
 const CHILD = fileURLToPath(new URL('./mi-child.js', import.meta.url));
 
@@ -142,6 +143,22 @@ describe('managed identity (each source in its own process)', function () {
     for (const x of sent) expect(x.form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
     // Each Key Vault credential read its certificate once.
     expect((emu.counters().keyvault ?? 0) - kvBefore).to.equal(2);
+  });
+
+  it('keeps a bounded number of managed-identity applications however many identities callers name', async () => {
+    // UserAssignedClientId can come from a caller (optionsOverride); each new one made an msal
+    // application that was never dropped.
+    const ua = emu.scenario.managedIdentities.userAssigned.clientId;
+    const mi = (label: string, id: string) => ({ label, options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: id } }) }) });
+    const strangers = Array.from({ length: MAX_APPLICATIONS * 3 }, (_, i) => mi(`stranger-${i}`, `0badc0de-0000-4000-8000-${String(i).padStart(12, '0')}`));
+    const { results, stats } = await runChild({ AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin }, [
+      { config: emulatorConfig(emu), requests: [mi('before', ua), ...strangers, mi('after', ua)] },
+    ]);
+    for (const r of strangers) expect(byLabel(results, r.label).code).to.equal('acquisition_rejected');
+    expect(byLabel(results, 'before').ok).to.equal(true);
+    // Its application was dropped among the strangers and is made again; the token comes from our cache.
+    expect(byLabel(results, 'after').ok).to.equal(true);
+    expect(stats[0].managedIdentityApplications).to.be.within(1, MAX_APPLICATIONS);
   });
 
   it('reports an unreachable managed-identity endpoint as acquisition_unavailable', async () => {

@@ -44,6 +44,8 @@ describe('loopback-only identity API (built sidecar, non-loopback peer in a priv
   let child: ReturnType<typeof spawn> | undefined;
   let port = 0;
   let ready = false;
+  /** Everything the sidecar wrote, for the tests that look at what it did. */
+  let output = '';
 
   before(async function () {
     ready = canUseNetns();
@@ -66,7 +68,9 @@ describe('loopback-only identity API (built sidecar, non-loopback peer in a priv
     port = await new Promise<number>((resolve, reject) => {
       let buf = '';
       const timer = setTimeout(() => reject(new Error('no listening line: ' + buf)), 15_000);
+      child!.stderr!.on('data', (d: Buffer) => (output += d.toString()));
       child!.stdout!.on('data', (d: Buffer) => {
+        output += d.toString();
         buf += d.toString();
         const m = /"event":"listening".*?"port":(\d+)/.exec(buf);
         if (m) {
@@ -99,6 +103,23 @@ describe('loopback-only identity API (built sidecar, non-loopback peer in a priv
       const r = await requestInNs(`http://${PEER}:${port}${path}`, method);
       expect(r, `${method} ${path}`).to.deep.equal({ status: 403, body: '' });
     }
+  });
+
+  it('refuses a non-loopback caller that resets its connection right after sending (no peer address left)', async () => {
+    // Node reports no remoteAddress for a socket whose peer has already reset; counting that as
+    // local (as Microsoft does for Unix sockets) let such a request run the route. 30 tries: most
+    // reach the handler after the reset.
+    const script = `const net=require('node:net');(async()=>{for(let i=0;i<30;i++){await new Promise(r=>{const s=net.connect(${port},${JSON.stringify(PEER)},()=>s.write('GET /AuthorizationHeaderUnauthenticated/graph HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n',()=>{s.resetAndDestroy();r()}));s.on('error',r)});await new Promise(r=>setTimeout(r,20))}})()`;
+    const from = output.length;
+    await new Promise<void>((resolve, reject) => {
+      const c = spawn('ip', ['netns', 'exec', NS, process.execPath, '-e', script], { stdio: ['ignore', 'ignore', 'inherit'] });
+      c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`client exited ${code}`))));
+    });
+    await new Promise((r) => setTimeout(r, 1_000));
+    const lines = output.slice(from).split('\n').filter((l) => l.trim() !== '');
+    // The route never ran: no token request was tried for the app token it would have fetched.
+    expect(lines.filter((l) => l.includes('AuthorizationHeaderUnauthenticated') || l.includes('token acquisition'))).to.deep.equal([]);
+    expect(lines.filter((l) => l.includes('caller_not_loopback')).length).to.be.at.least(1);
   });
 
   it('still answers /healthz to a non-loopback caller (probes)', async () => {

@@ -151,13 +151,16 @@ describe('ext_authz gRPC server', function () {
     });
   }
 
-  it('refuses a CheckRequest larger than MaxReceiveMessageBytes', async function () {
-    const big = envoyCheckRequest({ headers: { cookie: 'x'.repeat(80 * 1024) } });
-    const err = await check(h.client, big).then(
-      () => undefined,
-      (e: grpc.ServiceError) => e,
-    );
-    expect(err?.code).to.equal(grpc.status.RESOURCE_EXHAUSTED);
+  it('denies a CheckRequest larger than MaxReceiveMessageBytes in band (431), not with a failed RPC', async function () {
+    // A failed RPC is an error to Envoy, and failure_mode_allow turns errors into allows.
+    h.validator.add('t.t.t');
+    const big = envoyCheckRequest({ headers: { authorization: 'Bearer t.t.t', cookie: 'x'.repeat(80 * 1024) } });
+    const res = await check(h.client, big);
+    expect(res.status.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(res.denied_response?.status?.code).to.equal('RequestHeaderFieldsTooLarge');
+    expect(JSON.parse(res.denied_response?.body ?? '{}')).to.include({ code: 'request_headers_too_large' });
+    // The same request under the limit is allowed.
+    expect((await check(h.client, envoyCheckRequest({ headers: { authorization: 'Bearer t.t.t' } }))).status.code).to.equal(0);
   });
 
   it('lets an in-flight Check finish on close, then stops listening', async function () {

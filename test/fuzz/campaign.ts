@@ -288,7 +288,7 @@ export async function runCampaign(stack: Stack, opts: CampaignOptions): Promise<
       try {
         res = await check(stack.client, req, 5_000);
       } catch (err) {
-        // Only an oversized message may fail the RPC (grpc-js enforces MaxReceiveMessageBytes).
+        // Only a message over grpc-js's own 16 MiB may fail the RPC (one over MaxReceiveMessageBytes is denied).
         require((err as grpc.ServiceError).code === grpc.status.RESOURCE_EXHAUSTED, `Check RPC failed: ${(err as Error).message}`);
         return;
       }
