@@ -32,8 +32,11 @@ export function renderErrorReference(): string {
     '',
     'WWW-Authenticate kinds: `bearer` → `Bearer` (no credential was sent); `invalid_token` →',
     '`Bearer error="invalid_token", error_description="…"`; `insufficient_scope` →',
-    '`Bearer error="insufficient_scope", scope="…"`; `insufficient_claims` →',
-    '`Bearer error="insufficient_claims", claims="<base64 claims JSON>"` (conditional-access challenge).',
+    '`Bearer error="insufficient_scope", scope="…"` (`scope` lists the required scopes; required app',
+    'roles are named in the message only, since a client cannot request them); `insufficient_claims` →',
+    '`Bearer error="insufficient_claims", claims="<base64 claims JSON>"` (conditional-access challenge),',
+    'or a plain `Bearer` when there are no claims to step up to. On the HTTP API, ProblemDetails answers',
+    'carry `WWW-Authenticate` only for a claims challenge (Microsoft\'s carry none).',
     '',
   ].join('\n');
 }

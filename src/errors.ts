@@ -139,7 +139,7 @@ export function toSidecarError(err: unknown): SidecarError {
 
 /** Escapes a value for a quoted-string in WWW-Authenticate (RFC 9110 §5.6.4). */
 function quoted(value: string): string {
-  return '"' + value.replace(/[\\"]/g, (c) => '\\' + c).replace(/[\r\n\0]/g, ' ') + '"';
+  return '"' + value.replace(/[\\"]/g, (c) => '\\' + c).replace(/[\0-\x08\n-\x1f\x7f]/g, ' ') + '"';
 }
 
 /**
@@ -161,6 +161,6 @@ export function wwwAuthenticate(err: SidecarError, scheme = 'Bearer'): string | 
     case 'insufficient_claims':
       return err.claims
         ? `${scheme} error="insufficient_claims", claims=${quoted(Buffer.from(err.claims).toString('base64'))}`
-        : `${scheme} error="invalid_token"`;
+        : scheme; // nothing to step up to: a plain challenge to authenticate (RFC 6750 §3.1)
   }
 }

@@ -112,7 +112,15 @@ const ACCESS_TOKEN_PARAM = Object.freeze(['access_token']) as unknown as string[
 /** A claim header longer than this is omitted: Envoy's default request header limit is 60 KiB in total. */
 const MAX_CLAIM_HEADER_BYTES = 4096;
 const UPPER_CASE = /[A-Z]/;
-const INVALID_HEADER_VALUE = /[\r\n\0]/;
+/**
+ * What Envoy refuses in a header value it is told to set (HeaderUtility::headerValueIsValid, the
+ * HTTP/2 codecs' field-value rule: RFC 9110 §5.5): NUL, CR, LF and every other control character but
+ * HTAB, and DEL. With `validate_mutations: true` one such value turns the whole allow into a 500.
+ */
+const INVALID_HEADER_VALUE = /[\0-\x08\n-\x1f\x7f]/;
+/** Client-sent values that go into log lines are cut to this many characters. */
+const MAX_LOGGED_REQUEST_ID = 128;
+const MAX_LOGGED_PATH = 1024;
 const ACCESS_TOKEN_QUERY = /[?&]access_token(?:[=&#]|$)/;
 const REQUEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const EMPTY_HEADERS: Record<string, string> = Object.freeze(Object.create(null) as Record<string, string>);
@@ -217,6 +225,16 @@ function pathWithoutQuery(path: string): string {
   return q < 0 ? path : path.slice(0, q);
 }
 
+/** A client-sent value for a log line, cut to `max` characters (a path or request id can be as long as Envoy's header limit). */
+function loggable(value: string | undefined, max: number): string | undefined {
+  return value === undefined || value.length <= max ? value : `${value.slice(0, max)}…`;
+}
+
+/** Where a request went and its id, as the ext_authz log lines show them. */
+function requestLogFields(facts: RequestFacts): { route: string | undefined; requestId: string | undefined } {
+  return { route: loggable(pathWithoutQuery(facts.path), MAX_LOGGED_PATH), requestId: loggable(facts.headers['x-request-id'], MAX_LOGGED_REQUEST_ID) };
+}
+
 /** What the pipeline learned about one request, for the allow response and logs. */
 interface RequestFacts {
   readonly headers: Record<string, string>;
@@ -289,11 +307,26 @@ export function createChecker(deps: CheckDeps): Checker {
   for (const [header] of claimHeaders) {
     if (!isHeaderName(header)) throw new Error(`Sidecar:ExtAuthz:ClaimsToHeaders: "${header}" is not a valid header name.`);
   }
+  const internalDeny = renderDeny(new SidecarError('internal'), httpStatusNames);
   const allClaimHeaderNames = Object.freeze(claimHeaders.map(([h]) => h)) as unknown as string[];
-  const corsPreflightResponse: CheckResponse = Object.freeze({
-    status: OK_STATUS,
-    ok_response: Object.freeze({ headers: Object.freeze([]) as unknown as HeaderValueOption[], headers_to_remove: allClaimHeaderNames }),
-  });
+  /**
+   * The allow for a CORS preflight on a route, one per route policy: it sets nothing and removes
+   * every header the route would have set (the claim headers, and the inject header of a route with
+   * a downstream API), so a client-sent copy never reaches the app as if the sidecar had set it.
+   */
+  const preflightAllows = new WeakMap<RoutePolicy, CheckResponse>();
+  function corsPreflightResponse(policy: RoutePolicy): CheckResponse {
+    let response = preflightAllows.get(policy);
+    if (response === undefined) {
+      const remove = policy.downstreamApi !== undefined && !allClaimHeaderNames.includes(policy.injectHeader) ? [...allClaimHeaderNames, policy.injectHeader] : allClaimHeaderNames;
+      response = Object.freeze({
+        status: OK_STATUS,
+        ok_response: Object.freeze({ headers: Object.freeze([]) as unknown as HeaderValueOption[], headers_to_remove: Object.freeze(remove) as unknown as string[] }),
+      });
+      preflightAllows.set(policy, response);
+    }
+    return response;
+  }
 
   function deny(err: SidecarError, facts: RequestFacts | undefined, log = true): CheckResponse {
     const spec = err.spec;
@@ -304,7 +337,7 @@ export function createChecker(deps: CheckDeps): Checker {
           code: err.code,
           ...(err.detail !== undefined ? { detail: err.detail } : {}),
           ...(cause instanceof Error ? { cause: safeCause(cause) } : {}),
-          ...(facts ? { route: pathWithoutQuery(facts.path), requestId: facts.headers['x-request-id'] } : {}),
+          ...(facts ? requestLogFields(facts) : {}),
         },
         'ext_authz deny',
       );
@@ -390,7 +423,7 @@ export function createChecker(deps: CheckDeps): Checker {
   function allow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, facts: RequestFacts): CheckResponse {
     const response = memoisedAllow(policy, user, token, ACCESS_TOKEN_QUERY.test(facts.path));
     if (logger.isLevelEnabled('debug')) {
-      logger.debug({ route: pathWithoutQuery(facts.path), downstreamApi: policy.downstreamApi, requestId: facts.headers['x-request-id'] }, 'ext_authz allow');
+      logger.debug({ ...requestLogFields(facts), downstreamApi: policy.downstreamApi }, 'ext_authz allow');
     }
     return response;
   }
@@ -460,9 +493,17 @@ export function createChecker(deps: CheckDeps): Checker {
       const headers = inboundHeaders(http);
       facts = { headers, path: http.path || headers[':path'] || '' };
       const policy = policyFor(attributes.context_extensions);
-      if (options.allowCorsPreflight && (http.method || headers[':method']) === 'OPTIONS' && headers.origin !== undefined && headers['access-control-request-method'] !== undefined) {
-        // Browsers send preflights without credentials (Fetch §4.8); the app answers CORS itself.
-        return corsPreflightResponse;
+      if (
+        options.allowCorsPreflight &&
+        (http.method || headers[':method']) === 'OPTIONS' &&
+        headers.origin !== undefined &&
+        headers['access-control-request-method'] !== undefined &&
+        headers.authorization === undefined
+      ) {
+        // Browsers send preflights without credentials (Fetch §4.8), whatever the route requires;
+        // the app answers CORS itself. An OPTIONS that carries an Authorization header is not a
+        // browser's preflight, so it is checked like any other request.
+        return corsPreflightResponse(policy);
       }
       if (policy.validate === 'none') return authorized(policy, undefined, facts, state);
       const user = authenticateNow(validator, headers.authorization, 'required');
@@ -514,12 +555,15 @@ export function createChecker(deps: CheckDeps): Checker {
           state.answered = true;
           resolve(deny(new SidecarError('dependency_timeout', 'A dependency did not answer before the Check deadline.'), undefined));
         }, budget);
-        void decided.then((response) => {
+        const settle = (response: CheckResponse): void => {
           if (state.answered) return;
           state.answered = true;
           clearTimeout(timer);
           resolve(response);
-        });
+        };
+        // decide() renders its own failures as denies; should rendering one throw (a logger that
+        // throws, say), the Check is still answered at once with a deny, not at the deadline.
+        decided.then(settle, () => settle(internalDeny));
       });
     },
   };

@@ -76,7 +76,9 @@ export function sendProblem(res: ServerResponse, err: SidecarError): void {
   const [type, title] = PROBLEM_TYPES[status] ?? PROBLEM_TYPES[500];
   const body = JSON.stringify({ type, title, status, detail: err.publicMessage, code: err.code });
   res.statusCode = status;
-  const challenge = wwwAuthenticate(err);
+  // Microsoft's sidecar answers acquisition failures with a bare ProblemDetails; only a claims
+  // challenge (conditional access) is worth a WWW-Authenticate, so the app can pass it on.
+  const challenge = err.spec.challenge === 'insufficient_claims' && !err.claims ? undefined : wwwAuthenticate(err);
   if (challenge) res.setHeader('WWW-Authenticate', challenge);
   if (err.retryAfterSec !== undefined) res.setHeader('Retry-After', String(err.retryAfterSec));
   res.setHeader('Content-Type', 'application/problem+json');

@@ -44,6 +44,9 @@ export function requireScopesOrRoles(
   const ok = all ? results.every(Boolean) : results.some(Boolean);
   if (!ok) {
     const named = [...requiredScopes, ...requiredRoles].join(' ');
-    throw new SidecarError('insufficient_scope', `The token lacks the required scope or role: ${named}.`, { scope: named });
+    // The challenge's scope= lists OAuth scopes a client can request (RFC 6750 §3); app roles are
+    // assigned, not requested, so they are named in the detail only.
+    const scope = requiredScopes.join(' ');
+    throw new SidecarError('insufficient_scope', `The token lacks the required scope or role: ${named}.`, scope === '' ? {} : { scope });
   }
 }

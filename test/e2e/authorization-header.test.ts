@@ -143,6 +143,8 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     const r = await call(`${sidecar.url}/AuthorizationHeaderUnauthenticated/downstream?optionsOverride.RequestAppToken=true`);
     expect(r.status).to.equal(401);
     expect(r.json().detail).to.equal('No account or login hint was passed to the AcquireTokenSilent call.');
+    // Microsoft's ProblemDetails carries no challenge here (and no token was sent to call invalid).
+    expect(r.headers.get('www-authenticate')).to.equal(null);
     expect(await waitForLine(sidecar, 'OverridesIgnored')).to.equal(true);
   });
 

@@ -172,6 +172,31 @@ describe('ext_authz Check', function () {
       expect(h.lines.some((l) => l.includes('x-entra-name') && l.includes('"level":"warn"'))).to.equal(true);
     });
 
+    it('omits a claim header with any control character Envoy refuses (not only CR, LF and NUL), but keeps a tab', async function () {
+      // Envoy checks every value it is told to set (RFC 9110 field-value); with validate_mutations
+      // one bad value turns the allow into a 500 for that user on every request.
+      for (const name of ['esc\x1b[31m', 'del\x7f', 'soh\x01', 'vt\x0b', 'us\x1f']) {
+        const t = h.validator.add(`ctl${name.charCodeAt(name.length - 1)}.token.sig`, { name });
+        const res = await check(h.client, envoyCheckRequest({ headers: { authorization: `Bearer ${t}` } }));
+        expect(res.status.code, JSON.stringify(name)).to.equal(0);
+        expect(headerMap(res.ok_response.headers), JSON.stringify(name)).not.to.have.property('x-entra-name');
+        expect(res.ok_response.headers_to_remove, JSON.stringify(name)).to.include('x-entra-name');
+      }
+      const tab = h.validator.add('tab.token.sig', { name: 'Ada\tLovelace' });
+      const res = await check(h.client, envoyCheckRequest({ headers: { authorization: `Bearer ${tab}` } }));
+      expect(headerMap(res.ok_response.headers)['x-entra-name']).to.equal('Ada\tLovelace');
+    });
+
+    it('cuts a long x-request-id and path in its log lines', async function () {
+      const id = 'r'.repeat(20_000);
+      const res = await check(h.client, envoyCheckRequest({ path: `/${'p'.repeat(20_000)}`, headers: { authorization: 'Bearer forged.token.sig', 'x-request-id': id } }));
+      expectDeny(res, 16, 'Unauthorized', 'token_signature_invalid');
+      const line = h.lines.find((l) => l.includes('ext_authz deny'));
+      expect(line).to.be.a('string');
+      expect(line!.length).to.be.below(2_000);
+      expect(line).to.contain('r'.repeat(128)).and.not.contain('r'.repeat(129));
+    });
+
     it('removes an access_token query parameter before the request goes upstream', async function () {
       const res = await check(h.client, envoyCheckRequest({ path: '/api?access_token=leaked&x=1', headers: { authorization: `Bearer ${userToken}` } }));
       expect(res.status.code).to.equal(0);
@@ -190,6 +215,36 @@ describe('ext_authz Check', function () {
       // A plain OPTIONS without the preflight headers still needs a token.
       const plain = await check(h.client, envoyCheckRequest({ method: 'OPTIONS' }));
       expectDeny(plain, 16, 'Unauthorized', 'credential_missing');
+    });
+
+    it('a CORS preflight on a route that injects a token removes a client-sent copy of that header', async function () {
+      const preflight = { origin: 'https://spa.example.test', 'access-control-request-method': 'POST', 'x-graph-authorization': 'Bearer spoofed' };
+      const res = await check(
+        h.client,
+        envoyCheckRequest({
+          method: 'OPTIONS',
+          headers: preflight,
+          contextExtensions: { downstream_api: 'graph', inject_header: 'x-graph-authorization', required_scopes: 'Files.Read' },
+        }),
+      );
+      expect(res.status.code).to.equal(0);
+      expect(res.ok_response.headers_to_remove).to.have.members(['x-entra-oid', 'x-entra-roles', 'x-entra-name', 'x-graph-authorization']);
+      expect(applyOkResponse({ ...preflight }, res)).not.to.have.property('x-graph-authorization');
+      expect(h.acquirer.requests).to.have.length(0);
+    });
+
+    it('an OPTIONS with preflight headers and an Authorization header is checked like any request', async function () {
+      // Browsers never send credentials on a preflight, so this is not one.
+      const preflight = { origin: 'https://spa.example.test', 'access-control-request-method': 'POST' };
+      const forged = await check(h.client, envoyCheckRequest({ method: 'OPTIONS', headers: { ...preflight, authorization: 'Bearer forged.token.sig' } }));
+      expectDeny(forged, 16, 'Unauthorized', 'token_signature_invalid');
+      const valid = await check(
+        h.client,
+        envoyCheckRequest({ method: 'OPTIONS', headers: { ...preflight, authorization: `Bearer ${userToken}` }, contextExtensions: { strip_inbound_authorization: 'true' } }),
+      );
+      expect(valid.status.code).to.equal(0);
+      expect(valid.ok_response.headers_to_remove).to.include('authorization');
+      expect(headerMap(valid.ok_response.headers)['x-entra-oid']).to.equal(USER_OID);
     });
 
     it('accepts required_scopes (any-of) and required_roles, and all-of with require_all', async function () {
@@ -243,12 +298,43 @@ describe('ext_authz Check', function () {
       expect(headers['www-authenticate']).to.equal('Bearer error="insufficient_scope", scope="Files.ReadWrite Mail.Send"');
     });
 
-    it('require_all=true denies when one of several roles is missing', async function () {
+    it('require_all=true denies when one of several roles is missing; roles are never offered as scopes', async function () {
       const res = await check(
         h.client,
         envoyCheckRequest({ headers: { authorization: `Bearer ${userToken}` }, contextExtensions: { required_roles: 'Reader Admin', require_all: 'true' } }),
       );
-      expectDeny(res, 7, 'Forbidden', 'insufficient_scope');
+      const { headers, body } = expectDeny(res, 7, 'Forbidden', 'insufficient_scope');
+      // A client cannot request an app role, so the challenge names no scope= for it.
+      expect(headers['www-authenticate']).to.equal('Bearer error="insufficient_scope"');
+      expect(body.message).to.be.a('string');
+      const mixed = await check(
+        h.client,
+        envoyCheckRequest({ headers: { authorization: `Bearer ${userToken}` }, contextExtensions: { required_scopes: 'Mail.Send', required_roles: 'Admin', require_all: 'true' } }),
+      );
+      expect(expectDeny(mixed, 7, 'Forbidden', 'insufficient_scope').headers['www-authenticate']).to.equal('Bearer error="insufficient_scope", scope="Mail.Send"');
+    });
+
+    it('an anonymous caller on an optional route whose API needs a user token → 401 with a bare Bearer challenge', async function () {
+      // What the acquirer answers for an OBO API with no user; "invalid_token" would blame a token never sent.
+      h.acquirer.error = new SidecarError('acquisition_ui_required', 'No account or login hint was passed to the AcquireTokenSilent call.');
+      const res = await check(h.client, envoyCheckRequest({ contextExtensions: { validate: 'optional', downstream_api: 'graph' } }));
+      const { headers } = expectDeny(res, 16, 'Unauthorized', 'acquisition_ui_required');
+      expect(headers['www-authenticate']).to.equal('Bearer');
+    });
+
+    it('answers at once with an internal deny when rendering a failure itself throws (no wait for the deadline)', async function () {
+      // An error whose message cannot even be read: logging its cause throws inside the catch.
+      h.acquirer.error = Object.create(Error.prototype, {
+        message: {
+          get() {
+            throw new Error('unreadable');
+          },
+        },
+      }) as Error;
+      const started = Date.now();
+      const res = await check(h.client, envoyCheckRequest({ headers: { authorization: `Bearer ${userToken}` }, contextExtensions: { downstream_api: 'graph' } }), 5_000);
+      expectDeny(res, 13, 'InternalServerError', 'internal');
+      expect(Date.now() - started).to.be.below(2_000);
     });
 
     it('a conditional-access challenge → 401 insufficient_claims carrying the claims', async function () {
