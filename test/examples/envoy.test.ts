@@ -136,6 +136,19 @@ describe('Envoy examples (envoy/*.yaml)', function () {
         }
       });
 
+      it('gates Checks on the sidecar\'s health: a health-checked ext_authz cluster never enters panic mode', function () {
+        const doc = load(file);
+        const clusters = new Map<string, Obj>((doc.static_resources.clusters as Obj[]).map((c) => [c.name, c]));
+        for (const hcm of httpManagers(doc)) {
+          const authz = (hcm.http_filters as Obj[]).find((f) => f.typed_config?.['@type'] === EXT_AUTHZ_TYPE)!;
+          const cluster = clusters.get(authz.typed_config.grpc_service.envoy_grpc.cluster_name)!;
+          if (!cluster.health_checks?.length) continue;
+          // One host: unhealthy means 0 % healthy, below the default 50 % panic threshold, and in
+          // panic Envoy sends to unhealthy hosts too.
+          expect(cluster.common_lb_config?.healthy_panic_threshold?.value, `${cluster.name}: healthy_panic_threshold`).to.equal(0);
+        }
+      });
+
       it('only uses context_extensions keys the sidecar knows', function () {
         const known = new Set<string>(CONTEXT_EXTENSION_KEYS);
         for (const hcm of httpManagers(load(file))) {
@@ -172,6 +185,12 @@ describe('Envoy examples (envoy/*.yaml)', function () {
       expect(isLenient(routeFor(routes, p)!), p).to.equal(false);
     }
     for (const p of ['/api/orders', '/API/orders', '/Api']) expect(policyOf(p)?.check_settings?.context_extensions?.required_scopes, p).to.equal('access_as_user');
+  });
+
+  it('health-checks the ext_authz cluster of envoy.yaml', function () {
+    const doc = load(path.join(repoRoot(), 'envoy', 'envoy.yaml'));
+    const cluster = (doc.static_resources.clusters as Obj[]).find((c) => c.name === 'sidecar_ext_authz')!;
+    expect(cluster.health_checks[0].grpc_health_check.service_name).to.equal('envoy.service.auth.v3.Authorization');
   });
 
   describe('the schema check itself', function () {
