@@ -27,6 +27,46 @@ function load(file: string): Obj {
   return YAML.parse(readFileSync(file, 'utf8')) as Obj;
 }
 
+/** The ext_authz per-route config of a route (`ExtAuthzPerRoute`), or undefined when it has none. */
+function perRoute(route: Obj): Obj | undefined {
+  return route.typed_per_filter_config?.['envoy.filters.http.ext_authz'];
+}
+
+function routesOf(hcm: Obj): Obj[] {
+  return (hcm.route_config.virtual_hosts as Obj[]).flatMap((vh) => vh.routes as Obj[]);
+}
+
+/** Routes whose policy is laxer than the sidecar's default: the filter skipped, or no token required. */
+function isLenient(route: Obj): boolean {
+  const cfg = perRoute(route);
+  return cfg?.disabled === true || ['none', 'optional'].includes(cfg?.check_settings?.context_extensions?.validate);
+}
+
+/** Routes that demand more than a valid token: a scope or a role. */
+function isStricter(route: Obj): boolean {
+  const ext = perRoute(route)?.check_settings?.context_extensions ?? {};
+  return 'required_scopes' in ext || 'required_roles' in ext;
+}
+
+/**
+ * Envoy's first-match route selection for the three path matchers the examples use, as the
+ * RouteMatch proto defines them (`path` and `path_separated_prefix` ignore the query string).
+ */
+function routeFor(routes: Obj[], requestPath: string): Obj | undefined {
+  const withoutQuery = requestPath.split('?')[0];
+  return routes.find(({ match }) => {
+    const fold = (s: string) => (match.case_sensitive === false ? s.toLowerCase() : s);
+    if ('path' in match) return fold(withoutQuery) === fold(match.path);
+    if ('prefix' in match) return fold(requestPath).startsWith(fold(match.prefix));
+    if ('path_separated_prefix' in match) {
+      const p = fold(withoutQuery);
+      const pre = fold(match.path_separated_prefix);
+      return p === pre || p.startsWith(pre + '/');
+    }
+    throw new Error(`unsupported route match ${JSON.stringify(match)}`);
+  });
+}
+
 function httpManagers(doc: Obj): Obj[] {
   const out: Obj[] = [];
   for (const l of doc.static_resources?.listeners ?? []) {
@@ -74,6 +114,41 @@ describe('Envoy examples (envoy/*.yaml)', function () {
         }
       });
 
+      it('normalises the path wherever routes pick the ext_authz policy by path, and lets no lenient route over-match', function () {
+        for (const hcm of httpManagers(load(file))) {
+          const routes = routesOf(hcm);
+          const policies = new Set(routes.map((r) => JSON.stringify(perRoute(r) ?? null)));
+          if (policies.size < 2) continue; // one policy for every path: nothing to confuse
+          // Without these, /public/../api or /healthz%2F..%2Fapi routes as lenient and an app that
+          // resolves the path itself serves /api (Envoy's defaults leave all three off).
+          expect(hcm.normalize_path, `${hcm.stat_prefix}: normalize_path`).to.equal(true);
+          expect(hcm.merge_slashes, `${hcm.stat_prefix}: merge_slashes`).to.equal(true);
+          expect(['UNESCAPE_AND_REDIRECT', 'REJECT_REQUEST'], `${hcm.stat_prefix}: path_with_escaped_slashes_action`).to.include(hcm.path_with_escaped_slashes_action);
+          for (const r of routes) {
+            const where = `${hcm.stat_prefix}: route ${JSON.stringify(r.match)}`;
+            // A prefix for a skipped check also skips it for /healthz-admin and /healthz/anything.
+            if (perRoute(r)?.disabled === true) expect(Object.keys(r.match), where).to.deep.equal(['path']);
+            // A plain prefix for a lenient tree also takes /publications; "/" matches all anyway.
+            if (isLenient(r) && r.match.prefix !== '/') expect(r.match, where).not.to.have.property('prefix');
+            // Envoy matches case-sensitively; apps often do not, and /API would reach a laxer route.
+            if (isStricter(r)) expect(r.match.case_sensitive, `${where}: case_sensitive`).to.equal(false);
+          }
+        }
+      });
+
+      it('gates Checks on the sidecar\'s health: a health-checked ext_authz cluster never enters panic mode', function () {
+        const doc = load(file);
+        const clusters = new Map<string, Obj>((doc.static_resources.clusters as Obj[]).map((c) => [c.name, c]));
+        for (const hcm of httpManagers(doc)) {
+          const authz = (hcm.http_filters as Obj[]).find((f) => f.typed_config?.['@type'] === EXT_AUTHZ_TYPE)!;
+          const cluster = clusters.get(authz.typed_config.grpc_service.envoy_grpc.cluster_name)!;
+          if (!cluster.health_checks?.length) continue;
+          // One host: unhealthy means 0 % healthy, below the default 50 % panic threshold, and in
+          // panic Envoy sends to unhealthy hosts too.
+          expect(cluster.common_lb_config?.healthy_panic_threshold?.value, `${cluster.name}: healthy_panic_threshold`).to.equal(0);
+        }
+      });
+
       it('only uses context_extensions keys the sidecar knows', function () {
         const known = new Set<string>(CONTEXT_EXTENSION_KEYS);
         for (const hcm of httpManagers(load(file))) {
@@ -97,6 +172,25 @@ describe('Envoy examples (envoy/*.yaml)', function () {
     );
     expect(exts).to.deep.include({ required_scopes: 'access_as_user', downstream_api: 'graph', inject_header: 'x-graph-authorization' });
     expect(exts).to.deep.include({ validate: 'none', downstream_api: 'partner-api' });
+  });
+
+  it('sends only the exact /healthz unchecked and only the /public tree without a token, whatever the case or suffix', function () {
+    const ingress = httpManagers(load(path.join(repoRoot(), 'envoy', 'envoy.yaml'))).find((h) => h.stat_prefix === 'ingress_http')!;
+    const routes = routesOf(ingress);
+    const policyOf = (p: string) => perRoute(routeFor(routes, p)!);
+    expect(policyOf('/healthz')?.disabled).to.equal(true);
+    expect(policyOf('/healthz?verbose=1')?.disabled).to.equal(true);
+    for (const p of ['/public', '/public/', '/public/logo.png']) expect(policyOf(p)?.check_settings?.context_extensions?.validate, p).to.equal('none');
+    for (const p of ['/healthz-admin', '/healthz/', '/healthz/x', '/HEALTHZ', '/publications', '/public-admin', '/PUBLIC/x', '/api/orders', '/']) {
+      expect(isLenient(routeFor(routes, p)!), p).to.equal(false);
+    }
+    for (const p of ['/api/orders', '/API/orders', '/Api']) expect(policyOf(p)?.check_settings?.context_extensions?.required_scopes, p).to.equal('access_as_user');
+  });
+
+  it('health-checks the ext_authz cluster of envoy.yaml', function () {
+    const doc = load(path.join(repoRoot(), 'envoy', 'envoy.yaml'));
+    const cluster = (doc.static_resources.clusters as Obj[]).find((c) => c.name === 'sidecar_ext_authz')!;
+    expect(cluster.health_checks[0].grpc_health_check.service_name).to.equal('envoy.service.auth.v3.Authorization');
   });
 
   describe('the schema check itself', function () {

@@ -1,6 +1,7 @@
 /**
  * The Kubernetes and Istio examples in k8s/ must match the sidecar's defaults (ports, probe paths),
- * run it as a native sidecar, grant nothing privileged and point Istio's provider at 9191.
+ * run it as a native sidecar, grant nothing privileged and point Istio's provider at 9191 through
+ * one mesh-wide ServiceEntry; docs/deployment.md must show the same provider.
  */
 import { expect } from 'chai';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -38,6 +39,17 @@ function ofKind(kind: string): Obj[] {
 function hostPort(value: string): { host: string; port: number } {
   const u = new URL(value.includes('://') ? value : `grpc://${value}`);
   return { host: u.hostname, port: Number(u.port) };
+}
+
+/** Splits an Istio provider `service`, written `[<namespace>/]<hostname>`. */
+function providerService(service: string): { namespace?: string; host: string } {
+  const slash = service.indexOf('/');
+  return slash < 0 ? { host: service } : { namespace: service.slice(0, slash), host: service.slice(slash + 1) };
+}
+
+/** The text of each ```yaml block of a Markdown file, with its list-item indentation removed. */
+function yamlBlocks(markdown: string): string[] {
+  return [...markdown.matchAll(/^( *)```ya?ml\n([\s\S]*?)^\1```/gm)].map(([, indent, body]) => body.replace(new RegExp(`^ {0,${indent.length}}`, 'gm'), ''));
 }
 
 function envValue(container: Obj, name: string): string | undefined {
@@ -125,19 +137,26 @@ describe('Kubernetes examples (k8s/**/*.yaml)', function () {
     expect(vol).to.have.property('emptyDir');
   });
 
-  it('points the Istio ext_authz provider at the sidecar on 9191 through a localhost ServiceEntry', function () {
+  const meshConfig = () => {
     const ops = ofKind('IstioOperator');
     expect(ops).to.have.length(1);
-    const providers = ops[0].spec.meshConfig.extensionProviders as Obj[];
+    return ops[0].spec.meshConfig as Obj;
+  };
+
+  it('points the Istio ext_authz provider at the sidecar on 9191 through a localhost ServiceEntry', function () {
+    const providers = meshConfig().extensionProviders as Obj[];
     const provider = providers.find((p) => p.envoyExtAuthzGrpc);
     expect(provider, 'envoyExtAuthzGrpc provider').to.not.equal(undefined);
     const grpcProvider = provider!.envoyExtAuthzGrpc;
     expect(grpcProvider.port).to.equal(hostPort(defaultOf('Sidecar:ExtAuthz:Address')).port);
     expect(grpcProvider.failOpen ?? false).to.equal(false);
     expect(grpcProvider.timeout).to.match(/^\d+(\.\d+)?(ms|s)$/);
+    // Envoy's status_on_error defaults to 403: an outage of the sidecar would read as a denial.
+    expect(grpcProvider.statusOnError).to.equal('503');
 
-    const entry = ofKind('ServiceEntry').find((s) => (s.spec.hosts as string[]).includes(grpcProvider.service));
-    expect(entry, `ServiceEntry for ${grpcProvider.service}`).to.not.equal(undefined);
+    const { host } = providerService(grpcProvider.service);
+    const entry = ofKind('ServiceEntry').find((s) => (s.spec.hosts as string[]).includes(host));
+    expect(entry, `ServiceEntry for ${host}`).to.not.equal(undefined);
     expect(entry!.spec.endpoints).to.deep.equal([{ address: '127.0.0.1' }]);
     expect(entry!.spec.resolution).to.equal('STATIC');
     expect(entry!.spec.ports).to.deep.include({ name: 'grpc', number: 9191, protocol: 'GRPC' });
@@ -150,5 +169,30 @@ describe('Kubernetes examples (k8s/**/*.yaml)', function () {
     }
     // The policy selects the workload the Deployment runs.
     expect(policies[0].spec.selector.matchLabels).to.deep.equal(deployment().spec.selector.matchLabels);
+  });
+
+  it('declares the provider\'s host once, in the root namespace, exported to every namespace', function () {
+    // istiod resolves an unqualified provider host across all namespaces and fails with "found in
+    // multiple namespaces" once two hold it; a provider it cannot build makes CUSTOM policies deny.
+    // 127.0.0.1 is each pod's own sidecar, so one mesh-wide entry serves every namespace.
+    const mesh = meshConfig();
+    const rootNamespace = mesh.rootNamespace ?? 'istio-system';
+    const grpcProvider = (mesh.extensionProviders as Obj[]).find((p) => p.envoyExtAuthzGrpc)!.envoyExtAuthzGrpc;
+    const { namespace, host } = providerService(grpcProvider.service);
+    const entries = ofKind('ServiceEntry').filter((s) => (s.spec.hosts as string[]).includes(host));
+    expect(entries, `ServiceEntries for ${host}`).to.have.length(1);
+    expect(entries[0].metadata.namespace).to.equal(rootNamespace);
+    expect(entries[0].spec.exportTo).to.deep.equal(['*']);
+    if (namespace !== undefined) expect(namespace, 'namespace in the provider service').to.equal(entries[0].metadata.namespace);
+  });
+
+  it('shows in docs/deployment.md the provider and the ServiceEntry the manifests declare', function () {
+    const doc = readFileSync(path.join(repoRoot(), 'docs', 'deployment.md'), 'utf8');
+    const snippets = yamlBlocks(doc).filter((b) => /^extensionProviders:/m.test(b));
+    expect(snippets, 'extensionProviders snippets').to.have.length(1);
+    expect((YAML.parse(snippets[0]) as Obj).extensionProviders).to.deep.equal(meshConfig().extensionProviders);
+    const entry = ofKind('ServiceEntry')[0];
+    expect(doc).to.contain(`hosts: [${(entry.spec.hosts as string[]).join(', ')}]`);
+    expect(doc).to.contain(`exportTo: ${JSON.stringify(entry.spec.exportTo)}`);
   });
 });
