@@ -127,8 +127,9 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       req.resume();
       return;
     }
-    // Exactly the route's method, as ASP.NET's MapGet/MapPost (HEAD included) answer 405 otherwise.
-    if (req.method !== route.method) {
+    // Exactly the route's method, as ASP.NET's MapGet/MapPost (HEAD included) answer 405 otherwise;
+    // /healthz has no method constraint (MapHealthChecks).
+    if (route.method !== 'ANY' && req.method !== route.method) {
       sendEmpty(res, 405, { Allow: route.method });
       req.resume();
       return;
