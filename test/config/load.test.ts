@@ -427,6 +427,32 @@ describe('config: DownstreamApis', () => {
   });
 });
 
+describe('config: AcquireTokenOptions:ExtraHeadersParameters', () => {
+  const key = (name: string) => `DownstreamApis__a__AcquireTokenOptions__ExtraHeadersParameters__${name}`;
+
+  it('binds extra token-request headers with their configured names', () => {
+    const cfg = ok(load({ [key('X-Token-Hint')]: 'v1', [key('x-ms-routing')]: 'v2' }));
+    expect(cfg.downstreamApis.a.acquireTokenOptions.extraHeadersParameters).to.deep.equal({ 'X-Token-Hint': 'v1', 'x-ms-routing': 'v2' });
+  });
+
+  it('refuses the names the token request needs, case-insensitively, naming the key', () => {
+    const reserved = ['Content-Type', 'content-length', 'HOST', 'client-request-id', 'Authorization', 'Cookie', 'Transfer-Encoding', 'Connection', 'Accept', 'Proxy-Authorization', 'X-Client-SKU', 'x-anchormailbox', 'Content-Language', 'Sec-Fetch-Mode'];
+    const errors = errorsOf(load(Object.fromEntries(reserved.map((n) => [key(n), 'v']))));
+    for (const name of reserved) {
+      expectError(errors, `DownstreamApis:a:AcquireTokenOptions:ExtraHeadersParameters:${name} cannot be set`, 'the token request needs that header');
+    }
+    expect(errors).to.have.length(reserved.length);
+  });
+
+  it('refuses values with control characters, without quoting the value', () => {
+    const errors = errorsOf(load({ [key('X-One')]: 'a\r\nInjected: yes', [key('X-Two')]: 'nul\u0000', [key('X-Tab')]: 'tab\tis fine' }));
+    expectError(errors, 'DownstreamApis:a:AcquireTokenOptions:ExtraHeadersParameters:X-One has a control character');
+    expectError(errors, 'DownstreamApis:a:AcquireTokenOptions:ExtraHeadersParameters:X-Two has a control character');
+    expect(errors).to.have.length(2);
+    expect(errors.join('\n')).not.to.include('Injected');
+  });
+});
+
 describe('config: Sidecar section', () => {
   it('applies the documented defaults', () => {
     const s = ok(load()).sidecar;
