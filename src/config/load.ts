@@ -694,6 +694,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
       maxBodyBytes: b.int('Sidecar:Http:MaxBodyBytes', 1),
       requestTimeoutMs: b.int('Sidecar:Http:RequestTimeoutMs', 1),
       headersTimeoutMs: b.int('Sidecar:Http:HeadersTimeoutMs', 1),
+      keepAliveTimeoutMs: b.int('Sidecar:Http:KeepAliveTimeoutMs', 1),
     },
     management: {
       enabled: mgmtEnabled,
