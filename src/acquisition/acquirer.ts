@@ -228,7 +228,11 @@ interface LongRunningSession {
 }
 
 /** Creates the process's token acquirer; see the module comment. */
-export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHttpRequestSigner & { stats(): AcquirerStats } {
+export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHttpRequestSigner & {
+  stats(): AcquirerStats;
+  /** A managed-identity access token for `resource`, cached like every token (Key Vault access at start-up). */
+  managedIdentityAccessToken(resource: string, userAssignedClientId: string | undefined): Promise<string>;
+} {
   const { config, agent, logger } = deps;
   const azureAd = config.azureAd;
   const outbound = config.sidecar.outbound;
@@ -782,6 +786,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     acquire,
     cached,
     httpRequestSigner,
+    managedIdentityAccessToken: async (resource, userAssignedClientId) => (await managedIdentityToken(resource, userAssignedClientId)).token,
     stats(): AcquirerStats {
       return { ...cache.stats(), entraRequests };
     },

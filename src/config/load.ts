@@ -328,11 +328,14 @@ function bindCredentials(
         break;
       }
       case 'SignedAssertionFromVault':
-        notForDecryption();
-        keyVault();
+        // Accepted by Microsoft's schema but not implemented here: refused now rather than skipped
+        // at run time, where every acquisition would fail.
+        if (forDecryption) notForDecryption();
+        else b.error(`${p}:SourceType SignedAssertionFromVault is not supported by entra-sidecar; use KeyVault (a certificate), SignedAssertionFilePath or SignedAssertionFromManagedIdentity`);
         break;
       case 'AutoDecryptKeys':
         if (!forDecryption) b.error(`${p}:SourceType AutoDecryptKeys only applies to AzureAd:TokenDecryptionCredentials`);
+        else b.error(`${p}:SourceType AutoDecryptKeys is not supported by entra-sidecar; use Path, Base64Encoded or KeyVault`);
         break;
     }
     out.push(cred);

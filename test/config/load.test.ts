@@ -354,6 +354,33 @@ describe('config: AzureAd', () => {
     expectError(errors, 'AzureAd:TokenDecryptionCredentials:0:SourceType ClientSecret cannot decrypt tokens');
   });
 
+  it('refuses the credential sources it does not implement, naming the key and saying so', () => {
+    const errors = errorsOf(load({
+      AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFromVault',
+      AzureAd__ClientCredentials__0__KeyVaultUrl: 'https://vault.test/',
+      AzureAd__ClientCredentials__0__KeyVaultCertificateName: 'c',
+      AzureAd__ClientCredentials__1__SourceType: '9',
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'AutoDecryptKeys',
+      AzureAd__TokenDecryptionCredentials__1__SourceType: '10',
+    }));
+    expectError(errors, 'AzureAd:ClientCredentials:0:SourceType SignedAssertionFromVault is not supported by entra-sidecar');
+    expectError(errors, 'AzureAd:ClientCredentials:1:SourceType SignedAssertionFromVault is not supported by entra-sidecar');
+    expectError(errors, 'AzureAd:TokenDecryptionCredentials:0:SourceType AutoDecryptKeys is not supported by entra-sidecar');
+    expectError(errors, 'AzureAd:TokenDecryptionCredentials:1:SourceType AutoDecryptKeys is not supported by entra-sidecar');
+    expect(errors).to.have.length(4);
+  });
+
+  it('accepts KeyVault for token decryption, with the same required fields as for client credentials', () => {
+    const cfg = ok(load({
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultUrl: 'https://vault.test/',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultCertificateName: 'decrypt',
+      AzureAd__TokenDecryptionCredentials__0__ManagedIdentityClientId: 'uami',
+    }));
+    expect(cfg.azureAd.tokenDecryptionCredentials[0]).to.deep.include({ sourceType: 'KeyVault', keyVaultUrl: 'https://vault.test/', keyVaultCertificateName: 'decrypt', managedIdentityClientId: 'uami' });
+    expectError(errorsOf(load({ AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault' })), 'AzureAd:TokenDecryptionCredentials:0:KeyVaultUrl is required for SourceType KeyVault');
+  });
+
   it('defaults the assertion file to AZURE_FEDERATED_TOKEN_FILE, then AZURE_ACCESS_TOKEN_FILE, and accepts the README alias', () => {
     const env = { AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFilePath' };
     const fed = ok(load({ ...env, AZURE_FEDERATED_TOKEN_FILE: '/var/run/secrets/azure/tokens/azure-identity-token', AZURE_ACCESS_TOKEN_FILE: '/other' }));

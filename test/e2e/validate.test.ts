@@ -8,7 +8,7 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
-import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 
 describe('GET /Validate (built sidecar against the emulator)', function () {
@@ -213,6 +213,34 @@ describe('GET /Validate with options (built sidecar)', function () {
     // Without the decryption key the same token is refused.
     const plain = await start({});
     expect((await call(`${plain.url}/Validate`, { token: jwe })).status).to.equal(401);
+  });
+
+  it('decrypts a JWE with a TokenDecryptionCredentials certificate from Key Vault, read with a managed identity at start-up', async () => {
+    const before = emu.counters().keyvault;
+    const s = await start({
+      AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin,
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultUrl: emu.scenario.keyVaults.main.url!,
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultCertificateName: 'sidecar-decryption-cert',
+      AzureAd__TokenDecryptionCredentials__0__ManagedIdentityClientId: emu.scenario.managedIdentities.userAssigned.clientId,
+    });
+    expect(emu.counters().keyvault - before, 'read once, before listening').to.equal(1);
+    const jwe = await emu.mint({ kind: 'user', scp: 'access_as_user', encrypt: true });
+    const r = await call(`${s.url}/Validate`, { token: jwe });
+    expect(r.status, r.headers.get('www-authenticate') ?? '').to.equal(200);
+    expect(r.json().claims.scp).to.equal('access_as_user');
+  });
+
+  it('does not start when the Key Vault decryption certificate cannot be read', async () => {
+    const { code, stdout, stderr } = await runSidecarToExit(sidecarEnv(emu, {
+      AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin,
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultUrl: emu.scenario.keyVaults.main.url!,
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultCertificateName: 'no-such-certificate',
+    }));
+    expect(code).to.equal(1);
+    expect(stdout + stderr).to.include('failed to start').and.to.include('no-such-certificate');
+    expect(stdout).not.to.include('"event":"listening"');
   });
 
   it('answers 503 while no signing keys could ever be loaded, then recovers', async () => {
