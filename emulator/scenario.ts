@@ -127,7 +127,8 @@ export interface FederatedIssuer {
 /** A Key Vault secret; certificate-backed secrets reference an app certificate by app key + name. */
 export interface KeyVaultSecret {
   contentType: 'application/x-pkcs12' | 'application/x-pem-file' | 'text/plain';
-  certificate?: { app: string; name: string };
+  /** A certificate of `app` (its registered credential `name`, or with `encryption` its token-encryption certificate). */
+  certificate?: { app: string; name: string; encryption?: boolean };
   value?: string;
 }
 
@@ -348,6 +349,7 @@ export function defaultScenario(): EmulatorScenario {
         secrets: {
           'sidecar-cert': { contentType: 'application/x-pkcs12', certificate: { app: 'sidecarApi', name: 'keyvault' } },
           'sidecar-cert-pem': { contentType: 'application/x-pem-file', certificate: { app: 'sidecarApi', name: 'keyvault' } },
+          'sidecar-decryption-cert': { contentType: 'application/x-pkcs12', certificate: { app: 'sidecarApi', name: 'encryption', encryption: true } },
         },
       },
     },

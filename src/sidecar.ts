@@ -10,6 +10,7 @@ import { createLogger, type Logger } from './log.js';
 import { createOutboundAgent, observeOutbound } from './net/outbound.js';
 import { createTokenValidator } from './validation/validator.js';
 import { loadDecryptionKeys } from './validation/decryption.js';
+import { loadCertificateFromKeyVault } from './credentials/key-vault.js';
 import { createTokenAcquirer } from './acquisition/acquirer.js';
 import { resolveApiOptions } from './pipeline/api-options.js';
 import { startHttpApi, type HttpApiServer } from './http/server.js';
@@ -28,12 +29,19 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   const metrics = createMetrics({ version: VERSION, collectProcess: true, gcDuration: config.sidecar.management.gcMetrics });
   const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
   const agent = observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds));
+  const engine = createTokenAcquirer({ config, agent, logger });
+  // Token decryption certificates load before anything listens; one in Key Vault is read with the
+  // acquirer's managed-identity tokens. A certificate that cannot be loaded fails the start.
+  const decryptionKeys = await loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials, {
+    keyVault: (desc) =>
+      loadCertificateFromKeyVault(desc, { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, managedIdentityToken: engine.managedIdentityAccessToken }),
+  });
   const validator = createTokenValidator({
     azureAd: config.azureAd,
     settings: config.sidecar.validation,
     outbound: { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes },
     logger,
-    decryptionKeys: loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials),
+    decryptionKeys,
     onSigningKeysLoad: (outcome, keyCount) => {
       metrics.countSigningKeysRefresh(outcome);
       metrics.setSigningKeys(keyCount);
@@ -44,10 +52,11 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   // validator.ready(): /readyz on the management listener and the gRPC health of the Authorization service.
   void validator.start();
   try {
-    return await listen(config, logger, { metrics, baseAgent, agent, validator });
+    return await listen(config, logger, { metrics, baseAgent, agent, validator, engine });
   } catch (err) {
     // Nothing may keep a process that failed to start alive (the key loader retries on timers).
     validator.close();
+    engine.close();
     await baseAgent.close();
     throw err;
   }
@@ -58,13 +67,13 @@ interface Core {
   readonly baseAgent: ReturnType<typeof createOutboundAgent>;
   readonly agent: ReturnType<typeof observeOutbound>;
   readonly validator: ReturnType<typeof createTokenValidator>;
+  readonly engine: ReturnType<typeof createTokenAcquirer>;
 }
 
-/** Builds the acquirer and starts the listeners over the core built by run(). */
+/** Starts the listeners over the core built by run(). */
 async function listen(config: SidecarConfig, logger: Logger, core: Core): Promise<() => Promise<void>> {
-  const { metrics, baseAgent, agent, validator } = core;
+  const { metrics, baseAgent, agent, validator, engine } = core;
   const outbound = config.sidecar.outbound;
-  const engine = createTokenAcquirer({ config, agent, logger });
   metrics.addScrapeHook(() => metrics.syncTokenCache(engine.stats()));
   const acquirer = countAcquisitions(engine, metrics);
 

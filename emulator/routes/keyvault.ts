@@ -44,7 +44,7 @@ export async function keyVaultSecret(ex: Exchange, vaultName: string, secretName
   let value: string;
   if (secret.certificate) {
     const app = core.findApp(secret.certificate.app);
-    const material = app ? core.certificates.get(`${app.appId.toLowerCase()}:${secret.certificate.name}`) : undefined;
+    const material = secret.certificate.encryption ? core.encryptionCertificateOf(app) : app ? core.certificates.get(`${app.appId.toLowerCase()}:${secret.certificate.name}`) : undefined;
     if (!material) return kvError(404, 'SecretNotFound', `The certificate behind secret ${secretName} is not available.`);
     value = secret.contentType === 'application/x-pkcs12' ? toPfxBase64(material) : `${material.keyPem.trim()}\n${material.certPem.trim()}\n`;
   } else {

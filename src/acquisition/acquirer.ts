@@ -121,9 +121,19 @@ function normalisedScopes(scopes: readonly string[]): string {
   return [...new Set(scopes.map((s) => s.toLowerCase()))].sort().join(' ');
 }
 
-function recordDigest(r: Readonly<Record<string, string>>): string | undefined {
-  const entries = Object.entries(r).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return entries.length === 0 ? undefined : sha256(JSON.stringify(entries));
+function sortedEntries(r: Readonly<Record<string, string>>): [string, string][] {
+  return Object.entries(r).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/**
+ * Digest of what a token request carries beyond its grant: the extra query parameters and the extra
+ * headers (names lower-cased: header names are case-insensitive). Either may shape the token Entra
+ * returns, so two APIs that differ in them never share a cache entry. undefined when there are none.
+ */
+function requestExtrasDigest(query: Readonly<Record<string, string>>, headers: Readonly<Record<string, string>>): string | undefined {
+  const q = sortedEntries(query);
+  const h = sortedEntries(Object.fromEntries(Object.entries(headers).map(([n, v]) => [n.toLowerCase(), v])));
+  return q.length === 0 && h.length === 0 ? undefined : sha256(JSON.stringify([q, h]));
 }
 
 const JWT_LIKE = /eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*/g;
@@ -220,7 +230,11 @@ interface LongRunningSession {
 }
 
 /** Creates the process's token acquirer; see the module comment. */
-export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHttpRequestSigner & { stats(): AcquirerStats } {
+export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHttpRequestSigner & {
+  stats(): AcquirerStats;
+  /** A managed-identity access token for `resource`, cached like every token (Key Vault access at start-up). */
+  managedIdentityAccessToken(resource: string, userAssignedClientId: string | undefined): Promise<string>;
+} {
   const { config, agent, logger } = deps;
   const azureAd = config.azureAd;
   const outbound = config.sidecar.outbound;
@@ -250,9 +264,13 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     },
   });
 
-  /** Runs one outbound acquisition with its own observation slot and maps its failure. */
-  async function observed<T>(run: () => Promise<T>): Promise<T> {
-    const seen: AcquisitionObservation = {};
+  /**
+   * Runs one outbound acquisition with its own observation slot and maps its failure. `extraHeaders`
+   * (AcquireTokenOptions:ExtraHeadersParameters) go on the token POSTs msal sends for it; legs run
+   * through their own `observed` (an agent's T1/T2, a managed-identity assertion) do not carry them.
+   */
+  async function observed<T>(run: () => Promise<T>, extraHeaders?: Readonly<Record<string, string>>): Promise<T> {
+    const seen: AcquisitionObservation = extraHeaders !== undefined && Object.keys(extraHeaders).length > 0 ? { extraHeaders } : {};
     try {
       return await withObservation(seen, run);
     } catch (err) {
@@ -398,7 +416,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     readonly claims?: string;
     readonly claimsDigest?: string;
     readonly extraQueryParameters: Readonly<Record<string, string>>;
-    readonly extraQueryDigest?: string;
+    readonly extraHeaders: Readonly<Record<string, string>>;
+    readonly extrasDigest?: string;
     readonly fmiPath?: string;
   }
 
@@ -412,7 +431,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       // Microsoft switches to MSAuth 1.0 AT-PoP here; refusing is safer than sending an unbound token.
       throw new SidecarError('misconfigured', 'AcquireTokenOptions:PopClaim (MSAuth AT-PoP) is not supported; use PopPublicKey alone.');
     }
-    const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.claimsDigest, input.extraQueryDigest]);
+    const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.claimsDigest, input.extrasDigest]);
     const params: Record<string, string> = {
       grant_type: 'client_credentials',
       scope,
@@ -436,6 +455,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
               correlationId: input.correlationId,
               expectTokenType: 'pop',
               ...(query !== '' ? { query } : {}),
+              extraHeaders: input.extraHeaders,
             }),
         ),
       );
@@ -502,13 +522,14 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     readonly claimsParam: { claims?: string };
     readonly claimsDigest?: string;
     readonly eqp: object;
-    readonly extraQueryDigest?: string;
+    readonly extraHeaders: Readonly<Record<string, string>>;
+    readonly extrasDigest?: string;
   }
 
   /** Cache key and fetcher for an agent identity request (autonomous, on behalf of the caller, or agent user). */
   function agentFlow(options: EffectiveApiOptions, input: AgentFlowInput): { key: string; fetch: () => Promise<CachedToken> } {
     const ato = options.acquireTokenOptions;
-    const { agent, scopes, correlationId, claimsParam, claimsDigest, eqp, extraQueryDigest } = input;
+    const { agent, scopes, correlationId, claimsParam, claimsDigest, eqp, extraHeaders, extrasDigest } = input;
     const agentId = agent.agentIdentity.trim();
     if (ato.managedIdentity) {
       throw new SidecarError('misconfigured', `API '${options.apiName}' asks for a managed-identity token, which cannot be combined with AgentIdentity.`);
@@ -522,7 +543,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       }
       const authority = authorityFor(ato.tenant);
       const userKey = agent.username !== undefined ? `upn:${agent.username.toUpperCase()}` : `oid:${agentUser.toLowerCase()}`;
-      const key = cacheKey(['agent-user', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), userKey, normalisedScopes(scopes), claimsDigest, extraQueryDigest]);
+      const key = cacheKey(['agent-user', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), userKey, normalisedScopes(scopes), claimsDigest, extrasDigest]);
       const t2Key = cacheKey(['agent-t2', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase()]);
       const fetch = () =>
         observed(async () => {
@@ -550,14 +571,14 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
           });
           await forgetAccount(app, result);
           return toCachedToken(result);
-        });
+        }, extraHeaders);
       return { key, fetch };
     }
     if (input.appFlow) {
       // Autonomous agent: client credentials as the agent identity (§5.6, entra-protocol §5.2).
       const scope = scopes[0];
       const authority = appTokenAuthority(options, scope);
-      const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), scope.toLowerCase(), claimsDigest, extraQueryDigest]);
+      const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), scope.toLowerCase(), claimsDigest, extrasDigest]);
       const fetch = () =>
         observed(async () =>
           toCachedToken(
@@ -566,6 +587,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
               ...msalCommon(authority, correlationId, claimsParam, eqp),
             }),
           ),
+          extraHeaders,
         );
       return { key, fetch };
     }
@@ -573,7 +595,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     if (!user) throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
     // The agent acting for the calling user: OBO as the agent identity (entra-protocol §5.4).
     const authority = authorityFor(ato.tenant ?? user.tenantId);
-    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), assertionDigest(user), claimsDigest, extraQueryDigest]);
+    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), assertionDigest(user), claimsDigest, extrasDigest]);
     const fetch = () =>
       observed(async () => {
         const app = await agentAppFor(agentId, authority);
@@ -584,7 +606,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         });
         await forgetAccount(app, result);
         return toCachedToken(result);
-      });
+      }, extraHeaders);
     return { key, fetch };
   }
 
@@ -656,7 +678,10 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     const bypass = ato.forceRefresh || (claims !== undefined && claims !== '');
     const claimsDigest = claims ? sha256(claims) : undefined;
     const extraQueryParameters = { ...azureAd.extraQueryParameters, ...ato.extraQueryParameters };
-    const extraQueryDigest = recordDigest(extraQueryParameters);
+    // ExtraHeadersParameters go on the token POST of every flow below but managed identity (a GET to
+    // the host's endpoint), as Microsoft.Identity.Web's WithExtraHttpHeaders does.
+    const extraHeaders = ato.extraHeadersParameters;
+    const extrasDigest = requestExtrasDigest(extraQueryParameters, extraHeaders);
     const eqp = Object.keys(extraQueryParameters).length > 0 ? { extraQueryParameters } : {};
     const claimsParam = claims ? { claims } : {};
     const appFlow = options.requestAppToken || ato.managedIdentity !== undefined;
@@ -665,7 +690,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     let fetch: () => Promise<CachedToken>;
 
     if (req.agent) {
-      ({ key, fetch } = agentFlow(options, { agent: req.agent, scopes, appFlow, user: req.user, correlationId, claimsParam, claimsDigest, eqp, extraQueryDigest }));
+      ({ key, fetch } = agentFlow(options, { agent: req.agent, scopes, appFlow, user: req.user, correlationId, claimsParam, claimsDigest, eqp, extraHeaders, extrasDigest }));
     } else if (appFlow) {
       const scope = scopes[0];
       if (ato.managedIdentity) {
@@ -674,9 +699,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       }
       const authority = appTokenAuthority(options, scope);
       if (ato.popPublicKey) {
-        ({ key, fetch } = popAppFlow(authority, scope, ato.popPublicKey, ato.popClaim, { correlationId, claims, claimsDigest, extraQueryParameters, extraQueryDigest, fmiPath: ato.fmiPath }));
+        ({ key, fetch } = popAppFlow(authority, scope, ato.popPublicKey, ato.popClaim, { correlationId, claims, claimsDigest, extraQueryParameters, extraHeaders, extrasDigest, fmiPath: ato.fmiPath }));
       } else {
-        key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, claimsDigest, extraQueryDigest]);
+        key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, claimsDigest, extrasDigest]);
         fetch = () =>
           observed(() =>
             withClientCredential(authority, async (app) =>
@@ -689,6 +714,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
                 }),
               ),
             ),
+            extraHeaders,
           );
       }
     } else if (req.user) {
@@ -697,7 +723,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       const authority = authorityFor(tenant);
       const sessionKey = ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME ? ato.longRunningWebApiSessionKey : undefined;
       const sessionId = sessionKey ? sha256(`${azureAd.clientId}|${sessionKey}`) : undefined;
-      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), assertionDigest(user), sessionId, claimsDigest, extraQueryDigest]);
+      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), assertionDigest(user), sessionId, claimsDigest, extrasDigest]);
       fetch = () =>
         observed(async () => {
           const token = await withClientCredential(authority, async (app) => {
@@ -712,10 +738,10 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
           const refreshToken = observation.getStore()?.refreshToken;
           if (sessionId && refreshToken) rememberSession(sessionId, { refreshToken, tenant });
           return token;
-        });
+        }, extraHeaders);
       if (sessionId) {
         // Later token-less calls with this key are answered from the session's cache entry first.
-        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extraQueryDigest]);
+        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extrasDigest]);
         const inner = fetch;
         fetch = async () => {
           const token = await inner();
@@ -726,7 +752,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     } else if (ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME) {
       // Continue a long-running OBO session with its refresh token (msal-node has no session API of its own).
       const sessionId = sha256(`${azureAd.clientId}|${ato.longRunningWebApiSessionKey}`);
-      key = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extraQueryDigest]);
+      key = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extrasDigest]);
       fetch = () =>
         observed(async () => {
           const session = sessions.get(sessionId);
@@ -749,7 +775,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
           const rotated = observation.getStore()?.refreshToken;
           if (rotated) rememberSession(sessionId, { refreshToken: rotated, tenant: session.tenant });
           return token;
-        });
+        }, extraHeaders);
     } else {
       throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
     }
@@ -762,6 +788,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     acquire,
     cached,
     httpRequestSigner,
+    managedIdentityAccessToken: async (resource, userAssignedClientId) => (await managedIdentityToken(resource, userAssignedClientId)).token,
     stats(): AcquirerStats {
       return { ...cache.stats(), entraRequests, managedIdentityApplications: managedIdentity.applications };
     },

@@ -4,11 +4,11 @@
  * next when Entra answers `invalid_client`.
  *
  * Supported sources: ClientSecret, Path (PEM or PFX), Base64Encoded (PFX or PEM), KeyVault (the
- * certificate's secret fetched with a managed-identity token), SignedAssertionFilePath (re-read on
- * every acquisition: projected Kubernetes tokens rotate) and SignedAssertionFromManagedIdentity
- * (a managed-identity token for `TokenExchangeUrl` as the client assertion). Windows certificate
- * stores, SignedAssertionFromVault and custom providers cannot be honoured here and are skipped
- * with a warning.
+ * certificate's secret fetched with a managed-identity token, src/credentials/key-vault.ts),
+ * SignedAssertionFilePath (re-read on every acquisition: projected Kubernetes tokens rotate) and
+ * SignedAssertionFromManagedIdentity (a managed-identity token for `TokenExchangeUrl` as the client
+ * assertion). The config loader refuses every other source (Windows certificate stores,
+ * SignedAssertionFromVault, custom providers), so the warning below only guards this list.
  */
 import type { KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -17,8 +17,8 @@ import type { ClientAssertionCallback } from '@azure/msal-node';
 import type { Logger } from '../log.js';
 import type { CredentialDescription, CredentialSourceType } from '../config/types.js';
 import { SidecarError } from '../errors.js';
-import { send } from '../net/outbound.js';
-import { loadCertificate, loadCertificateFromPem, loadCertificateFromPfx } from '../credentials/certificate.js';
+import { loadCertificate } from '../credentials/certificate.js';
+import { loadCertificateFromKeyVault } from '../credentials/key-vault.js';
 
 /** The credential part of msal-node's `auth` options. */
 export type MsalCredential =
@@ -50,11 +50,6 @@ export interface CredentialDeps {
   readonly managedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => Promise<string>;
 }
 
-/** Key Vault's audience for managed-identity tokens. */
-export const KEY_VAULT_RESOURCE = 'https://vault.azure.net';
-/** The Key Vault REST API version used to read a certificate's secret. */
-export const KEY_VAULT_API_VERSION = '7.4';
-
 interface LoadedCertificate {
   readonly thumbprintSha256: string;
   readonly privateKey: string;
@@ -74,39 +69,6 @@ function toMsalCertificate(cert: LoadedCertificate, sendX5C: boolean): MsalCrede
 
 function fromLoaded(c: { readonly privateKey: KeyObject; readonly thumbprintSha256: string; readonly chainPem: readonly string[] }): LoadedCertificate {
   return { thumbprintSha256: c.thumbprintSha256, privateKey: String(c.privateKey.export({ type: 'pkcs8', format: 'pem' })), chainPem: c.chainPem };
-}
-
-/** Reads a Key Vault certificate's secret (`GET {vault}/secrets/{name}`) and parses the PFX or PEM it holds. */
-async function loadFromKeyVault(desc: CredentialDescription, deps: CredentialDeps): Promise<LoadedCertificate> {
-  if (!desc.keyVaultUrl || !desc.keyVaultCertificateName) {
-    throw new SidecarError('misconfigured', 'A KeyVault credential needs KeyVaultUrl and KeyVaultCertificateName.');
-  }
-  const vault = desc.keyVaultUrl.replace(/\/+$/, '');
-  const url = `${vault}/secrets/${encodeURIComponent(desc.keyVaultCertificateName)}?api-version=${KEY_VAULT_API_VERSION}`;
-  const accessToken = await deps.managedIdentityToken(KEY_VAULT_RESOURCE, desc.managedIdentityClientId);
-  const res = await send(deps.agent, url, {
-    method: 'GET',
-    headers: { authorization: `Bearer ${accessToken}`, accept: 'application/json' },
-    deadlineMs: deps.timeoutMs,
-    maxResponseBytes: deps.maxResponseBytes,
-  }).catch((err: unknown) => {
-    throw new SidecarError('acquisition_unavailable', err instanceof SidecarError ? err.detail : `Key Vault ${new URL(vault).host} is unreachable.`, { cause: err });
-  });
-  if (res.status !== 200) {
-    throw new SidecarError('misconfigured', `Key Vault answered ${res.status} for certificate '${desc.keyVaultCertificateName}'.`);
-  }
-  let secret: { value?: unknown; contentType?: unknown };
-  try {
-    secret = JSON.parse(res.body.toString('utf8')) as typeof secret;
-  } catch {
-    throw new SidecarError('misconfigured', `Key Vault returned a non-JSON secret for certificate '${desc.keyVaultCertificateName}'.`);
-  }
-  if (typeof secret.value !== 'string' || secret.value === '') {
-    throw new SidecarError('misconfigured', `Key Vault secret for certificate '${desc.keyVaultCertificateName}' has no value.`);
-  }
-  const contentType = typeof secret.contentType === 'string' ? secret.contentType.toLowerCase() : '';
-  const isPem = contentType.includes('pem') || secret.value.includes('-----BEGIN');
-  return fromLoaded(isPem ? loadCertificateFromPem(secret.value) : loadCertificateFromPfx(Buffer.from(secret.value, 'base64'), ''));
 }
 
 /** A credential whose certificate is loaded lazily once and reloaded after `reset`. */
@@ -175,7 +137,7 @@ export function buildClientCredentialSources(descriptions: readonly CredentialDe
         sources.push(certificateSource(index, desc, deps, async () => fromLoaded(await loadCertificate(desc))));
         return;
       case 'KeyVault':
-        sources.push(certificateSource(index, desc, deps, () => loadFromKeyVault(desc, deps)));
+        sources.push(certificateSource(index, desc, deps, async () => fromLoaded(await loadCertificateFromKeyVault(desc, deps))));
         return;
       case 'SignedAssertionFilePath':
         sources.push(assertionFileSource(index, desc, deps));

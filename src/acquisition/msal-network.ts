@@ -17,6 +17,10 @@
  *   and the Retry-After header is not passed on.
  * - A non-JSON body is turned into an OAuth-shaped error body instead of msal's opaque
  *   `token_parsing_error`.
+ *
+ * One addition: the acquisition's extra headers (`AcquireTokenOptions:ExtraHeadersParameters`, which
+ * Microsoft.Identity.Web hands to MSAL's WithExtraHttpHeaders) travel in the same slot and are added
+ * to its token POSTs; msal-node's request types have no per-request headers.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Dispatcher } from 'undici';
@@ -24,8 +28,13 @@ import type { INetworkModule, NetworkRequestOptions, NetworkResponse } from '@az
 import { send, type OutboundResponse } from '../net/outbound.js';
 import { SidecarError } from '../errors.js';
 
-/** What the network module saw while msal served one acquisition (never logged as a whole). */
+/**
+ * The slot the acquirer and the network module share for one acquisition: the headers to add to its
+ * token POSTs, and what the network module saw while msal served it (never logged as a whole).
+ */
 export interface AcquisitionObservation {
+  /** Extra headers for this acquisition's token POSTs (AcquireTokenOptions:ExtraHeadersParameters). */
+  readonly extraHeaders?: Readonly<Record<string, string>>;
   /** Real HTTP status of the last token-endpoint/MI response. */
   status?: number;
   /** Retry-After of the last non-2xx response, in seconds. */
@@ -89,6 +98,21 @@ function parseBody(res: OutboundResponse, host: string): unknown {
   }
 }
 
+/**
+ * `protocol` plus the `extra` headers whose names it does not already have (case-insensitively): an
+ * extra header never replaces one the token client writes. The config loader refuses the names the
+ * protocol needs; this keeps the rule true whatever reaches here.
+ */
+export function withExtraHeaders(protocol: Readonly<Record<string, string>> | undefined, extra: Readonly<Record<string, string>> | undefined): Record<string, string> {
+  const out: Record<string, string> = { ...protocol };
+  if (extra === undefined) return out;
+  const taken = new Set(Object.keys(out).map((n) => n.toLowerCase()));
+  for (const [name, value] of Object.entries(extra)) {
+    if (!taken.has(name.toLowerCase())) out[name] = value;
+  }
+  return out;
+}
+
 /** Creates the INetworkModule msal-node uses for every call (metadata, token, managed identity). */
 export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOptions): INetworkModule {
   async function call<T>(method: 'GET' | 'POST', url: string, options: NetworkRequestOptions | undefined, timeoutMs: number | undefined): Promise<NetworkResponse<T>> {
@@ -100,7 +124,7 @@ export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOpti
     try {
       res = await send(agent, url, {
         method,
-        headers: options?.headers,
+        headers: method === 'POST' && slot?.extraHeaders !== undefined ? withExtraHeaders(options?.headers, slot.extraHeaders) : options?.headers,
         body: method === 'POST' ? options?.body ?? '' : undefined,
         deadlineMs: timeoutMs !== undefined && timeoutMs > 0 ? Math.min(timeoutMs, opts.timeoutMs) : opts.timeoutMs,
         maxResponseBytes: opts.maxResponseBytes,

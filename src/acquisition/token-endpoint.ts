@@ -14,7 +14,7 @@ import { send } from '../net/outbound.js';
 import { SidecarError } from '../errors.js';
 import type { MsalCredential } from './credentials.js';
 import type { CachedToken } from './token-cache.js';
-import { parseRetryAfter } from './msal-network.js';
+import { parseRetryAfter, withExtraHeaders } from './msal-network.js';
 
 const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 /** msal-node's client assertion lifetime (10 minutes). */
@@ -103,6 +103,8 @@ export interface TokenRequest {
   readonly correlationId?: string;
   /** Query string for the token endpoint URL (ExtraQueryParameters), already encoded. */
   readonly query?: string;
+  /** Extra HTTP headers (AcquireTokenOptions:ExtraHeadersParameters); never replace the protocol's own. */
+  readonly extraHeaders?: Readonly<Record<string, string>>;
   /** Fail closed when Entra answers another token type (a PoP request must never yield a Bearer token). */
   readonly expectTokenType?: string;
 }
@@ -119,7 +121,7 @@ export async function requestToken(deps: TokenEndpointDeps, req: TokenRequest): 
   try {
     res = await send(deps.agent, url, {
       method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded;charset=utf-8', accept: 'application/json', 'client-request-id': req.correlationId ?? randomUUID() },
+      headers: withExtraHeaders({ 'content-type': 'application/x-www-form-urlencoded;charset=utf-8', accept: 'application/json', 'client-request-id': req.correlationId ?? randomUUID() }, req.extraHeaders),
       body: form.toString(),
       deadlineMs: deps.timeoutMs,
       maxResponseBytes: deps.maxResponseBytes,

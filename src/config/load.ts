@@ -187,6 +187,27 @@ class Binder {
 }
 
 const HEADER_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** A field value with a control character (HTAB aside): CR/LF would split the request, NUL truncate it. */
+const HEADER_VALUE_CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/**
+ * Header names `AcquireTokenOptions:ExtraHeadersParameters` may not set on the token request:
+ * message framing and connection management, what the token client writes itself (content type,
+ * accepted media type and encodings, the correlation id, msal's routing hint and telemetry), and
+ * credentials (the client authenticates in the form body; an Authorization or Cookie header would
+ * only confuse Entra or reach a proxy).
+ */
+const TOKEN_REQUEST_RESERVED_HEADERS = new Set([
+  'host', 'transfer-encoding', 'te', 'trailer', 'connection', 'keep-alive', 'upgrade', 'expect',
+  'accept', 'accept-encoding', 'authorization', 'cookie',
+  'client-request-id', 'return-client-request-id', 'x-ms-client-request-id', 'x-anchormailbox', 'x-ms-lib-capability',
+]);
+const TOKEN_REQUEST_RESERVED_PREFIXES = ['content-', 'proxy-', 'sec-', 'x-client-'];
+
+function isReservedTokenRequestHeader(name: string): boolean {
+  const lower = name.toLowerCase();
+  return TOKEN_REQUEST_RESERVED_HEADERS.has(lower) || TOKEN_REQUEST_RESERVED_PREFIXES.some((p) => lower.startsWith(p));
+}
 const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
 function httpUrl(text: string, schemes: readonly string[]): URL | undefined {
@@ -307,11 +328,14 @@ function bindCredentials(
         break;
       }
       case 'SignedAssertionFromVault':
-        notForDecryption();
-        keyVault();
+        // Accepted by Microsoft's schema but not implemented here: refused now rather than skipped
+        // at run time, where every acquisition would fail.
+        if (forDecryption) notForDecryption();
+        else b.error(`${p}:SourceType SignedAssertionFromVault is not supported by entra-sidecar; use KeyVault (a certificate), SignedAssertionFilePath or SignedAssertionFromManagedIdentity`);
         break;
       case 'AutoDecryptKeys':
         if (!forDecryption) b.error(`${p}:SourceType AutoDecryptKeys only applies to AzureAd:TokenDecryptionCredentials`);
+        else b.error(`${p}:SourceType AutoDecryptKeys is not supported by entra-sidecar; use Path, Base64Encoded or KeyVault`);
         break;
     }
     out.push(cred);
@@ -413,6 +437,25 @@ function bindAzureAd(b: Binder, env: RuntimeEnvironment, cwd: string): AzureAdCo
 
 const KNOWN_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS', 'TRACE', 'CONNECT'];
 
+/**
+ * `AcquireTokenOptions:ExtraHeadersParameters`: headers sent on the token request (Microsoft.Identity.Web
+ * passes them to MSAL's WithExtraHttpHeaders). Names the protocol needs are refused, and so are values
+ * a header cannot carry, here rather than at the first acquisition.
+ */
+function tokenRequestHeaders(b: Binder, path: string): Record<string, string> {
+  const headers = b.dictionary(path, (n) => HEADER_TOKEN.test(n));
+  for (const [name, value] of Object.entries(headers)) {
+    if (isReservedTokenRequestHeader(name)) {
+      b.error(`${path}:${name} cannot be set: the token request needs that header as the protocol and the token client write it (the reserved names are listed in docs/configuration.md)`);
+      delete headers[name];
+    } else if (HEADER_VALUE_CONTROL.test(value)) {
+      b.error(`${path}:${name} has a control character (such as CR or LF) in its value, which a header cannot carry`);
+      delete headers[name];
+    }
+  }
+  return headers;
+}
+
 function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
   const baseUrl = b.explicit(`${p}:BaseUrl`);
   if (baseUrl !== undefined && !httpUrl(baseUrl, ['http:', 'https:'])) b.error(`${p}:BaseUrl must be an absolute http(s) URL`);
@@ -442,7 +485,7 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
     ...optional('PopClaim'),
     ...(mi ? { managedIdentity: miClientId !== undefined ? { userAssignedClientId: miClientId } : {} } : {}),
     extraQueryParameters: b.dictionary(`${a}:ExtraQueryParameters`),
-    extraHeadersParameters: b.dictionary(`${a}:ExtraHeadersParameters`, (n) => HEADER_TOKEN.test(n)),
+    extraHeadersParameters: tokenRequestHeaders(b, `${a}:ExtraHeadersParameters`),
     extraParameters: b.dictionary(`${a}:ExtraParameters`),
   };
   const scopes = b.stringArray(`${p}:Scopes`);
@@ -654,6 +697,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
       maxBodyBytes: b.int('Sidecar:Http:MaxBodyBytes', 1),
       requestTimeoutMs: b.int('Sidecar:Http:RequestTimeoutMs', 1),
       headersTimeoutMs: b.int('Sidecar:Http:HeadersTimeoutMs', 1),
+      keepAliveTimeoutMs: b.int('Sidecar:Http:KeepAliveTimeoutMs', 1),
     },
     management: {
       enabled: mgmtEnabled,

@@ -153,6 +153,8 @@ export interface SidecarSettings {
     readonly maxBodyBytes: number;
     readonly requestTimeoutMs: number;
     readonly headersTimeoutMs: number;
+    /** How long an idle keep-alive connection stays open after its last response. */
+    readonly keepAliveTimeoutMs: number;
   };
   readonly management: { readonly enabled: boolean; readonly address: ListenAddress; readonly gcMetrics: boolean };
   readonly extAuthz: ExtAuthzOptions;

@@ -203,7 +203,7 @@ export async function callDownstreamApi(deps: DownstreamCallDeps, req: Downstrea
   const decoded = decodeContent(result.body, firstValue(result.headers['content-type']), joined(result.headers['content-encoding']));
   return {
     statusCode: result.statusCode,
-    headers: selectResponseHeaders(result.headers, settings.returnAllResponseHeaders),
+    headers: selectResponseHeaders(result.headers, settings.returnAllResponseHeaders, result.body.length),
     content: decoded.content,
     ...(decoded.contentEncoding ? { contentEncoding: decoded.contentEncoding } : {}),
   };

@@ -55,8 +55,14 @@ function valuesOf(lower: string, value: string | string[]): string[] {
 /**
  * The headers to return: only content headers by default (Microsoft), or every header except
  * hop-by-hop ones (RFC 9110 §7.6.1, including those named in Connection) and Set-Cookie.
+ *
+ * `bodyLength` (the length of the body as received) becomes `Content-Length` when the downstream
+ * sent none (a chunked answer, a 204): Microsoft's endpoint reads .NET's
+ * `HttpContentHeaders.ContentLength` before it copies the headers, and for a buffered body that
+ * getter computes the length and stores it as a header. A length the server sent is kept (a HEAD
+ * answer reports what a GET would carry).
  */
-export function selectResponseHeaders(raw: RawResponseHeaders, returnAll: boolean): Record<string, string[]> {
+export function selectResponseHeaders(raw: RawResponseHeaders, returnAll: boolean, bodyLength?: number): Record<string, string[]> {
   const out: Record<string, string[]> = {};
   const connectionListed = new Set<string>();
   const connection = raw['connection'];
@@ -73,6 +79,7 @@ export function selectResponseHeaders(raw: RawResponseHeaders, returnAll: boolea
     const key = canonicalHeaderName(lower);
     out[key] = [...(out[key] ?? []), ...valuesOf(lower, value)];
   }
+  if (bodyLength !== undefined && out['Content-Length'] === undefined) out['Content-Length'] = [String(bodyLength)];
   return out;
 }
 

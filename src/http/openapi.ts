@@ -46,7 +46,8 @@ export const OPENAPI_DOCUMENT = {
     '/AuthorizationHeaderUnauthenticated/{apiName}': { get: authHeaderOp('AuthorizationHeaderUnauthenticated') },
     '/DownstreamApi/{apiName}': { post: downstreamOp('DownstreamApi') },
     '/DownstreamApiUnauthenticated/{apiName}': { post: downstreamOp('DownstreamApiUnauthenticated') },
-    '/healthz': { get: { operationId: 'Healthz', responses: { '200': { description: 'Healthy', content: { 'text/plain': { schema: { type: 'string' } } } } } } },
+    // Answers every method (HEAD without a body), as Microsoft's MapHealthChecks; documented as GET.
+    '/healthz': { get: { operationId: 'Healthz', description: 'Liveness. Any method is answered (HEAD without a body).', responses: { '200': { description: 'Healthy', content: { 'text/plain': { schema: { type: 'string' } } } } } } },
   },
   components: {
     schemas: {

@@ -43,7 +43,11 @@ export interface RouteContext {
 
 export interface Route {
   readonly name: string;
-  readonly method: 'GET' | 'POST';
+  /**
+   * The one method the route answers (others get 405, as ASP.NET's MapGet/MapPost), or 'ANY' for a
+   * route mapped without a method constraint (ASP.NET's `endpoints.Map`, which MapHealthChecks uses).
+   */
+  readonly method: 'GET' | 'POST' | 'ANY';
   /** The lower-cased first path segments the route can match. */
   readonly firstSegments: readonly string[];
   /** `first` is the lower-cased first path segment; `count` the number of segments. */
@@ -179,14 +183,16 @@ function downstreamApiRoute(authenticated: boolean): Route['handle'] {
   };
 }
 
-function segmentRoute(name: string, method: 'GET' | 'POST', literal: string, withName: boolean, handle: Route['handle']): Route {
+function segmentRoute(name: string, method: Route['method'], literal: string, withName: boolean, handle: Route['handle']): Route {
   const count = withName ? 2 : 1;
   return { name, method, firstSegments: [literal], matches: (first, n) => first === literal && n === count, handle };
 }
 
 /** Every route of the identity API; matching is case-insensitive on the literal segment. */
 export const ROUTES: readonly Route[] = [
-  segmentRoute('Healthz', 'GET', 'healthz', false, (ctx) => sendText(ctx.res, 200, 'Healthy')),
+  // Microsoft maps it with MapHealthChecks, i.e. `endpoints.Map(pattern, pipeline)`: every method gets
+  // 200 Healthy (node:http sends no body to HEAD).
+  segmentRoute('Healthz', 'ANY', 'healthz', false, (ctx) => sendText(ctx.res, 200, 'Healthy')),
   segmentRoute('ValidateAuthorizationHeader', 'GET', 'validate', false, validate),
   segmentRoute('AuthorizationHeader', 'GET', 'authorizationheader', true, authorizationHeaderRoute(true)),
   segmentRoute('AuthorizationHeaderUnauthenticated', 'GET', 'authorizationheaderunauthenticated', true, authorizationHeaderRoute(false)),

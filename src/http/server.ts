@@ -127,8 +127,9 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       req.resume();
       return;
     }
-    // Exactly the route's method, as ASP.NET's MapGet/MapPost (HEAD included) answer 405 otherwise.
-    if (req.method !== route.method) {
+    // Exactly the route's method, as ASP.NET's MapGet/MapPost (HEAD included) answer 405 otherwise;
+    // /healthz has no method constraint (MapHealthChecks).
+    if (route.method !== 'ANY' && req.method !== route.method) {
       sendEmpty(res, 405, { Allow: route.method });
       req.resume();
       return;
@@ -214,7 +215,12 @@ export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
         // Node enforces the two timeouts above only when it sweeps connections, every 30 s by
         // default, so a slowloris client would otherwise hold a socket up to 30 s past the limit.
         connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(config.sidecar.http.headersTimeoutMs / 2))),
-        keepAliveTimeout: 5_000,
+        // Kestrel's 130 s by default, not Node's 5 s: a client that pools connections longer than the
+        // server keeps them (.NET 1 min idle, Go 90 s, Python without limit) races the server's close
+        // and can see ECONNRESET on a request it cannot safely retry, such as POST /DownstreamApi.
+        // headersTimeout does not run while a connection is idle (Node ≥ 18 times only requests
+        // being parsed), and close() closes idle connections at once.
+        keepAliveTimeout: config.sidecar.http.keepAliveTimeoutMs,
       },
       handler,
     );

@@ -1,12 +1,13 @@
 /**
  * Encrypted inbound tokens (JWE, reference entra-protocol §3.4): `AzureAd:TokenDecryptionCredentials`
- * certificates become private keys; a compact JWE is unwrapped only with RSA-OAEP/RSA-OAEP-256 and
- * an AES content encryption from the allow-list (never RSA1_5 or dir), using the key its `kid`/`x5t`
- * names, else each configured key in turn. The plaintext must be a signed JWS; the caller validates it.
+ * certificates (from disk, config or Key Vault) become private keys, loaded once at start-up; a
+ * compact JWE is unwrapped only with RSA-OAEP/RSA-OAEP-256 and an AES content encryption from the
+ * allow-list (never RSA1_5 or dir), using the key its `kid`/`x5t` names, else each configured key in
+ * turn. The plaintext must be a signed JWS; the caller validates it.
  */
 import type { KeyObject } from 'node:crypto';
 import type { CredentialDescription } from '../config/types.js';
-import { loadCertificate, type CertificateFileReader } from '../credentials/certificate.js';
+import { loadCertificate, type CertificateFileReader, type LoadedCertificate } from '../credentials/certificate.js';
 import { SidecarError } from '../errors.js';
 
 /** A token decryption key and the identifiers a JWE header may name it by. */
@@ -21,12 +22,28 @@ export interface DecryptionKey {
 export const ALLOWED_KEY_MANAGEMENT_ALGS: readonly string[] = ['RSA-OAEP', 'RSA-OAEP-256'];
 export const ALLOWED_CONTENT_ENCRYPTION_ALGS: readonly string[] = ['A128CBC-HS256', 'A256CBC-HS512', 'A128GCM', 'A256GCM'];
 
-/** Loads every non-skipped TokenDecryptionCredentials entry; a credential that cannot load is a startup error. */
-export function loadDecryptionKeys(descs: readonly CredentialDescription[], fs?: CertificateFileReader): DecryptionKey[] {
+export interface DecryptionKeySources {
+  /** Reads Path certificates (a seam for tests). */
+  readonly fs?: CertificateFileReader;
+  /** Loads a KeyVault certificate (src/credentials/key-vault.ts with the process's managed identity). */
+  readonly keyVault?: (desc: CredentialDescription) => Promise<LoadedCertificate>;
+}
+
+/**
+ * Loads every non-skipped TokenDecryptionCredentials entry (Path, Base64Encoded, KeyVault); a
+ * credential that cannot load is a startup error.
+ */
+export async function loadDecryptionKeys(descs: readonly CredentialDescription[], sources: DecryptionKeySources = {}): Promise<DecryptionKey[]> {
   const keys: DecryptionKey[] = [];
   for (const desc of descs) {
     if (desc.skip) continue;
-    const cert = loadCertificate(desc, fs);
+    let cert: LoadedCertificate;
+    if (desc.sourceType === 'KeyVault') {
+      if (!sources.keyVault) throw new SidecarError('misconfigured', 'A KeyVault token decryption credential needs Key Vault access, which is not available here.');
+      cert = await sources.keyVault(desc);
+    } else {
+      cert = loadCertificate(desc, sources.fs);
+    }
     if (cert.privateKey.asymmetricKeyType !== 'rsa') {
       throw new SidecarError('misconfigured', `Token decryption certificate ${cert.thumbprintSha1} is not an RSA certificate.`);
     }

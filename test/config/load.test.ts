@@ -354,6 +354,33 @@ describe('config: AzureAd', () => {
     expectError(errors, 'AzureAd:TokenDecryptionCredentials:0:SourceType ClientSecret cannot decrypt tokens');
   });
 
+  it('refuses the credential sources it does not implement, naming the key and saying so', () => {
+    const errors = errorsOf(load({
+      AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFromVault',
+      AzureAd__ClientCredentials__0__KeyVaultUrl: 'https://vault.test/',
+      AzureAd__ClientCredentials__0__KeyVaultCertificateName: 'c',
+      AzureAd__ClientCredentials__1__SourceType: '9',
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'AutoDecryptKeys',
+      AzureAd__TokenDecryptionCredentials__1__SourceType: '10',
+    }));
+    expectError(errors, 'AzureAd:ClientCredentials:0:SourceType SignedAssertionFromVault is not supported by entra-sidecar');
+    expectError(errors, 'AzureAd:ClientCredentials:1:SourceType SignedAssertionFromVault is not supported by entra-sidecar');
+    expectError(errors, 'AzureAd:TokenDecryptionCredentials:0:SourceType AutoDecryptKeys is not supported by entra-sidecar');
+    expectError(errors, 'AzureAd:TokenDecryptionCredentials:1:SourceType AutoDecryptKeys is not supported by entra-sidecar');
+    expect(errors).to.have.length(4);
+  });
+
+  it('accepts KeyVault for token decryption, with the same required fields as for client credentials', () => {
+    const cfg = ok(load({
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultUrl: 'https://vault.test/',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultCertificateName: 'decrypt',
+      AzureAd__TokenDecryptionCredentials__0__ManagedIdentityClientId: 'uami',
+    }));
+    expect(cfg.azureAd.tokenDecryptionCredentials[0]).to.deep.include({ sourceType: 'KeyVault', keyVaultUrl: 'https://vault.test/', keyVaultCertificateName: 'decrypt', managedIdentityClientId: 'uami' });
+    expectError(errorsOf(load({ AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault' })), 'AzureAd:TokenDecryptionCredentials:0:KeyVaultUrl is required for SourceType KeyVault');
+  });
+
   it('defaults the assertion file to AZURE_FEDERATED_TOKEN_FILE, then AZURE_ACCESS_TOKEN_FILE, and accepts the README alias', () => {
     const env = { AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFilePath' };
     const fed = ok(load({ ...env, AZURE_FEDERATED_TOKEN_FILE: '/var/run/secrets/azure/tokens/azure-identity-token', AZURE_ACCESS_TOKEN_FILE: '/other' }));
@@ -424,6 +451,32 @@ describe('config: DownstreamApis', () => {
     expectError(errors, 'DownstreamApis:a:BaseUrl', 'absolute http(s) URL');
     expectError(errors, 'DownstreamApis:a:HttpMethod');
     expectError(errors, 'DownstreamApis:a:AcquireTokenOptions:CorrelationId', 'GUID');
+  });
+});
+
+describe('config: AcquireTokenOptions:ExtraHeadersParameters', () => {
+  const key = (name: string) => `DownstreamApis__a__AcquireTokenOptions__ExtraHeadersParameters__${name}`;
+
+  it('binds extra token-request headers with their configured names', () => {
+    const cfg = ok(load({ [key('X-Token-Hint')]: 'v1', [key('x-ms-routing')]: 'v2' }));
+    expect(cfg.downstreamApis.a.acquireTokenOptions.extraHeadersParameters).to.deep.equal({ 'X-Token-Hint': 'v1', 'x-ms-routing': 'v2' });
+  });
+
+  it('refuses the names the token request needs, case-insensitively, naming the key', () => {
+    const reserved = ['Content-Type', 'content-length', 'HOST', 'client-request-id', 'Authorization', 'Cookie', 'Transfer-Encoding', 'Connection', 'Accept', 'Proxy-Authorization', 'X-Client-SKU', 'x-anchormailbox', 'Content-Language', 'Sec-Fetch-Mode'];
+    const errors = errorsOf(load(Object.fromEntries(reserved.map((n) => [key(n), 'v']))));
+    for (const name of reserved) {
+      expectError(errors, `DownstreamApis:a:AcquireTokenOptions:ExtraHeadersParameters:${name} cannot be set`, 'the token request needs that header');
+    }
+    expect(errors).to.have.length(reserved.length);
+  });
+
+  it('refuses values with control characters, without quoting the value', () => {
+    const errors = errorsOf(load({ [key('X-One')]: 'a\r\nInjected: yes', [key('X-Two')]: 'nul\u0000', [key('X-Tab')]: 'tab\tis fine' }));
+    expectError(errors, 'DownstreamApis:a:AcquireTokenOptions:ExtraHeadersParameters:X-One has a control character');
+    expectError(errors, 'DownstreamApis:a:AcquireTokenOptions:ExtraHeadersParameters:X-Two has a control character');
+    expect(errors).to.have.length(2);
+    expect(errors.join('\n')).not.to.include('Injected');
   });
 });
 

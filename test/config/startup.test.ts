@@ -49,4 +49,30 @@ describe('config: startup with an invalid configuration', () => {
       rmSync(cwd, { recursive: true, force: true });
     }
   });
+
+  it('exits non-zero before listening when a credential source is one entra-sidecar does not implement', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'entra-sidecar-startup-'));
+    try {
+      const { code, stdout, stderr } = await runSidecar({
+        AzureAd__Instance: 'https://login.example.test/',
+        AzureAd__TenantId: 'contoso.example',
+        AzureAd__ClientId: '11111111-2222-3333-4444-555555555555',
+        AzureAd__ClientCredentials__0__SourceType: 'SignedAssertionFromVault',
+        AzureAd__ClientCredentials__0__KeyVaultUrl: 'https://vault.example.test/',
+        AzureAd__ClientCredentials__0__KeyVaultCertificateName: 'assertion',
+        AzureAd__TokenDecryptionCredentials__0__SourceType: 'AutoDecryptKeys',
+        Sidecar__Http__Url: 'http://127.0.0.1:0',
+        Sidecar__Management__Url: 'http://127.0.0.1:0',
+        Sidecar__ExtAuthz__Address: '127.0.0.1:0',
+      }, cwd);
+      expect(code).to.not.equal(0);
+      expect(code).to.not.equal(null);
+      expect(stderr).to.match(/invalid configuration \(2 problems\)/);
+      expect(stderr).to.include('AzureAd:ClientCredentials:0:SourceType SignedAssertionFromVault is not supported by entra-sidecar');
+      expect(stderr).to.include('AzureAd:TokenDecryptionCredentials:0:SourceType AutoDecryptKeys is not supported by entra-sidecar');
+      expect(stdout).not.to.include('listening');
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
+  });
 });

@@ -178,7 +178,7 @@ describe('downstream: callDownstreamApi', function () {
         res.writeHead(204);
         res.end();
       };
-      expect(await callDownstreamApi(deps, { options: apiOptions(server.origin), inbound: noBody })).to.deep.equal({ statusCode: 204, headers: {}, content: null });
+      expect(await callDownstreamApi(deps, { options: apiOptions(server.origin), inbound: noBody })).to.deep.equal({ statusCode: 204, headers: { 'Content-Length': ['0'] }, content: null });
 
       server.handler = (_req, res, body) => {
         res.writeHead(202, { 'Content-Type': 'text/plain' });

@@ -5,9 +5,10 @@
  */
 import { expect } from 'chai';
 import { decodeJwt } from 'jose';
-import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
+import { startEmulator, redactionFingerprint, type Emulator, type RecordedRequest } from '../../emulator/index.js';
 import { startSidecar, waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
+import { reqCnfFor } from '../../src/pop/shr.js';
 
 function apis(emu: Emulator): Record<string, string> {
   const downstream = emu.scenario.apps.downstreamApi;
@@ -238,6 +239,69 @@ describe('token acquisition edge cases (built sidecar)', function () {
     const claims = bearer(r.json().authorizationHeader);
     expect(claims.oid).to.equal(mi.objectId);
     expect(emu.counters().imds).to.be.greaterThan(0);
+  });
+});
+
+describe('AcquireTokenOptions:ExtraHeadersParameters (built sidecar against the emulator)', function () {
+  this.timeout(40_000);
+  const suite = withEmulatorAndSidecars();
+  let emu: Emulator;
+  let s: RunningSidecar;
+  const headers = (api: string, value: string): Record<string, string> => ({ [`DownstreamApis__${api}__AcquireTokenOptions__ExtraHeadersParameters__X-Token-Hint`]: value });
+  before(async () => {
+    emu = suite.emu();
+    s = await suite.start({
+      DownstreamApis__obo__Scopes__0: 'api://downstream/read',
+      ...headers('obo', 'obo-value'),
+      DownstreamApis__app__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__app__RequestAppToken: 'true',
+      ...headers('app', 'app-value'),
+      DownstreamApis__plainApp__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__plainApp__RequestAppToken: 'true',
+      DownstreamApis__popApp__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__popApp__RequestAppToken: 'true',
+      DownstreamApis__popApp__AcquireTokenOptions__PopPublicKey: reqCnfFor('x'.repeat(43)),
+      ...headers('popApp', 'pop-value'),
+    });
+  });
+  /** The token requests the emulator received while `run` ran. */
+  const tokenRequestsDuring = async (run: () => Promise<void>): Promise<RecordedRequest[]> => {
+    const before = emu.requests().length;
+    await run();
+    return emu.requests().slice(before).filter((q) => q.route === 'token');
+  };
+
+  it('sends them on the On-Behalf-Of token request', async () => {
+    const user = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+    const sent = await tokenRequestsDuring(async () => {
+      const r = await call(`${s.url}/AuthorizationHeader/obo`, { token: user });
+      expect(r.status, r.text).to.equal(200);
+    });
+    expect(sent.map((q) => [q.form.grant_type, q.headers['x-token-hint']])).to.deep.equal([['urn:ietf:params:oauth:grant-type:jwt-bearer', 'obo-value']]);
+  });
+
+  it('sends them on the client-credentials and the PoP token requests', async () => {
+    const app = await tokenRequestsDuring(async () => {
+      expect((await call(`${s.url}/AuthorizationHeaderUnauthenticated/app`)).status).to.equal(200);
+    });
+    expect(app.map((q) => [q.form.grant_type, q.headers['x-token-hint']])).to.deep.equal([['client_credentials', 'app-value']]);
+    const pop = await tokenRequestsDuring(async () => {
+      const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/popApp`);
+      expect(r.status, r.text).to.equal(200);
+    });
+    expect(pop.map((q) => [q.form.token_type, q.headers['x-token-hint']])).to.deep.equal([['pop', 'pop-value']]);
+  });
+
+  it('keys the token cache by them: an API without the header does not get the token acquired with it', async () => {
+    expect((await call(`${s.url}/AuthorizationHeaderUnauthenticated/app`)).status).to.equal(200);
+    const again = await tokenRequestsDuring(async () => {
+      expect((await call(`${s.url}/AuthorizationHeaderUnauthenticated/app`)).status).to.equal(200);
+    });
+    expect(again, 'the same API is served from the cache').to.have.length(0);
+    const plain = await tokenRequestsDuring(async () => {
+      expect((await call(`${s.url}/AuthorizationHeaderUnauthenticated/plainApp`)).status).to.equal(200);
+    });
+    expect(plain.map((q) => q.headers['x-token-hint'])).to.deep.equal([undefined]);
   });
 });
 

@@ -49,6 +49,9 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
         'DownstreamApis__items__ExtraQueryParameters__api-version': '2024-01-01',
         'DownstreamApis__items__ExtraHeaderParameters__X-Custom': 'configured',
         DownstreamApis__items__HttpMethod: 'Post',
+        DownstreamApis__headItems__BaseUrl: `${api.origin}/`,
+        DownstreamApis__headItems__Scopes__0: 'api://downstream/read',
+        DownstreamApis__headItems__HttpMethod: 'Head',
         DownstreamApis__appItems__BaseUrl: `${api.origin}/`,
         DownstreamApis__appItems__Scopes__0: 'api://downstream/.default',
         DownstreamApis__appItems__RequestAppToken: 'true',
@@ -106,6 +109,24 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     api.respond.fn = (_q, body, res) => { res.statusCode = 202; res.setHeader('content-type', 'text/plain'); res.end(body); };
     const accepted = await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token, body: 'echo me', headers: { 'content-type': 'text/plain' } });
     expect(accepted.json()).to.include({ statusCode: 202, content: 'echo me' });
+  });
+
+  it('reports the length of the body as received when the downstream sent no Content-Length, as .NET computes it', async () => {
+    const token = await user();
+    api.respond.fn = (_q, _b, res) => {
+      res.setHeader('content-type', 'text/plain; charset=utf-8');
+      res.write('chunk one, ');
+      res.end('chunk two');
+    };
+    const chunked = (await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token })).json();
+    expect(chunked).to.deep.equal({ statusCode: 200, headers: { 'Content-Type': ['text/plain; charset=utf-8'], 'Content-Length': ['20'] }, content: 'chunk one, chunk two' });
+    api.respond.fn = (_q, _b, res) => { res.statusCode = 204; res.end(); };
+    expect((await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token })).json()).to.deep.equal({ statusCode: 204, headers: { 'Content-Length': ['0'] }, content: null });
+    // A length the server sent is kept: a HEAD answer reports what a GET would carry.
+    api.respond.fn = (_q, _b, res) => { res.setHeader('content-type', 'application/json'); res.setHeader('content-length', '42'); res.end(); };
+    const head = (await call(`${sidecar.url}/DownstreamApi/headItems`, { method: 'POST', token })).json();
+    expect(api.seen.at(-1)?.method).to.equal('HEAD');
+    expect(head).to.deep.equal({ statusCode: 200, headers: { 'Content-Type': ['application/json'], 'Content-Length': ['42'] }, content: null });
   });
 
   it('forwards the body only when the caller sent a Content-Type', async () => {

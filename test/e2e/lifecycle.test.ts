@@ -4,12 +4,81 @@
  */
 import { expect } from 'chai';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { ROUTES } from '../../src/http/routes.js';
 import { OPENAPI_DOCUMENT } from '../../src/http/openapi.js';
 import { runSidecarToExit, startSidecar, waitForLine } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
+
+/** One client connection kept open across requests, read as raw HTTP/1.1 (answers with Content-Length only). */
+class KeepAliveConnection {
+  private buffered = Buffer.alloc(0);
+  private waiter: (() => void) | undefined;
+  closed = false;
+  private readonly socket: Socket;
+
+  private constructor(socket: Socket) {
+    this.socket = socket;
+    socket.on('data', (d: Buffer) => {
+      this.buffered = Buffer.concat([this.buffered, d]);
+      this.waiter?.();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.waiter?.();
+    });
+    socket.on('error', () => {});
+  }
+
+  static open(url: string): Promise<KeepAliveConnection> {
+    const { hostname, port } = new URL(url);
+    return new Promise((resolve, reject) => {
+      const socket = connect(Number(port), hostname, () => resolve(new KeepAliveConnection(socket)));
+      socket.once('error', reject);
+    });
+  }
+
+  private changed(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no data in time')), timeoutMs);
+      this.waiter = () => {
+        clearTimeout(timer);
+        this.waiter = undefined;
+        resolve();
+      };
+    });
+  }
+
+  /** Sends one request and reads its answer (status line + headers, then Content-Length bytes of body). */
+  async exchange(request: string, timeoutMs = 5_000): Promise<{ head: string; body: string }> {
+    this.socket.write(request);
+    for (;;) {
+      const end = this.buffered.indexOf('\r\n\r\n');
+      if (end >= 0) {
+        const head = this.buffered.subarray(0, end + 4).toString('latin1');
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (this.buffered.length >= end + 4 + length) {
+          const body = this.buffered.subarray(end + 4, end + 4 + length).toString('utf8');
+          this.buffered = this.buffered.subarray(end + 4 + length);
+          return { head, body };
+        }
+      }
+      if (this.closed) throw new Error('the server closed the connection');
+      await this.changed(timeoutMs);
+    }
+  }
+
+  /** Resolves when the server has closed the connection (rejects after `timeoutMs`). */
+  async whenClosed(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closed) await this.changed(Math.max(1, deadline - Date.now()));
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
 
 describe('process lifecycle (built sidecar)', function () {
   this.timeout(40_000);
@@ -65,6 +134,45 @@ describe('process lifecycle (built sidecar)', function () {
     expect(await waitForLine(s, '"event":"shutdown"')).to.equal(true);
   });
 
+  it('keeps an idle keep-alive connection open past 5 s (Kestrel\'s 130 s) and closes it at once on shutdown', async () => {
+    // HeadersTimeoutMs below the idle time: waiting between requests is not waiting for headers.
+    const s = await startSidecar(sidecarEnv(emu, { Sidecar__Http__HeadersTimeoutMs: '2000' }));
+    const conn = await KeepAliveConnection.open(s.url);
+    try {
+      const first = await conn.exchange('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+      expect(first.head).to.match(/^HTTP\/1\.1 200 /);
+      expect(first.head).to.match(/\r\nkeep-alive: timeout=130\r\n/i);
+      // Node's default (5 s) would have closed the connection by now; a pooled client's POST would race it.
+      await new Promise((r) => setTimeout(r, 6_000));
+      expect(conn.closed, 'closed while idle').to.equal(false);
+      const second = await conn.exchange('POST /DownstreamApiUnauthenticated/unknown HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n');
+      expect(second.head).to.match(/^HTTP\/1\.1 400 /);
+      expect(second.body).to.include('No scopes found');
+      const t0 = Date.now();
+      expect(await s.stop()).to.equal(0);
+      expect(Date.now() - t0, 'an idle connection does not hold up shutdown').to.be.lessThan(3_000);
+      await conn.whenClosed(1_000);
+    } finally {
+      conn.destroy();
+      await s.stop();
+    }
+  });
+
+  it('closes an idle keep-alive connection after Sidecar:Http:KeepAliveTimeoutMs', async () => {
+    const s = await startSidecar(sidecarEnv(emu, { Sidecar__Http__KeepAliveTimeoutMs: '300' }));
+    const conn = await KeepAliveConnection.open(s.url);
+    try {
+      expect((await conn.exchange('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')).head).to.match(/^HTTP\/1\.1 200 /);
+      const t0 = Date.now();
+      // Node adds up to a second of grace to the socket timeout (keepAliveTimeoutBuffer, Node ≥ 24).
+      await conn.whenClosed(4_000);
+      expect(Date.now() - t0).to.be.lessThan(4_000);
+    } finally {
+      conn.destroy();
+      await s.stop();
+    }
+  });
+
   it('serves /openapi/v1.json in Development only, with every route documented', async () => {
     const s = await startSidecar(sidecarEnv(emu, { ASPNETCORE_ENVIRONMENT: 'Development' }));
     try {
@@ -86,7 +194,8 @@ describe('OpenAPI document', () => {
     for (const r of served) {
       const literal = [...documented.keys()].find((k) => r.matches(k, k === 'healthz' || k === 'validate' ? 1 : 2, false));
       expect(literal, r.name).to.not.equal(undefined);
-      expect(documented.get(literal!), r.name).to.equal(r.method);
+      // A route without a method constraint (/healthz) is documented by its GET.
+      expect(documented.get(literal!), r.name).to.equal(r.method === 'ANY' ? 'GET' : r.method);
     }
   });
 

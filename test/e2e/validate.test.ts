@@ -8,7 +8,7 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
-import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 
 describe('GET /Validate (built sidecar against the emulator)', function () {
@@ -215,6 +215,34 @@ describe('GET /Validate with options (built sidecar)', function () {
     expect((await call(`${plain.url}/Validate`, { token: jwe })).status).to.equal(401);
   });
 
+  it('decrypts a JWE with a TokenDecryptionCredentials certificate from Key Vault, read with a managed identity at start-up', async () => {
+    const before = emu.counters().keyvault;
+    const s = await start({
+      AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin,
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultUrl: emu.scenario.keyVaults.main.url!,
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultCertificateName: 'sidecar-decryption-cert',
+      AzureAd__TokenDecryptionCredentials__0__ManagedIdentityClientId: emu.scenario.managedIdentities.userAssigned.clientId,
+    });
+    expect(emu.counters().keyvault - before, 'read once, before listening').to.equal(1);
+    const jwe = await emu.mint({ kind: 'user', scp: 'access_as_user', encrypt: true });
+    const r = await call(`${s.url}/Validate`, { token: jwe });
+    expect(r.status, r.headers.get('www-authenticate') ?? '').to.equal(200);
+    expect(r.json().claims.scp).to.equal('access_as_user');
+  });
+
+  it('does not start when the Key Vault decryption certificate cannot be read', async () => {
+    const { code, stdout, stderr } = await runSidecarToExit(sidecarEnv(emu, {
+      AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin,
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault',
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultUrl: emu.scenario.keyVaults.main.url!,
+      AzureAd__TokenDecryptionCredentials__0__KeyVaultCertificateName: 'no-such-certificate',
+    }));
+    expect(code).to.equal(1);
+    expect(stdout + stderr).to.include('failed to start').and.to.include('no-such-certificate');
+    expect(stdout).not.to.include('"event":"listening"');
+  });
+
   it('answers 503 while no signing keys could ever be loaded, then recovers', async () => {
     emu.fault({ route: 'metadata', sticky: true, status: 503 });
     emu.fault({ route: 'jwks', sticky: true, status: 503 });
@@ -267,16 +295,37 @@ describe('identity API cross-cutting behaviour (built sidecar)', function () {
     const g = await call(`${s.url}/DownstreamApi/x`);
     expect(g.status).to.equal(405);
   });
-  it('answers HEAD with 405 like ASP.NET\'s MapGet, and accepts an absolute-form request target', async () => {
-    expect((await call(`${s.url}/healthz`, { method: 'HEAD' })).status).to.equal(405);
-    const port = new URL(s.url).port;
-    const raw = await new Promise<string>((resolve, reject) => {
-      const socket = connect(Number(port), '127.0.0.1', () => socket.end(`GET http://127.0.0.1:${port}/HEALTHZ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`));
+  /** One request on its own connection, as raw bytes (so a HEAD answer's absent body is visible). */
+  const rawExchange = (request: string): Promise<string> => {
+    const port = Number(new URL(s.url).port);
+    return new Promise<string>((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => socket.end(request));
       let data = '';
       socket.on('data', (d: Buffer) => (data += d.toString()));
       socket.on('end', () => resolve(data));
       socket.on('error', reject);
     });
+  };
+  it('answers /healthz to every method, HEAD without a body, as ASP.NET\'s MapHealthChecks (no method constraint)', async () => {
+    const head = await rawExchange('HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+    expect(head).to.match(/^HTTP\/1\.1 200 /);
+    expect(head).to.match(/\r\ncontent-type: text\/plain/i);
+    expect(head.endsWith('\r\n\r\n'), 'no body after the headers').to.equal(true);
+    for (const method of ['POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']) {
+      const r = await call(`${s.url}/healthz`, { method });
+      expect([r.status, r.text], method).to.deep.equal([200, 'Healthy']);
+    }
+  });
+  it('keeps the method constraint of every other route: HEAD is 405 like ASP.NET\'s MapGet', async () => {
+    for (const path of ['/Validate', '/AuthorizationHeader/x', '/AuthorizationHeaderUnauthenticated/x']) {
+      expect((await call(`${s.url}${path}`, { method: 'HEAD' })).status, path).to.equal(405);
+    }
+    const post = await call(`${s.url}/Validate`, { method: 'POST' });
+    expect([post.status, post.headers.get('allow')]).to.deep.equal([405, 'GET']);
+  });
+  it('accepts an absolute-form request target', async () => {
+    const port = new URL(s.url).port;
+    const raw = await rawExchange(`GET http://127.0.0.1:${port}/HEALTHZ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
     expect(raw).to.match(/^HTTP\/1\.1 200 /);
     expect(raw).to.match(/Healthy$/);
   });

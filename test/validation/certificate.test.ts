@@ -94,9 +94,9 @@ describe('certificate loading', function () {
     expectMisconfigured(() => loadCertificate(desc({ sourceType: 'Path' })));
   });
 
-  it('turns TokenDecryptionCredentials into decryption keys with thumbprint kid and x5t, honouring Skip', function () {
+  it('turns TokenDecryptionCredentials into decryption keys with thumbprint kid and x5t, honouring Skip', async function () {
     const b64 = toPfx(leaf.forgeCert, leaf.forgeKey, 'pw').toString('base64');
-    const keys = loadDecryptionKeys([
+    const keys = await loadDecryptionKeys([
       desc({ sourceType: 'Base64Encoded', base64EncodedValue: b64, certificatePassword: 'pw' }),
       desc({ sourceType: 'KeyVault', skip: true }),
     ]);

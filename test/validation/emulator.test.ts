@@ -112,7 +112,7 @@ describe('token validator against the Entra emulator', function () {
 
   it('decrypts emulator JWEs with the API encryption certificate from TokenDecryptionCredentials', async function () {
     const cert = emu.scenario.apps.sidecarApi.encryptionCertificate!;
-    const decryptionKeys = loadDecryptionKeys([
+    const decryptionKeys = await loadDecryptionKeys([
       { sourceType: 'Base64Encoded', base64EncodedValue: Buffer.from(`${cert.certPem}\n${cert.keyPem}`).toString('base64'), tokenExchangeUrl: 'api://AzureADTokenExchange', skip: false },
     ]);
     const v = await started({}, { decryptionKeys });
