@@ -29,13 +29,24 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   const metrics = createMetrics({ version: VERSION, collectProcess: true, gcDuration: config.sidecar.management.gcMetrics });
   const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
   const agent = observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds));
-  const engine = createTokenAcquirer({ config, agent, logger });
-  // Token decryption certificates load before anything listens; one in Key Vault is read with the
-  // acquirer's managed-identity tokens. A certificate that cannot be loaded fails the start.
-  const decryptionKeys = await loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials, {
-    keyVault: (desc) =>
-      loadCertificateFromKeyVault(desc, { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, managedIdentityToken: engine.managedIdentityAccessToken }),
-  });
+  // The acquirer is made after the validator has started fetching keys (its ~6 ms then overlap
+  // with the round trips to Entra), unless a decryption certificate in Key Vault needs its
+  // managed-identity tokens first.
+  let made: ReturnType<typeof createTokenAcquirer> | undefined;
+  const acquirerNow = (): ReturnType<typeof createTokenAcquirer> => (made ??= createTokenAcquirer({ config, agent, logger }));
+  // Token decryption certificates load before anything listens. A certificate that cannot be
+  // loaded fails the start.
+  let decryptionKeys;
+  try {
+    decryptionKeys = await loadDecryptionKeys(config.azureAd.tokenDecryptionCredentials, {
+      keyVault: (desc) =>
+        loadCertificateFromKeyVault(desc, { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, managedIdentityToken: acquirerNow().managedIdentityAccessToken }),
+    });
+  } catch (err) {
+    made?.close();
+    await baseAgent.close();
+    throw err;
+  }
   const validator = createTokenValidator({
     azureAd: config.azureAd,
     settings: config.sidecar.validation,
@@ -51,6 +62,7 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   // listeners so the round trips to Entra overlap with setting them up. Readiness follows
   // validator.ready(): /readyz on the management listener and the gRPC health of the Authorization service.
   void validator.start();
+  const engine = acquirerNow();
   try {
     return await listen(config, logger, { metrics, baseAgent, agent, validator, engine });
   } catch (err) {
