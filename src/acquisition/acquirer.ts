@@ -281,7 +281,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   }
 
   async function managedIdentityToken(resource: string, userAssignedClientId: string | undefined, claims?: string, bypass = false): Promise<CachedToken> {
-    const key = cacheKey(['mi', userAssignedClientId ?? 'system', resource.toLowerCase().replace(/\/\.default$/, ''), claims ? sha256(claims) : undefined]);
+    // No id (null in the key) stands for the system-assigned identity: no client id a caller can name, "system" included, collides with it.
+    const key = cacheKey(['mi', userAssignedClientId || undefined, resource.toLowerCase().replace(/\/\.default$/, ''), claims ? sha256(claims) : undefined]);
     return cache.get(key, () => observed(() => managedIdentity.acquire(resource, userAssignedClientId, claims)), { bypass: bypass || !!claims });
   }
 
@@ -741,7 +742,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         }, extraHeaders);
       if (sessionId) {
         // Later token-less calls with this key are answered from the session's cache entry first.
-        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extrasDigest]);
+        // The tenant part is the override as given (null without one), as the continuation's key has it.
+        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), claimsDigest, extrasDigest]);
         const inner = fetch;
         fetch = async () => {
           const token = await inner();
@@ -752,7 +754,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     } else if (ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME) {
       // Continue a long-running OBO session with its refresh token (msal-node has no session API of its own).
       const sessionId = sha256(`${azureAd.clientId}|${ato.longRunningWebApiSessionKey}`);
-      key = cacheKey(['session', azureAd.clientId, sessionId, normalisedScopes(scopes), claimsDigest, extrasDigest]);
+      // A tenant override asks for that tenant's token: it is part of the key, as in every other flow.
+      key = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), claimsDigest, extrasDigest]);
       fetch = () =>
         observed(async () => {
           const session = sessions.get(sessionId);
@@ -781,7 +784,10 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     }
 
     if (plain) learnKey(req, key);
-    return acquiredFrom(await untilAborted(cache.get(key, fetch, { bypass }), req.signal));
+    // A token got with a claims challenge replaces the plain entry as well (cacheKey writes an
+    // absent part as null), so the next call without claims does not send the refused token again.
+    const alsoStoreAs = claimsDigest === undefined ? undefined : key.replace(JSON.stringify(claimsDigest), 'null');
+    return acquiredFrom(await untilAborted(cache.get(key, fetch, alsoStoreAs === undefined ? { bypass } : { bypass, alsoStoreAs }), req.signal));
   }
 
   return {

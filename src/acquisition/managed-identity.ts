@@ -86,7 +86,8 @@ export class ManagedIdentityTokens {
   }
 
   private async app(userAssignedClientId: string | undefined): Promise<ManagedIdentityApplication> {
-    const id = userAssignedClientId ?? 'system';
+    // A prefix no user-assigned client id can forge ("system" is a string a caller can send).
+    const id = userAssignedClientId ? `user-assigned:${userAssignedClientId}` : 'system-assigned';
     let app = this.apps.get(id);
     if (!app) {
       const msal = await loadMsal();

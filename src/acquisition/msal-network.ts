@@ -10,11 +10,11 @@
  * - The real status, `Retry-After` and a transport failure are written to the current acquisition's
  *   observation (AsyncLocalStorage), so the acquirer can map errors exactly (429/503 → throttled with
  *   the server's Retry-After, timeout → unavailable) although msal hides them.
- * - msal keeps its own client-side throttle (entra-protocol §2.8): after a 429/5xx it refuses
- *   identical requests for Retry-After seconds, 60 s when the header is absent, keyed WITHOUT the
- *   user. Our token cache owns that decision per key and honours the server's value exactly, so a
- *   429/5xx is reported to msal as 400 (the body, and therefore msal's ServerError, is unchanged)
- *   and the Retry-After header is not passed on.
+ * - msal keeps its own client-side throttle (entra-protocol §2.8): after a 429/5xx, or any non-2xx
+ *   with Retry-After, it refuses identical requests for Retry-After seconds (60 s when the header
+ *   is absent), keyed WITHOUT the user. Our token cache owns that decision per key and honours the
+ *   server's value exactly, so a 429/5xx is reported to msal as 400 (the body, and therefore msal's
+ *   ServerError, is unchanged) and no failed token POST passes Retry-After on to msal.
  * - A non-JSON body is turned into an OAuth-shaped error body instead of msal's opaque
  *   `token_parsing_error`.
  *
@@ -142,10 +142,12 @@ export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOpti
       if (res.status < 200 || res.status >= 300) slot.retryAfterSec = parseRetryAfter(res.headers['retry-after']);
       else if (typeof body.refresh_token === 'string' && body.refresh_token !== '') slot.refreshToken = body.refresh_token;
     }
-    if (method === 'POST' && (status === 429 || status >= 500)) {
+    if (method === 'POST' && (status < 200 || status >= 300)) {
       // See the module comment: our cache, not msal's per-app throttle, decides when to call again.
-      status = 400;
-      delete headers['retry-after'];
+      // msal throttles on any non-2xx that carries Retry-After, keyed without the user, so the
+      // header goes from every failed token POST, not only from 429 and 5xx.
+      if (status === 429 || status >= 500) status = 400;
+      for (const name of Object.keys(headers)) if (name.toLowerCase() === 'retry-after') delete headers[name];
     }
     return { status, headers, body: body as T };
   }

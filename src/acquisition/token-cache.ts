@@ -60,6 +60,12 @@ interface Entry {
 export interface GetOptions {
   /** ForceRefresh / claims challenge: skip the stored token (still single-flight, still honours Retry-After). */
   readonly bypass?: boolean;
+  /**
+   * Also store the fetched token under this key. A token got with a claims challenge is fetched
+   * under its own key (so it never joins a flight without the claims) and replaces the plain
+   * entry too, as MSAL does: the token that was refused is not served again.
+   */
+  readonly alsoStoreAs?: string;
 }
 
 /** Bounded single-flight token cache; see the module comment. */
@@ -98,7 +104,7 @@ export class TokenCache {
       return pending;
     }
     this.failIfThrottled(key, now);
-    return this.start(key, fetch);
+    return this.start(key, fetch, options.alsoStoreAs);
   }
 
   /**
@@ -146,12 +152,13 @@ export class TokenCache {
     throw new SidecarError('acquisition_throttled', `Entra ID asked to retry after ${retryAfterSec} s; not calling it again before then.`, { retryAfterSec });
   }
 
-  private start(key: string, fetch: () => Promise<CachedToken>): Promise<CachedToken> {
+  private start(key: string, fetch: () => Promise<CachedToken>, alsoKey?: string): Promise<CachedToken> {
     this.counters.fetches++;
     const p = (async () => {
       try {
         const value = await fetch();
         this.store(key, value);
+        if (alsoKey !== undefined) this.store(alsoKey, value);
         return value;
       } catch (err) {
         this.noteFailure(key, err);

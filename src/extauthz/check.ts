@@ -132,6 +132,14 @@ const MAX_CACHED_API_NAMES = 256;
 const MAX_CACHED_POLICIES = 256;
 /** Callers whose allow responses are kept per route policy (the warm set: callers the validator has cached). */
 const MAX_MEMOISED_CALLERS = 4096;
+/**
+ * Callers whose allow responses are kept across all route policies: with many routes each gets a
+ * share (never fewer than MIN_MEMOISED_PER_POLICY), so the memo's memory does not grow with the
+ * number of routes (an entry also keeps its caller's validated token alive after the validator has
+ * dropped it).
+ */
+const MAX_MEMOISED_TOTAL = 16_384;
+const MIN_MEMOISED_PER_POLICY = 64;
 /** Stands for "no caller" / "no token" as a memo key. */
 const NONE = Object.freeze({});
 
@@ -409,14 +417,17 @@ export function createChecker(deps: CheckDeps): Checker {
    * frozen, and the server keeps the encoding of a frozen response and sends it again.
    */
   const allowMemo = new Map<RoutePolicy, Map<object, ByQueryForm<CheckResponse>>>();
+  let memoisedPerPolicy = MAX_MEMOISED_CALLERS;
   function memoisedAllow(policy: RoutePolicy, user: ValidatedToken | undefined, token: AcquiredToken | undefined, tokenInQuery: boolean): CheckResponse {
     if (user !== undefined && !isCachedToken(user)) return allowResponse(policy, user, token, tokenInQuery);
     let byUser = allowMemo.get(policy);
     if (byUser === undefined) {
       if (allowMemo.size >= MAX_CACHED_POLICIES) allowMemo.clear();
       allowMemo.set(policy, (byUser = new Map()));
+      memoisedPerPolicy = Math.min(MAX_MEMOISED_CALLERS, Math.max(MIN_MEMOISED_PER_POLICY, Math.floor(MAX_MEMOISED_TOTAL / allowMemo.size)));
     }
-    const pair = pairFor(byUser, user ?? NONE, token ?? NONE, MAX_MEMOISED_CALLERS);
+    // A policy's map shrinks to a smaller share when it next takes a new caller.
+    const pair = pairFor(byUser, user ?? NONE, token ?? NONE, memoisedPerPolicy);
     return (pair[tokenInQuery ? 1 : 0] ??= Object.freeze(allowResponse(policy, user, token, tokenInQuery)));
   }
 

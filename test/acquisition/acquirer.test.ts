@@ -99,6 +99,32 @@ describe('token acquirer against the emulator', function () {
       expect(unknown.code).to.equal('acquisition_ui_required');
     });
 
+    it('keys a long-running session\u2019s tokens by a tenant override too', async () => {
+      const a = acquirer();
+      const user = await userToken(emu);
+      const session = (tenant?: string) => apiOptions({ scopes: [DOWNSTREAM_READ], acquireTokenOptions: acquireTokenOptions({ longRunningWebApiSessionKey: 'job-43', ...(tenant ? { tenant } : {}) }) });
+      const first = await a.acquire({ options: session(), user });
+      expect((await a.acquire({ options: session() })).token).to.equal(first.token);
+      // Another tenant named for the same session: not the first tenant's cached token.
+      const other = emu.scenario.tenants.secondary.id;
+      const before = tokenRequests(emu).length;
+      await a.acquire({ options: session(other) }).catch(() => undefined);
+      const sent = tokenRequests(emu).slice(before);
+      expect(sent, 'a token request for the named tenant').to.have.length(1);
+      expect(sent[0].path).to.contain(other);
+    });
+
+    it('lets a 400 with Retry-After for one user hold back nobody else (msal\u2019s own throttle has no user in its key)', async () => {
+      const a = acquirer();
+      const [alice, bob] = await Promise.all([userToken(emu), userToken(emu)]);
+      emu.fault({ route: 'token', status: 400, error: 'invalid_grant', aadsts: 50013, retryAfter: 60 });
+      expect((await rejection(a.acquire({ options: apiOptions({ scopes: [DOWNSTREAM_READ] }), user: alice }))).code).to.be.a('string');
+      const count = tokenCount(emu);
+      const token = await a.acquire({ options: apiOptions({ scopes: [DOWNSTREAM_READ] }), user: bob });
+      expect(decodeJwt(token.token).oid).to.equal(bob.claims.oid);
+      expect(tokenCount(emu)).to.equal(count + 1);
+    });
+
     it('answers a user flow without a user with Microsoft\u2019s "no account" 401', async () => {
       const err = await rejection(acquirer().acquire({ options: apiOptions({ scopes: [DOWNSTREAM_READ] }) }));
       expect(err.code).to.equal('acquisition_ui_required');

@@ -82,6 +82,8 @@ describe('managed identity (each source in its own process)', function () {
       { label: 'user-assigned', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: ua } }) }) },
       { label: 'user-assigned-again', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: ua } }) }) },
       { label: 'unknown-identity', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: '0badc0de-0000-4000-8000-000000000000' } }) }) },
+      // A caller can name any client id in an override; "system" must not reach the system-assigned identity's cached token.
+      { label: 'named-system', options: apiOptions({ scopes: ['api://downstream/.default'], acquireTokenOptions: acquireTokenOptions({ managedIdentity: { userAssignedClientId: 'system' } }) }) },
     ];
   }
 
@@ -98,6 +100,8 @@ describe('managed identity (each source in its own process)', function () {
     const unknown = byLabel(results, 'unknown-identity');
     expect(unknown.ok).to.equal(false);
     expect(unknown.code, unknown.detail).to.equal('acquisition_rejected');
+    const named = byLabel(results, 'named-system');
+    expect(named.ok, 'a user-assigned id "system" got the system-assigned token').to.equal(false);
     // The repeat is served from our cache.
     expect(stats.cacheHits).to.be.at.least(1);
   }
@@ -106,14 +110,14 @@ describe('managed identity (each source in its own process)', function () {
     const before = emu.counters().imds ?? 0;
     const { results, stats } = await runChild({ AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin }, [{ config: emulatorConfig(emu), requests: requests() }]);
     check(results, stats[0]);
-    expect((emu.counters().imds ?? 0) - before).to.equal(3);
+    expect((emu.counters().imds ?? 0) - before).to.equal(4);
   });
 
   it('gets tokens from the App Service identity endpoint', async () => {
     const before = emu.counters().appservice ?? 0;
     const { results, stats } = await runChild({ IDENTITY_ENDPOINT: `${emu.imdsOrigin}/msi/token`, IDENTITY_HEADER: emu.appServiceSecret }, [{ config: emulatorConfig(emu), requests: requests() }]);
     check(results, stats[0]);
-    expect((emu.counters().appservice ?? 0) - before).to.equal(3);
+    expect((emu.counters().appservice ?? 0) - before).to.equal(4);
   });
 
   it('uses a managed-identity token as the client assertion and reads the certificate from Key Vault', async () => {

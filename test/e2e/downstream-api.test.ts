@@ -173,6 +173,33 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(emu.counters().token).to.be.greaterThan(before);
   });
 
+  it('keeps the token a claims challenge got, so the next call does not meet the same challenge', async () => {
+    // MSAL overwrites the cached token with the one acquired with claims; a cache that kept the
+    // refused token would send it again on every call until it expired (a CAE token: ~24 h).
+    const claims = '{"access_token":{"nbf":{"essential":true,"value":"2"}}}';
+    let refused: string | undefined;
+    api.respond.fn = (req, _b, res) => {
+      const auth = String(req.headers.authorization ?? '');
+      refused ??= auth;
+      if (auth === refused) {
+        res.statusCode = 401;
+        res.setHeader('www-authenticate', `Bearer realm="", error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
+        res.end();
+        return;
+      }
+      res.setHeader('content-type', 'application/json; charset=utf-8');
+      res.end('{"ok":true}');
+    };
+    const first = await call(`${sidecar.url}/DownstreamApiUnauthenticated/appItems`, { method: 'POST' });
+    expect(first.json().statusCode).to.equal(200);
+    expect(api.seen).to.have.length(2);
+    const tokenRequests = emu.counters().token;
+    const second = await call(`${sidecar.url}/DownstreamApiUnauthenticated/appItems`, { method: 'POST' });
+    expect(second.json().statusCode).to.equal(200);
+    expect(api.seen, 'one downstream request, with the token the challenge got').to.have.length(3);
+    expect(emu.counters().token).to.equal(tokenRequests);
+  });
+
   it('answers 500 in bounded time when the downstream refuses connections', async () => {
     const t0 = Date.now();
     const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/refused`, { method: 'POST' });

@@ -152,4 +152,31 @@ describe('ext_authz allow memo', function () {
     expect(headerMap(again.ok_response?.headers).authorization).to.equal('Bearer downstream.graph.alice.1');
     expect(await checker.check(request(alice))).to.equal(again);
   });
+
+  it('shares a bounded number of kept callers between route policies (16,384 in all, 4,096 at most each)', async function () {
+    // 20 routes (policies differ by inject_header): each keeps floor(16384 / 20) = 819 callers.
+    const routed = (token: string, route: number) =>
+      envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'graph', inject_header: `x-route-${route}` } }) as CheckRequest;
+    const warm = async (token: string, route: number) => {
+      await checker.check(routed(token, route)); // first sight: not kept
+      return checker.check(routed(token, route)); // cached by the validator: kept
+    };
+    const opener = validator.add('opener.token', { oid: 'opener' });
+    for (let r = 1; r < 20; r++) await warm(opener, r);
+    const first = validator.add('caller-0.token', { oid: 'caller-0' });
+    const kept = await warm(first, 0);
+    expect(await checker.check(routed(first, 0))).to.equal(kept);
+    for (let i = 1; i < 900; i++) await warm(validator.add(`caller-${i}.token`, { oid: `caller-${i}` }), 0);
+    // 900 callers on route 0 with room for 819: the first one's response was dropped and is made anew.
+    const after = await checker.check(routed(first, 0));
+    expect(after).to.not.equal(kept);
+    expect(JSON.parse(JSON.stringify(after))).to.deep.equal(JSON.parse(JSON.stringify(kept)));
+    // With one route a caller stays kept among 900 others (4,096 per route).
+    const single = createChecker({ options: extAuthzOptions(), validator, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames });
+    const one = await single.check(routed(first, 0));
+    const oneKept = await single.check(routed(first, 0));
+    expect(oneKept).to.equal(one);
+    for (let i = 1; i < 900; i++) await single.check(routed(`caller-${i}.token`, 0));
+    expect(await single.check(routed(first, 0))).to.equal(oneKept);
+  });
 });
