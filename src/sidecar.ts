@@ -155,7 +155,10 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
   process.stdout.write(JSON.stringify(listening) + '\n');
 
   return async () => {
-    // Readiness goes false first so the kubelet and Envoy stop sending, then listeners drain.
+    // Readiness goes false and the listeners stop accepting at once; calls in flight finish within
+    // the grace. Nothing waits for a prober to see the change: as a native sidecar (an init
+    // container with restartPolicy Always) this one is stopped after the app and Envoy have exited,
+    // so no new calls are coming (docs/deployment.md).
     management?.setShuttingDown();
     extAuthz?.setServing(false);
     await Promise.all([http.close(SHUTDOWN_GRACE_MS), extAuthz?.close(SHUTDOWN_GRACE_MS)]);
@@ -189,28 +192,33 @@ export async function main(): Promise<void> {
     process.exit(70);
   });
 
-  let stop: () => Promise<void>;
-  try {
-    stop = await run(config, logger);
-  } catch (err) {
-    logger.fatal({ err: err instanceof Error ? { type: err.name, message: err.message } : String(err) }, 'failed to start');
-    logger.flush();
-    // A listener that did bind (or a timer) must not keep a process that failed to start alive.
-    process.exit(1);
-  }
+  // The signal handlers go in before the start: as PID 1 in a container, a process without a
+  // SIGTERM handler does not get the signal at all, and a start can take a while (a Key Vault
+  // decryption certificate is read before anything listens).
+  let stop: (() => Promise<void>) | undefined;
   let stopping = false;
+  const exitSoon = (code: number) => {
+    process.exitCode = code;
+    setTimeout(() => process.exit(code), 50).unref();
+  };
   const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ event: 'shutdown', signal }, 'shutting down');
+    if (stop === undefined) {
+      // Still starting: nothing has been served (the listening line is not out yet), so leave now.
+      logger.info({ event: 'stopped', during: 'start' }, 'stopped before the start completed');
+      logger.flush();
+      exitSoon(0);
+      return;
+    }
     const force = setTimeout(() => process.exit(1), SHUTDOWN_GRACE_MS + 2_000);
     force.unref();
     stop().then(
       () => {
         logger.info({ event: 'stopped' }, 'stopped');
         logger.flush();
-        process.exitCode = 0;
-        setTimeout(() => process.exit(0), 50).unref();
+        exitSoon(0);
       },
       (err: unknown) => {
         logger.error({ err: err instanceof Error ? err.message : String(err) }, 'error during shutdown');
@@ -221,4 +229,14 @@ export async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+
+  try {
+    stop = await run(config, logger);
+  } catch (err) {
+    if (stopping) return; // a signal came during the start; it is already on its way out
+    logger.fatal({ err: err instanceof Error ? { type: err.name, message: err.message } : String(err) }, 'failed to start');
+    logger.flush();
+    // A listener that did bind (or a timer) must not keep a process that failed to start alive.
+    process.exit(1);
+  }
 }

@@ -243,6 +243,42 @@ describe('GET /Validate with options (built sidecar)', function () {
     expect(stdout).not.to.include('"event":"listening"');
   });
 
+  it('stops at once on SIGTERM while its start still waits for a Key Vault certificate', async () => {
+    // The signal handlers are in place before the start: as PID 1 in a container an unhandled
+    // SIGTERM is not delivered at all, and the pod would wait out its grace period.
+    emu.fault({ route: 'keyvault', sticky: true, delayMs: 8_000 });
+    try {
+      const before = emu.counters().keyvault ?? 0;
+      let sentAt = 0;
+      const { code, stdout } = await runSidecarToExit(
+        sidecarEnv(emu, {
+          AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin,
+          AzureAd__TokenDecryptionCredentials__0__SourceType: 'KeyVault',
+          AzureAd__TokenDecryptionCredentials__0__KeyVaultUrl: emu.scenario.keyVaults.main.url!,
+          AzureAd__TokenDecryptionCredentials__0__KeyVaultCertificateName: 'sidecar-decryption-cert',
+        }),
+        [],
+        15_000,
+        (child) => {
+          const poll = setInterval(() => {
+            if ((emu.counters().keyvault ?? 0) > before) {
+              clearInterval(poll);
+              sentAt = Date.now();
+              child.kill('SIGTERM');
+            }
+          }, 20);
+          child.once('exit', () => clearInterval(poll));
+        },
+      );
+      expect(sentAt, 'the start reached Key Vault').to.be.above(0);
+      expect(Date.now() - sentAt).to.be.below(2_000);
+      expect(code).to.equal(0);
+      expect(stdout).to.include('"signal":"SIGTERM"').and.not.to.include('"event":"listening"');
+    } finally {
+      emu.clearFaults();
+    }
+  });
+
   it('answers 503 while no signing keys could ever be loaded, then recovers', async () => {
     emu.fault({ route: 'metadata', sticky: true, status: 503 });
     emu.fault({ route: 'jwks', sticky: true, status: 503 });

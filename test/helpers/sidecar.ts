@@ -87,8 +87,15 @@ export async function startSidecar(env: Record<string, string>, opts: { args?: s
 }
 
 /** Runs the sidecar to completion (for config-error tests): exit code and output lines. */
-export async function runSidecarToExit(env: Record<string, string>, args: string[] = [], timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export async function runSidecarToExit(
+  env: Record<string, string>,
+  args: string[] = [],
+  timeoutMs = 15_000,
+  /** Called once the process is spawned, e.g. to signal it at the right moment. */
+  whileRunning?: (child: ChildProcess) => void,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, [sidecarEntry, ...args], { env: { ...baseEnv(), ...env }, cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  whileRunning?.(child);
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
