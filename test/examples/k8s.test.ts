@@ -1,8 +1,8 @@
 /**
  * The Kubernetes and Istio examples in k8s/ must match the sidecar's defaults (ports, probe paths),
- * run it as a native sidecar, grant nothing privileged, shut down in order and point Istio's
- * provider at 9191 through one mesh-wide ServiceEntry; docs/deployment.md must show the same
- * provider, probes, user and resources.
+ * run it as a native sidecar, grant nothing privileged, shut down in order, carry the pod
+ * annotations Istio needs and point Istio's provider at 9191 through one mesh-wide ServiceEntry;
+ * docs/deployment.md must show the same provider, probes, user and resources.
  */
 import { expect } from 'chai';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -70,6 +70,13 @@ function preStopSeconds(container: Obj): number {
   const command = hook?.exec?.command as string[] | undefined;
   if (command !== undefined && /(^|\/)sleep$/.test(command[0])) return Number(command[1]);
   return 0;
+}
+
+/** Every `annotations` map anywhere in a parsed YAML value. */
+function annotationMaps(value: unknown): Obj[] {
+  if (Array.isArray(value)) return value.flatMap(annotationMaps);
+  if (value === null || typeof value !== 'object') return [];
+  return Object.entries(value as Obj).flatMap(([k, v]) => (k === 'annotations' && v !== null && typeof v === 'object' ? [v as Obj] : annotationMaps(v)));
 }
 
 describe('Kubernetes examples (k8s/**/*.yaml)', function () {
@@ -161,6 +168,32 @@ describe('Kubernetes examples (k8s/**/*.yaml)', function () {
     expect(shown.securityContext.runAsUser, 'runAsUser').to.equal(c.securityContext.runAsUser);
     expect(shown.securityContext.runAsGroup, 'runAsGroup').to.equal(c.securityContext.runAsGroup);
     expect(shown.resources, 'resources').to.deep.equal(c.resources);
+  });
+
+  it('asks Istio for a native istio-proxy and keeps the management port out of its capture and of ext_authz', function () {
+    const annotations = (deployment().spec.template.metadata.annotations ?? {}) as Obj;
+    // As a plain container istio-proxy starts only after entra-sidecar's startupProbe has passed,
+    // and Istio rewrites that probe to pilot-agent inside istio-proxy: the pod would never start.
+    expect(annotations['sidecar.istio.io/nativeSidecar'], 'sidecar.istio.io/nativeSidecar').to.equal('true');
+    // A plain-text scrape of /metrics through istio-proxy: refused under STRICT mTLS, and sent to
+    // ext_authz without a token by the CUSTOM policy.
+    const excluded = String(annotations['traffic.sidecar.istio.io/excludeInboundPorts'] ?? '').split(',').map((p) => p.trim());
+    expect(excluded, 'traffic.sidecar.istio.io/excludeInboundPorts').to.include(String(management.port));
+    // Istio's injector compares a probe's port number with the excluded ports to leave the probe
+    // alone; a named port it may rewrite to pilot-agent with no prober behind it.
+    const c = sidecar();
+    for (const probe of [c.startupProbe, c.livenessProbe, c.readinessProbe]) expect(probe.httpGet.port).to.equal(management.port);
+    for (const policy of ofKind('AuthorizationPolicy')) {
+      for (const rule of policy.spec.rules as Obj[]) {
+        expect(rule.to, `${policy.metadata.name}: a rule without "to" selects every port`).to.be.an('array');
+        for (const to of rule.to as Obj[]) expect(to.operation?.notPorts ?? [], `${policy.metadata.name}: notPorts`).to.include(String(management.port));
+      }
+    }
+    // The Istio instructions show the same annotations.
+    for (const doc of [['k8s', 'README.md'], ['docs', 'deployment.md']]) {
+      const shown = yamlBlocks(readRepoFile(...doc)).flatMap((b) => annotationMaps(YAML.parse(b)));
+      expect(shown.some((a) => a['sidecar.istio.io/nativeSidecar'] === annotations['sidecar.istio.io/nativeSidecar'] && a['traffic.sidecar.istio.io/excludeInboundPorts'] === annotations['traffic.sidecar.istio.io/excludeInboundPorts']), `${doc.join('/')} shows both annotations`).to.equal(true);
+    }
   });
 
   it('reads the client secret from a Secret, never from a literal value', function () {
