@@ -5,11 +5,16 @@
 #   deps    : production dependencies only
 #   runtime : distroless Node.js 24, non-root (uid 65532), no shell, no package manager
 #
-# Pin by digest in your own pipeline (e.g. Renovate/Dependabot): replace a tag with
-# `image:tag@sha256:<digest>`. Tags below are concrete versions, never `latest`.
+# No tag below is `latest`, but only NODE_IMAGE's is a fixed version. distroless publishes no
+# versioned tags: `nodejs24-debian12:nonroot` fixes Node's major and the Debian release and is
+# rebuilt in place (Node patches, Debian security fixes), so it moves. For production pin both by
+# digest without editing this file: --build-arg NODE_IMAGE=node:<tag>@sha256:<digest>
+# --build-arg RUNTIME_IMAGE=gcr.io/distroless/nodejs24-debian12:nonroot@sha256:<digest>
+# (docs/deployment.md, "The container image"; Renovate or Dependabot can move the digests).
 # See docs/deployment.md for how to run it (read-only root filesystem, probes, ports).
 
 ARG NODE_IMAGE=node:24.11.1-bookworm-slim
+ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs24-debian12:nonroot
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
@@ -25,8 +30,8 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
-# Same Debian release (12, bookworm) as the build stages.
-FROM gcr.io/distroless/nodejs24-debian12:nonroot AS runtime
+# Same Debian release (12, bookworm) and Node major (24) as the build stages.
+FROM ${RUNTIME_IMAGE} AS runtime
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="entra-sidecar" \
       org.opencontainers.image.description="Identity sidecar for Microsoft Entra ID: Microsoft-compatible HTTP API and Envoy ext_authz gRPC server" \

@@ -21,7 +21,10 @@ import { startManagementServer } from './management/server.js';
 import { VERSION } from './version.js';
 import { ReplayCache } from './pop/inbound.js';
 
-const SHUTDOWN_GRACE_MS = 10_000;
+/** How long in-flight requests may drain after SIGTERM. */
+export const SHUTDOWN_GRACE_MS = 10_000;
+/** When a shutdown that has not finished exits anyway (1): the longest the process lives after SIGTERM. */
+export const SHUTDOWN_FORCE_EXIT_MS = SHUTDOWN_GRACE_MS + 2_000;
 
 /** Builds and starts everything for a loaded config. */
 export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<void>> {
@@ -212,7 +215,7 @@ export async function main(): Promise<void> {
       exitSoon(0);
       return;
     }
-    const force = setTimeout(() => process.exit(1), SHUTDOWN_GRACE_MS + 2_000);
+    const force = setTimeout(() => process.exit(1), SHUTDOWN_FORCE_EXIT_MS);
     force.unref();
     stop().then(
       () => {

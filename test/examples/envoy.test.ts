@@ -67,6 +67,13 @@ function routeFor(routes: Obj[], requestPath: string): Obj | undefined {
   });
 }
 
+/** A proto3 JSON Duration (`"0.25s"`, `"5s"`) in seconds. */
+function seconds(duration: string): number {
+  const m = /^(\d+(?:\.\d+)?)s$/.exec(duration);
+  if (!m) throw new Error(`not a Duration: ${JSON.stringify(duration)}`);
+  return Number(m[1]);
+}
+
 function httpManagers(doc: Obj): Obj[] {
   const out: Obj[] = [];
   for (const l of doc.static_resources?.listeners ?? []) {
@@ -146,6 +153,26 @@ describe('Envoy examples (envoy/*.yaml)', function () {
           // One host: unhealthy means 0 % healthy, below the default 50 % panic threshold, and in
           // panic Envoy sends to unhealthy hosts too.
           expect(cluster.common_lb_config?.healthy_panic_threshold?.value, `${cluster.name}: healthy_panic_threshold`).to.equal(0);
+        }
+      });
+
+      it('re-checks a health-checked ext_authz cluster that has carried no traffic at least as often as interval', function () {
+        const doc = load(file);
+        const clusters = new Map<string, Obj>((doc.static_resources.clusters as Obj[]).map((c) => [c.name, c]));
+        for (const hcm of httpManagers(doc)) {
+          const authz = (hcm.http_filters as Obj[]).find((f) => f.typed_config?.['@type'] === EXT_AUTHZ_TYPE)!;
+          const cluster = clusters.get(authz.typed_config.grpc_service.envoy_grpc.cluster_name)!;
+          for (const [i, hc] of ((cluster.health_checks ?? []) as Obj[]).entries()) {
+            const where = `${cluster.name}: health_checks[${i}]`;
+            // Until the cluster has carried traffic Envoy uses no_traffic_interval (default 60 s), and
+            // at panic threshold 0 an unhealthy sidecar gets none: a failed first check would hold
+            // every request at 503 for a minute.
+            expect(hc.no_traffic_interval, `${where}.no_traffic_interval`).to.be.a('string');
+            expect(seconds(hc.no_traffic_interval), `${where}.no_traffic_interval`).to.be.at.most(seconds(hc.interval));
+            if (hc.no_traffic_healthy_interval !== undefined) {
+              expect(seconds(hc.no_traffic_healthy_interval), `${where}.no_traffic_healthy_interval`).to.be.at.most(seconds(hc.interval));
+            }
+          }
         }
       });
 

@@ -1,13 +1,16 @@
 /**
  * The Kubernetes and Istio examples in k8s/ must match the sidecar's defaults (ports, probe paths),
- * run it as a native sidecar, grant nothing privileged and point Istio's provider at 9191 through
- * one mesh-wide ServiceEntry; docs/deployment.md must show the same provider.
+ * run it as a native sidecar, grant nothing privileged, shut down in order, carry the pod
+ * annotations Istio needs and point Istio's provider at 9191 through one mesh-wide ServiceEntry;
+ * docs/deployment.md must show the same provider, probes, user and resources.
  */
 import { expect } from 'chai';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
+import { memoryQuantityBytes } from '../../bench/setup.js';
 import { defaultOf } from '../../src/config/defaults.js';
+import { SHUTDOWN_FORCE_EXIT_MS } from '../../src/sidecar.js';
 import { repoRoot } from './repo.js';
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -56,6 +59,26 @@ function envValue(container: Obj, name: string): string | undefined {
   return (container.env as Obj[] | undefined)?.find((e) => e.name === name)?.value;
 }
 
+function readRepoFile(...segments: string[]): string {
+  return readFileSync(path.join(repoRoot(), ...segments), 'utf8');
+}
+
+/** How long a container's preStop hook holds back its SIGTERM, in seconds: the sleep action or an exec of sleep. */
+function preStopSeconds(container: Obj): number {
+  const hook = container.lifecycle?.preStop;
+  if (hook?.sleep !== undefined) return Number(hook.sleep.seconds);
+  const command = hook?.exec?.command as string[] | undefined;
+  if (command !== undefined && /(^|\/)sleep$/.test(command[0])) return Number(command[1]);
+  return 0;
+}
+
+/** Every `annotations` map anywhere in a parsed YAML value. */
+function annotationMaps(value: unknown): Obj[] {
+  if (Array.isArray(value)) return value.flatMap(annotationMaps);
+  if (value === null || typeof value !== 'object') return [];
+  return Object.entries(value as Obj).flatMap(([k, v]) => (k === 'annotations' && v !== null && typeof v === 'object' ? [v as Obj] : annotationMaps(v)));
+}
+
 describe('Kubernetes examples (k8s/**/*.yaml)', function () {
   const deployment = () => ofKind('Deployment')[0];
   const podSpec = () => deployment().spec.template.spec as Obj;
@@ -99,6 +122,78 @@ describe('Kubernetes examples (k8s/**/*.yaml)', function () {
     expect(c.livenessProbe.httpGet.path).to.equal('/healthz');
     expect(c.readinessProbe.httpGet.path).to.equal('/readyz');
     for (const probe of [c.startupProbe, c.livenessProbe, c.readinessProbe]) expect(port(probe)).to.equal(management.port);
+  });
+
+  it('runs the sidecar as the image\'s own user', function () {
+    const users = [...readRepoFile('Dockerfile').matchAll(/^USER\s+(\d+)(?::(\d+))?\s*$/gm)];
+    expect(users, 'a numeric USER in the Dockerfile').to.have.length.greaterThan(0);
+    const [, uid, gid] = users[users.length - 1];
+    const sc = sidecar().securityContext as Obj;
+    expect(sc.runAsUser, 'runAsUser').to.equal(Number(uid));
+    if (gid !== undefined) expect(sc.runAsGroup, 'runAsGroup').to.equal(Number(gid));
+  });
+
+  it('holds the app and Envoy back on SIGTERM until the endpoints have caught up, and leaves the sidecar time to drain', function () {
+    const spec = podSpec();
+    const containers = spec.containers as Obj[];
+    // Without a hook both exit at once on SIGTERM while the pod is still in the Service's endpoints
+    // on other nodes and proxies: their callers get resets and 503s.
+    for (const c of containers) expect(preStopSeconds(c), `${c.name} preStop`).to.be.at.least(5);
+    // Envoy also carries the app's outbound calls (egress), which the app may make while it finishes.
+    const envoy = containers.find((c) => c.name === 'envoy');
+    if (envoy !== undefined) for (const c of containers) expect(preStopSeconds(envoy), `envoy preStop against ${c.name}'s`).to.be.at.least(preStopSeconds(c));
+    // The sidecar, a native sidecar, gets SIGTERM once the app and Envoy have exited, and exits at
+    // the latest SHUTDOWN_FORCE_EXIT_MS later; the grace period counts from the start of the preStop hooks.
+    expect(spec.terminationGracePeriodSeconds, 'terminationGracePeriodSeconds').to.be.a('number');
+    const longest = Math.max(...containers.map(preStopSeconds));
+    expect(spec.terminationGracePeriodSeconds).to.be.at.least(longest + SHUTDOWN_FORCE_EXIT_MS / 1000);
+  });
+
+  it('requests for the sidecar at least the warm memory docs/deployment.md quotes, within its limit', function () {
+    const warm = /about (\d+) \/ (\d+) MiB after [\d,]+ warm Checks/.exec(readRepoFile('docs', 'deployment.md'));
+    expect(warm, 'the warm RSS figures in docs/deployment.md').to.not.equal(null);
+    const warmMib = Math.max(Number(warm![1]), Number(warm![2]));
+    const { requests, limits } = sidecar().resources as Obj;
+    expect(memoryQuantityBytes(String(requests.memory)) / 2 ** 20, 'requests.memory (MiB)').to.be.at.least(warmMib);
+    expect(memoryQuantityBytes(String(requests.memory))).to.be.at.most(memoryQuantityBytes(String(limits.memory)));
+  });
+
+  it('shows in docs/deployment.md the probes, user and resources of the manifest\'s sidecar', function () {
+    const snippets = yamlBlocks(readRepoFile('docs', 'deployment.md')).filter((b) => /^initContainers:/m.test(b));
+    expect(snippets, 'initContainers snippets').to.have.length(1);
+    const shown = ((YAML.parse(snippets[0]) as Obj).initContainers as Obj[]).find((c) => c.name === 'entra-sidecar') as Obj;
+    const c = sidecar();
+    // A startupProbe on /readyz would restart the sidecar whenever Entra is out of reach.
+    for (const probe of ['startupProbe', 'livenessProbe', 'readinessProbe']) expect(shown[probe], probe).to.deep.equal(c[probe]);
+    expect(shown.securityContext.runAsUser, 'runAsUser').to.equal(c.securityContext.runAsUser);
+    expect(shown.securityContext.runAsGroup, 'runAsGroup').to.equal(c.securityContext.runAsGroup);
+    expect(shown.resources, 'resources').to.deep.equal(c.resources);
+  });
+
+  it('asks Istio for a native istio-proxy and keeps the management port out of its capture and of ext_authz', function () {
+    const annotations = (deployment().spec.template.metadata.annotations ?? {}) as Obj;
+    // As a plain container istio-proxy starts only after entra-sidecar's startupProbe has passed,
+    // and Istio rewrites that probe to pilot-agent inside istio-proxy: the pod would never start.
+    expect(annotations['sidecar.istio.io/nativeSidecar'], 'sidecar.istio.io/nativeSidecar').to.equal('true');
+    // A plain-text scrape of /metrics through istio-proxy: refused under STRICT mTLS, and sent to
+    // ext_authz without a token by the CUSTOM policy.
+    const excluded = String(annotations['traffic.sidecar.istio.io/excludeInboundPorts'] ?? '').split(',').map((p) => p.trim());
+    expect(excluded, 'traffic.sidecar.istio.io/excludeInboundPorts').to.include(String(management.port));
+    // Istio's injector compares a probe's port number with the excluded ports to leave the probe
+    // alone; a named port it may rewrite to pilot-agent with no prober behind it.
+    const c = sidecar();
+    for (const probe of [c.startupProbe, c.livenessProbe, c.readinessProbe]) expect(probe.httpGet.port).to.equal(management.port);
+    for (const policy of ofKind('AuthorizationPolicy')) {
+      for (const rule of policy.spec.rules as Obj[]) {
+        expect(rule.to, `${policy.metadata.name}: a rule without "to" selects every port`).to.be.an('array');
+        for (const to of rule.to as Obj[]) expect(to.operation?.notPorts ?? [], `${policy.metadata.name}: notPorts`).to.include(String(management.port));
+      }
+    }
+    // The Istio instructions show the same annotations.
+    for (const doc of [['k8s', 'README.md'], ['docs', 'deployment.md']]) {
+      const shown = yamlBlocks(readRepoFile(...doc)).flatMap((b) => annotationMaps(YAML.parse(b)));
+      expect(shown.some((a) => a['sidecar.istio.io/nativeSidecar'] === annotations['sidecar.istio.io/nativeSidecar'] && a['traffic.sidecar.istio.io/excludeInboundPorts'] === annotations['traffic.sidecar.istio.io/excludeInboundPorts']), `${doc.join('/')} shows both annotations`).to.equal(true);
+    }
   });
 
   it('reads the client secret from a Secret, never from a literal value', function () {

@@ -75,9 +75,11 @@ function execForm(args: string): string[] | undefined {
 }
 
 /**
- * Pinned: a digest, or a tag that names a concrete version (`24.11.1-bookworm-slim`), or a
- * distroless image whose repository name fixes the runtime major and Debian release
- * (`nodejs24-debian12:nonroot`, the only tags distroless publishes besides `latest`/`debug`).
+ * Pinned enough for the default build: a digest, or a tag that names a concrete version
+ * (`24.11.1-bookworm-slim`), or a distroless image whose repository name fixes the runtime major
+ * and Debian release (`nodejs24-debian12:nonroot`). That last tag moves (distroless rebuilds it in
+ * place and publishes no versioned tags besides `latest`/`debug`), so production builds pin it by
+ * digest through a build argument (the test below, and docs/deployment.md).
  */
 function isPinned(image: string, stageNames: ReadonlySet<string>): boolean {
   if (stageNames.has(image)) return true;
@@ -108,6 +110,24 @@ describe('Dockerfile', () => {
     expect(text).to.not.match(/:latest\b/);
     const names = new Set(all.map((s) => s.name ?? ''));
     for (const s of all) expect(isPinned(s.image, names), s.image).to.equal(true);
+  });
+
+  it('takes every base image from a build argument that docs/deployment.md shows pinned by digest', () => {
+    // The runtime's distroless tag is rebuilt in place: a reproducible build passes digests as
+    // --build-arg, which works only when FROM names an ARG rather than a literal image.
+    const stageNames = new Set(all.map((s) => s.name ?? ''));
+    const fromArgs = instructions
+      .filter((i) => i.keyword === 'FROM')
+      .map((i) => /^(?:--platform=\S+\s+)?(\S+)/.exec(i.args)![1])
+      .filter((image) => !stageNames.has(image))
+      .map((image) => {
+        const m = /^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$/.exec(image);
+        expect(m, `FROM ${image} is not a build argument`).to.not.equal(null);
+        return m![1];
+      });
+    expect(fromArgs).to.have.length.greaterThan(0);
+    const docs = readFileSync(path.join(repoRoot, 'docs', 'deployment.md'), 'utf8');
+    for (const arg of new Set(fromArgs)) expect(docs, arg).to.match(new RegExp(`--build-arg ${arg}=\\S+@sha256:`));
   });
 
   it('builds on Node 24 and runs on a Node 24 image', () => {
