@@ -128,8 +128,12 @@ const OTHER = 'other';
 const MAX_ROUTES = 32;
 const ROUTE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 
-/** A cached validation takes tens to hundreds of µs; prom-client's defaults (5 ms+) would hide it. */
-export const CHECK_BUCKETS_SECONDS: readonly number[] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+/**
+ * A cached validation takes tens to hundreds of µs; prom-client's defaults (5 ms+) would hide it.
+ * The top bucket is above the Check timeout the Envoy example sets (2 s), so a deny answered just
+ * before Envoy's deadline is counted as what it is, not folded into +Inf.
+ */
+export const CHECK_BUCKETS_SECONDS: readonly number[] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5];
 /** Identity-API requests may include a cold token acquisition or a downstream call. */
 export const HTTP_BUCKETS_SECONDS: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 /** Calls to Entra ID, IMDS, Key Vault and downstream APIs. */

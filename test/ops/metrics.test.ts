@@ -100,13 +100,16 @@ describe('metrics: exposition', () => {
     expect(sample(text, `entra_sidecar_build_info{version="9.8.7",node="${process.versions.node}"}`)).to.equal(1);
   });
 
-  it('gives the check histogram sub-millisecond buckets from 0.0001 to 1 second', async () => {
+  it('gives the check histogram sub-millisecond buckets from 0.0001 s, and one above the example\'s 2 s Check timeout', async () => {
     const m = createMetrics({ version: 'x', collectProcess: false });
     m.observeCheck('allow', 'ok', 0.00015);
+    // A deny answered shortly before Envoy's 2 s deadline.
+    m.observeCheck('deny', 'dependency_timeout', 1.8);
     const text = await m.render();
     expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="0.0001"}')).to.equal(0);
     expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="0.00025"}')).to.equal(1);
     expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="1"}')).to.equal(1);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="2.5"}')).to.equal(2);
   });
 });
 
