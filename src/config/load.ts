@@ -114,8 +114,8 @@ class Binder {
     return n;
   }
 
-  /** A .NET TimeSpan `[d.]hh:mm[:ss[.fffffff]]`, in seconds; must be > 0. */
-  durationSec(path: string): number {
+  /** A .NET TimeSpan `[d.]hh:mm[:ss[.fffffff]]`, in seconds; must be > 0 (or ≥ 0 with `allowZero`). */
+  durationSec(path: string, allowZero = false): number {
     const text = this.string(path) ?? '';
     const m = /^(?:(\d+)\.)?(\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,7}))?)?$/.exec(text);
     if (!m || Number(m[2]) > 23 || Number(m[3]) > 59 || Number(m[4] ?? 0) > 59) {
@@ -123,7 +123,7 @@ class Binder {
       return 300;
     }
     const sec = Number(m[1] ?? 0) * 86400 + Number(m[2]) * 3600 + Number(m[3]) * 60 + Number(m[4] ?? 0) + Number(`0.${m[5] ?? '0'}`);
-    if (sec <= 0) {
+    if (sec < 0 || (sec === 0 && !allowZero)) {
       this.error(`${path} must be greater than zero`);
       return 300;
     }
@@ -419,8 +419,10 @@ function bindAzureAd(b: Binder, env: RuntimeEnvironment, cwd: string): AzureAdCo
     clientId: clientId ?? '',
     authority: instance !== undefined && tenantId !== undefined ? `${instance.endsWith('/') ? instance : `${instance}/`}${tenantId}/v2.0` : '',
     ...(audience !== undefined ? { audience } : {}),
-    validAudiences: b.stringArray('AzureAd:TokenValidationParameters:ValidAudiences') ?? [],
-    validIssuers: b.stringArray('AzureAd:TokenValidationParameters:ValidIssuers') ?? [],
+    // Microsoft.Identity.Web binds TokenValidationParameters onto JwtBearer, where the singular
+    // ValidAudience / ValidIssuer are accepted beside the lists.
+    validAudiences: withSingular(b.stringArray('AzureAd:TokenValidationParameters:ValidAudiences') ?? [], b.explicit('AzureAd:TokenValidationParameters:ValidAudience')),
+    validIssuers: withSingular(b.stringArray('AzureAd:TokenValidationParameters:ValidIssuers') ?? [], b.explicit('AzureAd:TokenValidationParameters:ValidIssuer')),
     ...(scopes !== undefined && !(scopesNode && scopesNode.children.size > 0) ? { scopes } : {}),
     clientCredentials,
     tokenDecryptionCredentials: bindCredentials(b, 'AzureAd:TokenDecryptionCredentials', env, cwd),
@@ -434,6 +436,21 @@ function bindAzureAd(b: Binder, env: RuntimeEnvironment, cwd: string): AzureAdCo
 
 // ---------------------------------------------------------------------------------------------
 // DownstreamApis
+
+function withSingular(list: string[], one: string | undefined): string[] {
+  return one === undefined || list.includes(one) ? list : [...list, one];
+}
+
+/**
+ * The tolerance on `exp`/`nbf`: `Sidecar:Validation:ClockSkewSec`, else Microsoft's
+ * `AzureAd:TokenValidationParameters:ClockSkew` (a TimeSpan, which JwtBearer honours: a deployment
+ * that tightened it must not run with the 5-minute default here), else 300 s.
+ */
+function clockSkewSec(b: Binder): number {
+  const tvp = 'AzureAd:TokenValidationParameters:ClockSkew';
+  if (b.explicit('Sidecar:Validation:ClockSkewSec') === undefined && b.explicit(tvp) !== undefined) return Math.floor(b.durationSec(tvp, true));
+  return b.int('Sidecar:Validation:ClockSkewSec', 0);
+}
 
 const KNOWN_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS', 'TRACE', 'CONNECT'];
 
@@ -713,7 +730,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
       maxResponseBytes: b.int('Sidecar:Outbound:MaxResponseBytes', 1),
     },
     validation: {
-      clockSkewSec: b.int('Sidecar:Validation:ClockSkewSec', 0),
+      clockSkewSec: clockSkewSec(b),
       signingKeysRefreshIntervalSec: b.int('Sidecar:Validation:SigningKeysRefreshIntervalSec', 60),
       unknownKidCooldownSec: b.int('Sidecar:Validation:UnknownKidCooldownSec', 0),
       verifiedTokenCacheSize: b.int('Sidecar:Validation:VerifiedTokenCacheSize', 0),
@@ -841,7 +858,8 @@ export function loadConfig(inputs: ConfigInputs): ConfigResult {
 
   // Host-level settings (environment name, settings file) come from the environment and command line only.
   const hostTree = buildConfigTree([host, app, cli.entries]);
-  const envName = getNode(buildConfigTree([host, cli.entries]), 'environment')?.value?.trim() || 'Production';
+  // Not trimmed: .NET compares the name as given, so "Development " is not Development.
+  const envName = getNode(buildConfigTree([host, cli.entries]), 'environment')?.value || 'Production';
   const settingsText = getNode(hostTree, 'Sidecar:SettingsFile')?.value?.trim();
   const settingsFile = resolve(inputs.cwd, settingsText || defaultOf('Sidecar:SettingsFile'));
   const envFile = join(dirname(settingsFile), `${basename(settingsFile).replace(/\.json$/i, '')}.${envName}.json`);

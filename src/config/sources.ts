@@ -246,8 +246,9 @@ export function environmentEntries(env: Readonly<Record<string, string | undefin
     if (upper.startsWith('DOTNET_') && name.length > 7) dotnet.push({ path: path.slice(7), value, source: `environment variable ${name}` });
     if (upper.startsWith('ASPNETCORE_') && name.length > 11) aspnet.push({ path: path.slice(11), value, source: `environment variable ${name}` });
   }
-  // ASP.NET adds DOTNET_ then ASPNETCORE_ host variables, so ASPNETCORE_ wins between the two.
-  return { host: [...dotnet, ...aspnet], app };
+  // WebApplicationBuilder (which Microsoft's sidecar uses) gives ASPNETCORE_ variables the lowest
+  // precedence of its host sources since .NET 7 (aspnet/Announcements#498): DOTNET_ wins.
+  return { host: [...aspnet, ...dotnet], app };
 }
 
 /**

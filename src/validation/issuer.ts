@@ -48,9 +48,10 @@ function matchesShape(template: string, iss: string): boolean {
 }
 
 /**
- * Validates `iss` against the token's `tid`. With `validIssuers` configured those replace the default
- * rule (each may carry `{tenantid}`). Returns which form matched. Throws token_issuer_invalid or
- * token_tenant_mismatch.
+ * Validates `iss` against the token's `tid`. Configured `validIssuers` (each may carry `{tenantid}`)
+ * are accepted besides the default rule, as Microsoft.Identity.Web's AadIssuerValidator checks them
+ * first and then falls back to the metadata's issuer. Returns which form matched. Throws
+ * token_issuer_invalid or token_tenant_mismatch.
  */
 export function validateIssuer(iss: unknown, tid: unknown, templates: IssuerTemplates, validIssuers: readonly string[]): IssuerForm {
   if (typeof iss !== 'string' || iss === '') throw new SidecarError('token_issuer_invalid', 'The token has no issuer');
@@ -65,7 +66,6 @@ export function validateIssuer(iss: unknown, tid: unknown, templates: IssuerTemp
       if (templated && !tidIsGuid) continue;
       if (isFilled(candidate, tid, iss)) return iss.endsWith('/v2.0') ? '2.0' : '1.0';
     }
-    throw new SidecarError('token_issuer_invalid', `The issuer '${safeName(iss)}' is invalid`);
   }
 
   for (const [form, template] of [['2.0', templates.v2Issuer], ['1.0', templates.v1Issuer]] as const) {

@@ -178,9 +178,17 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
-function iso(epochSec: number): string {
+/** A time as JwtBearer writes it in error descriptions: .NET's invariant `MM/dd/yyyy HH:mm:ss`, UTC. */
+function dotnetTime(epochSec: number): string {
   const d = new Date(epochSec * 1000);
-  return Number.isNaN(d.getTime()) ? String(epochSec) : d.toISOString();
+  if (Number.isNaN(d.getTime())) return String(epochSec);
+  const two = (n: number) => String(n).padStart(2, '0');
+  return `${two(d.getUTCMonth() + 1)}/${two(d.getUTCDate())}/${d.getUTCFullYear()} ${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())}`;
+}
+
+/** An audience without one trailing slash: JwtBearer ignores it when comparing audiences (IgnoreTrailingSlashWhenValidatingAudience). */
+function withoutTrailingSlash(audience: string): string {
+  return audience.endsWith('/') ? audience.slice(0, -1) : audience;
 }
 
 /** Checks a JWS signature with node:crypto directly (synchronous, no WebCrypto import per call). */
@@ -241,7 +249,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
   let cacheKeyDigests = 0;
 
   // Configured audiences replace the default rule (reference §4).
-  const configuredAudiences = new Set<string>([...(azureAd.audience ? [azureAd.audience] : []), ...azureAd.validAudiences]);
+  const configuredAudiences = new Set<string>([...(azureAd.audience ? [azureAd.audience] : []), ...azureAd.validAudiences].map(withoutTrailingSlash));
   const v2DefaultAudience = azureAd.clientId;
   const v1DefaultAudience = `api://${azureAd.clientId}`;
 
@@ -318,7 +326,8 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const header = decodeJsonObject(jws.slice(0, firstDot), 'header');
     const alg = header.alg;
     if (typeof alg !== 'string' || !Object.hasOwn(SIGNATURE_ALGS, alg)) {
-      throw new SidecarError('token_alg_not_allowed', `The signing algorithm '${safeName(alg)}' is not allowed`);
+      // JwtBearer's description for an unsigned or wrongly signed token; the code says why.
+      throw new SidecarError('token_alg_not_allowed', 'The signature is invalid');
     }
     // Embedded or remote keys are never trusted; `crit` extensions are not understood; a `nonce`
     // header marks a Microsoft Graph token, which is not for this API (entra-protocol §1.4).
@@ -355,11 +364,15 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     // Lifetime (exp required, nbf honoured, skew both ways).
     const nowSec = now() / 1000;
     const exp = claims.exp;
-    if (typeof exp !== 'number' || !Number.isFinite(exp)) throw malformed("The token has no 'exp' claim");
+    // Descriptions as JwtBearer writes them (CreateErrorDescription), dates included.
+    if (typeof exp !== 'number' || !Number.isFinite(exp)) throw malformed('The token has no expiration');
     const nbf = claims.nbf;
     if (nbf !== undefined && (typeof nbf !== 'number' || !Number.isFinite(nbf))) throw malformed("The token 'nbf' claim is not a number");
-    if (nowSec > exp + skewSec) throw new SidecarError('token_expired', `The token expired at '${iso(exp)}'`);
-    if (nbf !== undefined && nowSec + skewSec < nbf) throw new SidecarError('token_not_yet_valid', `The token is not valid before '${iso(nbf)}'`);
+    if (nbf !== undefined && nbf > exp) {
+      throw new SidecarError('token_not_yet_valid', `The token lifetime is invalid; NotBefore: '${dotnetTime(nbf)}', Expires: '${dotnetTime(exp)}'`);
+    }
+    if (nowSec > exp + skewSec) throw new SidecarError('token_expired', `The token expired at '${dotnetTime(exp)}'`);
+    if (nbf !== undefined && nowSec + skewSec < nbf) throw new SidecarError('token_not_yet_valid', `The token is not valid before '${dotnetTime(nbf)}'`);
 
     // Issuer and tenant, then the signing key's own issuer restriction.
     const form: IssuerForm = validateIssuer(claims.iss, claims.tid, set, azureAd.validIssuers);
@@ -376,7 +389,8 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const audiences = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
     for (const a of audiences) {
       if (typeof a !== 'string') continue;
-      if (configuredAudiences.size > 0 ? configuredAudiences.has(a) : (ver === '2.0' && a === v2DefaultAudience) || (ver === '1.0' && a === v1DefaultAudience)) {
+      const bare = withoutTrailingSlash(a);
+      if (configuredAudiences.size > 0 ? configuredAudiences.has(bare) : (ver === '2.0' && bare === v2DefaultAudience) || (ver === '1.0' && bare === v1DefaultAudience)) {
         audienceOk = true;
         break;
       }
@@ -416,7 +430,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
       set = (await keys.refreshForUnknownKid()) ?? set;
       candidates = candidateKeys(set, parsed.header);
       if (candidates === undefined) {
-        throw new SidecarError('token_key_unknown', `The signing key '${safeName(parsed.header.kid ?? parsed.header.x5t)}' was not found`);
+        throw new SidecarError('token_key_unknown', 'The signature key was not found');
       }
     }
     return verifyParsed(parsed, raw, set, candidates);

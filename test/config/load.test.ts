@@ -86,6 +86,21 @@ describe('config: sources and precedence', () => {
     expect(cfg.azureAd.validAudiences).to.deep.equal(['api://one']);
   });
 
+  it('honours JwtBearer\'s TokenValidationParameters ClockSkew and the singular ValidAudience / ValidIssuer', () => {
+    // A deployment that tightened the skew must not run with the 5-minute default here.
+    const tight = ok(load({ AzureAd__TokenValidationParameters__ClockSkew: '00:00:30', AzureAd__TokenValidationParameters__ValidAudience: 'api://two', AzureAd__TokenValidationParameters__ValidIssuer: 'https://issuer.example/{tenantid}/v2.0' }));
+    expect(tight.sidecar.validation.clockSkewSec).to.equal(30);
+    expect(tight.azureAd.validAudiences).to.deep.equal(['api://two']);
+    expect(tight.azureAd.validIssuers).to.deep.equal(['https://issuer.example/{tenantid}/v2.0']);
+    expect(tight.warnings.join('\n')).not.to.include('TokenValidationParameters');
+    expect(ok(load({ AzureAd__TokenValidationParameters__ClockSkew: '00:00:00' })).sidecar.validation.clockSkewSec).to.equal(0);
+    // Our own key wins when both are set; a value that is not a TimeSpan is an error.
+    expect(ok(load({ AzureAd__TokenValidationParameters__ClockSkew: '00:00:30', Sidecar__Validation__ClockSkewSec: '60' })).sidecar.validation.clockSkewSec).to.equal(60);
+    expectError(errorsOf(load({ AzureAd__TokenValidationParameters__ClockSkew: '30' })), 'AzureAd:TokenValidationParameters:ClockSkew');
+    // The rules we keep fixed are still reported as ignored.
+    expect(ok(load({ AzureAd__TokenValidationParameters__ValidateLifetime: 'false' })).warnings.join('\n')).to.include('ValidateLifetime');
+  });
+
   it('overrides a single array element from a higher source, as ASP.NET does', () => {
     const cwd = workdir({ 'appsettings.json': JSON.stringify({ DownstreamApis: { graph: { Scopes: ['a', 'b'] } } }) });
     const cfg = ok(load({ DownstreamApis__graph__Scopes__1: 'B' }, { cwd }));
@@ -139,10 +154,18 @@ describe('config: sources and precedence', () => {
     expect(prod.environment.isDevelopment).to.equal(false);
     expect(prod.sidecar.logLevel).to.equal('error');
     expect(ok(load({ DOTNET_ENVIRONMENT: 'Staging' }, { cwd })).sidecar.logLevel).to.equal('warn');
-    const dev = ok(load({ DOTNET_ENVIRONMENT: 'Staging', ASPNETCORE_ENVIRONMENT: 'Development' }, { cwd }));
+    // WebApplicationBuilder (.NET 7+): DOTNET_ beats ASPNETCORE_ (aspnet/Announcements#498). The
+    // other way round, ASPNETCORE_ENVIRONMENT=Development would lift the loopback restriction of a
+    // container its operator set to Production with DOTNET_ENVIRONMENT.
+    const both = ok(load({ DOTNET_ENVIRONMENT: 'Production', ASPNETCORE_ENVIRONMENT: 'Development' }, { cwd }));
+    expect(both.environment.name).to.equal('Production');
+    expect(both.environment.isDevelopment).to.equal(false);
+    const dev = ok(load({ DOTNET_ENVIRONMENT: 'Development', ASPNETCORE_ENVIRONMENT: 'Staging' }, { cwd }));
     expect(dev.sidecar.logLevel).to.equal('debug');
     expect(dev.environment.isDevelopment).to.equal(true);
     expect(ok(load({ ASPNETCORE_ENVIRONMENT: 'development' }, { cwd })).environment.isDevelopment).to.equal(true);
+    // .NET compares the name as given: a stray space is not Development.
+    expect(ok(load({ ASPNETCORE_ENVIRONMENT: 'Development ' }, { cwd })).environment.isDevelopment).to.equal(false);
   });
 
   it('reads the settings file named by Sidecar__SettingsFile and fails when that file is missing', () => {

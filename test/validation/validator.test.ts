@@ -125,6 +125,15 @@ describe('token validator', function () {
       await expectCode(v.validate(await mint(entra, { key, claims: { aud: `api://${CLIENT_ID}` }, nowSec: nowSec() })), 'token_audience_invalid');
     });
 
+    it('ignores one trailing slash on either side of an audience, as JwtBearer does', async function () {
+      const v = await started();
+      await v.validate(await mint(entra, { key, version: '1.0', claims: { aud: `api://${CLIENT_ID}/` }, nowSec: nowSec() }));
+      const configured = await started({ audience: 'api://my-api/' });
+      await configured.validate(await mint(entra, { key, claims: { aud: 'api://my-api' }, nowSec: nowSec() }));
+      await configured.validate(await mint(entra, { key, claims: { aud: 'api://my-api/' }, nowSec: nowSec() }));
+      await expectCode(configured.validate(await mint(entra, { key, claims: { aud: 'api://my-api//' }, nowSec: nowSec() })), 'token_audience_invalid');
+    });
+
     it('rejects a token without ver (no default audience) unless an Audience is configured', async function () {
       const token = await mint(entra, { key, claims: { ver: undefined }, nowSec: nowSec() });
       await expectCode((await started()).validate(token), 'token_audience_invalid');
@@ -145,8 +154,17 @@ describe('token validator', function () {
       const v = await started();
       const token = await mint(entra, { key, nowSec: nowSec() - 3600, expiresIn: 3600 - 301 });
       const err = await expectCode(v.validate(token), 'token_expired');
-      expect(err.detail).to.match(/^The token expired at '\d{4}-\d\d-\d\dT/);
+      // JwtBearer's wording and .NET's invariant date format (MM/dd/yyyy HH:mm:ss).
+      expect(err.detail).to.match(/^The token expired at '\d\d\/\d\d\/\d{4} \d\d:\d\d:\d\d'$/);
       expect(err.message).to.not.include(token);
+    });
+
+    it('rejects a token whose nbf is after its exp, even inside the skew (JwtBearer: lifetime invalid)', async function () {
+      const v = await started();
+      const now = nowSec();
+      const token = await mint(entra, { key, nowSec: now, claims: { nbf: now - 10, exp: now - 20 } });
+      const err = await expectCode(v.validate(token), 'token_not_yet_valid');
+      expect(err.detail).to.match(/^The token lifetime is invalid; NotBefore: '.+', Expires: '.+'$/);
     });
 
     it('accepts a token expired within the clock skew', async function () {
@@ -198,11 +216,12 @@ describe('token validator', function () {
       await expectCode(v.validate(await mint(entra, { key, issuer: `https://evil.example/${TENANT}/v2.0`, nowSec: nowSec() })), 'token_issuer_invalid');
     });
 
-    it('uses ValidIssuers instead of the default rule when configured', async function () {
+    it('accepts ValidIssuers besides the default rule (AadIssuerValidator falls back to the metadata issuer)', async function () {
       entra.keys = [{ ...key, issuer: undefined }];
       const v = await started({ validIssuers: [`https://issuer.example/{tenantid}/v2.0`] });
       await v.validate(await mint(entra, { key, issuer: `https://issuer.example/${TENANT}/v2.0`, nowSec: nowSec() }));
-      await expectCode(v.validate(await mint(entra, { key, nowSec: nowSec() })), 'token_issuer_invalid');
+      await v.validate(await mint(entra, { key, nowSec: nowSec() }));
+      await expectCode(v.validate(await mint(entra, { key, issuer: `https://evil.example/${TENANT}/v2.0`, nowSec: nowSec() })), 'token_issuer_invalid');
     });
 
     it('rejects a token signed by a JWKS key whose issuer names another tenant', async function () {
