@@ -49,7 +49,11 @@ export function instanceDiscovery(ex: Exchange): void {
 /** `GET /{tenant}/v2.0/.well-known/openid-configuration` and the v1 `/{tenant}/.well-known/openid-configuration`. */
 export function openIdConfiguration(ex: Exchange, tenantSegment: string, version: 1 | 2): void {
   const r = ex.core.resolveTenant(tenantSegment);
-  const err = tenantError(r);
+  // The v1 endpoint knows `common` but not the v2-only meta-tenants: Entra answers
+  // /organizations/.well-known/openid-configuration with 400 AADSTS90002 (panva/openid-client#175),
+  // which is why Microsoft.Identity.Web reads v1 metadata from /common for them.
+  const v1Only = version === 1 && r.kind === 'meta' && r.name !== 'common';
+  const err = v1Only ? Aadsts.tenantNotFound(tenantSegment) : tenantError(r);
   if (err) {
     sendAadsts(ex, err);
     return;

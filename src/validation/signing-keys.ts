@@ -87,7 +87,10 @@ function trimSlash(s: string): string {
 /** v2 and v1 OpenID metadata URLs for an authority (reference sidecar-http-api §4, entra-protocol §1.2–1.3). */
 export function metadataUrls(authority: string): { v2: string; v1: string } {
   const v2Base = trimSlash(authority);
-  const v1Base = v2Base.replace(/\/v2\.0$/i, '');
+  // v1 metadata has no `organizations` or `consumers` tenant (Entra answers AADSTS90002); like
+  // Microsoft.Identity.Web's AadIssuerValidator, read it from `common`, whose issuer is the same
+  // `{tenantid}` template.
+  const v1Base = v2Base.replace(/\/v2\.0$/i, '').replace(/\/(organizations|consumers)$/i, '/common');
   return { v2: `${v2Base}/.well-known/openid-configuration`, v1: `${v1Base}/.well-known/openid-configuration` };
 }
 

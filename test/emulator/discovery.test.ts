@@ -61,6 +61,12 @@ describe('emulator: discovery routes', function () {
     expect(r.json.microsoft_multi_refresh_token).to.equal(true);
     const common = await call(agent, `${emu.origin}/common/.well-known/openid-configuration`);
     expect(common.json.issuer).to.equal(`${emu.origin}/{tenantid}/`);
+    // The v1 endpoint has no organizations / consumers tenant (Entra: AADSTS90002).
+    for (const meta of ['organizations', 'consumers']) {
+      const r1 = await call(agent, `${emu.origin}/${meta}/.well-known/openid-configuration`);
+      expect(r1.status, meta).to.equal(400);
+      expect(r1.json.error_codes).to.deep.equal([90002]);
+    }
   });
 
   it('answers an unknown tenant with AADSTS90002 in Entra\'s exact error shape', async () => {
