@@ -374,15 +374,9 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     if (nowSec > exp + skewSec) throw new SidecarError('token_expired', `The token expired at '${dotnetTime(exp)}'`);
     if (nbf !== undefined && nowSec + skewSec < nbf) throw new SidecarError('token_not_yet_valid', `The token is not valid before '${dotnetTime(nbf)}'`);
 
-    // Issuer and tenant, then the signing key's own issuer restriction.
-    const form: IssuerForm = validateIssuer(claims.iss, claims.tid, set, azureAd.validIssuers);
-    const iss = claims.iss as string;
-    const tid = claims.tid as string;
-    if (!signingKeyIssuerMatches(signingKey.issuer, iss, tid, form, set)) {
-      throw new SidecarError('token_issuer_invalid', `The issuer '${safeName(iss)}' is invalid for the signing key`);
-    }
-
-    // Audience: configured audiences, else Microsoft.Identity.Web's RegisterValidAudience defaults.
+    // Audience before issuer, in JsonWebTokenHandler's order, so a token for another API from another
+    // tenant is refused for its audience as Microsoft's sidecar does. Audience: configured audiences,
+    // else Microsoft.Identity.Web's RegisterValidAudience defaults.
     const ver = claims.ver;
     const aud = claims.aud;
     let audienceOk = false;
@@ -398,6 +392,14 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     if (!audienceOk) {
       const shown = audiences.filter((a) => typeof a === 'string').join(', ');
       throw new SidecarError('token_audience_invalid', `The audience '${safeName(shown)}' is invalid`);
+    }
+
+    // Issuer and tenant, then the signing key's own issuer restriction.
+    const form: IssuerForm = validateIssuer(claims.iss, claims.tid, set, azureAd.validIssuers);
+    const iss = claims.iss as string;
+    const tid = claims.tid as string;
+    if (!signingKeyIssuerMatches(signingKey.issuer, iss, tid, form, set)) {
+      throw new SidecarError('token_issuer_invalid', `The issuer '${safeName(iss)}' is invalid for the signing key`);
     }
 
     if (!azureAd.allowWebApiToBeAuthorizedByACL && !SCOPE_OR_ROLE_CLAIMS.some((c) => claims[c] !== undefined && claims[c] !== null)) {

@@ -111,6 +111,8 @@ describe('GET /Validate (built sidecar against the emulator)', function () {
     ['a v1 token whose audience is the bare client id', () => mint({ kind: 'user', version: 1, audience: emu.scenario.apps.sidecarApi.appId, claims: { aud: emu.scenario.apps.sidecarApi.appId } }), /audience/i],
     ['a token with a foreign issuer', () => mint({ kind: 'user', claims: { iss: 'https://evil.example/' + emu.scenario.tenants.primary.id + '/v2.0' } }), /issuer/i],
     ['a token from another tenant', () => mint({ kind: 'user', tenant: emu.scenario.tenants.secondary.id, user: 'secondaryUser' }), /issuer/i],
+    // JsonWebTokenHandler checks the audience before the issuer: Microsoft names the audience here.
+    ['a token for another API from another tenant', () => mint({ kind: 'user', tenant: emu.scenario.tenants.secondary.id, user: 'secondaryUser', audience: emu.scenario.apps.downstreamApi.appId }), /audience/i],
     ['an unsigned alg:none token', () => mint({ kind: 'user', signWith: 'none' }), /The signature is invalid/],
     ['an HS256 token keyed with the public key', () => mint({ kind: 'user', signWith: 'hs256-public-key' }), /The signature is invalid/],
     ['a token expired 400 s ago, dated as JwtBearer writes it', () => mint({ kind: 'user', expiresInSec: -400 }), /The token expired at '\d\d\/\d\d\/\d{4} \d\d:\d\d:\d\d'/],
