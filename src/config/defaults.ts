@@ -94,6 +94,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:AllowOverrides:CallDownstreamApi', default: 'true', description: 'Honour overrides on `/DownstreamApi/{api}` (Microsoft default).' },
   { key: 'Sidecar:AllowOverrides:CallDownstreamApiUnauthenticated', default: 'false', description: 'Same for the anonymous `/DownstreamApiUnauthenticated/{api}`.' },
   { key: 'Sidecar:AllowOutboundRedirects', default: 'false', description: 'Follow 3xx from downstream APIs; off so a token is never replayed to another host.' },
+  { key: 'Sidecar:PopValidation:ValidateTs', default: 'true', description: 'Inbound SHR PoP: check the signed `ts` against SignedHttpRequestLifetime. Always on here: `false` is refused at start.' },
   { key: 'Sidecar:PopValidation:ValidateM', default: 'true', description: 'Inbound SHR PoP: require the signed `m` (method) to match.' },
   { key: 'Sidecar:PopValidation:ValidateU', default: 'true', description: 'Inbound SHR PoP: require the signed `u` (host) to match.' },
   { key: 'Sidecar:PopValidation:ValidateP', default: 'true', description: 'Inbound SHR PoP: require the signed `p` (path) to match.' },

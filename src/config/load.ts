@@ -547,8 +547,12 @@ const DOTNET_LEVELS: Record<string, PinoLevel> = {
   trace: 'trace', debug: 'debug', information: 'info', warning: 'warn', error: 'error', critical: 'fatal', none: 'silent',
 };
 
+/** .NET's LogLevel enum by number (0 Trace … 6 None): Enum.Parse accepts the number too. */
+const DOTNET_LEVEL_NUMBERS: readonly PinoLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
 function logLevelOf(text: string): PinoLevel | undefined {
   const t = text.toLowerCase();
+  if (/^[0-6]$/.test(t)) return DOTNET_LEVEL_NUMBERS[Number(t)];
   return DOTNET_LEVELS[t] ?? PINO_LEVELS.find((l) => l === t);
 }
 
@@ -688,6 +692,8 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
   if (popKeyFile !== undefined && !readableFile(popKeyFile)) b.error('Sidecar:Pop:KeyFile names a file that does not exist or is not a regular file');
   const pop = 'Sidecar:PopValidation';
   const claimsToValidate = b.stringArray(`${pop}:ClaimsToValidateWhenPresent`) ?? defaultOf(`${pop}:ClaimsToValidateWhenPresent:0`).split(',');
+  // Microsoft's PopValidationOptions has ValidateTs (default true); a signed request's age is always checked here.
+  if (!b.bool(`${pop}:ValidateTs`)) b.error(`${pop}:ValidateTs=false is not supported: entra-sidecar always checks a signed HTTP request's ts against SignedHttpRequestLifetime`);
   return {
     allowOverrides: {
       getAuthorizationHeader: b.bool('Sidecar:AllowOverrides:GetAuthorizationHeader'),

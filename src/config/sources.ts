@@ -38,6 +38,28 @@ export type SourceResult = { readonly entries: ConfigEntry[]; readonly errors: s
 
 type JsonValue = null | boolean | string | { readonly raw: string } | JsonValue[] | Map<string, JsonValue>;
 
+/**
+ * Two values written under one name (case-insensitively): objects merge key by key, as ASP.NET's
+ * JSON provider flattens both into `a:b` keys; anything else names one setting twice (undefined).
+ */
+function mergeSections(a: JsonValue, b: JsonValue): Map<string, JsonValue> | undefined {
+  if (!(a instanceof Map) || !(b instanceof Map)) return undefined;
+  const out = new Map(a);
+  const names = new Map([...out.keys()].map((k) => [k.toLowerCase(), k] as const));
+  for (const [key, value] of b) {
+    const existing = names.get(key.toLowerCase());
+    if (existing === undefined) {
+      out.set(key, value);
+      names.set(key.toLowerCase(), key);
+      continue;
+    }
+    const merged = mergeSections(out.get(existing) as JsonValue, value);
+    if (merged === undefined) return undefined;
+    out.set(existing, merged);
+  }
+  return out;
+}
+
 class JsonSyntaxError extends Error {}
 
 class JsonReader {
@@ -101,20 +123,30 @@ class JsonReader {
 
   private parseObject(): Map<string, JsonValue> {
     const out = new Map<string, JsonValue>();
-    const seen = new Set<string>();
+    /** Lower-cased key → the key as first written. */
+    const seen = new Map<string, string>();
     this.pos++; // {
     this.skipTrivia();
     while (this.text[this.pos] !== '}') {
       if (this.text[this.pos] !== '"') this.fail('expected a property name in double quotes');
       const keyAt = this.pos;
       const key = this.parseString();
-      if (seen.has(key.toLowerCase())) { this.pos = keyAt; this.fail(`duplicate key "${key}" (keys are case-insensitive)`); }
-      seen.add(key.toLowerCase());
       this.skipTrivia();
       if (this.text[this.pos] !== ':') this.fail('expected ":"');
       this.pos++;
       this.skipTrivia();
-      out.set(key, this.parseValue());
+      const value = this.parseValue();
+      const first = seen.get(key.toLowerCase());
+      if (first === undefined) {
+        seen.set(key.toLowerCase(), key);
+        out.set(key, value);
+      } else {
+        // ASP.NET's JSON provider refuses a key only when it names the same value twice: two
+        // objects under one name (a section written twice) are merged, key by key.
+        const merged = mergeSections(out.get(first) as JsonValue, value);
+        if (merged === undefined) { this.pos = keyAt; this.fail(`duplicate key "${key}" (keys are case-insensitive)`); }
+        out.set(first, merged as JsonValue);
+      }
       this.skipTrivia();
       if (this.text[this.pos] === ',') { this.pos++; this.skipTrivia(); continue; }
       if (this.text[this.pos] !== '}') this.fail('expected "," or "}"');

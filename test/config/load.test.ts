@@ -101,6 +101,24 @@ describe('config: sources and precedence', () => {
     expect(ok(load({ AzureAd__TokenValidationParameters__ValidateLifetime: 'false' })).warnings.join('\n')).to.include('ValidateLifetime');
   });
 
+  it('merges a section written twice in appsettings.json, but refuses a setting written twice', () => {
+    // ASP.NET's JSON provider flattens both objects into a:b keys and only refuses a repeated key.
+    const cwd = workdir({ 'appsettings.json': '{ "Sidecar": { "AllowOverrides": { "CallDownstreamApi": false } }, "DownstreamApis": { "g": { "Scopes": ["a"] } }, "sidecar": { "PopValidation": { "ValidateQ": true } } }' });
+    const cfg = ok(load({}, { cwd }));
+    expect(cfg.sidecar.allowOverrides.callDownstreamApi).to.equal(false);
+    expect(cfg.sidecar.popValidation.validateQ).to.equal(true);
+    const twice = workdir({ 'appsettings.json': '{ "Sidecar": { "AllowOutboundRedirects": false }, "sidecar": { "allowOutboundRedirects": true } }' });
+    expectError(errorsOf(load({}, { cwd: twice })), 'duplicate key');
+  });
+
+  it('reads a numeric Logging:LogLevel:Default as .NET\'s LogLevel enum, and accepts ValidateTs=true only', () => {
+    expect(ok(load({ Logging__LogLevel__Default: '2' })).sidecar.logLevel).to.equal('info');
+    expect(ok(load({ Logging__LogLevel__Default: '6' })).sidecar.logLevel).to.equal('silent');
+    expectError(errorsOf(load({ Logging__LogLevel__Default: '7' })), 'Logging:LogLevel:Default');
+    ok(load({ Sidecar__PopValidation__ValidateTs: 'true' }));
+    expectError(errorsOf(load({ Sidecar__PopValidation__ValidateTs: 'false' })), 'Sidecar:PopValidation:ValidateTs');
+  });
+
   it('overrides a single array element from a higher source, as ASP.NET does', () => {
     const cwd = workdir({ 'appsettings.json': JSON.stringify({ DownstreamApis: { graph: { Scopes: ['a', 'b'] } } }) });
     const cfg = ok(load({ DownstreamApis__graph__Scopes__1: 'B' }, { cwd }));
@@ -143,7 +161,7 @@ describe('config: sources and precedence', () => {
     expectError(errorsOf(load({}, { cwd })), 'duplicate key');
   });
 
-  it('loads appsettings.{Environment}.json chosen by ASPNETCORE_ENVIRONMENT, then DOTNET_ENVIRONMENT, default Production', () => {
+  it('loads appsettings.{Environment}.json chosen by DOTNET_ENVIRONMENT, then ASPNETCORE_ENVIRONMENT, default Production', () => {
     const cwd = workdir({
       'appsettings.Production.json': '{ "Sidecar": { "LogLevel": "error" } }',
       'appsettings.Staging.json': '{ "Sidecar": { "LogLevel": "warn" } }',
