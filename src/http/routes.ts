@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { ANONYMOUS, authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
-import { tokenScopes } from '../pipeline/authorize.js';
+import { firstScopeClaim } from '../pipeline/authorize.js';
 import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute } from '../pipeline/api-options.js';
 import type { AcquiredToken, AcquireRequest, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import type { DownstreamCallDeps } from '../downstream/call.js';
@@ -102,7 +102,7 @@ function answerValidated(ctx: RouteContext, deps: RouteDeps, token: ValidatedTok
   const required = deps.config.azureAd.scopes;
   if (required !== undefined && required.trim() !== '') {
     // The whole configured string is one accepted scope (Microsoft's IDW10203 check, §2.2 step 2).
-    if (!tokenScopes(token.claims).includes(required)) {
+    if (!firstScopeClaim(token.claims).includes(required)) {
       sendText(ctx.res, 403, `IDW10203: The 'scope' or 'scp' claim does not contain scopes '${required}' or was not found. `);
       return;
     }

@@ -17,6 +17,20 @@ function claimValues(claims: JWTPayload, names: readonly string[]): string[] {
   return out;
 }
 
+/**
+ * The scopes Microsoft.Identity.Web's IDW10203 check reads: the first `scp` claim, else the first
+ * long-form scope claim, split on spaces (an array-valued claim is one claim per element, and only
+ * the first is read). Narrower than tokenScopes(), which the ext_authz rules use.
+ */
+export function firstScopeClaim(claims: JWTPayload): string[] {
+  for (const name of SCOPE_CLAIMS) {
+    const v = claims[name];
+    const first = typeof v === 'string' ? v : Array.isArray(v) ? v[0] : undefined;
+    if (typeof first === 'string') return first.split(' ').filter(Boolean);
+  }
+  return [];
+}
+
 /** Delegated scopes of a token (`scp`, space-separated). */
 export function tokenScopes(claims: JWTPayload): string[] {
   return claimValues(claims, SCOPE_CLAIMS);

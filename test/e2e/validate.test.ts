@@ -187,6 +187,14 @@ describe('GET /Validate with options (built sidecar)', function () {
     expect(denied.text).to.equal("IDW10203: The 'scope' or 'scp' claim does not contain scopes 'access_as_user' or was not found. ");
     const app = await call(`${s.url}/Validate`, { token: await emu.mint({ kind: 'app', roles: ['Sidecar.Invoke'] }) });
     expect(app.status).to.equal(403);
+    // Microsoft reads the first scp claim only, and the long-form scope claim only without one.
+    const longForm = 'http://schemas.microsoft.com/identity/claims/scope';
+    const both = await call(`${s.url}/Validate`, { token: await emu.mint({ kind: 'user', scp: 'other', claims: { [longForm]: 'access_as_user' } }) });
+    expect(both.status).to.equal(403);
+    const arrayed = await call(`${s.url}/Validate`, { token: await emu.mint({ kind: 'user', claims: { scp: ['other', 'access_as_user'] } }) });
+    expect(arrayed.status).to.equal(403);
+    const onlyLong = await call(`${s.url}/Validate`, { token: await emu.mint({ kind: 'user', claims: { scp: null, [longForm]: 'access_as_user' } }) });
+    expect(onlyLong.status).to.equal(200);
   });
 
   it('accepts any tenant with TenantId=organizations and rejects an iss/tid mismatch', async () => {
