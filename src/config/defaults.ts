@@ -146,7 +146,9 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:DownstreamApi:MaxRedirects', default: '5', unit: 'redirects', description: 'Redirect hops followed when AllowOutboundRedirects is on.' },
 
   // ---- Hosting keys shared with ASP.NET (reference §1.1, §1.2, §3.5) ----
-  { key: 'Kestrel:Endpoints:<name>:Url', default: '', description: 'Listener URL(s) for the identity API (Microsoft\'s security docs use `Kestrel__Endpoints__Http__Url`); below Sidecar:Http:Url.' },
+  { key: 'Kestrel:Endpoints:<name>:Url', default: '', description: 'Listener URL(s) for the identity API (Microsoft\'s security docs use `Kestrel__Endpoints__Http__Url`); below Sidecar:Http:Url. An endpoint without a Url is an error, as in Kestrel; its other keys (Protocols, Certificate, ...) are ignored with a warning (HTTP/1.1 only).' },
+  { key: 'Kestrel:Limits:MaxRequestBodySize', default: '', unit: 'bytes', description: 'Kestrel\'s body limit, read as Sidecar:Http:MaxBodyBytes when that is not set.' },
+  { key: 'Kestrel:Limits:MaxRequestHeadersTotalSize', default: '', unit: 'bytes', description: 'Kestrel\'s header block limit, read as Sidecar:Http:MaxHeaderBytes when that is not set.' },
   { key: 'ASPNETCORE_URLS', default: '', description: 'Semicolon-separated listener URLs (`+`, `*` = all IPv4 interfaces, `[::]` = all IPv6, `localhost` = 127.0.0.1); also the `urls` key.' },
   { key: 'ASPNETCORE_HTTP_PORTS', default: '', description: 'Comma/semicolon-separated ports on all interfaces, as Microsoft\'s image sets (8080 there); lowest-precedence listener source.' },
   { key: 'ASPNETCORE_ENVIRONMENT', default: 'Production', description: 'Environment name; DOTNET_ENVIRONMENT wins when both are set (WebApplicationBuilder, .NET 7+); selects appsettings.{Environment}.json; `Development` is case-insensitive.' },

@@ -585,7 +585,11 @@ function bindHttpListeners(b: Binder): ListenAddress[] {
   let kestrelSeen = false;
   for (const ep of endpoints?.children.values() ?? []) {
     const url = getNode(ep, 'Url')?.value?.trim();
-    if (!url) continue;
+    if (!url) {
+      // Kestrel refuses to start with an endpoint that has no Url (a misspelt key, say).
+      b.error(`Kestrel:Endpoints:${ep.name} has no Url`);
+      continue;
+    }
     kestrelSeen = true;
     kestrel.push(...parseList(url, `Kestrel:Endpoints:${ep.name}:Url`));
   }
@@ -716,8 +720,8 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     pop: popKeyFile !== undefined ? { keyFile: popKeyFile } : {},
     http: {
       listen: bindHttpListeners(b),
-      maxHeaderBytes: b.int('Sidecar:Http:MaxHeaderBytes', 1024),
-      maxBodyBytes: b.int('Sidecar:Http:MaxBodyBytes', 1),
+      maxHeaderBytes: intOrKestrel(b, 'Sidecar:Http:MaxHeaderBytes', 'Kestrel:Limits:MaxRequestHeadersTotalSize', 1024),
+      maxBodyBytes: intOrKestrel(b, 'Sidecar:Http:MaxBodyBytes', 'Kestrel:Limits:MaxRequestBodySize', 1),
       requestTimeoutMs: b.int('Sidecar:Http:RequestTimeoutMs', 1),
       headersTimeoutMs: b.int('Sidecar:Http:HeadersTimeoutMs', 1),
       keepAliveTimeoutMs: b.int('Sidecar:Http:KeepAliveTimeoutMs', 1),
@@ -807,7 +811,21 @@ function didYouMean(path: string): string {
   return best && best.d <= Math.max(2, Math.floor(best.key.length / 5)) ? `; did you mean ${best.key}?` : '';
 }
 
+/** Our key, else Kestrel's limit of the same meaning (a Microsoft configuration that set it keeps it). */
+function intOrKestrel(b: Binder, ours: string, kestrel: string, min: number): number {
+  return b.explicit(ours) === undefined && b.explicit(kestrel) !== undefined ? b.int(kestrel, min) : b.int(ours, min);
+}
+
+const KESTREL_KEYS_READ = /^Kestrel:(Endpoints:[^:]+:Url|Limits:(MaxRequestBodySize|MaxRequestHeadersTotalSize))$/i;
+
 function checkUnknownKeys(b: Binder): void {
+  // Kestrel's other settings would change what Microsoft's container does; say they are not read.
+  const kestrel = b.node('Kestrel');
+  for (const leaf of kestrel ? leafPaths(kestrel) : []) {
+    if (KESTREL_KEYS_READ.test(leaf.path)) continue;
+    const why = /^Kestrel:Endpoints:[^:]+:Protocols$/i.test(leaf.path) ? 'the identity API serves HTTP/1.1 only' : 'only Kestrel:Endpoints:<name>:Url and Kestrel:Limits:MaxRequestBodySize / MaxRequestHeadersTotalSize are read';
+    b.warn(`${leaf.path} is not used by entra-sidecar (${why}); ignored`);
+  }
   for (const section of ['Sidecar', 'AzureAd', 'DownstreamApis']) {
     const node = b.node(section);
     if (!node) continue;

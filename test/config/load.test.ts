@@ -101,6 +101,19 @@ describe('config: sources and precedence', () => {
     expect(ok(load({ AzureAd__TokenValidationParameters__ValidateLifetime: 'false' })).warnings.join('\n')).to.include('ValidateLifetime');
   });
 
+  it('reads Kestrel\'s body and header limits, refuses an endpoint without a Url, and names the Kestrel keys it ignores', () => {
+    const limits = ok(load({ Kestrel__Limits__MaxRequestBodySize: '1048576', Kestrel__Limits__MaxRequestHeadersTotalSize: '65536' }));
+    expect(limits.sidecar.http.maxBodyBytes).to.equal(1_048_576);
+    expect(limits.sidecar.http.maxHeaderBytes).to.equal(65_536);
+    // Our own key wins.
+    expect(ok(load({ Kestrel__Limits__MaxRequestBodySize: '1048576', Sidecar__Http__MaxBodyBytes: '2048' })).sidecar.http.maxBodyBytes).to.equal(2048);
+    // A misspelt Url: Kestrel refuses to start, and so do we (instead of falling back to another listener).
+    expectError(errorsOf(load({ Kestrel__Endpoints__Http__Urls: 'http://127.0.0.1:5001' })), 'Kestrel:Endpoints:Http has no Url');
+    const warned = ok(load({ Kestrel__Endpoints__Http__Url: 'http://127.0.0.1:5001', Kestrel__Endpoints__Http__Protocols: 'Http2', Kestrel__Limits__MaxConcurrentConnections: '10' })).warnings.join('\n');
+    expect(warned).to.include('Kestrel:Endpoints:Http:Protocols is not used by entra-sidecar (the identity API serves HTTP/1.1 only)');
+    expect(warned).to.include('Kestrel:Limits:MaxConcurrentConnections is not used');
+  });
+
   it('merges a section written twice in appsettings.json, but refuses a setting written twice', () => {
     // ASP.NET's JSON provider flattens both objects into a:b keys and only refuses a repeated key.
     const cwd = workdir({ 'appsettings.json': '{ "Sidecar": { "AllowOverrides": { "CallDownstreamApi": false } }, "DownstreamApis": { "g": { "Scopes": ["a"] } }, "sidecar": { "PopValidation": { "ValidateQ": true } } }' });
