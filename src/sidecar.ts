@@ -85,6 +85,21 @@ interface Core {
   readonly engine: ReturnType<typeof createTokenAcquirer>;
 }
 
+/**
+ * Starts one listener; a failure names the listener, its address and the key that moves it. The
+ * management (9090) and ext_authz (9191) listeners are on by default, and a pod's app may already
+ * use one of those ports.
+ */
+async function binding<T>(what: string, addresses: readonly { host: string; port: number }[], remedy: string, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (err) {
+    const where = addresses.map((a) => (a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`)).join(', ');
+    const why = err instanceof Error ? err.message : String(err);
+    throw new Error(`The ${what} listener could not start on ${where} (${why}); ${remedy}`, { cause: err });
+  }
+}
+
 /** Starts the listeners over the core built by run(). */
 async function listen(config: SidecarConfig, logger: Logger, core: Core): Promise<() => Promise<void>> {
   const { metrics, baseAgent, agent, validator, engine } = core;
@@ -92,7 +107,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
   metrics.addScrapeHook(() => metrics.syncTokenCache(engine.stats()));
   const acquirer = countAcquisitions(engine, metrics);
 
-  const http: HttpApiServer = await startHttpApi({
+  const http: HttpApiServer = await binding('identity HTTP API', config.sidecar.http.listen, 'move it with Sidecar__Http__Url (or ASPNETCORE_URLS)', () => startHttpApi({
     config,
     logger,
     validator,
@@ -112,14 +127,14 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
       },
       ...(engine.httpRequestSigner ? { httpRequestSigner: engine.httpRequestSigner } : {}),
     },
-  });
+  }));
 
   let extAuthz: ExtAuthzServer | undefined;
   if (config.sidecar.extAuthz.enabled) {
     // Loaded only here: a sidecar serving the HTTP API alone (Microsoft's drop-in) never evaluates
     // grpc-js and protobufjs, ~30 ms of a start on Node 24 (bench/README.md finding 41).
     const { startExtAuthzServer } = await import('./extauthz/server.js');
-    extAuthz = await startExtAuthzServer({
+    extAuthz = await binding('ext_authz gRPC', [config.sidecar.extAuthz.address], 'move it with Sidecar__ExtAuthz__Address, or turn it off with Sidecar__ExtAuthz__Enabled=false', () => startExtAuthzServer({
       config,
       validator,
       acquirer,
@@ -129,16 +144,16 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
         Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName)
           ? resolveApiOptions(config, apiName, new URLSearchParams(), false).options
           : undefined,
-    });
+    }));
   }
 
   const management = config.sidecar.management.enabled
-    ? await startManagementServer({
+    ? await binding('management', [config.sidecar.management.address], 'move it with Sidecar__Management__Url, or turn it off with Sidecar__Management__Enabled=false', () => startManagementServer({
         address: config.sidecar.management.address,
         metrics,
         logger,
         readiness: () => ({ ready: validator.ready(), reasons: validator.ready() ? [] : ['signing_keys_not_loaded'] }),
-      })
+      }))
     : undefined;
 
   // The one line that says what was bound: written whatever the log level, because supervisors and

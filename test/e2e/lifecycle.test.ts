@@ -107,6 +107,21 @@ describe('process lifecycle (built sidecar)', function () {
       expect(code).to.equal(1);
       expect(Date.now() - t0).to.be.lessThan(8_000);
       expect(stdout + stderr).to.contain('failed to start');
+      // It names the listener, the address and the key that moves it.
+      expect(stdout + stderr).to.contain(`The ext_authz gRPC listener could not start on 127.0.0.1:${port}`).and.to.contain('Sidecar__ExtAuthz__Address');
+    } finally {
+      taken.close();
+    }
+  });
+
+  it('names the management listener and Sidecar__Management__Url when its port is taken (an app in the pod may use 9090)', async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    try {
+      const port = (taken.address() as AddressInfo).port;
+      const { code, stdout, stderr } = await runSidecarToExit(sidecarEnv(emu, { Sidecar__Management__Url: `http://127.0.0.1:${port}` }), [], 10_000);
+      expect(code).to.equal(1);
+      expect(stdout + stderr).to.contain(`The management listener could not start on 127.0.0.1:${port}`).and.to.contain('Sidecar__Management__Enabled=false');
     } finally {
       taken.close();
     }
