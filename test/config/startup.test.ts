@@ -8,9 +8,12 @@ import { fileURLToPath } from 'node:url';
 /** The built entry point, relative to this compiled test (<outDir>/test/config → <outDir>/src/main.js). */
 const MAIN = fileURLToPath(new URL('../../src/main.js', import.meta.url));
 
+/** Every listener on a free port, so a start that wrongly succeeds cannot collide with anything. */
+const FREE_PORTS = { Sidecar__Http__Url: 'http://127.0.0.1:0', Sidecar__Management__Url: 'http://127.0.0.1:0', Sidecar__ExtAuthz__Address: '127.0.0.1:0' };
+
 function runSidecar(env: Record<string, string>, cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [MAIN], { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [MAIN], { env: { ...FREE_PORTS, ...env }, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -33,9 +36,6 @@ describe('config: startup with an invalid configuration', () => {
         AzureAd__ClientCredentials__1__SourceType: 'ClientSecret',
         AzureAd__ClientCredentials__1__ClientSecret: secret,
         Sidecar__AllowOutboundRedirects: secret,
-        Sidecar__Http__Url: 'http://127.0.0.1:0',
-        Sidecar__Management__Url: 'http://127.0.0.1:0',
-        Sidecar__ExtAuthz__Address: '127.0.0.1:0',
       }, cwd);
       expect(code).to.not.equal(0);
       expect(code).to.not.equal(null);
@@ -61,9 +61,6 @@ describe('config: startup with an invalid configuration', () => {
         AzureAd__ClientCredentials__0__KeyVaultUrl: 'https://vault.example.test/',
         AzureAd__ClientCredentials__0__KeyVaultCertificateName: 'assertion',
         AzureAd__TokenDecryptionCredentials__0__SourceType: 'AutoDecryptKeys',
-        Sidecar__Http__Url: 'http://127.0.0.1:0',
-        Sidecar__Management__Url: 'http://127.0.0.1:0',
-        Sidecar__ExtAuthz__Address: '127.0.0.1:0',
       }, cwd);
       expect(code).to.not.equal(0);
       expect(code).to.not.equal(null);
