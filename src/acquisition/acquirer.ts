@@ -415,7 +415,6 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   interface PopInput {
     readonly correlationId: string;
     readonly claims?: string;
-    readonly claimsDigest?: string;
     readonly extraQueryParameters: Readonly<Record<string, string>>;
     readonly extraHeaders: Readonly<Record<string, string>>;
     readonly extrasDigest?: string;
@@ -432,7 +431,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       // Microsoft switches to MSAuth 1.0 AT-PoP here; refusing is safer than sending an unbound token.
       throw new SidecarError('misconfigured', 'AcquireTokenOptions:PopClaim (MSAuth AT-PoP) is not supported; use PopPublicKey alone.');
     }
-    const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.claimsDigest, input.extrasDigest]);
+    const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.extrasDigest]);
     const params: Record<string, string> = {
       grant_type: 'client_credentials',
       scope,
@@ -521,7 +520,6 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     readonly user?: ValidatedToken;
     readonly correlationId: string;
     readonly claimsParam: { claims?: string };
-    readonly claimsDigest?: string;
     readonly eqp: object;
     readonly extraHeaders: Readonly<Record<string, string>>;
     readonly extrasDigest?: string;
@@ -530,7 +528,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   /** Cache key and fetcher for an agent identity request (autonomous, on behalf of the caller, or agent user). */
   function agentFlow(options: EffectiveApiOptions, input: AgentFlowInput): { key: string; fetch: () => Promise<CachedToken> } {
     const ato = options.acquireTokenOptions;
-    const { agent, scopes, correlationId, claimsParam, claimsDigest, eqp, extraHeaders, extrasDigest } = input;
+    const { agent, scopes, correlationId, claimsParam, eqp, extraHeaders, extrasDigest } = input;
     const agentId = agent.agentIdentity.trim();
     if (ato.managedIdentity) {
       throw new SidecarError('misconfigured', `API '${options.apiName}' asks for a managed-identity token, which cannot be combined with AgentIdentity.`);
@@ -544,7 +542,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       }
       const authority = authorityFor(ato.tenant);
       const userKey = agent.username !== undefined ? `upn:${agent.username.toUpperCase()}` : `oid:${agentUser.toLowerCase()}`;
-      const key = cacheKey(['agent-user', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), userKey, normalisedScopes(scopes), claimsDigest, extrasDigest]);
+      const key = cacheKey(['agent-user', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), userKey, normalisedScopes(scopes), extrasDigest]);
       const t2Key = cacheKey(['agent-t2', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase()]);
       const fetch = () =>
         observed(async () => {
@@ -579,7 +577,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       // Autonomous agent: client credentials as the agent identity (§5.6, entra-protocol §5.2).
       const scope = scopes[0];
       const authority = appTokenAuthority(options, scope);
-      const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), scope.toLowerCase(), claimsDigest, extrasDigest]);
+      const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), scope.toLowerCase(), extrasDigest]);
       const fetch = () =>
         observed(async () =>
           toCachedToken(
@@ -596,7 +594,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     if (!user) throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
     // The agent acting for the calling user: OBO as the agent identity (entra-protocol §5.4).
     const authority = authorityFor(ato.tenant ?? user.tenantId);
-    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), assertionDigest(user), claimsDigest, extrasDigest]);
+    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), assertionDigest(user), extrasDigest]);
     const fetch = () =>
       observed(async () => {
         const app = await agentAppFor(agentId, authority);
@@ -691,7 +689,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     let fetch: () => Promise<CachedToken>;
 
     if (req.agent) {
-      ({ key, fetch } = agentFlow(options, { agent: req.agent, scopes, appFlow, user: req.user, correlationId, claimsParam, claimsDigest, eqp, extraHeaders, extrasDigest }));
+      ({ key, fetch } = agentFlow(options, { agent: req.agent, scopes, appFlow, user: req.user, correlationId, claimsParam, eqp, extraHeaders, extrasDigest }));
     } else if (appFlow) {
       const scope = scopes[0];
       if (ato.managedIdentity) {
@@ -700,9 +698,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       }
       const authority = appTokenAuthority(options, scope);
       if (ato.popPublicKey) {
-        ({ key, fetch } = popAppFlow(authority, scope, ato.popPublicKey, ato.popClaim, { correlationId, claims, claimsDigest, extraQueryParameters, extraHeaders, extrasDigest, fmiPath: ato.fmiPath }));
+        ({ key, fetch } = popAppFlow(authority, scope, ato.popPublicKey, ato.popClaim, { correlationId, claims, extraQueryParameters, extraHeaders, extrasDigest, fmiPath: ato.fmiPath }));
       } else {
-        key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, claimsDigest, extrasDigest]);
+        key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, extrasDigest]);
         fetch = () =>
           observed(() =>
             withClientCredential(authority, async (app) =>
@@ -724,7 +722,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       const authority = authorityFor(tenant);
       const sessionKey = ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME ? ato.longRunningWebApiSessionKey : undefined;
       const sessionId = sessionKey ? sha256(`${azureAd.clientId}|${sessionKey}`) : undefined;
-      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), assertionDigest(user), sessionId, claimsDigest, extrasDigest]);
+      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), assertionDigest(user), sessionId, extrasDigest]);
       fetch = () =>
         observed(async () => {
           const token = await withClientCredential(authority, async (app) => {
@@ -743,7 +741,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       if (sessionId) {
         // Later token-less calls with this key are answered from the session's cache entry first.
         // The tenant part is the override as given (null without one), as the continuation's key has it.
-        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), claimsDigest, extrasDigest]);
+        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), extrasDigest]);
         const inner = fetch;
         fetch = async () => {
           const token = await inner();
@@ -755,7 +753,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       // Continue a long-running OBO session with its refresh token (msal-node has no session API of its own).
       const sessionId = sha256(`${azureAd.clientId}|${ato.longRunningWebApiSessionKey}`);
       // A tenant override asks for that tenant's token: it is part of the key, as in every other flow.
-      key = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), claimsDigest, extrasDigest]);
+      key = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), extrasDigest]);
       fetch = () =>
         observed(async () => {
           const session = sessions.get(sessionId);
@@ -784,10 +782,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     }
 
     if (plain) learnKey(req, key);
-    // A token got with a claims challenge replaces the plain entry as well (cacheKey writes an
-    // absent part as null), so the next call without claims does not send the refused token again.
-    const alsoStoreAs = claimsDigest === undefined ? undefined : key.replace(JSON.stringify(claimsDigest), 'null');
-    return acquiredFrom(await untilAborted(cache.get(key, fetch, alsoStoreAs === undefined ? { bypass } : { bypass, alsoStoreAs }), req.signal));
+    // Claims are not part of the key (as in MSAL): a token got with a claims challenge is fetched in
+    // a flight of its own and then replaces the entry, so the refused token is not sent again.
+    return acquiredFrom(await untilAborted(cache.get(key, fetch, claimsDigest === undefined ? { bypass } : { bypass, flight: claimsDigest }), req.signal));
   }
 
   return {

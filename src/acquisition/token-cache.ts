@@ -61,11 +61,12 @@ export interface GetOptions {
   /** ForceRefresh / claims challenge: skip the stored token (still single-flight, still honours Retry-After). */
   readonly bypass?: boolean;
   /**
-   * Also store the fetched token under this key. A token got with a claims challenge is fetched
-   * under its own key (so it never joins a flight without the claims) and replaces the plain
-   * entry too, as MSAL does: the token that was refused is not served again.
+   * Fetch in a flight of its own, named by this string (a claims challenge's digest): it never
+   * joins a flight without the same claims, and its Retry-After window is its own. The token is
+   * stored under the key as usual, so it replaces the entry a caller without claims reads, as MSAL
+   * does: the token that was refused is not served again.
    */
-  readonly alsoStoreAs?: string;
+  readonly flight?: string;
 }
 
 /** Bounded single-flight token cache; see the module comment. */
@@ -98,13 +99,14 @@ export class TokenCache {
       if (entry) this.entries.delete(key);
     }
     this.counters.cacheMisses++;
-    const pending = this.inFlight.get(key);
+    const flightKey = options.flight === undefined ? key : `${key}\u0000${options.flight}`;
+    const pending = this.inFlight.get(flightKey);
     if (pending) {
       this.counters.coalesced++;
       return pending;
     }
-    this.failIfThrottled(key, now);
-    return this.start(key, fetch, options.alsoStoreAs);
+    this.failIfThrottled(flightKey, now);
+    return this.start(key, fetch, flightKey);
   }
 
   /**
@@ -152,22 +154,22 @@ export class TokenCache {
     throw new SidecarError('acquisition_throttled', `Entra ID asked to retry after ${retryAfterSec} s; not calling it again before then.`, { retryAfterSec });
   }
 
-  private start(key: string, fetch: () => Promise<CachedToken>, alsoKey?: string): Promise<CachedToken> {
+  /** Fetches for `key` in the flight `flightKey` (the key itself unless get() was given a flight). */
+  private start(key: string, fetch: () => Promise<CachedToken>, flightKey: string = key): Promise<CachedToken> {
     this.counters.fetches++;
     const p = (async () => {
       try {
         const value = await fetch();
         this.store(key, value);
-        if (alsoKey !== undefined) this.store(alsoKey, value);
         return value;
       } catch (err) {
-        this.noteFailure(key, err);
+        this.noteFailure(flightKey, err);
         throw err;
       } finally {
-        this.inFlight.delete(key);
+        this.inFlight.delete(flightKey);
       }
     })();
-    this.inFlight.set(key, p);
+    this.inFlight.set(flightKey, p);
     return p;
   }
 

@@ -71,6 +71,29 @@ describe('token cache', () => {
     expect(cache.stats()).to.include({ coalesced: 99, fetches: 1 });
   });
 
+  it('fetches a claims challenge in a flight of its own, then stores its token under the key', async () => {
+    const clock = fakeClock();
+    const f = fakeFetcher(clock);
+    const cache = new TokenCache({ maxEntries: 10, expiryBufferSec: 300, now: clock.now });
+    f.hold();
+    const plain = cache.get('k', f.fetch);
+    const challenged = cache.get('k', f.fetch, { bypass: true, flight: 'claims-digest' });
+    const again = cache.get('k', f.fetch, { bypass: true, flight: 'claims-digest' });
+    await tick();
+    f.release();
+    const [p, c, a] = await Promise.all([plain, challenged, again]);
+    // Two fetches: the claims flight did not join the plain one; the second claims caller joined its own.
+    expect(f.calls).to.equal(2);
+    expect(c.token).to.not.equal(p.token);
+    expect(a.token).to.equal(c.token);
+    // Once stored, a claims token replaces the entry a caller without claims reads.
+    const refused = (await cache.get('k', f.fetch)).token;
+    const stepped = await cache.get('k', f.fetch, { bypass: true, flight: 'other-claims' });
+    expect(stepped.token).to.not.equal(refused);
+    expect((await cache.get('k', f.fetch)).token).to.equal(stepped.token);
+    expect(f.calls).to.equal(3);
+  });
+
   it('keeps distinct keys apart', async () => {
     const clock = fakeClock();
     const f = fakeFetcher(clock);
