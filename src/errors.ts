@@ -4,6 +4,8 @@
  * decides a status. docs/errors.md is checked against ERROR_TABLE by a test.
  */
 
+import { replaceForbiddenValueChars } from './net/http-fields.js';
+
 /** How a 401/403 challenges the caller (RFC 6750 §3). */
 export type ChallengeKind = 'none' | 'bearer' | 'invalid_token' | 'insufficient_scope' | 'insufficient_claims';
 
@@ -139,7 +141,8 @@ export function toSidecarError(err: unknown): SidecarError {
 
 /** Escapes a value for a quoted-string in WWW-Authenticate (RFC 9110 §5.6.4). */
 function quoted(value: string): string {
-  return '"' + value.replace(/[\\"]/g, (c) => '\\' + c).replace(/[\0-\x08\n-\x1f\x7f]/g, ' ') + '"';
+  const escaped = value.replace(/[\\"]/g, (c) => '\\' + c);
+  return '"' + replaceForbiddenValueChars(escaped, ' ') + '"';
 }
 
 /**

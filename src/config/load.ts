@@ -7,6 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { dirname, basename, join, resolve } from 'node:path';
 import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
 import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
+import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import {
   buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
   type ConfigEntry, type ConfigNode,
@@ -186,9 +187,6 @@ class Binder {
   }
 }
 
-const HEADER_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-/** A field value with a control character (HTAB aside): CR/LF would split the request, NUL truncate it. */
-const HEADER_VALUE_CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
 
 /**
  * Header names `AcquireTokenOptions:ExtraHeadersParameters` may not set on the token request:
@@ -460,12 +458,12 @@ const KNOWN_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS
  * a header cannot carry, here rather than at the first acquisition.
  */
 function tokenRequestHeaders(b: Binder, path: string): Record<string, string> {
-  const headers = b.dictionary(path, (n) => HEADER_TOKEN.test(n));
+  const headers = b.dictionary(path, isToken);
   for (const [name, value] of Object.entries(headers)) {
     if (isReservedTokenRequestHeader(name)) {
       b.error(`${path}:${name} cannot be set: the token request needs that header as the protocol and the token client write it (the reserved names are listed in docs/configuration.md)`);
       delete headers[name];
-    } else if (HEADER_VALUE_CONTROL.test(value)) {
+    } else if (hasForbiddenValueChar(value)) {
       b.error(`${path}:${name} has a control character (such as CR or LF) in its value, which a header cannot carry`);
       delete headers[name];
     }
@@ -477,7 +475,7 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
   const baseUrl = b.explicit(`${p}:BaseUrl`);
   if (baseUrl !== undefined && !httpUrl(baseUrl, ['http:', 'https:'])) b.error(`${p}:BaseUrl must be an absolute http(s) URL`);
   let httpMethod = b.string(`${p}:HttpMethod`) ?? 'GET';
-  if (!HEADER_TOKEN.test(httpMethod)) {
+  if (!isToken(httpMethod)) {
     b.error(`${p}:HttpMethod is not a valid HTTP method`);
   } else if (KNOWN_METHODS.includes(httpMethod.toUpperCase())) {
     httpMethod = httpMethod.toUpperCase();
@@ -515,7 +513,7 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
     acceptHeader: b.string(`${p}:AcceptHeader`) ?? '',
     contentType: b.string(`${p}:ContentType`) ?? '',
     protocolScheme: b.string(`${p}:ProtocolScheme`) ?? '',
-    extraHeaderParameters: b.dictionary(`${p}:ExtraHeaderParameters`, (n) => HEADER_TOKEN.test(n)),
+    extraHeaderParameters: b.dictionary(`${p}:ExtraHeaderParameters`, isToken),
     extraQueryParameters: b.dictionary(`${p}:ExtraQueryParameters`),
     acquireTokenOptions,
     ...(b.bool(`${p}:SignHttpRequest`) ? { signHttpRequest: true } : {}),
@@ -627,9 +625,9 @@ function bindExtAuthz(b: Binder): ExtAuthzOptions {
   if (validateText === 'required' || validateText === 'optional' || validateText === 'none') validate = validateText;
   else b.error(`${s}:Validate must be one of required, optional, none`);
   const injectHeader = (b.string(`${s}:InjectHeader`) ?? '').toLowerCase();
-  if (!HEADER_TOKEN.test(injectHeader)) b.error(`${s}:InjectHeader must be a valid HTTP header name`);
+  if (!isToken(injectHeader)) b.error(`${s}:InjectHeader must be a valid HTTP header name`);
   const claimsToHeaders: Record<string, string> = {};
-  for (const [header, claim] of Object.entries(b.dictionary(`${s}:ClaimsToHeaders`, (n) => HEADER_TOKEN.test(n)))) {
+  for (const [header, claim] of Object.entries(b.dictionary(`${s}:ClaimsToHeaders`, isToken))) {
     if (claim.trim() === '') b.error(`${s}:ClaimsToHeaders:${header} must name a claim`);
     else claimsToHeaders[header.toLowerCase()] = claim.trim();
   }

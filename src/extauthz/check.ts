@@ -14,7 +14,8 @@ import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
 import { authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
-import { defaultPolicy, isHeaderName, routePolicy, type RoutePolicy } from './policy.js';
+import { defaultPolicy, routePolicy, type RoutePolicy } from './policy.js';
+import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 
 // ---- Wire shapes (proto-loader with keepCase, enums as names, longs as strings). ----
 
@@ -112,12 +113,6 @@ const ACCESS_TOKEN_PARAM = Object.freeze(['access_token']) as unknown as string[
 /** A claim header longer than this is omitted: Envoy's default request header limit is 60 KiB in total. */
 const MAX_CLAIM_HEADER_BYTES = 4096;
 const UPPER_CASE = /[A-Z]/;
-/**
- * What Envoy refuses in a header value it is told to set (HeaderUtility::headerValueIsValid, the
- * HTTP/2 codecs' field-value rule: RFC 9110 §5.5): NUL, CR, LF and every other control character but
- * HTAB, and DEL. With `validate_mutations: true` one such value turns the whole allow into a 500.
- */
-const INVALID_HEADER_VALUE = /[\0-\x08\n-\x1f\x7f]/;
 /** Client-sent values that go into log lines are cut to this many characters. */
 const MAX_LOGGED_REQUEST_ID = 128;
 const MAX_LOGGED_PATH = 1024;
@@ -313,7 +308,7 @@ export function createChecker(deps: CheckDeps): Checker {
     ([h, c]) => [h.toLowerCase(), c] as const,
   );
   for (const [header] of claimHeaders) {
-    if (!isHeaderName(header)) throw new Error(`Sidecar:ExtAuthz:ClaimsToHeaders: "${header}" is not a valid header name.`);
+    if (!isToken(header)) throw new Error(`Sidecar:ExtAuthz:ClaimsToHeaders: "${header}" is not a valid header name.`);
   }
   const internalDeny = renderDeny(new SidecarError('internal'), httpStatusNames);
   const allClaimHeaderNames = Object.freeze(claimHeaders.map(([h]) => h)) as unknown as string[];
@@ -463,7 +458,7 @@ export function createChecker(deps: CheckDeps): Checker {
     let injected = false;
     if (token !== undefined) {
       const value = `${token.scheme} ${token.token}`;
-      if (INVALID_HEADER_VALUE.test(value)) throw new SidecarError('internal', 'The acquired token is not a valid header value.');
+      if (hasForbiddenValueChar(value)) throw new SidecarError('internal', 'The acquired token is not a valid header value.');
       headers.push(option(policy.injectHeader, value));
       injected = policy.injectHeader === 'authorization';
     }
@@ -474,7 +469,7 @@ export function createChecker(deps: CheckDeps): Checker {
       const value = claims === undefined ? undefined : claimHeaderValue(claims[claim]);
       if (value === undefined || value === '') {
         headersToRemove.push(header);
-      } else if (INVALID_HEADER_VALUE.test(value) || Buffer.byteLength(value) > MAX_CLAIM_HEADER_BYTES) {
+      } else if (hasForbiddenValueChar(value) || Buffer.byteLength(value) > MAX_CLAIM_HEADER_BYTES) {
         logger.warn({ header, claim }, 'ext_authz omitted a claim header whose value is not a valid header value');
         headersToRemove.push(header);
       } else {

@@ -5,6 +5,7 @@
 import type { ExtAuthzOptions } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import type { AgentSelection } from '../pipeline/types.js';
+import { isToken } from '../net/http-fields.js';
 
 export type ValidateMode = 'required' | 'optional' | 'none';
 
@@ -38,13 +39,6 @@ export const CONTEXT_EXTENSION_KEYS = [
 
 const KNOWN_KEYS: ReadonlySet<string> = new Set(CONTEXT_EXTENSION_KEYS);
 
-/** RFC 9110 §5.6.2 token: what a header field name may be. */
-const HTTP_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-
-/** True when `name` is a valid HTTP header field name (RFC 9110 token). */
-export function isHeaderName(name: string): boolean {
-  return HTTP_TOKEN.test(name);
-}
 
 function splitList(value: string): string[] {
   return value.split(' ').filter((s) => s !== '');
@@ -63,7 +57,7 @@ function parseValidate(source: string, value: string): ValidateMode {
 }
 
 function checkConsistent(policy: RoutePolicy, source: string): RoutePolicy {
-  if (!isHeaderName(policy.injectHeader)) throw new SidecarError('misconfigured', `${source} inject_header is not a valid header name.`);
+  if (!isToken(policy.injectHeader)) throw new SidecarError('misconfigured', `${source} inject_header is not a valid header name.`);
   if (policy.validate === 'none' && (policy.requiredScopes.length > 0 || policy.requiredRoles.length > 0)) {
     throw new SidecarError('misconfigured', `${source} requires scopes or roles but does not validate tokens.`);
   }
