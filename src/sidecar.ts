@@ -6,6 +6,7 @@
  */
 import { describeConfigErrors, loadConfig, processConfigInputs } from './config/load.js';
 import type { SidecarConfig } from './config/types.js';
+import { formatHostPort } from './config/listeners.js';
 import { createLogger, type Logger } from './log.js';
 import { createOutboundAgent, observeOutbound } from './net/outbound.js';
 import { createTokenValidator } from './validation/validator.js';
@@ -94,7 +95,7 @@ async function binding<T>(what: string, addresses: readonly { host: string; port
   try {
     return await start();
   } catch (err) {
-    const where = addresses.map((a) => (a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`)).join(', ');
+    const where = addresses.map((a) => formatHostPort(a.host, a.port)).join(', ');
     const why = err instanceof Error ? err.message : String(err);
     throw new Error(`The ${what} listener could not start on ${where} (${why}); ${remedy}`, { cause: err });
   }

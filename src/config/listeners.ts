@@ -57,6 +57,11 @@ export function parseHostPort(text: string): ParsedListen {
   return { ok: true, address: { host: address, port } };
 }
 
+/** `host:port`, the host in brackets when it is an IPv6 address (parseHostPort's inverse). */
+export function formatHostPort(host: string, port: number): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 /** True when two listeners would fight over the same port (port 0 never collides). */
 export function listenersCollide(a: ListenAddress, b: ListenAddress): boolean {
   if (a.port === 0 || a.port !== b.port) return false;

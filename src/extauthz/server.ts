@@ -5,6 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { SidecarConfig } from '../config/types.js';
+import { formatHostPort } from '../config/listeners.js';
 import { SidecarError } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
@@ -53,10 +54,6 @@ const OVERSIZED: CheckRequest = Object.freeze({}) as CheckRequest;
 
 /** How often Watch streams are re-evaluated (the validator's readiness has no change event). */
 const HEALTH_POLL_MS = 500;
-
-function hostPort(host: string, port: number): string {
-  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
-}
 
 /** Starts the ext_authz gRPC server on `config.sidecar.extAuthz.address`; resolves once it listens. */
 export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzServer> {
@@ -190,14 +187,14 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     new ReflectionService(await loadReflectionPackageDefinition(), { services: [AUTHORIZATION_SERVICE] }).addToServer(server);
   }
 
-  const target = hostPort(options.address.host, options.address.port);
+  const target = formatHostPort(options.address.host, options.address.port);
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, boundPort) => (err ? reject(err) : resolve(boundPort)));
   });
   serving = true;
   const poll = setInterval(() => health.refresh(), HEALTH_POLL_MS);
   poll.unref();
-  const address = hostPort(options.address.host, port);
+  const address = formatHostPort(options.address.host, port);
   logger.info({ address }, 'ext_authz gRPC server listening');
 
   let closing: Promise<void> | undefined;
