@@ -84,6 +84,15 @@ function httpManagers(doc: Obj): Obj[] {
   return out;
 }
 
+/** The cluster each HTTP connection manager's ext_authz filter calls. */
+function extAuthzClusters(doc: Obj): Obj[] {
+  const clusters = new Map<string, Obj>((doc.static_resources.clusters as Obj[]).map((c) => [c.name, c]));
+  return httpManagers(doc).map((hcm) => {
+    const authz = (hcm.http_filters as Obj[]).find((f) => f.typed_config?.['@type'] === EXT_AUTHZ_TYPE)!;
+    return clusters.get(authz.typed_config.grpc_service.envoy_grpc.cluster_name)!;
+  });
+}
+
 describe('Envoy examples (envoy/*.yaml)', function () {
   this.timeout(20_000);
 
@@ -144,11 +153,7 @@ describe('Envoy examples (envoy/*.yaml)', function () {
       });
 
       it('gates Checks on the sidecar\'s health: a health-checked ext_authz cluster never enters panic mode', function () {
-        const doc = load(file);
-        const clusters = new Map<string, Obj>((doc.static_resources.clusters as Obj[]).map((c) => [c.name, c]));
-        for (const hcm of httpManagers(doc)) {
-          const authz = (hcm.http_filters as Obj[]).find((f) => f.typed_config?.['@type'] === EXT_AUTHZ_TYPE)!;
-          const cluster = clusters.get(authz.typed_config.grpc_service.envoy_grpc.cluster_name)!;
+        for (const cluster of extAuthzClusters(load(file))) {
           if (!cluster.health_checks?.length) continue;
           // One host: unhealthy means 0 % healthy, below the default 50 % panic threshold, and in
           // panic Envoy sends to unhealthy hosts too.
@@ -157,11 +162,7 @@ describe('Envoy examples (envoy/*.yaml)', function () {
       });
 
       it('re-checks a health-checked ext_authz cluster that has carried no traffic at least as often as interval', function () {
-        const doc = load(file);
-        const clusters = new Map<string, Obj>((doc.static_resources.clusters as Obj[]).map((c) => [c.name, c]));
-        for (const hcm of httpManagers(doc)) {
-          const authz = (hcm.http_filters as Obj[]).find((f) => f.typed_config?.['@type'] === EXT_AUTHZ_TYPE)!;
-          const cluster = clusters.get(authz.typed_config.grpc_service.envoy_grpc.cluster_name)!;
+        for (const cluster of extAuthzClusters(load(file))) {
           for (const [i, hc] of ((cluster.health_checks ?? []) as Obj[]).entries()) {
             const where = `${cluster.name}: health_checks[${i}]`;
             // Until the cluster has carried traffic Envoy uses no_traffic_interval (default 60 s), and
