@@ -12,7 +12,7 @@ const GRPC_NAMES: Readonly<Record<number, string>> = {
 export function renderErrorReference(): string {
   const rows = (Object.keys(ERROR_TABLE) as ErrorCode[]).map((code) => {
     const s = ERROR_TABLE[code];
-    return `| \`${code}\` | ${s.httpStatus} | ${s.grpcCode} ${GRPC_NAMES[s.grpcCode] ?? ''} | ${s.envoyStatus} | ${s.challenge} | ${s.expose ? 'yes' : 'no'} | ${s.logLevel} | ${s.message} |`;
+    return `| \`${code}\` | ${s.httpStatus} | ${s.grpcCode} ${GRPC_NAMES[s.grpcCode] ?? ''} | ${s.envoyStatus} | ${s.challenge} | ${s.expose ? ((s as { exposeAtEnvoy?: false }).exposeAtEnvoy === false ? 'HTTP API only' : 'yes') : 'no'} | ${s.logLevel} | ${s.message} |`;
   });
   return [
     '# Error codes',
@@ -24,7 +24,10 @@ export function renderErrorReference(): string {
     '`WWW-Authenticate`, as Microsoft\'s sidecar does); ext_authz puts it in the denied response\'s JSON',
     'body `{"code": …, "message": …}` and uses the gRPC code in `CheckResponse.status` (a deny is always a',
     'successful RPC). "detail shown" says whether the specific detail may reach the caller; otherwise',
-    'the caller sees the message below and the detail goes to the log.',
+    'the caller sees the message below and the detail goes to the log. "HTTP API only": Entra\'s own',
+    'description (which names the sidecar\'s app id, tenant and trace ids) is shown to the app on the',
+    'loopback HTTP API, as Microsoft\'s sidecar does, but never in an Envoy deny, which any client behind',
+    'the proxy reads.',
     '',
     '| code | HTTP status | ext_authz status.code | Envoy HTTP status | WWW-Authenticate | detail shown | log level | message |',
     '|---|---|---|---|---|---|---|---|',

@@ -19,6 +19,12 @@ export interface ErrorSpec {
   readonly challenge: ChallengeKind;
   /** Whether the SidecarError detail may be shown to the caller; otherwise only `message`. */
   readonly expose: boolean;
+  /**
+   * `false`: the detail is shown on the identity HTTP API (loopback, the app; Microsoft's sidecar
+   * shows Entra's description there) but not in an Envoy deny, whose reader is any client behind the
+   * proxy: Entra's descriptions name the sidecar's app id, tenant and certificate thumbprint.
+   */
+  readonly exposeAtEnvoy?: false;
   /** The safe, stable message for the caller. */
   readonly message: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
@@ -67,12 +73,12 @@ export const ERROR_TABLE = {
   // Options and acquisition.
   scopes_missing: { httpStatus: 400, grpcCode: INTERNAL, envoyStatus: 500, challenge: 'none', expose: true, message: 'No scopes found.', logLevel: 'info' },
   api_not_configured: { httpStatus: 400, grpcCode: INTERNAL, envoyStatus: 500, challenge: 'none', expose: true, message: 'The downstream API is not configured.', logLevel: 'error' },
-  acquisition_ui_required: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'insufficient_claims', expose: true, message: 'User interaction is required.', logLevel: 'info' },
-  acquisition_rejected: { httpStatus: 401, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: true, message: 'Entra ID refused the token request.', logLevel: 'warn' },
+  acquisition_ui_required: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'insufficient_claims', expose: true, exposeAtEnvoy: false, message: 'User interaction is required.', logLevel: 'info' },
+  acquisition_rejected: { httpStatus: 401, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: true, exposeAtEnvoy: false, message: 'Entra ID refused the token request.', logLevel: 'warn' },
   // Entra answered 5xx or something that is not a token response: on HTTP an MsalServiceException
   // (401, as Microsoft's sidecar answers); at Envoy a retryable 503, not a refusal.
-  acquisition_upstream_failed: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, message: 'Entra ID failed to answer the token request.', logLevel: 'warn' },
-  acquisition_throttled: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, message: 'Entra ID is throttling token requests.', logLevel: 'warn' },
+  acquisition_upstream_failed: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, exposeAtEnvoy: false, message: 'Entra ID failed to answer the token request.', logLevel: 'warn' },
+  acquisition_throttled: { httpStatus: 401, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, exposeAtEnvoy: false, message: 'Entra ID is throttling token requests.', logLevel: 'warn' },
   acquisition_unavailable: { httpStatus: 500, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: false, message: 'An unexpected error occurred.', logLevel: 'warn' },
 
   // Downstream API calls.
@@ -130,6 +136,12 @@ export class SidecarError extends Error {
   get publicMessage(): string {
     const spec = ERROR_TABLE[this.code];
     return spec.expose && this.detail !== undefined ? this.detail : spec.message;
+  }
+
+  /** What a client behind Envoy may read (see ErrorSpec.exposeAtEnvoy). */
+  get envoyMessage(): string {
+    const spec: ErrorSpec = ERROR_TABLE[this.code];
+    return spec.exposeAtEnvoy === false ? spec.message : this.publicMessage;
   }
 }
 

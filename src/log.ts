@@ -6,12 +6,13 @@ import { pino, type Logger, type DestinationStream } from 'pino';
 
 export type { Logger } from 'pino';
 
-/** Field names whose values are always replaced with "[redacted]", at any of the first three levels. */
+/** Field names whose values are always replaced with "[redacted]", at any of the first four levels. */
 const SECRET_FIELDS = [
-  'authorization', 'Authorization', 'token', 'accessToken', 'access_token', 'refresh_token', 'id_token',
+  'authorization', 'Authorization', 'AUTHORIZATION', 'authorizationHeader', 'token', 'accessToken', 'access_token',
+  'refresh_token', 'refreshToken', 'id_token', 'idToken',
   'assertion', 'client_assertion', 'clientAssertion', 'secret', 'clientSecret', 'client_secret',
-  'password', 'certificatePassword', 'privateKey', 'private_key', 'cookie', 'set-cookie',
-  'x-identity-header', 'user_federated_identity_credential',
+  'password', 'certificatePassword', 'privateKey', 'private_key', 'keyPem', 'base64EncodedValue',
+  'cookie', 'Cookie', 'set-cookie', 'x-identity-header', 'user_federated_identity_credential',
 ];
 
 function redactPaths(): string[] {
@@ -19,9 +20,23 @@ function redactPaths(): string[] {
   for (const f of SECRET_FIELDS) {
     const key = /^[A-Za-z_$][\w$]*$/.test(f) ? f : `["${f}"]`;
     const dotted = key.startsWith('[') ? key : `.${key}`;
-    paths.push(key.startsWith('[') ? key : f, `*${dotted}`, `*.*${dotted}`);
+    paths.push(key.startsWith('[') ? key : f, `*${dotted}`, `*.*${dotted}`, `*.*.*${dotted}`);
   }
   return paths;
+}
+
+/** A JWS or JWE anywhere in a text (an upstream error can echo one back). */
+const TOKEN_LIKE = /eyJ[\w-]*(?:\.[\w-]*){2,4}/g;
+
+/** `text` with anything token-shaped replaced by "[redacted]". */
+export function redactTokens(text: string): string {
+  return text.replace(TOKEN_LIKE, '[redacted]');
+}
+
+/** An error's name and message for a log line: token-shaped text cut out, at most 500 characters. */
+export function safeCause(cause: Error): string {
+  const text = redactTokens(`${cause.name}: ${cause.message}`);
+  return text.length > 500 ? text.slice(0, 500) + '…' : text;
 }
 
 /** Creates the process logger. `destination` is for tests; production writes to stdout. */

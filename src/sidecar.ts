@@ -165,7 +165,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     service: 'entra-sidecar',
     event: 'listening',
     http: http.addresses,
-    extAuthz: extAuthz ? { host: extAuthz.address.slice(0, extAuthz.address.lastIndexOf(':')), port: extAuthz.port } : null,
+    extAuthz: extAuthz ? { host: extAuthz.host, port: extAuthz.port } : null,
     management: management ? { host: management.host, port: management.port } : null,
     environment: config.environment.name,
     version: VERSION,

@@ -16,7 +16,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import type { AuthenticationResult, ConfidentialClientApplication } from '@azure/msal-node';
-import type { Logger } from '../log.js';
+import { redactTokens, type Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
@@ -136,11 +136,9 @@ function requestExtrasDigest(query: Readonly<Record<string, string>>, headers: R
   return q.length === 0 && h.length === 0 ? undefined : sha256(JSON.stringify([q, h]));
 }
 
-const JWT_LIKE = /eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*/g;
-
 /** An msal/Entra message fit to show a caller: Entra never echoes credentials, but strip anything JWT-shaped anyway. */
 function safeMessage(err: Error): string {
-  const m = err.message.replace(JWT_LIKE, '[redacted]');
+  const m = redactTokens(err.message);
   return m.length > 2000 ? `${m.slice(0, 2000)}…` : m;
 }
 
@@ -242,12 +240,11 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   // The sidecar's own PoP key for SignHttpRequest APIs; a bad Sidecar:Pop:KeyFile fails here, at start.
   const httpRequestSigner = createHttpRequestSigner(config.sidecar.pop?.keyFile);
 
-
   const loggerOptions: MsalLoggerOptions = {
     piiLoggingEnabled: false,
     // msal's own lines (no PII enabled) go to debug: they name endpoints and error codes, never tokens.
     loggerCallback: (_level, message, containsPii) => {
-      if (!containsPii) logger.debug({ component: 'msal' }, message.replace(JWT_LIKE, '[redacted]'));
+      if (!containsPii) logger.debug({ component: 'msal' }, redactTokens(message));
     },
   };
   const networkClient = createMsalNetworkClient(agent, { timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++ });

@@ -4,6 +4,7 @@
  * (ASPNETCORE_HTTP_PORTS), and our `host:port` for the ext_authz gRPC listener. Plain HTTP only.
  */
 import { isIP } from 'node:net';
+import { ANY_HOST } from '../net/listen.js';
 import type { ListenAddress } from './types.js';
 
 export type ParsedListen = { ok: true; address: ListenAddress } | { ok: false; problem: string };
@@ -11,8 +12,10 @@ export type ParsedListen = { ok: true; address: ListenAddress } | { ok: false; p
 /** Maps an ASP.NET host spelling to the address Node should bind. */
 function bindHost(host: string): string | undefined {
   const h = host.toLowerCase();
-  // `+` and `*` are Kestrel's "any address"; IPv4 any binds everywhere, also where IPv6 is disabled.
-  if (h === '+' || h === '*' || h === '0.0.0.0') return '0.0.0.0';
+  // `+` and `*` are Kestrel's ListenAnyIP: a dual-stack `::` (IPv4 only where the host has no IPv6,
+  // net/listen.ts). An explicit 0.0.0.0 stays IPv4 only, as in Kestrel.
+  if (h === '+' || h === '*') return ANY_HOST;
+  if (h === '0.0.0.0') return '0.0.0.0';
   if (h === 'localhost') return '127.0.0.1';
   if (h.startsWith('[') && h.endsWith(']')) {
     const inner = h.slice(1, -1);

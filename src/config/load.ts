@@ -8,6 +8,7 @@ import { dirname, basename, join, resolve } from 'node:path';
 import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
 import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
+import { ANY_HOST } from '../net/listen.js';
 import {
   buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
   type ConfigEntry, type ConfigNode,
@@ -726,7 +727,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     },
     management: {
       enabled: mgmtEnabled,
-      address: mgmt.ok ? mgmt.address : { host: '0.0.0.0', port: 9090 },
+      address: mgmt.ok ? mgmt.address : { host: ANY_HOST, port: 9090 },
       gcMetrics: b.bool('Sidecar:Management:GcMetrics'),
     },
     extAuthz: bindExtAuthz(b),

@@ -9,7 +9,7 @@ import { setMaxListeners } from 'node:events';
 import type { ExtAuthzOptions } from '../config/types.js';
 import { SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
-import type { Logger } from '../log.js';
+import { safeCause, type Logger } from '../log.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
 import { authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
@@ -215,14 +215,6 @@ export function claimHeaderValue(value: unknown): string | undefined {
 }
 
 /** A JWS/JWE-shaped run of base64url segments. */
-const TOKEN_LIKE = /eyJ[\w-]*(?:\.[\w-]*){2,4}/g;
-
-/** An unexpected error's name and message for the log, with anything token-shaped cut out. */
-function safeCause(cause: Error): string {
-  const text = `${cause.name}: ${cause.message}`.replace(TOKEN_LIKE, '[redacted]');
-  return text.length > 500 ? text.slice(0, 500) + '…' : text;
-}
-
 function pathWithoutQuery(path: string): string {
   const q = path.indexOf('?');
   return q < 0 ? path : path.slice(0, q);
@@ -592,7 +584,7 @@ export function renderDeny(err: SidecarError, httpStatusNames: ReadonlyMap<numbe
 
 function buildDeny(err: SidecarError, httpStatusNames: ReadonlyMap<number, string>): CheckResponse {
   const spec = err.spec;
-  const message = err.publicMessage;
+  const message = err.envoyMessage;
   const headers = [option('content-type', 'application/json'), option('cache-control', 'no-store')];
   const challenge = wwwAuthenticate(err);
   if (challenge !== undefined) headers.push(option('www-authenticate', challenge));

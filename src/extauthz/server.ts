@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { SidecarConfig } from '../config/types.js';
 import { formatHostPort } from '../config/listeners.js';
+import { bindWithFallback } from '../net/listen.js';
 import { SidecarError } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
 import type { Logger } from '../log.js';
@@ -28,6 +29,8 @@ export interface ExtAuthzDeps {
 }
 
 export interface ExtAuthzServer {
+  /** The bound host (`0.0.0.0` when `::` fell back on a host without IPv6). */
+  host: string;
   /** The bound port (the real one when the configured port is 0). */
   port: number;
   /** `host:port` as bound. */
@@ -187,18 +190,22 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     new ReflectionService(await loadReflectionPackageDefinition(), { services: [AUTHORIZATION_SERVICE] }).addToServer(server);
   }
 
-  const target = formatHostPort(options.address.host, options.address.port);
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, boundPort) => (err ? reject(err) : resolve(boundPort)));
+  let boundHost = options.address.host;
+  const port = await bindWithFallback(options.address.host, (host) => {
+    boundHost = host;
+    return new Promise<number>((resolve, reject) => {
+      server.bindAsync(formatHostPort(host, options.address.port), grpc.ServerCredentials.createInsecure(), (err, boundPort) => (err ? reject(err) : resolve(boundPort)));
+    });
   });
   serving = true;
   const poll = setInterval(() => health.refresh(), HEALTH_POLL_MS);
   poll.unref();
-  const address = formatHostPort(options.address.host, port);
+  const address = formatHostPort(boundHost, port);
   logger.info({ address }, 'ext_authz gRPC server listening');
 
   let closing: Promise<void> | undefined;
   return {
+    host: boundHost,
     port,
     address,
     setServing(value) {

@@ -7,11 +7,12 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import type { Logger } from '../log.js';
+import { safeCause, type Logger } from '../log.js';
 import { toSidecarError } from '../errors.js';
 import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
 import { ROUTES, type Route, type RouteContext, type RouteDeps } from './routes.js';
 import { isLoopback } from './loopback.js';
+import { listenTcp } from '../net/listen.js';
 
 export interface HttpApiServer {
   readonly servers: readonly Server[];
@@ -186,7 +187,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     if (e.code.startsWith('token_')) deps.metrics.countValidationFailure(e.code);
     const level = e.spec.logLevel;
     const requestId = req.headers['x-request-id'];
-    logger[level]({ code: e.code, route: routeName, ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {}), err: e.cause instanceof Error ? { type: e.cause.name, message: e.cause.message } : undefined, detail: e.detail }, 'request failed');
+    logger[level]({ code: e.code, route: routeName, ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {}), cause: e.cause instanceof Error ? safeCause(e.cause) : undefined, detail: e.detail }, 'request failed');
     if (res.headersSent) {
       res.destroy();
       return;
@@ -234,13 +235,7 @@ export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
         socket.destroy();
       }
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(listen.port, listen.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    await listenTcp(server, listen);
     const info = server.address() as AddressInfo;
     servers.push(server);
     addresses.push({ host: info.address, port: info.port });

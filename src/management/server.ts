@@ -9,6 +9,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { ListenAddress } from '../config/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { listenTcp } from '../net/listen.js';
 
 /** What readiness reports: not ready while anything in `reasons` stands in the way. */
 export interface Readiness {
@@ -133,14 +134,7 @@ export async function startManagementServer(deps: ManagementServerDeps): Promise
     else socket.destroy();
   });
 
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    server.once('error', onError);
-    server.listen(deps.address.port, deps.address.host, () => {
-      server.off('error', onError);
-      resolve();
-    });
-  });
+  await listenTcp(server, deps.address);
   const bound = server.address() as AddressInfo;
   logger.debug({ event: 'management_listening', host: bound.address, port: bound.port }, 'management listener is up');
 

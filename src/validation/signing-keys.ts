@@ -1,6 +1,6 @@
 /**
  * Entra signing keys and issuers: the v2 OpenID metadata (`jwks_uri`, v2 `issuer`), the v1 metadata
- * (v1 `issuer`), and the JWKS, imported once as KeyObjects. Shaped like jose's createRemoteJWKSet
+ * (v1 `issuer`; optional, see loadMetadata), and the JWKS, imported once as KeyObjects. Shaped like jose's createRemoteJWKSet
  * (STYLE "Remote calls"): one in-flight load shared by every caller, a re-fetch on an unknown `kid`
  * at most once per cooldown, periodic refresh, stale keys kept when a refresh fails, and sequence
  * numbers so an older load never overwrites a newer one. Every fetch goes through net/outbound
@@ -33,7 +33,7 @@ export interface SigningKeySet {
   readonly byKid: ReadonlyMap<string, SigningKey>;
   readonly byX5t: ReadonlyMap<string, SigningKey>;
   readonly all: readonly SigningKey[];
-  /** v1 metadata `issuer`, e.g. `https://sts.windows.net/{tenantid}/`. */
+  /** v1 metadata `issuer`, e.g. `https://sts.windows.net/{tenantid}/`; empty while it could not be read. */
   readonly v1Issuer: string;
   /** v2 metadata `issuer`, e.g. `https://login.microsoftonline.com/{tenantid}/v2.0`. */
   readonly v2Issuer: string;
@@ -134,6 +134,8 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
 
   let snapshot: SigningKeySet | undefined;
   let metadata: { v1Issuer: string; v2Issuer: string; jwksUri: string } | undefined;
+  /** The last full load could not read the v1 metadata: retry on the failure schedule, not daily. */
+  let v1Missing = false;
   let inflight: Promise<SigningKeySet> | undefined;
   let lastSeq = 0;
   let lastUnknownKidFetchAt = Number.NEGATIVE_INFINITY;
@@ -161,15 +163,30 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
     return doc as Record<string, unknown>;
   }
 
-  async function loadMetadata(): Promise<{ v1Issuer: string; v2Issuer: string; jwksUri: string }> {
+  /**
+   * The v2 metadata is required (issuer and jwks_uri). The v1 metadata only names the v1 issuer: like
+   * AadIssuerValidator, which reads each version's metadata on its own, a failure there does not hold
+   * back the keys or v2 tokens. The last v1 issuer read is kept; with none yet, v1-form tokens are
+   * refused (`v1Issuer` empty) until a retry reads it.
+   */
+  async function loadMetadata(): Promise<{ v1Issuer: string; v2Issuer: string; jwksUri: string; v1Missing: boolean }> {
     metadataFetches += 2;
-    const [v2, v1] = await Promise.all([getJson(urls.v2, 'v2 OpenID metadata'), getJson(urls.v1, 'v1 OpenID metadata')]);
+    const [v2Result, v1Result] = await Promise.allSettled([getJson(urls.v2, 'v2 OpenID metadata'), getJson(urls.v1, 'v1 OpenID metadata')]);
+    if (v2Result.status === 'rejected') throw v2Result.reason;
+    const v2 = v2Result.value;
     if (typeof v2.issuer !== 'string' || typeof v2.jwks_uri !== 'string') throw new Error('v2 OpenID metadata lacks issuer or jwks_uri');
-    if (typeof v1.issuer !== 'string') throw new Error('v1 OpenID metadata lacks issuer');
     const jwks = new URL(v2.jwks_uri);
     // A plain-http jwks_uri is only followed when the metadata itself came over http (loopback tests).
     if (jwks.protocol !== 'https:' && jwks.protocol !== new URL(urls.v2).protocol) throw new Error('jwks_uri is not https');
-    return { v1Issuer: v1.issuer, v2Issuer: v2.issuer, jwksUri: jwks.href };
+    let v1Issuer: string | undefined;
+    let v1Error: string | undefined;
+    if (v1Result.status === 'rejected') v1Error = (v1Result.reason as Error).message;
+    else if (typeof v1Result.value.issuer !== 'string' || v1Result.value.issuer === '') v1Error = 'v1 OpenID metadata lacks issuer';
+    else v1Issuer = v1Result.value.issuer;
+    if (v1Error !== undefined) {
+      log.warn({ err: v1Error, keepingPrevious: metadata !== undefined && metadata.v1Issuer !== '' }, 'v1 OpenID metadata could not be read; v1 tokens are refused until it is');
+    }
+    return { v1Issuer: v1Issuer ?? metadata?.v1Issuer ?? '', v2Issuer: v2.issuer, jwksUri: jwks.href, v1Missing: v1Issuer === undefined };
   }
 
   async function loadKeys(jwksUri: string): Promise<SigningKey[]> {
@@ -189,7 +206,8 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
 
   async function load(withMetadata: boolean): Promise<SigningKeySet> {
     const seq = ++lastSeq;
-    const meta = withMetadata || metadata === undefined ? await loadMetadata() : metadata;
+    const loaded = withMetadata || metadata === undefined ? await loadMetadata() : undefined;
+    const meta = loaded ? { v1Issuer: loaded.v1Issuer, v2Issuer: loaded.v2Issuer, jwksUri: loaded.jwksUri } : metadata!;
     const keys = await loadKeys(meta.jwksUri);
     const byKid = new Map<string, SigningKey>();
     const byX5t = new Map<string, SigningKey>();
@@ -202,6 +220,7 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
     if (snapshot !== undefined && snapshot.seq > seq) return snapshot;
     const previous = snapshot;
     metadata = meta;
+    if (loaded) v1Missing = loaded.v1Missing;
     snapshot = next;
     log.debug({ keyCount: keys.length, seq }, 'signing keys loaded');
     opts.onChange?.(previous, next);
@@ -237,6 +256,12 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
   async function tick(): Promise<void> {
     try {
       await shared(true);
+      if (v1Missing) {
+        // Keys and v2 tokens are fine; only the v1 issuer is missing: read it again soon.
+        schedule(retryDelayMs);
+        retryDelayMs = Math.min(retryDelayMs * 2, retryMaxMs);
+        return;
+      }
       retryDelayMs = retryInitialMs;
       schedule(opts.refreshIntervalSec * 1000);
     } catch (err) {

@@ -257,7 +257,7 @@ describe('config: listener addresses', () => {
     const { Kestrel__Endpoints__Http__Url: _b, ...noKestrel } = noOurs;
     expect(ok(load(noKestrel)).sidecar.http.listen).to.deep.equal([{ host: '127.0.0.1', port: 7003 }]);
     const { ASPNETCORE_URLS: _c, ...portsOnly } = noKestrel;
-    expect(ok(load(portsOnly)).sidecar.http.listen).to.deep.equal([{ host: '0.0.0.0', port: 7004 }]);
+    expect(ok(load(portsOnly)).sidecar.http.listen).to.deep.equal([{ host: '::', port: 7004 }]);
   });
 
   it('binds every named Kestrel endpoint', () => {
@@ -265,17 +265,17 @@ describe('config: listener addresses', () => {
     expect(cfg.sidecar.http.listen).to.deep.equal([{ host: '127.0.0.1', port: 7010 }, { host: '::1', port: 7011 }]);
   });
 
-  it('maps ASPNETCORE_URLS hosts: + and * to all IPv4 interfaces, [::] to all IPv6, localhost to 127.0.0.1', () => {
-    const cfg = ok(load({ ASPNETCORE_URLS: 'http://+:7020; http://*:7021;http://[::]:7022;http://localhost:7023/;http://10.1.2.3' }));
+  it('maps ASPNETCORE_URLS hosts: + and * to every interface of both families (::), 0.0.0.0 to IPv4 only, localhost to 127.0.0.1', () => {
+    const cfg = ok(load({ ASPNETCORE_URLS: 'http://+:7020; http://*:7021;http://[::]:7022;http://localhost:7023/;http://10.1.2.3;http://0.0.0.0:7024' }));
     expect(cfg.sidecar.http.listen).to.deep.equal([
-      { host: '0.0.0.0', port: 7020 }, { host: '0.0.0.0', port: 7021 }, { host: '::', port: 7022 },
-      { host: '127.0.0.1', port: 7023 }, { host: '10.1.2.3', port: 80 },
+      { host: '::', port: 7020 }, { host: '::', port: 7021 }, { host: '::', port: 7022 },
+      { host: '127.0.0.1', port: 7023 }, { host: '10.1.2.3', port: 80 }, { host: '0.0.0.0', port: 7024 },
     ]);
   });
 
   it('reads ASPNETCORE_HTTP_PORTS as a comma or semicolon list on all interfaces', () => {
     const cfg = ok(load({ ASPNETCORE_HTTP_PORTS: '8080, 8081;8082' }));
-    expect(cfg.sidecar.http.listen.map((l) => `${l.host}:${l.port}`)).to.deep.equal(['0.0.0.0:8080', '0.0.0.0:8081', '0.0.0.0:8082']);
+    expect(cfg.sidecar.http.listen).to.deep.equal([8080, 8081, 8082].map((port) => ({ host: '::', port })));
     expectError(errorsOf(load({ ASPNETCORE_HTTP_PORTS: '80a' })), 'ASPNETCORE_HTTP_PORTS', 'list of ports');
   });
 
@@ -291,9 +291,9 @@ describe('config: listener addresses', () => {
     expect(cfg.sidecar.extAuthz.address).to.deep.equal({ host: '127.0.0.1', port: 0 });
   });
 
-  it('defaults management to http://0.0.0.0:9090 (no GC histogram) and ext_authz to 127.0.0.1:9191, both enabled, and lets them be disabled', () => {
+  it('defaults management to http://+:9090, every interface of both families (no GC histogram) and ext_authz to 127.0.0.1:9191, both enabled, and lets them be disabled', () => {
     const cfg = ok(load());
-    expect(cfg.sidecar.management).to.deep.equal({ enabled: true, address: { host: '0.0.0.0', port: 9090 }, gcMetrics: false });
+    expect(cfg.sidecar.management).to.deep.equal({ enabled: true, address: { host: '::', port: 9090 }, gcMetrics: false });
     expect(ok(load({ Sidecar__Management__GcMetrics: 'true' })).sidecar.management.gcMetrics).to.equal(true);
     expect(errorsOf(load({ Sidecar__Management__GcMetrics: 'sometimes' })).join('\n')).to.contain('Sidecar:Management:GcMetrics');
     expect(cfg.sidecar.extAuthz.enabled).to.equal(true);

@@ -3,12 +3,11 @@
  * acquirer against the emulator (issue 5 acceptance): Envoy-shaped requests in, full CheckResponses out.
  */
 import { expect } from 'chai';
-import * as grpc from '@grpc/grpc-js';
 import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
 import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
 import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
-import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv } from '../helpers/e2e.js';
 import { applyOkResponse, check, envoyCheckRequest, headerMap } from '../extauthz/fixtures.js';
 
 function apis(): Record<string, string> {
@@ -20,23 +19,6 @@ function apis(): Record<string, string> {
     'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-tid': 'tid',
     'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-scp': 'scp',
   };
-}
-
-/** grpc.health.v1.Health/Check with a hand-rolled codec (the messages are two tiny protobufs). */
-function healthCheck(address: string, service: string): Promise<string> {
-  const client = new grpc.Client(address, grpc.credentials.createInsecure());
-  const encode = (s: string) => {
-    const b = Buffer.from(s);
-    return b.length === 0 ? Buffer.alloc(0) : Buffer.concat([Buffer.from([0x0a, b.length]), b]);
-  };
-  const decode = (buf: Buffer) => (buf.length >= 2 && buf[0] === 0x08 ? ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN'][buf[1]] : 'UNKNOWN');
-  return new Promise((resolve, reject) => {
-    client.makeUnaryRequest('/grpc.health.v1.Health/Check', encode, (b: Buffer) => b, service, { deadline: Date.now() + 2000 }, (err, res) => {
-      client.close();
-      if (err) reject(err);
-      else resolve(decode(res as Buffer));
-    });
-  });
 }
 
 describe('ext_authz Check (built sidecar against the emulator)', function () {
@@ -157,6 +139,30 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'orders' } }));
     expect(res.status.code).to.equal(14);
     expect(res.denied_response.status.code).to.equal('ServiceUnavailable');
+    emu.clearFaults();
+  });
+
+  it("keeps Entra's error description (app id, tenant, trace ids) out of an Envoy deny, which any client reads; the loopback HTTP API shows it as Microsoft's does", async () => {
+    emu.fault({ route: 'token', error: 'invalid_client', aadsts: 7000215, count: 1 });
+    const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'orders' } }));
+    expect(res.status.code).to.equal(7);
+    expect(res.denied_response.status.code).to.equal('Forbidden');
+    expect(JSON.parse(res.denied_response.body)).to.deep.equal({ code: 'acquisition_rejected', message: 'Entra ID refused the token request.' });
+    expect(res.status.message).to.equal('Entra ID refused the token request.');
+    emu.fault({ route: 'token', error: 'invalid_client', aadsts: 7000215, count: 1 });
+    const http = await call(`${sidecar.url}/AuthorizationHeader/orders`, { token: await user() });
+    expect(http.status).to.equal(401);
+    expect(http.json().code).to.equal('acquisition_rejected');
+    expect(http.json().detail).to.contain('AADSTS7000215');
+    // An upstream error that echoes something token-shaped is redacted in the answer and in every log line.
+    emu.fault({ route: 'token', error: 'eyJhbGciOiJub25lIn0.eyJTRUNSRVQiOiJ4In0.ECHOEDSIGNATURE123', count: 2 });
+    const echoed = await call(`${sidecar.url}/AuthorizationHeader/orders`, { token: await user() });
+    expect(echoed.status).to.equal(401);
+    await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'orders' } }));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(echoed.text).not.to.contain('ECHOEDSIGNATURE123');
+    expect(sidecar.lines.filter((l) => l.includes('ECHOEDSIGNATURE123'))).to.deep.equal([]);
+    expect(sidecar.lines.some((l) => l.includes('"code":"acquisition_rejected"') && l.includes('[redacted]'))).to.equal(true);
     emu.clearFaults();
   });
 

@@ -2,6 +2,7 @@
  * Wiring for end-to-end tests: environment variables that point the built sidecar at a running
  * emulator (nothing else configures it), and small HTTP helpers.
  */
+import * as grpc from '@grpc/grpc-js';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { startSidecar, type RunningSidecar } from './sidecar.js';
 
@@ -88,4 +89,21 @@ export function withEmulatorAndSidecars(base: (emu: Emulator) => Record<string, 
       return s;
     },
   };
+}
+
+/** grpc.health.v1.Health/Check with a hand-rolled codec (the messages are two tiny protobufs). */
+export function healthCheck(address: string, service: string): Promise<string> {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  const encode = (s: string) => {
+    const b = Buffer.from(s);
+    return b.length === 0 ? Buffer.alloc(0) : Buffer.concat([Buffer.from([0x0a, b.length]), b]);
+  };
+  const decode = (buf: Buffer) => (buf.length >= 2 && buf[0] === 0x08 ? ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN'][buf[1]] : 'UNKNOWN');
+  return new Promise((resolve, reject) => {
+    client.makeUnaryRequest('/grpc.health.v1.Health/Check', encode, (b: Buffer) => b, service, { deadline: Date.now() + 2000 }, (err, res) => {
+      client.close();
+      if (err) reject(err);
+      else resolve(decode(res as Buffer));
+    });
+  });
 }

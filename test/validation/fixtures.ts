@@ -74,6 +74,8 @@ export interface FakeEntra {
   keys: TestSigningKey[];
   /** Whether a route answers 503 (simulates an outage). */
   down: boolean;
+  /** Whether only the v1 metadata answers 503. */
+  v1Down: boolean;
   readonly hits: { metadataV2: number; metadataV1: number; jwks: number };
   close(): Promise<void>;
 }
@@ -98,6 +100,7 @@ export async function startFakeEntra(initialKeys: TestSigningKey[] = [makeSignin
     v1Issuer: (t) => `${origin}/${tenantSegment(t)}/`,
     keys: initialKeys,
     down: false,
+    v1Down: false,
     hits: { metadataV2: 0, metadataV1: 0, jwks: 0 },
     close: async () => {
       server.closeAllConnections();
@@ -116,7 +119,7 @@ export async function startFakeEntra(initialKeys: TestSigningKey[] = [makeSignin
     if (route.startsWith('v2.0')) state.hits.metadataV2++;
     else if (route.startsWith('.well-known')) state.hits.metadataV1++;
     else state.hits.jwks++;
-    if (state.down) return json(res, 503, { error: 'temporarily_unavailable' });
+    if (state.down || (state.v1Down && route.startsWith('.well-known'))) return json(res, 503, { error: 'temporarily_unavailable' });
     if (route.startsWith('v2.0')) return json(res, 200, { issuer: state.v2Issuer(tenant), jwks_uri: `${origin}/${tenant}/discovery/v2.0/keys`, token_endpoint: `${origin}/${tenant}/oauth2/v2.0/token` });
     if (route.startsWith('.well-known')) return json(res, 200, { issuer: state.v1Issuer(tenant), jwks_uri: `${origin}/${tenant}/discovery/keys` });
     const template = `${origin}/{tenantid}/v2.0`;

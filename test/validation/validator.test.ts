@@ -52,6 +52,7 @@ describe('token validator', function () {
     clockMs = Date.now();
     entra.keys = [key];
     entra.down = false;
+    entra.v1Down = false;
   });
   afterEach(function () {
     for (const v of validators.splice(0)) v.close();
@@ -324,6 +325,31 @@ describe('token validator', function () {
       expect((await v.validate(token)).tenantId).to.equal(TENANT);
       // An unknown kid during the outage still fails as unknown, not as unavailable.
       await expectCode(v.validate(await mint(entra, { key: makeSigningKey(), nowSec: nowSec() })), 'token_key_unknown');
+    });
+
+    it('becomes ready and accepts v2 tokens while only the v1 metadata is down, refuses v1 tokens until a retry reads it', async function () {
+      entra.v1Down = true;
+      const v = await started({}, { signingKeysRefreshIntervalSec: 1 });
+      expect(v.ready()).to.equal(true);
+      await v.validate(await mint(entra, { key, nowSec: nowSec() }));
+      const v1Token = await mint(entra, { key, version: '1.0', nowSec: nowSec() });
+      await expectCode(v.validate(v1Token), 'token_issuer_invalid');
+      // The failure schedule (20 ms here), not the daily refresh, reads it again.
+      const v1Hits = entra.hits.metadataV1;
+      entra.v1Down = false;
+      const deadline = Date.now() + 3000;
+      while (entra.hits.metadataV1 === v1Hits && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 50));
+      expect((await v.validate(v1Token)).version).to.equal('1.0');
+      // Once read, a later v1 failure (the periodic refresh, 1 s here) keeps the issuer already known.
+      entra.v1Down = true;
+      const hitsBefore = entra.hits.metadataV1;
+      const until = Date.now() + 4000;
+      while (entra.hits.metadataV1 === hitsBefore && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(entra.hits.metadataV1).to.be.greaterThan(hitsBefore);
+      const later = await mint(entra, { key, version: '1.0', claims: { jti: 'later' }, nowSec: nowSec() });
+      expect((await v.validate(later)).version).to.equal('1.0');
     });
 
     it('answers signing_keys_unavailable and is not ready until the keys can be loaded, then recovers in the background', async function () {
