@@ -100,12 +100,16 @@ export function routePolicy(defaults: RoutePolicy, ext: Readonly<Record<string, 
   if (!agentIdentity && (ext.agent_username || ext.agent_user_id)) {
     throw new SidecarError('misconfigured', 'context_extensions agent_username/agent_user_id need agent_identity.');
   }
+  const validate = ext.validate !== undefined ? parseValidate('context_extensions', ext.validate) : defaults.validate;
+  // A route that turns validation off (`/public`, egress) does not inherit the default required scopes
+  // and roles, which it could never check; only rules it names itself make it a misconfiguration.
+  const inheritsRules = ext.validate === undefined || validate !== 'none';
   const policy: RoutePolicy = {
-    validate: ext.validate !== undefined ? parseValidate('context_extensions', ext.validate) : defaults.validate,
+    validate,
     downstreamApi: ext.downstream_api !== undefined ? ext.downstream_api || undefined : defaults.downstreamApi,
     injectHeader: ext.inject_header !== undefined ? ext.inject_header.toLowerCase() : defaults.injectHeader,
-    requiredScopes: ext.required_scopes !== undefined ? splitList(ext.required_scopes) : defaults.requiredScopes,
-    requiredRoles: ext.required_roles !== undefined ? splitList(ext.required_roles) : defaults.requiredRoles,
+    requiredScopes: ext.required_scopes !== undefined ? splitList(ext.required_scopes) : inheritsRules ? defaults.requiredScopes : [],
+    requiredRoles: ext.required_roles !== undefined ? splitList(ext.required_roles) : inheritsRules ? defaults.requiredRoles : [],
     requireAll: ext.require_all !== undefined ? parseBool('require_all', ext.require_all) : defaults.requireAll,
     stripInboundAuthorization:
       ext.strip_inbound_authorization !== undefined

@@ -141,6 +141,22 @@ describe('ext_authz Check', function () {
       expectDeny(tricky, 16, 'Unauthorized', 'credential_missing');
     });
 
+    it('validate=none routes do not inherit the default required scopes and roles (public and egress routes keep working)', async function () {
+      const scoped = await startHarness({ requiredScopes: ['access_as_user'], requiredRoles: ['Reader'] });
+      try {
+        const open = await check(scoped.client, envoyCheckRequest({ path: '/public', contextExtensions: { validate: 'none' } }));
+        expect(open.status.code).to.equal(0);
+        const egress = await check(scoped.client, envoyCheckRequest({ path: '/orders', contextExtensions: { validate: 'none', downstream_api: 'partner-api' } }));
+        expect(headerMap(egress.ok_response.headers).authorization).to.equal('Bearer downstream.partner-api.app');
+        // Routes that validate still get the defaults: no token is a 401, not an anonymous allow.
+        expectDeny(await check(scoped.client, envoyCheckRequest({ contextExtensions: { validate: 'optional' } })), 16, 'Unauthorized', 'credential_missing');
+        // Rules a validate=none route names itself are still a configuration error.
+        expectDeny(await check(scoped.client, envoyCheckRequest({ contextExtensions: { validate: 'none', required_roles: 'Admin' } })), 13, 'InternalServerError', 'misconfigured');
+      } finally {
+        await scoped.close();
+      }
+    });
+
     it('validate=optional lets anonymous requests through but never an invalid token', async function () {
       const anon = await check(h.client, envoyCheckRequest({ contextExtensions: { validate: 'optional' } }));
       expect(anon.status.code).to.equal(0);
