@@ -134,10 +134,14 @@ const ROUTE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
  * before Envoy's deadline is counted as what it is, not folded into +Inf.
  */
 export const CHECK_BUCKETS_SECONDS: readonly number[] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5];
-/** Identity-API requests may include a cold token acquisition or a downstream call. */
-export const HTTP_BUCKETS_SECONDS: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/**
+ * Identity-API requests may include a cold token acquisition or a downstream call, and a claims
+ * challenge's second round; outbound calls may be given up to Microsoft's 100 s. The top buckets keep
+ * such slow answers (and timeouts) out of +Inf.
+ */
+export const HTTP_BUCKETS_SECONDS: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 /** Calls to Entra ID, IMDS, Key Vault and downstream APIs. */
-export const OUTBOUND_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+export const OUTBOUND_BUCKETS_SECONDS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 const ERROR_CODES: ReadonlySet<string> = new Set(Object.keys(ERROR_TABLE));
 const OUTCOMES: ReadonlySet<string> = new Set(['ok', ...ERROR_CODES]);

@@ -116,7 +116,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     metrics,
     ...(config.sidecar.popValidation.replayCache ? { popReplayCache: new ReplayCache() } : {}),
     downstream: {
-      agent,
+      agent: observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds), 'downstream'),
       acquirer,
       logger,
       settings: {

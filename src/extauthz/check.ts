@@ -10,6 +10,7 @@ import type { ExtAuthzOptions } from '../config/types.js';
 import { SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
 import { safeCause, type Logger } from '../log.js';
+import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
 import { authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
@@ -115,7 +116,7 @@ const MAX_CLAIM_HEADER_BYTES = 4096;
 const UPPER_CASE = /[A-Z]/;
 /** Client-sent values that go into log lines are cut to this many characters. */
 const MAX_LOGGED_REQUEST_ID = 128;
-const MAX_LOGGED_PATH = 1024;
+const MAX_LOGGED_PATH = 256;
 const ACCESS_TOKEN_QUERY = /[?&]access_token(?:[=&#]|$)/;
 const REQUEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const EMPTY_HEADERS: Record<string, string> = Object.freeze(Object.create(null) as Record<string, string>);
@@ -226,8 +227,8 @@ function loggable(value: string | undefined, max: number): string | undefined {
 }
 
 /** Where a request went and its id, as the ext_authz log lines show them. */
-function requestLogFields(facts: RequestFacts): { route: string | undefined; requestId: string | undefined } {
-  return { route: loggable(pathWithoutQuery(facts.path), MAX_LOGGED_PATH), requestId: loggable(facts.headers['x-request-id'], MAX_LOGGED_REQUEST_ID) };
+function requestLogFields(facts: RequestFacts): { path: string | undefined; requestId: string | undefined } {
+  return { path: loggable(pathWithoutQuery(facts.path), MAX_LOGGED_PATH), requestId: loggable(facts.headers['x-request-id'], MAX_LOGGED_REQUEST_ID) };
 }
 
 /** What the pipeline learned about one request, for the allow response and logs. */
@@ -286,6 +287,7 @@ export function createChecker(deps: CheckDeps): Checker {
   const { options, validator, acquirer, resolveApiOptions, logger, httpStatusNames } = deps;
   const now = deps.now ?? Date.now;
   const defaults = defaultPolicy(options);
+  const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const signals = new DeadlineSignals(now);
   // ext_authz takes no optionsOverride, so a name always resolves to the same deep-frozen options;
   // resolving once per name keeps the deep copy off the hot path. Bounded: names come from envoy.yaml.
@@ -325,7 +327,7 @@ export function createChecker(deps: CheckDeps): Checker {
 
   function deny(err: SidecarError, facts: RequestFacts | undefined, log = true): CheckResponse {
     const spec = err.spec;
-    if (log && logger.isLevelEnabled(spec.logLevel)) {
+    if (log && logger.isLevelEnabled(spec.logLevel) && logLimiter.allow(err.code)) {
       const cause = (err as { cause?: unknown }).cause;
       logger[spec.logLevel](
         {
@@ -333,6 +335,7 @@ export function createChecker(deps: CheckDeps): Checker {
           ...(err.detail !== undefined ? { detail: err.detail } : {}),
           ...(cause instanceof Error ? { cause: safeCause(cause) } : {}),
           ...(facts ? requestLogFields(facts) : {}),
+          ...logLimiter.suppressed(err.code),
         },
         'ext_authz deny',
       );

@@ -86,6 +86,7 @@ async function validateFully(ctx: RouteContext, deps: RouteDeps): Promise<void> 
     const result = await validatePopRequest({ config: deps.config, validator: deps.validator, logger: deps.logger, replayCache: deps.popReplayCache }, ctx.req.headers);
     if (!result.ok) {
       // Microsoft answers every PoP failure the same way: no body, no error_description.
+      deps.metrics.countValidationFailure('token_pop_invalid');
       sendEmpty(ctx.res, 401, { 'WWW-Authenticate': POP_CHALLENGE });
       return;
     }

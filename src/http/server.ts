@@ -13,6 +13,7 @@ import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
 import { ROUTES, type Route, type RouteContext, type RouteDeps } from './routes.js';
 import { isLoopback } from './loopback.js';
 import { listenTcp } from '../net/listen.js';
+import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 
 export interface HttpApiServer {
   readonly servers: readonly Server[];
@@ -22,6 +23,9 @@ export interface HttpApiServer {
 }
 
 
+
+/** The metrics `route` of requests no route handled: refused non-loopback callers, 404s and 405s. */
+const UNROUTED = 'unrouted';
 /** The query of every request that has none: shared, so it refuses to change. */
 class ReadOnlySearchParams extends URLSearchParams {
   override append(): never {
@@ -100,6 +104,7 @@ export function authorizationHeader(req: IncomingMessage): string | undefined {
 /** Creates the request handler (exported for tests that drive it without a socket). */
 export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { config, logger } = deps;
+  const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const development = config.environment.isDevelopment;
   return (req, res) => {
     // A plain scan rather than new URL() on the hot path: the routes need only the path segments
@@ -116,8 +121,9 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
 
     // §1.3 step 1: loopback-only callers outside Development; /healthz is exempt for probes.
     if (!development && !(first === 'healthz' && count === 1) && !isLoopback(req.socket.remoteAddress)) {
-      logger.warn({ code: 'caller_not_loopback', peer: req.socket.remoteAddress }, 'refused a non-loopback caller');
+      if (logLimiter.allow('caller_not_loopback')) logger.warn({ code: 'caller_not_loopback', peer: req.socket.remoteAddress, ...logLimiter.suppressed('caller_not_loopback') }, 'refused a non-loopback caller');
       sendEmpty(res, 403);
+      deps.metrics.observeHttpRequest(UNROUTED, 403, 0);
       req.resume();
       return;
     }
@@ -125,6 +131,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     const route = matchRoute(first, count, development);
     if (route === undefined) {
       sendEmpty(res, 404);
+      deps.metrics.observeHttpRequest(UNROUTED, 404, 0);
       req.resume();
       return;
     }
@@ -132,6 +139,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     // /healthz has no method constraint (MapHealthChecks).
     if (route.method !== 'ANY' && req.method !== route.method) {
       sendEmpty(res, 405, { Allow: route.method });
+      deps.metrics.observeHttpRequest(UNROUTED, 405, 0);
       req.resume();
       return;
     }
@@ -186,8 +194,10 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     const e = toSidecarError(err);
     if (e.code.startsWith('token_')) deps.metrics.countValidationFailure(e.code);
     const level = e.spec.logLevel;
-    const requestId = req.headers['x-request-id'];
-    logger[level]({ code: e.code, route: routeName, ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {}), cause: e.cause instanceof Error ? safeCause(e.cause) : undefined, detail: e.detail }, 'request failed');
+    if (logger.isLevelEnabled(level) && logLimiter.allow(e.code)) {
+      const requestId = req.headers['x-request-id'];
+      logger[level]({ code: e.code, route: routeName, ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {}), cause: e.cause instanceof Error ? safeCause(e.cause) : undefined, detail: e.detail, ...logLimiter.suppressed(e.code) }, 'request failed');
+    }
     if (res.headersSent) {
       res.destroy();
       return;

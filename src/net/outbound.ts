@@ -23,9 +23,9 @@ export interface OutboundOptions {
 export type OutboundObserver = (target: OutboundTarget, status: number | 'error', seconds: number) => void;
 
 /**
- * What an outbound request is, from its path alone (bounded label set; never the URL itself):
+ * What an identity request is, from its path alone (bounded label set; never the URL itself):
  * OpenID metadata, signing keys, the token endpoint, a managed-identity endpoint, Key Vault, or
- * anything else (a downstream API).
+ * anything else. Downstream API calls are labelled by their own dispatcher (observeOutbound).
  */
 export function outboundTarget(path: string): OutboundTarget {
   if (path.includes('/.well-known/openid-configuration')) return 'metadata';
@@ -69,12 +69,16 @@ class ObservingHandler extends DecoratorBase {
   }
 }
 
-/** Wraps a dispatcher so every request it sends is reported to `observe` (for outbound metrics). */
-export function observeOutbound(agent: Dispatcher, observe: OutboundObserver): Dispatcher {
+/**
+ * Wraps a dispatcher so every request it sends is reported to `observe` (for outbound metrics).
+ * `target` fixes the label (the downstream calls' own dispatcher: a downstream path such as
+ * `/secrets/…` or `/oauth2/token` must not count as Key Vault or Entra); otherwise it comes from the path.
+ */
+export function observeOutbound(agent: Dispatcher, observe: OutboundObserver, target?: OutboundTarget): Dispatcher {
   return agent.compose((dispatch) => (dispatchOpts, handler) => {
-    const target = outboundTarget(dispatchOpts.path);
+    const kind = target ?? outboundTarget(dispatchOpts.path);
     const started = process.hrtime.bigint();
-    return dispatch(dispatchOpts, new ObservingHandler(handler, (status) => observe(target, status, Number(process.hrtime.bigint() - started) / 1e9)));
+    return dispatch(dispatchOpts, new ObservingHandler(handler, (status) => observe(kind, status, Number(process.hrtime.bigint() - started) / 1e9)));
   });
 }
 

@@ -187,6 +187,35 @@ describe('abuse and limits (built sidecar)', function () {
     await assertAlive(stack);
   });
 
+  it('writes at most 10 lines a second per failure code on each door for a flood of bad tokens, says how many it held back, and counts every one', async () => {
+    const valid = await userToken(stack);
+    // The token with its signature's last character changed: well-formed, verified, refused.
+    const forged = valid.slice(0, -2) + (valid.at(-2) === 'A' ? 'B' : 'A') + valid.at(-1);
+    const failures = async () => sample(await scrape(stack), 'entra_sidecar_token_validation_failures_total{reason="token_signature_invalid"}') ?? 0;
+    const countBefore = await failures();
+    const linesBefore = stack.sidecar.lines.length;
+    const t0 = Date.now();
+    const answers = await Promise.all(
+      Array.from({ length: 120 }, (_, i) => (i % 2 === 0 ? call(`${stack.sidecar.url}/Validate`, { token: forged }).then((r) => String(r.status)) : checkWith(stack, { headers: { authorization: `Bearer ${forged}` } }).then(decision))),
+    );
+    const seconds = Math.ceil((Date.now() - t0) / 1000);
+    for (const a of answers) expect(['401', 'token_signature_invalid']).to.include(a);
+    await sleep(1_100);
+    // One more on each door, after the window: its line carries the count held back.
+    expect((await call(`${stack.sidecar.url}/Validate`, { token: forged })).status).to.equal(401);
+    expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${forged}` } }))).to.equal('token_signature_invalid');
+    await sleep(200);
+    const lines = stack.sidecar.lines.slice(linesBefore).filter((l) => l.includes('"code":"token_signature_invalid"'));
+    const http = lines.filter((l) => l.includes('request failed'));
+    const grpc = lines.filter((l) => l.includes('ext_authz deny'));
+    for (const door of [http, grpc]) {
+      expect(door.length).to.be.at.least(2).and.at.most(10 * (seconds + 1) + 1).and.below(61);
+      const held = JSON.parse(door.at(-1)!).suppressed as number;
+      expect(held).to.be.a('number').and.at.least(60 - (door.length - 1));
+    }
+    expect((await failures()) - countBefore).to.be.at.least(122);
+  });
+
   it('shares one Entra request among 50 identical concurrent cold requests', async () => {
     const token = await userToken(stack);
     expect((await call(`${stack.sidecar.url}/Validate`, { token })).status).to.equal(200);

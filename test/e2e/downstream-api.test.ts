@@ -55,6 +55,15 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
         DownstreamApis__appItems__BaseUrl: `${api.origin}/`,
         DownstreamApis__appItems__Scopes__0: 'api://downstream/.default',
         DownstreamApis__appItems__RequestAppToken: 'true',
+        // Paths shaped like Key Vault's and Entra's: still downstream calls in the metrics.
+        DownstreamApis__vaultPath__BaseUrl: `${api.origin}/`,
+        DownstreamApis__vaultPath__RelativePath: 'secrets/db-password',
+        DownstreamApis__vaultPath__Scopes__0: 'api://downstream/.default',
+        DownstreamApis__vaultPath__RequestAppToken: 'true',
+        DownstreamApis__tokenPath__BaseUrl: `${api.origin}/`,
+        DownstreamApis__tokenPath__RelativePath: 'oauth2/v2.0/token',
+        DownstreamApis__tokenPath__Scopes__0: 'api://downstream/.default',
+        DownstreamApis__tokenPath__RequestAppToken: 'true',
         DownstreamApis__refused__BaseUrl: 'http://127.0.0.1:1/',
         DownstreamApis__refused__Scopes__0: 'api://downstream/.default',
         DownstreamApis__refused__RequestAppToken: 'true',
@@ -148,6 +157,24 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(String(api.seen[0].headers.authorization)).to.not.equal('Bearer evil');
     expect(api.seen[0].headers['x-forwarded-for']).to.equal(undefined);
     expect(api.seen[0].headers['x-ok']).to.equal('yes');
+  });
+
+  it('labels a downstream call "downstream" in the outbound metrics whatever its path (/secrets/…, /oauth2/token)', async () => {
+    const metrics = `http://127.0.0.1:${sidecar.listening.management!.port}/metrics`;
+    const count = async (target: string) => {
+      const text = (await call(metrics)).text;
+      return [...text.matchAll(new RegExp(`^entra_sidecar_outbound_requests_total\\{target="${target}",status_class="[^"]+"\\} (\\d+)$`, 'gm'))].reduce((n, m) => n + Number(m[1]), 0);
+    };
+    await call(`${sidecar.url}/DownstreamApiUnauthenticated/appItems`, { method: 'POST' });
+    const [downstream, keyVault, token] = [await count('downstream'), await count('key_vault'), await count('token')];
+    for (const name of ['vaultPath', 'tokenPath']) {
+      const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/${name}`, { method: 'POST' });
+      expect(r.json().statusCode).to.equal(200);
+    }
+    expect(api.seen.map((s) => s.url)).to.include.members(['/secrets/db-password', '/oauth2/v2.0/token']);
+    expect(await count('downstream')).to.equal(downstream + 2);
+    expect(await count('key_vault')).to.equal(keyVault);
+    expect(await count('token')).to.equal(token);
   });
 
   it('does not follow redirects by default and never contacts the target', async () => {

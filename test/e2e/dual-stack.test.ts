@@ -56,4 +56,12 @@ describe('listeners on + and * (every interface, IPv4 and IPv6)', function () {
       expect(await healthCheck(`${host}:${sidecar.listening.extAuthz!.port}`, 'envoy.service.auth.v3.Authorization'), host).to.equal('SERVING');
     }
   });
+
+  it('counts requests no route handled (404, 405) under route="unrouted" in /metrics', async function () {
+    const api = `http://127.0.0.1:${sidecar.listening.http[0].port}`;
+    expect((await call(`${api}/NoSuchRoute`)).status).to.equal(404);
+    expect((await call(`${api}/Validate`, { method: 'POST' })).status).to.equal(405);
+    const text = (await call(`http://127.0.0.1:${sidecar.listening.management!.port}/metrics`)).text;
+    expect(text).to.match(/^entra_sidecar_http_requests_total\{route="unrouted",status_class="4xx"\} 2$/m);
+  });
 });

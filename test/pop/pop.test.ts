@@ -251,6 +251,15 @@ describe('proof of possession (built sidecar against the emulator)', function ()
       expectRefused(await validate(await signShr(callerKey, { accessToken: at, method: 'GET', url: new URL('https://evil.example:8443/orders/42') })), 'wrong host');
     });
 
+    it('counts every refused signed request in token_validation_failures_total (token_pop_invalid)', async () => {
+      const metrics = `http://127.0.0.1:${sidecar.listening.management!.port}/metrics`;
+      const count = async () => Number(/^entra_sidecar_token_validation_failures_total\{reason="token_pop_invalid"\} (\d+)$/m.exec((await call(metrics)).text)?.[1] ?? 0);
+      const before = await count();
+      const at = await popToken();
+      for (let i = 0; i < 3; i++) expectRefused(await validate(await signShr(callerKey, { accessToken: at, method: 'POST', url: target })), 'wrong method');
+      expect((await count()) - before).to.equal(3);
+    });
+
     it('refuses a stale and a future-dated signed request', async () => {
       const at = await popToken();
       const now = Math.floor(Date.now() / 1000);
