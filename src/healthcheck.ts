@@ -4,8 +4,11 @@
  * listener's `/healthz` and exits 0 on a 2xx answer within the timeout, 1 otherwise.
  *
  * The URL comes from argv (default below) and nothing else, so the config loader stays the only
- * reader of the environment. Override it in the image with `--health-cmd` when
- * `Sidecar__Management__Url` moves the port. Kubernetes ignores HEALTHCHECK and uses probes instead.
+ * reader of the environment. When `Sidecar__Management__Url` moves the port, pass the new URL in an
+ * exec-form check (Compose `healthcheck.test: ["CMD", "/nodejs/bin/node", "dist/src/healthcheck.js",
+ * URL]`, or HEALTHCHECK CMD [...] in a derived image); `docker run --health-cmd` cannot, since it runs
+ * the command through /bin/sh, which the image lacks. With the management listener off, turn the
+ * check off (`--no-healthcheck`). Kubernetes ignores HEALTHCHECK and uses probes instead.
  */
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
@@ -16,7 +19,7 @@ import { pathToFileURL } from 'node:url';
 // finding 39).
 const { request } = createRequire(import.meta.url)('node:http') as typeof import('node:http');
 
-/** Where the management listener answers by default (`Sidecar:Management:Url` = http://0.0.0.0:9090). */
+/** Where the management listener answers by default (`Sidecar:Management:Url` = http://+:9090). */
 export const DEFAULT_HEALTH_URL = 'http://127.0.0.1:9090/healthz';
 const TIMEOUT_MS = 2_000;
 
