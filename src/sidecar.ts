@@ -7,7 +7,7 @@
 import { describeConfigErrors, loadConfig, processConfigInputs } from './config/load.js';
 import type { SidecarConfig } from './config/types.js';
 import { formatHostPort } from './config/listeners.js';
-import { createLogger, type Logger } from './log.js';
+import { createLogger, redactTokens, safeCause, type Logger } from './log.js';
 import { createOutboundAgent, observeOutbound } from './net/outbound.js';
 import { createTokenValidator } from './validation/validator.js';
 import { loadDecryptionKeys } from './validation/decryption.js';
@@ -201,12 +201,12 @@ export async function main(): Promise<void> {
   for (const w of warnings) logger.warn({ event: 'config_warning' }, w);
 
   process.on('uncaughtException', (err) => {
-    logger.fatal({ err: { type: err.name, message: err.message, stack: err.stack } }, 'uncaught exception');
+    logger.fatal({ err: safeCause(err), stack: redactTokens(err.stack ?? '') }, 'uncaught exception');
     logger.flush();
     process.exit(70);
   });
   process.on('unhandledRejection', (reason) => {
-    logger.fatal({ err: reason instanceof Error ? { type: reason.name, message: reason.message, stack: reason.stack } : String(reason) }, 'unhandled rejection');
+    logger.fatal(reason instanceof Error ? { err: safeCause(reason), stack: redactTokens(reason.stack ?? '') } : { err: redactTokens(String(reason)).slice(0, 500) }, 'unhandled rejection');
     logger.flush();
     process.exit(70);
   });
@@ -240,7 +240,7 @@ export async function main(): Promise<void> {
         exitSoon(0);
       },
       (err: unknown) => {
-        logger.error({ err: err instanceof Error ? err.message : String(err) }, 'error during shutdown');
+        logger.error({ err: err instanceof Error ? safeCause(err) : redactTokens(String(err)).slice(0, 500) }, 'error during shutdown');
         logger.flush();
         process.exit(1);
       },
@@ -253,7 +253,7 @@ export async function main(): Promise<void> {
     stop = await run(config, logger);
   } catch (err) {
     if (stopping) return; // a signal came during the start; it is already on its way out
-    logger.fatal({ err: err instanceof Error ? { type: err.name, message: err.message } : String(err) }, 'failed to start');
+    logger.fatal({ err: redactTokens(err instanceof Error ? `${err.name}: ${err.message}` : String(err)) }, 'failed to start');
     logger.flush();
     // A listener that did bind (or a timer) must not keep a process that failed to start alive.
     process.exit(1);
