@@ -52,7 +52,7 @@ function invalidToken(message: string): ErrorSpec {
 export const ERROR_TABLE = {
   // Inbound credential and token validation.
   credential_missing: { httpStatus: 401, grpcCode: UNAUTHENTICATED, envoyStatus: 401, challenge: 'bearer', expose: true, message: 'No bearer token was sent.', logLevel: 'debug', challengeOnly: true },
-  credential_malformed: invalidToken('The Authorization header is not a bearer token.'),
+  credential_malformed: invalidToken('The Authorization header holds a malformed or oversized token.'),
   token_malformed: invalidToken('The token is malformed.'),
   token_alg_not_allowed: invalidToken('The token signing algorithm is not allowed.'),
   token_signature_invalid: invalidToken('The signature is invalid.'),
