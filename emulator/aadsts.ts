@@ -78,6 +78,7 @@ export const Aadsts = {
   oboAssertionExpired: () => new AadstsError('invalid_grant', 500133, 'Assertion is not within its valid time range.'),
   oboNotAllowed: (clientId: string) => new AadstsError('unauthorized_client', 7000114, `Application '${clientId}' is not allowed to make application on-behalf-of calls.`),
   consentRequired: (clientId: string, resource: string) => new AadstsError('invalid_grant', 65001, `The user or administrator has not consented to use the application with ID '${clientId}'. Send an interactive authorization request for this user and resource '${resource}'.`, { suberror: 'consent_required' }),
+  interactionRequired: (resource: string, claims: string) => new AadstsError('interaction_required', 50076, `Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '${resource}'.`, { suberror: 'basic_action', claims }),
   refreshTokenMalformed: () => new AadstsError('invalid_grant', 9002313, 'Invalid request. Request is malformed or invalid.'),
   refreshTokenRevoked: () => new AadstsError('invalid_grant', 50173, 'The provided grant has expired due to it being revoked, a fresh auth token is needed.'),
   refreshTokenExpired: () => new AadstsError('invalid_grant', 700082, 'The refresh token has expired due to inactivity.'),

@@ -5,13 +5,13 @@
  */
 import { createHash, createPublicKey, randomBytes, randomUUID, timingSafeEqual, verify as cryptoVerify } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
-import { CompactEncrypt, compactDecrypt } from 'jose';
+import { CompactEncrypt } from 'jose';
 import { certify, describeCertificate, generateRsaKey, generateRsaKeySync, b64url } from './pki.js';
 import type { CertifiedKey } from './pki.js';
 import { signJws, decodeJws, isObject } from './jwt.js';
 import type { JwtPayload, JwsSigner } from './jwt.js';
 import type { AppRegistration, CertificateCredential, EmulatorScenario, ManagedIdentity, TenantRecord, UserAccount } from './scenario.js';
-import type { EmulatorRoute, FaultSpec, RecordedRequest } from './types.js';
+import type { ConditionalAccessSpec, EmulatorRoute, FaultSpec, RecordedRequest } from './types.js';
 
 /** A token-signing key as published in the JWKS (§1.4). */
 export interface SigningKey {
@@ -120,6 +120,7 @@ export class EmulatorCore {
   readonly refreshTokens = new Map<string, RefreshGrant>();
   private clockOffsetSec = 0;
   private faults: ActiveFault[] = [];
+  private unsatisfied?: { acrs: Set<string>; users?: Set<string> };
   private counterMap = new Map<string, number>();
   private log: RecordedRequest[] = [];
 
@@ -441,39 +442,24 @@ export class EmulatorCore {
   // ---------------------------------------------------------------- verification
 
   /**
-   * Verifies a token the emulator issued: decrypts JWE with a registered encryption key,
-   * checks RS256 with a published key and an emulator issuer. Lifetime is checked by the caller.
+   * Verifies a token the emulator issued: RS256 with a published key and an emulator issuer.
+   * Lifetime is checked by the caller. A JWE is refused: Entra holds only the public half of an
+   * API's token-encryption certificate, so it cannot read an encrypted token it issued (§3.4);
+   * the API decrypts it and presents the inner, signed token (as Microsoft.Identity.Web does).
    */
   async verifyIssuedToken(token: string): Promise<{ ok: true; payload: JwtPayload; tenant: TenantRecord; version: 1 | 2 } | { ok: false; reason: string }> {
-    let compact = token;
-    if (token.split('.').length === 5) {
-      const decrypted = await this.tryDecrypt(token);
-      if (!decrypted) return { ok: false, reason: 'The encrypted token could not be decrypted.' };
-      compact = decrypted;
-    }
-    const decoded = decodeJws(compact);
+    if (token.split('.').length === 5) return { ok: false, reason: 'The token is encrypted (JWE); present the decrypted, signed token.' };
+    const decoded = decodeJws(token);
     if (!decoded) return { ok: false, reason: 'The token is not a well-formed JWS.' };
     if (decoded.header.alg !== 'RS256') return { ok: false, reason: 'Unsupported signing algorithm.' };
     const key = this.signingKeys.find((k) => k.kid === decoded.header.kid);
     if (!key) return { ok: false, reason: 'The signing key is not known.' };
-    const [h, p, s] = compact.split('.');
+    const [h, p, s] = token.split('.');
     const valid = cryptoVerify('sha256', Buffer.from(`${h}.${p}`), key.material.publicKey, Buffer.from(s, 'base64url'));
     if (!valid) return { ok: false, reason: 'The signature is not valid.' };
     const issuer = this.tenantOfIssuer(decoded.payload.iss);
     if (!issuer) return { ok: false, reason: 'The issuer is not trusted.' };
     return { ok: true, payload: decoded.payload, tenant: issuer.tenant, version: issuer.version };
-  }
-
-  private async tryDecrypt(jwe: string): Promise<string | undefined> {
-    for (const enc of this.encryptionCertificates.values()) {
-      try {
-        const { plaintext } = await compactDecrypt(jwe, enc.privateKey, { keyManagementAlgorithms: ['RSA-OAEP', 'RSA-OAEP-256'] });
-        return Buffer.from(plaintext).toString('utf8');
-      } catch {
-        // try the next key
-      }
-    }
-    return undefined;
   }
 
   /** Verifies an RS256/PS256 compact JWS against a public key. */
@@ -530,6 +516,23 @@ export class EmulatorCore {
     return undefined;
   }
 
+  /** Replaces the Conditional Access state (§2.5); without `unsatisfiedAcrs` values it is cleared. */
+  setConditionalAccess(spec: ConditionalAccessSpec | undefined): void {
+    if (!spec?.unsatisfiedAcrs?.length) {
+      this.unsatisfied = undefined;
+      return;
+    }
+    const users = spec.users?.map((ref) => (this.findUser(ref)?.oid ?? ref).toLowerCase());
+    this.unsatisfied = { acrs: new Set(spec.unsatisfiedAcrs), ...(users ? { users: new Set(users) } : {}) };
+  }
+
+  /** Authentication contexts among `acrs` that the user has not satisfied. */
+  unsatisfiedAuthContexts(userOid: string, acrs: string[]): string[] {
+    const ca = this.unsatisfied;
+    if (!ca || (ca.users && !ca.users.has(userOid.toLowerCase()))) return [];
+    return acrs.filter((v) => ca.acrs.has(v));
+  }
+
   count(key: string): void {
     this.counterMap.set(key, (this.counterMap.get(key) ?? 0) + 1);
   }
@@ -566,6 +569,7 @@ export class EmulatorCore {
     this.counterMap.clear();
     this.log = [];
     this.faults = [];
+    this.unsatisfied = undefined;
     this.clockOffsetSec = 0;
   }
 

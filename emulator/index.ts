@@ -22,7 +22,7 @@ import { defaultScenario } from './scenario.js';
 import type { CertificateCredential, EmulatorScenario } from './scenario.js';
 import type { Emulator, FederatedAssertionOptions, StartEmulatorOptions } from './types.js';
 
-export type { Emulator, FaultSpec, FederatedAssertionOptions, MintRequest, RecordedRequest, StartEmulatorOptions, EmulatorRoute } from './types.js';
+export type { ConditionalAccessSpec, Emulator, FaultSpec, FederatedAssertionOptions, MintRequest, RecordedRequest, StartEmulatorOptions, EmulatorRoute } from './types.js';
 export type * from './scenario.js';
 export { defaultScenario, SCENARIO_IDS, WELL_KNOWN_APP_IDS } from './scenario.js';
 export { redactionFingerprint } from './core.js';
@@ -160,6 +160,7 @@ export async function startEmulator(opts: StartEmulatorOptions = {}): Promise<Em
     setClockOffset: (s) => core.setClockOffset(s),
     fault: (spec) => core.addFault(spec),
     clearFaults: () => core.clearFaults(),
+    conditionalAccess: (spec) => core.setConditionalAccess(spec),
     counters: () => core.counters(),
     requests: () => core.requests(),
     reset: () => core.reset(),

@@ -73,6 +73,8 @@ export interface AppRegistration {
   /** Issue tokens for this API as JWE (Entra's tokenEncryptionKeyId is set). */
   encryptTokens?: boolean;
   allowOnBehalfOf?: boolean;
+  /** Takes part in Continuous Access Evaluation: clients declaring `cp1` get long-lived tokens with `xms_cc` (§2.1). */
+  caeCapable?: boolean;
   isAgentBlueprint?: boolean;
   agentIdentityIds?: string[];
   /** Set on agent identities: the blueprint app id that acts for them (§5). */
@@ -301,7 +303,7 @@ export function defaultScenario(): EmulatorScenario {
   });
   const wellKnown = (appId: string, displayName: string, uris: string[], scopes: string[], appRoles: string[]): AppRegistration =>
     app({ appId, displayName, tenant: primary.id, multiTenant: true, identifierUris: uris, accessTokenAcceptedVersion: 1, scopes, appRoles });
-  const graph = wellKnown(WELL_KNOWN_APP_IDS.graph, 'Microsoft Graph', ['https://graph.microsoft.com'], ['User.Read', 'Mail.Read', 'profile', 'email'], ['User.Read.All']);
+  const graph: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.graph, 'Microsoft Graph', ['https://graph.microsoft.com'], ['User.Read', 'Mail.Read', 'profile', 'email'], ['User.Read.All']), caeCapable: true };
   const arm = wellKnown(WELL_KNOWN_APP_IDS.arm, 'Azure Resource Manager', ['https://management.azure.com', 'https://management.core.windows.net'], ['user_impersonation'], []);
   const tokenExchange = wellKnown(WELL_KNOWN_APP_IDS.tokenExchange, 'AzureADTokenExchange', ['api://AzureADTokenExchange'], [], []);
   const keyVault = wellKnown(WELL_KNOWN_APP_IDS.keyVault, 'Azure Key Vault', ['https://vault.azure.net'], ['user_impersonation'], []);

@@ -72,6 +72,17 @@ export interface FaultSpec {
   hugeBody?: true;
 }
 
+/**
+ * Conditional Access (§2.5): authentication contexts a user has not satisfied. A user-token request
+ * whose `claims` asks for one of them (`access_token.acrs`) fails with `interaction_required`.
+ */
+export interface ConditionalAccessSpec {
+  /** Authentication-context ids (`acrs` values, e.g. `c1`) that need a new sign-in. */
+  unsatisfiedAcrs: string[];
+  /** UPNs, object ids or scenario keys of the users concerned (default: every user). */
+  users?: string[];
+}
+
 /** One entry of the redacted request log. */
 export interface RecordedRequest {
   route: EmulatorRoute;
@@ -115,6 +126,8 @@ export interface Emulator {
   setClockOffset(seconds: number): void;
   fault(spec: FaultSpec): void;
   clearFaults(): void;
+  /** Replaces the Conditional Access state; `undefined` (or no `unsatisfiedAcrs`) clears it. */
+  conditionalAccess(spec?: ConditionalAccessSpec): void;
   counters(): Record<string, number>;
   requests(): RecordedRequest[];
   reset(): void;

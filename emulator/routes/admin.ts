@@ -1,13 +1,13 @@
 /**
  * Test-only admin API under `/_emulator/*` (§9.2), off unless the emulator was started with
- * `admin: true`: mint tokens, rotate keys, shift the clock, inject faults, read the redacted
- * request log and counters, reset.
+ * `admin: true`: mint tokens, rotate keys, shift the clock, inject faults, set Conditional Access,
+ * read the redacted request log and counters, reset.
  */
 import { mintToken } from '../mint.js';
 import { sendJson } from '../http.js';
 import type { Exchange } from '../http.js';
 import { isObject } from '../jwt.js';
-import type { FaultSpec, MintRequest } from '../types.js';
+import type { ConditionalAccessSpec, FaultSpec, MintRequest } from '../types.js';
 
 function jsonBody(ex: Exchange): Record<string, unknown> | undefined {
   if (!ex.body.length) return {};
@@ -52,6 +52,18 @@ export async function adminRoute(ex: Exchange, action: string): Promise<void> {
     }
     case 'DELETE faults':
       core.clearFaults();
+      return sendJson(ex, 200, { ok: true });
+    case 'POST conditional-access': {
+      const acrs = body.unsatisfiedAcrs;
+      const users = body.users;
+      const strings = (v: unknown): boolean => Array.isArray(v) && v.every((x) => typeof x === 'string');
+      if (!strings(acrs)) return bad('unsatisfiedAcrs must be an array of strings');
+      if (users !== undefined && !strings(users)) return bad('users must be an array of strings');
+      core.setConditionalAccess(body as unknown as ConditionalAccessSpec);
+      return sendJson(ex, 200, { ok: true });
+    }
+    case 'DELETE conditional-access':
+      core.setConditionalAccess(undefined);
       return sendJson(ex, 200, { ok: true });
     case 'GET requests':
       return sendJson(ex, 200, { requests: core.requests() });

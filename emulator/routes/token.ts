@@ -106,23 +106,48 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
     plan.spec.extra.__pop = true;
   }
   // 8. claims (client capabilities / claims challenge).
-  if (form.claims !== undefined) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(form.claims);
-    } catch {
-      throw Aadsts.invalidClaims();
-    }
-    if (!isObject(parsed)) throw Aadsts.invalidClaims();
-    const at = parsed.access_token;
-    const cc = isObject(at) && isObject(at.xms_cc) ? at.xms_cc.values : undefined;
-    if (Array.isArray(cc) && cc.includes('cp1')) {
-      plan.spec.lifetimeSec = 86399; // CAE-capable clients get long-lived tokens (§9.1)
-      plan.spec.extra = { ...plan.spec.extra, xms_cc: ['cp1'] };
-    }
-  }
+  if (form.claims !== undefined) applyClaims(core, plan, form.claims);
   if (v1) plan.resourceEcho = ex.form.resource ?? plan.spec.audience;
   return plan;
+}
+
+/**
+ * The `claims` request (§2.5, §9.3 step 8). Client capability `cp1` gets a CAE-capable resource
+ * (Graph, `caeCapable` in the scenario) a long-lived token carrying `xms_cc`; other resources get
+ * the normal lifetime and no `xms_cc`. An `acrs` (authentication context) request for a user
+ * token succeeds only when the user has satisfied every context asked for (see
+ * `setConditionalAccess`): then the token carries them in `acrs`, else Entra asks for interaction.
+ */
+function applyClaims(core: EmulatorCore, plan: TokenPlan, claimsParam: string): void {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(claimsParam);
+  } catch {
+    throw Aadsts.invalidClaims();
+  }
+  if (!isObject(parsed)) throw Aadsts.invalidClaims();
+  const at = parsed.access_token;
+  if (!isObject(at)) return;
+  const cc = isObject(at.xms_cc) ? at.xms_cc.values : undefined;
+  if (Array.isArray(cc) && cc.includes('cp1') && plan.spec.resource?.caeCapable) {
+    plan.spec.lifetimeSec = 86399; // CAE-capable clients get long-lived tokens (§2.1)
+    plan.spec.extra = { ...plan.spec.extra, xms_cc: ['cp1'] };
+  }
+  const acrs = requestedValues(at.acrs);
+  if (acrs.length && plan.user) {
+    if (core.unsatisfiedAuthContexts(plan.user.oid, acrs).length) {
+      const resource = plan.spec.resource?.appId ?? plan.spec.audience;
+      throw Aadsts.interactionRequired(resource, JSON.stringify({ access_token: { acrs: at.acrs } }));
+    }
+    plan.spec.extra = { ...plan.spec.extra, acrs };
+  }
+}
+
+/** The values an individual claim request names: `{"value": v}` or `{"values": [...]}` (OIDC §5.5.1). */
+function requestedValues(request: unknown): string[] {
+  if (!isObject(request)) return [];
+  const values = Array.isArray(request.values) ? request.values : [request.value];
+  return [...new Set(values.filter((v): v is string => typeof v === 'string' && v !== ''))];
 }
 
 async function respond(ex: Exchange, plan: TokenPlan, v1: boolean): Promise<void> {
@@ -499,7 +524,8 @@ function refreshGrant(core: EmulatorCore, tenant: TenantRecord, client: Authenti
   if (core.nowSec() - grant.issuedAt > core.scenario.refreshTokenLifetimeSec) throw Aadsts.refreshTokenExpired();
   const scopes = resolveUserScopes(core, tenant, form.scope);
   const consented = consentedScopes(core, client.app.appId, scopes, grant.user.oid);
-  core.refreshTokens.delete(rt); // rotate on use
+  // Redeeming does not revoke (Entra's refresh tokens stay valid until they expire or are revoked):
+  // concurrent redemptions of one token all succeed. The reply carries a new one as well.
   const plan = userPlan(core, tenant, client, scopes, consented, grant.user, grant.extra);
   plan.offlineAccess = true;
   return plan;

@@ -114,6 +114,24 @@ describe('token acquirer against the emulator', function () {
       expect(sent[0].path).to.contain(other);
     });
 
+    it('continues one long-running session for two APIs at once: both redeem the same refresh token, which Entra does not revoke', async () => {
+      const a = acquirer();
+      const user = await userToken(emu);
+      const session = acquireTokenOptions({ longRunningWebApiSessionKey: 'job-44' });
+      await a.acquire({ options: apiOptions({ scopes: [DOWNSTREAM_READ], acquireTokenOptions: session }), user });
+      const before = tokenRequests(emu).length;
+      const [write, graph] = await Promise.all([
+        a.acquire({ options: apiOptions({ scopes: ['api://downstream/write'], acquireTokenOptions: session }) }),
+        a.acquire({ options: apiOptions({ scopes: ['User.Read'], acquireTokenOptions: session }) }),
+      ]);
+      const sent = tokenRequests(emu).slice(before);
+      expect(sent.map((r) => r.form.grant_type)).to.deep.equal(['refresh_token', 'refresh_token']);
+      expect(sent[0].form.refresh_token, 'the same refresh token, twice').to.equal(sent[1].form.refresh_token);
+      expect(sent.map((r) => r.status)).to.deep.equal([200, 200]);
+      expect(decodeJwt(write.token)).to.include({ scp: 'write', oid: user.claims.oid });
+      expect(decodeJwt(graph.token)).to.include({ aud: 'https://graph.microsoft.com', oid: user.claims.oid });
+    });
+
     it('lets a 400 with Retry-After for one user hold back nobody else (msal\u2019s own throttle has no user in its key)', async () => {
       const a = acquirer();
       const [alice, bob] = await Promise.all([userToken(emu), userToken(emu)]);

@@ -227,6 +227,50 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(emu.counters().token).to.equal(tokenRequests);
   });
 
+  describe('an authentication-context (acrs) claims challenge on an On-Behalf-Of call', () => {
+    const claims = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
+    const challengeUnlessAcrs = (req: IncomingMessage, _b: Buffer, res: import('node:http').ServerResponse): void => {
+      const auth = String(req.headers.authorization ?? '');
+      tokens.push(auth.slice(7));
+      if (!(decodeJwt(auth.slice(7)).acrs as string[] | undefined)?.includes('c1')) {
+        res.statusCode = 401;
+        res.setHeader('www-authenticate', `Bearer realm="", error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
+        res.end();
+        return;
+      }
+      res.setHeader('content-type', 'application/json; charset=utf-8');
+      res.end('{"ok":true}');
+    };
+    afterEach(() => emu.conditionalAccess());
+
+    it('retries with a token carrying the context once Entra grants it', async () => {
+      api.respond.fn = challengeUnlessAcrs;
+      const before = emu.requests().length;
+      const r = await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token: await user() });
+      expect(r.status, r.text).to.equal(200);
+      expect(r.json().statusCode).to.equal(200);
+      expect(api.seen).to.have.length(2);
+      const obo = emu.requests().slice(before).filter((q) => q.route === 'token' && q.form.requested_token_use === 'on_behalf_of');
+      expect(obo.map((q) => q.status)).to.deep.equal([200, 200]);
+      expect(JSON.parse(obo[1].form.claims).access_token.acrs).to.deep.equal({ essential: true, value: 'c1' });
+    });
+
+    it('answers 401 acquisition_ui_required with Entra\'s claims to step up to when the user has not satisfied the context', async () => {
+      emu.conditionalAccess({ unsatisfiedAcrs: ['c1'] });
+      api.respond.fn = challengeUnlessAcrs;
+      const before = emu.requests().length;
+      const r = await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token: await user() });
+      expect(r.status, r.text).to.equal(401);
+      expect(r.json().code).to.equal('acquisition_ui_required');
+      expect(r.json().detail).to.contain('AADSTS50076');
+      // Entra's `claims` (here the context asked for) reaches the caller, base64 in the challenge (docs/errors.md).
+      expect(r.headers.get('www-authenticate')).to.equal(`Bearer error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
+      expect(api.seen, 'no second downstream call without a token').to.have.length(1);
+      const obo = emu.requests().slice(before).filter((q) => q.route === 'token' && q.form.requested_token_use === 'on_behalf_of');
+      expect(obo.map((q) => q.status)).to.deep.equal([200, 400]);
+    });
+  });
+
   it('answers 500 in bounded time when the downstream refuses connections', async () => {
     const t0 = Date.now();
     const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/refused`, { method: 'POST' });

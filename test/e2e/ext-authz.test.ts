@@ -10,11 +10,15 @@ import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv } from '../helpers/e2e.js';
 import { applyOkResponse, check, envoyCheckRequest, headerMap } from '../extauthz/fixtures.js';
 
+const STEP_UP_CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
+
 function apis(): Record<string, string> {
   return {
     DownstreamApis__orders__Scopes__0: 'api://downstream/read',
     DownstreamApis__partner__Scopes__0: 'api://downstream/.default',
     DownstreamApis__partner__RequestAppToken: 'true',
+    DownstreamApis__stepUp__Scopes__0: 'api://downstream/read',
+    DownstreamApis__stepUp__AcquireTokenOptions__Claims: STEP_UP_CLAIMS,
     'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-oid': 'oid',
     'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-tid': 'tid',
     'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-scp': 'scp',
@@ -121,6 +125,23 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
       expect(JSON.parse(res.denied_response.body).code).to.equal(code);
     });
   }
+
+  it('denies with 401 and Entra\'s claims challenge when the user has not satisfied an authentication context the API asks for', async () => {
+    const request = async () => envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'stepUp' } });
+    const granted = await check(client, await request());
+    expect(granted.status.code).to.equal(0);
+    emu.conditionalAccess({ unsatisfiedAcrs: ['c1'] });
+    try {
+      const res = await check(client, await request());
+      expect(res.status.code).to.equal(16);
+      expect(res.denied_response.status.code).to.equal('Unauthorized');
+      const headers = headerMap(res.denied_response.headers);
+      expect(headers['www-authenticate']).to.equal(`Bearer error="insufficient_claims", claims="${Buffer.from(STEP_UP_CLAIMS).toString('base64')}"`);
+      expect(JSON.parse(res.denied_response.body)).to.deep.equal({ code: 'acquisition_ui_required', message: 'User interaction is required.' });
+    } finally {
+      emu.conditionalAccess();
+    }
+  });
 
   it('denies with 503 before Envoy\'s deadline when Entra is slow, never with a gRPC error', async () => {
     emu.fault({ route: 'token', delayMs: 2_000, count: 5 });

@@ -3,11 +3,13 @@
  * reference sidecar-http-api §4, the IDW10203 gate, JWE, key refresh behaviour, and no secret in logs.
  */
 import { expect } from 'chai';
+import { createPrivateKey } from 'node:crypto';
 import { connect } from 'node:net';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startEmulator, type Emulator } from '../../emulator/index.js';
+import { compactDecrypt, decodeJwt } from 'jose';
+import { redactionFingerprint, startEmulator, type Emulator } from '../../emulator/index.js';
 import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 
@@ -224,6 +226,31 @@ describe('GET /Validate with options (built sidecar)', function () {
     // Without the decryption key the same token is refused.
     const plain = await start({});
     expect((await call(`${plain.url}/Validate`, { token: jwe })).status).to.equal(401);
+  });
+
+  it('exchanges a JWE caller token On-Behalf-Of by sending the decrypted inner token, which is all Entra can read', async () => {
+    // Entra holds only the public half of the API's encryption certificate and refuses a JWE
+    // assertion (AADSTS50013); Microsoft.Identity.Web sends the inner, signed token.
+    const enc = emu.scenario.apps.sidecarApi.encryptionCertificate!;
+    const dir = mkdtempSync(path.join(tmpdir(), 'es-jwe-obo-'));
+    const file = path.join(dir, 'enc.pem');
+    writeFileSync(file, `${enc.certPem}\n${enc.keyPem}`, { mode: 0o600 });
+    const s = await start({
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'Path',
+      AzureAd__TokenDecryptionCredentials__0__CertificateDiskPath: file,
+      DownstreamApis__downstream__Scopes__0: 'api://downstream/read',
+    });
+    const jwe = await emu.mint({ kind: 'user', scp: 'access_as_user', encrypt: true });
+    const inner = Buffer.from((await compactDecrypt(jwe, createPrivateKey(enc.keyPem!))).plaintext).toString('utf8');
+    const before = emu.requests().length;
+    const r = await call(`${s.url}/AuthorizationHeader/downstream`, { token: jwe });
+    expect(r.status, r.text).to.equal(200);
+    const obo = decodeJwt(String(r.json().authorizationHeader).slice('Bearer '.length));
+    expect(obo.aud).to.equal(emu.scenario.apps.downstreamApi.appId);
+    expect(obo.oid).to.equal(emu.scenario.users.normal.oid);
+    const sent = emu.requests().slice(before).filter((q) => q.route === 'token' && q.form.requested_token_use === 'on_behalf_of');
+    expect(sent).to.have.length(1);
+    expect(sent[0].form.assertion).to.equal(`[redacted] ${redactionFingerprint(inner)}`);
   });
 
   it('decrypts a JWE with a TokenDecryptionCredentials certificate from Key Vault, read with a managed identity at start-up', async () => {

@@ -100,7 +100,7 @@ describe('emulator: minting, JWE and key rotation', function () {
     expect(payload.scp).to.equal('access_as_user');
   });
 
-  it('issues JWE access tokens from the token endpoint for an API with token encryption and accepts them as OBO assertions', async () => {
+  it('issues JWE access tokens from the token endpoint for an API with token encryption, and takes only the decrypted inner token as an OBO assertion', async () => {
     const scenario = defaultScenario();
     scenario.apps.sidecarApi.encryptTokens = true;
     const enc = await startEmulator({ scenario });
@@ -112,12 +112,21 @@ describe('emulator: minting, JWE and key rotation', function () {
       expect(r.status).to.equal(200);
       const jwe = r.json.access_token as string;
       expect(jwe.split('.')).to.have.length(5);
-      const { plaintext } = await compactDecrypt(jwe, createPrivateKey(enc.scenario.apps.sidecarApi.encryptionCertificate!.keyPem!));
+      const key = createPrivateKey(enc.scenario.apps.sidecarApi.encryptionCertificate!.keyPem!);
+      const { plaintext } = await compactDecrypt(jwe, key);
       expect(JSON.parse(Buffer.from(Buffer.from(plaintext).toString().split('.')[1], 'base64url').toString()).roles).to.deep.equal(['Sidecar.Invoke']);
       const sidecar = enc.scenario.apps.sidecarApi;
       const userJwe = await enc.mint({ kind: 'user', encrypt: true });
-      const obo = await call(encAgent, url, { form: { grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', requested_token_use: 'on_behalf_of', client_id: sidecar.appId, client_secret: sidecar.secrets[0].value, assertion: userJwe, scope: 'api://downstream/read' } });
-      expect(obo.status, JSON.stringify(obo.json)).to.equal(200);
+      const obo = (assertion: string) => call(encAgent, url, { form: { grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', requested_token_use: 'on_behalf_of', client_id: sidecar.appId, client_secret: sidecar.secrets[0].value, assertion, scope: 'api://downstream/read' } });
+      // Entra has only the public half of the API's encryption certificate: it cannot read the JWE.
+      const refused = await obo(userJwe);
+      expect(refused.status).to.equal(400);
+      expect(refused.json.error).to.equal('invalid_grant');
+      expect(refused.json.error_codes).to.deep.equal([50013]);
+      expect(String(refused.json.error_description)).to.match(/^AADSTS50013: Assertion failed signature validation\. The token is encrypted \(JWE\)/);
+      const inner = Buffer.from((await compactDecrypt(userJwe, key)).plaintext).toString();
+      const accepted = await obo(inner);
+      expect(accepted.status, JSON.stringify(accepted.json)).to.equal(200);
     } finally {
       await encAgent.close();
       await enc.close();

@@ -170,6 +170,22 @@ describe('emulator: test controls', function () {
       expect((await admin('tokens', 'POST', { kind: 'robot' })).status).to.equal(400);
     });
 
+    it('sets and clears the Conditional Access state (unsatisfied authentication contexts)', async () => {
+      const sidecar = emu.scenario.apps.sidecarApi;
+      const obo = async () => call(agent, tokenUrl, { form: {
+        client_id: sidecar.appId, client_secret: sidecar.secrets[0].value, grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', requested_token_use: 'on_behalf_of',
+        assertion: await emu.mint({ kind: 'user' }), scope: 'api://downstream/read', claims: '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}',
+      } });
+      expect((await admin('conditional-access', 'POST', { unsatisfiedAcrs: ['c1'], users: [emu.scenario.users.normal.upn] })).status).to.equal(200);
+      const refused = await obo();
+      expect(refused.status).to.equal(400);
+      expect(refused.json.error).to.equal('interaction_required');
+      expect((await admin('conditional-access', 'DELETE')).status).to.equal(200);
+      expect((await obo()).status).to.equal(200);
+      expect((await admin('conditional-access', 'POST', { unsatisfiedAcrs: 'c1' })).status).to.equal(400);
+      expect((await admin('conditional-access', 'POST', { unsatisfiedAcrs: ['c1'], users: [7] })).status).to.equal(400);
+    });
+
     it('is off unless enabled', async () => {
       const plain = await startEmulator();
       const plainAgent = new Agent({ connect: { ca: plain.caPem } });

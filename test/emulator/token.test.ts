@@ -207,17 +207,73 @@ describe('emulator: token endpoint', function () {
       }
     });
 
-    it('redeems and rotates refresh tokens and rejects reuse (50173), garbage (9002313) and expiry (700082)', async () => {
+    it('redeems refresh tokens without revoking them and rejects unknown (50173), garbage (9002313) and expired (700082) ones', async () => {
       const first = await post(obo(await emu.mint({ kind: 'user' }), 'api://downstream/read offline_access'));
       const rt = first.json.refresh_token as string;
       const refreshed = await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: rt, scope: 'api://downstream/read offline_access' });
       expect(refreshed.status, JSON.stringify(refreshed.json)).to.equal(200);
       expect(refreshed.json.refresh_token).to.be.a('string').and.not.equal(rt);
       expect(decodePart(refreshed.json.access_token as string, 1).oid).to.equal(emu.scenario.users.normal.oid);
-      expectAadsts(await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: rt, scope: 'api://downstream/read' }), 400, 'invalid_grant', 50173);
+      // Entra does not revoke a refresh token when it is redeemed: the old one still works, also
+      // for two concurrent redemptions for different resources.
+      const [again, graph] = await Promise.all([
+        post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: rt, scope: 'api://downstream/write' }),
+        post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: rt, scope: 'User.Read' }),
+      ]);
+      expect(again.status, JSON.stringify(again.json)).to.equal(200);
+      expect(decodePart(again.json.access_token as string, 1).scp).to.equal('write');
+      expect(graph.status, JSON.stringify(graph.json)).to.equal(200);
+      expect(decodePart(graph.json.access_token as string, 1).aud).to.equal('https://graph.microsoft.com');
+      expectAadsts(await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: `1.emu.${'A'.repeat(64)}`, scope: 'api://downstream/read' }), 400, 'invalid_grant', 50173);
       expectAadsts(await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: 'garbage', scope: 'api://downstream/read' }), 400, 'invalid_grant', 9002313);
       emu.setClockOffset(emu.scenario.refreshTokenLifetimeSec + 10);
       expectAadsts(await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: refreshed.json.refresh_token as string, scope: 'api://downstream/read' }), 400, 'invalid_grant', 700082);
+      expectAadsts(await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: rt, scope: 'api://downstream/read' }), 400, 'invalid_grant', 700082);
+    });
+
+    describe('claims challenges for an authentication context (acrs)', () => {
+      const acrs = (value: string): string => JSON.stringify({ access_token: { acrs: { essential: true, value } } });
+
+      it('puts satisfied authentication contexts in the token as acrs', async () => {
+        const r = await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: acrs('c1') });
+        expect(r.status, JSON.stringify(r.json)).to.equal(200);
+        expect(decodePart(r.json.access_token as string, 1).acrs).to.deep.equal(['c1']);
+        const plain = await post(obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'));
+        expect(decodePart(plain.json.access_token as string, 1)).not.to.have.property('acrs');
+      });
+
+      it('refuses an unsatisfied one with interaction_required (50076), suberror and the claims to step up to', async () => {
+        emu.conditionalAccess({ unsatisfiedAcrs: ['c1'] });
+        const r = await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: acrs('c1') });
+        expectAadsts(r, 400, 'interaction_required', 50076);
+        expect(r.json.suberror).to.equal('basic_action');
+        expect(JSON.parse(r.json.claims as string)).to.deep.equal({ access_token: { acrs: { essential: true, value: 'c1' } } });
+        expect(String(r.json.error_description)).to.contain(`'${emu.scenario.apps.downstreamApi.appId}'`);
+        // The values form, and the refresh-token grant, are held to the same rule.
+        const values = JSON.stringify({ access_token: { acrs: { essential: true, values: ['c2', 'c1'] } } });
+        expectAadsts(await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: values }), 400, 'interaction_required', 50076);
+        const rt = (await post(obo(await emu.mint({ kind: 'user' }), 'api://downstream/read offline_access'))).json.refresh_token as string;
+        expectAadsts(await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: rt, scope: 'api://downstream/read', claims: acrs('c1') }), 400, 'interaction_required', 50076);
+        // Other contexts, requests without claims, and app tokens are unaffected.
+        const c2 = await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: acrs('c2') });
+        expect(decodePart(c2.json.access_token as string, 1).acrs).to.deep.equal(['c2']);
+        expect((await post(obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'))).status).to.equal(200);
+        const app = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default', claims: acrs('c1') }));
+        expect(app.status).to.equal(200);
+        expect(decodePart(app.json.access_token as string, 1)).not.to.have.property('acrs');
+      });
+
+      it('applies to the named users only, and is cleared by conditionalAccess() and reset()', async () => {
+        emu.conditionalAccess({ unsatisfiedAcrs: ['c1'], users: ['secondaryUser'] });
+        expect((await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: acrs('c1') })).status).to.equal(200);
+        emu.conditionalAccess({ unsatisfiedAcrs: ['c1'], users: [emu.scenario.users.normal.upn] });
+        expect((await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: acrs('c1') })).status).to.equal(400);
+        emu.conditionalAccess();
+        expect((await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: acrs('c1') })).status).to.equal(200);
+        emu.conditionalAccess({ unsatisfiedAcrs: ['c1'] });
+        emu.reset();
+        expect((await post({ ...obo(await emu.mint({ kind: 'user' }), 'api://downstream/read'), claims: acrs('c1') })).status).to.equal(200);
+      });
     });
   });
 
@@ -283,12 +339,19 @@ describe('emulator: token endpoint', function () {
       expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default', token_type: 'pop', req_cnf: Buffer.from('{"nokid":1}').toString('base64url') })), 400, 'invalid_request', 5000811);
     });
 
-    it('gives CAE-capable clients (claims xms_cc cp1) long-lived tokens and rejects invalid claims JSON', async () => {
+    it('gives CAE-capable clients (claims xms_cc cp1) long-lived tokens for CAE-capable resources only, and rejects invalid claims JSON', async () => {
       const claims = JSON.stringify({ access_token: { xms_cc: { values: ['cp1'] } } });
-      const r = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default', claims }));
+      const r = await post(secretForm({ grant_type: 'client_credentials', scope: 'https://graph.microsoft.com/.default', claims }));
       expect(r.json.expires_in).to.equal(86399);
       expect(r.json.refresh_in).to.equal(43199);
       expect(decodePart(r.json.access_token as string, 1).xms_cc).to.deep.equal(['cp1']);
+      const user = await post({ ...secretForm({}), grant_type: JWT_BEARER, requested_token_use: 'on_behalf_of', assertion: await emu.mint({ kind: 'user' }), scope: 'User.Read', claims });
+      expect(user.json.expires_in).to.equal(86399);
+      // A resource that does not take part in CAE gets the normal lifetime and no xms_cc.
+      const custom = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default', claims }));
+      expect(custom.json.expires_in).to.equal(3599);
+      expect(custom.json).not.to.have.property('refresh_in');
+      expect(decodePart(custom.json.access_token as string, 1)).not.to.have.property('xms_cc');
       expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default', claims: '{not json' })), 400, 'invalid_request', 90100);
     });
 
