@@ -277,10 +277,16 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     }
   }
 
-  async function managedIdentityToken(resource: string, userAssignedClientId: string | undefined, claims?: string, bypass = false): Promise<CachedToken> {
+  function managedIdentityKey(resource: string, userAssignedClientId: string | undefined): string {
     // No id (null in the key) stands for the system-assigned identity: no client id a caller can name, "system" included, collides with it.
-    const key = cacheKey(['mi', userAssignedClientId || undefined, resource.toLowerCase().replace(/\/\.default$/, ''), claims ? sha256(claims) : undefined]);
-    return cache.get(key, () => observed(() => managedIdentity.acquire(resource, userAssignedClientId, claims)), { bypass: bypass || !!claims });
+    return cacheKey(['mi', userAssignedClientId || undefined, resource.toLowerCase().replace(/\/\.default$/, '')]);
+  }
+
+  async function managedIdentityToken(resource: string, userAssignedClientId: string | undefined, claims?: string, bypass = false): Promise<CachedToken> {
+    const key = managedIdentityKey(resource, userAssignedClientId);
+    // Claims are not part of the key, as in every flow: the token got for a challenge replaces the refused one.
+    const fetch = () => observed(() => managedIdentity.acquire(resource, userAssignedClientId, claims));
+    return cache.get(key, fetch, claims ? { bypass: true, flight: sha256(claims) } : { bypass });
   }
 
   const credentialSources: ClientCredentialSource[] = buildClientCredentialSources(azureAd.clientCredentials, {
