@@ -367,28 +367,45 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     const order = [preferred, ...credentialSources.filter((s) => s !== preferred)];
     let lastError: unknown;
     for (const source of order) {
+      const outcome = await tryCredentialSource(source, prepare, call);
+      if (outcome.ok) {
+        preferredCredential = source.index;
+        return outcome.value;
+      }
+      lastError = outcome.error;
+    }
+    throw lastError;
+  }
+
+  /**
+   * One credential source of withCredentialSource. After `invalid_client` a source that had a loaded
+   * certificate is reloaded and tried once more before the caller moves on: a certificate rotated on
+   * disk or in Key Vault is then picked up within the same request, as Microsoft.Identity.Web reloads
+   * its credentials and retries once.
+   */
+  async function tryCredentialSource<P, T>(source: ClientCredentialSource, prepare: (source: ClientCredentialSource) => Promise<P>, call: (prepared: P) => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+    for (let retried = false; ; retried = true) {
       let prepared: P;
       try {
         prepared = await prepare(source);
       } catch (err) {
         const e = err instanceof SidecarError ? err : undefined;
         logger.warn({ credential: source.label, code: e?.code, detail: e?.detail }, 'client credential could not be loaded; trying the next one');
-        lastError = err;
-        continue;
+        return { ok: false, error: err };
       }
       try {
-        const result = await call(prepared);
-        preferredCredential = source.index;
-        return result;
+        return { ok: true, value: await call(prepared) };
       } catch (err) {
         if (!isInvalidClient(err)) throw err;
-        logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); trying the next one');
-        source.reset();
+        const reloadable = source.reset();
         forgetApps(source);
-        lastError = err;
+        if (!reloadable || retried) {
+          logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); trying the next one');
+          return { ok: false, error: err };
+        }
+        logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); reloading it and retrying once');
       }
     }
-    throw lastError;
   }
 
   /** Runs `call` with the blueprint's msal application for the preferred credential (see withCredentialSource). */

@@ -1,7 +1,7 @@
 /**
  * The app's own credential for the token endpoint, from `AzureAd:ClientCredentials` (reference
  * sidecar-http-api §3.2): an ordered list; the acquirer uses the first that loads and moves to the
- * next when Entra answers `invalid_client`.
+ * next when Entra answers `invalid_client` (after one retry with a reloaded certificate).
  *
  * Supported sources: ClientSecret, Path (PEM or PFX), Base64Encoded (PFX or PEM), KeyVault (the
  * certificate's secret fetched with a managed-identity token, src/credentials/key-vault.ts),
@@ -34,8 +34,12 @@ export interface ClientCredentialSource {
   readonly label: string;
   /** The msal credential; certificates are loaded once and remembered until `reset`. */
   load(): Promise<MsalCredential>;
-  /** Forgets a loaded certificate so the next `load` fetches it again (after `invalid_client`). */
-  reset(): void;
+  /**
+   * Forgets a loaded certificate so the next `load` fetches it again (after `invalid_client`). True
+   * when there was one to forget: a retry with this source then sends a fresh credential (a rotated
+   * certificate), where a retry with an unchanged one could only be refused again.
+   */
+  reset(): boolean;
 }
 
 export interface CredentialDeps {
@@ -89,7 +93,9 @@ function certificateSource(index: number, desc: CredentialDescription, deps: Cre
       return toMsalCertificate(await loaded, deps.sendX5C);
     },
     reset() {
+      const had = loaded !== undefined;
       loaded = undefined;
+      return had;
     },
   };
 }
@@ -108,13 +114,13 @@ function assertionFileSource(index: number, desc: CredentialDescription, deps: C
     if (assertion === '') throw new SidecarError('misconfigured', `The signed assertion file '${path}' is empty.`);
     return assertion;
   };
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset() {} };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset: () => false };
 }
 
 function managedIdentityAssertionSource(index: number, desc: CredentialDescription, deps: CredentialDeps): ClientCredentialSource {
   // The FIC audience is a resource: msal-node's MI app strips a trailing `/.default` itself.
   const clientAssertion: ClientAssertionCallback = () => deps.managedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset() {} };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset: () => false };
 }
 
 /** Builds the usable credential sources in configured order; skipped and unsupported ones are left out (and logged). */
@@ -129,7 +135,7 @@ export function buildClientCredentialSources(descriptions: readonly CredentialDe
           deps.logger.warn({ credential: `${index}:ClientSecret` }, 'ClientSecret credential without a ClientSecret value; skipped');
           return;
         }
-        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), reset() {} });
+        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), reset: () => false });
         return;
       }
       case 'Path':
