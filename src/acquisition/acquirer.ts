@@ -297,6 +297,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     maxResponseBytes: outbound.maxResponseBytes,
     federatedTokenFile: config.environment.federatedTokenFile,
     managedIdentityToken: async (resource, clientId) => (await managedIdentityToken(resource, clientId)).token,
+    forgetManagedIdentityToken: (resource, clientId) => cache.delete(managedIdentityKey(resource, clientId)),
   });
   let preferredCredential = credentialSources[0]?.index ?? 0;
 

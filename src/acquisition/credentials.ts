@@ -35,9 +35,10 @@ export interface ClientCredentialSource {
   /** The msal credential; certificates are loaded once and remembered until `reset`. */
   load(): Promise<MsalCredential>;
   /**
-   * Forgets a loaded certificate so the next `load` fetches it again (after `invalid_client`). True
-   * when there was one to forget: a retry with this source then sends a fresh credential (a rotated
-   * certificate), where a retry with an unchanged one could only be refused again.
+   * Forgets a loaded certificate (or a cached managed-identity assertion) so the next `load` fetches
+   * it again (after `invalid_client`). True when there was one to forget: a retry with this source
+   * then sends a fresh credential (a rotated certificate), where a retry with an unchanged one could
+   * only be refused again.
    */
   reset(): boolean;
 }
@@ -52,6 +53,8 @@ export interface CredentialDeps {
   readonly federatedTokenFile?: string;
   /** A managed-identity access token for `resource` (cached and single-flighted by the caller). */
   readonly managedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => Promise<string>;
+  /** Drops the cached managed-identity token for `resource`, so the next one is fetched afresh. */
+  readonly forgetManagedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => void;
 }
 
 interface LoadedCertificate {
@@ -120,7 +123,14 @@ function assertionFileSource(index: number, desc: CredentialDescription, deps: C
 function managedIdentityAssertionSource(index: number, desc: CredentialDescription, deps: CredentialDeps): ClientCredentialSource {
   // The FIC audience is a resource: msal-node's MI app strips a trailing `/.default` itself.
   const clientAssertion: ClientAssertionCallback = () => deps.managedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset: () => false };
+  // The assertion sits in the token cache like any managed-identity token: once Entra refused it (a
+  // changed federated credential, a token outside its valid time range), it must not be sent again
+  // until it expires. The next assertion is a fresh managed-identity token, so a retry is worth it.
+  const reset = () => {
+    deps.forgetManagedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
+    return true;
+  };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset };
 }
 
 /** Builds the usable credential sources in configured order; skipped and unsupported ones are left out (and logged). */

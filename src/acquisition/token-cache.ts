@@ -138,6 +138,11 @@ export class TokenCache {
     this.store(key, value, ++this.flights);
   }
 
+  /** Drops the stored token for `key` (one refused by its audience); a flight in progress still stores its own. */
+  delete(key: string): void {
+    this.entries.delete(key);
+  }
+
   /** Counters for metrics and tests. */
   stats(): TokenCacheStats {
     return { ...this.counters, size: this.entries.size };

@@ -194,6 +194,7 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
     const ua = s.managedIdentities.userAssigned.clientId;
     const mi = (id: string | undefined, resource = 'api://downstream/.default') =>
       apiOptions({ scopes: [resource], acquireTokenOptions: acquireTokenOptions({ managedIdentity: id ? { userAssignedClientId: id } : {} }) });
+    const app = (forceRefresh: boolean) => apiOptions({ scopes: ['api://downstream/.default'], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ forceRefresh }) });
     tokenRequestsBefore = emu.requests().filter((r) => r.route === 'token').length;
     run = await runChild(
       { AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin },
@@ -204,6 +205,14 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
             { label: 'plain', options: mi(undefined) },
             { label: 'challenged', options: mi(undefined), claims: CHALLENGE },
             { label: 'plain-again', options: mi(undefined) },
+          ],
+        },
+        {
+          config: emulatorConfig(emu, { clientCredentials: [credential({ sourceType: 'SignedAssertionFromManagedIdentity', managedIdentityClientId: ua })] }),
+          requests: [
+            { label: 'fic-first', options: app(false) },
+            // Entra refuses the managed-identity assertion the sidecar cached (AADSTS700024: outside its valid time range).
+            { label: 'fic-refused', options: app(true), fault: { route: 'token', status: 401, error: 'invalid_client', aadsts: 700024 } },
           ],
         },
       ],
@@ -221,5 +230,19 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
     // A caller without claims now gets the token that satisfied the challenge, from our cache.
     expect(again.claims?.uti, 'the refused token was served again').to.equal(challenged.claims?.uti);
     expect(again.entraRequests).to.equal(2);
+  });
+
+  it('fetches a fresh managed-identity assertion after Entra refused the cached one, and retries with it', () => {
+    const first = byLabel(run.results, 'fic-first');
+    expect(first.ok, `${first.code} ${first.detail}`).to.equal(true);
+    const refused = byLabel(run.results, 'fic-refused');
+    expect(refused.ok, `${refused.code} ${refused.detail}`).to.equal(true);
+    // Only the assertion group posts to the token endpoint: its first request, the refused one and the retry.
+    const sent = emu.requests().filter((r) => r.route === 'token').slice(tokenRequestsBefore).map((r) => r.form.client_assertion);
+    expect(sent).to.have.length(3);
+    expect(sent[1], 'the cached assertion was sent').to.equal(sent[0]);
+    expect(sent[2], 'the refused assertion was sent again').to.not.equal(sent[1]);
+    // One managed-identity GET per assertion: the first and the fresh one.
+    expect(refused.entraRequests - first.entraRequests).to.equal(3);
   });
 });
