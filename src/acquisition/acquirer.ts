@@ -11,7 +11,8 @@
  *
  * msal's own cache is never consulted (`skipCache`) nor filled (`storeInCache` all false); OBO
  * accounts msal records anyway are removed after each call, so msal's unbounded O(n) cache stays
- * empty however many users pass through (entra-protocol §7).
+ * empty however many users pass through (entra-protocol §7); managed-identity.ts empties msal's
+ * static managed-identity cache the same way.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Dispatcher } from 'undici';

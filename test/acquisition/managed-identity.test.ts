@@ -215,6 +215,12 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
             { label: 'fic-refused', options: app(true), fault: { route: 'token', status: 401, error: 'invalid_client', aadsts: 700024 } },
           ],
         },
+        {
+          config: emulatorConfig(emu),
+          requests: [undefined, ua].flatMap((id, i) =>
+            ['api://downstream/.default', `api://${s.apps.sidecarApi.appId}/.default`].map((resource, j) => ({ label: `msal-cache-${i}-${j}`, options: mi(id, resource) })),
+          ),
+        },
       ],
       emu.origin,
     );
@@ -244,5 +250,14 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
     expect(sent[2], 'the refused assertion was sent again').to.not.equal(sent[1]);
     // One managed-identity GET per assertion: the first and the fresh one.
     expect(refused.entraRequests - first.entraRequests).to.equal(3);
+  });
+
+  it('leaves nothing in msal\u2019s own process-wide managed-identity cache', () => {
+    const many = run.results.filter((r) => r.label.startsWith('msal-cache-'));
+    expect(many).to.have.length(4);
+    for (const r of many) expect(r.ok, `${r.label}: ${r.code} ${r.detail}`).to.equal(true);
+    // Each group's count is taken after its last token; the acquirer's own cache holds them.
+    expect(run.stats.map((st) => st.msalAccessTokens)).to.deep.equal([0, 0, 0]);
+    expect(run.stats[2].size).to.equal(4);
   });
 });
