@@ -1,7 +1,8 @@
 /**
  * The app's own credential for the token endpoint, from `AzureAd:ClientCredentials` (reference
  * sidecar-http-api §3.2): an ordered list; the acquirer uses the first that loads and moves to the
- * next when Entra answers `invalid_client` (after one retry with a reloaded certificate).
+ * next when Entra answers `invalid_client` (after one retry with a reloaded certificate or a fresh
+ * managed-identity assertion).
  *
  * Supported sources: ClientSecret, Path (PEM or PFX), Base64Encoded (PFX or PEM), KeyVault (the
  * certificate's secret fetched with a managed-identity token, src/credentials/key-vault.ts),
