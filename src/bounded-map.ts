@@ -48,6 +48,11 @@ export class LruMap<K, V> {
     return entry.value;
   }
 
+  /** The value, without marking it as used. */
+  peek(key: K): V | undefined {
+    return this.#entries.get(key)?.value;
+  }
+
   /** Stores `value` as the newest entry; returns how many of the oldest were dropped to stay within `max`. */
   set(key: K, value: V): number {
     this.#entries.delete(key);

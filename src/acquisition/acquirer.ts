@@ -11,7 +11,8 @@
  *
  * msal's own cache is never consulted (`skipCache`) nor filled (`storeInCache` all false); OBO
  * accounts msal records anyway are removed after each call, so msal's unbounded O(n) cache stays
- * empty however many users pass through (entra-protocol §7).
+ * empty however many users pass through (entra-protocol §7); managed-identity.ts empties msal's
+ * static managed-identity cache the same way.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Dispatcher } from 'undici';
@@ -277,10 +278,16 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     }
   }
 
-  async function managedIdentityToken(resource: string, userAssignedClientId: string | undefined, claims?: string, bypass = false): Promise<CachedToken> {
+  function managedIdentityKey(resource: string, userAssignedClientId: string | undefined): string {
     // No id (null in the key) stands for the system-assigned identity: no client id a caller can name, "system" included, collides with it.
-    const key = cacheKey(['mi', userAssignedClientId || undefined, resource.toLowerCase().replace(/\/\.default$/, ''), claims ? sha256(claims) : undefined]);
-    return cache.get(key, () => observed(() => managedIdentity.acquire(resource, userAssignedClientId, claims)), { bypass: bypass || !!claims });
+    return cacheKey(['mi', userAssignedClientId || undefined, resource.toLowerCase().replace(/\/\.default$/, '')]);
+  }
+
+  async function managedIdentityToken(resource: string, userAssignedClientId: string | undefined, claims?: string, bypass = false): Promise<CachedToken> {
+    const key = managedIdentityKey(resource, userAssignedClientId);
+    // Claims are not part of the key, as in every flow: the token got for a challenge replaces the refused one.
+    const fetch = () => observed(() => managedIdentity.acquire(resource, userAssignedClientId, claims));
+    return cache.get(key, fetch, claims ? { bypass: true, flight: sha256(claims) } : { bypass });
   }
 
   const credentialSources: ClientCredentialSource[] = buildClientCredentialSources(azureAd.clientCredentials, {
@@ -291,6 +298,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     maxResponseBytes: outbound.maxResponseBytes,
     federatedTokenFile: config.environment.federatedTokenFile,
     managedIdentityToken: async (resource, clientId) => (await managedIdentityToken(resource, clientId)).token,
+    forgetManagedIdentityToken: (resource, clientId) => cache.delete(managedIdentityKey(resource, clientId)),
   });
   let preferredCredential = credentialSources[0]?.index ?? 0;
 
@@ -361,28 +369,45 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     const order = [preferred, ...credentialSources.filter((s) => s !== preferred)];
     let lastError: unknown;
     for (const source of order) {
+      const outcome = await tryCredentialSource(source, prepare, call);
+      if (outcome.ok) {
+        preferredCredential = source.index;
+        return outcome.value;
+      }
+      lastError = outcome.error;
+    }
+    throw lastError;
+  }
+
+  /**
+   * One credential source of withCredentialSource. After `invalid_client` a source that had a loaded
+   * certificate is reloaded and tried once more before the caller moves on: a certificate rotated on
+   * disk or in Key Vault is then picked up within the same request, as Microsoft.Identity.Web reloads
+   * its credentials and retries once.
+   */
+  async function tryCredentialSource<P, T>(source: ClientCredentialSource, prepare: (source: ClientCredentialSource) => Promise<P>, call: (prepared: P) => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+    for (let retried = false; ; retried = true) {
       let prepared: P;
       try {
         prepared = await prepare(source);
       } catch (err) {
         const e = err instanceof SidecarError ? err : undefined;
         logger.warn({ credential: source.label, code: e?.code, detail: e?.detail }, 'client credential could not be loaded; trying the next one');
-        lastError = err;
-        continue;
+        return { ok: false, error: err };
       }
       try {
-        const result = await call(prepared);
-        preferredCredential = source.index;
-        return result;
+        return { ok: true, value: await call(prepared) };
       } catch (err) {
         if (!isInvalidClient(err)) throw err;
-        logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); trying the next one');
-        source.reset();
+        const reloadable = source.reset();
         forgetApps(source);
-        lastError = err;
+        if (!reloadable || retried) {
+          logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); trying the next one');
+          return { ok: false, error: err };
+        }
+        logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); reloading it and retrying once');
       }
     }
-    throw lastError;
   }
 
   /** Runs `call` with the blueprint's msal application for the preferred credential (see withCredentialSource). */

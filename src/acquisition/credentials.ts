@@ -1,7 +1,8 @@
 /**
  * The app's own credential for the token endpoint, from `AzureAd:ClientCredentials` (reference
  * sidecar-http-api §3.2): an ordered list; the acquirer uses the first that loads and moves to the
- * next when Entra answers `invalid_client`.
+ * next when Entra answers `invalid_client` (after one retry with a reloaded certificate or a fresh
+ * managed-identity assertion).
  *
  * Supported sources: ClientSecret, Path (PEM or PFX), Base64Encoded (PFX or PEM), KeyVault (the
  * certificate's secret fetched with a managed-identity token, src/credentials/key-vault.ts),
@@ -34,8 +35,13 @@ export interface ClientCredentialSource {
   readonly label: string;
   /** The msal credential; certificates are loaded once and remembered until `reset`. */
   load(): Promise<MsalCredential>;
-  /** Forgets a loaded certificate so the next `load` fetches it again (after `invalid_client`). */
-  reset(): void;
+  /**
+   * Forgets a loaded certificate (or a cached managed-identity assertion) so the next `load` fetches
+   * it again (after `invalid_client`). True when there was one to forget: a retry with this source
+   * then sends a fresh credential (a rotated certificate), where a retry with an unchanged one could
+   * only be refused again.
+   */
+  reset(): boolean;
 }
 
 export interface CredentialDeps {
@@ -48,6 +54,8 @@ export interface CredentialDeps {
   readonly federatedTokenFile?: string;
   /** A managed-identity access token for `resource` (cached and single-flighted by the caller). */
   readonly managedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => Promise<string>;
+  /** Drops the cached managed-identity token for `resource`, so the next one is fetched afresh. */
+  readonly forgetManagedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => void;
 }
 
 interface LoadedCertificate {
@@ -89,7 +97,9 @@ function certificateSource(index: number, desc: CredentialDescription, deps: Cre
       return toMsalCertificate(await loaded, deps.sendX5C);
     },
     reset() {
+      const had = loaded !== undefined;
       loaded = undefined;
+      return had;
     },
   };
 }
@@ -108,13 +118,20 @@ function assertionFileSource(index: number, desc: CredentialDescription, deps: C
     if (assertion === '') throw new SidecarError('misconfigured', `The signed assertion file '${path}' is empty.`);
     return assertion;
   };
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset() {} };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset: () => false };
 }
 
 function managedIdentityAssertionSource(index: number, desc: CredentialDescription, deps: CredentialDeps): ClientCredentialSource {
   // The FIC audience is a resource: msal-node's MI app strips a trailing `/.default` itself.
   const clientAssertion: ClientAssertionCallback = () => deps.managedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset() {} };
+  // The assertion sits in the token cache like any managed-identity token: once Entra refused it (a
+  // changed federated credential, a token outside its valid time range), it must not be sent again
+  // until it expires. The next assertion is a fresh managed-identity token, so a retry is worth it.
+  const reset = () => {
+    deps.forgetManagedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
+    return true;
+  };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset };
 }
 
 /** Builds the usable credential sources in configured order; skipped and unsupported ones are left out (and logged). */
@@ -129,7 +146,7 @@ export function buildClientCredentialSources(descriptions: readonly CredentialDe
           deps.logger.warn({ credential: `${index}:ClientSecret` }, 'ClientSecret credential without a ClientSecret value; skipped');
           return;
         }
-        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), reset() {} });
+        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), reset: () => false });
         return;
       }
       case 'Path':

@@ -9,15 +9,17 @@
  *   `config.environment.managedIdentityEnv` for diagnostics only; msal reads process.env itself, so
  *   they must be in the environment before the first managed-identity call of the process.
  * - We always pass `forceRefresh: true`: our own TokenCache (single-flight, refresh-ahead, bounded)
- *   sits in front, so msal's static cache is never read.
+ *   sits in front, so msal's static cache is never read. msal still writes every token into it, and
+ *   nothing ever removes them (unbounded, blind to Sidecar:TokenCache:MaxEntries, alive after our
+ *   eviction and close()), so it is emptied after every acquisition (clearMsalCache).
  * - The static source also keeps the network client of the FIRST application that used it. Every
  *   application therefore gets one process-wide forwarding client that sends through the network
  *   client of the most recently created, still open ManagedIdentityTokens (normally the only one).
  * - Internal retries are disabled (IMDS backs off up to 4 s × 3, or 10 s × 7 on 410): the caller's
  *   timeout, not msal's retry policy, bounds a request.
  */
-import type { INetworkModule, ManagedIdentityApplication, NetworkRequestOptions } from '@azure/msal-node';
-import { loadMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
+import type { AuthenticationResult, INetworkModule, ManagedIdentityApplication, NetworkRequestOptions } from '@azure/msal-node';
+import { loadedMsal, loadMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
 import { SidecarError } from '../errors.js';
 import type { CachedToken } from './token-cache.js';
 import { LruMap } from '../bounded-map.js';
@@ -39,6 +41,18 @@ const forwardingNetworkClient: INetworkModule = {
   sendGetRequestAsync: <T>(url: string, options?: NetworkRequestOptions, timeout?: number) => currentNetworkClient().sendGetRequestAsync<T>(url, options, timeout),
   sendPostRequestAsync: <T>(url: string, options?: NetworkRequestOptions) => currentNetworkClient().sendPostRequestAsync<T>(url, options),
 };
+
+/**
+ * Empties msal's process-wide managed-identity token cache. It is a private static field
+ * (`ManagedIdentityApplication.nodeStorage`, msal-node 7): the MI application has no getTokenCache()
+ * nor any other public way to it, and no request option keeps msal from writing there. `clear()`
+ * is NodeStorage's own (it keeps only authority metadata); the field is checked at run time so that
+ * an msal that renames it costs memory, not a failed acquisition.
+ */
+function clearMsalCache(): void {
+  const storage = (loadedMsal()?.ManagedIdentityApplication as unknown as { nodeStorage?: { clear?: unknown } } | undefined)?.nodeStorage;
+  if (typeof storage?.clear === 'function') (storage as { clear(): void }).clear();
+}
 
 export interface ManagedIdentityDeps {
   readonly networkClient: INetworkModule;
@@ -66,12 +80,18 @@ export class ManagedIdentityTokens {
     const i = openNetworkClients.lastIndexOf(this.deps.networkClient);
     if (i >= 0) openNetworkClients.splice(i, 1);
     this.apps.clear();
+    clearMsalCache();
   }
 
   /** A fresh token for `resource` (`…/.default` accepted) from the host's managed identity. */
   async acquire(resource: string, userAssignedClientId: string | undefined, claims: string | undefined): Promise<CachedToken> {
     const app = await this.app(userAssignedClientId);
-    const result = await app.acquireToken({ resource, forceRefresh: true, ...(claims ? { claims } : {}) });
+    let result: AuthenticationResult;
+    try {
+      result = await app.acquireToken({ resource, forceRefresh: true, ...(claims ? { claims } : {}) });
+    } finally {
+      clearMsalCache();
+    }
     return {
       scheme: 'Bearer',
       token: result.accessToken,

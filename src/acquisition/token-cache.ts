@@ -55,6 +55,8 @@ interface Entry {
   usableUntil: number;
   /** ms: first access after this starts a background refresh. */
   refreshAt: number;
+  /** Start number of the flight that fetched the value (see TokenCache.flights). */
+  flight: number;
 }
 
 export interface GetOptions {
@@ -64,7 +66,8 @@ export interface GetOptions {
    * Fetch in a flight of its own, named by this string (a claims challenge's digest): it never
    * joins a flight without the same claims, and its Retry-After window is its own. The token is
    * stored under the key as usual, so it replaces the entry a caller without claims reads, as MSAL
-   * does: the token that was refused is not served again.
+   * does: the token that was refused is not served again (nor put back by a flight that started
+   * before this one and finishes after it).
    */
   readonly flight?: string;
 }
@@ -77,6 +80,13 @@ export class TokenCache {
   private readonly throttledUntil = new Map<string, number>();
   private readonly opts: TokenCacheOptions;
   private readonly now: () => number;
+  /**
+   * Flights started so far; each flight (and put) takes the next number when it starts. Flights for
+   * one key can overlap (a claims challenge has a flight of its own, refresh-ahead runs beside it),
+   * and a slower one that started earlier must not replace a token fetched after it: a token got
+   * for a claims challenge would be overwritten by the one that was refused.
+   */
+  private flights = 0;
   private readonly counters = { fetches: 0, cacheHits: 0, cacheMisses: 0, coalesced: 0, refreshes: 0, evictions: 0, throttled: 0 };
 
   constructor(opts: TokenCacheOptions) {
@@ -125,7 +135,12 @@ export class TokenCache {
 
   /** Stores a token obtained under another key (the first call of a long-running OBO session). */
   put(key: string, value: CachedToken): void {
-    this.store(key, value);
+    this.store(key, value, ++this.flights);
+  }
+
+  /** Drops the stored token for `key` (one refused by its audience); a flight in progress still stores its own. */
+  delete(key: string): void {
+    this.entries.delete(key);
   }
 
   /** Counters for metrics and tests. */
@@ -157,10 +172,11 @@ export class TokenCache {
   /** Fetches for `key` in the flight `flightKey` (the key itself unless get() was given a flight). */
   private start(key: string, fetch: () => Promise<CachedToken>, flightKey: string = key): Promise<CachedToken> {
     this.counters.fetches++;
+    const flight = ++this.flights;
     const p = (async () => {
       try {
         const value = await fetch();
-        this.store(key, value);
+        this.store(key, value, flight);
         return value;
       } catch (err) {
         this.noteFailure(flightKey, err);
@@ -182,7 +198,10 @@ export class TokenCache {
     });
   }
 
-  private store(key: string, value: CachedToken): void {
+  /** Stores `value` from flight number `flight`, unless the entry came from a flight started later. */
+  private store(key: string, value: CachedToken, flight: number): void {
+    const current = this.entries.peek(key);
+    if (current !== undefined && current.flight > flight) return;
     const now = this.now();
     const expiresAt = value.expiresOn * 1000;
     const usableUntil = expiresAt - this.opts.expiryBufferSec * 1000;
@@ -194,7 +213,7 @@ export class TokenCache {
     const fraction = this.opts.refreshFraction ?? 0.75;
     const byLifetime = now + (expiresAt - now) * fraction;
     const refreshAt = Math.min(value.refreshOn !== undefined ? value.refreshOn * 1000 : byLifetime, usableUntil);
-    this.counters.evictions += this.entries.set(key, { value, usableUntil, refreshAt });
+    this.counters.evictions += this.entries.set(key, { value, usableUntil, refreshAt, flight });
     this.throttledUntil.delete(key);
   }
 

@@ -37,8 +37,8 @@ describe('client credential sources against the emulator', function () {
     return { token, sent: tokenRequests(emu).slice(before) };
   }
 
-  function certificate() {
-    const c = emu.scenario.apps.sidecarApi.certificates[0];
+  function certificate(index = 0) {
+    const c = emu.scenario.apps.sidecarApi.certificates[index];
     if (!c.certPem || !c.keyPem) throw new Error('the emulator did not fill in the certificate');
     return { certPem: c.certPem, keyPem: c.keyPem };
   }
@@ -49,6 +49,7 @@ describe('client credential sources against the emulator', function () {
     return Buffer.from(forge.asn1.toDer(asn1).getBytes(), 'binary');
   }
 
+  afterEach(() => emu.clearFaults());
   before(async () => {
     emu = await startEmulator();
     agent = emulatorAgent(emu);
@@ -137,5 +138,38 @@ describe('client credential sources against the emulator', function () {
     expect(token.token).to.be.a('string');
     expect(sent).to.have.length(2);
     expect(sent[1].form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+  });
+
+  it('reloads a rotated certificate and retries it once after invalid_client, within the same request', async () => {
+    const path = join(dir, 'rotated.pem');
+    const write = async (c: { certPem: string; keyPem: string }) => writeFile(path, `${c.certPem}\n${c.keyPem}`);
+    await write(certificate(0));
+    const a = acquirer([credential({ sourceType: 'Path', certificateDiskPath: path })]);
+    await appToken(a);
+    // The operator mounts the new certificate; Entra refuses the old one the sidecar still holds.
+    await write(certificate(1));
+    emu.fault({ route: 'token', status: 401, error: 'invalid_client', aadsts: 700027 });
+    const { token, sent } = await appToken(a, true);
+    expect(token.token).to.be.a('string');
+    expect(sent).to.have.length(2);
+    // Only once: a certificate Entra keeps refusing costs two requests, then the caller hears of it.
+    emu.fault({ route: 'token', status: 401, error: 'invalid_client', aadsts: 700027, sticky: true });
+    const before = tokenRequests(emu).length;
+    const err = await a.acquire({ options: apiOptions({ scopes: [SCOPE], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ forceRefresh: true }) }) }).then(
+      () => undefined,
+      (e: unknown) => e as { code?: string },
+    );
+    expect(err?.code).to.equal('acquisition_rejected');
+    expect(tokenRequests(emu).length - before).to.equal(2);
+  });
+
+  it('does not retry a secret Entra refuses (nothing to reload)', async () => {
+    const before = tokenRequests(emu).length;
+    const err = await appToken(acquirer([secretCredential('wrong-secret')])).then(
+      () => undefined,
+      (e: unknown) => e as { code?: string },
+    );
+    expect(err?.code).to.equal('acquisition_rejected');
+    expect(tokenRequests(emu).length - before).to.equal(1);
   });
 });

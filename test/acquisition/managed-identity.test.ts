@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startEmulator } from '../../emulator/index.js';
-import type { Emulator } from '../../emulator/types.js';
+import type { Emulator, FaultSpec } from '../../emulator/types.js';
 import { acquireTokenOptions, credential } from './fixtures.js';
 import { apiOptions, emulatorConfig } from './harness.js';
 import type { SidecarConfig } from '../../src/config/types.js';
@@ -18,6 +18,8 @@ interface ChildResult {
   claims?: Record<string, unknown>;
   code?: string;
   detail?: string;
+  /** The acquirer's token requests (POSTs and managed-identity GETs) so far. */
+  entraRequests: number;
 }
 
 /** Environment without any managed-identity source variables of the test runner. */
@@ -32,13 +34,14 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
 
 interface Group {
   config: SidecarConfig;
-  requests: Array<{ label: string; options: EffectiveApiOptions }>;
+  /** `claims`: a downstream claims challenge; `fault`: set on the emulator just before the request. */
+  requests: Array<{ label: string; options: EffectiveApiOptions; claims?: string; fault?: FaultSpec }>;
 }
 
 /** Runs acquirers in a fresh process (msal's managed-identity source is static per process). */
-function runChild(env: Record<string, string>, groups: Group[]): Promise<{ results: ChildResult[]; stats: Array<Record<string, number>> }> {
+function runChild(env: Record<string, string>, groups: Group[], adminOrigin?: string): Promise<{ results: ChildResult[]; stats: Array<Record<string, number>> }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CHILD, JSON.stringify({ groups })], { env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CHILD, JSON.stringify({ groups, adminOrigin })], { env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -173,5 +176,88 @@ describe('managed identity (each source in its own process)', function () {
     const r = byLabel(results, 'down');
     expect(r.ok).to.equal(false);
     expect(r.code).to.equal('acquisition_unavailable');
+  });
+});
+
+describe('managed identity: claims, a refused assertion and msal\u2019s own cache (one process)', function () {
+  this.timeout(30_000);
+  let emu: Emulator;
+  let tokenRequestsBefore: number;
+  let run: { results: ChildResult[]; stats: Array<Record<string, number>> };
+  const CHALLENGE = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}';
+
+  // One child process for every case below (each group has its own acquirer): starting one costs seconds.
+  before(async () => {
+    // The admin API lets the child set a fault between two of its requests.
+    emu = await startEmulator({ admin: true });
+    const s = emu.scenario;
+    const ua = s.managedIdentities.userAssigned.clientId;
+    const mi = (id: string | undefined, resource = 'api://downstream/.default') =>
+      apiOptions({ scopes: [resource], acquireTokenOptions: acquireTokenOptions({ managedIdentity: id ? { userAssignedClientId: id } : {} }) });
+    const app = (forceRefresh: boolean) => apiOptions({ scopes: ['api://downstream/.default'], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ forceRefresh }) });
+    tokenRequestsBefore = emu.requests().filter((r) => r.route === 'token').length;
+    run = await runChild(
+      { AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin },
+      [
+        {
+          config: emulatorConfig(emu),
+          requests: [
+            { label: 'plain', options: mi(undefined) },
+            { label: 'challenged', options: mi(undefined), claims: CHALLENGE },
+            { label: 'plain-again', options: mi(undefined) },
+          ],
+        },
+        {
+          config: emulatorConfig(emu, { clientCredentials: [credential({ sourceType: 'SignedAssertionFromManagedIdentity', managedIdentityClientId: ua })] }),
+          requests: [
+            { label: 'fic-first', options: app(false) },
+            // Entra refuses the managed-identity assertion the sidecar cached (AADSTS700024: outside its valid time range).
+            { label: 'fic-refused', options: app(true), fault: { route: 'token', status: 401, error: 'invalid_client', aadsts: 700024 } },
+          ],
+        },
+        {
+          config: emulatorConfig(emu),
+          requests: [undefined, ua].flatMap((id, i) =>
+            ['api://downstream/.default', `api://${s.apps.sidecarApi.appId}/.default`].map((resource, j) => ({ label: `msal-cache-${i}-${j}`, options: mi(id, resource) })),
+          ),
+        },
+      ],
+      emu.origin,
+    );
+  });
+  after(async () => {
+    await emu.close();
+  });
+
+  it('replaces the refused managed-identity token with the one got for a claims challenge', () => {
+    const [plain, challenged, again] = ['plain', 'challenged', 'plain-again'].map((l) => byLabel(run.results, l));
+    for (const r of [plain, challenged, again]) expect(r.ok, `${r.label}: ${r.code} ${r.detail}`).to.equal(true);
+    expect(challenged.claims?.uti).to.not.equal(plain.claims?.uti);
+    // A caller without claims now gets the token that satisfied the challenge, from our cache.
+    expect(again.claims?.uti, 'the refused token was served again').to.equal(challenged.claims?.uti);
+    expect(again.entraRequests).to.equal(2);
+  });
+
+  it('fetches a fresh managed-identity assertion after Entra refused the cached one, and retries with it', () => {
+    const first = byLabel(run.results, 'fic-first');
+    expect(first.ok, `${first.code} ${first.detail}`).to.equal(true);
+    const refused = byLabel(run.results, 'fic-refused');
+    expect(refused.ok, `${refused.code} ${refused.detail}`).to.equal(true);
+    // Only the assertion group posts to the token endpoint: its first request, the refused one and the retry.
+    const sent = emu.requests().filter((r) => r.route === 'token').slice(tokenRequestsBefore).map((r) => r.form.client_assertion);
+    expect(sent).to.have.length(3);
+    expect(sent[1], 'the cached assertion was sent').to.equal(sent[0]);
+    expect(sent[2], 'the refused assertion was sent again').to.not.equal(sent[1]);
+    // One managed-identity GET per assertion: the first and the fresh one.
+    expect(refused.entraRequests - first.entraRequests).to.equal(3);
+  });
+
+  it('leaves nothing in msal\u2019s own process-wide managed-identity cache', () => {
+    const many = run.results.filter((r) => r.label.startsWith('msal-cache-'));
+    expect(many).to.have.length(4);
+    for (const r of many) expect(r.ok, `${r.label}: ${r.code} ${r.detail}`).to.equal(true);
+    // Each group's count is taken after its last token; the acquirer's own cache holds them.
+    expect(run.stats.map((st) => st.msalAccessTokens)).to.deep.equal([0, 0, 0]);
+    expect(run.stats[2].size).to.equal(4);
   });
 });

@@ -94,6 +94,37 @@ describe('token cache', () => {
     expect(f.calls).to.equal(3);
   });
 
+  it('keeps a claims token when a flight that started before it finishes after it (plain or refresh-ahead)', async () => {
+    const clock = fakeClock();
+    const cache = new TokenCache({ maxEntries: 10, expiryBufferSec: 300, now: clock.now });
+    /** A fetch that answers `token` only when its `finish` is called. */
+    const held = (token: string) => {
+      let finish!: () => void;
+      const done = new Promise<void>((r) => (finish = r));
+      return { finish, fetch: async (): Promise<CachedToken> => (await done, { scheme: 'Bearer', token, expiresOn: clock.sec() + 4000 }) };
+    };
+    const fixed = (token: string) => async (): Promise<CachedToken> => ({ scheme: 'Bearer', token, expiresOn: clock.sec() + 4000 });
+
+    // A slow plain flight is overtaken by a claims flight.
+    const slow = held('plain');
+    const plain = cache.get('k', slow.fetch);
+    expect((await cache.get('k', fixed('claims-1'), { bypass: true, flight: 'digest-1' })).token).to.equal('claims-1');
+    slow.finish();
+    expect((await plain).token).to.equal('plain');
+    expect((await cache.get('k', fixed('unused'))).token).to.equal('claims-1');
+
+    // A background refresh is overtaken by a claims flight.
+    clock.advance(3001_000); // past 75 % of 4000 s
+    const refresh = held('refreshed');
+    expect((await cache.get('k', refresh.fetch)).token).to.equal('claims-1');
+    expect(cache.stats().refreshes).to.equal(1);
+    expect((await cache.get('k', fixed('claims-2'), { bypass: true, flight: 'digest-2' })).token).to.equal('claims-2');
+    refresh.finish();
+    await tick();
+    await tick();
+    expect((await cache.get('k', fixed('unused'))).token).to.equal('claims-2');
+  });
+
   it('keeps distinct keys apart', async () => {
     const clock = fakeClock();
     const f = fakeFetcher(clock);
