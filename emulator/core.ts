@@ -106,6 +106,9 @@ export function materialFor(cacheKey: string, commonName: string, provided?: { c
 }
 
 /** The emulator's state. Routes receive it; only index.ts creates it. */
+/** Refresh tokens the emulator remembers (oldest forgotten first). */
+const MAX_REFRESH_TOKENS = 100_000;
+
 export class EmulatorCore {
   origin = '';
   readonly scenario: EmulatorScenario;
@@ -435,6 +438,9 @@ export class EmulatorCore {
   /** Issues an opaque refresh token bound to (client, user, tenant). */
   issueRefreshToken(grant: Omit<RefreshGrant, 'issuedAt'>): string {
     const token = `1.emu.${b64url(randomBytes(48))}`;
+    // Redeeming one does not revoke it (as in Entra), and every token reply issues a new one: keep the
+    // newest 100,000 so a long benchmark or soak cannot grow the emulator without bound.
+    if (this.refreshTokens.size >= MAX_REFRESH_TOKENS) this.refreshTokens.delete(this.refreshTokens.keys().next().value!);
     this.refreshTokens.set(token, { ...grant, issuedAt: this.nowSec() });
     return token;
   }

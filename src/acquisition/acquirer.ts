@@ -299,6 +299,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     federatedTokenFile: config.environment.federatedTokenFile,
     managedIdentityToken: async (resource, clientId) => (await managedIdentityToken(resource, clientId)).token,
     forgetManagedIdentityToken: (resource, clientId) => cache.delete(managedIdentityKey(resource, clientId)),
+    now: deps.now ?? Date.now,
   });
   let preferredCredential = credentialSources[0]?.index ?? 0;
 
@@ -399,9 +400,10 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         return { ok: true, value: await call(prepared) };
       } catch (err) {
         if (!isInvalidClient(err)) throw err;
-        const reloadable = source.reset();
-        forgetApps(source);
-        if (!reloadable || retried) {
+        // Once per request, and only when the source has something fresh to send.
+        const reloadable = !retried && source.reset();
+        if (reloadable) forgetApps(source);
+        if (!reloadable) {
           logger.warn({ credential: source.label }, 'Entra ID rejected the client credential (invalid_client); trying the next one');
           return { ok: false, error: err };
         }

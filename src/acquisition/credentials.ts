@@ -56,7 +56,17 @@ export interface CredentialDeps {
   readonly managedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => Promise<string>;
   /** Drops the cached managed-identity token for `resource`, so the next one is fetched afresh. */
   readonly forgetManagedIdentityToken: (resource: string, userAssignedClientId: string | undefined) => void;
+  /** Milliseconds since the epoch (tests pass an offset clock). */
+  readonly now: () => number;
 }
+
+/**
+ * A source reloads what Entra refused at most this often. A credential Entra keeps refusing (a
+ * federated credential or certificate registration that is wrong) would otherwise cost a Key Vault
+ * or IMDS call and a second token request on every request: IMDS is shared by every pod on the node
+ * and rate-limited. A rotation is still picked up by the first refusal after it.
+ */
+export const RELOAD_MIN_INTERVAL_MS = 30_000;
 
 interface LoadedCertificate {
   readonly thumbprintSha256: string;
@@ -82,12 +92,14 @@ function fromLoaded(c: { readonly privateKey: KeyObject; readonly thumbprintSha2
 /** A credential whose certificate is loaded lazily once and reloaded after `reset`. */
 function certificateSource(index: number, desc: CredentialDescription, deps: CredentialDeps, loader: () => Promise<LoadedCertificate>): ClientCredentialSource {
   let loaded: Promise<LoadedCertificate> | undefined;
+  let loadedAt = Number.NEGATIVE_INFINITY;
   return {
     index,
     sourceType: desc.sourceType,
     label: `${index}:${desc.sourceType}`,
     async load() {
       if (!loaded) {
+        loadedAt = deps.now();
         loaded = loader();
         // A failed load is retried on the next acquisition, not remembered.
         loaded.catch(() => {
@@ -97,9 +109,11 @@ function certificateSource(index: number, desc: CredentialDescription, deps: Cre
       return toMsalCertificate(await loaded, deps.sendX5C);
     },
     reset() {
-      const had = loaded !== undefined;
+      // A certificate loaded moments ago is what is on disk or in Key Vault now: loading it again
+      // would send the same one.
+      if (loaded === undefined || deps.now() - loadedAt < RELOAD_MIN_INTERVAL_MS) return false;
       loaded = undefined;
-      return had;
+      return true;
     },
   };
 }
@@ -126,8 +140,14 @@ function managedIdentityAssertionSource(index: number, desc: CredentialDescripti
   const clientAssertion: ClientAssertionCallback = () => deps.managedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
   // The assertion sits in the token cache like any managed-identity token: once Entra refused it (a
   // changed federated credential, a token outside its valid time range), it must not be sent again
-  // until it expires. The next assertion is a fresh managed-identity token, so a retry is worth it.
+  // until it expires. The next assertion is a fresh managed-identity token, so a retry is worth it,
+  // once per RELOAD_MIN_INTERVAL_MS: a fresh one refused again (a wrong federated credential) is
+  // kept and sent until then, instead of an IMDS call per request.
+  let forgotAt = Number.NEGATIVE_INFINITY;
   const reset = () => {
+    const now = deps.now();
+    if (now - forgotAt < RELOAD_MIN_INTERVAL_MS) return false;
+    forgotAt = now;
     deps.forgetManagedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
     return true;
   };

@@ -465,7 +465,9 @@ export function createChecker(deps: CheckDeps): Checker {
       if (value === undefined || value === '') {
         headersToRemove.push(header);
       } else if (hasForbiddenValueChar(value) || Buffer.byteLength(value) > MAX_CLAIM_HEADER_BYTES) {
-        logger.warn({ header, claim }, 'ext_authz omitted a claim header whose value is not a valid header value');
+        if (logLimiter.allow('claim_header_invalid')) {
+          logger.warn({ header, claim, ...logLimiter.suppressed('claim_header_invalid') }, 'ext_authz omitted a claim header whose value is not a valid header value');
+        }
         headersToRemove.push(header);
       } else {
         headers.push(option(header, value));

@@ -7,6 +7,7 @@ import forge from 'node-forge';
 import type { Agent } from 'undici';
 import { startEmulator } from '../../emulator/index.js';
 import { redactionFingerprint } from '../../emulator/core.js';
+import { RELOAD_MIN_INTERVAL_MS } from '../../src/acquisition/credentials.js';
 import type { Emulator } from '../../emulator/types.js';
 import { createTokenAcquirer } from '../../src/acquisition/acquirer.js';
 import type { CredentialDescription } from '../../src/config/types.js';
@@ -24,8 +25,10 @@ describe('client credential sources against the emulator', function () {
   const logs = captureLogger();
   const acquirers: TokenAcquirer[] = [];
 
+  /** The acquirers' clock: a test moves it past RELOAD_MIN_INTERVAL_MS. */
+  let clockOffsetMs = 0;
   function acquirer(clientCredentials: CredentialDescription[], extra: { sendX5C?: boolean; federatedTokenFile?: string } = {}) {
-    const a = createTokenAcquirer({ config: emulatorConfig(emu, { clientCredentials, ...extra }), agent, logger: logs.logger });
+    const a = createTokenAcquirer({ config: emulatorConfig(emu, { clientCredentials, ...extra }), agent, logger: logs.logger, now: () => Date.now() + clockOffsetMs });
     acquirers.push(a);
     return a;
   }
@@ -140,27 +143,41 @@ describe('client credential sources against the emulator', function () {
     expect(sent[1].form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
   });
 
-  it('reloads a rotated certificate and retries it once after invalid_client, within the same request', async () => {
+  it('reloads a rotated certificate and retries it once after invalid_client, within the same request; a refused one at most every 30 s', async () => {
     const path = join(dir, 'rotated.pem');
     const write = async (c: { certPem: string; keyPem: string }) => writeFile(path, `${c.certPem}\n${c.keyPem}`);
-    await write(certificate(0));
+    const registered = emu.scenario.apps.sidecarApi.certificates;
+    const [old, next] = [certificate(0), certificate(1)];
+    await write(old);
     const a = acquirer([credential({ sourceType: 'Path', certificateDiskPath: path })]);
     await appToken(a);
-    // The operator mounts the new certificate; Entra refuses the old one the sidecar still holds.
-    await write(certificate(1));
-    emu.fault({ route: 'token', status: 401, error: 'invalid_client', aadsts: 700027 });
-    const { token, sent } = await appToken(a, true);
-    expect(token.token).to.be.a('string');
-    expect(sent).to.have.length(2);
-    // Only once: a certificate Entra keeps refusing costs two requests, then the caller hears of it.
-    emu.fault({ route: 'token', status: 401, error: 'invalid_client', aadsts: 700027, sticky: true });
-    const before = tokenRequests(emu).length;
-    const err = await a.acquire({ options: apiOptions({ scopes: [SCOPE], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ forceRefresh: true }) }) }).then(
-      () => undefined,
-      (e: unknown) => e as { code?: string },
-    );
-    expect(err?.code).to.equal('acquisition_rejected');
-    expect(tokenRequests(emu).length - before).to.equal(2);
+    // The operator mounts the new certificate and removes the old one from the app registration:
+    // Entra refuses the certificate the sidecar still holds (AADSTS700027).
+    await write(next);
+    const oldRegistration = registered.shift()!;
+    try {
+      // Loaded moments ago, the certificate is not reloaded: a persistent refusal costs one request.
+      const early = await appToken(a, true).then(() => undefined, (e: unknown) => e as { code?: string });
+      expect(early?.code).to.equal('acquisition_rejected');
+      clockOffsetMs += RELOAD_MIN_INTERVAL_MS;
+      const { token, sent } = await appToken(a, true);
+      expect(token.token).to.be.a('string');
+      expect(sent.map((r) => r.status)).to.deep.equal([401, 200]);
+      // Only once: with the new certificate refused as well, a request costs two token requests at most.
+      emu.fault({ route: 'token', status: 401, error: 'invalid_client', aadsts: 700027, sticky: true });
+      clockOffsetMs += RELOAD_MIN_INTERVAL_MS;
+      const before = tokenRequests(emu).length;
+      const err = await appToken(a, true).then(() => undefined, (e: unknown) => e as { code?: string });
+      expect(err?.code).to.equal('acquisition_rejected');
+      expect(tokenRequests(emu).length - before).to.equal(2);
+      // ...and within 30 s of that reload, one.
+      const again = tokenRequests(emu).length;
+      await appToken(a, true).then(() => undefined, () => undefined);
+      expect(tokenRequests(emu).length - again).to.equal(1);
+    } finally {
+      registered.unshift(oldRegistration);
+      emu.clearFaults();
+    }
   });
 
   it('does not retry a secret Entra refuses (nothing to reload)', async () => {

@@ -213,6 +213,9 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
             { label: 'fic-first', options: app(false) },
             // Entra refuses the managed-identity assertion the sidecar cached (AADSTS700024: outside its valid time range).
             { label: 'fic-refused', options: app(true), fault: { route: 'token', status: 401, error: 'invalid_client', aadsts: 700024 } },
+            // Then Entra refuses every assertion (a wrong federated credential): the fresh one is kept, not fetched again per request.
+            { label: 'fic-persistent-1', options: app(true), fault: { route: 'token', status: 401, error: 'invalid_client', aadsts: 700213, sticky: true } },
+            { label: 'fic-persistent-2', options: app(true) },
           ],
         },
         {
@@ -244,12 +247,24 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
     const refused = byLabel(run.results, 'fic-refused');
     expect(refused.ok, `${refused.code} ${refused.detail}`).to.equal(true);
     // Only the assertion group posts to the token endpoint: its first request, the refused one and the retry.
-    const sent = emu.requests().filter((r) => r.route === 'token').slice(tokenRequestsBefore).map((r) => r.form.client_assertion);
+    const sent = emu.requests().filter((r) => r.route === 'token').slice(tokenRequestsBefore, tokenRequestsBefore + 3).map((r) => r.form.client_assertion);
     expect(sent).to.have.length(3);
     expect(sent[1], 'the cached assertion was sent').to.equal(sent[0]);
     expect(sent[2], 'the refused assertion was sent again').to.not.equal(sent[1]);
     // One managed-identity GET per assertion: the first and the fresh one.
     expect(refused.entraRequests - first.entraRequests).to.equal(3);
+  });
+
+  it('does not fetch a managed-identity assertion per request while Entra keeps refusing it: one token request each, no IMDS call', () => {
+    const refused = byLabel(run.results, 'fic-refused');
+    const [p1, p2] = ['fic-persistent-1', 'fic-persistent-2'].map((l) => byLabel(run.results, l));
+    for (const r of [p1, p2]) expect([r.ok, r.code], r.label).to.deep.equal([false, 'acquisition_rejected']);
+    expect(p1.entraRequests - refused.entraRequests).to.equal(1);
+    expect(p2.entraRequests - p1.entraRequests).to.equal(1);
+    const sent = emu.requests().filter((r) => r.route === 'token').slice(tokenRequestsBefore + 2, tokenRequestsBefore + 5).map((r) => r.form.client_assertion);
+    // The assertion that succeeded on the retry is the one sent, refused, twice.
+    expect(sent).to.have.length(3);
+    expect(new Set(sent).size).to.equal(1);
   });
 
   it('leaves nothing in msal\u2019s own process-wide managed-identity cache', () => {

