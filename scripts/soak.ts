@@ -15,6 +15,13 @@ export interface SoakOptions {
   readonly concurrency?: number;
   /** RSS growth allowed over the second half, as a least-squares slope (bytes per second). */
   readonly maxRssSlopeBytesPerSec?: number;
+  /**
+   * Keep going past `seconds` until every kind of request was sent at least this often (so a slow
+   * machine still covers every route), stopping at `maxSeconds` at the latest. Default 0.
+   */
+  readonly minPerKind?: number;
+  /** Hard stop when minPerKind is not yet met (default: 3 × seconds). */
+  readonly maxSeconds?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -27,6 +34,8 @@ export interface SoakSample {
 
 export interface SoakResult {
   readonly requests: number;
+  /** Wall time of the traffic, in seconds (≥ `seconds`; more when minPerKind had to be met). */
+  readonly seconds: number;
   readonly errors: readonly string[];
   readonly byKind: Record<string, number>;
   readonly samples: readonly SoakSample[];
@@ -87,7 +96,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-oid': 'oid',
     });
     const s = stack;
-    await eventually(async () => (await call(`${s.management}/readyz`)).status === 200, 10_000);
+    if (!(await eventually(async () => (await call(`${s.management}/readyz`)).status === 200, 15_000))) throw new Error('the soak sidecar never became ready (/readyz)');
     const users = await Promise.all(Array.from({ length: 40 }, () => s.emu.mint({ kind: 'user', scp: 'access_as_user' })));
     const expired = await s.emu.mint({ kind: 'user', expiresInSec: -3600 });
     s.tokens.push(...users, expired);
@@ -123,9 +132,18 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     const samples: SoakSample[] = [];
     const t0 = Date.now();
     const end = t0 + opts.seconds * 1000;
+    const minPerKind = opts.minPerKind ?? 0;
+    const hardEnd = t0 + (opts.maxSeconds ?? opts.seconds * 3) * 1000;
+    const short = (): string[] => names.filter((n) => byKind[n] < minPerKind);
+    /** Runs until `seconds` passed and every kind met minPerKind (or the hard stop). */
+    const running = (): boolean => {
+      const now = Date.now();
+      return now < end || (now < hardEnd && short().length > 0);
+    };
+    let workersDone = false;
 
     const sampler = (async () => {
-      while (Date.now() < end) {
+      while (!workersDone) {
         try {
           const text = await scrape(s);
           samples.push({
@@ -141,8 +159,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       }
     })();
     const worker = async () => {
-      while (Date.now() < end) {
-        const kind = pick(names);
+      while (running()) {
+        // Past `seconds`, only the kinds still short of minPerKind.
+        const missing = Date.now() < end ? [] : short();
+        const kind = pick(missing.length > 0 ? missing : names);
         const started = performance.now();
         try {
           if (!(await kinds[kind]())) errors.push(`${kind}: unexpected answer`);
@@ -154,7 +174,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
         if (errors.length > 50) return;
       }
     };
-    await Promise.all([sampler, ...Array.from({ length: concurrency }, worker)]);
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    workersDone = true;
+    await sampler;
+    const seconds = (Date.now() - t0) / 1000;
     if (s.sidecar.child.exitCode !== null) errors.push(`the sidecar exited with ${s.sidecar.child.exitCode}`);
 
     const secondHalf = samples.filter((x) => x.atMs >= (opts.seconds * 1000) / 2);
@@ -167,8 +190,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     if (rssSlope > maxSlope) reasons.push(`RSS grows by ${Math.round(rssSlope / 1024)} KiB/s over the second half (limit ${Math.round(maxSlope / 1024)} KiB/s)`);
     if (handlesGrowth > 64) reasons.push(`active handles grew by ${handlesGrowth} over the second half`);
     if (samples.length < 2) reasons.push('too few metric samples');
+    if (errors.length <= 50 && short().length > 0) reasons.push(`after ${seconds.toFixed(1)} s, sent fewer than ${minPerKind} of: ${short().join(', ')}`);
     const result: SoakResult = {
       requests: latencies.length,
+      seconds,
       errors,
       byKind,
       samples,
@@ -184,7 +209,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     };
     const last = samples.at(-1);
     log(
-      `soak: ${result.requests} requests in ${opts.seconds} s (${Math.round(result.requests / opts.seconds)}/s), ` +
+      `soak: ${result.requests} requests in ${seconds.toFixed(1)} s (${Math.round(result.requests / seconds)}/s), ` +
         `p50 ${result.latencyMs.p50.toFixed(1)} ms, p99 ${result.latencyMs.p99.toFixed(1)} ms, ` +
         `RSS ${Math.round((samples[0]?.rssBytes ?? 0) / 1048576)} → ${Math.round((last?.rssBytes ?? 0) / 1048576)} MiB (slope ${Math.round(rssSlope / 1024)} KiB/s), ` +
         `event-loop p99 lag ≤ ${maxLagMs.toFixed(1)} ms, handles ${samples[0]?.handles ?? 0} → ${last?.handles ?? 0}; ${result.ok ? 'OK' : 'FAILED: ' + reasons.join('; ')}`,

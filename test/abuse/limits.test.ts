@@ -7,11 +7,14 @@
 import { expect } from 'chai';
 import { connect, type Socket } from 'node:net';
 import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
+import { MAX_TOKEN_LENGTH } from '../../src/pipeline/credential.js';
+import { ERROR_TABLE } from '../../src/errors.js';
 import { assertAlive, checkWith, decision, eventually, problemCode, sample, scrape, sleep, startStack, userToken, type Stack } from '../faults/harness.js';
 
 const HEADERS_TIMEOUT_MS = 1_000;
 const REQUEST_TIMEOUT_MS = 2_000;
-const MAX_HEADER_BYTES = 16 * 1024;
+/** Above MAX_TOKEN_LENGTH (16 KiB) plus the other headers, so the token limit is reachable over HTTP. */
+const MAX_HEADER_BYTES = MAX_TOKEN_LENGTH + 8 * 1024;
 const MAX_BODY_BYTES = 64 * 1024;
 const CACHE_BOUND = 50;
 
@@ -58,7 +61,7 @@ describe('abuse and limits (built sidecar)', function () {
       DownstreamApis__sink__Scopes__0: 'api://downstream/.default',
       DownstreamApis__sink__RequestAppToken: 'true',
     });
-    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+    expect(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000), '/readyz 200 (signing keys loaded)').to.equal(true);
   });
   after(async () => {
     stack?.emu.clearFaults();
@@ -76,13 +79,23 @@ describe('abuse and limits (built sidecar)', function () {
     await assertAlive(stack);
   });
 
-  it('refuses an oversized bearer token before any parsing (431 or 401 credential_malformed) on both doors', async () => {
-    const big = 'eyJ' + 'A'.repeat(17_000) + '.' + 'B'.repeat(100) + '.' + 'C'.repeat(100);
+  it('refuses a bearer token over MAX_TOKEN_LENGTH before any parsing (401 credential_malformed) on both doors', async () => {
+    // One character over the limit, JWT-shaped, with the header block still under Sidecar:Http:MaxHeaderBytes.
+    const jwtShaped = (length: number) => 'eyJ' + 'A'.repeat(length - 3 - 202) + '.' + 'B'.repeat(100) + '.' + 'C'.repeat(100);
+    const big = jwtShaped(MAX_TOKEN_LENGTH + 1);
+    expect(big).to.have.length(MAX_TOKEN_LENGTH + 1);
     const r = await call(`${stack.sidecar.url}/Validate`, { token: big });
-    // Here the header block limit (16 KiB) bites first; with a larger one the token limit answers 401.
-    expect([401, 431]).to.include(r.status);
-    if (r.status === 401) expect(r.headers.get('www-authenticate')).to.match(/invalid_token/);
+    expect(r.status, r.text).to.equal(401);
+    // The HTTP API answers 401 with no body, as Microsoft's does; the challenge names the code's message.
+    expect(r.headers.get('www-authenticate')).to.equal(`Bearer error="invalid_token", error_description="${ERROR_TABLE.credential_malformed.message}"`);
     expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${big}` } }))).to.equal('credential_malformed');
+    // At the limit the token is parsed (and refused for what it is, not for its size).
+    const atLimit = jwtShaped(MAX_TOKEN_LENGTH);
+    const r2 = await call(`${stack.sidecar.url}/Validate`, { token: atLimit });
+    expect(r2.status, r2.text).to.equal(401);
+    expect(r2.headers.get('www-authenticate')).to.match(/^Bearer error="invalid_token"/).and.not.contain(ERROR_TABLE.credential_malformed.message);
+    expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${atLimit}` } }))).to.match(/^token_/);
+    await assertAlive(stack);
   });
 
   it('denies a Check over Sidecar:ExtAuthz:MaxReceiveMessageBytes in band (431), without a crash', async () => {

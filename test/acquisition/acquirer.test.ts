@@ -188,11 +188,19 @@ describe('token acquirer against the emulator', function () {
       const count = tokenCount(emu);
       const during = await a.acquire(appRequest());
       expect(during.token).to.equal(first.token);
-      for (let i = 0; i < 50 && tokenCount(emu) === count; i++) await sleep(20);
-      await sleep(20);
-      expect(tokenCount(emu)).to.equal(count + 1);
-      const after = await a.acquire(appRequest());
+      // The background refresh reaches Entra, then its answer replaces the cached token: wait for
+      // each (generous deadlines for a loaded machine) instead of guessing how long they take.
+      const refreshBy = Date.now() + 10_000;
+      while (tokenCount(emu) === count && Date.now() < refreshBy) await sleep(20);
+      expect(tokenCount(emu), 'one refresh request').to.equal(count + 1);
+      const replacedBy = Date.now() + 10_000;
+      let after = await a.acquire(appRequest());
+      while (after.token === first.token && Date.now() < replacedBy) {
+        await sleep(20);
+        after = await a.acquire(appRequest());
+      }
       expect(after.token).to.not.equal(first.token);
+      expect(tokenCount(emu), 'still one refresh request').to.equal(count + 1);
       expect(a.stats().refreshes).to.equal(1);
     });
 

@@ -3,6 +3,7 @@ import { parseAuthorization, plainBearerToken, MAX_TOKEN_LENGTH } from '../../sr
 import { requireScopesOrRoles, tokenRoles, tokenScopes } from '../../src/pipeline/authorize.js';
 import { SidecarError } from '../../src/errors.js';
 import { isLoopback } from '../../src/http/loopback.js';
+import { thrown } from '../helpers/assert.js';
 
 describe('pipeline steps', () => {
   describe('credential extraction', () => {
@@ -44,19 +45,14 @@ describe('pipeline steps', () => {
       expect(() => requireScopesOrRoles(claims, ['access_as_user', 'nope'], [], true)).to.throw(SidecarError).with.property('code', 'insufficient_scope');
     });
     it('names the required scopes in the challenge and the roles in the detail only', () => {
-      try {
-        requireScopesOrRoles(claims, ['Files.Read'], ['Admin'], false);
-        expect.fail('should throw');
-      } catch (e) {
-        expect((e as SidecarError).scope).to.equal('Files.Read');
-        expect((e as SidecarError).detail).to.contain('Files.Read Admin');
-      }
-      try {
-        requireScopesOrRoles(claims, [], ['Admin'], false);
-        expect.fail('should throw');
-      } catch (e) {
-        expect((e as SidecarError).scope).to.equal(undefined);
-      }
+      const both = thrown(() => requireScopesOrRoles(claims, ['Files.Read'], ['Admin'], false));
+      expect(both.code).to.equal('insufficient_scope');
+      expect(both.scope).to.equal('Files.Read');
+      expect(both.detail).to.contain('Files.Read Admin');
+      const rolesOnly = thrown(() => requireScopesOrRoles(claims, [], ['Admin'], false));
+      expect(rolesOnly.code).to.equal('insufficient_scope');
+      expect(rolesOnly.scope).to.equal(undefined);
+      expect(rolesOnly.detail).to.contain('Admin');
     });
   });
 

@@ -4,7 +4,7 @@
  * --import) with a resolve hook for ES modules and, at exit, require's cache for CommonJS ones.
  */
 import { expect } from 'chai';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -12,7 +12,7 @@ import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { build } from 'esbuild';
 import { BUNDLE_EXTERNAL, BUNDLE_FILE, BUNDLED_AT_START, builtinsThroughRequire } from '../../src/build-bundle.js';
 import { builtinRecorder, envReadRecorder } from '../helpers/recorders.js';
-import { outRoot, startSidecar } from '../helpers/sidecar.js';
+import { outRoot, repoRoot, startSidecar } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
 
 /** A preload that appends every module the process loads to `log`. */
@@ -56,9 +56,9 @@ describe('the sidecar bundle (built sidecar)', function () {
   });
 
   /** Starts the built sidecar with the module recorder, validates one token, stops it; returns the log. */
-  async function validateOnce(logName: string): Promise<string> {
+  async function validateOnce(logName: string, entry?: string): Promise<string> {
     const log = path.join(dir, logName);
-    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }));
+    const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }), entry !== undefined ? { entry } : {});
     try {
       const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
       expect((await call(`${s.url}/Validate`, { token })).status).to.equal(200);
@@ -142,16 +142,20 @@ describe('the sidecar bundle (built sidecar)', function () {
   });
 
   it('is passed over when the compiled modules are newer (a plain tsc run after a build)', async function () {
-    const modules = path.join(outRoot, 'src', 'sidecar.js');
+    // On a copy of the built sidecar (in the suite's temporary folder), so the real dist/ is never
+    // touched: a run killed midway cannot leave later runs on the compiled modules.
+    const copy = path.join(dir, 'stale');
+    cpSync(path.join(outRoot, 'src'), path.join(copy, 'src'), { recursive: true });
+    writeFileSync(path.join(copy, 'package.json'), JSON.stringify({ type: 'module' }));
+    symlinkSync(path.join(repoRoot, 'node_modules'), path.join(copy, 'node_modules'), 'dir');
+    const modules = path.join(copy, 'src', 'sidecar.js');
+    const bundle = path.join(copy, 'src', path.basename(BUNDLE_FILE));
+    expect(existsSync(bundle), 'the copy has the bundle').to.equal(true);
     const saved = statSync(modules);
-    let loaded: string;
-    try {
-      utimesSync(modules, saved.atime, new Date(statSync(BUNDLE_FILE).mtimeMs + 60_000));
-      loaded = await validateOnce('stale.log');
-    } finally {
-      utimesSync(modules, saved.atime, saved.mtime);
-    }
+    utimesSync(modules, saved.atime, new Date(statSync(bundle).mtimeMs + 60_000));
+    const loaded = await validateOnce('stale.log', path.join(copy, 'src', 'main.js'));
     expect(loaded).to.contain(pathToFileURL(modules).href);
-    expect(loaded).to.not.contain(pathToFileURL(BUNDLE_FILE).href);
+    expect(loaded).to.not.contain(pathToFileURL(bundle).href);
+    expect(loaded).to.not.contain(pathToFileURL(outRoot).href);
   });
 });

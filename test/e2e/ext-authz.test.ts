@@ -144,15 +144,29 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
   });
 
   it('denies with 503 before Envoy\'s deadline when Entra is slow, never with a gRPC error', async () => {
-    emu.fault({ route: 'token', delayMs: 2_000, count: 5 });
+    // The sidecar answers 10 % of the time left before the deadline, at most 250 ms (src/extauthz/check.ts):
+    // with this deadline the margin is the full 250 ms, and Entra (10 s) answers far beyond it.
+    const deadlineMs = 3_000;
+    const maxMarginMs = 250;
     const token = await user();
-    const t0 = Date.now();
-    const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'orders' } }), 400);
-    expect(Date.now() - t0).to.be.lessThan(400);
-    expect(res.status.code).to.equal(14);
-    expect(res.denied_response.status.code).to.equal('ServiceUnavailable');
-    expect(JSON.parse(res.denied_response.body).code).to.equal('dependency_timeout');
-    emu.clearFaults();
+    const OBO = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+    const oboSent = () => emu.requests().filter((q) => q.form.grant_type === OBO).length;
+    const oboBefore = oboSent();
+    // Only this Check's OBO request is held; the fault is spent by it and cleared whatever happens.
+    emu.fault({ route: 'token', grant_type: OBO, delayMs: 10_000, count: 1 });
+    try {
+      const t0 = Date.now();
+      const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'orders' } }), deadlineMs);
+      const elapsed = Date.now() - t0;
+      expect(elapsed, 'answered before the deadline').to.be.lessThan(deadlineMs);
+      expect(elapsed, 'not before the deadline minus the margin').to.be.at.least(deadlineMs - maxMarginMs - 50);
+      expect(res.status.code).to.equal(14);
+      expect(res.denied_response.status.code).to.equal('ServiceUnavailable');
+      expect(JSON.parse(res.denied_response.body).code).to.equal('dependency_timeout');
+      expect(oboSent() - oboBefore, 'the OBO request reached the (slow) token endpoint').to.equal(1);
+    } finally {
+      emu.clearFaults();
+    }
   });
 
   it('denies with 503 when Entra is down', async () => {

@@ -85,9 +85,16 @@ describe('process lifecycle (built sidecar)', function () {
   let emu: Emulator;
   let slow: Server;
   let slowUrl: string;
+  /** Requests the slow downstream API has received. */
+  let slowArrivals = 0;
+  /** Until released, the slow API holds every answer (so a request stays in flight however loaded the machine is). */
+  let slowGate: Promise<void> = Promise.resolve();
   before(async () => {
     emu = await startEmulator();
-    slow = createServer((_req, res) => setTimeout(() => res.end('done'), 1_000));
+    slow = createServer((_req, res) => {
+      slowArrivals++;
+      void slowGate.then(() => setTimeout(() => res.end('done'), 1_000));
+    });
     await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
     slowUrl = `http://127.0.0.1:${(slow.address() as AddressInfo).port}/`;
   });
@@ -135,10 +142,23 @@ describe('process lifecycle (built sidecar)', function () {
     }));
     // Warm the token cache so every request is in the downstream call when the signal arrives.
     expect((await call(`${s.url}/DownstreamApiUnauthenticated/slow`, { method: 'POST' })).status).to.equal(200);
+    let release!: () => void;
+    slowGate = new Promise<void>((r) => (release = r));
+    const arrivedBefore = slowArrivals;
     const inflight = Array.from({ length: 50 }, () => call(`${s.url}/DownstreamApiUnauthenticated/slow`, { method: 'POST' }));
-    await new Promise((r) => setTimeout(r, 300));
+    try {
+      // SIGTERM only once the downstream API holds all 50: each is then in flight inside the sidecar.
+      const arrivedBy = Date.now() + 20_000;
+      while (slowArrivals - arrivedBefore < 50 && Date.now() < arrivedBy) await new Promise((r) => setTimeout(r, 20));
+      expect(slowArrivals - arrivedBefore, 'requests received downstream before SIGTERM').to.equal(50);
+    } catch (err) {
+      release();
+      throw err;
+    }
     const t0 = Date.now();
     const exited = s.stop(15_000);
+    // The answers start 1 s after the signal went out.
+    release();
     const answers = await Promise.all(inflight);
     for (const a of answers) {
       expect(a.status).to.equal(200);

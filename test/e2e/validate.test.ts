@@ -5,7 +5,7 @@
 import { expect } from 'chai';
 import { createPrivateKey } from 'node:crypto';
 import { connect } from 'node:net';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { compactDecrypt, decodeJwt } from 'jose';
@@ -176,6 +176,16 @@ describe('GET /Validate with options (built sidecar)', function () {
   const suite = withEmulatorAndSidecars();
   const start = suite.start;
   let emu: Emulator;
+  /** Temporary directories holding a private key PEM (removed after the suite, whatever happened). */
+  const tempDirs: string[] = [];
+  const tempDir = (prefix: string): string => {
+    const dir = mkdtempSync(path.join(tmpdir(), prefix));
+    tempDirs.push(dir);
+    return dir;
+  };
+  after(() => {
+    for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
   before(() => {
     emu = suite.emu();
   });
@@ -213,7 +223,7 @@ describe('GET /Validate with options (built sidecar)', function () {
 
   it('decrypts a JWE token with TokenDecryptionCredentials and validates the inner token', async () => {
     const enc = emu.scenario.apps.sidecarApi.encryptionCertificate!;
-    const dir = mkdtempSync(path.join(tmpdir(), 'es-jwe-'));
+    const dir = tempDir('es-jwe-');
     const file = path.join(dir, 'enc.pem');
     writeFileSync(file, `${enc.certPem}\n${enc.keyPem}`, { mode: 0o600 });
     const s = await start({ AzureAd__TokenDecryptionCredentials__0__SourceType: 'Path', AzureAd__TokenDecryptionCredentials__0__CertificateDiskPath: file });
@@ -232,7 +242,7 @@ describe('GET /Validate with options (built sidecar)', function () {
     // Entra holds only the public half of the API's encryption certificate and refuses a JWE
     // assertion (AADSTS50013); Microsoft.Identity.Web sends the inner, signed token.
     const enc = emu.scenario.apps.sidecarApi.encryptionCertificate!;
-    const dir = mkdtempSync(path.join(tmpdir(), 'es-jwe-obo-'));
+    const dir = tempDir('es-jwe-obo-');
     const file = path.join(dir, 'enc.pem');
     writeFileSync(file, `${enc.certPem}\n${enc.keyPem}`, { mode: 0o600 });
     const s = await start({

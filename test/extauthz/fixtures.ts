@@ -228,8 +228,14 @@ export function envoyCheckRequest(init: EnvoyRequestInit = {}): Record<string, u
 
 export type CheckResult = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
+/**
+ * Default Check deadline where a test is not about deadlines: generous, so a cold path (JWKS fetch,
+ * OBO against the emulator) on a loaded CI machine is not cut short. Deadline tests pass their own.
+ */
+export const DEFAULT_CHECK_DEADLINE_MS = 10_000;
+
 /** Calls Check with a deadline (as Envoy's grpc-timeout does) and resolves the decoded CheckResponse. */
-export function check(client: AuthorizationClient, request: object, timeoutMs = 2000): Promise<CheckResult> {
+export function check(client: AuthorizationClient, request: object, timeoutMs = DEFAULT_CHECK_DEADLINE_MS): Promise<CheckResult> {
   return new Promise((resolve, reject) => {
     client.Check(request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, response) => (err ? reject(err) : resolve(response as CheckResult)));
   });

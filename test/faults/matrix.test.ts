@@ -12,7 +12,6 @@ import { call } from '../helpers/e2e.js';
 import {
   FAULTS,
   OUTBOUND_TIMEOUT_MS,
-  RETRY_AFTER_SEC,
   OK_BEHAVIOUR,
   assertAlive,
   checkWith,
@@ -45,6 +44,24 @@ interface Expected {
 const THROTTLED: Expected = { httpStatus: 401, code: 'acquisition_throttled', grpcCode: 14, envoyStatus: 'ServiceUnavailable' };
 const UPSTREAM_FAILED: Expected = { httpStatus: 401, code: 'acquisition_upstream_failed', grpcCode: 14, envoyStatus: 'ServiceUnavailable' };
 const UNAVAILABLE: Expected = { httpStatus: 500, code: 'acquisition_unavailable', grpcCode: 14, envoyStatus: 'ServiceUnavailable' };
+
+/**
+ * Retry-After of the token-endpoint and managed-identity cells: these check that no request goes out
+ * inside the window, so it must comfortably outlast the follow-up calls on a loaded machine (the
+ * recovery wait is measured from the throttled answer, so the longer window costs little).
+ */
+const ACQ_RETRY_AFTER_SEC = 4;
+
+/** A fault of FAULTS as the acquisition cells inject it (the longer Retry-After above). */
+function acquisitionFault(fault: FaultCase): FaultCase {
+  if (fault.kind !== 'throttledRetryAfter') return fault;
+  return { ...fault, name: `429 with Retry-After: ${ACQ_RETRY_AFTER_SEC}`, spec: { ...fault.spec, retryAfter: ACQ_RETRY_AFTER_SEC } };
+}
+
+/** Sleeps until the Retry-After window opened no later than `throttledAt` (epoch ms) has passed. */
+async function sleepPastWindow(throttledAt: number): Promise<void> {
+  await sleep(Math.max(0, throttledAt + ACQ_RETRY_AFTER_SEC * 1000 + 100 - Date.now()));
+}
 
 /**
  * Entra's token endpoint: an error JSON body is an MsalServiceException (401 on the HTTP API, as
@@ -135,7 +152,7 @@ describe('fault matrix: JWKS re-fetch for a rotated key (warm sidecar)', functio
   before(async () => {
     // No cooldown, so every case re-fetches at once; the cooldown itself is tested in test/abuse.
     stack = await startStack({ Sidecar__Validation__UnknownKidCooldownSec: '0' });
-    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+    expect(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000), '/readyz 200 (signing keys loaded)').to.equal(true);
   });
   after(async () => {
     stack?.emu.clearFaults();
@@ -203,7 +220,7 @@ describe('fault matrix: token acquisition (Entra token endpoint, managed identit
       },
       emu,
     );
-    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+    expect(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000), '/readyz 200 (signing keys loaded)').to.equal(true);
     const app = await call(`${stack.sidecar.url}/AuthorizationHeaderUnauthenticated/app`);
     expect(app.status, app.text).to.equal(200);
     warmApp = app.json().authorizationHeader;
@@ -226,7 +243,7 @@ describe('fault matrix: token acquisition (Entra token endpoint, managed identit
 
   const forceRefresh = 'optionsOverride.AcquireTokenOptions.ForceRefresh=true';
 
-  for (const fault of FAULTS) {
+  for (const fault of FAULTS.map(acquisitionFault)) {
     const e = TOKEN_ENDPOINT[fault.kind];
     it(`token endpoint ${fault.name}: ${e.httpStatus} ${e.code} / gRPC ${e.grpcCode}; cached tokens still served; recovers`, async () => {
       const { emu } = stack;
@@ -251,12 +268,14 @@ describe('fault matrix: token acquisition (Entra token endpoint, managed identit
       expectDeny(chk.value, e, 'Check');
       expect(chk.ms).to.be.lessThan(LATENCY_BOUND_MS);
       if (e.code === 'acquisition_throttled' && fault.kind === 'throttledRetryAfter') {
-        expect(obo.value.headers.get('retry-after')).to.equal(String(RETRY_AFTER_SEC));
+        expect(obo.value.headers.get('retry-after')).to.equal(String(ACQ_RETRY_AFTER_SEC));
       }
 
       // Not hammered: one call sends one request (no hidden retries); inside a Retry-After window none is sent.
       const sentBefore = emu.counters().token;
       expectHttpFailure(await call(`${url}/AuthorizationHeader/orders`, { token: u3 }), e, 'single call');
+      // u3's Retry-After window (if any) opened before this point.
+      const throttledAt = Date.now();
       expect(emu.counters().token - sentBefore, 'token requests for one call').to.equal(1);
       if (fault.kind === 'throttledRetryAfter') {
         const again = await Promise.all(Array.from({ length: 5 }, () => call(`${url}/AuthorizationHeader/orders`, { token: u3 })));
@@ -266,7 +285,7 @@ describe('fault matrix: token acquisition (Entra token endpoint, managed identit
       await assertAlive(stack);
 
       emu.clearFaults();
-      if (fault.kind === 'throttledRetryAfter') await sleep(RETRY_AFTER_SEC * 1000 + 100);
+      if (fault.kind === 'throttledRetryAfter') await sleepPastWindow(throttledAt);
       const ok = await call(`${url}/AuthorizationHeader/orders`, { token: u3 });
       expect(ok.status, ok.text).to.equal(200);
       stack.tokens.push(ok.json().authorizationHeader.slice(7));
@@ -275,7 +294,7 @@ describe('fault matrix: token acquisition (Entra token endpoint, managed identit
     });
   }
 
-  for (const fault of FAULTS) {
+  for (const fault of FAULTS.map(acquisitionFault)) {
     const e = TOKEN_ENDPOINT[fault.kind];
     it(`managed identity ${fault.name}: ${e.httpStatus} ${e.code}; the cached MI token is still served on both doors; recovers`, async () => {
       const { emu } = stack;
@@ -289,6 +308,8 @@ describe('fault matrix: token acquisition (Entra token endpoint, managed identit
       expect(emu.counters().imds).to.equal(before);
 
       const fresh = await timed(() => call(`${url}/AuthorizationHeaderUnauthenticated/mi?${forceRefresh}`));
+      // The MI token's Retry-After window (if any) opened before this point.
+      const throttledAt = Date.now();
       expectHttpFailure(fresh.value, e, 'managed identity');
       expect(fresh.ms).to.be.lessThan(LATENCY_BOUND_MS);
       expect(emu.counters().imds - before, 'IMDS requests for one call (no hidden retries)').to.equal(1);
@@ -299,7 +320,7 @@ describe('fault matrix: token acquisition (Entra token endpoint, managed identit
       await assertAlive(stack);
 
       emu.clearFaults();
-      if (fault.kind === 'throttledRetryAfter') await sleep(RETRY_AFTER_SEC * 1000 + 100);
+      if (fault.kind === 'throttledRetryAfter') await sleepPastWindow(throttledAt);
       const ok = await call(`${url}/AuthorizationHeaderUnauthenticated/mi?${forceRefresh}`);
       expect(ok.status, ok.text).to.equal(200);
       // The forced refresh replaced the cached token; the next case expects the new one.

@@ -6,18 +6,20 @@ import { expect } from 'chai';
 import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
 import { assertAlive, checkWith, decision, eventually, sleep, startStack, userToken, type Stack } from './harness.js';
 
-/** Waits until the wall clock is just past a whole second, so a test owns the next ~900 ms. */
-async function atSecondStart(): Promise<void> {
-  const ms = Date.now() % 1000;
-  if (ms > 100) await sleep(1000 - ms + 5);
-}
+/**
+ * The skew cases sit 10 s inside and outside the 300 s tolerance: far enough from the edge that a
+ * loaded machine (seconds between minting and validating, whole-second exp/nbf) cannot cross it,
+ * close enough that a tolerance off by more than 10 s in either direction fails.
+ */
+const INSIDE = 290;
+const OUTSIDE = 310;
 
 describe('signing-key rotation and clock skew (built sidecar)', function () {
   this.timeout(30_000);
   let stack: Stack;
   before(async () => {
     stack = await startStack({ Sidecar__Validation__UnknownKidCooldownSec: '1' });
-    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+    expect(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000), '/readyz 200 (signing keys loaded)').to.equal(true);
   });
   after(async () => {
     stack?.emu.setClockOffset(0);
@@ -73,14 +75,13 @@ describe('signing-key rotation and clock skew (built sidecar)', function () {
   });
 
   const skew: Array<[string, Parameters<typeof userToken>[1], string]> = [
-    ['exp 299 s in the past', { expiresInSec: -299 }, 'allow'],
-    ['exp 301 s in the past', { expiresInSec: -301 }, 'token_expired'],
-    ['nbf 299 s in the future', { notBeforeOffsetSec: 299 }, 'allow'],
-    ['nbf 301 s in the future', { notBeforeOffsetSec: 301 }, 'token_not_yet_valid'],
+    [`exp ${INSIDE} s in the past`, { expiresInSec: -INSIDE }, 'allow'],
+    [`exp ${OUTSIDE} s in the past`, { expiresInSec: -OUTSIDE }, 'token_expired'],
+    [`nbf ${INSIDE} s in the future`, { notBeforeOffsetSec: INSIDE }, 'allow'],
+    [`nbf ${OUTSIDE} s in the future`, { notBeforeOffsetSec: OUTSIDE }, 'token_not_yet_valid'],
   ];
   for (const [what, mint, expected] of skew) {
     it(`${expected === 'allow' ? 'accepts' : 'rejects'} a token with ${what} on both doors (300 s skew)`, async () => {
-      await atSecondStart();
       const token = await userToken(stack, mint);
       const http = await call(`${stack.sidecar.url}/Validate`, { token });
       const grpc = decision(await checkWith(stack, { headers: { authorization: `Bearer ${token}` } }));
@@ -94,11 +95,11 @@ describe('signing-key rotation and clock skew (built sidecar)', function () {
     });
   }
 
-  for (const [offset, expected] of [[299, 'allow'], [301, 'token_not_yet_valid'], [-299 - 3599, 'allow'], [-301 - 3599, 'token_expired']] as const) {
+  // A token lives 3599 s (the emulator's default), so an issuer clock N + 3599 s behind issues one that expired N s ago.
+  for (const [offset, expected] of [[INSIDE, 'allow'], [OUTSIDE, 'token_not_yet_valid'], [-INSIDE - 3599, 'allow'], [-OUTSIDE - 3599, 'token_expired']] as const) {
     it(`${expected === 'allow' ? 'accepts' : 'rejects'} a token from an issuer whose clock is ${offset} s off`, async () => {
       stack.emu.setClockOffset(offset);
       try {
-        await atSecondStart();
         const token = await userToken(stack);
         const http = await call(`${stack.sidecar.url}/Validate`, { token });
         expect(http.status).to.equal(expected === 'allow' ? 200 : 401);

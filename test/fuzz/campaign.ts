@@ -5,7 +5,7 @@
  * never a 5xx where a 4xx is defined, never an allow for an invalid token, never CR/LF/NUL in a
  * CheckResponse header, bounded time per input.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -235,7 +235,10 @@ export async function startFuzzTarget(): Promise<Stack> {
     'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-oid': 'oid',
     Sidecar__LogLevel: 'warn',
   });
-  await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 10_000);
+  if (!(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000))) {
+    await stack.close();
+    throw new Error('the fuzz stack never became ready (/readyz)');
+  }
   return stack;
 }
 
@@ -369,37 +372,41 @@ export async function runCampaign(stack: Stack, opts: CampaignOptions): Promise<
     );
 
     const cwd = mkdtempSync(path.join(tmpdir(), 'rel-fuzz-cfg-'));
-    const knownKeys = [
-      'AzureAd__Instance', 'AzureAd__TenantId', 'AzureAd__ClientId', 'AzureAd__Authority', 'AzureAd__Audience', 'AzureAd__Scopes',
-      'AzureAd__ClientCredentials__0__SourceType', 'AzureAd__ClientCredentials__0__ClientSecret', 'AzureAd__ClientCredentials__1__CertificateDiskPath',
-      'AzureAd__TokenValidationParameters__ValidAudiences__0', 'AzureAd__TokenValidationParameters__ValidIssuers', 'DownstreamApis__a__BaseUrl',
-      'DownstreamApis__a__Scopes__0', 'DownstreamApis__a__Scopes', 'DownstreamApis__a__HttpMethod', 'DownstreamApis__a__RequestAppToken',
-      'Sidecar__Http__Url', 'Sidecar__Http__MaxHeaderBytes', 'Sidecar__ExtAuthz__Address', 'Sidecar__ExtAuthz__Validate', 'Sidecar__Outbound__TimeoutMs',
-      'Sidecar__Validation__ClockSkewSec', 'Sidecar__LogLevel', 'Sidecar__PopValidation__SignedHttpRequestLifetime', 'Sidecar__SettingsFile',
-      'ASPNETCORE_URLS', 'ASPNETCORE_HTTP_PORTS', 'ASPNETCORE_ENVIRONMENT', 'Kestrel__Endpoints__Http__Url', 'Logging__LogLevel__Default',
-      'Sidecar__ExtAuthz__ClaimsToHeaders__x-a', 'DownstreamApis____Scopes__0', 'AzureAd__ClientCredentials__x__SourceType',
-    ];
-    const SECRET = 'S3cr3t-marker-' + 'q'.repeat(12);
-    await property(
-      'random configuration → loadConfig never throws, never echoes a secret',
-      fc.tuple(
-        fc.dictionary(fc.oneof(fc.constantFrom(...knownKeys), fc.string({ maxLength: 40 })), fc.oneof(fc.string({ maxLength: 60, unit: 'binary' }), fc.constantFrom('0', '-1', '1e309', 'true', 'ClientSecret', 'http://127.0.0.1:0', '[]', '{}', '00:00:00')), { maxKeys: 12 }),
-        fc.array(fc.oneof(fc.string({ maxLength: 40 }), fc.constantFrom('--AzureAd:ClientId=x', '--Sidecar:Http:Url', '/A:B=c', '--environment', 'Development')), { maxLength: 4 }),
-      ),
-      async ([env, argv]) => {
-        const withSecret = { ...env, AzureAd__ClientCredentials__0__ClientSecret: SECRET, AzureAd__ClientSecret: SECRET };
-        let result: ReturnType<typeof loadConfig>;
-        try {
-          result = loadConfig({ env: withSecret, argv, cwd });
-        } catch (err) {
-          throw new Error(`loadConfig threw ${(err as Error).name}: ${(err as Error).message}`);
-        }
-        const messages = result.ok ? result.warnings : result.errors;
-        require(Array.isArray(messages) && messages.every((m) => typeof m === 'string'), 'loadConfig messages are not strings');
-        require(!messages.some((m) => m.includes(SECRET)), 'a configuration message contains the client secret');
-      },
-      opts.runs * 2,
-    );
+    try {
+      const knownKeys = [
+        'AzureAd__Instance', 'AzureAd__TenantId', 'AzureAd__ClientId', 'AzureAd__Authority', 'AzureAd__Audience', 'AzureAd__Scopes',
+        'AzureAd__ClientCredentials__0__SourceType', 'AzureAd__ClientCredentials__0__ClientSecret', 'AzureAd__ClientCredentials__1__CertificateDiskPath',
+        'AzureAd__TokenValidationParameters__ValidAudiences__0', 'AzureAd__TokenValidationParameters__ValidIssuers', 'DownstreamApis__a__BaseUrl',
+        'DownstreamApis__a__Scopes__0', 'DownstreamApis__a__Scopes', 'DownstreamApis__a__HttpMethod', 'DownstreamApis__a__RequestAppToken',
+        'Sidecar__Http__Url', 'Sidecar__Http__MaxHeaderBytes', 'Sidecar__ExtAuthz__Address', 'Sidecar__ExtAuthz__Validate', 'Sidecar__Outbound__TimeoutMs',
+        'Sidecar__Validation__ClockSkewSec', 'Sidecar__LogLevel', 'Sidecar__PopValidation__SignedHttpRequestLifetime', 'Sidecar__SettingsFile',
+        'ASPNETCORE_URLS', 'ASPNETCORE_HTTP_PORTS', 'ASPNETCORE_ENVIRONMENT', 'Kestrel__Endpoints__Http__Url', 'Logging__LogLevel__Default',
+        'Sidecar__ExtAuthz__ClaimsToHeaders__x-a', 'DownstreamApis____Scopes__0', 'AzureAd__ClientCredentials__x__SourceType',
+      ];
+      const SECRET = 'S3cr3t-marker-' + 'q'.repeat(12);
+      await property(
+        'random configuration → loadConfig never throws, never echoes a secret',
+        fc.tuple(
+          fc.dictionary(fc.oneof(fc.constantFrom(...knownKeys), fc.string({ maxLength: 40 })), fc.oneof(fc.string({ maxLength: 60, unit: 'binary' }), fc.constantFrom('0', '-1', '1e309', 'true', 'ClientSecret', 'http://127.0.0.1:0', '[]', '{}', '00:00:00')), { maxKeys: 12 }),
+          fc.array(fc.oneof(fc.string({ maxLength: 40 }), fc.constantFrom('--AzureAd:ClientId=x', '--Sidecar:Http:Url', '/A:B=c', '--environment', 'Development')), { maxLength: 4 }),
+        ),
+        async ([env, argv]) => {
+          const withSecret = { ...env, AzureAd__ClientCredentials__0__ClientSecret: SECRET, AzureAd__ClientSecret: SECRET };
+          let result: ReturnType<typeof loadConfig>;
+          try {
+            result = loadConfig({ env: withSecret, argv, cwd });
+          } catch (err) {
+            throw new Error(`loadConfig threw ${(err as Error).name}: ${(err as Error).message}`);
+          }
+          const messages = result.ok ? result.warnings : result.errors;
+          require(Array.isArray(messages) && messages.every((m) => typeof m === 'string'), 'loadConfig messages are not strings');
+          require(!messages.some((m) => m.includes(SECRET)), 'a configuration message contains the client secret');
+        },
+        opts.runs * 2,
+      );
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
   } finally {
     raw.close();
   }

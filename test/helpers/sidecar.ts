@@ -45,8 +45,12 @@ function baseEnv(): Record<string, string> {
 }
 
 /** Spawns the sidecar (`nodeArgs` go to node, `args` to the sidecar) and resolves once it logged its listening line (rejects if it exits first). */
-export async function startSidecar(env: Record<string, string>, opts: { args?: string[]; nodeArgs?: string[]; timeoutMs?: number; cwd?: string } = {}): Promise<RunningSidecar> {
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), sidecarEntry, ...(opts.args ?? [])], {
+export async function startSidecar(
+  env: Record<string, string>,
+  /** `entry`: another copy of main.js to run (default: the built one). */
+  opts: { args?: string[]; nodeArgs?: string[]; timeoutMs?: number; cwd?: string; entry?: string } = {},
+): Promise<RunningSidecar> {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.entry ?? sidecarEntry, ...(opts.args ?? [])], {
     env: { ...baseEnv(), ...env },
     cwd: opts.cwd ?? repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -47,7 +47,7 @@ describe('security (built sidecar)', function () {
       'Sidecar__ExtAuthz__ClaimsToHeaders__x-entra-name': 'name',
     });
     downstreamAud = stack.emu.scenario.apps.downstreamApi.appId;
-    await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 5_000);
+    expect(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000), '/readyz 200 (signing keys loaded)').to.equal(true);
   });
   after(async () => {
     await stack?.close();
