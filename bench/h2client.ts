@@ -18,8 +18,16 @@
  * A call succeeds when its answer is response headers starting with `:status 200`, at least one
  * DATA frame, and trailers (a HEADERS frame with END_STREAM). A gRPC server answers an error
  * "trailers-only" (no DATA), so those fail. The trailers of every successful call on a connection
- * must also be byte-for-byte the same block as the first one's (`grpc-status: 0` and nothing
- * that varies); the load generator decodes sampled bodies as well.
+ * must also be byte-for-byte the same block as the first one's (the reference block: `grpc-status:
+ * 0` and nothing that varies). This client does not decode HPACK on the hot path, so the reference
+ * block is kept (`referenceTrailers`) and the load generator decodes it once, after the run
+ * (trailers.ts), failing every call of the connection unless it says `grpc-status: 0`.
+ *
+ * With an `inspect` function, the gRPC message of EVERY answer is handed to it (a view of the
+ * received bytes, no copy when the message arrived in one DATA frame) and a call whose message it
+ * rejects fails with its reason: that is how an ext_authz deny, which is a successful gRPC call
+ * (grpc-status 0) carrying a CheckResponse with a non-zero status, counts as an error. An answer
+ * with a compressed message, no complete message or more than one message fails as well.
  */
 import { connect, type Socket } from 'node:net';
 
@@ -58,6 +66,9 @@ const STATUS_200 = 0x88;
 /** The outcome of one call: `error` is undefined on success; `body` is the DATA when asked for. */
 export type CallDone = (error: string | undefined, body: Buffer | undefined) => void;
 
+/** Judges one answer's gRPC message, `buf[start, end)` (without its 5-byte prefix): undefined when acceptable, else why not. */
+export type MessageInspector = (buf: Buffer, start: number, end: number) => string | undefined;
+
 /** How far an answer has come: nothing yet, its response headers, then at least one DATA frame. */
 type Stage = 'awaiting-headers' | 'headers' | 'data';
 
@@ -70,6 +81,10 @@ interface Call {
   block: Buffer[] | undefined;
   /** The HEADERS frame of that block carried END_STREAM. */
   ended: boolean;
+  /** With an inspector: null until the message was inspected, then its verdict (undefined: acceptable). */
+  verdict: string | undefined | null;
+  /** With an inspector: the start of a message split across DATA frames. */
+  parts: Buffer[] | undefined;
 }
 
 function frameHeader(target: Buffer, at: number, length: number, type: number, flags: number, stream: number): void {
@@ -154,6 +169,9 @@ export class GrpcH2Connection {
   private readonly blocked: Array<[Buffer, Call]> = [];
   private received = 0;
   private trailers: Buffer | undefined;
+  private readonly inspect: MessageInspector | undefined;
+  /** Calls that succeeded on this connection (all of them rest on the reference trailers). */
+  succeeded = 0;
   private failure: string | undefined;
   private corked = false;
   /** Settles `ready`: with no error on the server's SETTINGS, with one if the socket fails first. */
@@ -161,7 +179,8 @@ export class GrpcH2Connection {
   /** Resolves once the server's SETTINGS arrived (and were acknowledged). */
   private readonly ready: Promise<void>;
 
-  private constructor(host: string, port: number, path: string, headers: Readonly<Record<string, string>>) {
+  private constructor(host: string, port: number, path: string, headers: Readonly<Record<string, string>>, inspect: MessageInspector | undefined) {
+    this.inspect = inspect;
     this.headerBlock = requestHeaderBlock(`${host}:${port}`, path, headers);
     this.socket = connect({ host, port, noDelay: true });
     this.ready = new Promise<void>((resolve, reject) => {
@@ -190,10 +209,10 @@ export class GrpcH2Connection {
 
   /**
    * Connects to `host:port`; calls go to `path` with `headers` (lower-case names). Rejects when the
-   * server has not sent its SETTINGS within `timeoutMs`.
+   * server has not sent its SETTINGS within `timeoutMs`. `inspect` judges every answer's message.
    */
-  static async open(host: string, port: number, path: string, headers: Readonly<Record<string, string>>, timeoutMs = 5000): Promise<GrpcH2Connection> {
-    const c = new GrpcH2Connection(host, port, path, headers);
+  static async open(host: string, port: number, path: string, headers: Readonly<Record<string, string>>, timeoutMs = 5000, inspect?: MessageInspector): Promise<GrpcH2Connection> {
+    const c = new GrpcH2Connection(host, port, path, headers, inspect);
     const timer = setTimeout(() => c.socket.destroy(), timeoutMs);
     try {
       await c.ready;
@@ -216,7 +235,7 @@ export class GrpcH2Connection {
       done(`request body of ${message.length} bytes exceeds the server's frame size or stream window`, undefined);
       return;
     }
-    const c: Call = { done, chunks: keepBody ? [] : undefined, stage: 'awaiting-headers', block: undefined, ended: false };
+    const c: Call = { done, chunks: keepBody ? [] : undefined, stage: 'awaiting-headers', block: undefined, ended: false, verdict: null, parts: undefined };
     if (this.sendWindow < message.length || this.blocked.length > 0) {
       this.blocked.push([message, c]);
       return;
@@ -248,6 +267,14 @@ export class GrpcH2Connection {
     }
     this.socket.write(head);
     this.socket.write(message);
+  }
+
+  /**
+   * The trailer block every successful call on this connection carried (HPACK, self-contained:
+   * the dynamic table is 0), undefined before the first success; decode it with trailers.ts.
+   */
+  get referenceTrailers(): Buffer | undefined {
+    return this.trailers;
   }
 
   /** Closes the connection; calls still open fail. */
@@ -302,6 +329,7 @@ export class GrpcH2Connection {
         if (c.stage === 'awaiting-headers') return this.finish(stream, c, 'DATA before response headers');
         c.stage = 'data';
         if (c.chunks !== undefined) c.chunks.push(Buffer.from(data));
+        if (this.inspect !== undefined) this.inspectData(c, data);
         if (flags & END_STREAM) this.finish(stream, c, 'answer ended without trailers (no grpc-status)');
         return;
       }
@@ -375,10 +403,38 @@ export class GrpcH2Connection {
     }
     if (!c.ended) return this.finish(stream, c, 'a second header block without END_STREAM');
     if (c.stage !== 'data') return this.finish(stream, c, 'trailers without a message');
+    if (this.inspect !== undefined) {
+      if (c.verdict === null) return this.finish(stream, c, 'answer ended inside its gRPC message');
+      if (c.verdict !== undefined) return this.finish(stream, c, c.verdict);
+    }
     const trailers = block.subarray(afterSizeUpdates(block));
     if (this.trailers === undefined) this.trailers = Buffer.from(trailers);
     else if (!this.trailers.equals(trailers)) return this.finish(stream, c, 'trailers differ from the first successful call (grpc-status not 0?)');
+    this.succeeded++;
     this.finish(stream, c, undefined);
+  }
+
+  /** Feeds one DATA payload of a call to the inspector once its gRPC message is complete. */
+  private inspectData(c: Call, data: Buffer): void {
+    if (c.verdict !== null) {
+      // Anything after the (complete) message is a second message: not a unary answer.
+      if (c.verdict === undefined && data.length > 0) c.verdict = 'more than one gRPC message in the answer';
+      return;
+    }
+    let buf = data;
+    if (c.parts !== undefined) {
+      c.parts.push(Buffer.from(data));
+      buf = Buffer.concat(c.parts);
+    }
+    if (buf.length < 5 || buf.length < 5 + buf.readUInt32BE(1)) {
+      if (c.parts === undefined) c.parts = [Buffer.from(data)];
+      return;
+    }
+    c.parts = undefined;
+    const end = 5 + buf.readUInt32BE(1);
+    if (buf[0] !== 0) c.verdict = 'compressed gRPC message (not expected)';
+    else if (buf.length > end) c.verdict = 'more than one gRPC message in the answer';
+    else c.verdict = this.inspect!(buf, 5, end);
   }
 
   private finish(stream: number, c: Call, error: string | undefined): void {

@@ -10,8 +10,16 @@
  *   setImmediate rather than a 1 ms timer so requests leave on time (to within microseconds).
  * - `closed`: a fixed number of requests with a fixed number in flight; reports the rate reached.
  *
- * Every answer must be HTTP 200 with `grpc-status: 0`; every `sampleEvery`-th body is decoded and
- * must be an allow (status code 0) carrying `injectedHeader` when one is expected.
+ * Every answer must be HTTP 200 with `grpc-status: 0` and its CheckResponse must not be a deny:
+ * the top-level fields of EVERY message are scanned (wire.ts scanCheckResponse: a non-zero
+ * status.code or denied_response counts as an error, `denied`). Every `sampleEvery`-th body is
+ * also decoded and must be an allow carrying `injectedHeader` with append_action
+ * OVERWRITE_IF_EXISTS_OR_ADD and, when given, exactly `injectedValue`. After the run each
+ * connection's reference trailers are decoded once (trailers.ts): unless they say grpc-status 0,
+ * every call that succeeded on that connection counts as an error.
+ *
+ * Errors of the unrecorded phases (the open-loop lead-in and `prime`) count too: they are added
+ * to `errors` and `incorrect` and shown apart in `unrecorded`; only their timings are left out.
  *
  * With `protocol: 'echo'` the same loops send 8-byte messages to the TCP echo floor
  * (baseline-echo.ts, over echo.ts) instead, and every echo must equal the message sent.
@@ -20,8 +28,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { CHECK_PATH, GRPC_REQUEST_HEADERS, decodeCheckFrame, isExpectedAllow, splitFrames } from './wire.js';
+import { CHECK_PATH, GRPC_REQUEST_HEADERS, allowMismatch, decodeCheckFrame, scanCheckResponse, splitFrames, type ExpectedInjection } from './wire.js';
 import { GrpcH2Connection, type CallDone } from './h2client.js';
+import { trailersNotOk } from './trailers.js';
 import { EchoConnection } from './echo.js';
 import { loadExtAuthzProtos } from '../src/extauthz/protos.js';
 import { summarizeLatencies, type LatencySummary } from './stats.js';
@@ -46,10 +55,12 @@ export interface LoadgenJob {
   sampleEvery: number;
   /** Header an allow must inject (undefined for the do-nothing baseline). */
   injectedHeader?: string;
+  /** The exact value the injected header must carry (e.g. `Bearer <downstream token>`); undefined: any non-empty value. */
+  injectedValue?: string;
   /** open: an unrecorded lead-in at the same rate. */
   warmupMs?: number;
   /** Requests sent (closed loop, unrecorded) on the same connections before the measured phase, e.g. warm-token Checks before a cold burst. */
-  prime?: { framesFile: string; count: number; concurrency: number };
+  prime?: { framesFile: string; count: number; concurrency: number; injectedHeader?: string };
   /** How long to wait for stragglers after the last send before counting them as timeouts. */
   drainMs?: number;
 }
@@ -57,10 +68,16 @@ export interface LoadgenJob {
 export interface LoadgenResult {
   sent: number;
   completed: number;
-  /** Transport errors, non-200 answers, non-zero grpc-status and timeouts. */
+  /** Transport errors, non-200 answers, non-zero grpc-status, denies (any CheckResponse that is not an allow) and timeouts, unrecorded phases included. */
   errors: number;
-  /** Sampled bodies that were not the expected allow. */
+  /** Of `errors`: answers whose CheckResponse was a deny (non-zero status.code or denied_response). */
+  denied: number;
+  /** Sampled bodies that were not the expected allow (unrecorded phases included). */
   incorrect: number;
+  /** The distinct values of the injected header seen in sampled answers (at most 4). */
+  injectedValues: string[];
+  /** Of errors and incorrect: what the unrecorded phases (prime, open-loop lead-in) contributed. */
+  unrecorded: { sent: number; errors: number; incorrect: number };
   sampled: number;
   elapsedMs: number;
   /** Completed requests per second over the sending period (closed: until the last answer). */
@@ -81,7 +98,7 @@ async function connect(target: string, protocol: 'grpc' | 'echo'): Promise<Conne
   const url = new URL(target);
   if (url.protocol !== 'http:') throw new Error('the load generator speaks cleartext only: ' + target);
   if (protocol === 'echo') return EchoConnection.open(url.hostname, Number(url.port));
-  return GrpcH2Connection.open(url.hostname, Number(url.port), CHECK_PATH, GRPC_REQUEST_HEADERS);
+  return GrpcH2Connection.open(url.hostname, Number(url.port), CHECK_PATH, GRPC_REQUEST_HEADERS, 5000, scanCheckResponse);
 }
 
 /** The request bodies of a job: its gRPC frames, or one placeholder for echo (EchoConnection writes its own bytes). */
@@ -99,15 +116,36 @@ export async function runJob(job: LoadgenJob): Promise<LoadgenResult> {
   // Load the protos now: their first use would otherwise stall the event loop mid-measurement.
   loadExtAuthzProtos();
   const sessions = await Promise.all(Array.from({ length: Math.max(1, job.connections) }, () => connect(job.target, protocol)));
+  const unrecorded: LoadgenResult[] = [];
   if (job.prime) {
     const primeFrames = framesOf({ protocol, framesFile: job.prime.framesFile });
-    await runPhase(sessions, primeFrames, { ...job, mode: 'closed', count: job.prime.count, concurrency: job.prime.concurrency, sampleEvery: 1 });
+    const { injectedHeader: _h, injectedValue: _v, ...rest } = job;
+    const primeJob: LoadgenJob = { ...rest, mode: 'closed', count: job.prime.count, concurrency: job.prime.concurrency, sampleEvery: 1, ...(job.prime.injectedHeader ? { injectedHeader: job.prime.injectedHeader } : {}) };
+    unrecorded.push(await runPhase(sessions, primeFrames, primeJob));
   }
   // Open loop: send at the same rate for a while first, so JIT, connection windows and the
   // server's caches settle before anything is recorded.
-  if (job.mode === 'open' && (job.warmupMs ?? 0) > 0) await runPhase(sessions, frames, { ...job, durationMs: job.warmupMs });
+  if (job.mode === 'open' && (job.warmupMs ?? 0) > 0) unrecorded.push(await runPhase(sessions, frames, { ...job, durationMs: job.warmupMs }));
   const result = await runPhase(sessions, frames, job);
   for (const s of sessions) s.close();
+  for (const u of unrecorded) {
+    result.unrecorded.sent += u.sent;
+    result.unrecorded.errors += u.errors;
+    result.unrecorded.incorrect += u.incorrect;
+    result.errors += u.errors;
+    result.denied += u.denied;
+    result.incorrect += u.incorrect;
+    result.firstError ??= u.firstError;
+  }
+  // The trailers every successful call carried, decoded once per connection.
+  for (const s of sessions) {
+    if (!(s instanceof GrpcH2Connection) || s.referenceTrailers === undefined) continue;
+    const why = await trailersNotOk(s.referenceTrailers);
+    if (why !== undefined) {
+      result.errors += s.succeeded;
+      result.firstError ??= why;
+    }
+  }
   return result;
 }
 
@@ -120,7 +158,10 @@ async function runPhase(sessions: Connection[], frames: Buffer[], job: LoadgenJo
   let completed = 0;
   let errors = 0;
   let incorrect = 0;
+  let denied = 0;
   let sampled = 0;
+  const injectedValues: string[] = [];
+  const expected: ExpectedInjection | undefined = job.injectedHeader ? { header: job.injectedHeader, ...(job.injectedValue !== undefined ? { value: job.injectedValue } : {}) } : undefined;
   let firstError: string | undefined;
   let lastDone = 0;
 
@@ -141,13 +182,23 @@ async function runPhase(sessions: Connection[], frames: Buffer[], job: LoadgenJo
       completed++;
       answered[i] = 1;
       latencies[i] = now - intended;
-      if (err !== undefined) fail(err);
-      else if (sample) {
+      if (err !== undefined) {
+        if (err.startsWith('denied')) denied++;
+        fail(err);
+      } else if (sample) {
         sampled++;
         // An echo was compared byte for byte by EchoConnection before it got here.
-        if (job.protocol !== 'echo' && !isExpectedAllow(decodeCheckFrame(body ?? Buffer.alloc(0)), job.injectedHeader)) {
-          incorrect++;
-          firstError ??= 'unexpected response body (not an allow with the injected header)';
+        if (job.protocol !== 'echo') {
+          const decoded = decodeCheckFrame(body ?? Buffer.alloc(0));
+          const why = allowMismatch(decoded, expected);
+          if (why !== undefined) {
+            incorrect++;
+            firstError ??= `unexpected response body: ${why}`;
+          }
+          if (expected !== undefined && injectedValues.length < 4) {
+            const value = decoded?.ok_response?.headers?.find((h) => h.header?.key === expected.header)?.header?.value;
+            if (value !== undefined && !injectedValues.includes(value)) injectedValues.push(value);
+          }
         }
       }
       done();
@@ -236,7 +287,10 @@ async function runPhase(sessions: Connection[], frames: Buffer[], job: LoadgenJo
     sent,
     completed,
     errors,
+    denied,
     incorrect,
+    injectedValues,
+    unrecorded: { sent: 0, errors: 0, incorrect: 0 },
     sampled,
     elapsedMs,
     rps: (completed / elapsedMs) * 1000,

@@ -124,18 +124,18 @@ export async function startServer(prefix: string[], argv: string[], env: NodeJS.
   };
 }
 
-/** One `kB` field of /proc/<pid>/status in MB (NaN once the process is gone). */
+/** One `kB` field of /proc/<pid>/status in decimal MB, 10^6 bytes (the kernel's kB are KiB); NaN once the process is gone. */
 function statusMb(pid: number, field: 'VmRSS' | 'RssFile'): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : Number.NaN;
+    return m ? (Number(m[1]) * 1024) / 1e6 : Number.NaN;
   } catch {
     return Number.NaN;
   }
 }
 
 /**
- * Resident set size of a process in MB (VmRSS). With a taskset prefix the pid is still node's,
+ * Resident set size of a process in decimal MB, 10^6 bytes (VmRSS). With a taskset prefix the pid is still node's,
  * because taskset execs the command in place.
  */
 export function rssMb(pid: number): number {
@@ -143,7 +143,7 @@ export function rssMb(pid: number): number {
 }
 
 /**
- * The file-backed part of a process's RSS in MB (RssFile: Node's binary and the shared libraries
+ * The file-backed part of a process's RSS in decimal MB (RssFile: Node's binary and the shared libraries
  * mapped from disk). The kernel can drop those pages under memory pressure and read them back, and
  * every Node process on the host shares them; the anonymous rest (the V8 heap, malloc) it cannot.
  */

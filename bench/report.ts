@@ -30,6 +30,8 @@ export interface ScenarioResult {
 export interface BenchReport {
   startedAt: string;
   mode: 'full' | 'quick';
+  /** What was run: `git rev-parse HEAD` (null without git), whether the tree had changes, and the command line. */
+  provenance: { commit: string | null; dirty: boolean | null; argv: string[]; node: string };
   machine: { cpuModel: string; cores: number; node: string; platform: string; loadBefore: string; loadAfter: string; placement: string; tools: Record<string, string> };
   scenarios: ScenarioResult[];
   errors: Array<{ scenario: string; message: string }>;
@@ -51,8 +53,9 @@ export function fmt(n: number): string {
 
 /** `median (min–max)`. */
 export function fmtSpread(s: Spread): string {
-  if (s.values.length <= 1 || s.min === s.max) return fmt(s.median);
-  return `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})`;
+  const flag = s.invalid ? ` [${s.invalid} of ${s.values.length} rounds invalid]` : '';
+  if (s.values.length <= 1 || s.min === s.max) return fmt(s.median) + flag;
+  return `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})${flag}`;
 }
 
 function table(rows: string[][]): string {
@@ -64,7 +67,7 @@ function table(rows: string[][]): string {
 export function renderText(report: BenchReport): string {
   const m = report.machine;
   const out: string[] = [];
-  out.push(`entra-sidecar bench (${report.mode}) — ${report.startedAt}`);
+  out.push(`entra-sidecar bench (${report.mode}) — ${report.startedAt}; commit ${report.provenance.commit ?? 'unknown'}${report.provenance.dirty ? ' (with uncommitted changes)' : ''}`);
   out.push(`CPU: ${m.cpuModel}, ${m.cores} cores; Node ${m.node}; ${m.placement}`);
   out.push(`load average before: ${m.loadBefore}; after: ${m.loadAfter}`);
   out.push(`figures are median (min–max) over rounds`);
@@ -89,7 +92,7 @@ export function renderText(report: BenchReport): string {
 export function renderMarkdown(report: BenchReport): string {
   const out: string[] = [];
   const m = report.machine;
-  out.push(`Run: ${report.startedAt} (${report.mode}), ${m.cpuModel}, ${m.cores} cores, Node ${m.node}; ${m.placement}. Load average before ${m.loadBefore}, after ${m.loadAfter}.`);
+  out.push(`Run: ${report.startedAt} (${report.mode}), commit ${report.provenance.commit ?? 'unknown'}${report.provenance.dirty ? ' (with uncommitted changes)' : ''}, command \`${report.provenance.argv.join(' ')}\`, ${m.cpuModel}, ${m.cores} cores, Node ${m.node}; ${m.placement}. Load average before ${m.loadBefore}, after ${m.loadAfter}.`);
   out.push('');
   out.push('| scenario | figure | candidate | median (min–max) | unit |');
   out.push('|---|---|---|---|---|');

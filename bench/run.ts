@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: the sidecar against do-nothing baselines, side by side on loopback, in one
- * invocation. Prints a table and writes bench/results/latest.json (and latest.md).
+ * invocation. Prints a table and writes bench/results/<UTC time>-<full|quick>.json (and .md);
+ * a full run of every scenario also replaces bench/results/latest.json and latest.md.
  *
  *   node dist/bench/run.js [--quick] [--scenario <name>]… [--list]
  *
@@ -56,6 +57,14 @@ function toolVersion(argv: string[]): string {
   return ((r.stdout || r.stderr || '').split('\n')[0] ?? '').trim() || 'unknown';
 }
 
+/** `git rev-parse HEAD` of the repository and whether its tree has changes (null/null without git). */
+function gitState(): { commit: string | null; dirty: boolean | null } {
+  const head = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: repoRoot, encoding: 'utf8' });
+  if (head.status !== 0 || !head.stdout) return { commit: null, dirty: null };
+  const status = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: repoRoot, encoding: 'utf8' });
+  return { commit: head.stdout.trim(), dirty: status.status === 0 ? status.stdout.trim().length > 0 : null };
+}
+
 function load(): string {
   return loadavg()
     .map((l) => l.toFixed(2))
@@ -79,6 +88,7 @@ async function main(): Promise<void> {
   const report: BenchReport = {
     startedAt: new Date().toISOString(),
     mode: args.quick ? 'quick' : 'full',
+    provenance: { ...gitState(), argv: [...process.argv.slice(1).map((a, i) => (i === 0 ? path.relative(repoRoot, a) : a))], node: process.version },
     machine: {
       cpuModel: cpuModel(),
       cores,
@@ -143,10 +153,20 @@ async function main(): Promise<void> {
       process.stdout.write(`\nCPU profile of the sidecar (${file}), top self time:\n${renderTop(top)}\n`);
     }
   }
-  await writeFile(path.join(dir, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
-  await writeFile(path.join(dir, 'latest.md'), renderMarkdown(report) + '\n');
+  // Every run keeps its own report; only a full run of every scenario stands as "latest".
+  const stamp = report.startedAt.replace(/[:.]/g, '-');
+  const base = path.join(dir, `${stamp}-${report.mode}${selected.length < SCENARIOS.length ? '-partial' : ''}`);
+  const json = JSON.stringify(report, null, 2) + '\n';
+  const md = renderMarkdown(report) + '\n';
+  await writeFile(base + '.json', json);
+  await writeFile(base + '.md', md);
+  const isLatest = !args.quick && selected.length === SCENARIOS.length;
+  if (isLatest) {
+    await writeFile(path.join(dir, 'latest.json'), json);
+    await writeFile(path.join(dir, 'latest.md'), md);
+  }
   process.stdout.write(renderText(report) + '\n');
-  process.stdout.write(`\nreport: ${path.join(dir, 'latest.json')}\n`);
+  process.stdout.write(`\nreport: ${base}.json${isLatest ? ` (also ${path.join(dir, 'latest.json')})` : ' (latest.json is left alone: not a full run of every scenario)'}\n`);
   const missed = report.scenarios.flatMap((s) => s.targets).filter((t) => t.met === false).length;
   if (missed) process.stdout.write(`${missed} target(s) not met (see bench/README.md "Findings").\n`);
   if (report.errors.length) process.exitCode = 1;

@@ -15,7 +15,8 @@ import { sidecarEnv as testSidecarEnv } from '../test/helpers/e2e.js';
 import { benchDir, repoRoot, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
 import { BUNDLED_AT_START } from '../src/build-bundle.js';
 import type { LoadgenJob, LoadgenResult } from './loadgen.js';
-import { encodeCheckFrame, envoyCheckRequest } from './wire.js';
+import { allowMismatch, decodeCheckFrame, encodeCheckFrame, envoyCheckRequest, scanCheckResponse, splitFrames, CHECK_PATH, GRPC_REQUEST_HEADERS, type ExpectedInjection } from './wire.js';
+import { GrpcH2Connection } from './h2client.js';
 
 /** Names of the DownstreamApis the bench configures. */
 export const APP_TOKEN_API = 'downstream-app';
@@ -115,19 +116,24 @@ export function memoryQuantityBytes(quantity: string): number {
   return Number(m[1]) * unit;
 }
 
-/**
- * The memory limit of the entra-sidecar container in k8s/deployment.yaml, in MiB (rssMb()'s unit:
- * its "MB" are kB / 1024), so the bench judges the RSS it measures against the limit the example
- * pod ships with.
- */
+/** The same limit in MiB (2^20 bytes; the Dockerfile's heap flags are in MiB too). */
 export function podMemoryLimitMib(): number {
+  return (podMemoryLimitMb().mb * 1e6) / 2 ** 20;
+}
+
+/**
+ * The memory limit of the entra-sidecar container in k8s/deployment.yaml, in decimal MB (10^6
+ * bytes, rssMb()'s unit), so the bench judges the RSS it measures against the limit the example
+ * pod ships with. `quantity` is the limit as written there (e.g. `384Mi`).
+ */
+export function podMemoryLimitMb(): { mb: number; quantity: string } {
   const docs = YAML.parseAllDocuments(readFileSync(path.join(repoRoot, 'k8s', 'deployment.yaml'), 'utf8')).map((d) => d.toJS() as Record<string, any>); // eslint-disable-line @typescript-eslint/no-explicit-any
   const spec = docs.find((d) => d?.kind === 'Deployment')?.spec?.template?.spec;
   const sidecar = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])].find((c: { name?: string }) => c.name === 'entra-sidecar');
   const limit: unknown = sidecar?.resources?.limits?.memory;
   // A quantity in plain bytes reads as a YAML number.
   if (typeof limit !== 'string' && typeof limit !== 'number') throw new Error('k8s/deployment.yaml: no memory limit on the entra-sidecar container');
-  return memoryQuantityBytes(String(limit)) / 2 ** 20;
+  return { mb: memoryQuantityBytes(String(limit)) / 1e6, quantity: String(limit) };
 }
 
 /** The sidecar's whole configuration: the emulator as Entra, two downstream APIs, every listener on loopback port 0. */
@@ -274,4 +280,39 @@ export async function mintUserTokens(emu: Emulator, count: number, onProgress?: 
     if (onProgress && (i + 1) % 5000 === 0) onProgress(i + 1);
   }
   return out;
+}
+
+/**
+ * The answer a Check server gives to the first request of `framesFile`, as the exact bytes of its
+ * DATA (the whole gRPC frame, prefix included: what h2load's data byte count adds up), after
+ * checking it is the expected allow. Used to check h2load runs, which cannot look inside answers.
+ */
+export async function expectedAnswer(url: string, framesFile: string, expected: ExpectedInjection | undefined): Promise<Buffer> {
+  const u = new URL(url);
+  const conn = await GrpcH2Connection.open(u.hostname, Number(u.port), CHECK_PATH, GRPC_REQUEST_HEADERS, 5000, scanCheckResponse);
+  try {
+    const frame = splitFrames(readFileSync(framesFile))[0];
+    const body = await new Promise<Buffer>((resolve, reject) =>
+      conn.call(frame, true, (err, b) => (err !== undefined || b === undefined ? reject(new Error(`${url}: ${err ?? 'no body'}`)) : resolve(b))),
+    );
+    const why = allowMismatch(decodeCheckFrame(body), expected);
+    if (why !== undefined) throw new Error(`${url}: the reference answer is not the expected allow: ${why}`);
+    return body;
+  } finally {
+    conn.close();
+  }
+}
+
+/**
+ * The Authorization header value the sidecar injects for `api` when called with `token`, from its
+ * HTTP route `/AuthorizationHeader/{api}` (the same token cache as the Check's), so Check answers
+ * can be compared with it for equality.
+ */
+export async function downstreamHeader(sidecar: Pick<BenchSidecar, 'httpUrl'>, token: string, api: string): Promise<string> {
+  const res = await fetch(`${sidecar.httpUrl}/AuthorizationHeader/${api}`, { headers: { authorization: `Bearer ${token}` } });
+  const body = (await res.json()) as { authorizationHeader?: string };
+  if (res.status !== 200 || typeof body.authorizationHeader !== 'string' || !body.authorizationHeader.startsWith('Bearer ')) {
+    throw new Error(`/AuthorizationHeader/${api} answered ${res.status} without a Bearer header`);
+  }
+  return body.authorizationHeader;
 }

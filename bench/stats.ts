@@ -34,22 +34,29 @@ export function summarizeLatencies(values: ArrayLike<number>): LatencySummary {
   };
 }
 
-/** A figure measured over several rounds: its median with the min and max, and every round's value. */
+/**
+ * A figure measured over several rounds: its median with the min and max, and every round's value.
+ * `invalid` counts the rounds whose value was not a finite number (a dead process, a division by
+ * zero): they are left out of median/min/max, and the figure is flagged rather than silently shorter.
+ */
 export interface Spread {
   median: number;
   min: number;
   max: number;
   values: number[];
+  invalid?: number;
 }
 
-/** Median (mean of the two middle values for an even count) with min and max. */
+/** Median (mean of the two middle values for an even count) with min and max, over the finite values; non-finite ones are counted in `invalid`. */
 export function spread(values: readonly number[]): Spread {
   const finite = values.filter((v) => Number.isFinite(v));
-  if (finite.length === 0) return { median: Number.NaN, min: Number.NaN, max: Number.NaN, values: [...values] };
+  const invalid = values.length - finite.length;
+  const flag = invalid > 0 ? { invalid } : {};
+  if (finite.length === 0) return { median: Number.NaN, min: Number.NaN, max: Number.NaN, values: [...values], ...flag };
   const s = [...finite].sort((a, b) => a - b);
   const mid = s.length >> 1;
   const median = s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-  return { median, min: s[0], max: s[s.length - 1], values: [...values] };
+  return { median, min: s[0], max: s[s.length - 1], values: [...values], ...flag };
 }
 
 /** Per-round ratios a[i] / b[i] (rounds were run side by side, so pairing them cancels drift). */

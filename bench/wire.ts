@@ -69,7 +69,7 @@ export function encodeCheckFrame(request: Record<string, unknown>): Buffer {
 
 export interface DecodedCheckResponse {
   status?: { code?: number; message?: string };
-  ok_response?: { headers?: Array<{ header?: { key?: string; value?: string } }> };
+  ok_response?: { headers?: Array<{ header?: { key?: string; value?: string }; append_action?: string }> };
   denied_response?: unknown;
 }
 
@@ -82,16 +82,114 @@ export function decodeCheckFrame(body: Buffer): DecodedCheckResponse | undefined
   return check.responseDeserialize(body.subarray(5, 5 + length)) as DecodedCheckResponse;
 }
 
+/** What an allow must inject: the header's name and, when known, its exact value. */
+export interface ExpectedInjection {
+  header: string;
+  /** The exact value (e.g. `Bearer <the downstream token>`); undefined: any non-empty value. */
+  value?: string;
+}
+
+/** The append_action the sidecar sets on every injected header (reference envoy-ext-authz §1.3). */
+export const EXPECTED_APPEND_ACTION = 'OVERWRITE_IF_EXISTS_OR_ADD';
+
 /**
- * Whether a decoded response is what a warm allow must look like: gRPC-level OK inside the message
- * (status.code 0) and, when `injectedHeader` is given, that header set to a non-empty value.
+ * Why a decoded response is not what a warm allow must look like, or undefined when it is:
+ * gRPC-level OK inside the message (status.code 0), no denied_response, and, when `expected` is
+ * given, exactly one such header with append_action OVERWRITE_IF_EXISTS_OR_ADD and the expected
+ * value (any non-empty value when none is known).
  */
-export function isExpectedAllow(response: DecodedCheckResponse | undefined, injectedHeader: string | undefined): boolean {
-  if (response === undefined) return false;
-  if ((response.status?.code ?? 0) !== 0) return false;
-  if (injectedHeader === undefined) return true;
-  const headers = response.ok_response?.headers ?? [];
-  return headers.some((h) => h.header?.key === injectedHeader && (h.header.value ?? '').length > 0);
+export function allowMismatch(response: DecodedCheckResponse | undefined, expected: ExpectedInjection | undefined): string | undefined {
+  if (response === undefined) return 'no complete CheckResponse in the answer';
+  if ((response.status?.code ?? 0) !== 0) return `CheckResponse status code ${response.status?.code}`;
+  if (response.denied_response !== undefined && response.denied_response !== null) return 'denied_response set';
+  if (expected === undefined) return undefined;
+  const found = (response.ok_response?.headers ?? []).filter((h) => h.header?.key === expected.header);
+  if (found.length !== 1) return `${found.length} ${expected.header} headers in ok_response (want 1)`;
+  const [h] = found;
+  if (h.append_action !== EXPECTED_APPEND_ACTION) return `${expected.header} append_action ${h.append_action ?? '(unset: APPEND_IF_EXISTS_OR_ADD)'} (want ${EXPECTED_APPEND_ACTION})`;
+  const value = h.header?.value ?? '';
+  if (value.length === 0) return `${expected.header} injected empty`;
+  if (expected.value !== undefined && value !== expected.value) return `${expected.header} injected a value other than the expected downstream token`;
+  return undefined;
+}
+
+/** Whether a decoded response is the expected allow (allowMismatch() found nothing). */
+export function isExpectedAllow(response: DecodedCheckResponse | undefined, expected: ExpectedInjection | undefined): boolean {
+  return allowMismatch(response, expected) === undefined;
+}
+
+/** Reads a protobuf varint at `at`; returns [value, next offset], or next -1 when it runs past `end`. Values above 2^53 lose precision (only compared with 0 here). */
+function varint(buf: Buffer, at: number, end: number): [number, number] {
+  let value = 0;
+  let scale = 1;
+  while (at < end) {
+    const b = buf[at++];
+    value += (b & 0x7f) * scale;
+    if (b < 0x80) return [value, at];
+    scale *= 128;
+    if (scale > 2 ** 70) return [value, -1];
+  }
+  return [value, -1];
+}
+
+/** Skips the value of a field with wire type `wt` at `at`; returns the next offset, or -1 when malformed. */
+function skipField(buf: Buffer, wt: number, at: number, end: number): number {
+  switch (wt) {
+    case 0:
+      return varint(buf, at, end)[1];
+    case 1:
+      return at + 8 <= end ? at + 8 : -1;
+    case 2: {
+      const [len, next] = varint(buf, at, end);
+      return next >= 0 && next + len <= end ? next + len : -1;
+    }
+    case 5:
+      return at + 4 <= end ? at + 4 : -1;
+    default:
+      return -1; // groups (3, 4) and unknown wire types do not occur in these messages
+  }
+}
+
+/**
+ * A scan of the top-level fields of an encoded envoy.service.auth.v3.CheckResponse in
+ * `buf[start, end)`, cheap enough for every answer of a load run (no decoding, no allocation):
+ * undefined for an allow, else why not. A deny is `status` (field 1, google.rpc.Status whose field 1
+ * is `code`) with a non-zero code, or the `denied_response` oneof (field 2) set; `ok_response` (3)
+ * and `dynamic_metadata` (4) are skipped. Field numbers: external_auth.proto in @grpc/grpc-js-xds.
+ */
+export function scanCheckResponse(buf: Buffer, start: number, end: number): string | undefined {
+  let at = start;
+  while (at < end) {
+    const [tag, afterTag] = varint(buf, at, end);
+    if (afterTag < 0) return 'malformed CheckResponse';
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 2) return 'denied (denied_response set)';
+    if (field === 1 && wt === 2) {
+      const [len, inner] = varint(buf, afterTag, end);
+      if (inner < 0 || inner + len > end) return 'malformed CheckResponse';
+      // google.rpc.Status: code = 1 (int32 varint), message = 2, details = 3.
+      let p = inner;
+      while (p < inner + len) {
+        const [t, v] = varint(buf, p, inner + len);
+        if (v < 0) return 'malformed CheckResponse status';
+        if (t === 8) {
+          const [code, next] = varint(buf, v, inner + len);
+          if (next < 0) return 'malformed CheckResponse status';
+          if (code !== 0) return `denied (status code ${code > 2 ** 31 ? code - 2 ** 64 : code})`;
+          p = next;
+        } else {
+          p = skipField(buf, t & 7, v, inner + len);
+          if (p < 0) return 'malformed CheckResponse status';
+        }
+      }
+      at = inner + len;
+      continue;
+    }
+    at = skipField(buf, wt, afterTag, end);
+    if (at < 0) return 'malformed CheckResponse';
+  }
+  return undefined;
 }
 
 /** Splits a buffer of concatenated gRPC frames into one Buffer per frame. */

@@ -6,13 +6,26 @@
  * dependencies loaded (http-warm's third candidate). Checked in what the started process really got.
  */
 import { expect } from 'chai';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { placement } from '../../bench/processes.js';
 import { imageEnv, startBaselineGrpc, startBaselineHttp, startVerifyOnlyGrpc } from '../../bench/setup.js';
 import { BUNDLED_AT_START } from '../../src/build-bundle.js';
+import { createAuthorizationClient } from '../../src/extauthz/protos.js';
+import { check } from '../extauthz/fixtures.js';
+import { envoyCheckRequest } from '../../bench/wire.js';
+
+/** One Check with `token` to the server at `grpcUrl`; resolves with the CheckResponse's status code. */
+async function checkStatus(grpcUrl: string, token: string): Promise<number> {
+  const client = createAuthorizationClient(grpcUrl.replace(/^http:\/\//, ''));
+  try {
+    return Number((await check(client, envoyCheckRequest({ token }), 10_000)).status?.code ?? 0);
+  } finally {
+    client.close();
+  }
+}
 
 /** Unpinned (placement for one core): the test runs on whatever core is free. */
 const unpinned = { place: placement(1) };
@@ -40,15 +53,20 @@ describe('bench baseline gRPC server environment', function () {
       expect(environOf(plain.pid)).to.not.have.property('NODE_OPTIONS');
       const env = environOf(flagged.pid);
       for (const [k, v] of Object.entries(image)) expect(env[k], k).to.equal(v);
-      expect(plain.grpcUrl).to.match(/^http:\/\/127\.0\.0\.1:\d+$/);
-      expect(flagged.grpcUrl).to.not.equal(plain.grpcUrl);
+      // Both answer a Check, with an allow (status 0), whatever the token.
+      for (const s of [plain, flagged]) expect(await checkStatus(s.grpcUrl, 'not-even-a-jwt')).to.equal(0);
     } finally {
       await Promise.all([plain.stop(), flagged.stop()]);
     }
   });
 
   it('runs the verify-only reference the same way: defaults, or the image environment when given it', async () => {
-    const { publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const part = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const signed = `${part({ alg: 'RS256', kid: 'k1', typ: 'JWT' })}.${part({ exp: Math.floor(Date.now() / 1000) + 600 })}`;
+    const valid = `${signed}.${sign('sha256', Buffer.from(signed), privateKey).toString('base64url')}`;
+    const sig = valid.split('.')[2];
+    const forged = `${signed}.${sig.slice(0, -4)}${sig.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
     const jwksFile = path.join(scratch, 'jwks.json');
     writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'k1', alg: 'RS256', use: 'sig' }] }));
     const image = imageEnv();
@@ -60,6 +78,11 @@ describe('bench baseline gRPC server environment', function () {
       for (const [k, v] of Object.entries(image)) expect(env[k], k).to.equal(v);
       // Both are the verify-only reference, not the do-nothing server: the JWKS file is their argument.
       for (const s of [plain, flagged]) expect(readFileSync(`/proc/${s.pid}/cmdline`, 'utf8').split('\0')).to.include(jwksFile);
+      // And they verify: a valid signature is allowed, a forged one denied (UNAUTHENTICATED, 16).
+      for (const s of [plain, flagged]) {
+        expect(await checkStatus(s.grpcUrl, valid)).to.equal(0);
+        expect(await checkStatus(s.grpcUrl, forged)).to.equal(16);
+      }
     } finally {
       await Promise.all([plain.stop(), flagged.stop()]);
     }
