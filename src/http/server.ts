@@ -22,10 +22,9 @@ export interface HttpApiServer {
   close(graceMs: number): Promise<void>;
 }
 
-
-
 /** The metrics `route` of requests no route handled: refused non-loopback callers, 404s and 405s. */
 const UNROUTED = 'unrouted';
+
 /** The query of every request that has none: shared, so it refuses to change. */
 class ReadOnlySearchParams extends URLSearchParams {
   override append(): never {
