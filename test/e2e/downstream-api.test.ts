@@ -3,7 +3,7 @@
  * downstream server that records what it received (issue 4 acceptance).
  */
 import { expect } from 'chai';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { decodeJwt } from 'jose';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
@@ -11,7 +11,19 @@ import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
 
 interface Seen { method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }
-type Responder = (req: IncomingMessage, body: Buffer, res: import('node:http').ServerResponse) => void;
+type Responder = (req: IncomingMessage, body: Buffer, res: ServerResponse) => void;
+
+/** A downstream answer: 401 with a claims challenge for `claims`, or 200 `{"ok":true}` without. */
+function challengeOrOk(res: ServerResponse, claims: string | undefined): void {
+  if (claims !== undefined) {
+    res.statusCode = 401;
+    res.setHeader('www-authenticate', `Bearer realm="", error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
+    res.end();
+    return;
+  }
+  res.setHeader('content-type', 'application/json; charset=utf-8');
+  res.end('{"ok":true}');
+}
 
 async function recordingServer(): Promise<{ server: Server; origin: string; seen: Seen[]; respond: { fn: Responder } }> {
   const seen: Seen[] = [];
@@ -208,14 +220,7 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     api.respond.fn = (req, _b, res) => {
       const auth = String(req.headers.authorization ?? '');
       refused ??= auth;
-      if (auth === refused) {
-        res.statusCode = 401;
-        res.setHeader('www-authenticate', `Bearer realm="", error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
-        res.end();
-        return;
-      }
-      res.setHeader('content-type', 'application/json; charset=utf-8');
-      res.end('{"ok":true}');
+      challengeOrOk(res, auth === refused ? claims : undefined);
     };
     const first = await call(`${sidecar.url}/DownstreamApiUnauthenticated/appItems`, { method: 'POST' });
     expect(first.json().statusCode).to.equal(200);
@@ -229,17 +234,10 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
 
   describe('an authentication-context (acrs) claims challenge on an On-Behalf-Of call', () => {
     const claims = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
-    const challengeUnlessAcrs = (req: IncomingMessage, _b: Buffer, res: import('node:http').ServerResponse): void => {
+    const challengeUnlessAcrs = (req: IncomingMessage, _b: Buffer, res: ServerResponse): void => {
       const auth = String(req.headers.authorization ?? '');
       tokens.push(auth.slice(7));
-      if (!(decodeJwt(auth.slice(7)).acrs as string[] | undefined)?.includes('c1')) {
-        res.statusCode = 401;
-        res.setHeader('www-authenticate', `Bearer realm="", error="insufficient_claims", claims="${Buffer.from(claims).toString('base64')}"`);
-        res.end();
-        return;
-      }
-      res.setHeader('content-type', 'application/json; charset=utf-8');
-      res.end('{"ok":true}');
+      challengeOrOk(res, (decodeJwt(auth.slice(7)).acrs as string[] | undefined)?.includes('c1') ? undefined : claims);
     };
     afterEach(() => emu.conditionalAccess());
 
