@@ -8,7 +8,7 @@ import { describeConfigErrors, loadConfig, processConfigInputs } from './config/
 import type { SidecarConfig } from './config/types.js';
 import { formatHostPort } from './config/listeners.js';
 import { createLogger, redactTokens, safeCause, type Logger } from './log.js';
-import { createOutboundAgent, observeOutbound } from './net/outbound.js';
+import { createOutboundAgent, observeOutbound, type OutboundObserver } from './net/outbound.js';
 import { createTokenValidator } from './validation/validator.js';
 import { loadDecryptionKeys } from './validation/decryption.js';
 import { loadCertificateFromKeyVault } from './credentials/key-vault.js';
@@ -32,7 +32,10 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   const outbound = config.sidecar.outbound;
   const metrics = createMetrics({ version: VERSION, collectProcess: true, gcDuration: config.sidecar.management.gcMetrics });
   const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
-  const agent = observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds));
+  const observe: OutboundObserver = (target, status, seconds) => metrics.observeOutbound(target, status, seconds);
+  const agent = observeOutbound(baseAgent, observe);
+  // Downstream API calls are labelled by their dispatcher, not guessed from their paths.
+  const downstreamAgent = observeOutbound(baseAgent, observe, 'downstream');
   // The acquirer is made after the validator has started fetching keys (its ~6 ms then overlap
   // with the round trips to Entra), unless a decryption certificate in Key Vault needs its
   // managed-identity tokens first.
@@ -68,7 +71,7 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   void validator.start();
   const engine = acquirerNow();
   try {
-    return await listen(config, logger, { metrics, baseAgent, agent, validator, engine });
+    return await listen(config, logger, { metrics, baseAgent, downstreamAgent, validator, engine });
   } catch (err) {
     // Nothing may keep a process that failed to start alive (the key loader retries on timers).
     validator.close();
@@ -81,7 +84,7 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
 interface Core {
   readonly metrics: Metrics;
   readonly baseAgent: ReturnType<typeof createOutboundAgent>;
-  readonly agent: ReturnType<typeof observeOutbound>;
+  readonly downstreamAgent: ReturnType<typeof observeOutbound>;
   readonly validator: ReturnType<typeof createTokenValidator>;
   readonly engine: ReturnType<typeof createTokenAcquirer>;
 }
@@ -103,7 +106,7 @@ async function binding<T>(what: string, addresses: readonly { host: string; port
 
 /** Starts the listeners over the core built by run(). */
 async function listen(config: SidecarConfig, logger: Logger, core: Core): Promise<() => Promise<void>> {
-  const { metrics, baseAgent, agent, validator, engine } = core;
+  const { metrics, baseAgent, downstreamAgent, validator, engine } = core;
   const outbound = config.sidecar.outbound;
   metrics.addScrapeHook(() => metrics.syncTokenCache(engine.stats()));
   const acquirer = countAcquisitions(engine, metrics);
@@ -116,7 +119,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     metrics,
     ...(config.sidecar.popValidation.replayCache ? { popReplayCache: new ReplayCache() } : {}),
     downstream: {
-      agent: observeOutbound(baseAgent, (target, status, seconds) => metrics.observeOutbound(target, status, seconds), 'downstream'),
+      agent: downstreamAgent,
       acquirer,
       logger,
       settings: {
