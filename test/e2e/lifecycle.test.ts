@@ -169,6 +169,35 @@ describe('process lifecycle (built sidecar)', function () {
     expect(await waitForLine(s, '"event":"shutdown"')).to.equal(true);
   });
 
+  it('drains on SIGINT as on SIGTERM (Ctrl-C in `docker run -it` or a terminal): the request in flight is answered, then exit 0', async () => {
+    const s = await startSidecar(sidecarEnv(emu, {
+      DownstreamApis__slow__BaseUrl: slowUrl,
+      DownstreamApis__slow__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__slow__RequestAppToken: 'true',
+    }));
+    let release!: () => void;
+    slowGate = new Promise<void>((r) => (release = r));
+    const arrivedBefore = slowArrivals;
+    const inflight = call(`${s.url}/DownstreamApiUnauthenticated/slow`, { method: 'POST' });
+    try {
+      const arrivedBy = Date.now() + 20_000;
+      while (slowArrivals === arrivedBefore && Date.now() < arrivedBy) await new Promise((r) => setTimeout(r, 20));
+      expect(slowArrivals - arrivedBefore, 'request received downstream before SIGINT').to.equal(1);
+      const exited = new Promise<number | null>((resolve) => s.child.once('exit', (code) => resolve(code)));
+      s.child.kill('SIGINT');
+      expect(await waitForLine(s, '"signal":"SIGINT"'), 'shutdown line naming SIGINT').to.equal(true);
+      release();
+      const answer = await inflight;
+      expect(answer.status).to.equal(200);
+      expect(answer.json().content).to.equal('done');
+      expect(await exited).to.equal(0);
+      expect(await waitForLine(s, '"event":"stopped"')).to.equal(true);
+    } finally {
+      release();
+      await s.stop();
+    }
+  });
+
   it('keeps an idle keep-alive connection open past 5 s (Kestrel\'s 130 s) and closes it at once on shutdown', async () => {
     // HeadersTimeoutMs below the idle time: waiting between requests is not waiting for headers.
     const s = await startSidecar(sidecarEnv(emu, { Sidecar__Http__HeadersTimeoutMs: '2000' }));
