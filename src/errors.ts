@@ -89,6 +89,7 @@ export const ERROR_TABLE = {
   request_invalid: { httpStatus: 400, grpcCode: INVALID_ARGUMENT, envoyStatus: 403, challenge: 'none', expose: true, message: 'The request is invalid.', logLevel: 'info' },
   request_not_http: { httpStatus: 400, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: true, message: 'Only HTTP requests can be authorized.', logLevel: 'info' },
   request_headers_too_large: { httpStatus: 431, grpcCode: INVALID_ARGUMENT, envoyStatus: 431, challenge: 'none', expose: true, message: 'Request headers are too large.', logLevel: 'info' },
+  path_not_normalized: { httpStatus: 400, grpcCode: INVALID_ARGUMENT, envoyStatus: 400, challenge: 'none', expose: true, message: 'The request path is not in normal form (a dot segment, an empty segment, a backslash or an encoded dot, slash or backslash), so its route cannot be told.', logLevel: 'info' },
   request_body_too_large: { httpStatus: 413, grpcCode: INVALID_ARGUMENT, envoyStatus: 413, challenge: 'none', expose: true, message: 'Request body is too large.', logLevel: 'info' },
   route_not_found: { httpStatus: 404, grpcCode: NOT_FOUND, envoyStatus: 404, challenge: 'none', expose: false, message: 'Not found.', logLevel: 'debug' },
   method_not_allowed: { httpStatus: 405, grpcCode: INVALID_ARGUMENT, envoyStatus: 405, challenge: 'none', expose: false, message: 'Method not allowed.', logLevel: 'debug' },

@@ -15,7 +15,7 @@ import {
 } from './sources.js';
 import type {
   AcquireTokenOptions, AzureAdConfig, CredentialDescription, CredentialSourceType, DownstreamApiOptions,
-  ExtAuthzOptions, ListenAddress, RuntimeEnvironment, SidecarConfig, SidecarSettings,
+  ExtAuthzOptions, ExtAuthzRouteRule, ListenAddress, RuntimeEnvironment, SidecarConfig, SidecarSettings,
 } from './types.js';
 
 export interface ConfigInputs {
@@ -647,7 +647,84 @@ function bindExtAuthz(b: Binder): ExtAuthzOptions {
     allowCorsPreflight: b.bool(`${s}:AllowCorsPreflight`),
     reflection: b.bool(`${s}:Reflection`),
     maxReceiveMessageBytes: b.int(`${s}:MaxReceiveMessageBytes`, 1024),
+    routes: bindExtAuthzRoutes(b, `${s}:Routes`),
   };
+}
+
+/** A host name a route rule may name: DNS labels (or an IPv4 literal), optionally under `*.`. */
+const RULE_HOST = /^(?:\*\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+/** The same test the Check applies to a request's path (src/extauthz/policy.ts), for a rule's own path. */
+const RULE_PATH_NOT_NORMAL = /\/\.\.?(?:\/|$)|\/\/|\\|%|[?#]/;
+
+/**
+ * `Sidecar:ExtAuthz:Routes:<i>`: each rule's match and its policy keys, under the context_extensions
+ * names the policy code already validates (src/extauthz/policy.ts). What can be checked without
+ * the DownstreamApis section is checked here, so a mistake fails the start naming its key.
+ */
+function bindExtAuthzRoutes(b: Binder, base: string): ExtAuthzRouteRule[] {
+  const env = base.replace(/:/g, '__');
+  const nodes = b.elements(base, `use ${env}__0__PathPrefix=/api (environment), --${base}:0:PathPrefix=/api (command line) or a JSON array of objects ("Routes": [{"PathPrefix": "/api", …}])`) ?? [];
+  const rules: ExtAuthzRouteRule[] = [];
+  for (const node of nodes) {
+    const key = `${base}:${node.name}`;
+    if (node.value?.trim()) {
+      b.error(`${key} must be a section (${env}__${node.name}__PathPrefix=…), not a single value`);
+      continue;
+    }
+    const hosts: string[] = [];
+    for (const h of b.stringArray(`${key}:Hosts`) ?? []) {
+      const host = h.toLowerCase().replace(/\.$/, '');
+      if (RULE_HOST.test(host)) hosts.push(host);
+      else b.error(`${key}:Hosts has "${h.slice(0, 100)}", which is not a host name (letters, digits, hyphens and dots, optionally starting with *.; no port)`);
+    }
+    const path = b.explicit(`${key}:Path`);
+    const pathPrefix = b.explicit(`${key}:PathPrefix`);
+    if (path !== undefined && pathPrefix !== undefined) b.error(`${key} sets both Path and PathPrefix; a rule matches one way`);
+    if (path === undefined && pathPrefix === undefined && hosts.length === 0) {
+      b.error(`${key} sets no Path, PathPrefix or Hosts, so it would take every request; set the policy for every request in Sidecar:ExtAuthz:* instead`);
+    }
+    for (const [name, p] of [['Path', path], ['PathPrefix', pathPrefix]] as const) {
+      if (p !== undefined && (!p.startsWith('/') || RULE_PATH_NOT_NORMAL.test(p))) {
+        b.error(`${key}:${name} must be a path in normal form starting with / (no dot or empty segments, backslashes, percent-encoding, query or fragment)`);
+      }
+    }
+    const settings: Record<string, string> = {};
+    const validate = b.explicit(`${key}:Validate`)?.toLowerCase();
+    if (validate !== undefined) {
+      if (validate === 'required' || validate === 'optional' || validate === 'none') settings.validate = validate;
+      else b.error(`${key}:Validate must be one of required, optional, none`);
+    }
+    const downstreamApi = b.explicit(`${key}:DownstreamApi`);
+    if (downstreamApi !== undefined) settings.downstream_api = downstreamApi;
+    const injectHeader = b.explicit(`${key}:InjectHeader`);
+    if (injectHeader !== undefined) {
+      if (isToken(injectHeader)) settings.inject_header = injectHeader.toLowerCase();
+      else b.error(`${key}:InjectHeader must be a valid HTTP header name`);
+    }
+    for (const [name, ext] of [['RequiredScopes', 'required_scopes'], ['RequiredRoles', 'required_roles']] as const) {
+      const list = b.stringArray(`${key}:${name}`);
+      if (list === undefined) continue;
+      if (list.some((v) => /\s/.test(v))) b.error(`${key}:${name} entries must not contain spaces (one scope or role per index)`);
+      settings[ext] = list.join(' ');
+    }
+    for (const [name, ext] of [['RequireAll', 'require_all'], ['StripInboundAuthorization', 'strip_inbound_authorization']] as const) {
+      const v = b.explicit(`${key}:${name}`)?.toLowerCase();
+      if (v === undefined) continue;
+      if (v === 'true' || v === 'false') settings[ext] = v;
+      else b.error(`${key}:${name} ${BOOL_HINT}`);
+    }
+    for (const [name, ext] of [['AgentIdentity', 'agent_identity'], ['AgentUsername', 'agent_username'], ['AgentUserId', 'agent_user_id']] as const) {
+      const v = b.explicit(`${key}:${name}`);
+      if (v !== undefined) settings[ext] = v;
+    }
+    if (!settings.agent_identity && (settings.agent_username || settings.agent_user_id)) b.error(`${key}:AgentUsername and AgentUserId need ${key}:AgentIdentity`);
+    if (settings.validate === 'none' && (settings.required_scopes || settings.required_roles)) {
+      b.error(`${key} requires scopes or roles but sets Validate=none, so they could never be checked`);
+    }
+    rules.push({ key, hosts, ...(path !== undefined ? { path } : {}), ...(pathPrefix !== undefined ? { pathPrefix } : {}), settings });
+  }
+  return rules;
 }
 
 function readableFile(path: string): boolean {
@@ -904,6 +981,12 @@ export function loadConfig(inputs: ConfigInputs): ConfigResult {
   const extAuthzApi = sidecar.extAuthz.downstreamApi;
   if (sidecar.extAuthz.enabled && extAuthzApi !== undefined && !Object.hasOwn(downstreamApis, extAuthzApi)) {
     b.error('Sidecar:ExtAuthz:DownstreamApi names an API that is not configured under DownstreamApis (names are case-sensitive)');
+  }
+  for (const rule of sidecar.extAuthz.enabled ? sidecar.extAuthz.routes : []) {
+    const api = rule.settings.downstream_api;
+    if (api !== undefined && !Object.hasOwn(downstreamApis, api)) {
+      b.error(`${rule.key}:DownstreamApi names an API that is not configured under DownstreamApis (names are case-sensitive)`);
+    }
   }
   checkUnknownKeys(b);
   errors.push(...b.errors);

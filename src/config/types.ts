@@ -139,6 +139,26 @@ export interface ExtAuthzOptions {
   readonly allowCorsPreflight: boolean;
   readonly reflection: boolean;
   readonly maxReceiveMessageBytes: number;
+  /**
+   * `Sidecar:ExtAuthz:Routes`: path and host rules that pick a route's policy in the sidecar, for
+   * proxies that cannot send per-route context_extensions (Istio). First match wins; the route's
+   * context_extensions, when Envoy sends any, override the rule's settings.
+   */
+  readonly routes: readonly ExtAuthzRouteRule[];
+}
+
+/** One `Sidecar:ExtAuthz:Routes:<i>` rule. */
+export interface ExtAuthzRouteRule {
+  /** Where the rule came from, for messages (`Sidecar:ExtAuthz:Routes:0`). */
+  readonly key: string;
+  /** Lower-case host names without port; `*.example.com` = any name under example.com. Empty: every host. */
+  readonly hosts: readonly string[];
+  /** Exact path, query excluded; compared case-insensitively. */
+  readonly path?: string;
+  /** Path prefix on segment boundaries (`/api` takes `/api` and `/api/…`, not `/apiary`); case-insensitive. */
+  readonly pathPrefix?: string;
+  /** The rule's policy settings under their context_extensions names (`validate`, `downstream_api`, …). */
+  readonly settings: Readonly<Record<string, string>>;
 }
 
 export interface SidecarSettings {

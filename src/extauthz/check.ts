@@ -15,7 +15,7 @@ import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
 import { authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
-import { defaultPolicy, routePolicy, type RoutePolicy } from './policy.js';
+import { defaultPolicy, routePolicy, routeTable, type RoutePolicy } from './policy.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 
 // ---- Wire shapes (proto-loader with keepCase, enums as names, longs as strings). ----
@@ -37,6 +37,7 @@ export interface HttpRequestAttributes {
   headers?: Record<string, string>;
   header_map?: { headers?: HeaderValue[] };
   path?: string;
+  host?: string;
 }
 
 /** `envoy.service.auth.v3.CheckRequest`: the fields the checker reads (see HttpRequestAttributes). */
@@ -381,15 +382,24 @@ export function createChecker(deps: CheckDeps): Checker {
    * stable per route. Bounded; an invalid map throws and is not kept.
    */
   const policies = new Map<string, RoutePolicy>();
-  function policyFor(ext: Readonly<Record<string, string>> | undefined): RoutePolicy {
-    if (ext === undefined) return defaults;
-    let key = '';
+  const routes = routeTable(defaults, options.routes);
+  function policyFor(ext: Readonly<Record<string, string>> | undefined, http: HttpRequestAttributes, facts: RequestFacts): RoutePolicy {
+    let base = defaults;
+    let rule = -1;
+    if (routes !== undefined) {
+      rule = routes.match(facts.path, http.host || facts.headers[':authority'] || facts.headers.host);
+      if (rule >= 0) base = routes.policies[rule];
+    }
+    if (ext === undefined) return base;
+    let extKey = '';
     // Length-prefixed, so no two different maps can spell the same key.
-    for (const k in ext) key += `${k.length}:${k}${ext[k].length}:${ext[k]}`;
-    if (key === '') return defaults;
+    for (const k in ext) extKey += `${k.length}:${k}${ext[k].length}:${ext[k]}`;
+    if (extKey === '') return base;
+    // Over a rule's policy, the key names the rule too (`<index>#`, which no length prefix spells).
+    const key = rule < 0 ? extKey : `${rule}#${extKey}`;
     let policy = policies.get(key);
     if (policy === undefined) {
-      policy = routePolicy(defaults, ext);
+      policy = routePolicy(base, ext);
       if (policies.size < MAX_CACHED_POLICIES) policies.set(key, policy);
     }
     return policy;
@@ -495,7 +505,7 @@ export function createChecker(deps: CheckDeps): Checker {
       if (http === undefined) throw new SidecarError('request_not_http');
       const headers = inboundHeaders(http);
       facts = { headers, path: http.path || headers[':path'] || '' };
-      const policy = policyFor(attributes.context_extensions);
+      const policy = policyFor(attributes.context_extensions, http, facts);
       if (
         options.allowCorsPreflight &&
         (http.method || headers[':method']) === 'OPTIONS' &&

@@ -1,8 +1,10 @@
 /**
- * Per-route ext_authz policy: `Sidecar:ExtAuthz:*` defaults, overridden per route by Envoy's
- * `ExtAuthzPerRoute.check_settings.context_extensions` (reference envoy-ext-authz §2).
+ * Per-route ext_authz policy: `Sidecar:ExtAuthz:*` defaults; then the first `Sidecar:ExtAuthz:Routes`
+ * rule matching the request's path and host (for Istio, whose API has no per-route
+ * context_extensions); then Envoy's `ExtAuthzPerRoute.check_settings.context_extensions`, the most
+ * specific (reference envoy-ext-authz §2, §3).
  */
-import type { ExtAuthzOptions } from '../config/types.js';
+import type { ExtAuthzOptions, ExtAuthzRouteRule } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import type { AgentSelection } from '../pipeline/types.js';
 import { isToken } from '../net/http-fields.js';
@@ -124,4 +126,89 @@ export function routePolicy(defaults: RoutePolicy, ext: Readonly<Record<string, 
       : undefined,
   };
   return checkConsistent(policy, 'context_extensions');
+}
+
+/**
+ * A path an app could resolve to another route than the one its text names: a dot segment, an
+ * empty segment (`//`), a backslash, or an encoded `.`, `/` or `\`. Envoy resolves the first two
+ * only when told to (`normalize_path`, `merge_slashes`; Istio's meshConfig.pathNormalization), and
+ * many app frameworks resolve them all, so `/public/../api` or `//api` chosen by its text could take
+ * a weaker rule than the app's own reading of it.
+ */
+const NOT_NORMAL_PATH = /\/\.\.?(?:\/|$)|\/\/|\\|%2e|%2f|%5c/i;
+
+/** The path without query or fragment. */
+function pathOnly(path: string): string {
+  let end = path.length;
+  const q = path.indexOf('?');
+  if (q >= 0) end = q;
+  const f = path.indexOf('#');
+  if (f >= 0 && f < end) end = f;
+  return end === path.length ? path : path.slice(0, end);
+}
+
+/** The host a rule compares: lower-case, without port or a trailing dot. */
+export function normalizeHost(authority: string): string {
+  let host = authority.toLowerCase();
+  if (host.startsWith('[')) {
+    const close = host.indexOf(']');
+    host = close > 0 ? host.slice(0, close + 1) : host;
+  } else {
+    const colon = host.indexOf(':');
+    if (colon >= 0) host = host.slice(0, colon);
+  }
+  return host.endsWith('.') ? host.slice(0, -1) : host;
+}
+
+function hostMatches(patterns: readonly string[], host: string): boolean {
+  for (const p of patterns) {
+    if (p.startsWith('*.') ? host.endsWith(p.slice(1)) && host.length > p.length - 1 : host === p) return true;
+  }
+  return false;
+}
+
+/** `Sidecar:ExtAuthz:Routes` compiled: each rule's policy resolved once over the defaults. */
+export interface RouteTable {
+  readonly policies: readonly RoutePolicy[];
+  /**
+   * The index of the first rule that takes this request, or -1 for none (the defaults). Throws
+   * SidecarError('path_not_normalized') for a path not in normal form, since which rule it falls
+   * under depends on how the app resolves it.
+   */
+  match(path: string, authority: string | undefined): number;
+}
+
+/** Compiles the rules; undefined when there are none (the Check then never looks at path or host). */
+export function routeTable(defaults: RoutePolicy, rules: readonly ExtAuthzRouteRule[]): RouteTable | undefined {
+  if (rules.length === 0) return undefined;
+  const policies = rules.map((rule) => {
+    try {
+      return Object.freeze(routePolicy(defaults, rule.settings));
+    } catch (err) {
+      throw new SidecarError('misconfigured', `${rule.key}: ${err instanceof SidecarError ? err.detail : String(err)}`);
+    }
+  });
+  const compiled = rules.map((rule) => ({
+    hosts: rule.hosts,
+    path: rule.path?.toLowerCase(),
+    prefix: rule.pathPrefix === undefined ? undefined : rule.pathPrefix.toLowerCase().replace(/\/+$/, ''),
+  }));
+  return {
+    policies,
+    match(rawPath, authority) {
+      const path = pathOnly(rawPath);
+      if (path.startsWith('/') && NOT_NORMAL_PATH.test(path)) throw new SidecarError('path_not_normalized');
+      const lower = path.toLowerCase();
+      const host = authority === undefined ? undefined : normalizeHost(authority);
+      for (let i = 0; i < compiled.length; i++) {
+        const r = compiled[i];
+        if (r.hosts.length > 0 && (host === undefined || !hostMatches(r.hosts, host))) continue;
+        if (r.path !== undefined && lower !== r.path) continue;
+        // '' is the prefix `/`: every path.
+        if (r.prefix !== undefined && r.prefix !== '' && lower !== r.prefix && !lower.startsWith(`${r.prefix}/`)) continue;
+        return i;
+      }
+      return -1;
+    },
+  };
 }

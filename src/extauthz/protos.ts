@@ -64,7 +64,7 @@ export const CHECK_REQUEST_FIELDS_READ: Readonly<Record<string, readonly string[
   'envoy.service.auth.v3.CheckRequest': ['attributes'],
   'envoy.service.auth.v3.AttributeContext': ['request', 'context_extensions'],
   'envoy.service.auth.v3.AttributeContext.Request': ['http'],
-  'envoy.service.auth.v3.AttributeContext.HttpRequest': ['method', 'headers', 'header_map', 'path'],
+  'envoy.service.auth.v3.AttributeContext.HttpRequest': ['method', 'headers', 'header_map', 'path', 'host'],
 });
 
 export interface ExtAuthzProtos {

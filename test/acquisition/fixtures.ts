@@ -86,6 +86,7 @@ export function makeConfig(o: ConfigOptions = {}): SidecarConfig {
         allowCorsPreflight: true,
         reflection: false,
         maxReceiveMessageBytes: 4194304,
+        routes: [],
       },
       outbound: { extraCaFiles: o.caFile ? [o.caFile] : [], ...(o.caFile ? { caFile: o.caFile } : {}), connectTimeoutMs: 2000, timeoutMs: o.timeoutMs ?? 5000, maxResponseBytes: 1048576 },
       validation: { clockSkewSec: 300, signingKeysRefreshIntervalSec: 86400, unknownKidCooldownSec: 300, verifiedTokenCacheSize: 1000 },

@@ -53,14 +53,23 @@ describe('config: documentation', () => {
         'Sidecar:LogLevel': 'info', 'Sidecar:ExtAuthz:DownstreamApi': 'graph', 'Sidecar:Outbound:CaFile': 'ca.pem',
         'Sidecar:ExtAuthz:ClaimsToHeaders:<header>': 'oid', 'Sidecar:ExtAuthz:RequiredScopes:<i>': 'a', 'Sidecar:ExtAuthz:RequiredRoles:<i>': 'r',
         'Sidecar:PopValidation:ClaimsToValidateWhenPresent:<i>': 'm', 'Sidecar:SettingsFile': 'appsettings.json', 'Sidecar:Pop:KeyFile': 'ca.pem',
+        // One route rule holding every key (a second one takes Path, which excludes PathPrefix).
+        'Sidecar:ExtAuthz:Routes:<i>:PathPrefix': '/api', 'Sidecar:ExtAuthz:Routes:<i>:Hosts:<i>': '*.example.com', 'Sidecar:ExtAuthz:Routes:<i>:Validate': 'required',
+        'Sidecar:ExtAuthz:Routes:<i>:DownstreamApi': 'graph', 'Sidecar:ExtAuthz:Routes:<i>:InjectHeader': 'x-graph-authorization',
+        'Sidecar:ExtAuthz:Routes:<i>:RequiredScopes:<i>': 'a', 'Sidecar:ExtAuthz:Routes:<i>:RequiredRoles:<i>': 'r', 'Sidecar:ExtAuthz:Routes:<i>:RequireAll': 'true',
+        'Sidecar:ExtAuthz:Routes:<i>:StripInboundAuthorization': 'true', 'Sidecar:ExtAuthz:Routes:<i>:AgentIdentity': '00000000-0000-0000-0000-00000000000a',
+        'Sidecar:ExtAuthz:Routes:<i>:AgentUsername': 'agent@example.com', 'Sidecar:ExtAuthz:Routes:<i>:AgentUserId': '00000000-0000-0000-0000-00000000000b',
       };
+      const secondRule: ReadonlySet<string> = new Set(['Sidecar:ExtAuthz:Routes:<i>:Path']);
+      samples['Sidecar:ExtAuthz:Routes:<i>:Path'] = '/hook';
       const env: Record<string, string> = {
         AzureAd__Instance: 'https://login.microsoftonline.com/', AzureAd__TenantId: 't', AzureAd__ClientId: 'c', DownstreamApis__graph__Scopes__0: 'User.Read',
       };
       for (const doc of CONFIG_KEYS.filter((d) => d.key.startsWith('Sidecar:'))) {
         const value = samples[doc.key] ?? doc.default;
         expect(value, `no sample value for ${doc.key}`).not.to.equal('');
-        env[concrete(doc.key).replace(/:/g, '__')] = value;
+        const key = secondRule.has(doc.key) ? concrete(doc.key).replace('Routes:0', 'Routes:1') : concrete(doc.key);
+        env[key.replace(/:/g, '__')] = value;
       }
       const result = loadConfig({ argv: [], env, cwd: dir });
       if (!result.ok) throw new Error(result.errors.join('\n'));

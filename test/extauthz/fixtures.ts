@@ -125,6 +125,7 @@ export function extAuthzOptions(overrides: Partial<ExtAuthzOptions> = {}): ExtAu
     allowCorsPreflight: true,
     reflection: false,
     maxReceiveMessageBytes: 64 * 1024,
+    routes: [],
     ...overrides,
   };
 }
@@ -182,6 +183,8 @@ export interface EnvoyRequestInit {
   path?: string;
   headers?: Record<string, string>;
   contextExtensions?: Record<string, string>;
+  /** `:authority` and `http.host` (default app.example.test). */
+  host?: string;
   /** Send `header_map` with raw_value bytes instead of the `headers` map (encode_raw_headers: true). */
   raw?: boolean;
 }
@@ -190,8 +193,9 @@ export interface EnvoyRequestInit {
 export function envoyCheckRequest(init: EnvoyRequestInit = {}): Record<string, unknown> {
   const method = init.method ?? 'GET';
   const path = init.path ?? '/api/items?page=2';
+  const host = init.host ?? 'app.example.test';
   const headers: Record<string, string> = {
-    ':authority': 'app.example.test',
+    ':authority': host,
     ':method': method,
     ':path': path,
     ':scheme': 'http',
@@ -206,7 +210,7 @@ export function envoyCheckRequest(init: EnvoyRequestInit = {}): Record<string, u
     id: '13359530607844510314',
     method,
     path,
-    host: 'app.example.test',
+    host,
     scheme: 'http',
     size: '0',
     protocol: 'HTTP/1.1',

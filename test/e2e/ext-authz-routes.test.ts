@@ -1,0 +1,138 @@
+/**
+ * `Sidecar:ExtAuthz:Routes`: the per-route policy chosen in the sidecar by path and host, for
+ * proxies that send no context_extensions (Istio's CUSTOM provider). Through the BUILT sidecar against
+ * the emulator, with the policy of envoy/envoy.yaml's routes written as rules.
+ */
+import { expect } from 'chai';
+import { decodeJwt } from 'jose';
+import { startEmulator, type Emulator } from '../../emulator/index.js';
+import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
+import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { assertNoSecrets, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+import { check, envoyCheckRequest, headerMap, type CheckResult } from '../extauthz/fixtures.js';
+
+/** envoy.yaml's ingress routes and an egress-style host rule, as Istio users would write them. */
+function routes(): Record<string, string> {
+  return {
+    DownstreamApis__graph__Scopes__0: 'api://downstream/read',
+    DownstreamApis__partner__Scopes__0: 'api://downstream/.default',
+    DownstreamApis__partner__RequestAppToken: 'true',
+    Sidecar__ExtAuthz__Routes__0__PathPrefix: '/public',
+    Sidecar__ExtAuthz__Routes__0__Validate: 'none',
+    Sidecar__ExtAuthz__Routes__1__PathPrefix: '/api',
+    Sidecar__ExtAuthz__Routes__1__RequiredScopes__0: 'access_as_user',
+    Sidecar__ExtAuthz__Routes__1__DownstreamApi: 'graph',
+    Sidecar__ExtAuthz__Routes__1__InjectHeader: 'x-graph-authorization',
+    Sidecar__ExtAuthz__Routes__2__Hosts__0: '*.partner.test',
+    Sidecar__ExtAuthz__Routes__2__Path: '/hook',
+    Sidecar__ExtAuthz__Routes__2__Validate: 'none',
+    Sidecar__ExtAuthz__Routes__2__DownstreamApi: 'partner',
+  };
+}
+
+function allowed(res: CheckResult): Record<string, string> {
+  expect(res.status?.code ?? 0, JSON.stringify(res.denied_response ?? {})).to.equal(0);
+  return headerMap(res.ok_response?.headers ?? []);
+}
+
+function deniedWith(res: CheckResult, envoyStatus: string, code: string): void {
+  expect(res.status?.code, 'a deny').to.not.equal(0);
+  expect(res.denied_response.status.code).to.equal(envoyStatus);
+  expect(JSON.parse(res.denied_response.body).code).to.equal(code);
+}
+
+describe('ext_authz route rules by path and host (built sidecar against the emulator)', function () {
+  this.timeout(40_000);
+  let emu: Emulator;
+  let sidecar: RunningSidecar;
+  let client: AuthorizationClient;
+  const tokens: string[] = [];
+  const user = async (scp = 'access_as_user') => {
+    const t = await emu.mint({ kind: 'user', scp });
+    tokens.push(t);
+    return t;
+  };
+
+  before(async () => {
+    emu = await startEmulator();
+    sidecar = await startSidecar(sidecarEnv(emu, routes()));
+    client = createAuthorizationClient(`127.0.0.1:${sidecar.listening.extAuthz!.port}`);
+  });
+  after(async () => {
+    client?.close();
+    await sidecar?.stop();
+    assertNoSecrets(sidecar?.lines ?? [], secretsOf(emu, tokens));
+    await emu?.close();
+  });
+
+  it('lets /public and everything under it through without a token, but not /publications (segment boundaries)', async () => {
+    for (const path of ['/public', '/public/', '/public/logo.png', '/Public/Logo.png', '/public?next=/api/orders']) {
+      const set = allowed(await check(client, envoyCheckRequest({ path })));
+      expect(set, path).to.not.have.property('authorization');
+    }
+    deniedWith(await check(client, envoyCheckRequest({ path: '/publications' })), 'Unauthorized', 'credential_missing');
+  });
+
+  it('requires the /api rule\'s scope and injects its downstream token, whatever the path\'s case', async () => {
+    deniedWith(await check(client, envoyCheckRequest({ path: '/api/orders', headers: { authorization: `Bearer ${await user('Orders.Read')}` } })), 'Forbidden', 'insufficient_scope');
+    for (const path of ['/api/orders?page=2', '/API/Orders']) {
+      const set = allowed(await check(client, envoyCheckRequest({ path, headers: { authorization: `Bearer ${await user()}` } })));
+      expect(set['x-graph-authorization'], path).to.match(/^Bearer ey/);
+      tokens.push(set['x-graph-authorization'].slice(7));
+      expect(decodeJwt(set['x-graph-authorization'].slice(7)).aud).to.equal(emu.scenario.apps.downstreamApi.appId);
+    }
+  });
+
+  it('falls back to the defaults (validate only) where no rule matches', async () => {
+    deniedWith(await check(client, envoyCheckRequest({ path: '/orders' })), 'Unauthorized', 'credential_missing');
+    const set = allowed(await check(client, envoyCheckRequest({ path: '/orders', headers: { authorization: `Bearer ${await user('Orders.Read')}` } })));
+    expect(set).to.not.have.property('x-graph-authorization');
+  });
+
+  it('matches hosts without their port, *.name taking names under it only, and an exact Path', async () => {
+    const set = allowed(await check(client, envoyCheckRequest({ path: '/hook', host: 'Hooks.Partner.Test:8443' })));
+    tokens.push(set.authorization.slice(7));
+    expect(decodeJwt(set.authorization.slice(7)).idtyp).to.equal('app');
+    deniedWith(await check(client, envoyCheckRequest({ path: '/hook', host: 'partner.test' })), 'Unauthorized', 'credential_missing');
+    deniedWith(await check(client, envoyCheckRequest({ path: '/hook', host: 'evilpartner.test' })), 'Unauthorized', 'credential_missing');
+    deniedWith(await check(client, envoyCheckRequest({ path: '/hook/more', host: 'hooks.partner.test' })), 'Unauthorized', 'credential_missing');
+  });
+
+  it('lets a route\'s context_extensions override the rule it falls under, key by key', async () => {
+    const set = allowed(await check(client, envoyCheckRequest({ path: '/api/orders', headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { inject_header: 'x-orders-token' } })));
+    // The rule's downstream API, the route's header.
+    expect(set['x-orders-token']).to.match(/^Bearer ey/);
+    tokens.push(set['x-orders-token'].slice(7));
+    expect(set).to.not.have.property('x-graph-authorization');
+    deniedWith(await check(client, envoyCheckRequest({ path: '/public/x', contextExtensions: { validate: 'required' } })), 'Unauthorized', 'credential_missing');
+  });
+
+  it('denies 400 path_not_normalized for a path whose route depends on how the app resolves it', async () => {
+    const token = await user();
+    for (const path of ['/public/../api/orders', '/public/./x', '/public/..', '//api/orders', '/public/%2e%2e/api/orders', '/public%2Fx', '/public\\..\\api']) {
+      const res = await check(client, envoyCheckRequest({ path, headers: { authorization: `Bearer ${token}` } }));
+      expect(res.status?.code, path).to.equal(3);
+      deniedWith(res, 'BadRequest', 'path_not_normalized');
+    }
+  });
+
+  it('refuses to start on a rule that could not work, naming its key', async () => {
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      [{ Sidecar__ExtAuthz__Routes__0__Path: '/a', Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a' }, /Sidecar:ExtAuthz:Routes:0 sets both Path and PathPrefix/],
+      [{ Sidecar__ExtAuthz__Routes__0__Validate: 'none' }, /Sidecar:ExtAuthz:Routes:0 sets no Path, PathPrefix or Hosts/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__DownstreamApi: 'nope' }, /Sidecar:ExtAuthz:Routes:0:DownstreamApi names an API that is not configured/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__Validate: 'none', Sidecar__ExtAuthz__Routes__0__RequiredScopes__0: 'x' }, /Sidecar:ExtAuthz:Routes:0 requires scopes or roles but sets Validate=none/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: 'api' }, /Sidecar:ExtAuthz:Routes:0:PathPrefix must be a path in normal form/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a/../b' }, /Sidecar:ExtAuthz:Routes:0:PathPrefix must be a path in normal form/],
+      [{ Sidecar__ExtAuthz__Routes__0__Hosts__0: 'app.example.com:443' }, /Sidecar:ExtAuthz:Routes:0:Hosts has "app.example.com:443"/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__AgentUsername: 'u@x' }, /need Sidecar:ExtAuthz:Routes:0:AgentIdentity/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__RequireAll: 'yes' }, /Sidecar:ExtAuthz:Routes:0:RequireAll must be true or false/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__Validat: 'none' }, /Sidecar:ExtAuthz:Routes:0:Validat is not a known setting/],
+    ];
+    for (const [env, message] of cases) {
+      const { code, stdout, stderr } = await runSidecarToExit(sidecarEnv(emu, env), [], 15_000);
+      expect(code, JSON.stringify(env)).to.equal(1);
+      expect(stdout + stderr, JSON.stringify(env)).to.match(message);
+    }
+  });
+});
