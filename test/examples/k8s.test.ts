@@ -10,6 +10,8 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { memoryQuantityBytes } from '../../bench/setup.js';
 import { defaultOf } from '../../src/config/defaults.js';
+import { loadConfig } from '../../src/config/load.js';
+import { defaultPolicy, routePolicy, routeTable } from '../../src/extauthz/policy.js';
 import { SHUTDOWN_FORCE_EXIT_MS } from '../../src/sidecar.js';
 import { repoRoot } from './repo.js';
 
@@ -237,6 +239,38 @@ describe('Kubernetes examples (k8s/**/*.yaml)', function () {
     expect(ops).to.have.length(1);
     return ops[0].spec.meshConfig as Obj;
   };
+
+  it('gives each envoy.yaml ingress route, under Istio, the policy its context_extensions give it (k8s/README route rules)', function () {
+    // The Istio edit's env block, added to the manifest's sidecar env (secrets as placeholders).
+    const readme = readRepoFile('k8s', 'README.md');
+    const block = yamlBlocks(readme).map((b) => YAML.parse(b) as unknown).find((b): b is Obj[] => Array.isArray(b) && b.some((e: Obj) => String(e?.name).startsWith('Sidecar__ExtAuthz__Routes__')));
+    expect(block, 'the README\'s route-rule env block').to.not.equal(undefined);
+    const env: Record<string, string> = {};
+    for (const e of [...(sidecar().env as Obj[]), ...block!]) env[e.name as string] = e.value !== undefined ? String(e.value) : 'placeholder';
+    const loaded = loadConfig({ argv: [], env, cwd: repoRoot() });
+    if (!loaded.ok) throw new Error(loaded.errors.join('\n'));
+    const options = loaded.config.sidecar.extAuthz;
+    const defaults = defaultPolicy(options);
+    const table = routeTable(defaults, options.routes)!;
+    // envoy.yaml's ingress routes, matched the way Envoy matches them (first match wins).
+    const envoy = YAML.parse(readRepoFile('envoy', 'envoy.yaml')) as Obj;
+    const ingress = (envoy.static_resources.listeners as Obj[]).find((l) => l.name === 'ingress') as Obj;
+    const envoyRoutes = ingress.filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes as Obj[];
+    const envoyRoute = (p: string): Obj => {
+      const found = envoyRoutes.find(({ match: m }) => {
+        if (m.path !== undefined) return p === m.path;
+        if (m.path_separated_prefix !== undefined) return p === m.path_separated_prefix || p.startsWith(`${m.path_separated_prefix}/`);
+        return m.case_sensitive === false ? p.toLowerCase().startsWith(String(m.prefix).toLowerCase()) : p.startsWith(m.prefix);
+      });
+      return found as Obj;
+    };
+    for (const p of ['/public', '/public/logo.png', '/publications', '/api', '/api/orders', '/API/Orders', '/orders', '/']) {
+      const perFilter = envoyRoute(p).typed_per_filter_config?.['envoy.filters.http.ext_authz'] as Obj | undefined;
+      const expected = routePolicy(defaults, perFilter?.check_settings?.context_extensions);
+      const rule = table.match(p, 'orders.example.com');
+      expect(rule >= 0 ? table.policies[rule] : defaults, p).to.deep.equal(expected);
+    }
+  });
 
   it('points the Istio ext_authz provider at the sidecar on 9191 through a localhost ServiceEntry', function () {
     const providers = meshConfig().extensionProviders as Obj[];
