@@ -5,7 +5,11 @@
  * isolation between concurrent requests for different agents.
  */
 import { expect } from 'chai';
-import { decodeJwt } from 'jose';
+import { createPrivateKey } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { compactDecrypt, decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator, type RecordedRequest } from '../../emulator/index.js';
 import { startSidecar, type RunningSidecar, waitForLine } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
@@ -166,6 +170,39 @@ describe('agent identities (built sidecar against the emulator)', function () {
     expect(claims.oid).to.equal(emu.scenario.users.normal.oid);
     expect(claims.azp).to.equal(agent1);
     expect(claims.xms_act_fct).to.equal('11');
+  });
+
+  it('the agent on behalf of a user whose token is encrypted (JWE): the decrypted, signed inner token is the assertion', async () => {
+    // Entra cannot read a JWE assertion (AADSTS50013; the API alone holds the decryption key), on
+    // the agent's OBO leg as on the app's.
+    const enc = emu.scenario.agentBlueprint.encryptionCertificate!;
+    const dir = mkdtempSync(path.join(tmpdir(), 'es-agent-jwe-'));
+    const file = path.join(dir, 'enc.pem');
+    writeFileSync(file, `${enc.certPem}\n${enc.keyPem}`, { mode: 0o600 });
+    const decrypting = await startSidecar(sidecarEnv(emu, {
+      ...apis(),
+      AzureAd__TokenDecryptionCredentials__0__SourceType: 'Path',
+      AzureAd__TokenDecryptionCredentials__0__CertificateDiskPath: file,
+    }));
+    try {
+      const jwe = await emu.mint({ kind: 'user', audience: blueprint, scp: 'access_as_user', encrypt: true });
+      tokens.push(jwe);
+      expect(jwe.split('.')).to.have.length(5);
+      const inner = Buffer.from((await compactDecrypt(jwe, createPrivateKey(enc.keyPem!))).plaintext).toString('utf8');
+      const { result, legs } = await legsOf(() => header(`/AuthorizationHeader/AgentUser?AgentIdentity=${agent1}`, jwe, decrypting));
+      expect(result.status, result.text).to.equal(200);
+      const obo = legs.filter((l) => l.form.requested_token_use === 'on_behalf_of');
+      expect(obo).to.have.length(1);
+      expect(obo[0].form).to.include({ client_id: agent1, grant_type: JWT_BEARER });
+      expect(obo[0].form.assertion).to.equal(`[redacted] ${redactionFingerprint(inner)}`);
+      const claims = decodeJwt(result.token);
+      expect(claims.oid).to.equal(emu.scenario.users.normal.oid);
+      expect(claims.azp).to.equal(agent1);
+    } finally {
+      await decrypting.stop();
+      assertNoSecrets(decrypting.lines, secretsOf(emu, tokens));
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a plain agent on the user flow without an inbound token answers 401 "No account"', async () => {
