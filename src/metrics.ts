@@ -323,7 +323,11 @@ export function createMetrics(opts: MetricsOptions): Metrics {
   const httpRequests = new Counter({ name: `${PREFIX}http_requests_total`, help: 'Identity HTTP API requests, by route template name and status class.', labelNames: ['route', 'status_class'] as const, registers, collect: flushPending });
   const httpDuration = new LeanHistogram(`${PREFIX}http_request_duration_seconds`, 'Identity HTTP API request duration in seconds, by route template name.', ['route'], HTTP_BUCKETS_SECONDS, registry);
   const checks = new Counter({ name: `${PREFIX}ext_authz_checks_total`, help: 'ext_authz Check decisions; reason is the stable error code of a deny, or ok.', labelNames: ['decision', 'reason'] as const, registers, collect: flushPending });
-  const checkDuration = new LeanHistogram(`${PREFIX}ext_authz_check_duration_seconds`, 'ext_authz Check duration in seconds.', [], CHECK_BUCKETS_SECONDS, registry).series();
+  // By decision: a deny is mostly a quick refusal and an allow may wait on Entra, so one latency
+  // figure for both would hide either. Both series exist from the start (no gap before the first deny).
+  const checkDuration = new LeanHistogram(`${PREFIX}ext_authz_check_duration_seconds`, 'ext_authz Check duration in seconds, by decision.', ['decision'], CHECK_BUCKETS_SECONDS, registry);
+  const allowDuration = checkDuration.series('allow');
+  const denyDuration = checkDuration.series('deny');
   const acquisitions = new Counter({ name: `${PREFIX}token_acquisitions_total`, help: 'Calls to the token acquirer, by flow and outcome (ok or the stable error code).', labelNames: ['flow', 'outcome'] as const, registers, collect: flushPending });
   const cacheCounters: Record<TokenCacheEvent, Counter> = {
     hit: new Counter({ name: `${PREFIX}token_cache_hits_total`, help: 'Downstream tokens served from the token cache.', registers }),
@@ -391,7 +395,7 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     },
     observeCheck(decision, reason, duration) {
       checkChild(inSet(DECISIONS, decision), inSet(OUTCOMES, reason)).inc();
-      checkDuration.observe(seconds(duration));
+      (decision === 'deny' ? denyDuration : allowDuration).observe(seconds(duration));
     },
     countTokenAcquisition(flow, outcome) {
       acquisitionChild(inSet(FLOWS, flow), inSet(OUTCOMES, outcome)).inc();

@@ -106,10 +106,10 @@ describe('metrics: exposition', () => {
     // A deny answered shortly before Envoy's 2 s deadline.
     m.observeCheck('deny', 'dependency_timeout', 1.8);
     const text = await m.render();
-    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="0.0001"}')).to.equal(0);
-    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="0.00025"}')).to.equal(1);
-    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="1"}')).to.equal(1);
-    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="2.5"}')).to.equal(2);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="0.0001",decision="allow"}')).to.equal(0);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="0.00025",decision="allow"}')).to.equal(1);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="1",decision="deny"}')).to.equal(0);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_bucket{le="2.5",decision="deny"}')).to.equal(1);
   });
 });
 
@@ -149,7 +149,8 @@ describe('metrics: counting', () => {
     for (const [reason, n] of Object.entries(denies)) {
       expect(sample(text, `entra_sidecar_ext_authz_checks_total{decision="deny",reason="${reason}"}`)).to.equal(n);
     }
-    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_count')).to.equal(allows + 9);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_count{decision="allow"}')).to.equal(allows);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_count{decision="deny"}')).to.equal(9);
   });
 
   it('counts identity API requests by route and status class', async () => {
@@ -259,8 +260,8 @@ describe('metrics: bounded labels', () => {
     m.observeCheck('allow', 'ok', -1);
     m.countTokenCache('hit', Number.POSITIVE_INFINITY);
     const text = await m.render();
-    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_count')).to.equal(2);
-    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_sum')).to.equal(0);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_count{decision="allow"}')).to.equal(2);
+    expect(sample(text, 'entra_sidecar_ext_authz_check_duration_seconds_sum{decision="allow"}')).to.equal(0);
     expect(sample(text, 'entra_sidecar_token_cache_hits_total')).to.equal(0);
   });
 });
