@@ -213,6 +213,19 @@ describe('token acquisition edge cases (built sidecar)', function () {
     expect(r.text).to.not.include('wrong-secret-value');
   });
 
+  it('starts with a braced GUID as AcquireTokenOptions:CorrelationId and sends it in the plain form', async () => {
+    // .NET binds `{…}` to a Guid, as the query override parser (Guid.TryParse) reads it too.
+    const s = await start({
+      DownstreamApis__correlated__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__correlated__RequestAppToken: 'true',
+      DownstreamApis__correlated__AcquireTokenOptions__CorrelationId: '{0A0A0A0A-1111-4222-8333-444455556666}',
+    });
+    const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/correlated`);
+    expect(r.status, r.text).to.equal(200);
+    const sent = emu.requests().filter((q) => q.route === 'token' && q.query['client-request-id'] === '0a0a0a0a-1111-4222-8333-444455556666');
+    expect(sent).to.have.length(1);
+  });
+
   it('answers 500 when the tenant\'s metadata fails with a 5xx: Entra did not refuse, it did not answer', async () => {
     const s = await start();
     const tenant = emu.scenario.tenants.secondary.id;
