@@ -202,8 +202,9 @@ function segmentRoute(name: string, method: Route['method'], literal: string, wi
 /** Every route of the identity API; matching is case-insensitive on the literal segment. */
 export const ROUTES: readonly Route[] = [
   // Microsoft maps it with MapHealthChecks, i.e. `endpoints.Map(pattern, pipeline)`: every method gets
-  // 200 Healthy (node:http sends no body to HEAD).
-  segmentRoute('Healthz', 'ANY', 'healthz', false, (ctx) => sendText(ctx.res, 200, 'Healthy')),
+  // 200 Healthy (node:http sends no body to HEAD). Its writer (HealthCheckResponseWriters.
+  // WriteMinimalPlaintext) sets exactly `text/plain`, no charset (reference §2.1).
+  segmentRoute('Healthz', 'ANY', 'healthz', false, (ctx) => sendText(ctx.res, 200, 'Healthy', 'text/plain')),
   segmentRoute('ValidateAuthorizationHeader', 'GET', 'validate', false, validate),
   segmentRoute('AuthorizationHeader', 'GET', 'authorizationheader', true, authorizationHeaderRoute(true)),
   segmentRoute('AuthorizationHeaderUnauthenticated', 'GET', 'authorizationheaderunauthenticated', true, authorizationHeaderRoute(false)),

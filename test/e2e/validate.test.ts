@@ -375,10 +375,11 @@ describe('identity API cross-cutting behaviour (built sidecar)', function () {
     await emu?.close();
   });
 
-  it('answers /healthz with Healthy and no-cache headers', async () => {
+  it('answers /healthz with Healthy as text/plain (no charset, as ASP.NET\'s health check writes it) and no-cache headers', async () => {
     const r = await call(`${s.url}/healthz`);
     expect(r.status).to.equal(200);
     expect(r.text).to.equal('Healthy');
+    expect(r.headers.get('content-type')).to.equal('text/plain');
     expect(r.headers.get('pragma')).to.equal('no-cache');
   });
   it('matches routes case-insensitively', async () => {
