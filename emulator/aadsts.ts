@@ -50,8 +50,9 @@ export const Aadsts = {
   missingParameter: (name: string) => new AadstsError('invalid_request', 900144, `The request body must contain the following parameter: '${name}'.`),
   bodyTooLarge: () => new AadstsError('invalid_request', 90015, 'Requested body is too long.'),
   unsupportedGrant: (grant: string) => new AadstsError('unsupported_grant_type', 70003, `The app requested an unsupported grant type '${grant}'.`),
-  tenantNotFound: (tenant: string) => new AadstsError('invalid_request', 90002, `Tenant '${tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.`),
-  malformedTenant: (tenant: string) => new AadstsError('invalid_request', 900023, `Specified tenant identifier '${tenant}' is neither a valid DNS name, nor a valid external domain.`),
+  // The token endpoint names these `invalid_request`; the metadata endpoint names them `invalid_tenant`.
+  tenantNotFound: (tenant: string, error = 'invalid_request') => new AadstsError(error, 90002, `Tenant '${tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.`),
+  malformedTenant: (tenant: string, error = 'invalid_request') => new AadstsError(error, 900023, `Specified tenant identifier '${tenant}' is neither a valid DNS name, nor a valid external domain.`),
   metaTenantNotAllowed: () => new AadstsError('invalid_request', 9001023, 'The grant type is not supported over the /common or /consumers endpoints. Please use the /organizations or tenant-specific endpoint.'),
   unknownClient: (clientId: string, tenant: string) => new AadstsError('unauthorized_client', 700016, `Application with identifier '${clientId}' was not found in the directory '${tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant.`),
   clientDisabled: (clientId: string) => new AadstsError('unauthorized_client', 7000112, `Application '${clientId}' is disabled.`),

@@ -383,7 +383,7 @@ export class EmulatorCore {
   }
 
   /** Signs with an explicit signer and header (mint's broken-token variants). */
-  signWith(header: Record<string, unknown>, claims: JwtPayload, signer: JwsSigner): string {
+  signWith(header: Record<string, unknown>, claims: JwtPayload | string, signer: JwsSigner): string {
     return signJws(header, claims, signer);
   }
 

@@ -17,10 +17,13 @@ export type JwsSigner =
   | { alg: 'none' }
   | { alg: 'HS256'; secret: Buffer | string };
 
-/** Serialises and signs `payload` as a compact JWS; `header.alg` is set from the signer unless already present. */
-export function signJws(header: JwtHeader, payload: JwtPayload, signer: JwsSigner): string {
+/**
+ * Serialises and signs `payload` as a compact JWS (a string is the payload's JSON text, signed as
+ * is); `header.alg` is set from the signer unless already present.
+ */
+export function signJws(header: JwtHeader, payload: JwtPayload | string, signer: JwsSigner): string {
   const fullHeader = { alg: signer.alg, ...header };
-  const input = `${b64url(JSON.stringify(fullHeader))}.${b64url(JSON.stringify(payload))}`;
+  const input = `${b64url(JSON.stringify(fullHeader))}.${b64url(typeof payload === 'string' ? payload : JSON.stringify(payload))}`;
   switch (signer.alg) {
     case 'none':
       return `${input}.`;

@@ -103,9 +103,20 @@ export async function mintToken(core: EmulatorCore, req: MintRequest): Promise<s
       throw new Error(`mint: unknown signWith ${String(req.signWith)}`);
   }
   Object.assign(header, req.headerOverrides ?? {});
-  const signed = core.signWith(header, claims, signer);
+  const signed = core.signWith(header, withRawClaims(claims, req.rawClaims), signer);
   if (!req.encrypt) return signed;
   const enc = core.encryptionCertificateOf(resource) ?? core.encryptionCertificateOf(core.scenario.apps.sidecarApi);
   if (!enc) throw new Error('mint: no encryption certificate for this audience');
   return core.encryptToken(signed, enc);
+}
+
+/** The payload's JSON text with `raw` members appended as written (each must be a JSON value). */
+function withRawClaims(claims: Record<string, unknown>, raw: Record<string, string> | undefined): Record<string, unknown> | string {
+  if (raw === undefined || Object.keys(raw).length === 0) return claims;
+  const members = Object.entries(raw).map(([k, v]) => {
+    JSON.parse(v); // a typo in a test's raw claim fails here, not as a confusing validation error
+    return `${JSON.stringify(k)}:${v}`;
+  });
+  const text = JSON.stringify(claims);
+  return `${text.slice(0, -1)}${text === '{}' ? '' : ','}${members.join(',')}}`;
 }

@@ -35,6 +35,11 @@ export interface MintRequest {
   roles?: string[];
   /** Merged last: can override any claim (e.g. `iss`, `tid`); a value of null removes the claim. */
   claims?: Record<string, unknown>;
+  /**
+   * Claims given as JSON text, appended to the payload verbatim: numbers JSON.stringify cannot
+   * spell (`12345678901234567890`, `1.0e2`), for checking that a consumer passes them on as issued.
+   */
+  rawClaims?: Record<string, string>;
   /** Lifetime from now; negative gives an already expired token. */
   expiresInSec?: number;
   /** `nbf` = now + this (positive gives a not-yet-valid token). */

@@ -12,12 +12,19 @@ const METADATA_HEADERS = {
   'access-control-allow-origin': '*',
 };
 
-/** Error for a tenant segment that does not resolve (§2.9). */
-export function tenantError(r: TenantResolution): AadstsError | undefined {
-  if (r.kind === 'unknown') return Aadsts.tenantNotFound(r.segment);
-  if (r.kind === 'malformed') return Aadsts.malformedTenant(r.segment);
+/** Error for a tenant segment that does not resolve (§2.9); `error` is the OAuth error name the route uses. */
+export function tenantError(r: TenantResolution, error?: string): AadstsError | undefined {
+  if (r.kind === 'unknown') return Aadsts.tenantNotFound(r.segment, error);
+  if (r.kind === 'malformed') return Aadsts.malformedTenant(r.segment, error);
   return undefined;
 }
+
+/**
+ * Entra answers an unresolvable tenant's openid-configuration with 400 `error: invalid_tenant`
+ * (not the token endpoint's `invalid_request`), e.g.
+ * `{"error":"invalid_tenant","error_description":"AADSTS90002: Tenant '…' not found. …"}`.
+ */
+const METADATA_TENANT_ERROR = 'invalid_tenant';
 
 /** `GET /common/discovery/instance?api-version=1.1&authorization_endpoint=…` */
 export function instanceDiscovery(ex: Exchange): void {
@@ -53,7 +60,7 @@ export function openIdConfiguration(ex: Exchange, tenantSegment: string, version
   // /organizations/.well-known/openid-configuration with 400 AADSTS90002 (panva/openid-client#175),
   // which is why Microsoft.Identity.Web reads v1 metadata from /common for them.
   const v1Only = version === 1 && r.kind === 'meta' && r.name !== 'common';
-  const err = v1Only ? Aadsts.tenantNotFound(tenantSegment) : tenantError(r);
+  const err = v1Only ? Aadsts.tenantNotFound(tenantSegment, METADATA_TENANT_ERROR) : tenantError(r, METADATA_TENANT_ERROR);
   if (err) {
     sendAadsts(ex, err);
     return;

@@ -138,9 +138,13 @@ function requestExtrasDigest(query: Readonly<Record<string, string>>, headers: R
 }
 
 /** An msal/Entra message fit to show a caller: Entra never echoes credentials, but strip anything JWT-shaped anyway. */
-function safeMessage(err: Error): string {
-  const m = redactTokens(err.message);
+function safeText(text: string): string {
+  const m = redactTokens(text);
   return m.length > 2000 ? `${m.slice(0, 2000)}…` : m;
+}
+
+function safeMessage(err: Error): string {
+  return safeText(err.message);
 }
 
 /** Resolves like `p`, but rejects when this caller's signal aborts (the shared flight continues for others). */
@@ -197,6 +201,14 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
   }
   if (seen.transportError) {
     return new SidecarError('acquisition_unavailable', seen.transportError.detail, { cause: err });
+  }
+  if (msal && err instanceof msal.AuthError && seen.discoveryRefusal) {
+    // Entra refused the authority's metadata (an unknown or malformed tenant: 400 invalid_tenant,
+    // AADSTS90002/900023) and msal stopped there with an opaque endpoints_resolution_error. It is
+    // an Entra error response like any token-endpoint refusal: 401 with Entra's text (reference
+    // §2.3 table; §8 SidecarEndpointsE2ETests: tenant override `invalid-tenant` → 401). A 5xx or a
+    // transport failure on that GET leaves no refusal and stays "unavailable" below.
+    return new SidecarError('acquisition_rejected', safeText(seen.discoveryRefusal.description), { cause: err });
   }
   if (msal && err instanceof msal.ClientConfigurationError) {
     return new SidecarError('misconfigured', `msal configuration error: ${err.errorCode}`, { cause: err });

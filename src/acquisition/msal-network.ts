@@ -9,7 +9,9 @@
  * Two deliberate adjustments, both on token POSTs only:
  * - The real status, `Retry-After` and a transport failure are written to the current acquisition's
  *   observation (AsyncLocalStorage), so the acquirer can map errors exactly (429/503 → throttled with
- *   the server's Retry-After, timeout → unavailable) although msal hides them.
+ *   the server's Retry-After, timeout → unavailable) although msal hides them. So is Entra's
+ *   refusal of a metadata GET (an unknown tenant's openid-configuration), which msal reports only
+ *   as `endpoints_resolution_error`.
  * - msal keeps its own client-side throttle (entra-protocol §2.8): after a 429/5xx, or any non-2xx
  *   with Retry-After, it refuses identical requests for Retry-After seconds (60 s when the header
  *   is absent), keyed WITHOUT the user. Our token cache owns that decision per key and honours the
@@ -43,6 +45,11 @@ export interface AcquisitionObservation {
   transportError?: SidecarError;
   /** `refresh_token` of the last successful token response (long-running OBO sessions need it). */
   refreshToken?: string;
+  /**
+   * Entra's refusal of a metadata GET (the tenant's openid-configuration): msal turns it into an
+   * opaque `endpoints_resolution_error`, so the OAuth error it carried is kept here for the acquirer.
+   */
+  discoveryRefusal?: { readonly status: number; readonly error: string; readonly description: string };
 }
 
 /** The per-acquisition observation slot; the acquirer runs each msal call through `withObservation`. */
@@ -99,6 +106,25 @@ function parseBody(res: OutboundResponse, host: string): unknown {
 }
 
 /**
+ * The OAuth error of a 4xx answer to a metadata GET, when the body is Entra's JSON error shape: an
+ * unknown or malformed tenant gets 400 `invalid_tenant` with AADSTS90002/900023 (entra-protocol §1.2,
+ * §2.9). 429 is throttling, not a refusal; a non-JSON 4xx (a proxy's page) is not Entra speaking.
+ */
+function discoveryRefusal(res: OutboundResponse): AcquisitionObservation['discoveryRefusal'] {
+  if (res.status < 400 || res.status >= 500 || res.status === 429) return undefined;
+  let body: unknown;
+  try {
+    body = JSON.parse(res.body.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (typeof body !== 'object' || body === null) return undefined;
+  const { error, error_description: description } = body as Record<string, unknown>;
+  if (typeof error !== 'string' || error === '') return undefined;
+  return { status: res.status, error, description: typeof description === 'string' && description !== '' ? description : error };
+}
+
+/**
  * `protocol` plus the `extra` headers whose names it does not already have (case-insensitively): an
  * extra header never replaces one the token client writes. The config loader refuses the names the
  * protocol needs; this keeps the rule true whatever reaches here.
@@ -141,6 +167,7 @@ export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOpti
       slot.status = res.status;
       if (res.status < 200 || res.status >= 300) slot.retryAfterSec = parseRetryAfter(res.headers['retry-after']);
       else if (typeof body.refresh_token === 'string' && body.refresh_token !== '') slot.refreshToken = body.refresh_token;
+      if (!isTokenRequest && res.status >= 400) slot.discoveryRefusal = discoveryRefusal(res);
     }
     if (method === 'POST' && (status < 200 || status >= 300)) {
       // See the module comment: our cache, not msal's per-app throttle, decides when to call again.

@@ -9,6 +9,7 @@ import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, k
 import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import { ANY_HOST } from '../net/listen.js';
+import { parseGuid } from '../guid.js';
 import {
   buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
   type ConfigEntry, type ConfigNode,
@@ -207,7 +208,6 @@ function isReservedTokenRequestHeader(name: string): boolean {
   const lower = name.toLowerCase();
   return TOKEN_REQUEST_RESERVED_HEADERS.has(lower) || TOKEN_REQUEST_RESERVED_PREFIXES.some((p) => lower.startsWith(p));
 }
-const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
 function httpUrl(text: string, schemes: readonly string[]): URL | undefined {
   try {
@@ -482,8 +482,11 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
     httpMethod = httpMethod.toUpperCase();
   }
   const a = `${p}:AcquireTokenOptions`;
-  const correlationId = b.explicit(`${a}:CorrelationId`);
-  if (correlationId !== undefined && !GUID.test(correlationId)) b.error(`${a}:CorrelationId must be a GUID`);
+  // Read as the query override is (Guid.TryParse's forms, `{…}` included, as .NET binds a Guid),
+  // and kept in the plain form the token request sends as client-request-id.
+  const correlationIdText = b.explicit(`${a}:CorrelationId`);
+  const correlationId = correlationIdText === undefined ? undefined : parseGuid(correlationIdText);
+  if (correlationIdText !== undefined && correlationId === undefined) b.error(`${a}:CorrelationId must be a GUID`);
   const mi = b.node(`${a}:ManagedIdentity`);
   const miClientId = b.explicit(`${a}:ManagedIdentity:UserAssignedClientId`);
   const optional = (name: string): Record<string, string> => {

@@ -40,18 +40,35 @@ export function parseMediaType(value: string | undefined): MediaType | undefined
 }
 
 /**
- * Whether a body of this media type is text: text/*, JSON and XML (also `+json`/`+xml` suffixes),
- * JavaScript and form-urlencoded. Everything else is treated as bytes.
+ * Whether the media type itself names text: text/*, JSON and XML (also `+json`/`+xml` suffixes),
+ * YAML (also `+yaml`), newline-delimited JSON, compact JWTs, JavaScript and form-urlencoded.
+ * A body of such a type is text even when its bytes are not valid in its charset.
  */
-export function isTextualMediaType(type: MediaType): boolean {
-  const e = type.essence;
+export function isTextualEssence(essence: string): boolean {
+  const e = essence;
   return (
     e.startsWith('text/') ||
     e === 'application/json' ||
     e.endsWith('+json') ||
     e.endsWith('+xml') ||
+    e.endsWith('+yaml') ||
     e === 'application/xml' ||
+    e === 'application/yaml' ||
+    e === 'application/x-yaml' ||
+    e === 'application/x-ndjson' ||
+    e === 'application/ndjson' ||
+    e === 'application/jwt' ||
     e === 'application/javascript' ||
     e === 'application/x-www-form-urlencoded'
   );
+}
+
+/**
+ * Whether a body of this media type is text: a textual essence, or any type that declares a
+ * charset (a charset only means something for text, RFC 2046 §4.1.2). This is a judgement on the
+ * type alone: a response of any other type can still be text when its bytes are valid UTF-8
+ * (decodeContent), but the request side (forwardedBody) only labels what the type says.
+ */
+export function isTextualMediaType(type: MediaType): boolean {
+  return isTextualEssence(type.essence) || type.parameters.has('charset');
 }

@@ -1,11 +1,11 @@
 /**
  * Turns a downstream response into the `DownstreamApiResult` shape Microsoft's sidecar returns
  * (`{ statusCode, headers, content }`, reference sidecar-http-api §2.4 step 8), with two
- * documented extensions: binary bodies as base64 (`contentEncoding: 'base64'`) and, when
- * configured, every end-to-end response header instead of only the content headers.
+ * documented extensions: bodies that are not valid text as base64 (`contentEncoding: 'base64'`)
+ * and, when configured, every end-to-end response header instead of only the content headers.
  */
 import { TextDecoder } from 'node:util';
-import { isTextualMediaType, parseMediaType } from './media-type.js';
+import { isTextualEssence, parseMediaType } from './media-type.js';
 
 /** Content headers in the casing .NET's HttpContentHeaders uses (what Microsoft's sample shows). */
 const CONTENT_HEADERS: ReadonlyMap<string, string> = new Map([
@@ -89,9 +89,15 @@ export interface DecodedContent {
 }
 
 /**
- * The body as the caller sees it: null when empty; text (charset from Content-Type, default
- * UTF-8) for textual media types, or for no Content-Type when the bytes are valid UTF-8;
- * otherwise base64. A Content-Encoding (gzip, br, ...) always means bytes.
+ * The body as the caller sees it (reference §2.4 step 8: "decoded as text, charset from
+ * Content-Type"); null when empty. Base64 is kept for bodies text would corrupt:
+ * - a textual media type (isTextualEssence): decoded with its charset, UTF-8 by default, invalid
+ *   bytes replaced as .NET's ReadAsStringAsync does;
+ * - any other type that declares a charset: decoded with it when the bytes are valid in it;
+ * - any other type, none or an unparseable one: UTF-8 when the bytes are valid UTF-8 (vendor
+ *   and unlisted text types such as application/toml or application/vnd.acme.v1);
+ * - otherwise (a PNG, invalid bytes), for a charset Node cannot decode, or with a
+ *   Content-Encoding (gzip, br, ...): base64.
  */
 export function decodeContent(body: Buffer, contentType: string | undefined, contentEncoding: string | undefined): DecodedContent {
   if (body.length === 0) return { content: null };
@@ -100,21 +106,19 @@ export function decodeContent(body: Buffer, contentType: string | undefined, con
   const coded = (contentEncoding ?? '').split(',').map((c) => c.trim().toLowerCase()).filter((c) => c !== '' && c !== 'identity');
   if (coded.length > 0) return base64();
 
-  if (contentType === undefined || contentType.trim() === '') {
-    try {
-      return { content: new TextDecoder('utf-8', { fatal: true }).decode(body) };
-    } catch {
-      return base64();
-    }
-  }
   const type = parseMediaType(contentType);
-  if (type === undefined || !isTextualMediaType(type)) return base64();
+  // A textual type is text whatever its bytes (invalid ones replaced, as .NET's ReadAsStringAsync
+  // does); any other body is text only when its bytes are valid in its charset, UTF-8 by default.
+  const lenient = type !== undefined && isTextualEssence(type.essence);
   let decoder: TextDecoder;
   try {
-    // Like .NET's ReadAsStringAsync: declared charset, UTF-8 by default, invalid bytes replaced.
-    decoder = new TextDecoder(type.parameters.get('charset') ?? 'utf-8');
+    decoder = new TextDecoder(type?.parameters.get('charset') ?? 'utf-8', { fatal: !lenient });
   } catch {
     return base64(); // a charset we cannot decode: keep the bytes intact instead of guessing
   }
-  return { content: decoder.decode(body) };
+  try {
+    return { content: decoder.decode(body) };
+  } catch {
+    return base64(); // not valid in the charset it (or UTF-8 by default) implies: bytes, not text
+  }
 }

@@ -30,7 +30,8 @@ const downstreamOp = (operationId: string) => ({
 
 export const OPENAPI_DOCUMENT = {
   openapi: '3.1.1',
-  info: { title: 'entra-sidecar | v1', version: '1.0.0' },
+  // Microsoft's own title (reference §2): generated clients are named after it, so a drop-in keeps it.
+  info: { title: 'Microsoft.Identity.Web.Sidecar | v1', version: '1.0.0' },
   paths: {
     '/Validate': {
       get: {

@@ -53,10 +53,10 @@ export function sendJsonText(res: ServerResponse, status: number, text: string |
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
-/** Writes a plain-text body (healthz, IDW10203). */
-export function sendText(res: ServerResponse, status: number, text: string): void {
+/** Writes a plain-text body (healthz, IDW10203); `contentType` when the answer it mirrors names no charset. */
+export function sendText(res: ServerResponse, status: number, text: string, contentType = 'text/plain; charset=utf-8'): void {
   res.statusCode = status;
-  res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+  res.setHeader('Content-Type', contentType);
   res.setHeader('Content-Length', Buffer.byteLength(text));
   if (status >= 200 && status < 300) for (const [k, v] of NO_CACHE) res.setHeader(k, v);
   res.end(text);

@@ -16,6 +16,7 @@ import { callDownstreamApi } from '../downstream/call.js';
 import { sendEmpty, sendJson, sendJsonText, sendText } from './problem.js';
 import { POP_CHALLENGE, popCredential, validatePopRequest, type ReplayCache } from '../pop/inbound.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
+import { payloadJson } from '../validation/validator.js';
 
 export interface RouteDeps {
   readonly config: SidecarConfig;
@@ -90,7 +91,7 @@ async function validateFully(ctx: RouteContext, deps: RouteDeps): Promise<void> 
       sendEmpty(ctx.res, 401, { 'WWW-Authenticate': POP_CHALLENGE });
       return;
     }
-    sendJson(ctx.res, 200, { protocol: 'PoP', token: result.token.raw, claims: result.token.claims });
+    sendJsonText(ctx.res, 200, validateBody('PoP', result.token));
     return;
   }
   const token = await authenticate(deps.validator, ctx.authorization, 'required');
@@ -112,10 +113,19 @@ function answerValidated(ctx: RouteContext, deps: RouteDeps, token: ValidatedTok
   const kept = isCachedToken(token);
   let body = kept ? validateBodies.get(token) : undefined;
   if (body === undefined) {
-    body = Buffer.from(JSON.stringify({ protocol: 'Bearer', token: token.raw, claims: token.claims }));
+    body = Buffer.from(validateBody('Bearer', token));
     if (kept) validateBodies.set(token, body);
   }
   sendJsonText(ctx.res, 200, body);
+}
+
+/**
+ * The /Validate body: `claims` is the payload text as issued (payloadJson), not a re-serialisation
+ * of the parsed claims, so numbers keep their digits (reference §2.2 step 5). The text is the one
+ * the validator parsed as a JSON object, so the body is valid JSON with the same members as before.
+ */
+function validateBody(protocol: 'Bearer' | 'PoP', token: ValidatedToken): string {
+  return `{"protocol":${JSON.stringify(protocol)},"token":${JSON.stringify(token.raw)},"claims":${payloadJson(token)}}`;
 }
 
 /** The /Validate answer per cached validated token (isCachedToken: the same object on every request). */
@@ -192,8 +202,9 @@ function segmentRoute(name: string, method: Route['method'], literal: string, wi
 /** Every route of the identity API; matching is case-insensitive on the literal segment. */
 export const ROUTES: readonly Route[] = [
   // Microsoft maps it with MapHealthChecks, i.e. `endpoints.Map(pattern, pipeline)`: every method gets
-  // 200 Healthy (node:http sends no body to HEAD).
-  segmentRoute('Healthz', 'ANY', 'healthz', false, (ctx) => sendText(ctx.res, 200, 'Healthy')),
+  // 200 Healthy (node:http sends no body to HEAD). Its writer (HealthCheckResponseWriters.
+  // WriteMinimalPlaintext) sets exactly `text/plain`, no charset (reference §2.1).
+  segmentRoute('Healthz', 'ANY', 'healthz', false, (ctx) => sendText(ctx.res, 200, 'Healthy', 'text/plain')),
   segmentRoute('ValidateAuthorizationHeader', 'GET', 'validate', false, validate),
   segmentRoute('AuthorizationHeader', 'GET', 'authorizationheader', true, authorizationHeaderRoute(true)),
   segmentRoute('AuthorizationHeaderUnauthenticated', 'GET', 'authorizationheaderunauthenticated', true, authorizationHeaderRoute(false)),

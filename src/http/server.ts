@@ -71,6 +71,11 @@ export function routedPath(path: string): RoutedPath {
   return { first, second, count };
 }
 
+/** Whether `path` is exactly `/healthz`, in any letter case (the loopback exemption, §1.3). */
+function isHealthzPath(path: string): boolean {
+  return path.length === 8 && path.toLowerCase() === '/healthz';
+}
+
 /** Routes by lower-cased first segment (several may share one and differ in count or mode). */
 const ROUTES_BY_FIRST = new Map<string, Route[]>();
 for (const r of ROUTES) {
@@ -118,8 +123,11 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     const path = q < 0 ? target : target.slice(0, q);
     const { first, second, count } = routedPath(path);
 
-    // §1.3 step 1: loopback-only callers outside Development; /healthz is exempt for probes.
-    if (!development && !(first === 'healthz' && count === 1) && !isLoopback(req.socket.remoteAddress)) {
+    // §1.3 step 1: loopback-only callers outside Development; /healthz is exempt for probes. The
+    // exemption compares the whole path, case-insensitively, as Microsoft's LocalCallerRestriction
+    // does: `/healthz/` and `//healthz` still route to the health check below, but only for a
+    // loopback caller.
+    if (!development && !isHealthzPath(path) && !isLoopback(req.socket.remoteAddress)) {
       if (logLimiter.allow('caller_not_loopback')) logger.warn({ code: 'caller_not_loopback', peer: req.socket.remoteAddress, ...logLimiter.suppressed('caller_not_loopback') }, 'refused a non-loopback caller');
       sendEmpty(res, 403);
       deps.metrics.observeHttpRequest(UNROUTED, 403, 0);

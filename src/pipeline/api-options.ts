@@ -7,6 +7,7 @@
  */
 import type { AcquireTokenOptions, DownstreamApiOptions, SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
+import { EMPTY_GUID, parseGuid } from '../guid.js';
 import type { AgentSelection, EffectiveApiOptions } from './types.js';
 
 /** The four routes that each have their own `Sidecar:AllowOverrides:<route>` switch (§3.4). */
@@ -25,8 +26,6 @@ export interface ResolvedApiOptions {
 }
 
 const OVERRIDE_PREFIX = 'optionsoverride.';
-const GUID = /^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$/i;
-const BRACED_GUID = /^[{(]([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})[})]$/i;
 
 /** What an unknown `apiName` resolves to: .NET named options fall back to a default-constructed object (§2.3 step 1). */
 export function defaultApiOptions(): DownstreamApiOptions {
@@ -48,17 +47,6 @@ export function defaultApiOptions(): DownstreamApiOptions {
   };
 }
 
-/** Parses a GUID the way .NET's Guid.TryParse accepts the common forms; returns the `D` format (lower case) or undefined. */
-export function parseGuid(value: string): string | undefined {
-  const v = value.trim();
-  const braced = BRACED_GUID.exec(v);
-  const bare = braced ? braced[1] : v;
-  if (!GUID.test(bare)) return undefined;
-  const hex = bare.replace(/-/g, '').toLowerCase();
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
-
-const EMPTY_GUID = '00000000-0000-0000-0000-000000000000';
 
 /** .NET bool.TryParse: `true`/`false`, case-insensitive, surrounding white space allowed. */
 function parseBool(value: string): boolean | undefined {

@@ -158,11 +158,16 @@ function malformed(detail: string): SidecarError {
   return new SidecarError('token_malformed', detail);
 }
 
+/** A JWS segment's JSON text, decoded the one way every reader here decodes it. */
+function segmentText(segment: string): string {
+  return Buffer.from(segment, 'base64url').toString('utf8');
+}
+
 function decodeJsonObject(segment: string, what: string): Record<string, unknown> {
   if (segment === '' || !BASE64URL.test(segment)) throw malformed(`The token ${what} is not base64url`);
   let value: unknown;
   try {
-    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+    value = JSON.parse(segmentText(segment));
   } catch {
     throw malformed(`The token ${what} is not JSON`);
   }
@@ -215,6 +220,18 @@ function signatureValid(alg: string, key: SigningKey, signingInput: Buffer, sign
   } catch {
     return false;
   }
+}
+
+/**
+ * The validated token's payload as the JSON text it was issued as (reference §2.2 step 5: numbers
+ * such as 12345678901234567890 or 1.0e2 stay as written, which JSON.stringify of the parsed claims
+ * would change). It is the text validation parsed, so it is a JSON object with no BOM (JSON.parse
+ * refuses one); only JSON whitespace around it is trimmed. Derived from `jws` on demand rather
+ * than kept beside the claims, so the verified-token cache holds no second copy.
+ */
+export function payloadJson(token: ValidatedToken): string {
+  const { jws } = token;
+  return segmentText(jws.slice(jws.indexOf('.') + 1, jws.lastIndexOf('.'))).trim();
 }
 
 /** Creates the validator; call start() to load signing keys before the first request. */

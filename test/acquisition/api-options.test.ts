@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import { assertScopes, overridesAllowed, parseGuid, resolveApiOptions, scopesMissingDetail } from '../../src/pipeline/api-options.js';
+import { assertScopes, overridesAllowed, resolveApiOptions, scopesMissingDetail } from '../../src/pipeline/api-options.js';
+import { parseGuid } from '../../src/guid.js';
 import { SidecarError } from '../../src/errors.js';
 import { acquireTokenOptions, downstreamApi, makeConfig } from './fixtures.js';
 
@@ -210,6 +211,9 @@ describe('api-options: scopes check and route switches', () => {
   it('parses GUIDs in D, N and braced forms', () => {
     expect(parseGuid('AAAAAAAABBBBCCCCDDDDEEEEEEEEEEEE')).to.equal('aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee');
     expect(parseGuid('(aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee)')).to.equal('aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee');
+    expect(parseGuid(' {AAAAAAAA-bbbb-cccc-dddd-eeeeeeeeeeee} ')).to.equal('aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee');
     expect(parseGuid('aaaa')).to.equal(undefined);
+    // .NET pairs the brackets: a mixed pair is not a GUID.
+    expect(parseGuid('{aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee)')).to.equal(undefined);
   });
 });

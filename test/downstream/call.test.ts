@@ -102,6 +102,12 @@ describe('downstream: callDownstreamApi', function () {
       await callDownstreamApi(deps, { options: apiOptions(server.origin, { httpMethod: 'Put' }), inbound: { contentType: 'text/plain; charset=iso-8859-1', body: Buffer.from([0x63, 0xe9]) } });
       expect(server.received[1].headers['content-type']).to.equal('text/plain; charset=iso-8859-1');
       expect([...server.received[1].body]).to.deep.equal([0x63, 0xe9]);
+
+      // Labels follow the media type alone, never the bytes: a YAML body is text, a PNG stays unlabelled.
+      await callDownstreamApi(deps, { options: apiOptions(server.origin, { httpMethod: 'Post' }), inbound: { contentType: 'application/yaml', body: Buffer.from('a: 1') } });
+      expect(server.received[2].headers['content-type']).to.equal('application/yaml; charset=utf-8');
+      await callDownstreamApi(deps, { options: apiOptions(server.origin, { httpMethod: 'Post' }), inbound: { contentType: 'image/png', body: Buffer.from('PNG-ish ascii') } });
+      expect(server.received[3].headers['content-type']).to.equal('image/png');
     });
 
     it('forwards no body when the inbound request had no or an unparseable Content-Type', async () => {

@@ -64,7 +64,7 @@ describe('downstream: media types', () => {
   });
 
   it('classifies textual media types', () => {
-    for (const t of ['text/plain', 'text/html', 'application/json', 'application/problem+json', 'application/atom+xml', 'application/xml', 'application/javascript', 'application/x-www-form-urlencoded']) {
+    for (const t of ['text/plain', 'text/html', 'application/json', 'application/problem+json', 'application/atom+xml', 'application/xml', 'application/javascript', 'application/x-www-form-urlencoded', 'application/jwt', 'application/yaml', 'application/x-yaml', 'application/openapi+yaml', 'application/x-ndjson', 'application/octet-stream; charset=utf-8']) {
       expect(isTextualMediaType(parseMediaType(t)!), t).to.equal(true);
     }
     for (const t of ['application/octet-stream', 'image/png', 'application/pdf', 'multipart/form-data; boundary=x']) {
@@ -142,7 +142,12 @@ describe('downstream: response shape', () => {
     expect(decodeContent(Buffer.from([0x63, 0x61, 0x66, 0xe9]), 'text/plain; charset=iso-8859-1', undefined)).to.deep.equal({ content: 'café' });
     expect(decodeContent(Buffer.from('plain'), undefined, undefined)).to.deep.equal({ content: 'plain' });
     expect(decodeContent(Buffer.from([0xff, 0x00, 0xfe]), undefined, undefined)).to.deep.equal({ content: '/wD+', contentEncoding: 'base64' });
-    expect(decodeContent(Buffer.from([1, 2, 3]), 'image/png', undefined)).to.deep.equal({ content: 'AQID', contentEncoding: 'base64' });
+    expect(decodeContent(Buffer.from([0x89, 0x50, 0x4e, 0x47]), 'image/png', undefined)).to.deep.equal({ content: 'iVBORw==', contentEncoding: 'base64' });
+    // Any type is text when its bytes are valid UTF-8; a declared charset is decoded strictly outside the textual types.
+    expect(decodeContent(Buffer.from('a: é'), 'application/x-toml', undefined)).to.deep.equal({ content: 'a: é' });
+    expect(decodeContent(Buffer.from('x'), 'not a media type', undefined)).to.deep.equal({ content: 'x' });
+    expect(decodeContent(Buffer.from([0x63, 0xe9]), 'application/x-thing; charset=utf-8', undefined)).to.deep.equal({ content: 'Y+k=', contentEncoding: 'base64' });
+    expect(decodeContent(Buffer.from([0x63, 0xe9]), 'text/plain', undefined)).to.deep.equal({ content: 'c\ufffd' });
     expect(decodeContent(Buffer.from('{}'), 'application/json', 'gzip')).to.deep.equal({ content: 'e30=', contentEncoding: 'base64' });
     expect(decodeContent(Buffer.from('x'), 'text/plain; charset=no-such-charset', undefined)).to.deep.equal({ content: 'eA==', contentEncoding: 'base64' });
   });

@@ -173,6 +173,27 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     expect(again.status).to.equal(401);
     expect(emu.counters().token, 'no second request inside Retry-After').to.equal(before);
   });
+
+  it('answers 401 with Entra\'s AADSTS text when a tenant override names no tenant, for an app token and On-Behalf-Of alike', async () => {
+    // msal reads the tenant's openid-configuration first; Entra refuses it (400 invalid_tenant), and
+    // Microsoft maps every Entra refusal to 401 (reference §2.3; §8: tenant `invalid-tenant` → 401).
+    const user = await userToken();
+    const cases: [string, RegExp][] = [
+      ['invalid-tenant', /AADSTS900023: Specified tenant identifier 'invalid-tenant'/],
+      ['bbbbbbbb-0000-4000-8000-000000000999', /AADSTS90002: Tenant 'bbbbbbbb-0000-4000-8000-000000000999' not found/],
+      ['nonexistent.onmicrosoft.com', /AADSTS90002: Tenant 'nonexistent.onmicrosoft.com' not found/],
+    ];
+    for (const api of ['downstreamApp', 'downstream']) {
+      for (const [tenant, aadsts] of cases) {
+        const r = await authHeader(api, user, `?optionsOverride.AcquireTokenOptions.Tenant=${tenant}`);
+        expect(r.status, `${api} ${tenant}: ${r.text}`).to.equal(401);
+        expect(r.json().code).to.equal('acquisition_rejected');
+        expect(r.json().detail).to.match(aadsts);
+      }
+    }
+    const metadata = emu.requests().filter((q) => q.route === 'metadata' && q.status === 400);
+    expect(metadata.map((q) => q.path)).to.include('/nonexistent.onmicrosoft.com/v2.0/.well-known/openid-configuration');
+  });
 });
 
 describe('token acquisition edge cases (built sidecar)', function () {
@@ -190,6 +211,34 @@ describe('token acquisition edge cases (built sidecar)', function () {
     expect(r.status).to.equal(401);
     expect(r.json().detail).to.include('AADSTS7000215');
     expect(r.text).to.not.include('wrong-secret-value');
+  });
+
+  it('starts with a braced GUID as AcquireTokenOptions:CorrelationId and sends it in the plain form', async () => {
+    // .NET binds `{…}` to a Guid, as the query override parser (Guid.TryParse) reads it too.
+    const s = await start({
+      DownstreamApis__correlated__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__correlated__RequestAppToken: 'true',
+      DownstreamApis__correlated__AcquireTokenOptions__CorrelationId: '{0A0A0A0A-1111-4222-8333-444455556666}',
+    });
+    const r = await call(`${s.url}/AuthorizationHeaderUnauthenticated/correlated`);
+    expect(r.status, r.text).to.equal(200);
+    const sent = emu.requests().filter((q) => q.route === 'token' && q.query['client-request-id'] === '0a0a0a0a-1111-4222-8333-444455556666');
+    expect(sent).to.have.length(1);
+  });
+
+  it('answers 500 when the tenant\'s metadata fails with a 5xx: Entra did not refuse, it did not answer', async () => {
+    const s = await start();
+    const tenant = emu.scenario.tenants.secondary.id;
+    emu.fault({ route: 'metadata', tenant, status: 503, sticky: true });
+    try {
+      const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+      const r = await call(`${s.url}/AuthorizationHeader/downstreamApp?optionsOverride.AcquireTokenOptions.Tenant=${tenant}`, { token });
+      expect(r.status, r.text).to.equal(500);
+      expect(r.json().code).to.equal('acquisition_unavailable');
+      expect(emu.requests().some((q) => q.route === 'metadata' && q.status === 503), 'the metadata GET met the fault').to.equal(true);
+    } finally {
+      emu.clearFaults();
+    }
   });
 
   it('answers 500 within the configured bound when the token endpoint hangs', async () => {

@@ -150,6 +150,31 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(head).to.deep.equal({ statusCode: 200, headers: { 'Content-Type': ['application/json'], 'Content-Length': ['42'] }, content: null });
   });
 
+  it('returns textual bodies of any media type as text, and only bytes that are not text as base64', async () => {
+    // Reference §2.4 step 8: `content` is the body decoded as text (charset from Content-Type).
+    const token = await user();
+    const jwt = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.';
+    const cases: [string, Buffer, string][] = [
+      ['application/jwt', Buffer.from(jwt), jwt],
+      ['application/x-ndjson; charset=utf-8', Buffer.from('{"n":1}\n{"n":"é"}\n'), '{"n":1}\n{"n":"é"}\n'],
+      ['application/yaml', Buffer.from('name: café\nitems: [1, 2]\n'), 'name: café\nitems: [1, 2]\n'],
+      ['application/vnd.acme.report', Buffer.from('totals,12\n'), 'totals,12\n'],
+      ['application/octet-stream; charset=iso-8859-1', Buffer.from([0x63, 0x61, 0x66, 0xe9]), 'café'],
+    ];
+    for (const [type, bytes, text] of cases) {
+      api.respond.fn = (_q, _b, res) => { res.setHeader('content-type', type); res.end(bytes); };
+      const r = (await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token })).json();
+      expect(r, type).to.deep.equal({ statusCode: 200, headers: { 'Content-Type': [type], 'Content-Length': [String(bytes.length)] }, content: text });
+    }
+    // Bytes that are not valid text stay intact as base64: a PNG, and a charset-labelled body that is not UTF-8.
+    const png = Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex');
+    for (const [type, bytes] of [['image/png', png], ['application/octet-stream', png], ['application/vnd.acme.blob; charset=utf-8', Buffer.from([0x63, 0xff, 0xfe])]] as [string, Buffer][]) {
+      api.respond.fn = (_q, _b, res) => { res.setHeader('content-type', type); res.end(bytes); };
+      const r = (await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token })).json();
+      expect(r, type).to.deep.include({ content: bytes.toString('base64'), contentEncoding: 'base64' });
+    }
+  });
+
   it('forwards the body only when the caller sent a Content-Type', async () => {
     const token = await user();
     await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token, body: '{"a":1}', headers: { 'content-type': 'application/json' } });

@@ -243,6 +243,8 @@ describe('process lifecycle (built sidecar)', function () {
       const r = await call(`${s.url}/openapi/v1.json`);
       expect(r.status).to.equal(200);
       expect(r.json().openapi).to.match(/^3\.1/);
+      // Microsoft's title and version (reference §2): client generators name the client after the title.
+      expect(r.json().info).to.deep.equal({ title: 'Microsoft.Identity.Web.Sidecar | v1', version: '1.0.0' });
     } finally {
       await s.stop();
     }

@@ -125,6 +125,18 @@ describe('loopback-only identity API (built sidecar, non-loopback peer in a priv
   it('still answers /healthz to a non-loopback caller (probes)', async () => {
     const r = await requestInNs(`http://${PEER}:${port}/healthz`);
     expect(r).to.deep.equal({ status: 200, body: 'Healthy' });
+    for (const path of ['/HealthZ', '/healthz?probe=1']) {
+      expect(await requestInNs(`http://${PEER}:${port}${path}`), path).to.deep.equal({ status: 200, body: 'Healthy' });
+    }
+  });
+
+  it('exempts only the exact path /healthz: /healthz/ and //healthz are refused like any other path', async () => {
+    // Microsoft's LocalCallerRestriction compares the request path with "/healthz" (case-insensitive),
+    // while routing would still reach the health check for these spellings.
+    for (const path of ['/healthz/', '//healthz']) {
+      expect(await requestInNs(`http://${PEER}:${port}${path}`), path).to.deep.equal({ status: 403, body: '' });
+      expect(await requestInNs(`http://127.0.0.1:${port}${path}`), `${path} from loopback`).to.deep.equal({ status: 200, body: 'Healthy' });
+    }
   });
 
   it('serves a loopback caller', async () => {

@@ -53,6 +53,20 @@ describe('GET /Validate (built sidecar against the emulator)', function () {
     expect(body.claims.exp).to.be.a('number');
   });
 
+  it('returns the claims exactly as issued: a 20-digit integer and decimals keep their spelling, cold and warm', async () => {
+    // Reference §2.2 step 5: `claims` is the raw payload (a re-serialisation prints 12345678901234567000 and 100).
+    const token = await mint({ kind: 'user', scp: 'access_as_user', rawClaims: { big: '12345678901234567890', hundred: '1.0e2', tenth: '0.1', nested: '{"n": [1.50, -0.0]}' } });
+    const payload = Buffer.from(token.split('.')[1], 'base64url').toString('utf8');
+    expect(payload).to.include('"big":12345678901234567890,"hundred":1.0e2,"tenth":0.1,"nested":{"n": [1.50, -0.0]}');
+    // First sight, second sight (cached from here on), then the synchronous warm path.
+    for (let i = 0; i < 3; i++) {
+      const r = await validate(token);
+      expect(r.status, r.text).to.equal(200);
+      expect(r.text).to.equal(`{"protocol":"Bearer","token":"${token}","claims":${payload}}`);
+      expect(r.json().claims.scp).to.equal('access_as_user');
+    }
+  });
+
   it('accepts a valid v1 token whose audience is api://{ClientId}', async () => {
     const token = await mint({ kind: 'user', version: 1, audience: `api://${emu.scenario.apps.sidecarApi.appId}`, scp: 'access_as_user' });
     const r = await validate(token);
@@ -361,10 +375,11 @@ describe('identity API cross-cutting behaviour (built sidecar)', function () {
     await emu?.close();
   });
 
-  it('answers /healthz with Healthy and no-cache headers', async () => {
+  it('answers /healthz with Healthy as text/plain (no charset, as ASP.NET\'s health check writes it) and no-cache headers', async () => {
     const r = await call(`${s.url}/healthz`);
     expect(r.status).to.equal(200);
     expect(r.text).to.equal('Healthy');
+    expect(r.headers.get('content-type')).to.equal('text/plain');
     expect(r.headers.get('pragma')).to.equal('no-cache');
   });
   it('matches routes case-insensitively', async () => {

@@ -73,7 +73,7 @@ describe('emulator: discovery routes', function () {
     const unknown = '12345678-1234-4234-8234-123456789012';
     const r = await call(agent, `${emu.origin}/${unknown}/v2.0/.well-known/openid-configuration?client-request-id=corr-1`);
     expect(r.status).to.equal(400);
-    expect(r.json.error).to.equal('invalid_request');
+    expect(r.json.error).to.equal('invalid_tenant');
     expect(r.json.error_codes).to.deep.equal([90002]);
     expect(String(r.json.error_description)).to.match(/^AADSTS90002: .*\r\nTrace ID: [0-9a-f-]{36}\r\nCorrelation ID: corr-1\r\nTimestamp: \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$/s);
     expect(r.json.timestamp).to.match(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$/);
@@ -83,6 +83,7 @@ describe('emulator: discovery routes', function () {
     const byDomain = await call(agent, `${emu.origin}/nobody.example/v2.0/.well-known/openid-configuration`);
     expect(byDomain.json.error_codes).to.deep.equal([90002]);
     const malformed = await call(agent, `${emu.origin}/not_a_tenant!/v2.0/.well-known/openid-configuration`);
+    expect(malformed.json.error).to.equal('invalid_tenant');
     expect(malformed.json.error_codes).to.deep.equal([900023]);
   });
 

@@ -1,13 +1,13 @@
 import { expect } from 'chai';
 import { rejection } from '../helpers/assert.js';
-import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
 import { CompactEncrypt, SignJWT } from 'jose';
 import type { Agent } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
 import { SidecarError, type ErrorCode } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import type { DecryptionKey } from '../../src/validation/decryption.js';
-import { createTokenValidator, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
+import { createTokenValidator, payloadJson, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
 import {
   CLIENT_ID,
   OTHER_TENANT,
@@ -109,6 +109,18 @@ describe('token validator', function () {
       const v = await started();
       await v.validate(await mint(entra, { key: ps, nowSec: nowSec() }));
       await v.validate(await mint(entra, { key: es, nowSec: nowSec() }));
+    });
+
+    it('gives the payload back as the JSON text it was signed as, without the JSON whitespace around it (payloadJson)', async function () {
+      const v = await started();
+      const minted = await mint(entra, { key, nowSec: nowSec() });
+      const text = Buffer.from(minted.split('.')[1], 'base64url').toString('utf8').replace(/}$/, ',"big":12345678901234567890,"f":1.0e2}');
+      const input = `${minted.split('.')[0]}.${Buffer.from(` \r\n\t${text}\n `).toString('base64url')}`;
+      const token = `${input}.${sign('sha256', Buffer.from(input), key.privateKey).toString('base64url')}`;
+      const result = await v.validate(token);
+      expect(result.claims.big).to.equal(12345678901234567000);
+      expect(payloadJson(result)).to.equal(text);
+      expect(payloadJson(v.validateNow(token)!)).to.equal(text);
     });
 
     it('accepts a token with no kid by trying every key (v1 x5t lookup included)', async function () {
