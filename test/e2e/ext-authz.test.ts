@@ -126,6 +126,38 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     });
   }
 
+  describe('a CheckRequest over Sidecar:ExtAuthz:MaxReceiveMessageBytes (1 MiB by default), denied in band', () => {
+    /** A request with a valid token whose http attributes get `extra` (Envoy's with_request_body fields). */
+    const withHttp = async (extra: Record<string, unknown>, headers: Record<string, string> = {}) => {
+      const req = envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}`, ...headers } });
+      Object.assign((req.attributes as any).request.http, extra);
+      return req;
+    };
+    const expectDeny = (res: Record<string, any>, envoyStatus: string, code: string) => {
+      expect(res.status.code).to.equal(3);
+      expect(res.denied_response.status.code).to.equal(envoyStatus);
+      expect(JSON.parse(res.denied_response.body).code).to.equal(code);
+    };
+
+    it('answers 413 request_body_too_large when a forwarded body (raw_body or body) is what overflows', async () => {
+      const body = Buffer.alloc(1.5 * 1024 * 1024, 0x61);
+      expectDeny(await check(client, await withHttp({ raw_body: body, size: String(body.length) })), 'PayloadTooLarge', 'request_body_too_large');
+      expectDeny(await check(client, await withHttp({ body: body.toString('latin1'), size: String(body.length) })), 'PayloadTooLarge', 'request_body_too_large');
+    });
+
+    it('still answers 431 request_headers_too_large when the headers overflow, a small body or not', async () => {
+      const headers: Record<string, string> = {};
+      for (let i = 0; i < 200; i++) headers[`x-pad-${i}`] = 'p'.repeat(8 * 1024);
+      expectDeny(await check(client, await withHttp({}, headers)), 'RequestHeaderFieldsTooLarge', 'request_headers_too_large');
+      expectDeny(await check(client, await withHttp({ raw_body: Buffer.from('{"small":true}') }, headers)), 'RequestHeaderFieldsTooLarge', 'request_headers_too_large');
+    });
+
+    it('checks a request whose body fits as usual', async () => {
+      const res = await check(client, await withHttp({ raw_body: Buffer.alloc(512 * 1024, 0x61) }));
+      expect(res.status?.code ?? 0).to.equal(0);
+    });
+  });
+
   it('denies with 401 and Entra\'s claims challenge when the user has not satisfied an authentication context the API asks for', async () => {
     const request = async () => envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'stepUp' } });
     const granted = await check(client, await request());
