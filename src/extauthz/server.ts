@@ -9,7 +9,7 @@ import { formatHostPort } from '../config/listeners.js';
 import { bindWithFallback } from '../net/listen.js';
 import { SidecarError } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
-import type { Logger } from '../log.js';
+import { safeCause, type Logger } from '../log.js';
 import type { EffectiveApiOptions, TokenAcquirer, TokenValidator } from '../pipeline/types.js';
 import { createChecker, denyReason, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
 import { HealthService, type ServingStatus } from './health.js';
@@ -107,6 +107,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   const oversizedBody = new Undecoded(
     renderDeny(new SidecarError('request_body_too_large', 'The request body Envoy forwarded makes the CheckRequest larger than Sidecar:ExtAuthz:MaxReceiveMessageBytes.'), protos.httpStatusNames),
   );
+  const undecodable = new Undecoded(renderDeny(new SidecarError('request_invalid', 'The CheckRequest is not a valid protobuf message.'), protos.httpStatusNames));
   // These denies are decided here, before the checker (and its log limiter) sees the request.
   const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const logUndecoded = (code: ErrorCode, fields: Record<string, unknown>): void => {
@@ -148,7 +149,16 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     Check: {
       ...protos.serverService.Check,
       requestDeserialize(bytes: Buffer): CheckRequest | Undecoded {
-        if (bytes.length <= options.maxReceiveMessageBytes) return decodeRequest(bytes) as CheckRequest;
+        if (bytes.length <= options.maxReceiveMessageBytes) {
+          // A throw here would fail the RPC (grpc-js answers INTERNAL), which Envoy reads as an
+          // error and failure_mode_allow turns into an allow: bytes that do not decode are a deny.
+          try {
+            return decodeRequest(bytes) as CheckRequest;
+          } catch (err) {
+            logUndecoded('request_invalid', { bytes: bytes.length, ...(err instanceof Error ? { cause: safeCause(err) } : {}) });
+            return undecodable;
+          }
+        }
         // With body forwarding on, the body is what usually overflows. It is told apart by reading
         // only the length prefixes down to it (no decoding): the request would have fitted without
         // the body → 413, otherwise the headers (or other attributes) are too large → 431.

@@ -8,7 +8,7 @@ import { startEmulator, redactionFingerprint, type Emulator } from '../../emulat
 import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
 import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv } from '../helpers/e2e.js';
-import { applyOkResponse, check, envoyCheckRequest, headerMap } from '../extauthz/fixtures.js';
+import { applyOkResponse, check, envoyCheckRequest, headerMap, rawCheckClient } from '../extauthz/fixtures.js';
 
 const STEP_UP_CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
 
@@ -125,6 +125,28 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
       expect(JSON.parse(res.denied_response.body).code).to.equal(code);
     });
   }
+
+  it('denies bytes that are no CheckRequest (not protobuf) in band with request_invalid, never with a failed RPC', async () => {
+    // A failed RPC is an error to Envoy, and failure_mode_allow turns an error into an allow.
+    const raw = rawCheckClient(`127.0.0.1:${sidecar.listening.extAuthz!.port}`);
+    try {
+      const garbage = [
+        Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), // wire type 7 at once
+        Buffer.from([0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01]), // attributes claims 4 GiB, 1 byte follows
+        Buffer.from([0x0a, 0x05, 0x22, 0x10, 0x12]), // request → http, cut short
+        Buffer.from([0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]), // an 11-byte varint
+      ];
+      for (const bytes of garbage) {
+        const { err, res } = await raw.send(bytes);
+        expect(err, `${bytes.toString('hex')}: RPC error`).to.equal(undefined);
+        expect(res!.status.code, bytes.toString('hex')).to.equal(3);
+        expect(res!.denied_response.status.code).to.equal('Forbidden');
+        expect(JSON.parse(res!.denied_response.body)).to.deep.equal({ code: 'request_invalid', message: 'The CheckRequest is not a valid protobuf message.' });
+      }
+    } finally {
+      raw.close();
+    }
+  });
 
   describe('a CheckRequest over Sidecar:ExtAuthz:MaxReceiveMessageBytes (1 MiB by default), denied in band', () => {
     /** A request with a valid token whose http attributes get `extra` (Envoy's with_request_body fields). */
