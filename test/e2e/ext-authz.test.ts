@@ -126,6 +126,19 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     });
   }
 
+  it('keeps token content echoed in error_description to RFC 6750\'s characters (no " or \\) on both doors', async () => {
+    // RFC 6750 §3: error_description holds only %x20-21 / %x23-5B / %x5D-7E, so not even a quoted-pair.
+    const token = await emu.mint({ kind: 'user', audience: 'x"y\\z<>' });
+    tokens.push(token);
+    const expected = `Bearer error="invalid_token", error_description="The audience 'x?y?z<>' is invalid"`;
+    const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${token}` } }));
+    expect(JSON.parse(res.denied_response.body).code).to.equal('token_audience_invalid');
+    expect(headerMap(res.denied_response.headers)['www-authenticate']).to.equal(expected);
+    const http = await call(`${sidecar.url}/Validate`, { token });
+    expect(http.status).to.equal(401);
+    expect(http.headers.get('www-authenticate')).to.equal(expected);
+  });
+
   it('denies bytes that are no CheckRequest (not protobuf) in band with request_invalid, never with a failed RPC', async () => {
     // A failed RPC is an error to Envoy, and failure_mode_allow turns an error into an allow.
     const raw = rawCheckClient(`127.0.0.1:${sidecar.listening.extAuthz!.port}`);
