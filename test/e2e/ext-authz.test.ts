@@ -161,6 +161,34 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     }
   });
 
+  describe('a route whose downstream API acts on behalf of the caller (On-Behalf-Of) but that may have no caller token', () => {
+    it('denies a validate-none route whose downstream API is On-Behalf-Of as misconfigured (500), not with a 401 that sends the client to sign in', async () => {
+      // No token is ever taken on such a route, so no sign-in could satisfy it: the route is wrong.
+      const before = emu.counters().token;
+      const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { validate: 'none', downstream_api: 'orders' } }));
+      expect(res.status.code).to.equal(13);
+      expect(res.denied_response.status.code).to.equal('InternalServerError');
+      const headers = headerMap(res.denied_response.headers);
+      expect(headers['www-authenticate']).to.equal(undefined);
+      expect(JSON.parse(res.denied_response.body)).to.deep.equal({ code: 'misconfigured', message: 'An unexpected error occurred.' });
+      expect(emu.counters().token, 'no token request').to.equal(before);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(sidecar.lines.some((l) => l.includes('"code":"misconfigured"') && l.includes('validate none') && l.includes('orders'))).to.equal(true);
+    });
+
+    it('asks for a token (401 credential_missing, bare Bearer challenge) on an optional On-Behalf-Of route called without one, and allows it with one', async () => {
+      const ext = { validate: 'optional', downstream_api: 'orders' };
+      const res = await check(client, envoyCheckRequest({ contextExtensions: ext }));
+      expect(res.status.code).to.equal(16);
+      expect(res.denied_response.status.code).to.equal('Unauthorized');
+      expect(headerMap(res.denied_response.headers)['www-authenticate']).to.equal('Bearer');
+      expect(JSON.parse(res.denied_response.body)).to.deep.equal({ code: 'credential_missing', message: 'No bearer token was sent.' });
+      const withToken = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: ext }));
+      expect(withToken.status?.code ?? 0).to.equal(0);
+      tokens.push(headerMap(withToken.ok_response.headers).authorization.slice(7));
+    });
+  });
+
   describe('a CheckRequest over Sidecar:ExtAuthz:MaxReceiveMessageBytes (1 MiB by default), denied in band', () => {
     /** A request with a valid token whose http attributes get `extra` (Envoy's with_request_body fields). */
     const withHttp = async (extra: Record<string, unknown>, headers: Record<string, string> = {}) => {
