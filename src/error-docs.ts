@@ -38,7 +38,9 @@ export function renderErrorReference(): string {
     '`Bearer error="insufficient_scope", scope="…"` (`scope` lists the required scopes; required app',
     'roles are named in the message only, since a client cannot request them); `insufficient_claims` →',
     '`Bearer error="insufficient_claims", claims="<base64 claims JSON>"` (conditional-access challenge),',
-    'or a plain `Bearer` when there are no claims to step up to. On the HTTP API, ProblemDetails answers',
+    'or a plain `Bearer` when there are no claims to step up to. Attribute values keep to the characters',
+    'RFC 6750 §3 allows (printable ASCII but `"` and `\\`): a description that echoes token content (an',
+    'audience, an issuer) shows any other character as `?`. On the HTTP API, ProblemDetails answers',
     'carry `WWW-Authenticate` only for a claims challenge (Microsoft\'s carry none).',
     '',
   ].join('\n');

@@ -4,8 +4,6 @@
  * decides a status. docs/errors.md is checked against ERROR_TABLE by a test.
  */
 
-import { replaceForbiddenValueChars } from './net/http-fields.js';
-
 /** How a 401/403 challenges the caller (RFC 6750 §3). */
 export type ChallengeKind = 'none' | 'bearer' | 'invalid_token' | 'insufficient_scope' | 'insufficient_claims';
 
@@ -152,10 +150,17 @@ export function toSidecarError(err: unknown): SidecarError {
   return new SidecarError('internal', undefined, { cause: err });
 }
 
-/** Escapes a value for a quoted-string in WWW-Authenticate (RFC 9110 §5.6.4). */
+/** What RFC 6750 §3 allows in the error, error_description and scope attributes: %x20-21 / %x23-5B / %x5D-7E. */
+const OUTSIDE_RFC6750_VALUE = /[^\x20\x21\x23-\x5b\x5d-\x7e]/g;
+
+/**
+ * A value as a quoted-string in WWW-Authenticate. A description can echo token content (an
+ * audience, an issuer), and RFC 6750 §3 allows neither `"` nor `\` nor anything outside printable
+ * ASCII there, escaped or not: a strict client parser may reject the whole challenge. So those
+ * become `?` rather than quoted-pair escapes (which also keeps CR and LF out of the header).
+ */
 function quoted(value: string): string {
-  const escaped = value.replace(/[\\"]/g, (c) => '\\' + c);
-  return '"' + replaceForbiddenValueChars(escaped, ' ') + '"';
+  return '"' + value.replace(OUTSIDE_RFC6750_VALUE, '?') + '"';
 }
 
 /**

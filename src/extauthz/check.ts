@@ -16,6 +16,7 @@ import { parseAuthorization } from '../pipeline/credential.js';
 import { authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { defaultPolicy, routePolicy, routeTable, type RoutePolicy } from './policy.js';
+import { needsCallerToken } from '../pipeline/api-options.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 
 // ---- Wire shapes (proto-loader with keepCase, enums as names, longs as strings). ----
@@ -368,6 +369,15 @@ export function createChecker(deps: CheckDeps): Checker {
     const apiName = policy.downstreamApi as string;
     const apiOptions = apiOptionsFor(apiName);
     if (apiOptions === undefined) throw new SidecarError('api_not_configured', `The downstream API "${apiName}" is not configured.`);
+    if (user === undefined && needsCallerToken(apiOptions, policy.agent)) {
+      // The acquirer would answer acquisition_ui_required, a 401 that sends the client to sign in.
+      // A `none` route never takes a token, so signing in cannot help: the route is misconfigured.
+      if (policy.validate === 'none') {
+        throw new SidecarError('misconfigured', `The route does not validate tokens (validate none) but its downstream API "${apiName}" needs the caller's token (On-Behalf-Of).`);
+      }
+      // An `optional` route called without one: a token would let it through, so ask for it.
+      throw new SidecarError('credential_missing');
+    }
     const req: MutableAcquireRequest = { options: apiOptions };
     if (user !== undefined) req.user = user;
     if (policy.agent !== undefined) req.agent = policy.agent;

@@ -9,13 +9,15 @@ import { formatHostPort } from '../config/listeners.js';
 import { bindWithFallback } from '../net/listen.js';
 import { SidecarError } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
-import type { Logger } from '../log.js';
+import { safeCause, type Logger } from '../log.js';
 import type { EffectiveApiOptions, TokenAcquirer, TokenValidator } from '../pipeline/types.js';
 import { createChecker, denyReason, renderDeny, type CheckRequest, type CheckResponse } from './check.js';
 import { HealthService, type ServingStatus } from './health.js';
 import { AUTHORIZATION_SERVICE, loadExtAuthzProtos, loadReflectionPackageDefinition } from './protos.js';
 import { NOOP_METRICS, type Metrics } from '../metrics.js';
 import type { ErrorCode } from '../errors.js';
+import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
+import { checkRequestBodyBytes } from './wire.js';
 
 export interface ExtAuthzDeps {
   config: SidecarConfig;
@@ -46,14 +48,20 @@ const MAX_ENCODED_RESPONSES = 1024;
 
 /**
  * grpc-js's own limit on a received message. A CheckRequest over `MaxReceiveMessageBytes` but under
- * this is answered in band, with a 431 deny: a failed RPC would be an *error* to Envoy, which
- * `failure_mode_allow` (Istio's `failOpen`) turns into an allow, so a client could pass unchecked by
- * sending large headers. Envoy's own header limit tops out at 8 MiB (`max_request_headers_kb`).
+ * this is answered in band, with a 431 (headers) or 413 (forwarded body) deny: a failed RPC would be
+ * an *error* to Envoy, which `failure_mode_allow` (Istio's `failOpen`) turns into an allow, so a
+ * client could pass unchecked by sending large headers or a large body. Envoy's own header limit tops
+ * out at 8 MiB (`max_request_headers_kb`).
  */
 const TRANSPORT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024;
 
-/** Stands in for a CheckRequest over the configured size: the handler denies it without decoding it. */
-const OVERSIZED: CheckRequest = Object.freeze({}) as CheckRequest;
+/** Stands in for a CheckRequest the handler denies without a decoded message; carries the deny. */
+class Undecoded {
+  readonly deny: CheckResponse;
+  constructor(deny: CheckResponse) {
+    this.deny = deny;
+  }
+}
 
 /** How often Watch streams are re-evaluated (the validator's readiness has no change event). */
 const HEALTH_POLL_MS = 500;
@@ -93,8 +101,19 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     return undefined;
   });
 
-  const tooLarge = new SidecarError('request_headers_too_large', 'The CheckRequest is larger than Sidecar:ExtAuthz:MaxReceiveMessageBytes.');
-  const tooLargeDeny = renderDeny(tooLarge, protos.httpStatusNames);
+  const oversizedHeaders = new Undecoded(
+    renderDeny(new SidecarError('request_headers_too_large', 'The CheckRequest is larger than Sidecar:ExtAuthz:MaxReceiveMessageBytes.'), protos.httpStatusNames),
+  );
+  const oversizedBody = new Undecoded(
+    renderDeny(new SidecarError('request_body_too_large', 'The request body Envoy forwarded makes the CheckRequest larger than Sidecar:ExtAuthz:MaxReceiveMessageBytes.'), protos.httpStatusNames),
+  );
+  const undecodable = new Undecoded(renderDeny(new SidecarError('request_invalid', 'The CheckRequest is not a valid protobuf message.'), protos.httpStatusNames));
+  // These denies are decided here, before the checker (and its log limiter) sees the request.
+  const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
+  const logUndecoded = (code: ErrorCode, fields: Record<string, unknown>): void => {
+    if (!logLimiter.allow(code)) return;
+    logger.info({ code, ...fields, ...logLimiter.suppressed(code) }, 'ext_authz deny');
+  };
 
   const server = new grpc.Server({
     'grpc.max_receive_message_length': Math.max(options.maxReceiveMessageBytes, TRANSPORT_MAX_RECEIVE_BYTES),
@@ -129,10 +148,24 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     ...protos.serverService,
     Check: {
       ...protos.serverService.Check,
-      requestDeserialize(bytes: Buffer): CheckRequest {
-        if (bytes.length <= options.maxReceiveMessageBytes) return decodeRequest(bytes) as CheckRequest;
-        logger.info({ code: tooLarge.code, bytes: bytes.length, limit: options.maxReceiveMessageBytes }, 'ext_authz deny');
-        return OVERSIZED;
+      requestDeserialize(bytes: Buffer): CheckRequest | Undecoded {
+        if (bytes.length <= options.maxReceiveMessageBytes) {
+          // A throw here would fail the RPC (grpc-js answers INTERNAL), which Envoy reads as an
+          // error and failure_mode_allow turns into an allow: bytes that do not decode are a deny.
+          try {
+            return decodeRequest(bytes) as CheckRequest;
+          } catch (err) {
+            logUndecoded('request_invalid', { bytes: bytes.length, ...(err instanceof Error ? { cause: safeCause(err) } : {}) });
+            return undecodable;
+          }
+        }
+        // With body forwarding on, the body is what usually overflows. It is told apart by reading
+        // only the length prefixes down to it (no decoding): the request would have fitted without
+        // the body → 413, otherwise the headers (or other attributes) are too large → 431.
+        const body = checkRequestBodyBytes(bytes);
+        const undecoded = body > 0 && bytes.length - body <= options.maxReceiveMessageBytes ? oversizedBody : oversizedHeaders;
+        logUndecoded(denyReason(undecoded.deny) ?? 'internal', { bytes: bytes.length, bodyBytes: body, limit: options.maxReceiveMessageBytes });
+        return undecoded;
       },
       responseSerialize(response: Record<string, unknown>): Buffer {
         if (Object.isFrozen(response)) return encodeFrozen(response, undefined);
@@ -148,17 +181,18 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     },
   };
   server.addService(service, {
-    Check(call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>) {
+    Check(call: grpc.ServerUnaryCall<CheckRequest | Undecoded, CheckResponse>, callback: grpc.sendUnaryData<CheckResponse>) {
       const started = process.hrtime.bigint();
-      if (call.request === OVERSIZED) {
-        callback(null, tooLargeDeny);
-        observe(tooLargeDeny, started);
+      const request = call.request;
+      if (request instanceof Undecoded) {
+        callback(null, request.deny);
+        observe(request.deny, started);
         return;
       }
       const d = call.getDeadline();
       let decided: CheckResponse | Promise<CheckResponse>;
       try {
-        decided = checker.check(call.request, d instanceof Date ? d.getTime() : d);
+        decided = checker.check(request, d instanceof Date ? d.getTime() : d);
       } catch (err) {
         decided = Promise.reject(err);
       }

@@ -14,7 +14,6 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
  * (HeaderUtility::headerValueIsValid), Node refuses it in a request, and CR or LF would split one.
  */
 const FORBIDDEN_IN_VALUE = /[\0-\x08\n-\x1f\x7f]/;
-const FORBIDDEN_IN_VALUE_ALL = /[\0-\x08\n-\x1f\x7f]/g;
 
 /** True when `text` is an RFC 9110 token (a valid header field name or method). */
 export function isToken(text: string): boolean {
@@ -24,9 +23,4 @@ export function isToken(text: string): boolean {
 /** True when `value` holds a character no header value may hold. */
 export function hasForbiddenValueChar(value: string): boolean {
   return FORBIDDEN_IN_VALUE.test(value);
-}
-
-/** `value` with every character no header value may hold replaced by `by`. */
-export function replaceForbiddenValueChars(value: string, by: string): string {
-  return value.replace(FORBIDDEN_IN_VALUE_ALL, by);
 }

@@ -315,6 +315,26 @@ export function assertScopes(options: EffectiveApiOptions, nonEmpty = false): vo
   }
 }
 
+/** The `LongRunningWebApiSessionKey` value that asks for a new session (it needs the caller's token to start). */
+const ALLOCATE_SESSION_KEY = 'AllocateForMe';
+
+/**
+ * Whether acquiring a token for `options` needs the caller's token: an On-Behalf-Of flow, directly
+ * or as an agent identity. Not for an app token (`RequestAppToken`), managed identity, an
+ * autonomous agent or an agent user, nor for continuing a long-running OBO session by its key. The
+ * same choice the acquirer makes (src/acquisition/acquirer.ts, where it throws
+ * `acquisition_ui_required` without a user); asked before acquiring, where a missing token is a
+ * configuration or client problem rather than a step-up.
+ */
+export function needsCallerToken(options: EffectiveApiOptions, agent: AgentSelection | undefined): boolean {
+  const ato = options.acquireTokenOptions;
+  const appFlow = options.requestAppToken || ato.managedIdentity !== undefined;
+  if (agent !== undefined) return agent.username === undefined && agent.userId === undefined && !appFlow;
+  if (appFlow) return false;
+  const sessionKey = ato.longRunningWebApiSessionKey;
+  return !sessionKey || sessionKey === ALLOCATE_SESSION_KEY;
+}
+
 /** Whether `Sidecar:AllowOverrides:<route>` lets callers override options and pick agents on that route. */
 export function overridesAllowed(config: SidecarConfig, route: OverrideRoute): boolean {
   const a = config.sidecar.allowOverrides;

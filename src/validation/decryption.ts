@@ -103,8 +103,11 @@ export async function decryptToken(compact: string, header: JweHeader, keys: rea
   throw new SidecarError('token_decryption_failed', 'The token could not be decrypted with any configured key');
 }
 
-/** A header value fit for an error detail: short, printable ASCII. */
+/**
+ * A token value fit for an error detail: short, printable ASCII, and none of the quote that
+ * surrounds it in the message nor the `"` and `\` that RFC 6750 §3 keeps out of error_description.
+ */
 export function safeName(value: unknown): string {
   const s = typeof value === 'string' ? value : String(value);
-  return s.slice(0, 64).replace(/[^\x20-\x7e]/g, '?').replace(/'/g, '?');
+  return s.slice(0, 64).replace(/[^\x20-\x7e]/g, '?').replace(/['"\\]/g, '?');
 }

@@ -8,7 +8,7 @@ import { startEmulator, redactionFingerprint, type Emulator } from '../../emulat
 import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
 import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv } from '../helpers/e2e.js';
-import { applyOkResponse, check, envoyCheckRequest, headerMap } from '../extauthz/fixtures.js';
+import { applyOkResponse, check, envoyCheckRequest, headerMap, rawCheckClient } from '../extauthz/fixtures.js';
 
 const STEP_UP_CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
 
@@ -125,6 +125,101 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
       expect(JSON.parse(res.denied_response.body).code).to.equal(code);
     });
   }
+
+  it('keeps token content echoed in error_description to RFC 6750\'s characters (no " or \\) on both doors', async () => {
+    // RFC 6750 §3: error_description holds only %x20-21 / %x23-5B / %x5D-7E, so not even a quoted-pair.
+    const token = await emu.mint({ kind: 'user', audience: 'x"y\\z<>' });
+    tokens.push(token);
+    const expected = `Bearer error="invalid_token", error_description="The audience 'x?y?z<>' is invalid"`;
+    const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${token}` } }));
+    expect(JSON.parse(res.denied_response.body).code).to.equal('token_audience_invalid');
+    expect(headerMap(res.denied_response.headers)['www-authenticate']).to.equal(expected);
+    const http = await call(`${sidecar.url}/Validate`, { token });
+    expect(http.status).to.equal(401);
+    expect(http.headers.get('www-authenticate')).to.equal(expected);
+  });
+
+  it('denies bytes that are no CheckRequest (not protobuf) in band with request_invalid, never with a failed RPC', async () => {
+    // A failed RPC is an error to Envoy, and failure_mode_allow turns an error into an allow.
+    const raw = rawCheckClient(`127.0.0.1:${sidecar.listening.extAuthz!.port}`);
+    try {
+      const garbage = [
+        Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), // wire type 7 at once
+        Buffer.from([0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01]), // attributes claims 4 GiB, 1 byte follows
+        Buffer.from([0x0a, 0x05, 0x22, 0x10, 0x12]), // request → http, cut short
+        Buffer.from([0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]), // an 11-byte varint
+      ];
+      for (const bytes of garbage) {
+        const { err, res } = await raw.send(bytes);
+        expect(err, `${bytes.toString('hex')}: RPC error`).to.equal(undefined);
+        expect(res!.status.code, bytes.toString('hex')).to.equal(3);
+        expect(res!.denied_response.status.code).to.equal('Forbidden');
+        expect(JSON.parse(res!.denied_response.body)).to.deep.equal({ code: 'request_invalid', message: 'The CheckRequest is not a valid protobuf message.' });
+      }
+    } finally {
+      raw.close();
+    }
+  });
+
+  describe('a route whose downstream API acts on behalf of the caller (On-Behalf-Of) but that may have no caller token', () => {
+    it('denies a validate-none route whose downstream API is On-Behalf-Of as misconfigured (500), not with a 401 that sends the client to sign in', async () => {
+      // No token is ever taken on such a route, so no sign-in could satisfy it: the route is wrong.
+      const before = emu.counters().token;
+      const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { validate: 'none', downstream_api: 'orders' } }));
+      expect(res.status.code).to.equal(13);
+      expect(res.denied_response.status.code).to.equal('InternalServerError');
+      const headers = headerMap(res.denied_response.headers);
+      expect(headers['www-authenticate']).to.equal(undefined);
+      expect(JSON.parse(res.denied_response.body)).to.deep.equal({ code: 'misconfigured', message: 'An unexpected error occurred.' });
+      expect(emu.counters().token, 'no token request').to.equal(before);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(sidecar.lines.some((l) => l.includes('"code":"misconfigured"') && l.includes('validate none') && l.includes('orders'))).to.equal(true);
+    });
+
+    it('asks for a token (401 credential_missing, bare Bearer challenge) on an optional On-Behalf-Of route called without one, and allows it with one', async () => {
+      const ext = { validate: 'optional', downstream_api: 'orders' };
+      const res = await check(client, envoyCheckRequest({ contextExtensions: ext }));
+      expect(res.status.code).to.equal(16);
+      expect(res.denied_response.status.code).to.equal('Unauthorized');
+      expect(headerMap(res.denied_response.headers)['www-authenticate']).to.equal('Bearer');
+      expect(JSON.parse(res.denied_response.body)).to.deep.equal({ code: 'credential_missing', message: 'No bearer token was sent.' });
+      const withToken = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: ext }));
+      expect(withToken.status?.code ?? 0).to.equal(0);
+      tokens.push(headerMap(withToken.ok_response.headers).authorization.slice(7));
+    });
+  });
+
+  describe('a CheckRequest over Sidecar:ExtAuthz:MaxReceiveMessageBytes (1 MiB by default), denied in band', () => {
+    /** A request with a valid token whose http attributes get `extra` (Envoy's with_request_body fields). */
+    const withHttp = async (extra: Record<string, unknown>, headers: Record<string, string> = {}) => {
+      const req = envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}`, ...headers } });
+      Object.assign((req.attributes as any).request.http, extra);
+      return req;
+    };
+    const expectDeny = (res: Record<string, any>, envoyStatus: string, code: string) => {
+      expect(res.status.code).to.equal(3);
+      expect(res.denied_response.status.code).to.equal(envoyStatus);
+      expect(JSON.parse(res.denied_response.body).code).to.equal(code);
+    };
+
+    it('answers 413 request_body_too_large when a forwarded body (raw_body or body) is what overflows', async () => {
+      const body = Buffer.alloc(1.5 * 1024 * 1024, 0x61);
+      expectDeny(await check(client, await withHttp({ raw_body: body, size: String(body.length) })), 'PayloadTooLarge', 'request_body_too_large');
+      expectDeny(await check(client, await withHttp({ body: body.toString('latin1'), size: String(body.length) })), 'PayloadTooLarge', 'request_body_too_large');
+    });
+
+    it('still answers 431 request_headers_too_large when the headers overflow, a small body or not', async () => {
+      const headers: Record<string, string> = {};
+      for (let i = 0; i < 200; i++) headers[`x-pad-${i}`] = 'p'.repeat(8 * 1024);
+      expectDeny(await check(client, await withHttp({}, headers)), 'RequestHeaderFieldsTooLarge', 'request_headers_too_large');
+      expectDeny(await check(client, await withHttp({ raw_body: Buffer.from('{"small":true}') }, headers)), 'RequestHeaderFieldsTooLarge', 'request_headers_too_large');
+    });
+
+    it('checks a request whose body fits as usual', async () => {
+      const res = await check(client, await withHttp({ raw_body: Buffer.alloc(512 * 1024, 0x61) }));
+      expect(res.status?.code ?? 0).to.equal(0);
+    });
+  });
 
   it('denies with 401 and Entra\'s claims challenge when the user has not satisfied an authentication context the API asks for', async () => {
     const request = async () => envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { downstream_api: 'stepUp' } });

@@ -93,6 +93,13 @@ function extAuthzClusters(doc: Obj): Obj[] {
   });
 }
 
+const UPSTREAM_TLS_TYPE = 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext';
+
+/** The clusters that speak TLS upstream (a transport_socket holding an UpstreamTlsContext). */
+function tlsClusters(doc: Obj): Obj[] {
+  return ((doc.static_resources?.clusters ?? []) as Obj[]).filter((c) => c.transport_socket?.typed_config?.['@type'] === UPSTREAM_TLS_TYPE);
+}
+
 describe('Envoy examples (envoy/*.yaml)', function () {
   this.timeout(20_000);
 
@@ -177,6 +184,24 @@ describe('Envoy examples (envoy/*.yaml)', function () {
         }
       });
 
+      it('verifies the peer of every upstream TLS connection (they carry injected tokens): a trusted CA and a SAN matcher', function () {
+        for (const cluster of tlsClusters(load(file))) {
+          const tls = cluster.transport_socket.typed_config;
+          const vc = tls.common_tls_context?.validation_context;
+          // Without a validation_context Envoy accepts any certificate: a man in the middle gets the token.
+          expect(vc, `${cluster.name}: common_tls_context.validation_context`).to.be.an('object');
+          expect(vc.trusted_ca?.filename ?? vc.trusted_ca?.inline_string, `${cluster.name}: validation_context.trusted_ca`).to.be.a('string').and.not.equal('');
+          const sans: Obj[] = vc.match_typed_subject_alt_names ?? [];
+          expect(sans, `${cluster.name}: validation_context.match_typed_subject_alt_names`).to.have.length.greaterThan(0);
+          for (const san of sans) {
+            expect(san.san_type, `${cluster.name}: san_type`).to.be.a('string');
+            expect(Object.keys(san.matcher ?? {}), `${cluster.name}: SAN matcher`).to.have.length.greaterThan(0);
+          }
+          // The name checked is the name asked for.
+          if (tls.sni !== undefined) expect(sans.map((s) => s.matcher.exact), `${cluster.name}: a SAN matcher for sni`).to.include(tls.sni);
+        }
+      });
+
       it('only uses context_extensions keys the sidecar knows', function () {
         const known = new Set<string>(CONTEXT_EXTENSION_KEYS);
         for (const hcm of httpManagers(load(file))) {
@@ -213,6 +238,11 @@ describe('Envoy examples (envoy/*.yaml)', function () {
       expect(isLenient(routeFor(routes, p)!), p).to.equal(false);
     }
     for (const p of ['/api/orders', '/API/orders', '/Api']) expect(policyOf(p)?.check_settings?.context_extensions?.required_scopes, p).to.equal('access_as_user');
+  });
+
+  it('sends the egress app token to partner_api over TLS (so the peer check above applies to it)', function () {
+    const names = tlsClusters(load(path.join(repoRoot(), 'envoy', 'envoy.yaml'))).map((c) => c.name);
+    expect(names).to.include('partner_api');
   });
 
   it('health-checks the ext_authz cluster of envoy.yaml', function () {

@@ -330,12 +330,14 @@ describe('ext_authz Check', function () {
       expect(expectDeny(mixed, 7, 'Forbidden', 'insufficient_scope').headers['www-authenticate']).to.equal('Bearer error="insufficient_scope", scope="Mail.Send"');
     });
 
-    it('an anonymous caller on an optional route whose API needs a user token → 401 with a bare Bearer challenge', async function () {
-      // What the acquirer answers for an OBO API with no user; "invalid_token" would blame a token never sent.
-      h.acquirer.error = new SidecarError('acquisition_ui_required', 'No account or login hint was passed to the AcquireTokenSilent call.');
+    it('an anonymous caller on an optional route whose API needs a user token → 401 credential_missing with a bare Bearer challenge', async function () {
+      // The client can authenticate, and a token is all the route lacks; "invalid_token" would blame
+      // a token never sent, and no token request is made that could only fail.
+      const asked = h.acquirer.requests.length;
       const res = await check(h.client, envoyCheckRequest({ contextExtensions: { validate: 'optional', downstream_api: 'graph' } }));
-      const { headers } = expectDeny(res, 16, 'Unauthorized', 'acquisition_ui_required');
+      const { headers } = expectDeny(res, 16, 'Unauthorized', 'credential_missing');
       expect(headers['www-authenticate']).to.equal('Bearer');
+      expect(h.acquirer.requests.length).to.equal(asked);
     });
 
     it('answers at once with an internal deny when rendering a failure itself throws (no wait for the deadline)', async function () {

@@ -11,7 +11,7 @@ import type { DownstreamApiOptions, ExtAuthzOptions, SidecarConfig } from '../..
 import { SidecarError } from '../../src/errors.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../../src/pipeline/types.js';
 import { startExtAuthzServer, type ExtAuthzServer } from '../../src/extauthz/server.js';
-import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
+import { CHECK_PATH, createAuthorizationClient, loadExtAuthzProtos, type AuthorizationClient } from '../../src/extauthz/protos.js';
 
 export const TENANT = '72f988bf-86f1-41af-91ab-2d7cd011db47';
 export const USER_OID = '00000000-0000-0000-0000-0000000000a1';
@@ -243,6 +243,24 @@ export function check(client: AuthorizationClient, request: object, timeoutMs = 
   return new Promise((resolve, reject) => {
     client.Check(request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, response) => (err ? reject(err) : resolve(response as CheckResult)));
   });
+}
+
+/** Sends `bytes` as the CheckRequest as they are (no encoding); the answer is a failed RPC or a decoded CheckResponse. */
+export type RawCheck = (bytes: Buffer) => Promise<{ err?: grpc.ServiceError; res?: CheckResult }>;
+
+/** A Check caller that sends any bytes as the request message, as a buggy or hostile peer could. */
+export function rawCheckClient(address: string): { send: RawCheck; close(): void } {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  const { responseDeserialize } = loadExtAuthzProtos().authorizationService.Check;
+  return {
+    send: (bytes) =>
+      new Promise((resolve) => {
+        client.makeUnaryRequest(CHECK_PATH, (b: Buffer) => b, (b: Buffer) => b, bytes, new grpc.Metadata(), { deadline: Date.now() + DEFAULT_CHECK_DEADLINE_MS }, (err, res) => {
+          resolve(err ? { err } : { res: responseDeserialize(res as Buffer) as CheckResult });
+        });
+      }),
+    close: () => client.close(),
+  };
 }
 
 /** `name → value` of a HeaderValueOption list. */
