@@ -10,6 +10,7 @@ import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js'
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import { ANY_HOST } from '../net/listen.js';
 import { parseGuid } from '../guid.js';
+import { needsCallerToken } from '../pipeline/api-options.js';
 import {
   buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
   type ConfigEntry, type ConfigNode,
@@ -985,10 +986,19 @@ export function loadConfig(inputs: ConfigInputs): ConfigResult {
   if (sidecar.extAuthz.enabled && extAuthzApi !== undefined && !Object.hasOwn(downstreamApis, extAuthzApi)) {
     b.error('Sidecar:ExtAuthz:DownstreamApi names an API that is not configured under DownstreamApis (names are case-sensitive)');
   }
-  for (const rule of sidecar.extAuthz.enabled ? sidecar.extAuthz.routes : []) {
-    const api = rule.settings.downstream_api;
-    if (api !== undefined && !Object.hasOwn(downstreamApis, api)) {
-      b.error(`${rule.key}:DownstreamApi names an API that is not configured under DownstreamApis (names are case-sensitive)`);
+  const ext = sidecar.extAuthz;
+  const policies = [{ key: 'Sidecar:ExtAuthz', settings: {} as Readonly<Record<string, string>> }, ...ext.routes];
+  for (const { key, settings } of ext.enabled ? policies : []) {
+    const api = settings.downstream_api ?? ext.downstreamApi;
+    if (api === undefined || !Object.hasOwn(downstreamApis, api)) {
+      if (settings.downstream_api !== undefined) b.error(`${key}:DownstreamApi names an API that is not configured under DownstreamApis (names are case-sensitive)`);
+      continue;
+    }
+    // A route that checks no token cannot act on behalf of its caller; at run time its every Check
+    // would be a 500 misconfigured deny (src/extauthz/check.ts).
+    const agent = settings.agent_identity ? { agentIdentity: settings.agent_identity, ...(settings.agent_username ? { username: settings.agent_username } : {}), ...(settings.agent_user_id ? { userId: settings.agent_user_id } : {}) } : undefined;
+    if ((settings.validate ?? ext.validate) === 'none' && needsCallerToken({ ...downstreamApis[api], apiName: api }, agent)) {
+      b.error(`${key} validates no token (Validate=none) but its DownstreamApi ${api} acts on behalf of the caller (On-Behalf-Of), which needs the caller's token; set RequestAppToken=true on the API for an app token, or validate the caller`);
     }
   }
   checkUnknownKeys(b);

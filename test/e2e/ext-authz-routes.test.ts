@@ -128,6 +128,9 @@ describe('ext_authz route rules by path and host (built sidecar against the emul
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__AgentUsername: 'u@x' }, /need Sidecar:ExtAuthz:Routes:0:AgentIdentity/],
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__RequireAll: 'yes' }, /Sidecar:ExtAuthz:Routes:0:RequireAll must be true or false/],
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__Validat: 'none' }, /Sidecar:ExtAuthz:Routes:0:Validat is not a known setting/],
+      // No token checked, so none to exchange On-Behalf-Of: every Check would be a 500.
+      [{ ...routes(), Sidecar__ExtAuthz__Routes__0__DownstreamApi: 'graph' }, /Sidecar:ExtAuthz:Routes:0 validates no token \(Validate=none\) but its DownstreamApi graph acts on behalf of the caller/],
+      [{ ...routes(), Sidecar__ExtAuthz__Validate: 'none', Sidecar__ExtAuthz__DownstreamApi: 'graph' }, /Sidecar:ExtAuthz validates no token \(Validate=none\) but its DownstreamApi graph/],
     ];
     for (const [env, message] of cases) {
       const { code, stdout, stderr } = await runSidecarToExit(sidecarEnv(emu, env), [], 15_000);
