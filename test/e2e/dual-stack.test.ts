@@ -48,6 +48,10 @@ describe('listeners on + and * (every interface, IPv4 and IPv6)', function () {
 
   it('answers IPv4 and IPv6 peers on the management, identity and ext_authz listeners', async function () {
     const hosts = ipv6 ? ['127.0.0.1', '[::1]'] : ['127.0.0.1'];
+    // The Authorization service is SERVING once the signing keys are loaded, which /readyz reports;
+    // on a loaded machine that can come after the listening line.
+    const readyBy = Date.now() + 10_000;
+    while ((await call(`http://127.0.0.1:${sidecar.listening.management!.port}/readyz`)).status !== 200 && Date.now() < readyBy) await new Promise((r) => setTimeout(r, 50));
     for (const host of hosts) {
       expect((await call(`http://${host}:${sidecar.listening.management!.port}/healthz`)).status, host).to.equal(200);
       // Loopback over either family is local: the request reaches the route (401 without a token), not the 403 of a remote peer.
