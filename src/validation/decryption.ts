@@ -104,10 +104,20 @@ export async function decryptToken(compact: string, header: JweHeader, keys: rea
 }
 
 /**
- * A token value fit for an error detail: short, printable ASCII, and none of the quote that
+ * The most of a value an error detail shows: enough for a real issuer
+ * (`https://login.microsoftonline.com/<tenant GUID>/v2.0`, 74 characters) or an App ID URI whole,
+ * since the part that is wrong (a tenant) is often at the end. Longer values end in `...`.
+ */
+const MAX_SHOWN_CHARS = 256;
+
+/**
+ * A token value fit for an error detail: bounded, printable ASCII, and none of the quote that
  * surrounds it in the message nor the `"` and `\` that RFC 6750 §3 keeps out of error_description.
+ * Total: a token's JSON can hold any value, and String() throws on some objects
+ * (`{"toString":1}`), which would turn a malformed token into a 500.
  */
 export function safeName(value: unknown): string {
-  const s = typeof value === 'string' ? value : String(value);
-  return s.slice(0, 64).replace(/[^\x20-\x7e]/g, '?').replace(/['"\\]/g, '?');
+  const s = typeof value === 'string' ? value : typeof value === 'number' || typeof value === 'boolean' || value === null ? String(value) : `(${Array.isArray(value) ? 'array' : typeof value})`;
+  const shown = s.length > MAX_SHOWN_CHARS ? `${s.slice(0, MAX_SHOWN_CHARS)}...` : s;
+  return shown.replace(/[^\x20-\x7e]/g, '?').replace(/['"\\]/g, '?');
 }

@@ -29,6 +29,7 @@ import type { AzureAdConfig, SidecarSettings } from '../config/types.js';
 import { LruMap } from '../bounded-map.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import type { TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import { decryptToken, safeName, type DecryptionKey, type JweHeader } from './decryption.js';
 import { signingKeyIssuerMatches, validateIssuer, type IssuerForm } from './issuer.js';
@@ -237,6 +238,8 @@ export function payloadJson(token: ValidatedToken): string {
 /** Creates the validator; call start() to load signing keys before the first request. */
 export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithStats {
   const { azureAd, settings, logger } = deps;
+  // A caller can send the same failing token over and over; the line below is for operators, not a flood.
+  const unexpectedLog = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const now = deps.now ?? Date.now;
   const skewSec = settings.clockSkewSec;
   const cacheCapacity = Math.max(0, Math.floor(settings.verifiedTokenCacheSize));
@@ -532,7 +535,9 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
       }
       return err;
     }
-    logger.error({ err: (err as Error).message }, 'token validation failed unexpectedly');
+    if (unexpectedLog.allow('internal')) {
+      logger.error({ err: (err as Error).message, ...unexpectedLog.suppressed('internal') }, 'token validation failed unexpectedly');
+    }
     return new SidecarError('internal', undefined, { cause: err });
   }
 

@@ -140,6 +140,10 @@ describe('GET /Validate (built sidecar against the emulator)', function () {
     }, /signature/i],
     ['a token without ver', () => mint({ kind: 'user', claims: { ver: null } })],
     ['garbage', async () => 'not-a-jwt'],
+    // String() throws on this object; the description must still be a 401's, not a 500.
+    ['a JWE whose alg is an object', async () => `${Buffer.from('{"alg":{"toString":1,"valueOf":1},"enc":"A256GCM"}').toString('base64url')}.a.b.c.d`, /error_description="The key management algorithm '\(object\)' is not allowed"/],
+    // The wrong part of an issuer is its tenant, at the end: a real issuer (74 characters here) is shown whole.
+    ['a token from a tenant the app does not accept, its issuer shown whole', () => mint({ kind: 'user', tenant: 'secondary', user: 'secondaryUser', scp: 'access_as_user' }), /error_description="The issuer 'https:\/\/[^']+\/bbbbbbbb-0000-4000-8000-000000000002\/v2\.0' is invalid"/],
   ];
   for (const [what, make, description] of rejected) {
     it(`rejects ${what} with 401 invalid_token`, async () => {
