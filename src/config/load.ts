@@ -4,11 +4,13 @@
  * returns a deeply frozen result. The only module that reads process.env (see processConfigInputs).
  */
 import { readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, basename, join, resolve } from 'node:path';
 import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
 import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import { ANY_HOST } from '../net/listen.js';
+import { isDnsName } from '../net/host-names.js';
 import {
   buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
   type ConfigEntry, type ConfigNode,
@@ -616,6 +618,18 @@ function bindHttpListeners(b: Binder): ListenAddress[] {
   return def.ok ? [def.address] : [];
 }
 
+/** `Sidecar:Http:AllowedHosts`: exact host names (no port, no wildcard), lower-cased as hosts compare. */
+function allowedHosts(b: Binder): string[] {
+  const out: string[] = [];
+  for (const [i, name] of (b.stringArray('Sidecar:Http:AllowedHosts') ?? []).entries()) {
+    const host = name.toLowerCase();
+    const v6 = host.startsWith('[') && host.endsWith(']') && isIP(host.slice(1, -1)) === 6;
+    if (isDnsName(host) || isIP(host) === 4 || v6) out.push(host);
+    else b.error(`Sidecar:Http:AllowedHosts:${i} must be a host name or an IP address (IPv6 in brackets), without port or wildcard`);
+  }
+  return out;
+}
+
 function bindExtAuthz(b: Binder): ExtAuthzOptions {
   const s = 'Sidecar:ExtAuthz';
   const enabled = b.bool(`${s}:Enabled`);
@@ -724,6 +738,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
       requestTimeoutMs: b.int('Sidecar:Http:RequestTimeoutMs', 1),
       headersTimeoutMs: b.int('Sidecar:Http:HeadersTimeoutMs', 1),
       keepAliveTimeoutMs: b.int('Sidecar:Http:KeepAliveTimeoutMs', 1),
+      allowedHosts: allowedHosts(b),
     },
     management: {
       enabled: mgmtEnabled,

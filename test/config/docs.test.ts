@@ -52,7 +52,7 @@ describe('config: documentation', () => {
       const samples: Record<string, string> = {
         'Sidecar:LogLevel': 'info', 'Sidecar:ExtAuthz:DownstreamApi': 'graph', 'Sidecar:Outbound:CaFile': 'ca.pem',
         'Sidecar:ExtAuthz:ClaimsToHeaders:<header>': 'oid', 'Sidecar:ExtAuthz:RequiredScopes:<i>': 'a', 'Sidecar:ExtAuthz:RequiredRoles:<i>': 'r',
-        'Sidecar:PopValidation:ClaimsToValidateWhenPresent:<i>': 'm', 'Sidecar:SettingsFile': 'appsettings.json', 'Sidecar:Pop:KeyFile': 'ca.pem',
+        'Sidecar:PopValidation:ClaimsToValidateWhenPresent:<i>': 'm', 'Sidecar:SettingsFile': 'appsettings.json', 'Sidecar:Pop:KeyFile': 'ca.pem', 'Sidecar:Http:AllowedHosts:<i>': 'sidecar.internal',
       };
       const env: Record<string, string> = {
         AzureAd__Instance: 'https://login.microsoftonline.com/', AzureAd__TenantId: 't', AzureAd__ClientId: 'c', DownstreamApis__graph__Scopes__0: 'User.Read',

@@ -317,6 +317,16 @@ describe('config: listener addresses', () => {
     expectError(errorsOf(load({ Sidecar__Http__Url: 'http://127.0.0.1:5000/base' })), 'Sidecar:Http:Url', 'path');
   });
 
+  it('reads Sidecar:Http:AllowedHosts as lower-case host names and refuses ports, wildcards and schemes', () => {
+    expect(ok(load({})).sidecar.http.allowedHosts).to.deep.equal([]);
+    const cfg = ok(load({ Sidecar__Http__AllowedHosts__0: 'Sidecar.Internal', Sidecar__Http__AllowedHosts__1: '10.0.0.7', Sidecar__Http__AllowedHosts__2: '[FD00::1]' }));
+    expect(cfg.sidecar.http.allowedHosts).to.deep.equal(['sidecar.internal', '10.0.0.7', '[fd00::1]']);
+    for (const bad of ['sidecar:5000', '*.example.test', '*', 'http://sidecar', 'fd00::1', 'a..b']) {
+      expectError(errorsOf(load({ Sidecar__Http__AllowedHosts__0: bad })), 'Sidecar:Http:AllowedHosts:0', 'without port or wildcard');
+    }
+    expectError(errorsOf(load({ Sidecar__Http__AllowedHosts: 'sidecar' })), 'Sidecar:Http:AllowedHosts', 'array');
+  });
+
   it('refuses two listeners on the same port', () => {
     expectError(errorsOf(load({ Sidecar__Http__Url: 'http://127.0.0.1:9090' })), 'Sidecar:Management:Url', 'port 9090');
   });
