@@ -2,7 +2,8 @@
  * What only a web browser sends, refused by the built sidecar: a Host that is not a loopback name
  * (DNS rebinding: a page on rebind.attacker.example re-pointed at 127.0.0.1 reads the answers as its
  * own origin) and the marks browsers put on requests a page makes (Origin, Sec-Fetch-Site,
- * Sec-Fetch-Mode: navigate). The requests go through node:http and raw sockets, since fetch will not
+ * Sec-Fetch-Mode: navigate). Also the start-up warning for Development on a non-loopback listener,
+ * where every peer may call. The requests go through node:http and raw sockets, since fetch will not
  * send a Host of our choosing.
  */
 import { expect } from 'chai';
@@ -167,5 +168,31 @@ describe('browser requests and DNS rebinding (built sidecar)', function () {
       // A rebinding page reads the sidecar as its own origin: the browser says same-origin.
       expect(await get(p, TOKEN_ROUTE, { host: 'rebind.attacker.example', 'sec-fetch-site': 'same-origin' })).to.deep.equal({ status: 403, body: '' });
     });
+  });
+});
+
+describe('start-up warning: Development with a listener that is not loopback (built sidecar)', function () {
+  this.timeout(40_000);
+  const env = withEmulatorAndSidecars();
+  const warnings = (s: RunningSidecar) => s.lines.filter((l) => l.includes('"config_warning"') && l.includes('Development') && l.includes('loopback'));
+
+  it('names the environment and the listener setting (Sidecar:Http:Url)', async () => {
+    const s = await env.start({ ASPNETCORE_ENVIRONMENT: 'Development', Sidecar__Http__Url: 'http://+:0' });
+    const w = warnings(s);
+    expect(w, s.lines.join('\n')).to.have.length(1);
+    expect(w[0]).to.include('ASPNETCORE_ENVIRONMENT').and.include('Sidecar:Http:Url').and.include('get tokens as this app');
+    expect(JSON.parse(w[0]).level).to.equal('warn');
+  });
+
+  it('names ASPNETCORE_URLS when that is where the listener comes from', async () => {
+    const s = await env.start({ ASPNETCORE_ENVIRONMENT: 'Development', Sidecar__Http__Url: '', ASPNETCORE_URLS: 'http://0.0.0.0:0' });
+    const w = warnings(s);
+    expect(w, s.lines.join('\n')).to.have.length(1);
+    expect(w[0]).to.include('ASPNETCORE_URLS');
+  });
+
+  it('stays silent in Production on every interface, and in Development on loopback', async () => {
+    expect(warnings(await env.start({ Sidecar__Http__Url: 'http://+:0' }))).to.deep.equal([]);
+    expect(warnings(await env.start({ ASPNETCORE_ENVIRONMENT: 'Development', Sidecar__Http__Url: 'http://127.0.0.1:0;http://localhost:0' }))).to.deep.equal([]);
   });
 });
