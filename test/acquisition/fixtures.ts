@@ -83,7 +83,7 @@ export function makeConfig(o: ConfigOptions = {}): SidecarConfig {
         requireAll: false,
         claimsToHeaders: {},
         stripInboundAuthorization: false,
-        allowCorsPreflight: true,
+        allowCorsPreflight: false,
         reflection: false,
         maxReceiveMessageBytes: 4194304,
       },
