@@ -75,7 +75,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'DownstreamApis:<name>:ExtraHeaderParameters:<header>', default: '', description: 'Extra headers on the downstream request (reserved names are skipped).' },
   { key: 'DownstreamApis:<name>:ExtraQueryParameters:<key>', default: '', description: 'Extra query parameters on the downstream request.' },
   { key: 'DownstreamApis:<name>:SignHttpRequest', default: 'false', description: 'Ours: on `/DownstreamApi*`, acquire an app token bound to the sidecar\'s own PoP key and send `Authorization: PoP <signed HTTP request>` (requires RequestAppToken; see docs/agents-and-pop.md).' },
-  { key: 'DownstreamApis:<name>:AcquireTokenOptions:Tenant', default: '', description: 'Tenant to acquire the token in (multi-tenant apps).' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:Tenant', default: '', description: 'Tenant to acquire the token in (multi-tenant apps): a tenant ID (GUID) or a domain name, which becomes a path segment of the authority. Anything else is refused at startup, and as `optionsOverride.AcquireTokenOptions.Tenant` answered 400 `request_invalid`.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:ForceRefresh', default: 'false', description: 'Bypass the token cache on every call.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:Claims', default: '', description: 'Claims request JSON sent with the token request.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:CorrelationId', default: '', description: 'Correlation GUID sent to Entra.' },

@@ -393,7 +393,8 @@ function bindAzureAd(b: Binder, env: RuntimeEnvironment, cwd: string): AzureAdCo
       b.error('AzureAd:Instance must be an absolute https URL (msal-node refuses http authorities), e.g. https://login.microsoftonline.com/');
     } else if (!instance.endsWith('/')) instance = `${instance}/`;
   }
-  if (tenantId !== undefined && !/^[A-Za-z0-9][A-Za-z0-9.-]*$/.test(tenantId)) {
+  // The tenant becomes a path segment of the authority: a GUID or a domain, both DNS names.
+  if (tenantId !== undefined && !isDnsName(tenantId)) {
     b.error('AzureAd:TenantId must be a tenant GUID, a domain name, or common/organizations/consumers');
   }
 
@@ -493,6 +494,8 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
     const v = b.explicit(`${a}:${name}`);
     return v === undefined ? {} : { [name.charAt(0).toLowerCase() + name.slice(1)]: v };
   };
+  const tenant = b.explicit(`${a}:Tenant`);
+  if (tenant !== undefined && !isDnsName(tenant)) b.error(`${a}:Tenant must be a tenant ID (GUID) or a domain name`);
   const acquireTokenOptions: AcquireTokenOptions = {
     ...optional('Tenant'),
     forceRefresh: b.bool(`${a}:ForceRefresh`),

@@ -365,6 +365,16 @@ describe('config: AzureAd', () => {
     expectError(errorsOf(load({ AzureAd__TenantId: 'a/b' })), 'AzureAd:TenantId');
   });
 
+  it('accepts only a GUID or a domain name as a tenant, since it becomes a path segment of the authority', () => {
+    for (const tenant of ['72f988bf-86f1-41af-91ab-2d7cd011db47', 'contoso.onmicrosoft.com', 'common']) {
+      ok(load({ AzureAd__TenantId: tenant, DownstreamApis__x__Scopes__0: 's', DownstreamApis__x__AcquireTokenOptions__Tenant: tenant }));
+    }
+    for (const bad of ['../x', 'a/b', '@evil.example', 'a#b', 'a?b', 'a\\b', 'a..b', '-a.b', `${'a'.repeat(64)}.com`]) {
+      expectError(errorsOf(load({ AzureAd__TenantId: bad })), 'AzureAd:TenantId');
+      expectError(errorsOf(load({ DownstreamApis__x__Scopes__0: 's', DownstreamApis__x__AcquireTokenOptions__Tenant: bad })), 'DownstreamApis:x:AcquireTokenOptions:Tenant', 'GUID');
+    }
+  });
+
   it('accepts SourceType names case-insensitively and as enum numbers', () => {
     const cfg = ok(load({
       AzureAd__ClientCredentials__0__SourceType: 'clientsecret',
