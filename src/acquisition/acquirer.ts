@@ -20,6 +20,7 @@ import type { AuthenticationResult, ConfidentialClientApplication } from '@azure
 import { redactTokens, type Logger } from '../log.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
+import { isDnsName } from '../net/host-names.js';
 import { setNewest } from '../bounded-map.js';
 import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { isCachedToken } from '../pipeline/authenticate.js';
@@ -321,7 +322,11 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   const instanceBase = azureAd.instance.endsWith('/') ? azureAd.instance : `${azureAd.instance}/`;
 
   function authorityFor(tenant: string | undefined): string {
-    return tenant === undefined || tenant === '' ? defaultAuthority : `${instanceBase}${tenant}`;
+    if (tenant === undefined || tenant === '') return defaultAuthority;
+    // The config loader and the override parser accept only DNS names; this is the last line before
+    // the tenant becomes a URL path, where `/ ? # @ \` would change which authority msal asks.
+    if (!isDnsName(tenant)) throw new SidecarError('request_invalid', 'The tenant must be a tenant ID (GUID) or a domain name.');
+    return `${instanceBase}${tenant}`;
   }
 
   /**

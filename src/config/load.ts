@@ -4,6 +4,7 @@
  * returns a deeply frozen result. The only module that reads process.env (see processConfigInputs).
  */
 import { readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, basename, join, resolve } from 'node:path';
 import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
 import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
@@ -11,6 +12,8 @@ import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import { ANY_HOST } from '../net/listen.js';
 import { parseGuid } from '../guid.js';
 import { needsCallerToken } from '../pipeline/api-options.js';
+import { isDnsName } from '../net/host-names.js';
+import { isLoopback } from '../http/loopback.js';
 import {
   buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
   type ConfigEntry, type ConfigNode,
@@ -391,7 +394,8 @@ function bindAzureAd(b: Binder, env: RuntimeEnvironment, cwd: string): AzureAdCo
       b.error('AzureAd:Instance must be an absolute https URL (msal-node refuses http authorities), e.g. https://login.microsoftonline.com/');
     } else if (!instance.endsWith('/')) instance = `${instance}/`;
   }
-  if (tenantId !== undefined && !/^[A-Za-z0-9][A-Za-z0-9.-]*$/.test(tenantId)) {
+  // The tenant becomes a path segment of the authority: a GUID or a domain, both DNS names.
+  if (tenantId !== undefined && !isDnsName(tenantId)) {
     b.error('AzureAd:TenantId must be a tenant GUID, a domain name, or common/organizations/consumers');
   }
 
@@ -494,6 +498,8 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
     const v = b.explicit(`${a}:${name}`);
     return v === undefined ? {} : { [name.charAt(0).toLowerCase() + name.slice(1)]: v };
   };
+  const tenant = b.explicit(`${a}:Tenant`);
+  if (tenant !== undefined && !isDnsName(tenant)) b.error(`${a}:Tenant must be a tenant ID (GUID) or a domain name`);
   const acquireTokenOptions: AcquireTokenOptions = {
     ...optional('Tenant'),
     forceRefresh: b.bool(`${a}:ForceRefresh`),
@@ -565,7 +571,15 @@ function hostKeyName(node: ConfigNode, fallback: string): string {
   return m ? m[1] : fallback;
 }
 
-function bindHttpListeners(b: Binder): ListenAddress[] {
+/** The identity HTTP listeners, with the warning for Development on a non-loopback one. */
+function bindHttpListeners(b: Binder, env: RuntimeEnvironment): ListenAddress[] {
+  const { listen, key } = httpListeners(b);
+  warnIfDevelopmentExposed(b, env, listen, key);
+  return listen;
+}
+
+/** The identity HTTP listeners and the setting they came from (named in messages). */
+function httpListeners(b: Binder): { listen: ListenAddress[]; key: string } {
   const parseList = (text: string, key: string): ListenAddress[] => {
     const out: ListenAddress[] = [];
     for (const part of text.split(';').map((s) => s.trim()).filter((s) => s !== '')) {
@@ -581,7 +595,7 @@ function bindHttpListeners(b: Binder): ListenAddress[] {
   }
 
   const ours = b.explicit('Sidecar:Http:Url');
-  if (ours !== undefined) return parseList(ours, 'Sidecar:Http:Url');
+  if (ours !== undefined) return { listen: parseList(ours, 'Sidecar:Http:Url'), key: 'Sidecar:Http:Url' };
 
   const endpoints = b.node('Kestrel:Endpoints');
   const kestrel: ListenAddress[] = [];
@@ -600,9 +614,9 @@ function bindHttpListeners(b: Binder): ListenAddress[] {
   const urls = urlsNode?.value?.trim();
   if (kestrelSeen) {
     if (urls) b.warn(`${hostKeyName(urlsNode!, 'urls')} is overridden by Kestrel:Endpoints (as in ASP.NET)`);
-    return kestrel;
+    return { listen: kestrel, key: 'Kestrel:Endpoints:<name>:Url' };
   }
-  if (urls) return parseList(urls, hostKeyName(urlsNode!, 'urls'));
+  if (urls) return { listen: parseList(urls, hostKeyName(urlsNode!, 'urls')), key: hostKeyName(urlsNode!, 'urls') };
 
   const portsNode = b.node('http_ports');
   const ports = portsNode?.value?.trim();
@@ -614,10 +628,36 @@ function bindHttpListeners(b: Binder): ListenAddress[] {
       if (r.ok && /^\d+$/.test(part)) out.push(r.address);
       else b.error(`${key} must be a comma-separated list of ports (0-65535)`);
     }
-    return out;
+    return { listen: out, key };
   }
   const def = parseListenUrl(DEFAULT_HTTP_URL);
-  return def.ok ? [def.address] : [];
+  return { listen: def.ok ? [def.address] : [], key: 'Sidecar:Http:Url' };
+}
+
+/** `Sidecar:Http:AllowedHosts`: exact host names (no port, no wildcard), lower-cased as hosts compare. */
+function allowedHosts(b: Binder): string[] {
+  const out: string[] = [];
+  for (const [i, name] of (b.stringArray('Sidecar:Http:AllowedHosts') ?? []).entries()) {
+    const host = name.toLowerCase();
+    const v6 = host.startsWith('[') && host.endsWith(']') && isIP(host.slice(1, -1)) === 6;
+    if (isDnsName(host) || isIP(host) === 4 || v6) out.push(host);
+    else b.error(`Sidecar:Http:AllowedHosts:${i} must be a host name or an IP address (IPv6 in brackets), without port or wildcard`);
+  }
+  return out;
+}
+
+/**
+ * Development lifts the loopback rule (reference sidecar-http-api §1.3); with a listener on another
+ * address every peer that reaches it can get this app's tokens, and nothing else says so.
+ */
+function warnIfDevelopmentExposed(b: Binder, env: RuntimeEnvironment, listen: readonly ListenAddress[], key: string): void {
+  if (!env.isDevelopment) return;
+  if (listen.every((a) => isLoopback(a.host))) return;
+  b.warn(
+    `SECURITY: the environment is Development (ASPNETCORE_ENVIRONMENT / DOTNET_ENVIRONMENT), which lifts the loopback-only rule of the identity HTTP API, ` +
+      `and ${key} binds it to an address that is not loopback: any host that can reach that port can get tokens as this app and call the downstream APIs with them. ` +
+      `Use Development only with a loopback listener (e.g. Sidecar__Http__Url=http://127.0.0.1:5000), or not at all where others can reach the port.`,
+  );
 }
 
 function bindExtAuthz(b: Binder): ExtAuthzOptions {
@@ -739,7 +779,7 @@ function readableFile(path: string): boolean {
   }
 }
 
-function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>>, cwd: string): SidecarSettings {
+function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>>, cwd: string, environment: RuntimeEnvironment): SidecarSettings {
   const mgmtEnabled = b.bool('Sidecar:Management:Enabled');
   const mgmt = parseListenUrl(b.string('Sidecar:Management:Url') ?? '');
   if (!mgmt.ok && mgmtEnabled) b.error(`Sidecar:Management:Url ${mgmt.problem}`);
@@ -799,12 +839,13 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     },
     pop: popKeyFile !== undefined ? { keyFile: popKeyFile } : {},
     http: {
-      listen: bindHttpListeners(b),
+      listen: bindHttpListeners(b, environment),
       maxHeaderBytes: intOrKestrel(b, 'Sidecar:Http:MaxHeaderBytes', 'Kestrel:Limits:MaxRequestHeadersTotalSize', 1024),
       maxBodyBytes: intOrKestrel(b, 'Sidecar:Http:MaxBodyBytes', 'Kestrel:Limits:MaxRequestBodySize', 1),
       requestTimeoutMs: b.int('Sidecar:Http:RequestTimeoutMs', 1),
       headersTimeoutMs: b.int('Sidecar:Http:HeadersTimeoutMs', 1),
       keepAliveTimeoutMs: b.int('Sidecar:Http:KeepAliveTimeoutMs', 1),
+      allowedHosts: allowedHosts(b),
     },
     management: {
       enabled: mgmtEnabled,
@@ -980,7 +1021,7 @@ export function loadConfig(inputs: ConfigInputs): ConfigResult {
   const environment = runtimeEnvironment(envName, inputs.env);
   const azureAd = bindAzureAd(b, environment, inputs.cwd);
   const downstreamApis = bindDownstreamApis(b);
-  const sidecar = bindSidecar(b, inputs.env, inputs.cwd);
+  const sidecar = bindSidecar(b, inputs.env, inputs.cwd, environment);
   checkListenerCollisions(b, sidecar);
   const extAuthzApi = sidecar.extAuthz.downstreamApi;
   if (sidecar.extAuthz.enabled && extAuthzApi !== undefined && !Object.hasOwn(downstreamApis, extAuthzApi)) {

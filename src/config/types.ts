@@ -175,6 +175,8 @@ export interface SidecarSettings {
     readonly headersTimeoutMs: number;
     /** How long an idle keep-alive connection stays open after its last response. */
     readonly keepAliveTimeoutMs: number;
+    /** Ours: Host names accepted besides the loopback ones where the loopback rule applies (lower case, no port). */
+    readonly allowedHosts: readonly string[];
   };
   readonly management: { readonly enabled: boolean; readonly address: ListenAddress; readonly gcMetrics: boolean };
   readonly extAuthz: ExtAuthzOptions;

@@ -523,9 +523,10 @@ export function createChecker(deps: CheckDeps): Checker {
         headers['access-control-request-method'] !== undefined &&
         headers.authorization === undefined
       ) {
-        // Browsers send preflights without credentials (Fetch §4.8), whatever the route requires;
-        // the app answers CORS itself. An OPTIONS that carries an Authorization header is not a
-        // browser's preflight, so it is checked like any other request.
+        // Opt-in (Sidecar:ExtAuthz:AllowCorsPreflight): browsers send preflights without credentials
+        // (Fetch §4.8), whatever the route requires, for an app that answers CORS itself. Anyone can
+        // send these headers, so by default they are checked like any request and Envoy's CORS filter
+        // answers preflights. An OPTIONS with an Authorization header is not a browser's preflight.
         return corsPreflightResponse(policy);
       }
       if (policy.validate === 'none') return authorized(policy, undefined, facts, state);

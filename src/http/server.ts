@@ -8,10 +8,11 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { safeCause, type Logger } from '../log.js';
-import { toSidecarError } from '../errors.js';
+import { ERROR_TABLE, toSidecarError } from '../errors.js';
 import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
 import { ROUTES, type Route, type RouteContext, type RouteDeps } from './routes.js';
 import { isLoopback } from './loopback.js';
+import { browserRefusal } from './browser-guard.js';
 import { listenTcp } from '../net/listen.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 
@@ -22,7 +23,7 @@ export interface HttpApiServer {
   close(graceMs: number): Promise<void>;
 }
 
-/** The metrics `route` of requests no route handled: refused non-loopback callers, 404s and 405s. */
+/** The metrics `route` of requests no route handled: refused callers, 404s and 405s. */
 const UNROUTED = 'unrouted';
 
 /** The query of every request that has none: shared, so it refuses to change. */
@@ -110,6 +111,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
   const { config, logger } = deps;
   const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const development = config.environment.isDevelopment;
+  const allowedHosts: ReadonlySet<string> = new Set(config.sidecar.http.allowedHosts);
   return (req, res) => {
     // A plain scan rather than new URL() on the hot path: the routes need only the path segments
     // and the query. Dot segments are not resolved, so `/healthz/../Validate` is not /healthz.
@@ -131,6 +133,16 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       if (logLimiter.allow('caller_not_loopback')) logger.warn({ code: 'caller_not_loopback', peer: req.socket.remoteAddress, ...logLimiter.suppressed('caller_not_loopback') }, 'refused a non-loopback caller');
       sendEmpty(res, 403);
       deps.metrics.observeHttpRequest(UNROUTED, 403, 0);
+      req.resume();
+      return;
+    }
+    // A browser on this machine is a loopback peer too (browser-guard.ts); probes are exempt as above.
+    const refusal = isHealthzPath(path) ? undefined : browserRefusal(req, development ? undefined : allowedHosts);
+    if (refusal !== undefined) {
+      const status = ERROR_TABLE[refusal.code].httpStatus;
+      if (logLimiter.allow(refusal.code)) logger.warn({ code: refusal.code, peer: req.socket.remoteAddress, header: refusal.header, ...logLimiter.suppressed(refusal.code) }, 'refused a request a web browser sent');
+      sendEmpty(res, status);
+      deps.metrics.observeHttpRequest(UNROUTED, status, 0);
       req.resume();
       return;
     }

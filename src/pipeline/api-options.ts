@@ -8,6 +8,7 @@
 import type { AcquireTokenOptions, DownstreamApiOptions, SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { EMPTY_GUID, parseGuid } from '../guid.js';
+import { isDnsName } from '../net/host-names.js';
 import type { AgentSelection, EffectiveApiOptions } from './types.js';
 
 /** The four routes that each have their own `Sidecar:AllowOverrides:<route>` switch (§3.4). */
@@ -184,6 +185,13 @@ function copyApiOptions(src: DownstreamApiOptions): DownstreamApiOptions {
 
 function merge(base: DownstreamApiOptions, o: CollectedOverrides): DownstreamApiOptions {
   const ato = base.acquireTokenOptions;
+  // Microsoft pastes the tenant into the authority as given: `../x`, `@host` or `a#b` would move the
+  // token request to another path, and every distinct value builds an msal application and fetches
+  // metadata. A tenant is a GUID or a domain, both DNS names; anything else is refused, not ignored,
+  // since ignoring it would get a token of the configured tenant instead of the one asked for.
+  if (o.tenant !== undefined && !isDnsName(o.tenant)) {
+    throw new SidecarError('request_invalid', 'optionsOverride.AcquireTokenOptions.Tenant must be a tenant ID (GUID) or a domain name.');
+  }
   const extraHeaderParameters = { ...base.extraHeaderParameters };
   for (const [name, value] of o.extraHeaders) setHeader(extraHeaderParameters, name, value);
   const extraQueryParameters = { ...base.extraQueryParameters };

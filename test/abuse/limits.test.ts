@@ -149,7 +149,7 @@ describe('abuse and limits (built sidecar)', function () {
     const t0 = Date.now();
     const sockets = await Promise.all(Array.from({ length: 40 }, () => rawSocket(stack.sidecar.url)));
     const results = sockets.map((s) => watch(s, t0));
-    sockets.forEach((s, i) => s.write(i % 2 === 0 ? 'GET /healthz HTTP/1.1\r\nHost: x\r\n' : 'POST /DownstreamApi/sink HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n'));
+    sockets.forEach((s, i) => s.write(i % 2 === 0 ? 'GET /healthz HTTP/1.1\r\nHost: x\r\n' : 'POST /DownstreamApi/sink HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n'));
     const drip = setInterval(() => {
       sockets.forEach((s, i) => {
         if (!s.destroyed) s.write(i % 2 === 0 ? 'X-Drip: 1\r\n' : 'x');

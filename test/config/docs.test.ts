@@ -52,7 +52,7 @@ describe('config: documentation', () => {
       const samples: Record<string, string> = {
         'Sidecar:LogLevel': 'info', 'Sidecar:ExtAuthz:DownstreamApi': 'graph', 'Sidecar:Outbound:CaFile': 'ca.pem',
         'Sidecar:ExtAuthz:ClaimsToHeaders:<header>': 'oid', 'Sidecar:ExtAuthz:RequiredScopes:<i>': 'a', 'Sidecar:ExtAuthz:RequiredRoles:<i>': 'r',
-        'Sidecar:PopValidation:ClaimsToValidateWhenPresent:<i>': 'm', 'Sidecar:SettingsFile': 'appsettings.json', 'Sidecar:Pop:KeyFile': 'ca.pem',
+        'Sidecar:PopValidation:ClaimsToValidateWhenPresent:<i>': 'm', 'Sidecar:SettingsFile': 'appsettings.json', 'Sidecar:Pop:KeyFile': 'ca.pem', 'Sidecar:Http:AllowedHosts:<i>': 'sidecar.internal',
         // One route rule holding every key (a second one takes Path, which excludes PathPrefix).
         'Sidecar:ExtAuthz:Routes:<i>:PathPrefix': '/api', 'Sidecar:ExtAuthz:Routes:<i>:Hosts:<i>': '*.example.com', 'Sidecar:ExtAuthz:Routes:<i>:Validate': 'required',
         'Sidecar:ExtAuthz:Routes:<i>:DownstreamApi': 'graph', 'Sidecar:ExtAuthz:Routes:<i>:InjectHeader': 'x-graph-authorization',

@@ -317,6 +317,16 @@ describe('config: listener addresses', () => {
     expectError(errorsOf(load({ Sidecar__Http__Url: 'http://127.0.0.1:5000/base' })), 'Sidecar:Http:Url', 'path');
   });
 
+  it('reads Sidecar:Http:AllowedHosts as lower-case host names and refuses ports, wildcards and schemes', () => {
+    expect(ok(load({})).sidecar.http.allowedHosts).to.deep.equal([]);
+    const cfg = ok(load({ Sidecar__Http__AllowedHosts__0: 'Sidecar.Internal', Sidecar__Http__AllowedHosts__1: '10.0.0.7', Sidecar__Http__AllowedHosts__2: '[FD00::1]' }));
+    expect(cfg.sidecar.http.allowedHosts).to.deep.equal(['sidecar.internal', '10.0.0.7', '[fd00::1]']);
+    for (const bad of ['sidecar:5000', '*.example.test', '*', 'http://sidecar', 'fd00::1', 'a..b']) {
+      expectError(errorsOf(load({ Sidecar__Http__AllowedHosts__0: bad })), 'Sidecar:Http:AllowedHosts:0', 'without port or wildcard');
+    }
+    expectError(errorsOf(load({ Sidecar__Http__AllowedHosts: 'sidecar' })), 'Sidecar:Http:AllowedHosts', 'array');
+  });
+
   it('refuses two listeners on the same port', () => {
     expectError(errorsOf(load({ Sidecar__Http__Url: 'http://127.0.0.1:9090' })), 'Sidecar:Management:Url', 'port 9090');
   });
@@ -353,6 +363,16 @@ describe('config: AzureAd', () => {
     expectError(errorsOf(load({ AzureAd__Instance: 'not a url' })), 'AzureAd:Instance', 'https');
     expectError(errorsOf(loadConfig({ argv: [], env: { AzureAd__ClientId: 'c', AzureAd__Authority: 'http://x.test/t' }, cwd: workdir() })), 'AzureAd:Authority', 'https');
     expectError(errorsOf(load({ AzureAd__TenantId: 'a/b' })), 'AzureAd:TenantId');
+  });
+
+  it('accepts only a GUID or a domain name as a tenant, since it becomes a path segment of the authority', () => {
+    for (const tenant of ['72f988bf-86f1-41af-91ab-2d7cd011db47', 'contoso.onmicrosoft.com', 'common']) {
+      ok(load({ AzureAd__TenantId: tenant, DownstreamApis__x__Scopes__0: 's', DownstreamApis__x__AcquireTokenOptions__Tenant: tenant }));
+    }
+    for (const bad of ['../x', 'a/b', '@evil.example', 'a#b', 'a?b', 'a\\b', 'a..b', '-a.b', `${'a'.repeat(64)}.com`]) {
+      expectError(errorsOf(load({ AzureAd__TenantId: bad })), 'AzureAd:TenantId');
+      expectError(errorsOf(load({ DownstreamApis__x__Scopes__0: 's', DownstreamApis__x__AcquireTokenOptions__Tenant: bad })), 'DownstreamApis:x:AcquireTokenOptions:Tenant', 'GUID');
+    }
   });
 
   it('accepts SourceType names case-insensitively and as enum numbers', () => {

@@ -158,6 +158,23 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     expect(bearer(obo.json().authorizationHeader).idtyp).to.equal('user');
   });
 
+  it('answers 400 request_invalid to a tenant override that is not a GUID or a domain name, without asking Entra', async () => {
+    const user = await userToken();
+    const before = emu.requests().length;
+    for (const tenant of ['../../x', '..', '@evil.example', 'a#b', 'a/b', 'a?b', 'a\\b', 'a b', 'a%2Fb', `${'a'.repeat(254)}`]) {
+      const r = await authHeader('downstreamApp', user, `?optionsOverride.AcquireTokenOptions.Tenant=${encodeURIComponent(tenant)}`);
+      expect(r.status, `${tenant}: ${r.text}`).to.equal(400);
+      expect(r.json().code, tenant).to.equal('request_invalid');
+      expect(r.json().detail).to.equal('optionsOverride.AcquireTokenOptions.Tenant must be a tenant ID (GUID) or a domain name.');
+    }
+    expect(emu.requests().slice(before), 'requests that reached Entra').to.deep.equal([]);
+    // A tenant by ID or by domain is still honoured.
+    for (const tenant of [emu.scenario.tenants.primary.id, emu.scenario.tenants.primary.domains[0]]) {
+      const r = await authHeader('downstreamApp', user, `?optionsOverride.AcquireTokenOptions.Tenant=${encodeURIComponent(tenant)}`);
+      expect(r.status, `${tenant}: ${r.text}`).to.equal(200);
+    }
+  });
+
   it('maps an Entra refusal to 401 carrying the AADSTS text, and a throttle to a fast failure honouring Retry-After', async () => {
     emu.fault({ route: 'token', error: 'invalid_scope', aadsts: 70011, status: 400 });
     const refused = await authHeader('byId', await userToken());

@@ -7,7 +7,7 @@ import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
 import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
 import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
-import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 import { applyOkResponse, check, envoyCheckRequest, headerMap, rawCheckClient } from '../extauthz/fixtures.js';
 
 const STEP_UP_CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
@@ -311,6 +311,40 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     // Node's process metrics, without the GC histogram unless Sidecar:Management:GcMetrics asks for it.
     expect(m.text).to.match(/^nodejs_eventloop_lag_p99_seconds \d/m);
     expect(m.text).to.not.match(/nodejs_gc_duration_seconds/);
+  });
+});
+
+describe('Sidecar:ExtAuthz:AllowCorsPreflight (built sidecar)', function () {
+  this.timeout(30_000);
+  const env = withEmulatorAndSidecars();
+  // Anyone can send these headers: an attacker is not a browser.
+  const preflight = () =>
+    envoyCheckRequest({ method: 'OPTIONS', headers: { origin: 'https://spa.example.test', 'access-control-request-method': 'DELETE' }, contextExtensions: { validate: 'required' } });
+  const withClient = async (extra: Record<string, string>, run: (client: AuthorizationClient) => Promise<void>) => {
+    const s = await env.start(extra);
+    const client = createAuthorizationClient(`127.0.0.1:${s.listening.extAuthz!.port}`);
+    try {
+      await run(client);
+    } finally {
+      client.close();
+    }
+  };
+
+  it('denies by default an OPTIONS with Origin and Access-Control-Request-Method and no token on a validate=required route', async () => {
+    await withClient({}, async (client) => {
+      const res = await check(client, preflight());
+      expect(res.status.code).to.equal(16);
+      expect(res.denied_response.status.code).to.equal('Unauthorized');
+      expect(JSON.parse(res.denied_response.body).code).to.equal('credential_missing');
+    });
+  });
+
+  it('allows it without a token when set to true', async () => {
+    await withClient({ Sidecar__ExtAuthz__AllowCorsPreflight: 'true' }, async (client) => {
+      const res = await check(client, preflight());
+      expect(res.status?.code ?? 0).to.equal(0);
+      expect(res.http_response).to.equal('ok_response');
+    });
   });
 });
 

@@ -19,13 +19,17 @@ import {
 
 describe('ext_authz Check', function () {
   let h: Harness;
+  /** Sidecar:ExtAuthz:AllowCorsPreflight is off by default; the preflight tests turn it on here. */
+  let cors: Harness;
   let userToken: string;
 
   before(async function () {
     h = await startHarness();
+    cors = await startHarness({ allowCorsPreflight: true });
   });
   after(async function () {
     await h.close();
+    await cors.close();
   });
   beforeEach(function () {
     h.validator.tokens.clear();
@@ -35,6 +39,8 @@ describe('ext_authz Check', function () {
     h.acquirer.error = undefined;
     h.lines.length = 0;
     userToken = h.validator.add('user.token.sig', { roles: ['Reader', 'Writer'], name: 'Ada Lovelace' });
+    cors.acquirer.requests.length = 0;
+    cors.validator.add(userToken, { roles: ['Reader', 'Writer'], name: 'Ada Lovelace' });
   });
 
   function expectDeny(res: Record<string, any>, grpcCode: number, envoyStatus: string, code: string) {
@@ -221,22 +227,24 @@ describe('ext_authz Check', function () {
       expect(clean.ok_response.query_parameters_to_remove ?? []).to.deep.equal([]);
     });
 
-    it('lets a CORS preflight through without a token', async function () {
+    it('lets a CORS preflight through without a token when AllowCorsPreflight is on, and denies it when off (the default)', async function () {
+      const off = await check(h.client, envoyCheckRequest({ method: 'OPTIONS', headers: { origin: 'https://spa.example.test', 'access-control-request-method': 'POST' } }));
+      expectDeny(off, 16, 'Unauthorized', 'credential_missing');
       const res = await check(
-        h.client,
+        cors.client,
         envoyCheckRequest({ method: 'OPTIONS', headers: { origin: 'https://spa.example.test', 'access-control-request-method': 'POST' } }),
       );
       expect(res.status.code).to.equal(0);
       expect(res.ok_response.headers_to_remove).to.have.members(['x-entra-oid', 'x-entra-roles', 'x-entra-name']);
       // A plain OPTIONS without the preflight headers still needs a token.
-      const plain = await check(h.client, envoyCheckRequest({ method: 'OPTIONS' }));
+      const plain = await check(cors.client, envoyCheckRequest({ method: 'OPTIONS' }));
       expectDeny(plain, 16, 'Unauthorized', 'credential_missing');
     });
 
     it('a CORS preflight on a route that injects a token removes a client-sent copy of that header', async function () {
       const preflight = { origin: 'https://spa.example.test', 'access-control-request-method': 'POST', 'x-graph-authorization': 'Bearer spoofed' };
       const res = await check(
-        h.client,
+        cors.client,
         envoyCheckRequest({
           method: 'OPTIONS',
           headers: preflight,
@@ -246,16 +254,16 @@ describe('ext_authz Check', function () {
       expect(res.status.code).to.equal(0);
       expect(res.ok_response.headers_to_remove).to.have.members(['x-entra-oid', 'x-entra-roles', 'x-entra-name', 'x-graph-authorization']);
       expect(applyOkResponse({ ...preflight }, res)).not.to.have.property('x-graph-authorization');
-      expect(h.acquirer.requests).to.have.length(0);
+      expect(cors.acquirer.requests).to.have.length(0);
     });
 
     it('an OPTIONS with preflight headers and an Authorization header is checked like any request', async function () {
       // Browsers never send credentials on a preflight, so this is not one.
       const preflight = { origin: 'https://spa.example.test', 'access-control-request-method': 'POST' };
-      const forged = await check(h.client, envoyCheckRequest({ method: 'OPTIONS', headers: { ...preflight, authorization: 'Bearer forged.token.sig' } }));
+      const forged = await check(cors.client, envoyCheckRequest({ method: 'OPTIONS', headers: { ...preflight, authorization: 'Bearer forged.token.sig' } }));
       expectDeny(forged, 16, 'Unauthorized', 'token_signature_invalid');
       const valid = await check(
-        h.client,
+        cors.client,
         envoyCheckRequest({ method: 'OPTIONS', headers: { ...preflight, authorization: `Bearer ${userToken}` }, contextExtensions: { strip_inbound_authorization: 'true' } }),
       );
       expect(valid.status.code).to.equal(0);

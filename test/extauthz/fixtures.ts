@@ -122,7 +122,7 @@ export function extAuthzOptions(overrides: Partial<ExtAuthzOptions> = {}): ExtAu
     requireAll: false,
     claimsToHeaders: { 'x-entra-oid': 'oid', 'x-entra-roles': 'roles', 'x-entra-name': 'name' },
     stripInboundAuthorization: false,
-    allowCorsPreflight: true,
+    allowCorsPreflight: false,
     reflection: false,
     maxReceiveMessageBytes: 64 * 1024,
     routes: [],
