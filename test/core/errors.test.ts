@@ -16,7 +16,7 @@ describe('error codes', () => {
       const s = ERROR_TABLE[code];
       expect(s.grpcCode, code).to.be.greaterThan(0);
       expect(s.httpStatus, code).to.be.within(400, 599);
-      expect([401, 403, 404, 405, 413, 431, 500, 503], code).to.include(s.envoyStatus);
+      expect([400, 401, 403, 404, 405, 413, 431, 500, 503], code).to.include(s.envoyStatus);
     }
   });
 
