@@ -699,7 +699,7 @@ function bindExtAuthz(b: Binder): ExtAuthzOptions {
 const RULE_HOST = /^(?:\*\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 /** The same test the Check applies to a request's path (src/extauthz/policy.ts), for a rule's own path. */
-const RULE_PATH_NOT_NORMAL = /\/\.\.?(?:\/|$)|\/\/|\\|%|[?#]/;
+const RULE_PATH_NOT_NORMAL = /\/\.\.?(?:\/|$)|\/\/|\\|%|[?#;]|[^\x21-\x7e]/;
 
 /**
  * `Sidecar:ExtAuthz:Routes:<i>`: each rule's match and its policy keys, under the context_extensions
@@ -730,7 +730,7 @@ function bindExtAuthzRoutes(b: Binder, base: string): ExtAuthzRouteRule[] {
     }
     for (const [name, p] of [['Path', path], ['PathPrefix', pathPrefix]] as const) {
       if (p !== undefined && (!p.startsWith('/') || RULE_PATH_NOT_NORMAL.test(p))) {
-        b.error(`${key}:${name} must be a path in normal form starting with / (no dot or empty segments, backslashes, percent-encoding, query or fragment)`);
+        b.error(`${key}:${name} must be a path in normal form starting with / (no dot or empty segments, backslashes, semicolons, percent-encoding, spaces, non-ASCII, query or fragment)`);
       }
     }
     const settings: Record<string, string> = {};
@@ -741,6 +741,9 @@ function bindExtAuthzRoutes(b: Binder, base: string): ExtAuthzRouteRule[] {
     }
     const downstreamApi = b.explicit(`${key}:DownstreamApi`);
     if (downstreamApi !== undefined) settings.downstream_api = downstreamApi;
+    // Set but empty: this route injects no token, whatever Sidecar:ExtAuthz:DownstreamApi says (as
+    // `downstream_api: ""` in context_extensions), e.g. a public route under an On-Behalf-Of default.
+    else if (b.node(`${key}:DownstreamApi`)?.value !== undefined) settings.downstream_api = '';
     const injectHeader = b.explicit(`${key}:InjectHeader`);
     if (injectHeader !== undefined) {
       if (isToken(injectHeader)) settings.inject_header = injectHeader.toLowerCase();
@@ -1031,7 +1034,8 @@ export function loadConfig(inputs: ConfigInputs): ConfigResult {
   const policies = [{ key: 'Sidecar:ExtAuthz', settings: {} as Readonly<Record<string, string>> }, ...ext.routes];
   for (const { key, settings } of ext.enabled ? policies : []) {
     const api = settings.downstream_api ?? ext.downstreamApi;
-    if (api === undefined || !Object.hasOwn(downstreamApis, api)) {
+    if (api === undefined || api === '') continue;
+    if (!Object.hasOwn(downstreamApis, api)) {
       if (settings.downstream_api !== undefined) b.error(`${key}:DownstreamApi names an API that is not configured under DownstreamApis (names are case-sensitive)`);
       continue;
     }

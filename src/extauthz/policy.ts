@@ -128,14 +128,46 @@ export function routePolicy(defaults: RoutePolicy, ext: Readonly<Record<string, 
   return checkConsistent(policy, 'context_extensions');
 }
 
+/** A dot segment or an empty one (`//`). */
+const DOT_OR_EMPTY_SEGMENT = /\/\.\.?(?:\/|$)|\/\//;
+
 /**
- * A path an app could resolve to another route than the one its text names: a dot segment, an
- * empty segment (`//`), a backslash, or an encoded `.`, `/` or `\`. Envoy resolves the first two
- * only when told to (`normalize_path`, `merge_slashes`; Istio's meshConfig.pathNormalization), and
- * many app frameworks resolve them all, so `/public/../api` or `//api` chosen by its text could take
- * a weaker rule than the app's own reading of it.
+ * Bytes that have no business percent-encoded in a path in normal form (RFC 3986 §6.2.2.2 decodes
+ * the unreserved ones), or that only serve to hide a separator: ALPHA, DIGIT, `-._~`, `/`, `\`, `;`,
+ * `%` itself (double encoding, `%252e`), the overlong UTF-8 leads C0 and C1 (`%c0%ae` is `.` to a
+ * lax decoder), and controls.
  */
-const NOT_NORMAL_PATH = /\/\.\.?(?:\/|$)|\/\/|\\|%2e|%2f|%5c/i;
+function suspiciousEncoded(byte: number): boolean {
+  return (
+    (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a) ||
+    byte === 0x2d || byte === 0x2e || byte === 0x5f || byte === 0x7e ||
+    byte === 0x2f || byte === 0x5c || byte === 0x3b || byte === 0x25 ||
+    byte === 0xc0 || byte === 0xc1 || byte < 0x20 || byte === 0x7f
+  );
+}
+
+/**
+ * Whether a path's text is the only reading an app can give it, so the rule chosen by its text is
+ * the rule for the route the app serves. Not so for: a dot segment or `//` (Envoy resolves them
+ * only when told to, `normalize_path` and `merge_slashes`, and many frameworks resolve them
+ * themselves); a backslash (a separator to IIS and some Windows stacks); a `;` (Tomcat, Jetty and
+ * Spring drop `;params` from each segment and read `..;` as `..`, which Envoy's normaliser keeps:
+ * `/public/..;/api`, `/api;x/orders`); a percent-encoding of the bytes above or a malformed one
+ * (`%u002e`, IIS); and anything outside printable ASCII (fullwidth dots, raw UTF-8). `%20` and the
+ * like, which name the same segment to everyone, stay allowed.
+ */
+export function isNormalPath(path: string): boolean {
+  for (let i = 0; i < path.length; i++) {
+    const c = path.charCodeAt(i);
+    if (c <= 0x20 || c >= 0x7f || c === 0x5c || c === 0x3b) return false;
+    if (c === 0x25) {
+      const byte = i + 2 < path.length ? Number.parseInt(path.slice(i + 1, i + 3), 16) : Number.NaN;
+      if (!/^[0-9a-f]{2}$/i.test(path.slice(i + 1, i + 3)) || suspiciousEncoded(byte)) return false;
+      i += 2;
+    }
+  }
+  return !DOT_OR_EMPTY_SEGMENT.test(path);
+}
 
 /** The path without query or fragment. */
 function pathOnly(path: string): string {
@@ -190,20 +222,23 @@ export function routeTable(defaults: RoutePolicy, rules: readonly ExtAuthzRouteR
   });
   const compiled = rules.map((rule) => ({
     hosts: rule.hosts,
-    path: rule.path?.toLowerCase(),
+    // `/hook/` is `/hook`: either takes both (below).
+    path: rule.path === undefined ? undefined : rule.path.toLowerCase().replace(/(.)\/+$/, '$1'),
     prefix: rule.pathPrefix === undefined ? undefined : rule.pathPrefix.toLowerCase().replace(/\/+$/, ''),
   }));
   return {
     policies,
     match(rawPath, authority) {
       const path = pathOnly(rawPath);
-      if (path.startsWith('/') && NOT_NORMAL_PATH.test(path)) throw new SidecarError('path_not_normalized');
+      // `*` (OPTIONS *) and an empty path (CONNECT) name no route; any other path starts with `/`.
+      if (path !== '' && path !== '*' && (!path.startsWith('/') || !isNormalPath(path))) throw new SidecarError('path_not_normalized');
       const lower = path.toLowerCase();
       const host = authority === undefined ? undefined : normalizeHost(authority);
       for (let i = 0; i < compiled.length; i++) {
         const r = compiled[i];
         if (r.hosts.length > 0 && (host === undefined || !hostMatches(r.hosts, host))) continue;
-        if (r.path !== undefined && lower !== r.path) continue;
+        // An exact path takes its trailing-slash twin: ASP.NET Core and Express route both to one handler.
+        if (r.path !== undefined && lower !== r.path && lower !== `${r.path}/`) continue;
         // '' is the prefix `/`: every path.
         if (r.prefix !== undefined && r.prefix !== '' && lower !== r.prefix && !lower.startsWith(`${r.prefix}/`)) continue;
         return i;

@@ -109,10 +109,48 @@ describe('ext_authz route rules by path and host (built sidecar against the emul
 
   it('denies 400 path_not_normalized for a path whose route depends on how the app resolves it', async () => {
     const token = await user();
-    for (const path of ['/public/../api/orders', '/public/./x', '/public/..', '//api/orders', '/public/%2e%2e/api/orders', '/public%2Fx', '/public\\..\\api']) {
+    const bypasses = [
+      '/public/../api/orders', '/public/./x', '/public/..', '//api/orders', '/public/%2e%2e/api/orders', '/public%2Fx', '/public\\..\\api',
+      // `;params`, dropped per segment by Tomcat, Jetty and Spring (`..;` is `..` there; Envoy's normaliser keeps it).
+      '/public/..;/api/orders', '/api;x/orders', '/api;/orders', '/api%3bx/orders',
+      // Encodings that decode to what the rule's text is not: an unreserved letter, double encoding, overlong UTF-8, IIS's %u, fullwidth dots.
+      '/%61pi/orders', '/public/%252e%252e/api/orders', '/public/%c0%ae%c0%ae/api/orders', '/public/%u002e%u002e/api/orders', '/public/\uff0e\uff0e/api/orders', '/public/%2', '/public/a b',
+    ];
+    for (const path of bypasses) {
       const res = await check(client, envoyCheckRequest({ path, headers: { authorization: `Bearer ${token}` } }));
       expect(res.status?.code, path).to.equal(3);
       deniedWith(res, 'BadRequest', 'path_not_normalized');
+    }
+  });
+
+  it('keeps percent-encodings that name the same segment to everyone, and takes an exact Path with its trailing slash', async () => {
+    allowed(await check(client, envoyCheckRequest({ path: '/public/a%20b%2Bc' })));
+    const set = allowed(await check(client, envoyCheckRequest({ path: '/hook/', host: 'hooks.partner.test' })));
+    tokens.push(set.authorization.slice(7));
+    expect(decodeJwt(set.authorization.slice(7)).idtyp).to.equal('app');
+  });
+
+  it('lets a rule clear an On-Behalf-Of default DownstreamApi with an empty value, so a public route can be served', async () => {
+    const env = {
+      ...routes(),
+      Sidecar__ExtAuthz__DownstreamApi: 'graph',
+      Sidecar__ExtAuthz__Routes__0__DownstreamApi: '',
+      // The egress rule names its own app-token API; /api keeps graph.
+    };
+    const s = await startSidecar(sidecarEnv(emu, env));
+    const c = createAuthorizationClient(`127.0.0.1:${s.listening.extAuthz!.port}`);
+    try {
+      const set = allowed(await check(c, envoyCheckRequest({ path: '/public/logo.png' })));
+      expect(set).to.not.have.property('authorization');
+      // Where no rule matches, the default (On-Behalf-Of) applies.
+      const obo = allowed(await check(c, envoyCheckRequest({ path: '/orders', headers: { authorization: `Bearer ${await user('Orders.Read')}` } })));
+      expect(obo.authorization).to.match(/^Bearer ey/);
+      tokens.push(obo.authorization.slice(7));
+      expect(decodeJwt(obo.authorization.slice(7)).aud).to.equal(emu.scenario.apps.downstreamApi.appId);
+    } finally {
+      c.close();
+      await s.stop();
+      assertNoSecrets(s.lines, secretsOf(emu, tokens));
     }
   });
 
@@ -124,6 +162,7 @@ describe('ext_authz route rules by path and host (built sidecar against the emul
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__Validate: 'none', Sidecar__ExtAuthz__Routes__0__RequiredScopes__0: 'x' }, /Sidecar:ExtAuthz:Routes:0 requires scopes or roles but sets Validate=none/],
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: 'api' }, /Sidecar:ExtAuthz:Routes:0:PathPrefix must be a path in normal form/],
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a/../b' }, /Sidecar:ExtAuthz:Routes:0:PathPrefix must be a path in normal form/],
+      [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a;b' }, /Sidecar:ExtAuthz:Routes:0:PathPrefix must be a path in normal form/],
       [{ Sidecar__ExtAuthz__Routes__0__Hosts__0: 'app.example.com:443' }, /Sidecar:ExtAuthz:Routes:0:Hosts has "app.example.com:443"/],
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__AgentUsername: 'u@x' }, /need Sidecar:ExtAuthz:Routes:0:AgentIdentity/],
       [{ Sidecar__ExtAuthz__Routes__0__PathPrefix: '/a', Sidecar__ExtAuthz__Routes__0__RequireAll: 'yes' }, /Sidecar:ExtAuthz:Routes:0:RequireAll must be true or false/],
