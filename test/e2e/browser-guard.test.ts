@@ -11,7 +11,7 @@ import { expect } from 'chai';
 import { request } from 'node:http';
 import { connect } from 'node:net';
 import { withEmulatorAndSidecars, call } from '../helpers/e2e.js';
-import type { RunningSidecar } from '../helpers/sidecar.js';
+import { waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 
 const TOKEN_ROUTE = '/AuthorizationHeaderUnauthenticated/app';
 
@@ -147,16 +147,23 @@ describe('browser requests and DNS rebinding (built sidecar)', function () {
     });
 
     it('counts the refusals under route="unrouted" and logs each with its code', async () => {
+      // A sidecar of its own: the tests above refuse enough in one second that the log limiter
+      // (10 lines per code per second) could hold these lines back on a fast machine.
+      const fresh = await env.start();
+      const p = portOf(fresh);
       const metrics = async () => {
-        const text = (await call(`http://127.0.0.1:${production.listening.management!.port}/metrics`)).text;
+        const text = (await call(`http://127.0.0.1:${fresh.listening.management!.port}/metrics`)).text;
         return Number(/^entra_sidecar_http_requests_total\{route="unrouted",status_class="4xx"\} (\d+)$/m.exec(text)?.[1] ?? 0);
       };
       const from = await metrics();
-      const lines = production.lines.length;
-      await get(port, TOKEN_ROUTE, { host: 'rebind.attacker.example' });
-      await get(port, TOKEN_ROUTE, { host: 'localhost', origin: 'https://attacker.example' });
+      const lines = fresh.lines.length;
+      await get(p, TOKEN_ROUTE, { host: 'rebind.attacker.example' });
+      await get(p, TOKEN_ROUTE, { host: 'localhost', origin: 'https://attacker.example' });
       expect(await metrics()).to.equal(from + 2);
-      const logged = production.lines.slice(lines).filter((l) => l.includes('refused a request a web browser sent'));
+      // The log lines reach our pipe after the answers do: wait for the second before reading both.
+      const refusedLine = /"code":"request_from_browser".*refused a request a web browser sent/;
+      expect(await waitForLine(fresh, refusedLine, 5_000, lines), fresh.lines.join('\n')).to.equal(true);
+      const logged = fresh.lines.slice(lines).filter((l) => l.includes('refused a request a web browser sent'));
       expect(logged.map((l) => JSON.parse(l).code)).to.deep.equal(['host_not_allowed', 'request_from_browser']);
     });
   });
