@@ -92,8 +92,9 @@ export const ERROR_TABLE = {
   route_not_found: { httpStatus: 404, grpcCode: NOT_FOUND, envoyStatus: 404, challenge: 'none', expose: false, message: 'Not found.', logLevel: 'debug' },
   method_not_allowed: { httpStatus: 405, grpcCode: INVALID_ARGUMENT, envoyStatus: 405, challenge: 'none', expose: false, message: 'Method not allowed.', logLevel: 'debug' },
   caller_not_loopback: { httpStatus: 403, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: false, message: 'Forbidden.', logLevel: 'warn' },
-  // The Host of a loopback caller names another host: a DNS-rebinding page in a browser on this
-  // machine. 400, as ASP.NET's host filtering answered (Microsoft's sidecar 1.0.0-rc.2).
+  // The Host names a host that could be a DNS-rebinding domain: a page in a browser on this machine
+  // reading the answers as its own origin. 400, as ASP.NET's host filtering answered (Microsoft's
+  // sidecar 1.0.0-rc.2).
   host_not_allowed: { httpStatus: 400, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: false, message: 'Bad Request.', logLevel: 'warn' },
   // Origin or Sec-Fetch-* say a web page sent the request; no caller of the sidecar is a browser.
   request_from_browser: { httpStatus: 403, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: false, message: 'Forbidden.', logLevel: 'warn' },

@@ -203,12 +203,13 @@ export function mapAcquisitionError(err: unknown, seen: AcquisitionObservation):
   if (seen.transportError) {
     return new SidecarError('acquisition_unavailable', seen.transportError.detail, { cause: err });
   }
-  if (msal && err instanceof msal.AuthError && seen.discoveryRefusal) {
+  if (msal && err instanceof msal.AuthError && err.errorCode === msal.ClientAuthErrorCodes.endpointResolutionError && seen.discoveryRefusal) {
     // Entra refused the authority's metadata (an unknown or malformed tenant: 400 invalid_tenant,
     // AADSTS90002/900023) and msal stopped there with an opaque endpoints_resolution_error. It is
     // an Entra error response like any token-endpoint refusal: 401 with Entra's text (reference
     // §2.3 table; §8 SidecarEndpointsE2ETests: tenant override `invalid-tenant` → 401). A 5xx or a
-    // transport failure on that GET leaves no refusal and stays "unavailable" below.
+    // transport failure on that GET leaves no refusal and stays "unavailable" below; so does any
+    // other msal failure, whatever a metadata GET answered before it.
     return new SidecarError('acquisition_rejected', safeText(seen.discoveryRefusal.description), { cause: err });
   }
   if (msal && err instanceof msal.ClientConfigurationError) {

@@ -10,8 +10,8 @@
  * - The real status, `Retry-After` and a transport failure are written to the current acquisition's
  *   observation (AsyncLocalStorage), so the acquirer can map errors exactly (429/503 → throttled with
  *   the server's Retry-After, timeout → unavailable) although msal hides them. So is Entra's
- *   refusal of a metadata GET (an unknown tenant's openid-configuration), which msal reports only
- *   as `endpoints_resolution_error`.
+ *   refusal of an authority metadata GET (an unknown tenant's openid-configuration, or instance
+ *   discovery), which msal reports only as `endpoints_resolution_error`.
  * - msal keeps its own client-side throttle (entra-protocol §2.8): after a 429/5xx, or any non-2xx
  *   with Retry-After, it refuses identical requests for Retry-After seconds (60 s when the header
  *   is absent), keyed WITHOUT the user. Our token cache owns that decision per key and honours the
@@ -46,8 +46,10 @@ export interface AcquisitionObservation {
   /** `refresh_token` of the last successful token response (long-running OBO sessions need it). */
   refreshToken?: string;
   /**
-   * Entra's refusal of a metadata GET (the tenant's openid-configuration): msal turns it into an
-   * opaque `endpoints_resolution_error`, so the OAuth error it carried is kept here for the acquirer.
+   * Entra's refusal of the last authority metadata GET (the tenant's openid-configuration, or
+   * instance discovery): msal turns it into an opaque `endpoints_resolution_error`, so the OAuth
+   * error it carried is kept here for the acquirer. Other GETs (msal's IMDS region probe) never set
+   * it: msal recovers from their refusals, and a later failure must not be reported with their text.
    */
   discoveryRefusal?: { readonly status: number; readonly error: string; readonly description: string };
 }
@@ -125,6 +127,22 @@ function discoveryRefusal(res: OutboundResponse): AcquisitionObservation['discov
 }
 
 /**
+ * Whether msal fetches `url` to resolve an authority's endpoints: OpenID metadata
+ * (`…/.well-known/openid-configuration`, v2 and v1) or instance discovery
+ * (`https://login.microsoftonline.com/common/discovery/instance?…`, msal-common's
+ * AAD_INSTANCE_DISCOVERY_ENDPT), the GETs whose refusal ends in `endpoints_resolution_error`.
+ */
+export function isAuthorityMetadataUrl(url: string): boolean {
+  let path: string;
+  try {
+    path = new URL(url).pathname.toLowerCase();
+  } catch {
+    return false;
+  }
+  return path.endsWith('/.well-known/openid-configuration') || path === '/common/discovery/instance';
+}
+
+/**
  * `protocol` plus the `extra` headers whose names it does not already have (case-insensitively): an
  * extra header never replaces one the token client writes. The config loader refuses the names the
  * protocol needs; this keeps the rule true whatever reaches here.
@@ -167,7 +185,8 @@ export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOpti
       slot.status = res.status;
       if (res.status < 200 || res.status >= 300) slot.retryAfterSec = parseRetryAfter(res.headers['retry-after']);
       else if (typeof body.refresh_token === 'string' && body.refresh_token !== '') slot.refreshToken = body.refresh_token;
-      if (!isTokenRequest && res.status >= 400) slot.discoveryRefusal = discoveryRefusal(res);
+      // The last metadata answer decides: a success, or a 5xx after an earlier refusal, clears it.
+      if (!isTokenRequest && isAuthorityMetadataUrl(url)) slot.discoveryRefusal = discoveryRefusal(res);
     }
     if (method === 'POST' && (status < 200 || status >= 300)) {
       // See the module comment: our cache, not msal's per-app throttle, decides when to call again.

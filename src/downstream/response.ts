@@ -96,6 +96,8 @@ export interface DecodedContent {
  * - any other type that declares a charset: decoded with it when the bytes are valid in it;
  * - any other type, none or an unparseable one: UTF-8 when the bytes are valid UTF-8 (vendor
  *   and unlisted text types such as application/toml or application/vnd.acme.v1);
+ * - in both of these a leading byte order mark stays in the text (U+FEFF), so the text encodes
+ *   back to exactly the bytes received;
  * - otherwise (a PNG, invalid bytes), for a charset Node cannot decode, or with a
  *   Content-Encoding (gzip, br, ...): base64.
  */
@@ -112,7 +114,11 @@ export function decodeContent(body: Buffer, contentType: string | undefined, con
   const lenient = type !== undefined && isTextualEssence(type.essence);
   let decoder: TextDecoder;
   try {
-    decoder = new TextDecoder(type?.parameters.get('charset') ?? 'utf-8', { fatal: !lenient });
+    // A strict decode must give back the exact bytes when the text is encoded again, so it keeps a
+    // leading byte order mark as U+FEFF (TextDecoder drops it by default: an octet-stream starting
+    // EF BB BF would lose three bytes without a trace). The lenient path strips it, as .NET's
+    // ReadAsStringAsync does for the textual types Microsoft's sidecar returns.
+    decoder = new TextDecoder(type?.parameters.get('charset') ?? 'utf-8', { fatal: !lenient, ignoreBOM: !lenient });
   } catch {
     return base64(); // a charset we cannot decode: keep the bytes intact instead of guessing
   }

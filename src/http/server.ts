@@ -12,7 +12,7 @@ import { ERROR_TABLE, toSidecarError } from '../errors.js';
 import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
 import { ROUTES, type Route, type RouteContext, type RouteDeps } from './routes.js';
 import { isLoopback } from './loopback.js';
-import { browserRefusal } from './browser-guard.js';
+import { browserRefusal, type HostRule } from './browser-guard.js';
 import { listenTcp } from '../net/listen.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 
@@ -77,6 +77,17 @@ function isHealthzPath(path: string): boolean {
   return path.length === 8 && path.toLowerCase() === '/healthz';
 }
 
+/**
+ * Whether the request is a Development read of the OpenAPI document (`GET`/`HEAD`, exactly
+ * `/openapi/v1.json` in any letter case, as the route compares it). Microsoft serves it to a browser
+ * tab in Development (reference sidecar-http-api §1); it holds no secret, so browser marks are let
+ * through for it. The Host rule still applies: a tab on `localhost:5000` passes it, and one rule for
+ * every route is one less exception to reason about.
+ */
+function isOpenApiRead(req: IncomingMessage, path: string, development: boolean): boolean {
+  return development && (req.method === 'GET' || req.method === 'HEAD') && path.length === 16 && path.toLowerCase() === '/openapi/v1.json';
+}
+
 /** Routes by lower-cased first segment (several may share one and differ in count or mode). */
 const ROUTES_BY_FIRST = new Map<string, Route[]>();
 for (const r of ROUTES) {
@@ -111,7 +122,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
   const { config, logger } = deps;
   const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const development = config.environment.isDevelopment;
-  const allowedHosts: ReadonlySet<string> = new Set(config.sidecar.http.allowedHosts);
+  const hostRule: HostRule = { allowedHosts: new Set(config.sidecar.http.allowedHosts), development };
   return (req, res) => {
     // A plain scan rather than new URL() on the hot path: the routes need only the path segments
     // and the query. Dot segments are not resolved, so `/healthz/../Validate` is not /healthz.
@@ -137,8 +148,10 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       return;
     }
     // A browser on this machine is a loopback peer too (browser-guard.ts); probes are exempt as above.
-    const refusal = isHealthzPath(path) ? undefined : browserRefusal(req, development ? undefined : allowedHosts);
-    if (refusal !== undefined) {
+    // The Host rule holds in Development too (wider there), since a rebinding page needs no peer rule
+    // to be lifted; the OpenAPI document is exempt from the browser marks only.
+    const refusal = isHealthzPath(path) ? undefined : browserRefusal(req, hostRule);
+    if (refusal !== undefined && !(refusal.code === 'request_from_browser' && isOpenApiRead(req, path, development))) {
       const status = ERROR_TABLE[refusal.code].httpStatus;
       if (logLimiter.allow(refusal.code)) logger.warn({ code: refusal.code, peer: req.socket.remoteAddress, header: refusal.header, ...logLimiter.suppressed(refusal.code) }, 'refused a request a web browser sent');
       sendEmpty(res, status);

@@ -1,7 +1,8 @@
 /**
- * What only a web browser sends, refused by the built sidecar: a Host that is not a loopback name
- * (DNS rebinding: a page on rebind.attacker.example re-pointed at 127.0.0.1 reads the answers as its
- * own origin) and the marks browsers put on requests a page makes (Origin, Sec-Fetch-Site,
+ * What only a web browser sends, refused by the built sidecar: a Host that could be a DNS-rebinding
+ * name (a page on rebind.attacker.example re-pointed at 127.0.0.1 reads the answers as its own
+ * origin; outside Development only loopback names pass, in Development IP literals and compose
+ * service names too) and the marks browsers put on requests a page makes (Origin, Sec-Fetch-Site,
  * Sec-Fetch-Mode: navigate). Also the start-up warning for Development on a non-loopback listener,
  * where every peer may call. The requests go through node:http and raw sockets, since fetch will not
  * send a Host of our choosing.
@@ -10,7 +11,7 @@ import { expect } from 'chai';
 import { request } from 'node:http';
 import { connect } from 'node:net';
 import { withEmulatorAndSidecars, call } from '../helpers/e2e.js';
-import type { RunningSidecar } from '../helpers/sidecar.js';
+import { waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 
 const TOKEN_ROUTE = '/AuthorizationHeaderUnauthenticated/app';
 
@@ -140,17 +141,29 @@ describe('browser requests and DNS rebinding (built sidecar)', function () {
       expect(r).to.deep.equal({ status: 200, body: 'Healthy' });
     });
 
+    it('refuses browser marks on /openapi/v1.json outside Development, where the route does not exist', async () => {
+      expect(await get(port, '/openapi/v1.json', { host: 'localhost', 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate' })).to.deep.equal({ status: 403, body: '' });
+      expect((await get(port, '/openapi/v1.json', { host: 'localhost' })).status).to.equal(404);
+    });
+
     it('counts the refusals under route="unrouted" and logs each with its code', async () => {
+      // A sidecar of its own: the tests above refuse enough in one second that the log limiter
+      // (10 lines per code per second) could hold these lines back on a fast machine.
+      const fresh = await env.start();
+      const p = portOf(fresh);
       const metrics = async () => {
-        const text = (await call(`http://127.0.0.1:${production.listening.management!.port}/metrics`)).text;
+        const text = (await call(`http://127.0.0.1:${fresh.listening.management!.port}/metrics`)).text;
         return Number(/^entra_sidecar_http_requests_total\{route="unrouted",status_class="4xx"\} (\d+)$/m.exec(text)?.[1] ?? 0);
       };
       const from = await metrics();
-      const lines = production.lines.length;
-      await get(port, TOKEN_ROUTE, { host: 'rebind.attacker.example' });
-      await get(port, TOKEN_ROUTE, { host: 'localhost', origin: 'https://attacker.example' });
+      const lines = fresh.lines.length;
+      await get(p, TOKEN_ROUTE, { host: 'rebind.attacker.example' });
+      await get(p, TOKEN_ROUTE, { host: 'localhost', origin: 'https://attacker.example' });
       expect(await metrics()).to.equal(from + 2);
-      const logged = production.lines.slice(lines).filter((l) => l.includes('refused a request a web browser sent'));
+      // The log lines reach our pipe after the answers do: wait for the second before reading both.
+      const refusedLine = /"code":"request_from_browser".*refused a request a web browser sent/;
+      expect(await waitForLine(fresh, refusedLine, 5_000, lines), fresh.lines.join('\n')).to.equal(true);
+      const logged = fresh.lines.slice(lines).filter((l) => l.includes('refused a request a web browser sent'));
       expect(logged.map((l) => JSON.parse(l).code)).to.deep.equal(['host_not_allowed', 'request_from_browser']);
     });
   });
@@ -161,12 +174,45 @@ describe('browser requests and DNS rebinding (built sidecar)', function () {
       development = await env.start({ ASPNETCORE_ENVIRONMENT: 'Development' });
     });
 
-    it('serves any Host (Development lifts the loopback rule) but still refuses browser marks', async () => {
+    it('refuses a rebinding Host with 400 even with no browser headers at all, before any token is requested', async () => {
+      // Over plain http a browser sends no Sec-Fetch-* (only potentially trustworthy URLs get
+      // them) and a same-origin GET no Origin: the Host is all a rebinding page gives away.
       const p = portOf(development);
-      expect((await get(p, TOKEN_ROUTE, { host: 'rebind.attacker.example' })).status).to.equal(200);
+      const before = tokenRequests();
+      for (const host of [`rebind.attacker.example:${p}`, 'rebind.attacker.example', `127.0.0.1.nip.io:${p}`, 'sidecar.attacker.example', 'sidecar.', '0x7f.0.0.1', 'localhost.', '[::1']) {
+        const r = await raw(p, `GET ${TOKEN_ROUTE} HTTP/1.1\r\nHost: ${host}\r\nAccept: */*\r\nUser-Agent: Mozilla/5.0 Firefox/140.0\r\nConnection: close\r\n\r\n`);
+        expect(r, host).to.equal(400);
+      }
+      expect(await raw(p, `GET http://rebind.attacker.example${TOKEN_ROUTE} HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n`), 'absolute form').to.equal(400);
+      expect(tokenRequests(), 'token requests').to.equal(before);
+    });
+
+    it('serves compose service names, IP literals, loopback names and Sidecar:Http:AllowedHosts entries', async () => {
+      const p = portOf(development);
+      for (const host of ['sidecar:5000', 'entra-sidecar', 'my_sidecar:8080', '10.1.2.3:5000', '172.17.0.2', '[fd00::7]:5000', `localhost:${p}`, `127.0.0.1:${p}`, 'Sidecar.Internal']) {
+        const r = await get(p, TOKEN_ROUTE, { host });
+        expect(r.status, `${host}: ${r.body}`).to.equal(200);
+        expect(JSON.parse(r.body).authorizationHeader).to.match(/^Bearer ey/);
+      }
+    });
+
+    it('still refuses browser marks', async () => {
+      const p = portOf(development);
       expect(await get(p, TOKEN_ROUTE, { host: 'localhost', origin: 'https://attacker.example' })).to.deep.equal({ status: 403, body: '' });
-      // A rebinding page reads the sidecar as its own origin: the browser says same-origin.
-      expect(await get(p, TOKEN_ROUTE, { host: 'rebind.attacker.example', 'sec-fetch-site': 'same-origin' })).to.deep.equal({ status: 403, body: '' });
+      expect(await get(p, TOKEN_ROUTE, { host: 'sidecar', 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate' })).to.deep.equal({ status: 403, body: '' });
+    });
+
+    it('serves /openapi/v1.json to a browser tab (Sec-Fetch-Mode: navigate), as Microsoft does, but not to a rebinding Host', async () => {
+      const p = portOf(development);
+      const tab = { 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document' };
+      const r = await get(p, '/openapi/v1.json', { host: `localhost:${p}`, ...tab });
+      expect(r.status, r.body).to.equal(200);
+      expect(JSON.parse(r.body).openapi).to.be.a('string');
+      expect((await get(p, '/OpenAPI/v1.json', { host: `localhost:${p}`, origin: `http://localhost:${p}` })).status).to.equal(200);
+      expect(await get(p, '/openapi/v1.json', { host: `rebind.attacker.example:${p}`, ...tab })).to.deep.equal({ status: 400, body: '' });
+      // The exemption is that one document: its neighbours keep the browser rule.
+      expect((await get(p, '/openapi/v2.json', { host: 'localhost', ...tab })).status).to.equal(403);
+      expect((await get(p, '/openapi/v1.json/', { host: 'localhost', ...tab })).status).to.equal(403);
     });
   });
 });

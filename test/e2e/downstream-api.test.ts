@@ -175,6 +175,22 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     }
   });
 
+  it('keeps a leading byte order mark in the text of a non-textual body, so the text encodes back to its exact bytes', async () => {
+    const token = await user();
+    // TextDecoder drops a leading EF BB BF by default: three bytes of an octet-stream lost without
+    // a trace. A textual type drops it still, as .NET's ReadAsStringAsync does.
+    for (const [type, bytes, text] of [
+      ['application/octet-stream', Buffer.from([0xef, 0xbb, 0xbf, 0x01, 0x02, 0x41]), '\ufeff\u0001\u0002A'],
+      ['application/vnd.acme.report; charset=utf-8', Buffer.from([0xef, 0xbb, 0xbf, 0x7b, 0x7d]), '\ufeff{}'],
+      ['application/json', Buffer.from([0xef, 0xbb, 0xbf, 0x7b, 0x7d]), '{}'],
+    ] as [string, Buffer, string][]) {
+      api.respond.fn = (_q, _b, res) => { res.setHeader('content-type', type); res.end(bytes); };
+      const r = (await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token })).json();
+      expect(r, type).to.deep.equal({ statusCode: 200, headers: { 'Content-Type': [type], 'Content-Length': [String(bytes.length)] }, content: text });
+      if (type !== 'application/json') expect(Buffer.from(r.content as string, 'utf8').equals(bytes), `${type} round trip`).to.equal(true);
+    }
+  });
+
   it('forwards the body only when the caller sent a Content-Type', async () => {
     const token = await user();
     await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token, body: '{"a":1}', headers: { 'content-type': 'application/json' } });

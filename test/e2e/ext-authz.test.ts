@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
 import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
-import { startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { startSidecar, waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 import { applyOkResponse, check, envoyCheckRequest, headerMap, rawCheckClient } from '../extauthz/fixtures.js';
 
@@ -165,6 +165,7 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     it('denies a validate-none route whose downstream API is On-Behalf-Of as misconfigured (500), not with a 401 that sends the client to sign in', async () => {
       // No token is ever taken on such a route, so no sign-in could satisfy it: the route is wrong.
       const before = emu.counters().token;
+      const lines = sidecar.lines.length;
       const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${await user()}` }, contextExtensions: { validate: 'none', downstream_api: 'orders' } }));
       expect(res.status.code).to.equal(13);
       expect(res.denied_response.status.code).to.equal('InternalServerError');
@@ -172,8 +173,8 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
       expect(headers['www-authenticate']).to.equal(undefined);
       expect(JSON.parse(res.denied_response.body)).to.deep.equal({ code: 'misconfigured', message: 'An unexpected error occurred.' });
       expect(emu.counters().token, 'no token request').to.equal(before);
-      await new Promise((r) => setTimeout(r, 100));
-      expect(sidecar.lines.some((l) => l.includes('"code":"misconfigured"') && l.includes('validate none') && l.includes('orders'))).to.equal(true);
+      // The log line reaches our pipe some time after the answer: wait for it, however loaded the machine.
+      expect(await waitForLine(sidecar, /"code":"misconfigured".*validate none.*orders|orders.*validate none.*"code":"misconfigured"/, 5_000, lines), 'misconfigured log line').to.equal(true);
     });
 
     it('asks for a token (401 credential_missing, bare Bearer challenge) on an optional On-Behalf-Of route called without one, and allows it with one', async () => {

@@ -33,7 +33,7 @@ export interface RunningSidecar {
   /** `http://127.0.0.1:PORT` of the first identity API listener. */
   readonly url: string;
   readonly listening: ListeningLine;
-  /** Every stdout and stderr line so far. */
+  /** Every stdout and stderr line so far (all of them once stop() has resolved). */
   readonly lines: string[];
   /** Resolves with the exit code after SIGTERM (or SIGKILL after `graceMs`). */
   stop(graceMs?: number): Promise<number | null>;
@@ -56,7 +56,9 @@ export async function startSidecar(
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': it comes once stdout and stderr are drained too, so `lines` is complete
+  // when stop() resolves (a test that reads them then, e.g. for secrets, sees every line).
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   const listening = await new Promise<ListeningLine>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('sidecar did not start in time:\n' + lines.join('\n'))), opts.timeoutMs ?? 15_000);
     const onLine = (line: string) => {
@@ -80,7 +82,7 @@ export async function startSidecar(
     listening,
     lines,
     async stop(graceMs = 12_000) {
-      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
       const code = await exited;
@@ -105,7 +107,8 @@ export async function runSidecarToExit(
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  // 'close' rather than 'exit': the output may still be in the pipes when the process exits.
+  const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
   clearTimeout(timer);
   return { code, stdout, stderr };
 }
@@ -123,13 +126,21 @@ export function collectLines(stream: NodeJS.ReadableStream, onLine: (line: strin
   });
 }
 
-/** Waits until a captured line matches (log lines are written asynchronously); false on timeout. */
-export async function waitForLine(sidecar: RunningSidecar, pattern: RegExp | string, timeoutMs = 3_000): Promise<boolean> {
+/**
+ * Waits until a captured line matches (log lines are written asynchronously, and reach our pipe
+ * after the HTTP answer may have); false on timeout. `from`: only lines captured at or after this
+ * index count (`sidecar.lines.length` taken before the action), so an older line cannot answer.
+ */
+export async function waitForLine(sidecar: RunningSidecar, pattern: RegExp | string, timeoutMs = 3_000, from = 0): Promise<boolean> {
   const matches = (l: string) => (typeof pattern === 'string' ? l.includes(pattern) : pattern.test(l));
+  const found = () => {
+    for (let i = from; i < sidecar.lines.length; i++) if (matches(sidecar.lines[i])) return true;
+    return false;
+  };
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (sidecar.lines.some(matches)) return true;
+    if (found()) return true;
     await new Promise((r) => setTimeout(r, 25));
   }
-  return sidecar.lines.some(matches);
+  return found();
 }
