@@ -695,8 +695,6 @@ function bindExtAuthz(b: Binder): ExtAuthzOptions {
   };
 }
 
-/** A host name a route rule may name: DNS labels (or an IPv4 literal), optionally under `*.`. */
-const RULE_HOST = /^(?:\*\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 /** The same test the Check applies to a request's path (src/extauthz/policy.ts), for a rule's own path. */
 const RULE_PATH_NOT_NORMAL = /\/\.\.?(?:\/|$)|\/\/|\\|%|[?#;]|[^\x21-\x7e]/;
@@ -719,7 +717,8 @@ function bindExtAuthzRoutes(b: Binder, base: string): ExtAuthzRouteRule[] {
     const hosts: string[] = [];
     for (const h of b.stringArray(`${key}:Hosts`) ?? []) {
       const host = h.toLowerCase().replace(/\.$/, '');
-      if (RULE_HOST.test(host)) hosts.push(host);
+      // A DNS name (an IPv4 literal is one too), optionally under `*.`.
+      if (isDnsName(host.startsWith('*.') ? host.slice(2) : host)) hosts.push(host);
       else b.error(`${key}:Hosts has "${h.slice(0, 100)}", which is not a host name (letters, digits, hyphens and dots, optionally starting with *.; no port)`);
     }
     const path = b.explicit(`${key}:Path`);

@@ -8,6 +8,7 @@ import type { ExtAuthzOptions, ExtAuthzRouteRule } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import type { AgentSelection } from '../pipeline/types.js';
 import { isToken } from '../net/http-fields.js';
+import { hostOfHostHeader } from '../net/host-names.js';
 
 export type ValidateMode = 'required' | 'optional' | 'none';
 
@@ -179,16 +180,9 @@ function pathOnly(path: string): string {
   return end === path.length ? path : path.slice(0, end);
 }
 
-/** The host a rule compares: lower-case, without port or a trailing dot. */
-export function normalizeHost(authority: string): string {
-  let host = authority.toLowerCase();
-  if (host.startsWith('[')) {
-    const close = host.indexOf(']');
-    host = close > 0 ? host.slice(0, close + 1) : host;
-  } else {
-    const colon = host.indexOf(':');
-    if (colon >= 0) host = host.slice(0, colon);
-  }
+/** The host a rule compares: lower-case, without port or a trailing dot ('' for a value of another shape). */
+function ruleHost(authority: string): string {
+  const host = hostOfHostHeader(authority) ?? '';
   return host.endsWith('.') ? host.slice(0, -1) : host;
 }
 
@@ -233,7 +227,7 @@ export function routeTable(defaults: RoutePolicy, rules: readonly ExtAuthzRouteR
       // `*` (OPTIONS *) and an empty path (CONNECT) name no route; any other path starts with `/`.
       if (path !== '' && path !== '*' && (!path.startsWith('/') || !isNormalPath(path))) throw new SidecarError('path_not_normalized');
       const lower = path.toLowerCase();
-      const host = authority === undefined ? undefined : normalizeHost(authority);
+      const host = authority === undefined ? undefined : ruleHost(authority);
       for (let i = 0; i < compiled.length; i++) {
         const r = compiled[i];
         if (r.hosts.length > 0 && (host === undefined || !hostMatches(r.hosts, host))) continue;
