@@ -4,6 +4,8 @@
  * CheckResponse for correctness checks. Serialisation uses the same protos the sidecar serves.
  */
 import { CHECK_PATH, loadExtAuthzProtos } from '../src/extauthz/protos.js';
+// The server's own protobuf wire readers (varints, field skipping), for the answers scanned here.
+import { skip as skipField, varint } from '../src/extauthz/wire.js';
 
 export { CHECK_PATH };
 
@@ -118,37 +120,6 @@ export function isExpectedAllow(response: DecodedCheckResponse | undefined, expe
   return allowMismatch(response, expected) === undefined;
 }
 
-/** Reads a protobuf varint at `at`; returns [value, next offset], or next -1 when it runs past `end`. Values above 2^53 lose precision (only compared with 0 here). */
-function varint(buf: Buffer, at: number, end: number): [number, number] {
-  let value = 0;
-  let scale = 1;
-  while (at < end) {
-    const b = buf[at++];
-    value += (b & 0x7f) * scale;
-    if (b < 0x80) return [value, at];
-    scale *= 128;
-    if (scale > 2 ** 70) return [value, -1];
-  }
-  return [value, -1];
-}
-
-/** Skips the value of a field with wire type `wt` at `at`; returns the next offset, or -1 when malformed. */
-function skipField(buf: Buffer, wt: number, at: number, end: number): number {
-  switch (wt) {
-    case 0:
-      return varint(buf, at, end)[1];
-    case 1:
-      return at + 8 <= end ? at + 8 : -1;
-    case 2: {
-      const [len, next] = varint(buf, at, end);
-      return next >= 0 && next + len <= end ? next + len : -1;
-    }
-    case 5:
-      return at + 4 <= end ? at + 4 : -1;
-    default:
-      return -1; // groups (3, 4) and unknown wire types do not occur in these messages
-  }
-}
 
 /**
  * A scan of the top-level fields of an encoded envoy.service.auth.v3.CheckResponse in

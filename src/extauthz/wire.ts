@@ -16,7 +16,7 @@ const BODY_FIELDS: ReadonlySet<number> = new Set([11, 12]);
 const LENGTH_DELIMITED = 2;
 
 /** A varint at `at` as [value, next offset]; next is -1 when it runs past `end` or is over 2^53. */
-function varint(buf: Uint8Array, at: number, end: number): [number, number] {
+export function varint(buf: Uint8Array, at: number, end: number): [number, number] {
   let value = 0;
   let scale = 1;
   while (at < end) {
@@ -30,7 +30,7 @@ function varint(buf: Uint8Array, at: number, end: number): [number, number] {
 }
 
 /** The offset after the value of a field of wire type `wt` that starts at `at`; -1 when malformed. */
-function skip(buf: Uint8Array, wt: number, at: number, end: number): number {
+export function skip(buf: Uint8Array, wt: number, at: number, end: number): number {
   switch (wt) {
     case 0:
       return varint(buf, at, end)[1];
