@@ -12,7 +12,7 @@ import { ERROR_TABLE, toSidecarError } from '../errors.js';
 import { sendChallenge, sendEmpty, sendProblem } from './problem.js';
 import { ROUTES, type Route, type RouteContext, type RouteDeps } from './routes.js';
 import { isLoopback } from './loopback.js';
-import { browserRefusal, type HostRule } from './browser-guard.js';
+import { browserRefusal, type BrowserRefusal, type HostRule } from './browser-guard.js';
 import { listenTcp } from '../net/listen.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 
@@ -123,6 +123,17 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
   const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const development = config.environment.isDevelopment;
   const hostRule: HostRule = { allowedHosts: new Set(config.sidecar.http.allowedHosts), development };
+  /** Answers a request no route takes: an empty body, counted under `unrouted`, its body drained. */
+  function unrouted(req: IncomingMessage, res: ServerResponse, status: number, headers?: Record<string, string>): void {
+    sendEmpty(res, status, headers);
+    deps.metrics.observeHttpRequest(UNROUTED, status, 0);
+    req.resume();
+  }
+  /** A refusal before routing (the caller, not the request, is wrong): a rate-limited warning, then `unrouted` with the code's status. */
+  function refuse(req: IncomingMessage, res: ServerResponse, code: 'caller_not_loopback' | BrowserRefusal['code'], header: string | undefined, message: string): void {
+    if (logLimiter.allow(code)) logger.warn({ code, peer: req.socket.remoteAddress, ...(header !== undefined ? { header } : {}), ...logLimiter.suppressed(code) }, message);
+    unrouted(req, res, ERROR_TABLE[code].httpStatus);
+  }
   return (req, res) => {
     // A plain scan rather than new URL() on the hot path: the routes need only the path segments
     // and the query. Dot segments are not resolved, so `/healthz/../Validate` is not /healthz.
@@ -140,39 +151,29 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     // exemption compares the whole path, case-insensitively, as Microsoft's LocalCallerRestriction
     // does: `/healthz/` and `//healthz` still route to the health check below, but only for a
     // loopback caller.
-    if (!development && !isHealthzPath(path) && !isLoopback(req.socket.remoteAddress)) {
-      if (logLimiter.allow('caller_not_loopback')) logger.warn({ code: 'caller_not_loopback', peer: req.socket.remoteAddress, ...logLimiter.suppressed('caller_not_loopback') }, 'refused a non-loopback caller');
-      sendEmpty(res, 403);
-      deps.metrics.observeHttpRequest(UNROUTED, 403, 0);
-      req.resume();
+    const healthz = isHealthzPath(path);
+    if (!development && !healthz && !isLoopback(req.socket.remoteAddress)) {
+      refuse(req, res, 'caller_not_loopback', undefined, 'refused a non-loopback caller');
       return;
     }
     // A browser on this machine is a loopback peer too (browser-guard.ts); probes are exempt as above.
     // The Host rule holds in Development too (wider there), since a rebinding page needs no peer rule
     // to be lifted; the OpenAPI document is exempt from the browser marks only.
-    const refusal = isHealthzPath(path) ? undefined : browserRefusal(req, hostRule);
+    const refusal = healthz ? undefined : browserRefusal(req, hostRule);
     if (refusal !== undefined && !(refusal.code === 'request_from_browser' && isOpenApiRead(req, path, development))) {
-      const status = ERROR_TABLE[refusal.code].httpStatus;
-      if (logLimiter.allow(refusal.code)) logger.warn({ code: refusal.code, peer: req.socket.remoteAddress, header: refusal.header, ...logLimiter.suppressed(refusal.code) }, 'refused a request a web browser sent');
-      sendEmpty(res, status);
-      deps.metrics.observeHttpRequest(UNROUTED, status, 0);
-      req.resume();
+      refuse(req, res, refusal.code, refusal.header, 'refused a request a web browser sent');
       return;
     }
 
     const route = matchRoute(first, count, development);
     if (route === undefined) {
-      sendEmpty(res, 404);
-      deps.metrics.observeHttpRequest(UNROUTED, 404, 0);
-      req.resume();
+      unrouted(req, res, 404);
       return;
     }
     // Exactly the route's method, as ASP.NET's MapGet/MapPost (HEAD included) answer 405 otherwise;
     // /healthz has no method constraint (MapHealthChecks).
     if (route.method !== 'ANY' && req.method !== route.method) {
-      sendEmpty(res, 405, { Allow: route.method });
-      deps.metrics.observeHttpRequest(UNROUTED, 405, 0);
-      req.resume();
+      unrouted(req, res, 405, { Allow: route.method });
       return;
     }
 
