@@ -4,6 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
+import type { LogLimiter } from '../log-limit.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { ANONYMOUS, authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
@@ -40,6 +41,8 @@ export interface RouteContext {
   readonly apiName: string;
   /** The Authorization header (the first one, as in `req.headers`). */
   readonly authorization: string | undefined;
+  /** The handler's bound on the log lines callers cause (the warnings about ignored input go through it). */
+  readonly logLimiter: LogLimiter;
 }
 
 export interface Route {
@@ -133,11 +136,20 @@ const validateBodies = new WeakMap<ValidatedToken, Buffer>();
 /** The /AuthorizationHeader answer per acquired token: the acquirer returns the same object for a cached token. */
 const authorizationHeaderBodies = new WeakMap<AcquiredToken, Buffer>();
 
-/** Warns about ignored caller input the way Microsoft's event ids 3–5 do (reference §1.5). */
-function logIgnored(logger: Logger, route: OverrideRoute, r: { overridesIgnored: boolean; agentParamsIgnored: boolean; baseUrlOverrideIgnored: boolean }): void {
-  if (r.overridesIgnored) logger.warn({ route, event: 'OverridesIgnored' }, `Caller-supplied 'optionsOverride.*' parameters were ignored on route '${route}' because Sidecar:AllowOverrides:${route} is false.`);
-  if (r.baseUrlOverrideIgnored) logger.warn({ route, event: 'BaseUrlOverrideIgnored' }, "'optionsOverride.BaseUrl' is never honoured.");
-  if (r.agentParamsIgnored) logger.warn({ route, event: 'AgentIdentityOverridesIgnored' }, `Agent identity parameters were ignored because Sidecar:AllowOverrides:${route} is false.`);
+/**
+ * Warns about ignored caller input the way Microsoft's event ids 3–5 do (reference §1.5). The caller
+ * decides how often these lines are written, so they go through the log limiter like the failures
+ * do: at most LOG_LINES_PER_SECOND per event and route, the next line saying how many were held back.
+ */
+function logIgnored(logger: Logger, limiter: LogLimiter, route: OverrideRoute, r: { overridesIgnored: boolean; agentParamsIgnored: boolean; baseUrlOverrideIgnored: boolean }): void {
+  if (r.overridesIgnored) warnIgnored(logger, limiter, route, 'OverridesIgnored', `Caller-supplied 'optionsOverride.*' parameters were ignored on route '${route}' because Sidecar:AllowOverrides:${route} is false.`);
+  if (r.baseUrlOverrideIgnored) warnIgnored(logger, limiter, route, 'BaseUrlOverrideIgnored', "'optionsOverride.BaseUrl' is never honoured.");
+  if (r.agentParamsIgnored) warnIgnored(logger, limiter, route, 'AgentIdentityOverridesIgnored', `Agent identity parameters were ignored because Sidecar:AllowOverrides:${route} is false.`);
+}
+
+function warnIgnored(logger: Logger, limiter: LogLimiter, route: OverrideRoute, event: string, message: string): void {
+  const key = `${event}:${route}`;
+  if (limiter.allow(key)) logger.warn({ route, event, ...limiter.suppressed(key) }, message);
 }
 
 /** Shared front half of the AuthorizationHeader and DownstreamApi routes (§2.3 steps 1–5). */
@@ -149,7 +161,7 @@ async function prepare(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute,
 /** Steps 3–5 for an authenticated (or anonymous) caller: the API's options with overrides, checked. */
 function acquireRequest(ctx: RouteContext, deps: RouteDeps, route: OverrideRoute, user: ValidatedToken | undefined, scopesNonEmpty: boolean): AcquireRequest {
   const resolved = resolveApiOptions(deps.config, ctx.apiName, ctx.query, overridesAllowed(deps.config, route));
-  logIgnored(deps.logger, route, resolved);
+  logIgnored(deps.logger, ctx.logLimiter, route, resolved);
   assertScopes(resolved.options, scopesNonEmpty);
   return { options: resolved.options, user, agent: resolved.agent, correlationId: resolved.options.acquireTokenOptions.correlationId };
 }

@@ -182,8 +182,8 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       try {
         apiName = decodeURIComponent(second);
       } catch {
-        sendEmpty(res, 404);
-        req.resume();
+        // A name that is no percent-encoding names no API: routed nowhere, like any other 404.
+        unrouted(req, res, 404);
         return;
       }
     }
@@ -195,6 +195,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
       query: q < 0 || q === target.length - 1 ? EMPTY_QUERY : new URLSearchParams(target.slice(q + 1)),
       apiName,
       authorization: authorizationHeader(req),
+      logLimiter,
     };
     // A warm request is answered synchronously (no promise); the rest settle later. The duration
     // runs until the answer is handed to the socket (or the request failed).

@@ -149,6 +149,38 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     expect(await waitForLine(sidecar, 'OverridesIgnored')).to.equal(true);
   });
 
+  it('writes at most ten OverridesIgnored lines a second per route, the next line saying how many were held back', async () => {
+    // A sidecar of its own, so no other test's warnings share the second this one counts in.
+    // At info level: debug writes every line (the level for looking at each request).
+    const own = await startSidecar(sidecarEnv(emu, { ...apis(emu), Sidecar__LogLevel: 'info' }));
+    try {
+      const url = `${own.url}/AuthorizationHeaderUnauthenticated/downstreamApp?optionsOverride.Scopes=x`;
+      const burst = await Promise.all(Array.from({ length: 30 }, () => call(url)));
+      for (const r of burst) expect(r.status, r.text).to.equal(200);
+      // The lines reach our pipe after the answers: wait for them to stop coming, then count.
+      let seen = -1;
+      while (seen !== own.lines.length) {
+        seen = own.lines.length;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const warned = () => own.lines.filter((l) => l.includes('"event":"OverridesIgnored"')).map((l) => JSON.parse(l) as { suppressed?: number });
+      const first = warned();
+      expect(first.length).to.be.within(1, 29);
+      // Every request was refused its override; a later one, past the second, carries the count.
+      await new Promise((r) => setTimeout(r, 1_100));
+      const from = own.lines.length;
+      expect((await call(url)).status).to.equal(200);
+      expect(await waitForLine(own, '"event":"OverridesIgnored"', 5_000, from)).to.equal(true);
+      const after = warned();
+      expect(after.length).to.equal(first.length + 1);
+      expect(after[after.length - 1].suppressed, 'the line after the burst counts what was held back').to.be.above(0);
+      // Each line stands for itself and the lines held back before it: every request is accounted for.
+      expect(after.reduce((n, l) => n + 1 + (l.suppressed ?? 0), 0)).to.equal(31);
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('on the unauthenticated route issues an app token for a RequestAppToken API and still OBOs a valid token if sent', async () => {
     const app = await call(`${sidecar.url}/AuthorizationHeaderUnauthenticated/downstreamApp`);
     expect(app.status, app.text).to.equal(200);

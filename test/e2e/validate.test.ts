@@ -398,6 +398,17 @@ describe('identity API cross-cutting behaviour (built sidecar)', function () {
     const g = await call(`${s.url}/DownstreamApi/x`);
     expect(g.status).to.equal(405);
   });
+  it('counts every 404 under route="unrouted", an API name that is no percent-encoding included', async () => {
+    const unrouted = async (): Promise<number> => {
+      const text = (await call(`http://127.0.0.1:${s.listening.management!.port}/metrics`)).text;
+      return Number(/^entra_sidecar_http_requests_total\{route="unrouted",status_class="4xx"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+    };
+    const from = await unrouted();
+    const malformed = await call(`${s.url}/AuthorizationHeaderUnauthenticated/%E0%A4%A`);
+    expect([malformed.status, malformed.text]).to.deep.equal([404, '']);
+    expect((await call(`${s.url}/nope`)).status).to.equal(404);
+    expect(await unrouted()).to.equal(from + 2);
+  });
   /** One request on its own connection, as raw bytes (so a HEAD answer's absent body is visible). */
   const rawExchange = (request: string): Promise<string> => {
     const port = Number(new URL(s.url).port);
