@@ -21,20 +21,25 @@ import { mintToken } from './mint.js';
 import { defaultScenario } from './scenario.js';
 import type { CertificateCredential, EmulatorScenario } from './scenario.js';
 import type { Emulator, FederatedAssertionOptions, StartEmulatorOptions } from './types.js';
+import { EMULATOR_HOST_NAME } from './types.js';
 
 export type { ConditionalAccessSpec, Emulator, FaultSpec, FederatedAssertionOptions, MintRequest, RecordedRequest, StartEmulatorOptions, EmulatorRoute } from './types.js';
 export type * from './scenario.js';
 export { defaultScenario, SCENARIO_IDS, WELL_KNOWN_APP_IDS } from './scenario.js';
 export { redactionFingerprint } from './core.js';
+export { EMULATOR_HOST_NAME } from './types.js';
 
 let tlsMaterial: Promise<{ ca: CertifiedKey; leaf: CertifiedKey }> | undefined;
 
-/** Throw-away CA and server leaf (SAN IP:127.0.0.1, DNS:localhost), made once per process. */
+/**
+ * Throw-away CA and server leaf (SAN IP:127.0.0.1, DNS:localhost, and the optional host name with
+ * its regional names, as ESTS-R's `<region>.login.microsoft.com`), made once per process.
+ */
 function tls(): Promise<{ ca: CertifiedKey; leaf: CertifiedKey }> {
   tlsMaterial ??= (async () => {
     const [caKey, leafKey] = await Promise.all([generateRsaKey(), generateRsaKey()]);
     const ca = certify(caKey, { commonName: 'entra-sidecar emulator test CA', isCa: true, validDays: 30 });
-    const leaf = certify(leafKey, { commonName: 'localhost', issuer: ca, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], validDays: 30 });
+    const leaf = certify(leafKey, { commonName: 'localhost', issuer: ca, dnsNames: ['localhost', EMULATOR_HOST_NAME, `*.${EMULATOR_HOST_NAME}`], ipAddresses: ['127.0.0.1'], validDays: 30 });
     return { ca, leaf };
   })();
   return tlsMaterial;
@@ -111,7 +116,7 @@ export async function startEmulator(opts: StartEmulatorOptions = {}): Promise<Em
     await closeServer(loginServer);
     throw err;
   }
-  core.origin = `https://127.0.0.1:${port}`;
+  core.origin = `https://${opts.hostName ?? '127.0.0.1'}:${port}`;
   const imdsOrigin = `http://127.0.0.1:${miPort}`;
 
   // Now that the origin is known: FIC issuers that name the emulator, vault URLs.

@@ -16,7 +16,17 @@ export interface StartEmulatorOptions {
   port?: number;
   /** Fixed plain-HTTP managed-identity port (default: a random free port). */
   imdsPort?: number;
+  /**
+   * The name the login origin goes by (default `127.0.0.1`): its metadata, issuers and endpoints
+   * name it. Only `EMULATOR_HOST_NAME` is in the emulator's certificate (with its regional names,
+   * `<region>.EMULATOR_HOST_NAME`); it resolves nowhere, so a client reaches it through a proxy
+   * that maps it to 127.0.0.1, as an egress proxy reaches Entra (test/helpers/connect-proxy.ts).
+   */
+  hostName?: typeof EMULATOR_HOST_NAME;
 }
+
+/** The DNS name the emulator can be given (a reserved `.test` name: RFC 6761 §6.2). */
+export const EMULATOR_HOST_NAME = 'login.emulator.test';
 
 /** A token to mint in-process (or via `POST /_emulator/tokens`). */
 export interface MintRequest {

@@ -9,6 +9,7 @@ import type { SidecarConfig } from './config/types.js';
 import { formatHostPort } from './config/listeners.js';
 import { createLogger, redactTokens, safeCause, type Logger } from './log.js';
 import { createOutboundAgent, observeOutbound, type OutboundObserver } from './net/outbound.js';
+import { describeProxy } from './net/proxy.js';
 import { createTokenValidator } from './validation/validator.js';
 import { loadDecryptionKeys } from './validation/decryption.js';
 import { loadCertificateFromKeyVault } from './credentials/key-vault.js';
@@ -31,7 +32,11 @@ export const SHUTDOWN_FORCE_EXIT_MS = SHUTDOWN_GRACE_MS + 2_000;
 export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<void>> {
   const outbound = config.sidecar.outbound;
   const metrics = createMetrics({ version: VERSION, collectProcess: true, gcDuration: config.sidecar.management.gcMetrics });
-  const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
+  const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, ...(outbound.proxy ? { proxy: outbound.proxy } : {}), connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
+  if (outbound.proxy) {
+    const { http, https, noProxy } = outbound.proxy;
+    logger.info({ event: 'outbound_proxy', https: https ? describeProxy(https) : 'none', http: http ? describeProxy(http) : 'none', noProxy: noProxy.slice(0, 32) }, 'outbound calls go through a proxy, except to no_proxy destinations');
+  }
   const observe: OutboundObserver = (target, status, seconds) => metrics.observeOutbound(target, status, seconds);
   const agent = observeOutbound(baseAgent, observe);
   // Downstream API calls are labelled by their dispatcher, not guessed from their paths.

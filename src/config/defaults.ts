@@ -168,6 +168,10 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'ASPNETCORE_ENVIRONMENT', default: 'Production', description: 'Environment name; DOTNET_ENVIRONMENT wins when both are set (WebApplicationBuilder, .NET 7+); selects appsettings.{Environment}.json; `Development` is case-insensitive.' },
   { key: 'Logging:LogLevel:Default', default: 'Information', description: '.NET log level mapped to pino (Trace, Debug, Information, Warning, Error, Critical, None).' },
   { key: 'NODE_EXTRA_CA_CERTS', default: '', description: 'Extra PEM trust for outbound TLS (Node\'s own variable), combined with Sidecar:Outbound:CaFile.' },
+  { key: 'HTTPS_PROXY', default: '', description: 'Egress proxy for https:// destinations (Entra, Key Vault, downstream APIs), as .NET reads it: `https_proxy` wins over `HTTPS_PROXY`; `http://host:port` (a value without a scheme is http://) or `https://`, optionally `user:password@` (Basic; never logged). Calls are tunnelled (CONNECT) and their TLS is end to end. An unusable value fails the start.' },
+  { key: 'HTTP_PROXY', default: '', description: 'Egress proxy for plain http:// destinations (managed identity endpoints, http downstream APIs), sent in absolute form; `http_proxy` wins. Not used for https:// destinations.' },
+  { key: 'ALL_PROXY', default: '', description: 'Proxy for either scheme when its own variable is unset (`all_proxy` wins).' },
+  { key: 'NO_PROXY', default: '', description: 'Destinations that bypass the proxy (`no_proxy` wins), comma- or space-separated, read as Go and curl read them: a name (and its subdomains; a leading `.` or `*.` is the same), an IP literal or CIDR range, any of them with `:port`, or `*`. Put 169.254.169.254 and in-cluster names here.' },
   { key: 'AZURE_FEDERATED_TOKEN_FILE', default: '', description: 'Default assertion file for SignedAssertionFilePath (AKS workload identity); AZURE_ACCESS_TOKEN_FILE is the fallback.' },
 ]);
 

@@ -13,6 +13,7 @@ import { ANY_HOST } from '../net/listen.js';
 import { parseGuid } from '../guid.js';
 import { needsCallerToken } from '../pipeline/api-options.js';
 import { isDnsName } from '../net/host-names.js';
+import { proxyFromEnvironment } from '../net/proxy.js';
 import { isLoopback } from '../http/loopback.js';
 import {
   buildConfigTree, commandLineEntries, environmentEntries, getNode, leafPaths, readSettingsFile,
@@ -800,6 +801,9 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     else b.error('Sidecar:Outbound:CaFile names a file that does not exist or is not a regular file');
   }
 
+  const egress = proxyFromEnvironment(env);
+  for (const e of egress.errors) b.error(e);
+
   let logLevel: PinoLevel = 'info';
   const ours = b.explicit('Sidecar:LogLevel');
   if (ours !== undefined) {
@@ -858,6 +862,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     outbound: {
       ...(caFile !== undefined ? { caFile } : {}),
       extraCaFiles,
+      ...(egress.proxy !== undefined ? { proxy: egress.proxy } : {}),
       connectTimeoutMs: b.int('Sidecar:Outbound:ConnectTimeoutMs', 1),
       timeoutMs: b.int('Sidecar:Outbound:TimeoutMs', 1),
       maxResponseBytes: b.int('Sidecar:Outbound:MaxResponseBytes', 1),

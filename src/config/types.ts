@@ -3,6 +3,7 @@
  * Keys mirror Microsoft's sidecar (`AzureAd:*`, `DownstreamApis:*`, `Sidecar:*`); see defaults.ts
  * for every key, its default and why.
  */
+import type { OutboundProxy } from '../net/proxy.js';
 
 /** `AzureAd:ClientCredentials:<i>:SourceType` values (reference sidecar-http-api §3.2). */
 export type CredentialSourceType =
@@ -184,6 +185,8 @@ export interface SidecarSettings {
     readonly caFile?: string;
     /** PEM files to trust besides the system store: [NODE_EXTRA_CA_CERTS?, Sidecar:Outbound:CaFile?], absolute paths. */
     readonly extraCaFiles: readonly string[];
+    /** From https_proxy / http_proxy / all_proxy / no_proxy (src/net/proxy.ts); absent: every call goes direct. */
+    readonly proxy?: OutboundProxy;
     readonly connectTimeoutMs: number;
     readonly timeoutMs: number;
     readonly maxResponseBytes: number;

@@ -9,7 +9,7 @@ import type { Dispatcher } from 'undici';
 import { request } from '../net/undici.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { readCapped } from '../net/outbound.js';
+import { readCapped, transportFailure } from '../net/outbound.js';
 import type { AcquireRequest, AcquiredToken, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { claimsFromWwwAuthenticate } from './claims-challenge.js';
 import { isTextualMediaType, isToken, parseMediaType } from './media-type.js';
@@ -293,7 +293,7 @@ function transportError(err: unknown, deadline: AbortSignal, callerSignal: Abort
   if (code === 'UND_ERR_INVALID_ARG') {
     return new SidecarError('request_invalid', 'The downstream request could not be built.', { cause: err });
   }
-  return new SidecarError('downstream_unavailable', `Request to ${host} failed (${code}).`, { cause: err });
+  return new SidecarError('downstream_unavailable', `Request to ${host} failed (${transportFailure(err)}).`, { cause: err });
 }
 
 function firstValue(value: string | string[] | undefined): string | undefined {

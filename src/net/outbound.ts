@@ -2,18 +2,22 @@
  * Every outbound call (OpenID metadata, JWKS, Entra token endpoint, managed identity, Key Vault,
  * downstream APIs) goes through an undici Agent made here: TLS trust from the system store plus
  * NODE_EXTRA_CA_CERTS plus `Sidecar:Outbound:CaFile`, connect/headers/body timeouts, keep-alive
- * pools, and a response-size cap enforced while reading.
+ * pools, an egress proxy when the environment names one (proxy.ts), and a response-size cap
+ * enforced while reading.
  */
 import { readFileSync } from 'node:fs';
 import { createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
-import type { Agent as UndiciAgent, Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { Agent, DecoratorHandler, request } from './undici.js';
 import { SidecarError } from '../errors.js';
 import type { OutboundTarget } from '../metrics.js';
+import { createProxiedAgent, type OutboundProxy } from './proxy.js';
 
 export interface OutboundOptions {
   /** PEM files to trust in addition to the system store (NODE_EXTRA_CA_CERTS, Sidecar:Outbound:CaFile). */
   readonly extraCaFiles: readonly string[];
+  /** An egress proxy (the proxy variables of the environment); absent: every call goes direct. */
+  readonly proxy?: OutboundProxy;
   readonly connectTimeoutMs: number;
   /** Bound on waiting for response headers and on each gap while reading the body. */
   readonly timeoutMs: number;
@@ -115,15 +119,11 @@ export function outboundSecureContext(extraPems: readonly string[], opts: { pref
  * trust store is built into one TLS secure context here, once: passing `ca` per connection would make
  * Node parse the ~140 system roots again for every new connection (45–85 ms of CPU each, profiled).
  */
-export function createOutboundAgent(opts: OutboundOptions): UndiciAgent {
+export function createOutboundAgent(opts: OutboundOptions): Dispatcher {
   const secureContext = opts.extraCaFiles.length === 0 ? undefined : outboundSecureContext(opts.extraCaFiles.map((f) => readFileSync(f, 'utf8')));
-  return new Agent({
-    connect: { timeout: opts.connectTimeoutMs, ...(secureContext ? { secureContext } : {}) },
-    headersTimeout: opts.timeoutMs,
-    bodyTimeout: opts.timeoutMs,
-    keepAliveTimeout: 30_000,
-    connections: 64,
-  });
+  const pools = { headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs, keepAliveTimeout: 30_000, connections: 64 };
+  if (opts.proxy !== undefined) return createProxiedAgent({ proxy: opts.proxy, agent: pools, connectTimeoutMs: opts.connectTimeoutMs, ...(secureContext ? { secureContext } : {}) });
+  return new Agent({ ...pools, connect: { timeout: opts.connectTimeoutMs, ...(secureContext ? { secureContext } : {}) } });
 }
 
 export interface OutboundResponse {
@@ -170,6 +170,17 @@ export function flattenHeaders(raw: Record<string, string | string[] | undefined
 }
 
 /**
+ * Why a request failed at the transport, for an error's detail: undici's error code, or what an egress
+ * proxy answered when it would not open the tunnel (a 407 or 403 there is the proxy's configuration,
+ * not the destination's, and the operator needs to tell the two apart).
+ */
+export function transportFailure(err: unknown): string {
+  const proxied = /^Proxy response \((\d{3})\)/.exec(String((err as Error | undefined)?.message ?? ''));
+  if (proxied) return `the egress proxy answered ${proxied[1]} to the tunnel request`;
+  return String((err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code ?? (err as Error)?.name ?? 'UNKNOWN');
+}
+
+/**
  * Sends one request with a hard deadline and a response-size cap. Transport failures and the
  * deadline surface as `dependency_timeout`/`downstream_unavailable` SidecarErrors with a safe detail.
  */
@@ -189,7 +200,6 @@ export async function send(agent: Dispatcher, url: string, req: OutboundRequest)
   } catch (err) {
     if (err instanceof SidecarError) throw err;
     if (deadline.aborted) throw new SidecarError('dependency_timeout', `No answer from ${new URL(url).host} within ${req.deadlineMs} ms.`, { cause: err });
-    const code = (err as { code?: string }).code ?? 'UNKNOWN';
-    throw new SidecarError('downstream_unavailable', `Request to ${new URL(url).host} failed (${code}).`, { cause: err });
+    throw new SidecarError('downstream_unavailable', `Request to ${new URL(url).host} failed (${transportFailure(err)}).`, { cause: err });
   }
 }

@@ -1,5 +1,5 @@
 /**
- * The three parts of undici the sidecar uses (Agent, the request API, DecoratorHandler), loaded from
+ * The parts of undici the sidecar uses (Agent, ProxyAgent, the request API, DecoratorHandler), loaded from
  * undici's own modules. `import 'undici'` loads every feature it has (fetch, WebSocket,
  * EventSource, caches, cookies, mocks): ≈130 ms and ≈8 MB at every start for code we never call.
  *
@@ -11,10 +11,14 @@ import type * as Undici from 'undici';
 import AgentClass from 'undici/lib/dispatcher/agent.js';
 import DecoratorHandlerClass from 'undici/lib/handler/decorator-handler.js';
 import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
+import ProxyAgentClass from 'undici/lib/dispatcher/proxy-agent.js';
 import api from 'undici/lib/api/index.js';
 
 export const Agent = AgentClass;
 export const DecoratorHandler = DecoratorHandlerClass;
+export const ProxyAgent = ProxyAgentClass;
+/** undici's Dispatcher base class (dispatch, close, destroy; compose), for a dispatcher of our own. */
+export { DispatcherClass };
 
 // What undici's index does to give every dispatcher request()/stream()/…: the API lives on the prototype.
 Object.assign(DispatcherClass.prototype, api);

@@ -16,3 +16,7 @@ declare module 'undici/lib/api/index.js' {
   const value: object;
   export = value;
 }
+declare module 'undici/lib/dispatcher/proxy-agent.js' {
+  const value: typeof import('undici').ProxyAgent;
+  export = value;
+}

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { rejection } from '../helpers/assert.js';
 import { decodeJwt } from 'jose';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
 import { startEmulator } from '../../emulator/index.js';
 import { redactionFingerprint } from '../../emulator/core.js';
 import type { Emulator } from '../../emulator/types.js';
@@ -17,7 +17,7 @@ const DOWNSTREAM_APP = 'api://downstream/.default';
 describe('token acquirer against the emulator', function () {
   this.timeout(20_000);
   let emu: Emulator;
-  let agent: Agent;
+  let agent: Dispatcher;
   const logs = captureLogger();
   const acquirers: Array<TokenAcquirer> = [];
 

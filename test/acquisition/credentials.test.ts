@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeJwt } from 'jose';
 import forge from 'node-forge';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
 import { startEmulator } from '../../emulator/index.js';
 import { redactionFingerprint } from '../../emulator/core.js';
 import { RELOAD_MIN_INTERVAL_MS } from '../../src/acquisition/credentials.js';
@@ -20,7 +20,7 @@ const SCOPE = 'api://downstream/.default';
 describe('client credential sources against the emulator', function () {
   this.timeout(20_000);
   let emu: Emulator;
-  let agent: Agent;
+  let agent: Dispatcher;
   let dir: string;
   const logs = captureLogger();
   const acquirers: TokenAcquirer[] = [];

@@ -4,7 +4,7 @@
  * over, and small helpers to read what the emulator received.
  */
 import { decodeJwt, decodeProtectedHeader } from 'jose';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { Emulator, RecordedRequest } from '../../emulator/types.js';
 import type { CredentialDescription, DownstreamApiOptions, SidecarConfig } from '../../src/config/types.js';
 import { createOutboundAgent } from '../../src/net/outbound.js';
@@ -25,7 +25,7 @@ export function emulatorConfig(emu: Emulator, over: ConfigOptions = {}): Sidecar
 }
 
 /** An outbound agent that trusts the emulator's CA. */
-export function emulatorAgent(emu: Emulator, timeoutMs = 5000): Agent {
+export function emulatorAgent(emu: Emulator, timeoutMs = 5000): Dispatcher {
   return createOutboundAgent({ extraCaFiles: [emu.caFile], connectTimeoutMs: 2000, timeoutMs });
 }
 

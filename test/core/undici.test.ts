@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createRequire } from 'node:module';
-import { Agent, DecoratorHandler, request } from '../../src/net/undici.js';
+import { Agent, DecoratorHandler, DispatcherClass, ProxyAgent, request } from '../../src/net/undici.js';
 
 const undici = createRequire(import.meta.url)('undici') as typeof import('undici');
 
@@ -17,6 +17,8 @@ describe('undici, loaded part by part (src/net/undici.ts)', () => {
   it('exports the very classes undici exports', () => {
     expect(Agent).to.equal(undici.Agent);
     expect(DecoratorHandler).to.equal(undici.DecoratorHandler);
+    expect(ProxyAgent).to.equal(undici.ProxyAgent);
+    expect(DispatcherClass).to.equal(undici.Dispatcher);
   });
 
   it('gives dispatchers the request API without loading undici\'s index (a fresh process)', () => {

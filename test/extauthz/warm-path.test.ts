@@ -5,7 +5,7 @@
  * must wait sends the Check down the full path.
  */
 import { expect } from 'chai';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
 import { createChecker, type CheckRequest, type CheckResponse, type Checker } from '../../src/extauthz/check.js';
 import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
 import type { AcquiredToken, AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
@@ -119,7 +119,7 @@ describe('ext_authz warm path (synchronous Check)', function () {
 describe('ext_authz first sight with the real validator (synchronous Check)', function () {
   let entra: FakeEntra;
   let key: TestSigningKey;
-  let agent: Agent;
+  let agent: Dispatcher;
   let validator: TokenValidatorWithStats;
   let acquirer: CachingAcquirer;
   const make = (v: TokenValidatorWithStats): Checker =>

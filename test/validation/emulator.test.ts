@@ -3,7 +3,7 @@
  * rotation, fault injection and emulator-minted broken tokens.
  */
 import { expect } from 'chai';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
 import { startEmulator } from '../../emulator/index.js';
 import type { Emulator } from '../../emulator/types.js';
 import type { AzureAdConfig } from '../../src/config/types.js';
@@ -27,7 +27,7 @@ async function expectCode(p: Promise<unknown>, code: ErrorCode): Promise<void> {
 
 describe('token validator against the Entra emulator', function () {
   let emu: Emulator;
-  let agent: Agent;
+  let agent: Dispatcher;
   const validators: TokenValidatorWithStats[] = [];
 
   before(async function () {

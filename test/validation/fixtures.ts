@@ -7,7 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { SignJWT, type JWTPayload } from 'jose';
 import forge from 'node-forge';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
 import { createOutboundAgent } from '../../src/net/outbound.js';
 
@@ -212,7 +212,7 @@ export function toPfx(cert: forge.pki.Certificate, key: forge.pki.rsa.PrivateKey
 }
 
 /** A fake Entra with one signing key, and an outbound agent for a validator to reach it with. */
-export async function startFakeEntraWithAgent(): Promise<{ entra: FakeEntra; key: TestSigningKey; agent: Agent; close(): Promise<void> }> {
+export async function startFakeEntraWithAgent(): Promise<{ entra: FakeEntra; key: TestSigningKey; agent: Dispatcher; close(): Promise<void> }> {
   const key = makeSigningKey();
   const entra = await startFakeEntra([key]);
   const agent = createOutboundAgent({ extraCaFiles: [], connectTimeoutMs: 1000, timeoutMs: 2000 });

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { rejection } from '../helpers/assert.js';
 import { createHash, createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
 import { CompactEncrypt, SignJWT } from 'jose';
-import type { Agent } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
 import { SidecarError, type ErrorCode } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
@@ -36,7 +36,7 @@ async function expectCode(p: Promise<unknown>, code: ErrorCode): Promise<Sidecar
 describe('token validator', function () {
   let entra: FakeEntra;
   let key: TestSigningKey;
-  let agent: Agent;
+  let agent: Dispatcher;
   let clockMs: number;
   const validators: TokenValidatorWithStats[] = [];
 
