@@ -150,6 +150,7 @@ export async function validatePopRequest(deps: PopValidationDeps, headers: Incom
       boundKid: kid,
       method,
       url: uri,
+      originalUri: uriText,
       validateM: settings.validateM,
       validateU: settings.validateU,
       validateP: settings.validateP,

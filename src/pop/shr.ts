@@ -30,8 +30,12 @@ export interface ShrPayload {
   readonly m?: string;
   readonly u?: string;
   readonly p?: string;
-  /** `[[names…], b64url(SHA-256("n1=v1&n2=v2"))]`. */
+  /** `[[names…], b64url(SHA-256("n1=v1&n2=v2"))]`, the raw escaped pieces (see queryClaim). */
   readonly q?: [string[], string];
+  /** `[[header names…], b64url(SHA-256("name: value\n…"))]`; we never sign one. */
+  readonly h?: unknown;
+  /** b64url(SHA-256(body)); we never sign one. */
+  readonly b?: unknown;
   readonly nonce?: string;
   readonly cnf: { readonly jwk: JWK };
 }
@@ -57,18 +61,102 @@ function b64urlSha256(text: string): string {
   return createHash('sha256').update(text, 'utf8').digest('base64url');
 }
 
-/** The query parameters of a URL as (name, value) pairs, names in first-seen order. */
-function queryPairs(url: URL): Array<[string, string]> {
-  return [...url.searchParams.entries()];
+/*
+ * `q` and `p` are computed exactly as Microsoft's SignedHttpRequestHandler computes them, so an SHR
+ * we sign passes Microsoft's ValidateQClaim/ValidatePClaim and one Microsoft signs passes ours
+ * (Microsoft.IdentityModel.Protocols.SignedHttpRequest, SignedHttpRequestHandler.cs in
+ * AzureAD/azure-activedirectory-identitymodel-extensions-for-dotnet: SanitizeQueryParams, AddQClaim,
+ * ValidateQClaim, AddPClaim, ValidatePClaim):
+ *
+ * - The query is `Uri.Query` minus its leading '?'s, split on '&', each piece split on '='. Only a
+ *   piece with exactly one '=', a non-empty name and a non-empty value is signed; a name that occurs
+ *   again is dropped altogether (draft-ietf-oauth-signed-http-request-03 §7.5), not the whole `q`.
+ *   Names and values are hashed as they stand in `Uri.Query`, still percent-escaped: never decoded,
+ *   never re-encoded. `q` = [[names in request order], b64url(SHA-256(UTF-8 "n1=v1&n2=v2"))], written
+ *   even when nothing is signed (`[[], b64url(SHA-256(""))]`).
+ * - Validation recomputes the hash in the order `q` lists the names; each must be among the request's
+ *   signed parameters (once); parameters left over are refused unless AcceptUnsignedQueryParameters.
+ * - `p` is `Uri.AbsolutePath`; validation trims every leading and trailing '/' from both sides.
+ *
+ * `Uri.Query` and `Uri.AbsolutePath` are the text as written with every character outside RFC 3986
+ * unreserved + reserved ('#' excepted) percent-encoded as UTF-8 with upper-case hex, an existing %XX
+ * kept as it is, and a '%' not followed by two hex digits written %25 (dotnet/runtime
+ * System.Private.Uri: Uri.CheckCanonical, Uri.RecreateParts, Uri.GetCanonicalPath,
+ * UriHelper.EscapeString with checkExistingEscaped and UnreservedReservedExceptHash). A WHATWG URL
+ * differs: it leaves a bare % and | ^ alone (in a query also { } ` \), writes ' in a query as %27,
+ * and URLSearchParams decodes. Not reproduced: .NET's IRI pass, which for a URI string holding raw
+ * non-ASCII characters also unescapes some %XX (IriHelper.EscapeUnescapeIri).
+ */
+
+/** The characters .NET's Uri leaves unescaped in a query or path: RFC 3986 unreserved and reserved, except '#'. */
+const URI_UNESCAPED = new Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,/:;=?@[]");
+
+/** `text` escaped as .NET's Uri escapes a query or a path (UriHelper.EscapeString, existing escapes kept). */
+function dotnetEscaped(text: string): string {
+  let out = '';
+  for (let i = 0; i < text.length; ) {
+    const c = text[i];
+    if (c === '%' && /^[0-9A-Fa-f]{2}$/.test(text.slice(i + 1, i + 3))) {
+      out += text.slice(i, i + 3);
+      i += 3;
+    } else if (URI_UNESCAPED.has(c)) {
+      out += c;
+      i += 1;
+    } else {
+      const ch = String.fromCodePoint(text.codePointAt(i) as number);
+      // A lone surrogate becomes U+FFFD (EF BF BD), as in .NET.
+      for (const byte of Buffer.from(ch, 'utf8')) out += '%' + byte.toString(16).toUpperCase().padStart(2, '0');
+      i += ch.length;
+    }
+  }
+  return out;
 }
 
-/** `q` over the URL's query: every parameter, in order (names and values percent-encoded as Microsoft does). */
-export function queryClaim(url: URL): [string[], string] | undefined {
-  const pairs = queryPairs(url);
-  if (pairs.length === 0) return undefined;
-  const names = pairs.map(([n]) => n);
-  if (new Set(names).size !== names.length) return undefined; // repeated names cannot be signed unambiguously
-  return [names, b64urlSha256(pairs.map(([n, v]) => `${encodeURIComponent(n)}=${encodeURIComponent(v)}`).join('&'))];
+/**
+ * The query of a request as .NET's `Uri.Query` holds it, without the '?'. A string (the inbound
+ * `original-uri`) is read as written; a URL by what goes on the wire (`url.search`).
+ */
+function dotnetQuery(uri: URL | string): string {
+  let raw: string;
+  if (typeof uri === 'string') {
+    const text = uri.trim();
+    const hash = text.indexOf('#');
+    const beforeFragment = hash < 0 ? text : text.slice(0, hash);
+    const q = beforeFragment.indexOf('?');
+    raw = q < 0 ? '' : beforeFragment.slice(q + 1);
+  } else {
+    raw = uri.search.slice(1);
+  }
+  return dotnetEscaped(raw);
+}
+
+/** The path of a request as .NET's `Uri.AbsolutePath` holds it (the WHATWG path is already dot-compressed). */
+function dotnetPath(url: URL): string {
+  return dotnetEscaped(url.pathname);
+}
+
+/** Microsoft's SanitizeQueryParams: the signable `name → value` pieces of a query, in request order. */
+function signableParameters(query: string): Map<string, string> {
+  const params = new Map<string, string>();
+  const repeated = new Set<string>();
+  const text = query.replace(/^\?+/, '');
+  if (text === '') return params;
+  for (const piece of text.split('&')) {
+    const parts = piece.split('=');
+    if (parts.length !== 2 || parts[0] === '') continue;
+    const [name, value] = parts;
+    // As in Microsoft's code a name is "seen" only once stored, so `a=&a=1` still signs a=1.
+    if (params.has(name)) repeated.add(name);
+    else if (value !== '') params.set(name, value);
+  }
+  for (const name of repeated) params.delete(name);
+  return params;
+}
+
+/** `q` for a request URL, or for the text of one (see above): `[[names…], b64url(SHA-256("n1=v1&…"))]`. */
+export function queryClaim(uri: URL | string): [string[], string] {
+  const params = signableParameters(dotnetQuery(uri));
+  return [[...params.keys()], b64urlSha256([...params].map(([n, v]) => `${n}=${v}`).join('&'))];
 }
 
 /** The signing key of an SHR: its private half, public JWK and RFC 7638 thumbprint. */
@@ -90,14 +178,15 @@ export interface ShrRequest {
 
 /** Signs an SHR for one HTTP request with `key` (header `typ: pop`, `kid` = the key's thumbprint). */
 export async function signShr(key: ShrSigningKey, req: ShrRequest): Promise<string> {
-  const q = queryClaim(req.url);
   const payload = {
     at: req.accessToken,
     ts: req.nowSec ?? Math.floor(Date.now() / 1000),
     m: req.method.toUpperCase(),
+    // URL.host is host[:port], the port only when not the scheme's default (Microsoft's AddUClaim).
     u: req.url.host,
-    p: req.url.pathname,
-    ...(q ? { q } : {}),
+    p: dotnetPath(req.url),
+    // Always, like Microsoft's AddQClaim: a validator with ValidateQ refuses an SHR without q.
+    q: queryClaim(req.url),
     nonce: req.nonce ?? randomUUID().replace(/-/g, ''),
     cnf: { jwk: publicMembers(key.publicJwk) },
   };
@@ -131,6 +220,11 @@ export interface ShrVerification {
   readonly boundKid: string;
   readonly method: string;
   readonly url: URL;
+  /**
+   * The request URI as the caller wrote it (the `original-uri` header), when there is one: the query
+   * is read from this text, as .NET would, not from `url`'s re-serialisation (which writes ' as %27).
+   */
+  readonly originalUri?: string;
   readonly validateM: boolean;
   readonly validateU: boolean;
   readonly validateP: boolean;
@@ -151,24 +245,37 @@ function hostMatches(u: string, url: URL): boolean {
   return claimed === url.host.toLowerCase() || claimed === url.hostname.toLowerCase() || claimed === `${url.hostname}:${url.port || (url.protocol === 'https:' ? '443' : '80')}`.toLowerCase();
 }
 
-function trimSlash(path: string): string {
-  return path.length > 1 ? path.replace(/\/+$/, '') : path;
+/** ValidatePClaim compares `p` with `Trim('/')` on both sides. */
+function trimSlashes(path: string): string {
+  return path.replace(/^\/+|\/+$/g, '');
 }
 
-function checkQuery(q: unknown, url: URL, acceptUnsigned: boolean): void {
-  if (!Array.isArray(q) || q.length !== 2 || !Array.isArray(q[0]) || typeof q[1] !== 'string' || !q[0].every((n) => typeof n === 'string')) {
+/** Microsoft's ValidateQClaim; `query` is the request's query as .NET's Uri.Query holds it. */
+function checkQuery(q: unknown, query: string, acceptUnsigned: boolean): void {
+  if (q === undefined || q === null) throw new ShrError("The signed HTTP request has no 'q' claim.");
+  if (!Array.isArray(q) || q.length < 2 || !Array.isArray(q[0]) || typeof q[1] !== 'string' || !q[0].every((n) => typeof n === 'string')) {
     throw new ShrError("The 'q' claim is malformed.");
   }
-  const names = q[0] as string[];
-  const pairs = queryPairs(url);
-  const values: string[] = [];
-  for (const name of names) {
-    const matching = pairs.filter(([n]) => n === name);
-    if (matching.length !== 1) throw new ShrError(`The signed query parameter '${name}' is missing or repeated in the request.`);
-    values.push(`${encodeURIComponent(name)}=${encodeURIComponent(matching[0][1])}`);
+  const params = signableParameters(query);
+  const pieces: string[] = [];
+  for (const name of q[0] as string[]) {
+    const value = params.get(name);
+    if (value === undefined) throw new ShrError(`The signed query parameter '${name}' is missing, empty or repeated in the request.`);
+    pieces.push(`${name}=${value}`);
+    params.delete(name); // covered; a name listed twice in q is then missing
   }
-  if (b64urlSha256(values.join('&')) !== q[1]) throw new ShrError("The 'q' claim does not match the request's query.");
-  if (!acceptUnsigned && pairs.some(([n]) => !names.includes(n))) throw new ShrError('The request has query parameters the signed HTTP request does not cover.');
+  if (!acceptUnsigned && params.size > 0) throw new ShrError('The request has query parameters the signed HTTP request does not cover.');
+  if (b64urlSha256(pieces.join('&')) !== q[1]) throw new ShrError("The 'q' claim does not match the request's query.");
+}
+
+/**
+ * Microsoft's ValidateHClaim as its sidecar runs it: `/Validate` never has the signed request's
+ * headers (PopHttpRequestFactory sets only Uri and Method), so `h` can only cover none.
+ */
+function checkHeaders(h: unknown): void {
+  if (!Array.isArray(h) || h.length < 2 || !Array.isArray(h[0]) || typeof h[1] !== 'string') throw new ShrError("The 'h' claim is malformed.");
+  if (h[0].length > 0) throw new ShrError("The 'h' claim covers headers the request to validate does not carry.");
+  if (h[1] !== b64urlSha256('')) throw new ShrError("The 'h' claim does not match the request's headers.");
 }
 
 /**
@@ -209,8 +316,9 @@ export async function verifyShr(shr: string, v: ShrVerification): Promise<ShrPay
   if (payload.ts + v.lifetimeSec < now) throw new ShrError('The signed HTTP request is too old.');
   if (payload.ts > now + v.clockSkewSec) throw new ShrError('The signed HTTP request is from the future.');
 
+  // Microsoft's ShouldValidate: a claim is "present" when it is there and not null.
   const present = (claim: string): boolean =>
-    v.validatePresentClaims === true && (v.claimsToValidateWhenPresent ?? []).some((c) => c.toLowerCase() === claim) && (payload as unknown as Record<string, unknown>)[claim] !== undefined;
+    v.validatePresentClaims === true && (v.claimsToValidateWhenPresent ?? []).some((c) => c.toLowerCase() === claim) && (payload as unknown as Record<string, unknown>)[claim] != null;
   if (v.validateM || present('m')) {
     if (typeof payload.m !== 'string' || payload.m.toUpperCase() !== v.method.toUpperCase()) throw new ShrError("The 'm' claim does not match the request method.");
   }
@@ -218,12 +326,12 @@ export async function verifyShr(shr: string, v: ShrVerification): Promise<ShrPay
     if (typeof payload.u !== 'string' || !hostMatches(payload.u, v.url)) throw new ShrError("The 'u' claim does not match the request host.");
   }
   if (v.validateP || present('p')) {
-    if (typeof payload.p !== 'string' || trimSlash(payload.p) !== trimSlash(v.url.pathname)) throw new ShrError("The 'p' claim does not match the request path.");
+    if (typeof payload.p !== 'string' || trimSlashes(payload.p) !== trimSlashes(dotnetPath(v.url))) throw new ShrError("The 'p' claim does not match the request path.");
   }
-  if (payload.q !== undefined && (v.validateQ || present('q'))) {
-    checkQuery(payload.q, v.url, v.acceptUnsignedQueryParameters);
-  } else if (v.validateQ && queryPairs(v.url).length > 0) {
-    throw new ShrError("The signed HTTP request has no 'q' claim although the request has a query.");
-  }
+  // With ValidateQ an SHR without q is refused even for a request without a query, as Microsoft does.
+  if (v.validateQ || present('q')) checkQuery(payload.q, dotnetQuery(v.originalUri ?? v.url), v.acceptUnsignedQueryParameters);
+  if (present('h')) checkHeaders(payload.h);
+  // Nor does it have the body: a listed b must be the hash of an empty one.
+  if (present('b') && payload.b !== b64urlSha256('')) throw new ShrError("The 'b' claim does not match the request's body.");
   return payload;
 }

@@ -5,12 +5,12 @@
  * with every broken variant refused as `401 PoP error="invalid_token"`.
  */
 import { expect } from 'chai';
-import { generateKeyPairSync, createPublicKey, type KeyObject } from 'node:crypto';
+import { createHash, generateKeyPairSync, createPublicKey, type KeyObject } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { decodeJwt, type JWK } from 'jose';
+import { CompactSign, decodeJwt, type JWK } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator, type RecordedRequest } from '../../emulator/index.js';
 import { runSidecarToExit, startSidecar, type RunningSidecar, waitForLine } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv } from '../helpers/e2e.js';
@@ -19,6 +19,17 @@ import { decodeShr, jwkThumbprint, publicMembers, reqCnfFor, signShr, verifyShr,
 async function rsaSigningKey(): Promise<ShrSigningKey> {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   return signingKeyFrom(privateKey, 'RS256');
+}
+
+/** base64url(SHA-256(text)): the hash a `q` claim carries, computed here independently of src/pop. */
+function sha256b64url(text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('base64url');
+}
+
+/** A signed HTTP request built claim by claim the way Microsoft's SignedHttpRequestHandler writes one (not by signShr). */
+function microsoftShr(key: ShrSigningKey, accessToken: string, claims: Record<string, unknown>): Promise<string> {
+  const payload = { at: accessToken, ts: Math.floor(Date.now() / 1000), ...claims, nonce: crypto.randomUUID().replace(/-/g, ''), cnf: { jwk: { ...key.publicJwk, kid: key.thumbprint } } };
+  return new CompactSign(Buffer.from(JSON.stringify(payload))).setProtectedHeader({ alg: key.alg, typ: 'pop' }).sign(key.privateKey);
 }
 
 async function signingKeyFrom(privateKey: KeyObject, alg: ShrSigningKey['alg']): Promise<ShrSigningKey> {
@@ -71,6 +82,7 @@ describe('proof of possession (built sidecar against the emulator)', function ()
         AzureAd__Scopes: 'access_as_user',
         Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated: 'true',
         Sidecar__PopValidation__ReplayCache: 'true',
+        Sidecar__PopValidation__ValidateQ: 'true',
         Sidecar__Pop__KeyFile: path.join(tmp, 'pop.pem'),
         DownstreamApis__PopApp__Scopes__0: 'api://downstream/.default',
         DownstreamApis__PopApp__RequestAppToken: 'true',
@@ -83,6 +95,11 @@ describe('proof of possession (built sidecar against the emulator)', function ()
         DownstreamApis__Signed__Scopes__0: 'api://downstream/.default',
         DownstreamApis__Signed__RequestAppToken: 'true',
         DownstreamApis__Signed__SignHttpRequest: 'true',
+        DownstreamApis__Graph__BaseUrl: `${downstreamOrigin}/`,
+        DownstreamApis__Graph__RelativePath: 'v1.0/users?$select=id,displayName&q=a+b',
+        DownstreamApis__Graph__Scopes__0: 'api://downstream/.default',
+        DownstreamApis__Graph__RequestAppToken: 'true',
+        DownstreamApis__Graph__SignHttpRequest: 'true',
         DownstreamApis__SignedUser__BaseUrl: `${downstreamOrigin}/`,
         DownstreamApis__SignedUser__Scopes__0: 'api://downstream/read',
         DownstreamApis__SignedUser__SignHttpRequest: 'true',
@@ -168,6 +185,18 @@ describe('proof of possession (built sidecar against the emulator)', function ()
       expect(payload.q?.[0]).to.deep.equal(['page']);
       expect(payload.nonce).to.match(/^[0-9a-f]{32}$/);
       expect(payload.cnf.jwk).to.deep.equal(sidecarKey.publicJwk);
+    });
+
+    it('signs q as Microsoft does for ?$select=id,displayName&q=a+b: the raw name=value pieces, not re-encoded', async () => {
+      seen.length = 0;
+      const r = await call(`${sidecar.url}/DownstreamApiUnauthenticated/Graph`, { method: 'POST' });
+      expect(r.status, r.text).to.equal(200);
+      expect(seen).to.have.length(1);
+      expect(seen[0].url).to.equal('/v1.0/users?$select=id,displayName&q=a+b');
+      const payload = decodeShr((seen[0].authorization ?? '').slice(4));
+      tokens.push(payload.at);
+      expect(payload.p).to.equal('/v1.0/users');
+      expect(payload.q).to.deep.equal([['$select', 'q'], sha256b64url('$select=id,displayName&q=a+b')]);
     });
 
     it('signs every request afresh but reuses the cached PoP token', async () => {
@@ -285,6 +314,24 @@ describe('proof of possession (built sidecar against the emulator)', function ()
       // Claiming the bound key in cnf.jwk but signing with another fails the signature check.
       const forged = await signShr({ ...thief, publicJwk: callerKey.publicJwk, thumbprint: callerKey.thumbprint }, { accessToken: at, method: 'GET', url: target });
       expectRefused(await validate(forged), 'forged signature');
+    });
+
+    it('with ValidateQ, accepts a Microsoft-built signed request for ?$select=id,displayName and refuses it for another query', async () => {
+      const at = await popToken();
+      const uri = 'https://graph.contoso.test/v1.0/users?$select=id,displayName';
+      const shr = await microsoftShr(callerKey, at, { m: 'GET', u: 'graph.contoso.test', p: '/v1.0/users', q: [['$select'], sha256b64url('$select=id,displayName')] });
+      expectRefused(await validate(shr, { 'original-method': 'GET', 'original-uri': 'https://graph.contoso.test/v1.0/users?$select=id,mail' }), 'other query');
+      const r = await validate(shr, { 'original-method': 'GET', 'original-uri': uri });
+      expect(r.status, r.text).to.equal(200);
+      expect(r.json().token).to.equal(at);
+    });
+
+    it("with ValidateQ, reads the query of original-uri as written (an apostrophe is not re-encoded as %27)", async () => {
+      const at = await popToken();
+      const filter = "$filter=startswith(displayName,'A')";
+      const shr = await microsoftShr(callerKey, at, { m: 'GET', u: 'graph.contoso.test', p: '/v1.0/users', q: [['$filter'], sha256b64url(filter)] });
+      const r = await validate(shr, { 'original-method': 'GET', 'original-uri': `https://graph.contoso.test/v1.0/users?${filter}` });
+      expect(r.status, r.text).to.equal(200);
     });
 
     it('refuses a replayed signed request when the replay cache is on', async () => {
