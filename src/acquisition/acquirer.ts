@@ -24,7 +24,7 @@ import { isDnsName } from '../net/host-names.js';
 import { setNewest } from '../bounded-map.js';
 import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { isCachedToken } from '../pipeline/authenticate.js';
-import { TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
+import { noAccessToken, TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
 import { createMsalNetworkClient, observation, withObservation, type AcquisitionObservation } from './msal-network.js';
 import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
 import { ManagedIdentityTokens } from './managed-identity.js';
@@ -227,7 +227,7 @@ function isInvalidClient(err: unknown): boolean {
 }
 
 function toCachedToken(result: AuthenticationResult | null): CachedToken {
-  if (!result || !result.accessToken) throw new SidecarError('acquisition_unavailable', 'msal returned no access token.');
+  if (!result || !result.accessToken) throw noAccessToken('Entra ID answered without an access token.');
   return {
     // Microsoft returns the token type as the scheme; msal reports `Bearer` for ordinary tokens.
     scheme: result.tokenType && result.tokenType.toLowerCase() !== 'bearer' ? result.tokenType : 'Bearer',

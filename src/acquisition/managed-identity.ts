@@ -21,7 +21,7 @@
 import type { AuthenticationResult, INetworkModule, ManagedIdentityApplication, NetworkRequestOptions } from '@azure/msal-node';
 import { loadedMsal, loadMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
 import { SidecarError } from '../errors.js';
-import type { CachedToken } from './token-cache.js';
+import { noAccessToken, type CachedToken } from './token-cache.js';
 import { LruMap } from '../bounded-map.js';
 
 /** Network clients of the open ManagedIdentityTokens, newest last; the forwarding client uses the newest. */
@@ -92,6 +92,8 @@ export class ManagedIdentityTokens {
     } finally {
       clearMsalCache();
     }
+    // msal builds a result from any answer without `error`; an endpoint that sent no token has failed.
+    if (typeof result?.accessToken !== 'string' || result.accessToken === '') throw noAccessToken('The managed-identity endpoint answered without an access token.');
     return {
       scheme: 'Bearer',
       token: result.accessToken,

@@ -18,7 +18,7 @@
  *   server's value exactly, so a 429/5xx is reported to msal as 400 (the body, and therefore msal's
  *   ServerError, is unchanged) and no failed token POST passes Retry-After on to msal.
  * - A non-JSON body is turned into an OAuth-shaped error body instead of msal's opaque
- *   `token_parsing_error`.
+ *   `token_parsing_error`, and so is an empty or non-object body of a non-2xx answer (see parseBody).
  *
  * One addition: the acquisition's extra headers (`AcquireTokenOptions:ExtraHeadersParameters`, which
  * Microsoft.Identity.Web hands to MSAL's WithExtraHttpHeaders) travel in the same slot and are added
@@ -94,17 +94,27 @@ export function parseRetryAfter(value: string | undefined, nowMs: number = Date.
   return Math.max(0, Math.ceil((date - nowMs) / 1000));
 }
 
-function parseBody(res: OutboundResponse, host: string): unknown {
+/**
+ * The body msal reads. A non-2xx answer always comes out as an OAuth error: msal's managed-identity
+ * sources and token client take a body without `error` for a token response whatever the status,
+ * so an empty 503 from IMDS became a "successful" result with an empty access token. 429 and 5xx
+ * keep the throttling/outage meaning (`temporarily_unavailable`), anything else is `invalid_response`,
+ * as for a body that is not JSON. A 2xx body that is empty or not a JSON object is msal's to refuse
+ * (every caller of msal also refuses a result without an access token).
+ */
+function parseBody(res: OutboundResponse, host: string): Record<string, unknown> {
+  const ok = res.status >= 200 && res.status < 300;
+  const failed = (what: string) => ({ error: res.status === 429 || res.status >= 500 ? 'temporarily_unavailable' : 'invalid_response', error_description: `HTTP ${res.status} from ${host} with ${what}.` });
   const text = res.body.toString('utf8');
-  if (text.trim() === '') return {};
+  if (text.trim() === '') return ok ? {} : failed('an empty body');
+  let body: unknown;
   try {
-    return JSON.parse(text);
+    body = JSON.parse(text);
   } catch {
-    if (res.status >= 200 && res.status < 300) {
-      return { error: 'invalid_response', error_description: `The response from ${host} was not JSON.` };
-    }
-    return { error: res.status === 429 || res.status >= 500 ? 'temporarily_unavailable' : 'invalid_response', error_description: `HTTP ${res.status} from ${host} with a non-JSON body.` };
+    return ok ? { error: 'invalid_response', error_description: `The response from ${host} was not JSON.` } : failed('a non-JSON body');
   }
+  if (typeof body === 'object' && body !== null && !Array.isArray(body)) return body as Record<string, unknown>;
+  return ok ? { error: 'invalid_response', error_description: `The response from ${host} was not a JSON object.` } : failed('a body that is not a JSON object');
 }
 
 /**
@@ -178,7 +188,7 @@ export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOpti
       if (slot) slot.transportError = safe;
       throw safe;
     }
-    const body = parseBody(res, host) as Record<string, unknown>;
+    const body = parseBody(res, host);
     const headers = { ...res.headers };
     let status = res.status;
     if (slot) {

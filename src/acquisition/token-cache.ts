@@ -13,11 +13,22 @@ import { LruMap, setNewest } from '../bounded-map.js';
 /** A token as the cache stores it. */
 export interface CachedToken {
   readonly scheme: string;
+  /** Never empty: a fetch that ends without an access token fails (noAccessToken). */
   readonly token: string;
   /** Epoch seconds. */
   readonly expiresOn: number;
   /** Epoch seconds when the issuer asked for a refresh (`refresh_in`), when it said so. */
   readonly refreshOn?: number;
+}
+
+/**
+ * The failure of an acquisition that ended without an access token: the issuer answered something
+ * that is not a token response, which the error table calls an upstream failure (401 on the HTTP
+ * API like any msal service error, a retryable 503 at Envoy). Never a "token" of '' that a caller
+ * would send as `Bearer `.
+ */
+export function noAccessToken(detail: string): SidecarError {
+  return new SidecarError('acquisition_upstream_failed', detail);
 }
 
 export interface TokenCacheOptions {
@@ -176,6 +187,8 @@ export class TokenCache {
     const p = (async () => {
       try {
         const value = await fetch();
+        // Every fetcher checks this itself with a precise message; this is the last line before a caller.
+        if (typeof value.token !== 'string' || value.token === '') throw noAccessToken('The token acquisition ended without an access token.');
         this.store(key, value, flight);
         return value;
       } catch (err) {

@@ -251,6 +251,23 @@ describe('token cache', () => {
     expect((await cache.get('k', f.fetch)).token).to.equal('token-2');
   });
 
+  it('fails a fetch that ends without an access token, and neither keeps nor serves it', async () => {
+    const clock = fakeClock();
+    const cache = new TokenCache({ maxEntries: 10, expiryBufferSec: 300, now: clock.now });
+    const empty = async (): Promise<CachedToken> => ({ scheme: 'Bearer', token: '', expiresOn: clock.sec() + 3600 });
+    for (let i = 0; i < 2; i++) {
+      let thrown: unknown;
+      try {
+        await cache.get('k', empty);
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown).to.be.instanceOf(SidecarError);
+      expect((thrown as SidecarError).code).to.equal('acquisition_upstream_failed');
+    }
+    expect(cache.stats()).to.include({ size: 0, fetches: 2 });
+  });
+
   it('returns but does not keep a token that is already inside the expiry buffer', async () => {
     const clock = fakeClock();
     const f = fakeFetcher(clock, 200);
