@@ -15,7 +15,7 @@
  * - msal keeps its own client-side throttle (entra-protocol §2.8): after a 429/5xx, or any non-2xx
  *   with Retry-After, it refuses identical requests for Retry-After seconds (60 s when the header
  *   is absent), keyed WITHOUT the user. Our token cache owns that decision per key and honours the
- *   server's value exactly, so a 429/5xx is reported to msal as 400 (the body, and therefore msal's
+ *   server's value (up to msal's own bound, MAX_RETRY_AFTER_SEC), so a 429/5xx is reported to msal as 400 (the body, and therefore msal's
  *   ServerError, is unchanged) and no failed token POST passes Retry-After on to msal.
  * - A non-JSON body is turned into an OAuth-shaped error body instead of msal's opaque
  *   `token_parsing_error`, and so is an empty or non-object body of a non-2xx answer (see parseBody).
@@ -28,7 +28,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Dispatcher } from 'undici';
 import type { INetworkModule, NetworkRequestOptions, NetworkResponse } from '@azure/msal-node';
 import { send, type OutboundResponse } from '../net/outbound.js';
-import { SidecarError } from '../errors.js';
+import { boundedRetryAfterSec, SidecarError } from '../errors.js';
 
 /**
  * The slot the acquirer and the network module share for one acquisition: the headers to add to its
@@ -84,14 +84,14 @@ export interface MsalNetworkOptions {
   readonly countGets?: boolean;
 }
 
-/** Parses `Retry-After` (delta-seconds or HTTP-date) into whole seconds, or undefined. */
+/** Parses `Retry-After` (delta-seconds or HTTP-date) into whole seconds up to MAX_RETRY_AFTER_SEC, or undefined. */
 export function parseRetryAfter(value: string | undefined, nowMs: number = Date.now()): number | undefined {
   if (value === undefined || value.trim() === '') return undefined;
   const v = value.trim();
-  if (/^\d+$/.test(v)) return Number(v);
+  if (/^\d+$/.test(v)) return boundedRetryAfterSec(Number(v));
   const date = Date.parse(v);
   if (Number.isNaN(date)) return undefined;
-  return Math.max(0, Math.ceil((date - nowMs) / 1000));
+  return boundedRetryAfterSec(Math.ceil((date - nowMs) / 1000));
 }
 
 /**

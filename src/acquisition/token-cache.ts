@@ -7,7 +7,7 @@
  * Keys are opaque strings built by the acquirer from SHA-256 digests; nothing here ever sees a raw
  * inbound token, and no value is logged.
  */
-import { SidecarError } from '../errors.js';
+import { boundedRetryAfterSec, SidecarError } from '../errors.js';
 import { LruMap, setNewest } from '../bounded-map.js';
 
 /** A token as the cache stores it. */
@@ -232,8 +232,10 @@ export class TokenCache {
 
   private noteFailure(key: string, err: unknown): void {
     // Errors are shared by the waiters of this flight but never cached; only a Retry-After opens a window.
-    if (err instanceof SidecarError && err.code === 'acquisition_throttled' && err.retryAfterSec !== undefined && err.retryAfterSec > 0) {
-      setNewest(this.throttledUntil, key, this.now() + err.retryAfterSec * 1000, Math.max(1, this.opts.maxEntries));
+    // The window is bounded (MAX_RETRY_AFTER_SEC) so that no answer can block a key until restart.
+    const retryAfterSec = err instanceof SidecarError && err.code === 'acquisition_throttled' ? boundedRetryAfterSec(err.retryAfterSec) : undefined;
+    if (retryAfterSec !== undefined && retryAfterSec > 0) {
+      setNewest(this.throttledUntil, key, this.now() + retryAfterSec * 1000, Math.max(1, this.opts.maxEntries));
     }
   }
 }

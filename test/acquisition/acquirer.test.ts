@@ -9,6 +9,7 @@ import { createTokenAcquirer, NO_ACCOUNT_MESSAGE, type AcquirerDeps } from '../.
 import type { AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
 import { acquireTokenOptions, captureLogger, type ConfigOptions } from './fixtures.js';
 import { apiOptions, emulatorAgent, emulatorConfig, secretCredential, sleep, tokenCount, tokenRequests, userToken } from './harness.js';
+import { reqCnfFor } from '../../src/pop/shr.js';
 
 const DOWNSTREAM_READ = 'api://downstream/read';
 const DOWNSTREAM_APP = 'api://downstream/.default';
@@ -285,6 +286,25 @@ describe('token acquirer against the emulator', function () {
       const ok = await a.acquire(appRequest());
       expect(ok.token).to.be.a('string');
       expect(tokenCount(emu)).to.equal(count + 1);
+    });
+
+    it('bounds an absurd Retry-After to an hour: the caller is told 3600 s and Entra is asked again after it, for Bearer and PoP alike', async () => {
+      let offsetMs = 0;
+      const a = acquirer({}, { now: () => Date.now() + offsetMs });
+      const pop = { options: apiOptions({ scopes: [DOWNSTREAM_APP], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ popPublicKey: reqCnfFor('x'.repeat(43)) }) }) };
+      for (const req of [appRequest(), pop]) {
+        emu.fault({ route: 'token', status: 429, error: 'temporarily_unavailable', retryAfter: 315_360_000 });
+        expect((await rejection(a.acquire(req))).retryAfterSec).to.equal(3600);
+        const count = tokenCount(emu);
+        const inside = await rejection(a.acquire(req));
+        expect([inside.code, inside.retryAfterSec]).to.deep.equal(['acquisition_throttled', 3600]);
+        expect(tokenCount(emu), 'no request inside the window').to.equal(count);
+      }
+      offsetMs = 3600_000 + 1000;
+      const count = tokenCount(emu);
+      expect((await a.acquire(appRequest())).token).to.be.a('string');
+      expect((await a.acquire(pop)).scheme).to.equal('pop');
+      expect(tokenCount(emu), 'both asked Entra again').to.equal(count + 2);
     });
 
     it('maps a 503 outage to acquisition_throttled', async () => {

@@ -194,6 +194,15 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     expect(emu.counters().token, 'no second request inside Retry-After').to.equal(before);
   });
 
+  it('passes on a Retry-After of at most an hour however long Entra asked for', async () => {
+    emu.fault({ route: 'token', status: 429, retryAfter: 315_360_000, error: 'temporarily_unavailable', aadsts: 50196 });
+    const user = await userToken();
+    const first = await authHeader('downstream', user, '?optionsOverride.Scopes=api://downstream/write');
+    expect([first.status, first.json().code, first.headers.get('retry-after')]).to.deep.equal([401, 'acquisition_throttled', '3600']);
+    const again = await authHeader('downstream', user, '?optionsOverride.Scopes=api://downstream/write');
+    expect([again.status, again.headers.get('retry-after')]).to.deep.equal([401, '3600']);
+  });
+
   it('answers 401 with Entra\'s AADSTS text when a tenant override names no tenant, for an app token and On-Behalf-Of alike', async () => {
     // msal reads the tenant's openid-configuration first; Entra refuses it (400 invalid_tenant), and
     // Microsoft maps every Entra refusal to 401 (reference §2.3; §8: tenant `invalid-tenant` → 401).
