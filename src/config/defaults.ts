@@ -80,7 +80,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:Claims', default: '', description: 'Claims request JSON sent with the token request.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:CorrelationId', default: '', description: 'Correlation GUID sent to Entra.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:FmiPath', default: '', description: 'Federated managed identity path (`fmi_path`) for agent flows.' },
-  { key: 'DownstreamApis:<name>:AcquireTokenOptions:LongRunningWebApiSessionKey', default: '', description: 'Session key for long-running OBO.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:LongRunningWebApiSessionKey', default: '', description: 'Session key for long-running OBO: a call with the user token starts the session, token-less calls continue it with its refresh token. A start with another user\'s token (or for another tenant) takes the session over, and the previous start\'s cached tokens are never served again.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:PopPublicKey', default: '', description: 'Public key (JWK/kid) to bind PoP app tokens to.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:PopClaim', default: '', description: 'Extra `cnf` claim for PoP tokens.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:ManagedIdentity:UserAssignedClientId', default: '', description: 'Presence of the ManagedIdentity object switches to the managed-identity flow; unset id = system-assigned.' },

@@ -133,6 +133,35 @@ describe('token acquirer against the emulator', function () {
       expect(decodeJwt(graph.token)).to.include({ aud: 'https://graph.microsoft.com', oid: user.claims.oid });
     });
 
+    it('serves a session key restarted by another user\u2019s token that user\u2019s tokens for every scope, never the first user\u2019s', async () => {
+      const a = acquirer();
+      const [alice, bob] = [await userToken(emu), await userToken(emu, 'agentUser1')];
+      expect(alice.claims.oid).to.not.equal(bob.claims.oid);
+      const session = (scope: string) => apiOptions({ scopes: [scope], acquireTokenOptions: acquireTokenOptions({ longRunningWebApiSessionKey: 'job-45' }) });
+      const oid = async (scope: string, user?: typeof alice) => decodeJwt((await a.acquire({ options: session(scope), ...(user ? { user } : {}) })).token).oid;
+      expect(await oid(DOWNSTREAM_READ, alice)).to.equal(alice.claims.oid);
+      expect(await oid('api://downstream/write'), 'continued as alice').to.equal(alice.claims.oid);
+      expect(await oid(DOWNSTREAM_READ, bob)).to.equal(bob.claims.oid);
+      expect(await oid(DOWNSTREAM_READ), 'continued as bob').to.equal(bob.claims.oid);
+      expect(await oid('api://downstream/write'), 'the scope alice continued before: bob\u2019s token, not hers').to.equal(bob.claims.oid);
+      // Alice starts it again with the token whose On-Behalf-Of answer is still cached: the session is hers again.
+      expect(await oid(DOWNSTREAM_READ, alice)).to.equal(alice.claims.oid);
+      expect(await oid('api://downstream/write'), 'continued as alice again').to.equal(alice.claims.oid);
+      expect(await oid(DOWNSTREAM_READ), 'continued as alice again').to.equal(alice.claims.oid);
+    });
+
+    it('keeps a session restarted by another user while a continuation of the first start was in flight: its rotated refresh token does not take the session back', async () => {
+      const a = acquirer();
+      const [alice, bob] = [await userToken(emu), await userToken(emu, 'agentUser1')];
+      const session = (scope: string) => apiOptions({ scopes: [scope], acquireTokenOptions: acquireTokenOptions({ longRunningWebApiSessionKey: 'job-46' }) });
+      await a.acquire({ options: session(DOWNSTREAM_READ), user: alice });
+      emu.fault({ route: 'token', grant_type: 'refresh_token', delayMs: 800 });
+      const slow = a.acquire({ options: session('api://downstream/write') });
+      await a.acquire({ options: session(DOWNSTREAM_READ), user: bob });
+      expect(decodeJwt((await slow).token).oid, 'continued the start it was made for').to.equal(alice.claims.oid);
+      expect(decodeJwt((await a.acquire({ options: session('User.Read') })).token).oid).to.equal(bob.claims.oid);
+    });
+
     it('lets a 400 with Retry-After for one user hold back nobody else (msal\u2019s own throttle has no user in its key)', async () => {
       const a = acquirer();
       const [alice, bob] = await Promise.all([userToken(emu), userToken(emu)]);
