@@ -238,6 +238,30 @@ function toCachedToken(result: AuthenticationResult | null): CachedToken {
 }
 
 /**
+ * The `claims` parameter msal sends on a confidential client's token request when client
+ * capabilities are configured (msal-common RequestParameterBuilder.addClaims → buildMergedClaims):
+ * the request's claims with `access_token.xms_cc.values` set to the capabilities, so a `cp1` client
+ * still gets CAE tokens. msal also adds id_token hints, which a client-credentials request has no use
+ * for (MSAL.NET adds none). Claims that are not a JSON object are refused as msal refuses them
+ * (`invalid_claims`, a configuration error).
+ */
+function claimsWithCapabilities(claims: string | undefined, capabilities: readonly string[]): string | undefined {
+  if (capabilities.length === 0) return claims === '' ? undefined : claims;
+  let request: unknown = {};
+  if (claims !== undefined && claims !== '') {
+    try {
+      request = JSON.parse(claims);
+    } catch {
+      request = undefined;
+    }
+  }
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (!isObject(request)) throw new SidecarError('misconfigured', 'The claims request is not a JSON object (invalid_claims).');
+  const accessToken = isObject(request.access_token) ? request.access_token : {};
+  return JSON.stringify({ ...request, access_token: { ...accessToken, xms_cc: { values: [...capabilities] } } });
+}
+
+/**
  * A long-running OBO session (LongRunningWebApiSessionKey, reference sidecar-http-api §5.3): the
  * refresh token its token-less continuations redeem, and the start it belongs to. A start by another
  * caller's token (or for another tenant) is a new generation, and the generation is part of every
@@ -508,13 +532,15 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       throw new SidecarError('misconfigured', 'AcquireTokenOptions:PopClaim (MSAuth AT-PoP) is not supported; use PopPublicKey alone.');
     }
     const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.extrasDigest]);
+    // msal merges AzureAd:ClientCapabilities into every client-credentials request; so do we.
+    const claims = claimsWithCapabilities(input.claims, azureAd.clientCapabilities);
     const params: Record<string, string> = {
       grant_type: 'client_credentials',
       scope,
       token_type: 'pop',
       req_cnf: popPublicKey,
       ...(input.fmiPath ? { fmi_path: input.fmiPath } : {}),
-      ...(input.claims ? { claims: input.claims } : {}),
+      ...(claims !== undefined ? { claims } : {}),
     };
     // msal sends ExtraQueryParameters on the URL; ours go on the token endpoint's query string too.
     const query = new URLSearchParams(input.extraQueryParameters).toString();

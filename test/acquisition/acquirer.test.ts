@@ -274,6 +274,20 @@ describe('token acquirer against the emulator', function () {
       expect(tokenCount(emu)).to.equal(count);
     });
 
+    it('sends AzureAd:ClientCapabilities with a PoP app token as msal does with a Bearer one, merged into a claims challenge', async () => {
+      const a = acquirer({ clientCapabilities: ['cp1'] });
+      const pop = (claims?: string) => ({ options: apiOptions({ scopes: [DOWNSTREAM_APP], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ popPublicKey: reqCnfFor('y'.repeat(43)) }) }), ...(claims ? { claims } : {}) });
+      const before = tokenRequests(emu).length;
+      await a.acquire(appRequest());
+      await a.acquire(pop());
+      await a.acquire(pop('{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'));
+      const sent = tokenRequests(emu).slice(before);
+      expect(sent.map((r) => r.form.token_type ?? 'bearer')).to.deep.equal(['bearer', 'pop', 'pop']);
+      const claims = sent.map((r) => JSON.parse(r.form.claims ?? '{}') as { access_token?: Record<string, unknown> });
+      for (const c of claims) expect(c.access_token?.xms_cc, JSON.stringify(c)).to.deep.equal({ values: ['cp1'] });
+      expect(claims[2].access_token?.nbf, 'the challenge is kept').to.deep.equal({ essential: true, value: '1700000000' });
+    });
+
     it('refuses MSAuth AT-PoP (PopClaim) rather than sending an unbound token (agents and PoP: test/agents, test/pop)', async () => {
       const a = acquirer();
       const count = tokenCount(emu);
