@@ -300,7 +300,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   };
   const networkClient = createMsalNetworkClient(agent, { timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++ });
   const miNetworkClient = createMsalNetworkClient(agent, { timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++, countGets: true });
-  const managedIdentity = new ManagedIdentityTokens({ networkClient: miNetworkClient, loggerOptions });
+  const managedIdentity = new ManagedIdentityTokens({ networkClient: miNetworkClient, loggerOptions, clientCapabilities: azureAd.clientCapabilities });
 
   const cache = new TokenCache({
     maxEntries: config.sidecar.tokenCache.maxEntries,

@@ -57,6 +57,8 @@ function clearMsalCache(): void {
 export interface ManagedIdentityDeps {
   readonly networkClient: INetworkModule;
   readonly loggerOptions: MsalLoggerOptions;
+  /** AzureAd:ClientCapabilities; msal sends them to the endpoint as `xms_cc` (e.g. `cp1`, CAE). */
+  readonly clientCapabilities: readonly string[];
 }
 
 /** Managed-identity token source: one msal application per identity (system-assigned or a user-assigned client id). */
@@ -115,6 +117,7 @@ export class ManagedIdentityTokens {
       const msal = await loadMsal();
       app = new msal.ManagedIdentityApplication({
         ...(userAssignedClientId ? { managedIdentityIdParams: { userAssignedClientId } } : {}),
+        ...(this.deps.clientCapabilities.length > 0 ? { clientCapabilities: [...this.deps.clientCapabilities] } : {}),
         system: msalSystem(msal, forwardingNetworkClient, this.deps.loggerOptions),
       });
       this.apps.set(id, app);

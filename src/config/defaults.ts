@@ -59,7 +59,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'AzureAd:ClientSecret', default: '', description: 'Legacy single secret; used as a ClientSecret credential only when ClientCredentials is empty (as Microsoft.Identity.Web does). Never logged.' },
   { key: 'AzureAd:SendX5C', default: 'false', description: 'Send the x5c chain with certificate assertions (subject name + issuer auth).' },
   { key: 'AzureAd:AzureRegion', default: '', description: 'ESTS-R region for app tokens (`TryAutoDetect` or a region name); unset = global endpoint.' },
-  { key: 'AzureAd:ClientCapabilities:<i>', default: '', description: 'Client capabilities such as `cp1` (CAE) sent with token requests (array).' },
+  { key: 'AzureAd:ClientCapabilities:<i>', default: '', description: 'Client capabilities such as `cp1` (CAE) sent with every token request (array): merged into `claims` (`access_token.xms_cc`) on Entra requests, PoP app tokens included, and sent as the `xms_cc` query parameter to the managed-identity endpoint, as msal does.' },
   { key: 'AzureAd:AllowWebApiToBeAuthorizedByACL', default: 'true', description: 'Accept tokens with neither `scp` nor `roles` (ACL mode); the Microsoft sidecar forces this on.' },
   { key: 'AzureAd:ExtraQueryParameters:<key>', default: '', description: 'Extra query parameters on every token request.' },
 
