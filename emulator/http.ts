@@ -82,7 +82,7 @@ export async function applyFault(ex: Exchange, fault: FaultSpec): Promise<boolea
     ex.req.socket.destroy();
     return true;
   }
-  const answers = fault.status !== undefined || fault.error !== undefined || fault.aadsts !== undefined || fault.nonJson || fault.hugeBody;
+  const answers = fault.status !== undefined || fault.error !== undefined || fault.aadsts !== undefined || fault.nonJson || fault.hugeBody || fault.emptyBody;
   if (!answers) return false;
   const headers: Record<string, string> = {};
   if (fault.retryAfter !== undefined) headers['retry-after'] = String(fault.retryAfter);
@@ -91,6 +91,11 @@ export async function applyFault(ex: Exchange, fault: FaultSpec): Promise<boolea
     const html = Buffer.from('<html><head><title>502 Bad Gateway</title></head><body>upstream unavailable</body></html>');
     ex.res.writeHead(status, { 'content-type': 'text/html', 'content-length': String(html.length), 'x-ms-request-id': ex.core.newRequestId(), ...headers });
     ex.res.end(html);
+    return true;
+  }
+  if (fault.emptyBody) {
+    ex.res.writeHead(fault.status ?? 503, { 'content-length': '0', 'x-ms-request-id': ex.core.newRequestId(), ...headers });
+    ex.res.end();
     return true;
   }
   if (fault.hugeBody) {

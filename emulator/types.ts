@@ -85,6 +85,8 @@ export interface FaultSpec {
   nonJson?: true;
   /** Answer with a ~4 MiB JSON body. */
   hugeBody?: true;
+  /** Answer the status (default 503) with an empty body, as a proxy or a crashed endpoint may. */
+  emptyBody?: true;
 }
 
 /**

@@ -107,6 +107,19 @@ export const ERROR_TABLE = {
 
 export type ErrorCode = keyof typeof ERROR_TABLE;
 
+/**
+ * The longest wait the sidecar honours or passes on, in seconds: msal's own bound on `Retry-After`
+ * (ThrottlingUtils, reference entra-protocol §2.8). A larger value (a proxy's, a typo, ten years)
+ * would otherwise keep a token from being asked for again until the process restarts.
+ */
+export const MAX_RETRY_AFTER_SEC = 3600;
+
+/** `sec` within [0, MAX_RETRY_AFTER_SEC]; undefined for anything that is not a number. */
+export function boundedRetryAfterSec(sec: number | undefined): number | undefined {
+  if (sec === undefined || Number.isNaN(sec)) return undefined;
+  return Math.min(Math.max(0, sec), MAX_RETRY_AFTER_SEC);
+}
+
 /** An error with a stable code from ERROR_TABLE; `detail` must be safe to show (no tokens or secrets). */
 export class SidecarError extends Error {
   readonly code: ErrorCode;
@@ -116,7 +129,7 @@ export class SidecarError extends Error {
   readonly scope: string | undefined;
   /** For `insufficient_claims` / claims challenges: the claims JSON to name in the challenge. */
   readonly claims: string | undefined;
-  /** Seconds the caller should wait (429/503 from Entra). */
+  /** Seconds the caller should wait (429/503 from Entra), never more than MAX_RETRY_AFTER_SEC. */
   readonly retryAfterSec: number | undefined;
 
   constructor(
@@ -130,7 +143,8 @@ export class SidecarError extends Error {
     this.detail = detail;
     this.scope = extra.scope;
     this.claims = extra.claims;
-    this.retryAfterSec = extra.retryAfterSec;
+    // Bounded here, where every Retry-After the sidecar passes on (HTTP and ext_authz) comes from.
+    this.retryAfterSec = boundedRetryAfterSec(extra.retryAfterSec);
   }
 
   get spec(): ErrorSpec {

@@ -24,7 +24,7 @@ import { isDnsName } from '../net/host-names.js';
 import { setNewest } from '../bounded-map.js';
 import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { isCachedToken } from '../pipeline/authenticate.js';
-import { TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
+import { noAccessToken, TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
 import { createMsalNetworkClient, observation, withObservation, type AcquisitionObservation } from './msal-network.js';
 import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
 import { ManagedIdentityTokens } from './managed-identity.js';
@@ -227,7 +227,7 @@ function isInvalidClient(err: unknown): boolean {
 }
 
 function toCachedToken(result: AuthenticationResult | null): CachedToken {
-  if (!result || !result.accessToken) throw new SidecarError('acquisition_unavailable', 'msal returned no access token.');
+  if (!result || !result.accessToken) throw noAccessToken('Entra ID answered without an access token.');
   return {
     // Microsoft returns the token type as the scheme; msal reports `Bearer` for ordinary tokens.
     scheme: result.tokenType && result.tokenType.toLowerCase() !== 'bearer' ? result.tokenType : 'Bearer',
@@ -237,9 +237,45 @@ function toCachedToken(result: AuthenticationResult | null): CachedToken {
   };
 }
 
+/**
+ * The `claims` parameter msal sends on a confidential client's token request when client
+ * capabilities are configured (msal-common RequestParameterBuilder.addClaims → buildMergedClaims):
+ * the request's claims with `access_token.xms_cc.values` set to the capabilities, so a `cp1` client
+ * still gets CAE tokens. msal also adds id_token hints, which a client-credentials request has no use
+ * for (MSAL.NET adds none). Claims that are not a JSON object are refused as msal refuses them
+ * (`invalid_claims`, a configuration error).
+ */
+function claimsWithCapabilities(claims: string | undefined, capabilities: readonly string[]): string | undefined {
+  if (capabilities.length === 0) return claims === '' ? undefined : claims;
+  let request: unknown = {};
+  if (claims !== undefined && claims !== '') {
+    try {
+      request = JSON.parse(claims);
+    } catch {
+      request = undefined;
+    }
+  }
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (!isObject(request)) throw new SidecarError('misconfigured', 'The claims request is not a JSON object (invalid_claims).');
+  const accessToken = isObject(request.access_token) ? request.access_token : {};
+  return JSON.stringify({ ...request, access_token: { ...accessToken, xms_cc: { values: [...capabilities] } } });
+}
+
+/**
+ * A long-running OBO session (LongRunningWebApiSessionKey, reference sidecar-http-api §5.3): the
+ * refresh token its token-less continuations redeem, and the start it belongs to. A start by another
+ * caller's token (or for another tenant) is a new generation, and the generation is part of every
+ * 'session' cache key: the continuations cached for the previous start are never found again (they
+ * age out of the LRU), so a key restarted by another user cannot serve the first user's tokens.
+ */
 interface LongRunningSession {
-  refreshToken: string;
-  tenant: string;
+  /** Absent when Entra sent none: the session exists (and ended the previous one) but cannot be continued. */
+  readonly refreshToken?: string;
+  readonly tenant: string;
+  /** assertionDigest of the token that started the session. */
+  readonly owner: string;
+  /** Random id of this start; in every 'session' cache key. */
+  readonly generation: string;
 }
 
 /** Creates the process's token acquirer; see the module comment. */
@@ -264,7 +300,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   };
   const networkClient = createMsalNetworkClient(agent, { timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++ });
   const miNetworkClient = createMsalNetworkClient(agent, { timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++, countGets: true });
-  const managedIdentity = new ManagedIdentityTokens({ networkClient: miNetworkClient, loggerOptions });
+  const managedIdentity = new ManagedIdentityTokens({ networkClient: miNetworkClient, loggerOptions, clientCapabilities: azureAd.clientCapabilities });
 
   const cache = new TokenCache({
     maxEntries: config.sidecar.tokenCache.maxEntries,
@@ -450,6 +486,28 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     setNewest(sessions, sessionId, session, Math.max(1, config.sidecar.tokenCache.maxEntries));
   }
 
+  /**
+   * Records a start of session `sessionId` by the token whose digest is `owner`. The same owner and
+   * tenant again (refresh-ahead, ForceRefresh, a repeated start) keep the generation, and so their
+   * cached continuations; anyone else begins a new one.
+   */
+  function startSession(sessionId: string, owner: string, tenant: string, refreshToken: string | undefined): LongRunningSession {
+    const current = sessions.get(sessionId);
+    const same = current !== undefined && current.owner === owner && current.tenant === tenant;
+    const rt = refreshToken ?? (same ? current.refreshToken : undefined);
+    const session: LongRunningSession = { tenant, owner, generation: same ? current.generation : randomUUID(), ...(rt !== undefined ? { refreshToken: rt } : {}) };
+    rememberSession(sessionId, session);
+    return session;
+  }
+
+  /**
+   * The cache key of a session's token for `scopes`. The tenant part is the continuation's override
+   * as given (null without one): a tenant override asks for that tenant's token.
+   */
+  function sessionCacheKey(sessionId: string, generation: string | undefined, tenantOverride: string | undefined, scopes: readonly string[], extrasDigest: string | undefined): string {
+    return cacheKey(['session', azureAd.clientId, sessionId, generation, tenantOverride, normalisedScopes(scopes), extrasDigest]);
+  }
+
   // ---------------------------------------------------------------- PoP app tokens (reference §5.8)
 
   const tokenEndpointDeps = { agent, timeoutMs: outbound.timeoutMs, maxResponseBytes: outbound.maxResponseBytes, onTokenRequest: () => entraRequests++ };
@@ -474,13 +532,15 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       throw new SidecarError('misconfigured', 'AcquireTokenOptions:PopClaim (MSAuth AT-PoP) is not supported; use PopPublicKey alone.');
     }
     const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.extrasDigest]);
+    // msal merges AzureAd:ClientCapabilities into every client-credentials request; so do we.
+    const claims = claimsWithCapabilities(input.claims, azureAd.clientCapabilities);
     const params: Record<string, string> = {
       grant_type: 'client_credentials',
       scope,
       token_type: 'pop',
       req_cnf: popPublicKey,
       ...(input.fmiPath ? { fmi_path: input.fmiPath } : {}),
-      ...(input.claims ? { claims: input.claims } : {}),
+      ...(claims !== undefined ? { claims } : {}),
     };
     // msal sends ExtraQueryParameters on the URL; ours go on the token endpoint's query string too.
     const query = new URLSearchParams(input.extraQueryParameters).toString();
@@ -729,6 +789,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
 
     let key: string;
     let fetch: () => Promise<CachedToken>;
+    /** A long-running session start that takes the session over from another token (skips the cached answer). */
+    let takeOver = false;
 
     if (req.agent) {
       ({ key, fetch } = agentFlow(options, { agent: req.agent, scopes, appFlow, user: req.user, correlationId, claimsParam, eqp, extraHeaders, extrasDigest }));
@@ -764,7 +826,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       const authority = authorityFor(tenant);
       const sessionKey = ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME ? ato.longRunningWebApiSessionKey : undefined;
       const sessionId = sessionKey ? sha256(`${azureAd.clientId}|${sessionKey}`) : undefined;
-      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), assertionDigest(user), sessionId, extrasDigest]);
+      const owner = assertionDigest(user);
+      key = cacheKey(['obo', authority.toLowerCase(), azureAd.clientId, normalisedScopes(scopes), owner, sessionId, extrasDigest]);
       fetch = () =>
         observed(async () => {
           const token = await withClientCredential(authority, async (app) => {
@@ -776,36 +839,39 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
             await forgetAccount(app, result);
             return toCachedToken(result);
           });
-          const refreshToken = observation.getStore()?.refreshToken;
-          if (sessionId && refreshToken) rememberSession(sessionId, { refreshToken, tenant });
+          if (sessionId) {
+            const session = startSession(sessionId, owner, tenant, observation.getStore()?.refreshToken);
+            // Later token-less calls with this key are answered from the session's cache entry first.
+            cache.put(sessionCacheKey(sessionId, session.generation, ato.tenant, scopes, extrasDigest), token);
+          }
           return token;
         }, extraHeaders);
       if (sessionId) {
-        // Later token-less calls with this key are answered from the session's cache entry first.
-        // The tenant part is the override as given (null without one), as the continuation's key has it.
-        const sessionCacheKey = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), extrasDigest]);
-        const inner = fetch;
-        fetch = async () => {
-          const token = await inner();
-          cache.put(sessionCacheKey, token);
-          return token;
-        };
+        // A start whose token's answer is cached still takes over a session another token started:
+        // as MSAL.NET's InitiateLongRunningProcessInWebApi, which acquires again when the key's
+        // tokens were got with another assertion.
+        const current = sessions.get(sessionId);
+        takeOver = current !== undefined && (current.owner !== owner || current.tenant !== tenant);
       }
     } else if (ato.longRunningWebApiSessionKey && ato.longRunningWebApiSessionKey !== ALLOCATE_FOR_ME) {
       // Continue a long-running OBO session with its refresh token (msal-node has no session API of its own).
       const sessionId = sha256(`${azureAd.clientId}|${ato.longRunningWebApiSessionKey}`);
-      // A tenant override asks for that tenant's token: it is part of the key, as in every other flow.
-      key = cacheKey(['session', azureAd.clientId, sessionId, ato.tenant, normalisedScopes(scopes), extrasDigest]);
+      // The generation of the start this call continues; no session, no generation (and no token).
+      const started = sessions.get(sessionId);
+      key = sessionCacheKey(sessionId, started?.generation, ato.tenant, scopes, extrasDigest);
       fetch = () =>
         observed(async () => {
-          const session = sessions.get(sessionId);
-          if (!session) {
+          // The newest refresh token of the same start; a start since then has keys of its own.
+          const current = sessions.get(sessionId);
+          const session = started !== undefined && current?.generation === started.generation ? current : started;
+          const refreshToken = session?.refreshToken;
+          if (session === undefined || refreshToken === undefined) {
             throw new SidecarError('acquisition_ui_required', 'No long-running session exists for this LongRunningWebApiSessionKey; start it with a call that carries the user token.');
           }
           const authority = authorityFor(ato.tenant ?? session.tenant);
           const token = await withClientCredential(authority, async (app) => {
             const result = await app.acquireTokenByRefreshToken({
-              refreshToken: session.refreshToken,
+              refreshToken,
               scopes: [...scopes],
               authority,
               correlationId,
@@ -816,7 +882,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
             return toCachedToken(result);
           });
           const rotated = observation.getStore()?.refreshToken;
-          if (rotated) rememberSession(sessionId, { refreshToken: rotated, tenant: session.tenant });
+          // Never written over a start by someone else that happened while this call ran.
+          const latest = sessions.get(sessionId);
+          if (rotated && latest?.generation === session.generation) rememberSession(sessionId, { ...latest, refreshToken: rotated });
           return token;
         }, extraHeaders);
     } else {
@@ -826,7 +894,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     if (plain) learnKey(req, key);
     // Claims are not part of the key (as in MSAL): a token got with a claims challenge is fetched in
     // a flight of its own and then replaces the entry, so the refused token is not sent again.
-    return acquiredFrom(await untilAborted(cache.get(key, fetch, claimsDigest === undefined ? { bypass } : { bypass, flight: claimsDigest }), req.signal));
+    const skip = bypass || takeOver;
+    return acquiredFrom(await untilAborted(cache.get(key, fetch, claimsDigest === undefined ? { bypass: skip } : { bypass: skip, flight: claimsDigest }), req.signal));
   }
 
   return {

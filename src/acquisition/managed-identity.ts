@@ -21,7 +21,7 @@
 import type { AuthenticationResult, INetworkModule, ManagedIdentityApplication, NetworkRequestOptions } from '@azure/msal-node';
 import { loadedMsal, loadMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
 import { SidecarError } from '../errors.js';
-import type { CachedToken } from './token-cache.js';
+import { noAccessToken, type CachedToken } from './token-cache.js';
 import { LruMap } from '../bounded-map.js';
 
 /** Network clients of the open ManagedIdentityTokens, newest last; the forwarding client uses the newest. */
@@ -57,6 +57,8 @@ function clearMsalCache(): void {
 export interface ManagedIdentityDeps {
   readonly networkClient: INetworkModule;
   readonly loggerOptions: MsalLoggerOptions;
+  /** AzureAd:ClientCapabilities; msal sends them to the endpoint as `xms_cc` (e.g. `cp1`, CAE). */
+  readonly clientCapabilities: readonly string[];
 }
 
 /** Managed-identity token source: one msal application per identity (system-assigned or a user-assigned client id). */
@@ -92,6 +94,8 @@ export class ManagedIdentityTokens {
     } finally {
       clearMsalCache();
     }
+    // msal builds a result from any answer without `error`; an endpoint that sent no token has failed.
+    if (typeof result?.accessToken !== 'string' || result.accessToken === '') throw noAccessToken('The managed-identity endpoint answered without an access token.');
     return {
       scheme: 'Bearer',
       token: result.accessToken,
@@ -113,6 +117,7 @@ export class ManagedIdentityTokens {
       const msal = await loadMsal();
       app = new msal.ManagedIdentityApplication({
         ...(userAssignedClientId ? { managedIdentityIdParams: { userAssignedClientId } } : {}),
+        ...(this.deps.clientCapabilities.length > 0 ? { clientCapabilities: [...this.deps.clientCapabilities] } : {}),
         system: msalSystem(msal, forwardingNetworkClient, this.deps.loggerOptions),
       });
       this.apps.set(id, app);

@@ -15,10 +15,10 @@
  * - msal keeps its own client-side throttle (entra-protocol §2.8): after a 429/5xx, or any non-2xx
  *   with Retry-After, it refuses identical requests for Retry-After seconds (60 s when the header
  *   is absent), keyed WITHOUT the user. Our token cache owns that decision per key and honours the
- *   server's value exactly, so a 429/5xx is reported to msal as 400 (the body, and therefore msal's
+ *   server's value (up to msal's own bound, MAX_RETRY_AFTER_SEC), so a 429/5xx is reported to msal as 400 (the body, and therefore msal's
  *   ServerError, is unchanged) and no failed token POST passes Retry-After on to msal.
  * - A non-JSON body is turned into an OAuth-shaped error body instead of msal's opaque
- *   `token_parsing_error`.
+ *   `token_parsing_error`, and so is an empty or non-object body of a non-2xx answer (see parseBody).
  *
  * One addition: the acquisition's extra headers (`AcquireTokenOptions:ExtraHeadersParameters`, which
  * Microsoft.Identity.Web hands to MSAL's WithExtraHttpHeaders) travel in the same slot and are added
@@ -28,7 +28,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Dispatcher } from 'undici';
 import type { INetworkModule, NetworkRequestOptions, NetworkResponse } from '@azure/msal-node';
 import { send, type OutboundResponse } from '../net/outbound.js';
-import { SidecarError } from '../errors.js';
+import { boundedRetryAfterSec, SidecarError } from '../errors.js';
 
 /**
  * The slot the acquirer and the network module share for one acquisition: the headers to add to its
@@ -84,27 +84,37 @@ export interface MsalNetworkOptions {
   readonly countGets?: boolean;
 }
 
-/** Parses `Retry-After` (delta-seconds or HTTP-date) into whole seconds, or undefined. */
+/** Parses `Retry-After` (delta-seconds or HTTP-date) into whole seconds up to MAX_RETRY_AFTER_SEC, or undefined. */
 export function parseRetryAfter(value: string | undefined, nowMs: number = Date.now()): number | undefined {
   if (value === undefined || value.trim() === '') return undefined;
   const v = value.trim();
-  if (/^\d+$/.test(v)) return Number(v);
+  if (/^\d+$/.test(v)) return boundedRetryAfterSec(Number(v));
   const date = Date.parse(v);
   if (Number.isNaN(date)) return undefined;
-  return Math.max(0, Math.ceil((date - nowMs) / 1000));
+  return boundedRetryAfterSec(Math.ceil((date - nowMs) / 1000));
 }
 
-function parseBody(res: OutboundResponse, host: string): unknown {
+/**
+ * The body msal reads. A non-2xx answer always comes out as an OAuth error: msal's managed-identity
+ * sources and token client take a body without `error` for a token response whatever the status,
+ * so an empty 503 from IMDS became a "successful" result with an empty access token. 429 and 5xx
+ * keep the throttling/outage meaning (`temporarily_unavailable`), anything else is `invalid_response`,
+ * as for a body that is not JSON. A 2xx body that is empty or not a JSON object is msal's to refuse
+ * (every caller of msal also refuses a result without an access token).
+ */
+function parseBody(res: OutboundResponse, host: string): Record<string, unknown> {
+  const ok = res.status >= 200 && res.status < 300;
+  const failed = (what: string) => ({ error: res.status === 429 || res.status >= 500 ? 'temporarily_unavailable' : 'invalid_response', error_description: `HTTP ${res.status} from ${host} with ${what}.` });
   const text = res.body.toString('utf8');
-  if (text.trim() === '') return {};
+  if (text.trim() === '') return ok ? {} : failed('an empty body');
+  let body: unknown;
   try {
-    return JSON.parse(text);
+    body = JSON.parse(text);
   } catch {
-    if (res.status >= 200 && res.status < 300) {
-      return { error: 'invalid_response', error_description: `The response from ${host} was not JSON.` };
-    }
-    return { error: res.status === 429 || res.status >= 500 ? 'temporarily_unavailable' : 'invalid_response', error_description: `HTTP ${res.status} from ${host} with a non-JSON body.` };
+    return ok ? { error: 'invalid_response', error_description: `The response from ${host} was not JSON.` } : failed('a non-JSON body');
   }
+  if (typeof body === 'object' && body !== null && !Array.isArray(body)) return body as Record<string, unknown>;
+  return ok ? { error: 'invalid_response', error_description: `The response from ${host} was not a JSON object.` } : failed('a body that is not a JSON object');
 }
 
 /**
@@ -178,7 +188,7 @@ export function createMsalNetworkClient(agent: Dispatcher, opts: MsalNetworkOpti
       if (slot) slot.transportError = safe;
       throw safe;
     }
-    const body = parseBody(res, host) as Record<string, unknown>;
+    const body = parseBody(res, host);
     const headers = { ...res.headers };
     let status = res.status;
     if (slot) {

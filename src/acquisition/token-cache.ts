@@ -7,17 +7,28 @@
  * Keys are opaque strings built by the acquirer from SHA-256 digests; nothing here ever sees a raw
  * inbound token, and no value is logged.
  */
-import { SidecarError } from '../errors.js';
+import { boundedRetryAfterSec, SidecarError } from '../errors.js';
 import { LruMap, setNewest } from '../bounded-map.js';
 
 /** A token as the cache stores it. */
 export interface CachedToken {
   readonly scheme: string;
+  /** Never empty: a fetch that ends without an access token fails (noAccessToken). */
   readonly token: string;
   /** Epoch seconds. */
   readonly expiresOn: number;
   /** Epoch seconds when the issuer asked for a refresh (`refresh_in`), when it said so. */
   readonly refreshOn?: number;
+}
+
+/**
+ * The failure of an acquisition that ended without an access token: the issuer answered something
+ * that is not a token response, which the error table calls an upstream failure (401 on the HTTP
+ * API like any msal service error, a retryable 503 at Envoy). Never a "token" of '' that a caller
+ * would send as `Bearer `.
+ */
+export function noAccessToken(detail: string): SidecarError {
+  return new SidecarError('acquisition_upstream_failed', detail);
 }
 
 export interface TokenCacheOptions {
@@ -176,6 +187,8 @@ export class TokenCache {
     const p = (async () => {
       try {
         const value = await fetch();
+        // Every fetcher checks this itself with a precise message; this is the last line before a caller.
+        if (typeof value.token !== 'string' || value.token === '') throw noAccessToken('The token acquisition ended without an access token.');
         this.store(key, value, flight);
         return value;
       } catch (err) {
@@ -219,8 +232,10 @@ export class TokenCache {
 
   private noteFailure(key: string, err: unknown): void {
     // Errors are shared by the waiters of this flight but never cached; only a Retry-After opens a window.
-    if (err instanceof SidecarError && err.code === 'acquisition_throttled' && err.retryAfterSec !== undefined && err.retryAfterSec > 0) {
-      setNewest(this.throttledUntil, key, this.now() + err.retryAfterSec * 1000, Math.max(1, this.opts.maxEntries));
+    // The window is bounded (MAX_RETRY_AFTER_SEC) so that no answer can block a key until restart.
+    const retryAfterSec = err instanceof SidecarError && err.code === 'acquisition_throttled' ? boundedRetryAfterSec(err.retryAfterSec) : undefined;
+    if (retryAfterSec !== undefined && retryAfterSec > 0) {
+      setNewest(this.throttledUntil, key, this.now() + retryAfterSec * 1000, Math.max(1, this.opts.maxEntries));
     }
   }
 }

@@ -13,7 +13,7 @@ import type { Dispatcher } from 'undici';
 import { send } from '../net/outbound.js';
 import { SidecarError } from '../errors.js';
 import type { MsalCredential } from './credentials.js';
-import type { CachedToken } from './token-cache.js';
+import { noAccessToken, type CachedToken } from './token-cache.js';
 import { parseRetryAfter, withExtraHeaders } from './msal-network.js';
 
 const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
@@ -138,7 +138,7 @@ export async function requestToken(deps: TokenEndpointDeps, req: TokenRequest): 
     throw new TokenEndpointError(res.status, error, description.length > 2000 ? `${description.slice(0, 2000)}…` : description, parseRetryAfter(res.headers['retry-after']), claims);
   }
   const accessToken = body?.access_token;
-  if (typeof accessToken !== 'string' || accessToken === '') throw new SidecarError('acquisition_unavailable', `The token response from ${host} has no access_token.`);
+  if (typeof accessToken !== 'string' || accessToken === '') throw noAccessToken(`The token response from ${host} has no access_token.`);
   const tokenType = typeof body?.token_type === 'string' ? body.token_type : 'Bearer';
   if (expectTokenType !== undefined && tokenType.toLowerCase() !== expectTokenType.toLowerCase()) {
     throw new SidecarError('acquisition_unavailable', `${host} answered token_type '${tokenType}' to a request for '${expectTokenType}'.`);

@@ -59,7 +59,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'AzureAd:ClientSecret', default: '', description: 'Legacy single secret; used as a ClientSecret credential only when ClientCredentials is empty (as Microsoft.Identity.Web does). Never logged.' },
   { key: 'AzureAd:SendX5C', default: 'false', description: 'Send the x5c chain with certificate assertions (subject name + issuer auth).' },
   { key: 'AzureAd:AzureRegion', default: '', description: 'ESTS-R region for app tokens (`TryAutoDetect` or a region name); unset = global endpoint.' },
-  { key: 'AzureAd:ClientCapabilities:<i>', default: '', description: 'Client capabilities such as `cp1` (CAE) sent with token requests (array).' },
+  { key: 'AzureAd:ClientCapabilities:<i>', default: '', description: 'Client capabilities such as `cp1` (CAE) sent with every token request (array): merged into `claims` (`access_token.xms_cc`) on Entra requests, PoP app tokens included, and sent as the `xms_cc` query parameter to the managed-identity endpoint, as msal does.' },
   { key: 'AzureAd:AllowWebApiToBeAuthorizedByACL', default: 'true', description: 'Accept tokens with neither `scp` nor `roles` (ACL mode); the Microsoft sidecar forces this on.' },
   { key: 'AzureAd:ExtraQueryParameters:<key>', default: '', description: 'Extra query parameters on every token request.' },
 
@@ -80,7 +80,7 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:Claims', default: '', description: 'Claims request JSON sent with the token request.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:CorrelationId', default: '', description: 'Correlation GUID sent to Entra.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:FmiPath', default: '', description: 'Federated managed identity path (`fmi_path`) for agent flows.' },
-  { key: 'DownstreamApis:<name>:AcquireTokenOptions:LongRunningWebApiSessionKey', default: '', description: 'Session key for long-running OBO.' },
+  { key: 'DownstreamApis:<name>:AcquireTokenOptions:LongRunningWebApiSessionKey', default: '', description: 'Session key for long-running OBO: a call with the user token starts the session, token-less calls continue it with its refresh token. A start with another user\'s token (or for another tenant) takes the session over, and the previous start\'s cached tokens are never served again.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:PopPublicKey', default: '', description: 'Public key (JWK/kid) to bind PoP app tokens to.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:PopClaim', default: '', description: 'Extra `cnf` claim for PoP tokens.' },
   { key: 'DownstreamApis:<name>:AcquireTokenOptions:ManagedIdentity:UserAssignedClientId', default: '', description: 'Presence of the ManagedIdentity object switches to the managed-identity flow; unset id = system-assigned.' },

@@ -9,6 +9,7 @@ import { createTokenAcquirer, NO_ACCOUNT_MESSAGE, type AcquirerDeps } from '../.
 import type { AcquireRequest, TokenAcquirer } from '../../src/pipeline/types.js';
 import { acquireTokenOptions, captureLogger, type ConfigOptions } from './fixtures.js';
 import { apiOptions, emulatorAgent, emulatorConfig, secretCredential, sleep, tokenCount, tokenRequests, userToken } from './harness.js';
+import { reqCnfFor } from '../../src/pop/shr.js';
 
 const DOWNSTREAM_READ = 'api://downstream/read';
 const DOWNSTREAM_APP = 'api://downstream/.default';
@@ -132,6 +133,35 @@ describe('token acquirer against the emulator', function () {
       expect(decodeJwt(graph.token)).to.include({ aud: 'https://graph.microsoft.com', oid: user.claims.oid });
     });
 
+    it('serves a session key restarted by another user\u2019s token that user\u2019s tokens for every scope, never the first user\u2019s', async () => {
+      const a = acquirer();
+      const [alice, bob] = [await userToken(emu), await userToken(emu, 'agentUser1')];
+      expect(alice.claims.oid).to.not.equal(bob.claims.oid);
+      const session = (scope: string) => apiOptions({ scopes: [scope], acquireTokenOptions: acquireTokenOptions({ longRunningWebApiSessionKey: 'job-45' }) });
+      const oid = async (scope: string, user?: typeof alice) => decodeJwt((await a.acquire({ options: session(scope), ...(user ? { user } : {}) })).token).oid;
+      expect(await oid(DOWNSTREAM_READ, alice)).to.equal(alice.claims.oid);
+      expect(await oid('api://downstream/write'), 'continued as alice').to.equal(alice.claims.oid);
+      expect(await oid(DOWNSTREAM_READ, bob)).to.equal(bob.claims.oid);
+      expect(await oid(DOWNSTREAM_READ), 'continued as bob').to.equal(bob.claims.oid);
+      expect(await oid('api://downstream/write'), 'the scope alice continued before: bob\u2019s token, not hers').to.equal(bob.claims.oid);
+      // Alice starts it again with the token whose On-Behalf-Of answer is still cached: the session is hers again.
+      expect(await oid(DOWNSTREAM_READ, alice)).to.equal(alice.claims.oid);
+      expect(await oid('api://downstream/write'), 'continued as alice again').to.equal(alice.claims.oid);
+      expect(await oid(DOWNSTREAM_READ), 'continued as alice again').to.equal(alice.claims.oid);
+    });
+
+    it('keeps a session restarted by another user while a continuation of the first start was in flight: its rotated refresh token does not take the session back', async () => {
+      const a = acquirer();
+      const [alice, bob] = [await userToken(emu), await userToken(emu, 'agentUser1')];
+      const session = (scope: string) => apiOptions({ scopes: [scope], acquireTokenOptions: acquireTokenOptions({ longRunningWebApiSessionKey: 'job-46' }) });
+      await a.acquire({ options: session(DOWNSTREAM_READ), user: alice });
+      emu.fault({ route: 'token', grant_type: 'refresh_token', delayMs: 800 });
+      const slow = a.acquire({ options: session('api://downstream/write') });
+      await a.acquire({ options: session(DOWNSTREAM_READ), user: bob });
+      expect(decodeJwt((await slow).token).oid, 'continued the start it was made for').to.equal(alice.claims.oid);
+      expect(decodeJwt((await a.acquire({ options: session('User.Read') })).token).oid).to.equal(bob.claims.oid);
+    });
+
     it('lets a 400 with Retry-After for one user hold back nobody else (msal\u2019s own throttle has no user in its key)', async () => {
       const a = acquirer();
       const [alice, bob] = await Promise.all([userToken(emu), userToken(emu)]);
@@ -244,6 +274,20 @@ describe('token acquirer against the emulator', function () {
       expect(tokenCount(emu)).to.equal(count);
     });
 
+    it('sends AzureAd:ClientCapabilities with a PoP app token as msal does with a Bearer one, merged into a claims challenge', async () => {
+      const a = acquirer({ clientCapabilities: ['cp1'] });
+      const pop = (claims?: string) => ({ options: apiOptions({ scopes: [DOWNSTREAM_APP], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ popPublicKey: reqCnfFor('y'.repeat(43)) }) }), ...(claims ? { claims } : {}) });
+      const before = tokenRequests(emu).length;
+      await a.acquire(appRequest());
+      await a.acquire(pop());
+      await a.acquire(pop('{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'));
+      const sent = tokenRequests(emu).slice(before);
+      expect(sent.map((r) => r.form.token_type ?? 'bearer')).to.deep.equal(['bearer', 'pop', 'pop']);
+      const claims = sent.map((r) => JSON.parse(r.form.claims ?? '{}') as { access_token?: Record<string, unknown> });
+      for (const c of claims) expect(c.access_token?.xms_cc, JSON.stringify(c)).to.deep.equal({ values: ['cp1'] });
+      expect(claims[2].access_token?.nbf, 'the challenge is kept').to.deep.equal({ essential: true, value: '1700000000' });
+    });
+
     it('refuses MSAuth AT-PoP (PopClaim) rather than sending an unbound token (agents and PoP: test/agents, test/pop)', async () => {
       const a = acquirer();
       const count = tokenCount(emu);
@@ -285,6 +329,25 @@ describe('token acquirer against the emulator', function () {
       const ok = await a.acquire(appRequest());
       expect(ok.token).to.be.a('string');
       expect(tokenCount(emu)).to.equal(count + 1);
+    });
+
+    it('bounds an absurd Retry-After to an hour: the caller is told 3600 s and Entra is asked again after it, for Bearer and PoP alike', async () => {
+      let offsetMs = 0;
+      const a = acquirer({}, { now: () => Date.now() + offsetMs });
+      const pop = { options: apiOptions({ scopes: [DOWNSTREAM_APP], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ popPublicKey: reqCnfFor('x'.repeat(43)) }) }) };
+      for (const req of [appRequest(), pop]) {
+        emu.fault({ route: 'token', status: 429, error: 'temporarily_unavailable', retryAfter: 315_360_000 });
+        expect((await rejection(a.acquire(req))).retryAfterSec).to.equal(3600);
+        const count = tokenCount(emu);
+        const inside = await rejection(a.acquire(req));
+        expect([inside.code, inside.retryAfterSec]).to.deep.equal(['acquisition_throttled', 3600]);
+        expect(tokenCount(emu), 'no request inside the window').to.equal(count);
+      }
+      offsetMs = 3600_000 + 1000;
+      const count = tokenCount(emu);
+      expect((await a.acquire(appRequest())).token).to.be.a('string');
+      expect((await a.acquire(pop)).scheme).to.equal('pop');
+      expect(tokenCount(emu), 'both asked Entra again').to.equal(count + 2);
     });
 
     it('maps a 503 outage to acquisition_throttled', async () => {

@@ -44,6 +44,7 @@ export interface ConfigOptions {
   federatedTokenFile?: string;
   allowOverrides?: boolean;
   caFile?: string;
+  clientCapabilities?: string[];
 }
 
 /** A complete, deeply frozen SidecarConfig (as the loader would produce) for tests. */
@@ -62,7 +63,7 @@ export function makeConfig(o: ConfigOptions = {}): SidecarConfig {
       clientCredentials: o.clientCredentials ?? [credential({ sourceType: 'ClientSecret', clientSecret: 'test-secret' })],
       tokenDecryptionCredentials: [],
       sendX5C: o.sendX5C ?? false,
-      clientCapabilities: [],
+      clientCapabilities: o.clientCapabilities ?? [],
       allowWebApiToBeAuthorizedByACL: true,
       extraQueryParameters: {},
     },

@@ -224,6 +224,8 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
             ['api://downstream/.default', `api://${s.apps.sidecarApi.appId}/.default`].map((resource, j) => ({ label: `msal-cache-${i}-${j}`, options: mi(id, resource) })),
           ),
         },
+        // Last, so that its IMDS request is the last one the emulator records.
+        { config: emulatorConfig(emu, { clientCapabilities: ['cp1'] }), requests: [{ label: 'cp1', options: mi(ua) }] },
       ],
       emu.origin,
     );
@@ -267,12 +269,20 @@ describe('managed identity: claims, a refused assertion and msal\u2019s own cach
     expect(new Set(sent).size).to.equal(1);
   });
 
+  it('sends AzureAd:ClientCapabilities to the managed-identity endpoint (xms_cc), as msal does when told them', () => {
+    const r = byLabel(run.results, 'cp1');
+    expect(r.ok, `${r.code} ${r.detail}`).to.equal(true);
+    const imds = emu.requests().filter((q) => q.route === 'imds');
+    expect(imds.at(-1)?.query.xms_cc).to.equal('cp1');
+    for (const q of imds.slice(0, -1)) expect(q.query, 'no capabilities configured').to.not.have.property('xms_cc');
+  });
+
   it('leaves nothing in msal\u2019s own process-wide managed-identity cache', () => {
     const many = run.results.filter((r) => r.label.startsWith('msal-cache-'));
     expect(many).to.have.length(4);
     for (const r of many) expect(r.ok, `${r.label}: ${r.code} ${r.detail}`).to.equal(true);
     // Each group's count is taken after its last token; the acquirer's own cache holds them.
-    expect(run.stats.map((st) => st.msalAccessTokens)).to.deep.equal([0, 0, 0]);
+    expect(run.stats.map((st) => st.msalAccessTokens)).to.deep.equal([0, 0, 0, 0]);
     expect(run.stats[2].size).to.equal(4);
   });
 });

@@ -234,6 +234,25 @@ describe('token cache', () => {
     expect((await cache.get('k', f.fetch)).token).to.equal('token-2');
   });
 
+  it('bounds a Retry-After window to an hour however long the issuer asked for', async () => {
+    // 315360000 s (ten years) from a proxy or a typo once blocked the key until the process restarted.
+    const clock = fakeClock();
+    const f = fakeFetcher(clock);
+    const cache = new TokenCache({ maxEntries: 10, expiryBufferSec: 300, now: clock.now });
+    f.failNext(new SidecarError('acquisition_throttled', 'slow down', { retryAfterSec: 315_360_000 }));
+    await cache.get('k', f.fetch).catch(() => undefined);
+    let thrown: unknown;
+    try {
+      await cache.get('k', f.fetch);
+    } catch (err) {
+      thrown = err;
+    }
+    expect((thrown as SidecarError).code).to.equal('acquisition_throttled');
+    expect((thrown as SidecarError).retryAfterSec).to.equal(3600);
+    clock.advance(3600_000);
+    expect((await cache.get('k', f.fetch)).token).to.equal('token-2');
+  });
+
   it('bypasses the stored token for ForceRefresh but still coalesces concurrent bypasses', async () => {
     const clock = fakeClock();
     const f = fakeFetcher(clock);
@@ -249,6 +268,23 @@ describe('token cache', () => {
     expect(tb.token).to.equal('token-2');
     expect(f.calls).to.equal(2);
     expect((await cache.get('k', f.fetch)).token).to.equal('token-2');
+  });
+
+  it('fails a fetch that ends without an access token, and neither keeps nor serves it', async () => {
+    const clock = fakeClock();
+    const cache = new TokenCache({ maxEntries: 10, expiryBufferSec: 300, now: clock.now });
+    const empty = async (): Promise<CachedToken> => ({ scheme: 'Bearer', token: '', expiresOn: clock.sec() + 3600 });
+    for (let i = 0; i < 2; i++) {
+      let thrown: unknown;
+      try {
+        await cache.get('k', empty);
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown).to.be.instanceOf(SidecarError);
+      expect((thrown as SidecarError).code).to.equal('acquisition_upstream_failed');
+    }
+    expect(cache.stats()).to.include({ size: 0, fetches: 2 });
   });
 
   it('returns but does not keep a token that is already inside the expiry buffer', async () => {

@@ -4,8 +4,11 @@
  * Microsoft's error mapping, and isolation under concurrency.
  */
 import { expect } from 'chai';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator, type RecordedRequest } from '../../emulator/index.js';
+import type { FaultSpec } from '../../emulator/types.js';
 import { startSidecar, waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 import { reqCnfFor } from '../../src/pop/shr.js';
@@ -223,6 +226,15 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     expect(emu.counters().token, 'no second request inside Retry-After').to.equal(before);
   });
 
+  it('passes on a Retry-After of at most an hour however long Entra asked for', async () => {
+    emu.fault({ route: 'token', status: 429, retryAfter: 315_360_000, error: 'temporarily_unavailable', aadsts: 50196 });
+    const user = await userToken();
+    const first = await authHeader('downstream', user, '?optionsOverride.Scopes=api://downstream/write');
+    expect([first.status, first.json().code, first.headers.get('retry-after')]).to.deep.equal([401, 'acquisition_throttled', '3600']);
+    const again = await authHeader('downstream', user, '?optionsOverride.Scopes=api://downstream/write');
+    expect([again.status, again.headers.get('retry-after')]).to.deep.equal([401, '3600']);
+  });
+
   it('answers 401 with Entra\'s AADSTS text when a tenant override names no tenant, for an app token and On-Behalf-Of alike', async () => {
     // msal reads the tenant's openid-configuration first; Entra refuses it (400 invalid_tenant), and
     // Microsoft maps every Entra refusal to 401 (reference §2.3; §8: tenant `invalid-tenant` → 401).
@@ -337,6 +349,50 @@ describe('token acquisition edge cases (built sidecar)', function () {
     const claims = bearer(r.json().authorizationHeader);
     expect(claims.oid).to.equal(mi.objectId);
     expect(emu.counters().imds).to.be.greaterThan(0);
+  });
+
+  it('never hands out an empty bearer when the managed-identity endpoint or Entra fails with an empty body, and calls no API with one', async () => {
+    // An error status with no body at all (a proxy, a crashed endpoint) once became a "token" of ''.
+    const seen: string[] = [];
+    const api = createServer((req, res) => {
+      seen.push(req.headers.authorization ?? '');
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+    await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
+    try {
+      const s = await start({
+        AZURE_POD_IDENTITY_AUTHORITY_HOST: emu.imdsOrigin,
+        DownstreamApis__mi__Scopes__0: 'api://downstream/.default',
+        DownstreamApis__mi__BaseUrl: `http://127.0.0.1:${(api.address() as AddressInfo).port}/`,
+        DownstreamApis__mi__AcquireTokenOptions__ManagedIdentity__UserAssignedClientId: emu.scenario.managedIdentities.userAssigned.clientId,
+      });
+      // Throttling keeps its meaning without a body; any other status is a failed answer.
+      const cases: Array<[FaultSpec['route'], string, number, string]> = [
+        ['imds', 'AuthorizationHeaderUnauthenticated/mi', 503, 'acquisition_throttled'],
+        ['imds', 'AuthorizationHeaderUnauthenticated/mi', 429, 'acquisition_throttled'],
+        ['imds', 'AuthorizationHeaderUnauthenticated/mi', 500, 'acquisition_upstream_failed'],
+        ['imds', 'AuthorizationHeaderUnauthenticated/mi', 400, 'acquisition_upstream_failed'],
+        ['imds', 'AuthorizationHeaderUnauthenticated/mi', 200, 'acquisition_upstream_failed'],
+        ['imds', 'DownstreamApiUnauthenticated/mi', 503, 'acquisition_throttled'],
+        ['token', 'AuthorizationHeaderUnauthenticated/downstreamApp', 503, 'acquisition_throttled'],
+        ['token', 'AuthorizationHeaderUnauthenticated/downstreamApp', 500, 'acquisition_upstream_failed'],
+        ['token', 'AuthorizationHeaderUnauthenticated/downstreamApp', 400, 'acquisition_upstream_failed'],
+        ['token', 'AuthorizationHeaderUnauthenticated/downstreamApp', 200, 'acquisition_upstream_failed'],
+      ];
+      for (const [route, path, status, code] of cases) {
+        emu.fault({ route, status, emptyBody: true, sticky: true });
+        try {
+          const r = await call(`${s.url}/${path}`, path.startsWith('Downstream') ? { method: 'POST' } : {});
+          expect(r.status, `${route} ${status} ${path}: ${r.text}`).to.equal(401);
+          expect(r.json().code, `${route} ${status} ${path}`).to.equal(code);
+        } finally {
+          emu.clearFaults();
+        }
+      }
+      expect(seen, 'requests that reached the API').to.deep.equal([]);
+    } finally {
+      await new Promise((r) => api.close(r));
+    }
   });
 });
 

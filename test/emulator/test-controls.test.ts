@@ -74,7 +74,7 @@ describe('emulator: test controls', function () {
       expect(r.json.claims).to.equal(claims);
     });
 
-    it('drops the connection, answers non-JSON, sends a huge body, or delays', async () => {
+    it('drops the connection, answers non-JSON or an empty body, sends a huge body, or delays', async () => {
       emu.fault({ route: 'token', drop: true });
       let dropped: unknown;
       try {
@@ -87,6 +87,9 @@ describe('emulator: test controls', function () {
       const html = await call(agent, tokenUrl, { form: secretForm });
       expect(html.status).to.equal(502);
       expect(html.headers['content-type']).to.equal('text/html');
+      emu.fault({ route: 'token', emptyBody: true });
+      const empty = await call(agent, tokenUrl, { form: secretForm });
+      expect([empty.status, empty.text]).to.deep.equal([503, '']);
       emu.fault({ route: 'jwks', hugeBody: true });
       const huge = await call(agent, `${emu.origin}/${tid}/discovery/v2.0/keys`);
       expect(huge.text.length).to.be.greaterThan(4 * 1024 * 1024);
