@@ -5,15 +5,19 @@
 #   deps    : production dependencies only
 #   runtime : distroless Node.js 24, non-root (uid 65532), no shell, no package manager
 #
-# No tag below is `latest`, but only NODE_IMAGE's is a fixed version. distroless publishes no
+# No tag below is `latest`, but only NODE_IMAGE's is a fixed version. It is also the Node release CI
+# runs the test suite on (`npm run test:node24` reads it from this line; test/ops/dockerfile.test.ts
+# keeps the two together): move it to a new patch here and nowhere else. distroless publishes no
 # versioned tags: `nodejs24-debian12:nonroot` fixes Node's major and the Debian release and is
-# rebuilt in place (Node patches, Debian security fixes), so it moves. For production pin both by
-# digest without editing this file: --build-arg NODE_IMAGE=node:<tag>@sha256:<digest>
+# rebuilt in place (Node patches, Debian security fixes), so it moves; it follows Node's patch
+# releases, so keeping NODE_IMAGE at the newest 24.x keeps CI on the Node the runtime ships.
+# For production pin both by digest without editing this file:
+# --build-arg NODE_IMAGE=node:<tag>@sha256:<digest>
 # --build-arg RUNTIME_IMAGE=gcr.io/distroless/nodejs24-debian12:nonroot@sha256:<digest>
 # (docs/deployment.md, "The container image"; Renovate or Dependabot can move the digests).
 # See docs/deployment.md for how to run it (read-only root filesystem, probes, ports).
 
-ARG NODE_IMAGE=node:24.11.1-bookworm-slim
+ARG NODE_IMAGE=node:24.21.0-bookworm-slim
 ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs24-debian12:nonroot
 
 FROM ${NODE_IMAGE} AS build
