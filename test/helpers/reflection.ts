@@ -68,12 +68,33 @@ export function reflectionClient(address: string): ReflectionClient {
     },
     async fileContainingSymbol(symbol) {
       const answer = await ask({ file_containing_symbol: symbol });
-      return (answer.file_descriptor_response?.file_descriptor_proto ?? []).map(
-        (bytes) => descriptorTypes.FileDescriptorProto.toObject(descriptorTypes.FileDescriptorProto.decode(bytes), { arrays: false }) as FileDescriptor,
-      );
+      return decodeFileDescriptors(answer.file_descriptor_response?.file_descriptor_proto ?? []);
     },
     close: () => client.close(),
   };
+}
+
+/** Decodes google.protobuf.FileDescriptorProto bytes (what reflection sends, and proto-loader's `fileDescriptorProtos`). */
+export function decodeFileDescriptors(files: readonly Uint8Array[]): FileDescriptor[] {
+  return files.map((bytes) => descriptorTypes.FileDescriptorProto.toObject(descriptorTypes.FileDescriptorProto.decode(bytes), { arrays: false }) as FileDescriptor);
+}
+
+/** Every message, enum and service the files declare, by fully qualified name (empty option sets dropped). */
+export function declaredSymbols(files: readonly FileDescriptor[]): Map<string, unknown> {
+  const out = new Map<string, unknown>();
+  const normal = (d: unknown): unknown => JSON.parse(JSON.stringify(d, (_k, v: unknown) => (v && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 0 ? undefined : v)));
+  const message = (scope: string, m: MessageDescriptor) => {
+    const name = `${scope}.${m.name}`;
+    out.set(name, normal(m));
+    for (const n of m.nestedType ?? []) message(name, n);
+  };
+  for (const f of files) {
+    const pkg = f.package ?? '';
+    for (const m of f.messageType ?? []) message(pkg, m);
+    for (const e of f.enumType ?? []) out.set(`${pkg}.${e.name}`, normal(e));
+    for (const s of f.service ?? []) out.set(`${pkg}.${s.name}`, normal(s));
+  }
+  return out;
 }
 
 /**

@@ -114,6 +114,15 @@ describe('Dockerfile', () => {
     expect(sources.sort()).to.deep.equal(['/app/dist/src', '/app/node_modules', 'package.json']);
   });
 
+  it('leaves source maps, and TypeScript sources and declarations of packages, out of the runtime', () => {
+    // What the image-runtime test mirrors: it runs the sidecar from the tree these deletions leave.
+    const runsIn = (stage: string) => all.find((s) => s.name === stage)!.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.args);
+    expect(runsIn('build').some((r) => /\bnpm run build\b.*&& find dist\/src -type f -name '\*\.map' -delete\b/.test(r))).to.equal(true);
+    const deps = runsIn('deps').find((r) => /--omit=dev/.test(r)) ?? '';
+    const deleted = /\bfind node_modules -type f \\\( (.*) \\\) -delete\b/.exec(deps)?.[1];
+    expect(deleted?.split(' -o ').sort()).to.deep.equal(["-name '*.cts'", "-name '*.map'", "-name '*.mts'", "-name '*.ts'"]);
+  });
+
   it('sets NODE_ENV=production and exposes 5000, 9191 and 9090', () => {
     expect(runtimeOf('ENV').some((e) => /\bNODE_ENV=production\b/.test(e.args))).to.equal(true);
     const ports = runtimeOf('EXPOSE').flatMap((e) => e.args.split(/\s+/)).map((p) => p.replace(/\/tcp$/, ''));

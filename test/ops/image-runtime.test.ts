@@ -99,6 +99,9 @@ describe("the image's runtime layout with production dependencies only (built si
     const entries = Object.entries(lock.packages).filter(([key]) => key !== '');
     expect(entries.filter(([key, e]) => e.dev && inImage(key)).map(([key]) => key)).to.deep.equal([]);
     expect(entries.filter(([key, e]) => !e.dev && !inImage(key)).map(([key]) => key)).to.deep.equal([]);
+    // The Envoy .proto tree (19 MB with its dependencies) is needed only to build: reflection too
+    // runs from the descriptor in the bundle.
+    expect(inImage('node_modules/@grpc/grpc-js-xds')).to.equal(false);
     // main.js runs the bundle only when it is not older than the compiled modules: the copy keeps
     // the build's choice (the image's build always writes the bundle last).
     const bundleFirst = (src: string) => statSync(path.join(src, 'sidecar.bundle.js')).mtimeMs >= statSync(path.join(src, 'sidecar.js')).mtimeMs;
