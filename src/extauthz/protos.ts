@@ -11,7 +11,7 @@
  * equal to a fresh build.
  *
  * @grpc/grpc-js-xds is therefore a build-time (dev) dependency: the image's production
- * node_modules does not have it (19 MB with google-auth-library, gaxios and re2-wasm), and nothing
+ * node_modules does not have it (23 MB with google-auth-library, gaxios and re2-wasm), and nothing
  * the sidecar runs reads a .proto file when the descriptor is there.
  *
  * Messages are converted exactly as @grpc/proto-loader converts them (`PROTO_LOADER_OPTIONS`), so
