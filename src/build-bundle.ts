@@ -10,8 +10,9 @@
  *
  * Left outside the bundle, loaded from node_modules as before: what is imported lazily (msal-node,
  * jose, node-forge, proto-loader, reflection) and what only the build reads (@grpc/grpc-js-xds's
- * .proto files, protobufjs's full build via require). undici's parts and protobufjs's light build
- * are bundled. The Envoy descriptor is inlined (no file read at start).
+ * .proto files, a devDependency the image does not have; protobufjs's full build via require).
+ * undici's parts and protobufjs's light build are bundled. The Envoy descriptor is inlined (no file
+ * read at start), and server reflection serves it too.
  */
 import { readFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';

@@ -10,9 +10,14 @@
  * bare `tsc`), it builds the same descriptor from the .proto files. A test keeps the shipped file
  * equal to a fresh build.
  *
+ * @grpc/grpc-js-xds is therefore a build-time (dev) dependency: the image's production
+ * node_modules does not have it (23 MB with google-auth-library, gaxios and re2-wasm), and nothing
+ * the sidecar runs reads a .proto file when the descriptor is there.
+ *
  * Messages are converted exactly as @grpc/proto-loader converts them (`PROTO_LOADER_OPTIONS`), so
  * the object shapes are the ones Envoy's docs and our tests use. Server reflection, off by default,
- * needs proto-loader's full package definition and loads it on demand.
+ * serves file descriptors built on demand from the same JSON descriptor; a test keeps them equal to
+ * the ones proto-loader builds from the .proto tree.
  */
 import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
@@ -46,8 +51,15 @@ export const PROTO_LOADER_OPTIONS = Object.freeze({
 
 /** The directories of the grpc-js-xds package that hold the Envoy, xds, googleapis and validate protos. */
 export function envoyProtoIncludeDirs(): string[] {
-  const root = path.dirname(require.resolve('@grpc/grpc-js-xds/package.json'));
-  return ['envoy-api', 'xds', 'googleapis', 'protoc-gen-validate'].map((d) => path.join(root, 'deps', d));
+  let manifest: string;
+  try {
+    manifest = require.resolve('@grpc/grpc-js-xds/package.json');
+  } catch (err) {
+    // A production install (npm ci --omit=dev) has no .proto tree; only a run without the build's
+    // descriptor (a bare tsc) gets here.
+    throw new Error('the Envoy .proto files come from @grpc/grpc-js-xds, a devDependency: run `npm run build`, which writes the ext_authz descriptor the sidecar runs from', { cause: err });
+  }
+  return ['envoy-api', 'xds', 'googleapis', 'protoc-gen-validate'].map((d) => path.join(path.dirname(manifest), 'deps', d));
 }
 
 /** A grpc-js service definition whose methods also carry their protobufjs types. */
@@ -78,6 +90,8 @@ export interface ExtAuthzProtos {
   readonly checkResponseFields: readonly string[];
   /** Where the descriptor came from: inlined in the bundle, the file `npm run build` wrote, or the .proto tree (no build step). */
   readonly source: 'inlined' | 'descriptor-file' | 'proto-files';
+  /** The protobufjs JSON descriptor all of the above was built from (what reflection serves). */
+  readonly descriptor: object;
 }
 
 type JsonNode = Record<string, unknown> & { nested?: Record<string, JsonNode>; fields?: Record<string, { options?: Record<string, unknown> }> };
@@ -256,17 +270,20 @@ export function loadExtAuthzProtos(): ExtAuthzProtos {
   const checkResponseFields = Object.freeze(
     [...root.lookupType('envoy.service.auth.v3.CheckResponse').fieldsArray].sort((a, b) => a.id - b.id).map((f) => f.name),
   );
-  loaded = { authorizationService, serverService, httpStatusNames, checkResponseFields, source: inlined !== undefined ? 'inlined' : fromFile ? 'descriptor-file' : 'proto-files' };
+  const source = inlined !== undefined ? 'inlined' : fromFile ? 'descriptor-file' : 'proto-files';
+  loaded = { authorizationService, serverService, httpStatusNames, checkResponseFields, source, descriptor: json };
   return loaded;
 }
 
 /**
- * proto-loader's full package definition of the ext_authz protos (file descriptors included), for
- * server reflection only. Parses the .proto tree, so it is loaded only when reflection is on.
+ * proto-loader's package definition of the ext_authz service (file descriptors included), for
+ * server reflection only, built from the same JSON descriptor as everything else: no .proto file is
+ * read. It holds the service and every type it reaches, which is what a client (grpcurl) needs to
+ * call Check; a file per package, as proto-loader makes them from .proto files too.
  */
 export async function loadReflectionPackageDefinition(): Promise<ProtoLoader.PackageDefinition> {
   const protoLoader = await import('@grpc/proto-loader');
-  return protoLoader.loadSync(EXT_AUTHZ_PROTO, { ...PROTO_LOADER_OPTIONS, includeDirs: envoyProtoIncludeDirs() });
+  return protoLoader.fromJSON(loadExtAuthzProtos().descriptor as Protobuf.INamespace, PROTO_LOADER_OPTIONS);
 }
 
 /** The client shape tests and tools use to call Check like Envoy does. */

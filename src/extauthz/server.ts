@@ -218,7 +218,8 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   health.addToServer(server);
   // Off by default: reflection tells any caller of the port which services exist (grpcurl and
   // friends need it; Envoy does not).
-  // Loaded only then: it parses the whole .proto tree for the file descriptors it serves.
+  // Loaded only then: @grpc/reflection and proto-loader, and the file descriptors it serves, built
+  // from the descriptor the service runs on.
   if (options.reflection) {
     const { ReflectionService } = await import('@grpc/reflection');
     new ReflectionService(await loadReflectionPackageDefinition(), { services: [AUTHORIZATION_SERVICE] }).addToServer(server);

@@ -16,7 +16,9 @@ import {
   buildExtAuthzDescriptor,
   envoyProtoIncludeDirs,
   loadExtAuthzProtos,
+  loadReflectionPackageDefinition,
 } from '../../src/extauthz/protos.js';
+import { declaredSymbols, decodeFileDescriptors, unresolvedTypes } from '../helpers/reflection.js';
 import { envoyCheckRequest } from './fixtures.js';
 
 type Method = protoLoader.MethodDefinition<object, object>;
@@ -89,6 +91,18 @@ describe('ext_authz protos (build-time descriptor)', () => {
 
   it('the descriptor file equals one built now from @grpc/grpc-js-xds (not stale, not edited)', () => {
     expect(JSON.parse(readFileSync(DESCRIPTOR_FILE, 'utf8'))).to.deep.equal(JSON.parse(JSON.stringify(buildExtAuthzDescriptor())));
+  });
+
+  it('gives server reflection, from the same descriptor, what proto-loader builds from the .proto tree for the service and every type it reaches', async () => {
+    // Reflection used to parse the tree at start (and so needed @grpc/grpc-js-xds in production).
+    const fileDescriptors = (def: protoLoader.PackageDefinition) =>
+      decodeFileDescriptors((Object.values(def).find((d) => 'fileDescriptorProtos' in d) as { fileDescriptorProtos: Buffer[] }).fileDescriptorProtos);
+    const servedFiles = fileDescriptors(await loadReflectionPackageDefinition());
+    const served = declaredSymbols(servedFiles);
+    const fromTree = declaredSymbols(fileDescriptors(full));
+    expect(served.has(AUTHORIZATION_SERVICE)).to.equal(true);
+    for (const [name, descriptor] of served) expect(descriptor, name).to.deep.equal(fromTree.get(name));
+    expect(unresolvedTypes(servedFiles, AUTHORIZATION_SERVICE, 'Check')).to.deep.equal([]);
   });
 
   it('names every envoy.type.v3.StatusCode as proto-loader does', () => {

@@ -47,13 +47,15 @@ function baseEnv(): Record<string, string> {
 /** Spawns the sidecar (`nodeArgs` go to node, `args` to the sidecar) and resolves once it logged its listening line (rejects if it exits first). */
 export async function startSidecar(
   env: Record<string, string>,
-  /** `entry`: another copy of main.js to run (default: the built one). */
-  opts: { args?: string[]; nodeArgs?: string[]; timeoutMs?: number; cwd?: string; entry?: string } = {},
+  /** `entry`: another copy of main.js to run (default: the built one). `uid`/`gid`: run as that user (needs root). */
+  opts: { args?: string[]; nodeArgs?: string[]; timeoutMs?: number; cwd?: string; entry?: string; uid?: number; gid?: number } = {},
 ): Promise<RunningSidecar> {
   const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.entry ?? sidecarEntry, ...(opts.args ?? [])], {
     env: { ...baseEnv(), ...env },
     cwd: opts.cwd ?? repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
+    ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
   });
   const lines: string[] = [];
   // 'close', not 'exit': it comes once stdout and stderr are drained too, so `lines` is complete

@@ -3,80 +3,16 @@
  * style-and-ecosystem Part 2 (b), and that the files it names exist in the compiled output.
  */
 import { expect } from 'chai';
+import { execSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { imageEnv, memoryQuantityBytes, podMemoryLimitMib } from '../../bench/setup.js';
+import { execForm, parseDockerfile, stages } from './dockerfile.js';
 import { outRoot, repoRoot } from './paths.js';
-
-interface Instruction {
-  readonly keyword: string;
-  readonly args: string;
-}
-
-/** Joins `\` continuations, drops comments and blank lines, splits keyword from arguments. */
-function parseDockerfile(text: string): Instruction[] {
-  const logical: string[] = [];
-  let current = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trimEnd();
-    if (current === '' && /^\s*#/.test(line)) continue;
-    if (line.endsWith('\\')) {
-      current += line.slice(0, -1) + ' ';
-      continue;
-    }
-    current += line;
-    if (current.trim() !== '') logical.push(current.trim());
-    current = '';
-  }
-  return logical.map((l) => {
-    const m = /^(\S+)\s*(.*)$/.exec(l)!;
-    return { keyword: m[1].toUpperCase(), args: m[2] };
-  });
-}
-
-interface Stage {
-  readonly image: string;
-  readonly name?: string;
-  readonly instructions: Instruction[];
-}
-
-/** Splits into stages, expanding `${ARG}` in FROM from the ARGs declared before the first FROM. */
-function stages(instructions: Instruction[]): Stage[] {
-  const globalArgs = new Map<string, string>();
-  const result: Stage[] = [];
-  for (const ins of instructions) {
-    if (ins.keyword === 'FROM') {
-      const m = /^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$/i.exec(ins.args);
-      if (!m) throw new Error(`cannot parse FROM ${ins.args}`);
-      const image = m[1].replace(/\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?/g, (_, name: string) => {
-        const value = globalArgs.get(name);
-        if (value === undefined) throw new Error(`FROM uses ARG ${name} without a default`);
-        return value;
-      });
-      result.push({ image, name: m[2], instructions: [] });
-    } else if (result.length === 0 && ins.keyword === 'ARG') {
-      const m = /^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$/.exec(ins.args);
-      if (m) globalArgs.set(m[1], m[2]);
-    } else if (result.length > 0) {
-      result[result.length - 1].instructions.push(ins);
-    }
-  }
-  return result;
-}
-
-/** Exec form: a JSON array of strings. */
-function execForm(args: string): string[] | undefined {
-  try {
-    const parsed: unknown = JSON.parse(args);
-    return Array.isArray(parsed) && parsed.every((a) => typeof a === 'string') ? (parsed as string[]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /**
  * Pinned enough for the default build: a digest, or a tag that names a concrete version
- * (`24.11.1-bookworm-slim`), or a distroless image whose repository name fixes the runtime major
+ * (`24.21.0-bookworm-slim`), or a distroless image whose repository name fixes the runtime major
  * and Debian release (`nodejs24-debian12:nonroot`). That last tag moves (distroless rebuilds it in
  * place and publishes no versioned tags besides `latest`/`debug`), so production builds pin it by
  * digest through a build argument (the test below, and docs/deployment.md).
@@ -135,6 +71,26 @@ describe('Dockerfile', () => {
     expect(runtime.image).to.match(/nodejs24|node:24\./);
   });
 
+  it('pins one Node release for the build stages, and CI runs the suite on exactly that release', () => {
+    // The build stages' tag names the release; the distroless runtime follows the same major's
+    // patches (the Dockerfile's header). `npm run test:node24` asks the Dockerfile which release
+    // to fetch, so moving NODE_IMAGE moves CI with it.
+    const nodeStages = all.filter((s) => s.image.startsWith('node:'));
+    expect(new Set(nodeStages.map((s) => s.image)).size, 'one NODE_IMAGE for every build stage').to.equal(1);
+    const pinned = /^node:(\d+)\.\d+\.\d+(?=-)/.exec(nodeStages[0].image);
+    expect(pinned, nodeStages[0].image).to.not.equal(null);
+    const [version, major] = [pinned![0].slice('node:'.length), pinned![1]];
+    expect(/nodejs(\d+)-|^node:(\d+)\./.exec(runtime.image)?.slice(1).find((m) => m !== undefined), 'the runtime image has the same major').to.equal(major);
+
+    const scripts = (JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+    const imageScript = `test:node${major}`;
+    const run = /^npx -y node@\$\((.+)\) node_modules\/mocha\/bin\/mocha\.js$/.exec(scripts[imageScript] ?? '');
+    expect(run, `${imageScript} fetches the Node release the Dockerfile names`).to.not.equal(null);
+    // What npm's shell substitutes into node@…, run here the same way.
+    expect(execSync(run![1], { cwd: repoRoot, encoding: 'utf8' }).trim()).to.equal(version);
+    expect(readFileSync(path.join(repoRoot, '.ci', 'run'), 'utf8')).to.match(new RegExp(`^npm run ${imageScript}$`, 'm'));
+  });
+
   it('runs as a non-root user in the runtime stage', () => {
     const users = runtimeOf('USER').map((u) => u.args.split(':')[0]);
     const last = users[users.length - 1];
@@ -156,6 +112,15 @@ describe('Dockerfile', () => {
   it('copies only the compiled sources, production node_modules and package.json into the runtime', () => {
     const sources = runtimeOf('COPY').map((c) => c.args.replace(/--\S+\s+/g, '').split(/\s+/)[0]);
     expect(sources.sort()).to.deep.equal(['/app/dist/src', '/app/node_modules', 'package.json']);
+  });
+
+  it('leaves source maps, and TypeScript sources and declarations of packages, out of the runtime', () => {
+    // What the image-runtime test mirrors: it runs the sidecar from the tree these deletions leave.
+    const runsIn = (stage: string) => all.find((s) => s.name === stage)!.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.args);
+    expect(runsIn('build').some((r) => /\bnpm run build\b.*&& find dist\/src -type f -name '\*\.map' -delete\b/.test(r))).to.equal(true);
+    const deps = runsIn('deps').find((r) => /--omit=dev/.test(r)) ?? '';
+    const deleted = /\bfind node_modules -type f \\\( (.*) \\\) -delete\b/.exec(deps)?.[1];
+    expect(deleted?.split(' -o ').sort()).to.deep.equal(["-name '*.cts'", "-name '*.map'", "-name '*.mts'", "-name '*.ts'"]);
   });
 
   it('sets NODE_ENV=production and exposes 5000, 9191 and 9090', () => {
