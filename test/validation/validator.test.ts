@@ -215,6 +215,21 @@ describe('token validator', function () {
       await expectCode(v.validate(await mint(entra, { key, claims: { tid: OTHER_TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
     });
 
+    it("rejects a tid that is some other path segment of our issuer, or not the tenant of a ValidIssuers issuer (entra-protocol §3.2 rule 5)", async function () {
+      // A key with no issuer of its own, so only the issuer rule stands between the token and acceptance.
+      entra.keys = [{ ...key, issuer: undefined }];
+      const v = await started({ validIssuers: [`https://issuer.example/${TENANT}/v2.0`, `https://sts.example/${TENANT}/`] });
+      for (const tid of ['v2.0', new URL(entra.origin).host]) {
+        const err = await expectCode(v.validate(await mint(entra, { key, claims: { tid }, nowSec: nowSec() })), 'token_tenant_mismatch');
+        expect(err.detail, tid).to.equal("The token's 'tid' claim is not a tenant id");
+      }
+      for (const iss of [`https://issuer.example/${TENANT}/v2.0`, `https://sts.example/${TENANT}/`]) {
+        await expectCode(v.validate(await mint(entra, { key, issuer: iss, claims: { tid: 'v2.0' }, nowSec: nowSec() })), 'token_tenant_mismatch');
+        await expectCode(v.validate(await mint(entra, { key, issuer: iss, claims: { tid: OTHER_TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
+        expect((await v.validate(await mint(entra, { key, issuer: iss, nowSec: nowSec() }))).tenantId).to.equal(TENANT);
+      }
+    });
+
     it('accepts any tenant on common (v1 and v2) when iss matches the template with the token tid', async function () {
       const v = await started({ tenantId: 'common' });
       const r = await v.validate(await mint(entra, { key, tenant: OTHER_TENANT, nowSec: nowSec() }));
