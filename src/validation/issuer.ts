@@ -114,11 +114,17 @@ export function validateIssuer(iss: unknown, tid: unknown, templates: IssuerTemp
 /**
  * EnableAadSigningKeyIssuerValidation: a JWKS key with an `issuer` (after `{tenantid}` substitution)
  * is only valid for that issuer. v2 JWKS keys declare the v2 issuer, so a v1-form token is checked
- * against the v2 issuer of the same tenant. Keys without an issuer are valid for any issuer.
+ * against the v2 issuer of its own tenant: a templated key issuer filled with `tid`, or a concrete
+ * one that names `tid` itself (so the same concrete issuer in the key and the metadata, as on
+ * consumers, never vouches for a v1 token of another tenant). Keys without an issuer are valid for
+ * any issuer.
  */
 export function signingKeyIssuerMatches(keyIssuer: string | undefined, iss: string, tid: string, form: IssuerForm, templates: IssuerTemplates): boolean {
   if (keyIssuer === undefined || keyIssuer === '') return true;
   if (isFilled(keyIssuer, tid, iss)) return true;
   if (form !== '1.0') return false;
-  return keyIssuer === templates.v2Issuer || fill(keyIssuer, tid) === fill(templates.v2Issuer, tid);
+  if (!keyIssuer.includes(TENANT_ID_TEMPLATE)) return namesTenant(keyIssuer, tid) && isFilled(templates.v2Issuer, tid, keyIssuer);
+  // The same template in both: equal for every tenant.
+  if (keyIssuer === templates.v2Issuer) return true;
+  return templates.v2Issuer.includes(TENANT_ID_TEMPLATE) ? fill(keyIssuer, tid) === fill(templates.v2Issuer, tid) : isFilled(keyIssuer, tid, templates.v2Issuer);
 }

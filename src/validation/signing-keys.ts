@@ -84,14 +84,20 @@ function trimSlash(s: string): string {
   return s.endsWith('/') ? s.slice(0, -1) : s;
 }
 
-/** v2 and v1 OpenID metadata URLs for an authority (reference sidecar-http-api §4, entra-protocol §1.2–1.3). */
-export function metadataUrls(authority: string): { v2: string; v1: string } {
+/**
+ * v2 and v1 OpenID metadata URLs for an authority (reference sidecar-http-api §4, entra-protocol
+ * §1.2–1.3). v1 metadata has no `organizations` or `consumers` tenant (Entra answers AADSTS90002).
+ * Like Microsoft.Identity.Web's AadIssuerValidator (CreateV1Authority), `organizations` reads it
+ * from `common`, whose issuer is the same `{tenantid}` template. `consumers` has none (undefined):
+ * its tokens are the Microsoft-account tenant's v2 tokens, and common's template would let a
+ * v1-form token from any tenant through.
+ */
+export function metadataUrls(authority: string): { v2: string; v1: string | undefined } {
   const v2Base = trimSlash(authority);
-  // v1 metadata has no `organizations` or `consumers` tenant (Entra answers AADSTS90002); like
-  // Microsoft.Identity.Web's AadIssuerValidator, read it from `common`, whose issuer is the same
-  // `{tenantid}` template.
-  const v1Base = v2Base.replace(/\/v2\.0$/i, '').replace(/\/(organizations|consumers)$/i, '/common');
-  return { v2: `${v2Base}/.well-known/openid-configuration`, v1: `${v1Base}/.well-known/openid-configuration` };
+  const v1Base = v2Base.replace(/\/v2\.0$/i, '');
+  const v2 = `${v2Base}/.well-known/openid-configuration`;
+  if (/\/consumers$/i.test(v1Base)) return { v2, v1: undefined };
+  return { v2, v1: `${v1Base.replace(/\/organizations$/i, '/common')}/.well-known/openid-configuration` };
 }
 
 /** Parses one JWKS entry into a SigningKey, or undefined when it is not a usable signature key. */
@@ -167,21 +173,23 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
    * The v2 metadata is required (issuer and jwks_uri). The v1 metadata only names the v1 issuer: like
    * AadIssuerValidator, which reads each version's metadata on its own, a failure there does not hold
    * back the keys or v2 tokens. The last v1 issuer read is kept; with none yet, v1-form tokens are
-   * refused (`v1Issuer` empty) until a retry reads it.
+   * refused (`v1Issuer` empty) until a retry reads it. An authority without v1 metadata (consumers,
+   * metadataUrls) refuses them for good, without asking.
    */
   async function loadMetadata(): Promise<{ v1Issuer: string; v2Issuer: string; jwksUri: string; v1Missing: boolean }> {
-    metadataFetches += 2;
-    const [v2Result, v1Result] = await Promise.allSettled([getJson(urls.v2, 'v2 OpenID metadata'), getJson(urls.v1, 'v1 OpenID metadata')]);
+    metadataFetches += urls.v1 === undefined ? 1 : 2;
+    const [v2Result, v1Result] = await Promise.allSettled([getJson(urls.v2, 'v2 OpenID metadata'), urls.v1 === undefined ? undefined : getJson(urls.v1, 'v1 OpenID metadata')]);
     if (v2Result.status === 'rejected') throw v2Result.reason;
     const v2 = v2Result.value;
     if (typeof v2.issuer !== 'string' || typeof v2.jwks_uri !== 'string') throw new Error('v2 OpenID metadata lacks issuer or jwks_uri');
     const jwks = new URL(v2.jwks_uri);
     // A plain-http jwks_uri is only followed when the metadata itself came over http (loopback tests).
     if (jwks.protocol !== 'https:' && jwks.protocol !== new URL(urls.v2).protocol) throw new Error('jwks_uri is not https');
+    if (urls.v1 === undefined) return { v1Issuer: '', v2Issuer: v2.issuer, jwksUri: jwks.href, v1Missing: false };
     let v1Issuer: string | undefined;
     let v1Error: string | undefined;
     if (v1Result.status === 'rejected') v1Error = (v1Result.reason as Error).message;
-    else if (typeof v1Result.value.issuer !== 'string' || v1Result.value.issuer === '') v1Error = 'v1 OpenID metadata lacks issuer';
+    else if (typeof v1Result.value?.issuer !== 'string' || v1Result.value.issuer === '') v1Error = 'v1 OpenID metadata lacks issuer';
     else v1Issuer = v1Result.value.issuer;
     if (v1Error !== undefined) {
       log.warn({ err: v1Error, keepingPrevious: metadata !== undefined && metadata.v1Issuer !== '' }, 'v1 OpenID metadata could not be read; v1 tokens are refused until it is');

@@ -239,6 +239,14 @@ describe('GET /Validate with options (built sidecar)', function () {
     expect(r.status).to.equal(401);
   });
 
+  it("refuses a v1 token from a work tenant with TenantId=consumers, which has no v1 metadata (not common's any-tenant issuer)", async () => {
+    const s = await start({ AzureAd__TenantId: 'consumers' });
+    const v1 = await emu.mint({ kind: 'user', version: 1, audience: `api://${emu.scenario.apps.sidecarApi.appId}`, scp: 'access_as_user' });
+    const r = await call(`${s.url}/Validate`, { token: v1 });
+    expect(r.status).to.equal(401);
+    expect(r.headers.get('www-authenticate') ?? '').to.match(/error="invalid_token", error_description="The issuer '[^']+' is invalid"/);
+  });
+
   it('decrypts a JWE token with TokenDecryptionCredentials and validates the inner token', async () => {
     const enc = emu.scenario.apps.sidecarApi.encryptionCertificate!;
     const dir = tempDir('es-jwe-');

@@ -10,6 +10,7 @@ import type { DecryptionKey } from '../../src/validation/decryption.js';
 import { createTokenValidator, payloadJson, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
 import {
   CLIENT_ID,
+  MSA_TENANT,
   OTHER_TENANT,
   TENANT,
   buildAzureAd,
@@ -242,6 +243,30 @@ describe('token validator', function () {
       await expectCode(v.validate(await mint(entra, { key, tenant: OTHER_TENANT, claims: { tid: TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
       await expectCode(v.validate(await mint(entra, { key, tenant: 'not-a-guid', nowSec: nowSec() })), 'token_tenant_mismatch');
       await expectCode(v.validate(await mint(entra, { key, issuer: `https://evil.example/${TENANT}/v2.0`, nowSec: nowSec() })), 'token_issuer_invalid');
+    });
+
+    it("refuses v1 tokens on TenantId=consumers, which has no v1 metadata (never common's {tenantid} issuer), and accepts Microsoft-account v2 tokens", async function () {
+      // Microsoft-account keys carry the concrete consumers issuer (entra-protocol §3.3).
+      const msa = makeSigningKey('RS256', entra.v2Issuer('consumers'));
+      entra.keys = [msa];
+      const v1Reads = entra.hits.metadataV1;
+      const v = await started({ tenantId: 'consumers' });
+      expect(entra.hits.metadataV1, 'no v1 metadata is read for consumers').to.equal(v1Reads);
+      for (const tenant of [OTHER_TENANT, TENANT, MSA_TENANT]) {
+        await expectCode(v.validate(await mint(entra, { key: msa, version: '1.0', tenant, nowSec: nowSec() })), 'token_issuer_invalid');
+      }
+      await expectCode(v.validate(await mint(entra, { key: msa, tenant: OTHER_TENANT, nowSec: nowSec() })), 'token_issuer_invalid');
+      expect((await v.validate(await mint(entra, { key: msa, tenant: MSA_TENANT, nowSec: nowSec() }))).tenantId).to.equal(MSA_TENANT);
+    });
+
+    it("lets a signing key with a concrete issuer vouch for v1 tokens of the tenant it names only", async function () {
+      // Restricted to our tenant; a templated v1 ValidIssuers entry lets other tenants' v1 issuers through the issuer rule.
+      const ours = makeSigningKey('RS256', entra.v2Issuer(TENANT));
+      entra.keys = [ours];
+      const v = await started({ validIssuers: [`${entra.origin}/{tenantid}/`] });
+      const err = await expectCode(v.validate(await mint(entra, { key: ours, version: '1.0', tenant: OTHER_TENANT, nowSec: nowSec() })), 'token_issuer_invalid');
+      expect(err.detail).to.include('signing key');
+      expect((await v.validate(await mint(entra, { key: ours, version: '1.0', nowSec: nowSec() }))).tenantId).to.equal(TENANT);
     });
 
     it('accepts ValidIssuers besides the default rule (AadIssuerValidator falls back to the metadata issuer)', async function () {
