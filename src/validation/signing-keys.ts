@@ -11,15 +11,11 @@ import type { Dispatcher } from 'undici';
 import type { Logger } from '../log.js';
 import { send } from '../net/outbound.js';
 
-/** One usable JWKS entry. */
+/** One usable JWKS entry: an RSA key, the only kind RS256 (the one algorithm accepted) verifies with. */
 export interface SigningKey {
   readonly kid: string | undefined;
   readonly x5t: string | undefined;
   readonly key: KeyObject;
-  /** `rsa` or `ec` (node's asymmetricKeyType). */
-  readonly keyType: string;
-  /** node's curve name for EC keys (`prime256v1`, `secp384r1`, `secp521r1`). */
-  readonly namedCurve: string | undefined;
   /** The JWK `alg`, when the JWKS pins one. */
   readonly alg: string | undefined;
   /** The v2 JWKS `issuer` member (template with `{tenantid}` or concrete), when present. */
@@ -100,31 +96,26 @@ export function metadataUrls(authority: string): { v2: string; v1: string | unde
   return { v2, v1: `${v1Base.replace(/\/organizations$/i, '/common')}/.well-known/openid-configuration` };
 }
 
-/** Parses one JWKS entry into a SigningKey, or undefined when it is not a usable signature key. */
+/**
+ * Parses one JWKS entry into a SigningKey, or undefined when it is not a usable signature key: only
+ * RSA keys of 2048 bits or more (Entra publishes nothing else; an EC key could verify no token
+ * here, since only RS256 is accepted).
+ */
 export function importJwk(jwk: Record<string, unknown>): SigningKey | undefined {
   if (jwk.use !== undefined && jwk.use !== 'sig') return undefined;
-  const kid = typeof jwk.kid === 'string' ? jwk.kid : undefined;
-  const x5t = typeof jwk.x5t === 'string' ? jwk.x5t : undefined;
+  if (jwk.kty !== 'RSA' || typeof jwk.n !== 'string' || typeof jwk.e !== 'string') return undefined;
   let key: KeyObject;
   try {
-    if (jwk.kty === 'RSA' && typeof jwk.n === 'string' && typeof jwk.e === 'string') {
-      key = createPublicKey({ key: { kty: 'RSA', n: jwk.n, e: jwk.e }, format: 'jwk' });
-      // RFC 7518 §3.3: RSA keys below 2048 bits must not be used.
-      if ((key.asymmetricKeyDetails?.modulusLength ?? 0) < 2048) return undefined;
-    } else if (jwk.kty === 'EC' && typeof jwk.crv === 'string' && typeof jwk.x === 'string' && typeof jwk.y === 'string') {
-      key = createPublicKey({ key: { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y }, format: 'jwk' });
-    } else {
-      return undefined;
-    }
+    key = createPublicKey({ key: { kty: 'RSA', n: jwk.n, e: jwk.e }, format: 'jwk' });
   } catch {
     return undefined;
   }
+  // RFC 7518 §3.3: RSA keys below 2048 bits must not be used.
+  if ((key.asymmetricKeyDetails?.modulusLength ?? 0) < 2048) return undefined;
   return {
-    kid,
-    x5t,
+    kid: typeof jwk.kid === 'string' ? jwk.kid : undefined,
+    x5t: typeof jwk.x5t === 'string' ? jwk.x5t : undefined,
     key,
-    keyType: key.asymmetricKeyType ?? '',
-    namedCurve: key.asymmetricKeyDetails?.namedCurve,
     alg: typeof jwk.alg === 'string' ? jwk.alg : undefined,
     issuer: typeof jwk.issuer === 'string' ? jwk.issuer : undefined,
   };

@@ -22,7 +22,7 @@
  * remembers the entries hit last, and a whole-string comparison with the entry's own token (about
  * 0.1 µs for an Entra token, against 1.5 µs for the digest) gives its cache key.
  */
-import { constants, hash, verify, type KeyObject } from 'node:crypto';
+import { hash, verify } from 'node:crypto';
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
 import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../config/types.js';
@@ -74,18 +74,12 @@ export interface TokenValidatorWithStats extends TokenValidator {
   stats(): TokenValidatorStats;
 }
 
-/** JWS algorithms accepted; `none` and HS* can never be configured in. */
-const SIGNATURE_ALGS: Readonly<Record<string, { hash: string; kind: 'rsa' | 'pss' | 'ec'; curve?: string; sigBytes?: number }>> = {
-  RS256: { hash: 'sha256', kind: 'rsa' },
-  RS384: { hash: 'sha384', kind: 'rsa' },
-  RS512: { hash: 'sha512', kind: 'rsa' },
-  PS256: { hash: 'sha256', kind: 'pss' },
-  PS384: { hash: 'sha384', kind: 'pss' },
-  PS512: { hash: 'sha512', kind: 'pss' },
-  ES256: { hash: 'sha256', kind: 'ec', curve: 'prime256v1', sigBytes: 64 },
-  ES384: { hash: 'sha384', kind: 'ec', curve: 'secp384r1', sigBytes: 96 },
-  ES512: { hash: 'sha512', kind: 'ec', curve: 'secp521r1', sigBytes: 132 },
-};
+/**
+ * The one JWS algorithm accepted: Entra signs its tokens with RS256 (entra-protocol §3.2 rule 2).
+ * `none`, HS*, and the other RSA and EC algorithms a JWKS key could verify are refused before any
+ * key is looked at, so no token can choose how its signature is checked.
+ */
+const SIGNATURE_ALG = 'RS256';
 
 /** Entra tokens are a few KB; this bounds parsing work on garbage. */
 const MAX_COMPACT_LENGTH = 64 * 1024;
@@ -142,7 +136,6 @@ interface Verified {
 /** A compact JWS that passed the rules needing no key (parseJws). */
 interface ParsedJws {
   readonly jws: string;
-  readonly alg: string;
   readonly header: Record<string, unknown>;
   readonly claims: Record<string, unknown>;
   readonly lastDot: number;
@@ -197,27 +190,11 @@ function withoutTrailingSlash(audience: string): string {
   return audience.endsWith('/') ? audience.slice(0, -1) : audience;
 }
 
-/** Checks a JWS signature with node:crypto directly (synchronous, no WebCrypto import per call). */
-function signatureValid(alg: string, key: SigningKey, signingInput: Buffer, signature: Buffer): boolean {
-  const spec = SIGNATURE_ALGS[alg];
-  if (key.alg !== undefined && key.alg !== alg) return false;
-  let keyInput: KeyObject | { key: KeyObject; padding?: number; saltLength?: number; dsaEncoding?: 'ieee-p1363' };
-  switch (spec.kind) {
-    case 'rsa':
-      if (key.keyType !== 'rsa') return false;
-      keyInput = key.key;
-      break;
-    case 'pss':
-      if (key.keyType !== 'rsa' && key.keyType !== 'rsa-pss') return false;
-      keyInput = { key: key.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST };
-      break;
-    case 'ec':
-      if (key.keyType !== 'ec' || key.namedCurve !== spec.curve || signature.length !== spec.sigBytes) return false;
-      keyInput = { key: key.key, dsaEncoding: 'ieee-p1363' };
-      break;
-  }
+/** Checks an RS256 signature with node:crypto directly (synchronous, no WebCrypto import per call). */
+function signatureValid(key: SigningKey, signingInput: Buffer, signature: Buffer): boolean {
+  if (key.alg !== undefined && key.alg !== SIGNATURE_ALG) return false;
   try {
-    return verify(spec.hash, signingInput, keyInput, signature);
+    return verify('sha256', signingInput, key.key, signature);
   } catch {
     return false;
   }
@@ -344,8 +321,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const lastDot = jws.lastIndexOf('.');
     if (firstDot <= 0 || lastDot === firstDot || jws.indexOf('.', firstDot + 1) !== lastDot) throw malformed('The token is not a compact JWS');
     const header = decodeJsonObject(jws.slice(0, firstDot), 'header');
-    const alg = header.alg;
-    if (typeof alg !== 'string' || !Object.hasOwn(SIGNATURE_ALGS, alg)) {
+    if (header.alg !== SIGNATURE_ALG) {
       // JwtBearer's description for an unsigned or wrongly signed token; the code says why.
       throw new SidecarError('token_alg_not_allowed', 'The signature is invalid');
     }
@@ -359,7 +335,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const signatureSegment = jws.slice(lastDot + 1);
     if (signatureSegment === '' || !BASE64URL.test(signatureSegment)) throw malformed('The token signature is not base64url');
     const claims = decodeJsonObject(jws.slice(firstDot + 1, lastDot), 'payload');
-    return { jws, alg, header, claims, lastDot, signatureSegment };
+    return { jws, header, claims, lastDot, signatureSegment };
   }
 
   /**
@@ -368,13 +344,13 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    * when it was encrypted). Throws the token's error.
    */
   function verifyParsed(parsed: ParsedJws, raw: string, set: SigningKeySet, candidates: readonly SigningKey[]): Verified {
-    const { jws, alg, header, claims, lastDot, signatureSegment } = parsed;
+    const { jws, header, claims, lastDot, signatureSegment } = parsed;
     const signingInput = Buffer.from(jws.slice(0, lastDot), 'latin1');
     const signature = Buffer.from(signatureSegment, 'base64url');
     let signingKey: SigningKey | undefined;
     for (const k of candidates) {
       signatureVerifications++;
-      if (signatureValid(alg, k, signingInput, signature)) {
+      if (signatureValid(k, signingInput, signature)) {
         signingKey = k;
         break;
       }

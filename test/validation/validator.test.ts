@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { rejection } from '../helpers/assert.js';
 import { createHash, createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
-import { CompactEncrypt, SignJWT } from 'jose';
+import { CompactEncrypt, decodeJwt, SignJWT } from 'jose';
 import type { Agent } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
 import { SidecarError, type ErrorCode } from '../../src/errors.js';
@@ -101,15 +101,6 @@ describe('token validator', function () {
       const result = await v.validate(token);
       expect(result.version).to.equal('1.0');
       expect(result.claims.iss).to.equal(entra.v1Issuer(TENANT));
-    });
-
-    it('accepts PS256 and ES256 signatures from keys of the matching type', async function () {
-      const ps = makeSigningKey('PS256');
-      const es = makeSigningKey('ES256');
-      entra.keys = [key, ps, es];
-      const v = await started();
-      await v.validate(await mint(entra, { key: ps, nowSec: nowSec() }));
-      await v.validate(await mint(entra, { key: es, nowSec: nowSec() }));
     });
 
     it('gives the payload back as the JSON text it was signed as, without the JSON whitespace around it (payloadJson)', async function () {
@@ -299,6 +290,25 @@ describe('token validator', function () {
       const hs = await new SignJWT(payload).setProtectedHeader({ alg: 'HS256', kid: key.kid }).sign(publicPem);
       await expectCode(v.validate(hs), 'token_alg_not_allowed');
       expect(v.stats().signatureVerifications).to.equal(0);
+    });
+
+    it('accepts RS256 only (entra-protocol §3.2 rule 2): PS256, RS384/RS512, PS512 and ES256 are refused before any signature check, even signed by a published key', async function () {
+      const ps = makeSigningKey('PS256');
+      const es = makeSigningKey('ES256');
+      entra.keys = [key, ps, es];
+      const v = await started();
+      const payload = decodeJwt(await mint(entra, { key, nowSec: nowSec() }));
+      const tokens = [
+        await mint(entra, { key: ps, nowSec: nowSec() }),
+        await mint(entra, { key: es, nowSec: nowSec() }),
+        ...(await Promise.all(['RS384', 'RS512', 'PS256', 'PS512'].map((alg) => new SignJWT(payload).setProtectedHeader({ alg, kid: key.kid }).sign(key.privateKey)))),
+      ];
+      for (const token of tokens) {
+        const err = await expectCode(v.validate(token), 'token_alg_not_allowed');
+        expect(err.detail).to.equal('The signature is invalid');
+      }
+      expect(v.stats().signatureVerifications).to.equal(0);
+      await v.validate(signRs256({ kid: key.kid }, payload as Record<string, unknown>, key.privateKey));
     });
 
     it('rejects a tampered payload as an invalid signature', async function () {
