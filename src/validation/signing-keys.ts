@@ -16,6 +16,8 @@ export interface SigningKey {
   readonly kid: string | undefined;
   readonly x5t: string | undefined;
   readonly key: KeyObject;
+  /** Length of the key's modulus in bytes, which is the length of every signature it makes. */
+  readonly signatureBytes: number;
   /** The JWK `alg`, when the JWKS pins one. */
   readonly alg: string | undefined;
   /** The v2 JWKS `issuer` member (template with `{tenantid}` or concrete), when present. */
@@ -111,11 +113,13 @@ export function importJwk(jwk: Record<string, unknown>): SigningKey | undefined 
     return undefined;
   }
   // RFC 7518 §3.3: RSA keys below 2048 bits must not be used.
-  if ((key.asymmetricKeyDetails?.modulusLength ?? 0) < 2048) return undefined;
+  const modulusBits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+  if (modulusBits < 2048) return undefined;
   return {
     kid: typeof jwk.kid === 'string' ? jwk.kid : undefined,
     x5t: typeof jwk.x5t === 'string' ? jwk.x5t : undefined,
     key,
+    signatureBytes: Math.ceil(modulusBits / 8),
     alg: typeof jwk.alg === 'string' ? jwk.alg : undefined,
     issuer: typeof jwk.issuer === 'string' ? jwk.issuer : undefined,
   };

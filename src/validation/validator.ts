@@ -152,13 +152,33 @@ function malformed(detail: string): SidecarError {
   return new SidecarError('token_malformed', detail);
 }
 
+/** The 6-bit value of a base64url character (one the BASE64URL pattern admits). */
+function base64urlValue(c: number): number {
+  if (c >= 0x61) return c - 0x61 + 26; // a-z
+  if (c >= 0x41) return c === 0x5f ? 63 : c - 0x41; // A-Z, _
+  return c === 0x2d ? 62 : c - 0x30 + 52; // -, 0-9
+}
+
+/**
+ * Whether a segment the BASE64URL pattern admits is its bytes' one spelling (RFC 4648 §3.5): no
+ * dangling sixth-bit character, and the bits the last character carries beyond the final byte are
+ * zero. Node's decoder ignores both, so without this one signature verified in four spellings, each
+ * a cache key of its own (verified tokens, OBO results). O(1): only the length and the last character.
+ */
+export function isCanonicalBase64url(segment: string): boolean {
+  const tail = segment.length & 3;
+  if (tail === 0) return true;
+  if (tail === 1) return false;
+  return (base64urlValue(segment.charCodeAt(segment.length - 1)) & (tail === 2 ? 0x0f : 0x03)) === 0;
+}
+
 /** A JWS segment's JSON text, decoded the one way every reader here decodes it. */
 function segmentText(segment: string): string {
   return Buffer.from(segment, 'base64url').toString('utf8');
 }
 
 function decodeJsonObject(segment: string, what: string): Record<string, unknown> {
-  if (segment === '' || !BASE64URL.test(segment)) throw malformed(`The token ${what} is not base64url`);
+  if (segment === '' || !BASE64URL.test(segment) || !isCanonicalBase64url(segment)) throw malformed(`The token ${what} is not base64url`);
   let value: unknown;
   try {
     value = JSON.parse(segmentText(segment));
@@ -333,7 +353,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     if (header.crit !== undefined) throw malformed("The token header has a 'crit' member that is not supported");
     if (header.nonce !== undefined) throw malformed('The token is not for this API (it carries a nonce header)');
     const signatureSegment = jws.slice(lastDot + 1);
-    if (signatureSegment === '' || !BASE64URL.test(signatureSegment)) throw malformed('The token signature is not base64url');
+    if (signatureSegment === '' || !BASE64URL.test(signatureSegment) || !isCanonicalBase64url(signatureSegment)) throw malformed('The token signature is not base64url');
     const claims = decodeJsonObject(jws.slice(firstDot + 1, lastDot), 'payload');
     return { jws, header, claims, lastDot, signatureSegment };
   }
@@ -349,6 +369,8 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const signature = Buffer.from(signatureSegment, 'base64url');
     let signingKey: SigningKey | undefined;
     for (const k of candidates) {
+      // An RS256 signature is exactly as long as the key's modulus (RFC 8017 §8.2.2): no RSA operation for another length.
+      if (signature.length !== k.signatureBytes) continue;
       signatureVerifications++;
       if (signatureValid(k, signingInput, signature)) {
         signingKey = k;

@@ -332,6 +332,40 @@ describe('token validator', function () {
       }
     });
 
+    it('accepts each segment in its one base64url spelling only: a signature with unused bits set or a dangling character is refused before any signature check, and never cached', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      await v.validate(token);
+      await v.validate(token);
+      expect(v.stats().cacheSize).to.equal(1);
+      const verified = v.stats().signatureVerifications;
+      const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+      /** The same bytes spelled with the unused low bits of the last character set (Node's decoder ignores them). */
+      const respelled = (segment: string): string => {
+        const unused = [0, 0, 15, 3][segment.length % 4];
+        return segment.slice(0, -1) + alphabet[alphabet.indexOf(segment.at(-1)!) | unused];
+      };
+      const [h, p, s] = token.split('.');
+      expect(s.length % 4, 'a 2048-bit signature leaves unused bits').to.not.equal(0);
+      expect(Buffer.from(respelled(s), 'base64url').equals(Buffer.from(s, 'base64url'))).to.equal(true);
+      const dangling = `${s}${'A'.repeat((5 - (s.length % 4)) % 4)}`;
+      expect(dangling.length % 4).to.equal(1);
+      for (const variant of [`${h}.${p}.${respelled(s)}`, `${h}.${p}.${dangling}`, `${h}.${p}.${s}==`]) {
+        await expectCode(v.validate(variant), 'token_malformed');
+      }
+      // Header and payload too (a real Entra payload is any length; pad it to leave unused bits).
+      const padded = await mint(entra, { key, nowSec: nowSec(), claims: { pad: 'x' } });
+      const paddedWithUnusedBits = [padded, await mint(entra, { key, nowSec: nowSec(), claims: { pad: 'xx' } }), await mint(entra, { key, nowSec: nowSec(), claims: { pad: 'xxx' } })]
+        .find((t) => t.split('.')[1].length % 4 !== 0)!;
+      const [ph, pp, ps] = paddedWithUnusedBits.split('.');
+      await expectCode(v.validate(`${ph}.${respelled(pp)}.${ps}`), 'token_malformed');
+      if (ph.length % 4 !== 0) await expectCode(v.validate(`${respelled(ph)}.${pp}.${ps}`), 'token_malformed');
+      // Canonical, but not as long as the key's modulus: no RSA operation is spent on it.
+      await expectCode(v.validate(`${h}.${p}.${s.slice(4)}`), 'token_signature_invalid');
+      expect(v.stats().signatureVerifications).to.equal(verified);
+      expect(v.stats().cacheSize).to.equal(1);
+    });
+
     it('rejects tokens that are not 3-part JWS or 5-part JWE', async function () {
       const v = await started();
       for (const bad of ['', 'abc', 'a.b', 'a.b.c.d', 'a.b.c.d.e.f', '..', '!!.@@.##']) {
