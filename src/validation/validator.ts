@@ -9,9 +9,11 @@
  * number in a bounded set (a doorkeeper). A caller sends a token many times in its lifetime, so this
  * costs a warm caller one extra signature check; a token seen once (a new token on every request)
  * leaves no claims behind for the garbage collector to copy, promote and later sweep, which was
- * ≈ 40 µs of every such request (bench/README.md). A cached token is deep-frozen and the same object
- * on every hit; a first-sight one is a fresh object nobody keeps, so `isCachedToken`
- * (pipeline/authenticate.ts) tells callers which ones are worth keying on.
+ * ≈ 40 µs of every such request (bench/README.md). An encrypted token is cached on its first
+ * verification (decrypting costs more than the entry), and one per inner token: wrapping one token
+ * again and again gives copies that replace each other, not a flood of entries. A cached token is
+ * deep-frozen and the same object on every hit; a first-sight one is a fresh object nobody keeps,
+ * so `isCachedToken` (pipeline/authenticate.ts) tells callers which ones are worth keying on.
  *
  * Validation is synchronous whenever the signing keys are at hand (`validateNow()`): only an
  * encrypted token, the first load of the keys and a key id the loaded set lacks need a promise, so
@@ -26,12 +28,12 @@ import { hash, verify } from 'node:crypto';
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
 import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../config/types.js';
-import { LruMap } from '../bounded-map.js';
+import { LruMap, setNewest } from '../bounded-map.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import type { TokenValidator, ValidatedToken } from '../pipeline/types.js';
-import { decryptToken, safeName, type DecryptionKey, type JweHeader } from './decryption.js';
+import { checkJweHeader, decryptToken, safeName, type DecryptionKey, type JweHeader } from './decryption.js';
 import { signingKeyIssuerMatches, validateIssuer, type IssuerForm } from './issuer.js';
 import { createSigningKeyStore, type SigningKey, type SigningKeySet } from './signing-keys.js';
 
@@ -61,6 +63,8 @@ export interface TokenValidatorStats {
   signatureVerifications: number;
   /** SHA-256 cache keys computed (a token never seen before needs none). */
   cacheKeyDigests: number;
+  /** RSA key unwraps tried on encrypted tokens (a cached one needs none). */
+  decryptionAttempts: number;
   /** Entries in the verified-token cache. */
   cacheSize: number;
 }
@@ -260,10 +264,21 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    */
   const seen = new Set<number>();
   const seenCapacity = 2 * cacheCapacity;
+  /**
+   * The cache key of the encrypted token cached for each inner token, by the inner JWS's digest. A
+   * JWE is looked up as sent (the warm path never decrypts), but anyone holding one inner token can
+   * wrap it again with a fresh content key as often as they like: without this, every copy would be
+   * an entry of its own and flush every other caller's. Admitting a copy drops the one before it.
+   */
+  const encryptedByInner = new Map<string, string>();
   let cacheHits = 0;
   let cacheMisses = 0;
   let signatureVerifications = 0;
   let cacheKeyDigests = 0;
+  let decryptionAttempts = 0;
+  const countDecryption = (): void => {
+    decryptionAttempts++;
+  };
 
   // Configured audiences replace the default rule (reference §4).
   const configuredAudiences = new Set<string>([...(azureAd.audience ? [azureAd.audience] : []), ...azureAd.validAudiences].map(withoutTrailingSlash));
@@ -294,22 +309,31 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
 
   function dropAll(): void {
     cache.clear();
+    encryptedByInner.clear();
     recent.fill(undefined);
   }
 
+  function remember(fp: number): void {
+    if (seen.size >= seenCapacity) seen.delete(seen.values().next().value as number);
+    seen.add(fp);
+  }
+
   /**
-   * Caches a token on its second verification (or its first when it was encrypted: decryption is the
-   * expensive part there); returns the object to hand out, frozen when cached.
+   * Caches a token on its second verification, or an encrypted one on its first (decryption is the
+   * expensive part there) in place of any earlier copy of its inner token (encryptedByInner); returns
+   * the object to hand out, frozen when cached.
    */
   function admit(cacheKey: string, token: ValidatedToken, nbf: number | undefined): ValidatedToken {
     const fp = fingerprint(token.raw);
+    const encrypted = token.raw !== token.jws;
+    const inner = encrypted ? dropEarlierCopy(token) : '';
     if (!seen.has(fp)) {
-      if (seen.size >= seenCapacity) seen.delete(seen.values().next().value as number);
-      seen.add(fp);
-      if (token.raw === token.jws) return token;
+      remember(fp);
+      if (!encrypted) return token;
     }
     // A token that was new when cached() looked has no key yet.
     if (cacheKey === '') cacheKey = digestOf(token.raw);
+    if (encrypted) setNewest(encryptedByInner, inner, cacheKey, cacheCapacity);
     cache.set(cacheKey, {
       key: cacheKey,
       token: deepFreeze(token),
@@ -317,6 +341,23 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
       notAfterMs: (token.expiresAt + skewSec) * 1000,
     });
     return token;
+  }
+
+  /**
+   * Drops the cached copy of `token`'s inner token that another wrapping left, and its fingerprint
+   * (so a stream of copies cannot age other callers out of the seen set either); returns the inner
+   * token's digest.
+   */
+  function dropEarlierCopy(token: ValidatedToken): string {
+    cacheKeyDigests++;
+    const inner = hash('sha256', token.jws, 'base64');
+    const earlierKey = encryptedByInner.get(inner);
+    const earlier = earlierKey === undefined ? undefined : cache.peek(earlierKey);
+    if (earlier !== undefined && earlier.token.raw !== token.raw) {
+      cache.delete(earlier.key);
+      seen.delete(fingerprint(earlier.token.raw));
+    }
+    return inner;
   }
 
   function candidateKeys(set: SigningKeySet, header: Record<string, unknown>): readonly SigningKey[] | undefined {
@@ -461,8 +502,17 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const dots = dotCount(compact);
     if (dots === 2) return validateJws(compact, compact);
     if (dots !== 4) throw malformed('The token is neither a compact JWS nor a compact JWE');
-    const header = decodeJsonObject(compact.slice(0, compact.indexOf('.')), 'header') as JweHeader;
-    const inner = await decryptToken(compact, header, decryptionKeys);
+    const firstDot = compact.indexOf('.');
+    const header = decodeJsonObject(compact.slice(0, firstDot), 'header') as JweHeader;
+    checkJweHeader(header);
+    // One spelling per token here too, checked before the private-key operation a JWE costs.
+    for (let start = firstDot + 1, end = 0; start <= compact.length; start = end + 1) {
+      end = compact.indexOf('.', start);
+      if (end < 0) end = compact.length;
+      const segment = compact.slice(start, end);
+      if (!BASE64URL.test(segment) || !isCanonicalBase64url(segment)) throw malformed('The encrypted token is not base64url');
+    }
+    const inner = await decryptToken(compact, header, decryptionKeys, countDecryption);
     // The plaintext must itself be a signed JWS (never a bare payload or another JWE).
     if (inner.split('.').length !== 3) throw new SidecarError('token_decryption_failed', 'The encrypted token does not contain a signed token');
     return validateJws(inner, compact);
@@ -602,6 +652,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
         keyCount: keys.current()?.all.length ?? 0,
         signatureVerifications,
         cacheKeyDigests,
+        decryptionAttempts,
         cacheSize: cache.size,
       };
     },

@@ -777,6 +777,51 @@ describe('token validator', function () {
       expect(v.validateNow(jwe), 'a cached JWE is answered at once').to.equal(r);
     });
 
+    it('keeps one cache entry per inner token however often it is re-wrapped, so re-wrapped copies cannot flush other callers out', async function () {
+      const v = await started({}, { verifiedTokenCacheSize: 20 }, { decryptionKeys: [decryptionKey] });
+      const callers: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        const t = await mint(entra, { key, nowSec: nowSec(), claims: { oid: `caller-${i}` } });
+        await v.validate(t);
+        await v.validate(t);
+        callers.push(t);
+      }
+      expect(v.stats().cacheSize).to.equal(10);
+      // One valid inner token, wrapped again with a fresh content key each time (anyone holding it can).
+      const inner = await mint(entra, { key, nowSec: nowSec() });
+      let wrapped = '';
+      for (let i = 0; i < 40; i++) {
+        wrapped = await encrypt(inner, { alg: 'RSA-OAEP', enc: 'A256GCM' });
+        expect((await v.validate(wrapped)).raw).to.equal(wrapped);
+      }
+      expect(v.stats().cacheSize).to.equal(11);
+      expect(callers.filter((t) => v.cached(t) === undefined), 'callers evicted').to.deep.equal([]);
+      // The copy seen last is the one cached, answered at once with no decryption.
+      const decryptions = v.stats().decryptionAttempts;
+      expect(v.validateNow(wrapped)?.raw).to.equal(wrapped);
+      expect(v.stats().decryptionAttempts).to.equal(decryptions);
+    });
+
+    it('refuses a JWE with a segment in non-canonical base64url, or an encrypted key no configured key is as long as, without decrypting', async function () {
+      const v = await started({}, {}, { decryptionKeys: [decryptionKey] });
+      const jwe = await encrypt(await mint(entra, { key, nowSec: nowSec() }), { alg: 'RSA-OAEP', enc: 'A256GCM' });
+      const parts = jwe.split('.');
+      const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+      const respell = (i: number): string => {
+        const segment = parts[i];
+        const unused = [0, 0, 15, 3][segment.length % 4];
+        return parts.map((p, j) => (j === i ? p.slice(0, -1) + alphabet[alphabet.indexOf(p.at(-1)!) | unused] : p)).join('.');
+      };
+      const respellable = [1, 2, 3, 4].filter((i) => parts[i].length % 4 !== 0);
+      expect(respellable, 'the 16-byte tag at least leaves unused bits').to.include(4);
+      for (const i of respellable) await expectCode(v.validate(respell(i)), 'token_malformed');
+      const shortKey = parts.map((p, j) => (j === 1 ? p.slice(4) : p)).join('.');
+      await expectCode(v.validate(shortKey), 'token_decryption_failed');
+      expect(v.stats().decryptionAttempts).to.equal(0);
+      await v.validate(jwe);
+      expect(v.stats().decryptionAttempts).to.equal(1);
+    });
+
     it('tries every configured key when the JWE names none (RSA-OAEP-256 + A256GCM)', async function () {
       const v = await started({}, {}, { decryptionKeys: [otherKey, decryptionKey] });
       const jwe = await encrypt(await mint(entra, { key, nowSec: nowSec() }), { alg: 'RSA-OAEP-256', enc: 'A256GCM' });
