@@ -165,11 +165,12 @@ function base64urlValue(c: number): number {
 
 /**
  * Whether a segment the BASE64URL pattern admits is its bytes' one spelling (RFC 4648 §3.5): no
- * dangling sixth-bit character, and the bits the last character carries beyond the final byte are
- * zero. Node's decoder ignores both, so without this one signature verified in four spellings, each
- * a cache key of its own (verified tokens, OBO results). O(1): only the length and the last character.
+ * character left over that completes no byte, and the bits the last character carries beyond the
+ * final byte are zero. Node's decoder ignores both, so without this one signature verified in four
+ * spellings, each a cache key of its own (verified tokens, OBO results). O(1): only the length and
+ * the last character are read.
  */
-export function isCanonicalBase64url(segment: string): boolean {
+function isCanonicalBase64url(segment: string): boolean {
   const tail = segment.length & 3;
   if (tail === 0) return true;
   if (tail === 1) return false;
