@@ -11,15 +11,13 @@ import type { Dispatcher } from 'undici';
 import type { Logger } from '../log.js';
 import { send } from '../net/outbound.js';
 
-/** One usable JWKS entry. */
+/** One usable JWKS entry: an RSA key, the only kind RS256 (the one algorithm accepted) verifies with. */
 export interface SigningKey {
   readonly kid: string | undefined;
   readonly x5t: string | undefined;
   readonly key: KeyObject;
-  /** `rsa` or `ec` (node's asymmetricKeyType). */
-  readonly keyType: string;
-  /** node's curve name for EC keys (`prime256v1`, `secp384r1`, `secp521r1`). */
-  readonly namedCurve: string | undefined;
+  /** Length of the key's modulus in bytes, which is the length of every signature it makes. */
+  readonly signatureBytes: number;
   /** The JWK `alg`, when the JWKS pins one. */
   readonly alg: string | undefined;
   /** The v2 JWKS `issuer` member (template with `{tenantid}` or concrete), when present. */
@@ -84,41 +82,44 @@ function trimSlash(s: string): string {
   return s.endsWith('/') ? s.slice(0, -1) : s;
 }
 
-/** v2 and v1 OpenID metadata URLs for an authority (reference sidecar-http-api §4, entra-protocol §1.2–1.3). */
-export function metadataUrls(authority: string): { v2: string; v1: string } {
+/**
+ * v2 and v1 OpenID metadata URLs for an authority (reference sidecar-http-api §4, entra-protocol
+ * §1.2–1.3). v1 metadata has no `organizations` or `consumers` tenant (Entra answers AADSTS90002).
+ * Like Microsoft.Identity.Web's AadIssuerValidator (CreateV1Authority), `organizations` reads it
+ * from `common`, whose issuer is the same `{tenantid}` template. `consumers` has none (undefined):
+ * its tokens are the Microsoft-account tenant's v2 tokens, and common's template would let a
+ * v1-form token from any tenant through.
+ */
+export function metadataUrls(authority: string): { v2: string; v1: string | undefined } {
   const v2Base = trimSlash(authority);
-  // v1 metadata has no `organizations` or `consumers` tenant (Entra answers AADSTS90002); like
-  // Microsoft.Identity.Web's AadIssuerValidator, read it from `common`, whose issuer is the same
-  // `{tenantid}` template.
-  const v1Base = v2Base.replace(/\/v2\.0$/i, '').replace(/\/(organizations|consumers)$/i, '/common');
-  return { v2: `${v2Base}/.well-known/openid-configuration`, v1: `${v1Base}/.well-known/openid-configuration` };
+  const v1Base = v2Base.replace(/\/v2\.0$/i, '');
+  const v2 = `${v2Base}/.well-known/openid-configuration`;
+  if (/\/consumers$/i.test(v1Base)) return { v2, v1: undefined };
+  return { v2, v1: `${v1Base.replace(/\/organizations$/i, '/common')}/.well-known/openid-configuration` };
 }
 
-/** Parses one JWKS entry into a SigningKey, or undefined when it is not a usable signature key. */
+/**
+ * Parses one JWKS entry into a SigningKey, or undefined when it is not a usable signature key: only
+ * RSA keys of 2048 bits or more (Entra publishes nothing else; an EC key could verify no token
+ * here, since only RS256 is accepted).
+ */
 export function importJwk(jwk: Record<string, unknown>): SigningKey | undefined {
   if (jwk.use !== undefined && jwk.use !== 'sig') return undefined;
-  const kid = typeof jwk.kid === 'string' ? jwk.kid : undefined;
-  const x5t = typeof jwk.x5t === 'string' ? jwk.x5t : undefined;
+  if (jwk.kty !== 'RSA' || typeof jwk.n !== 'string' || typeof jwk.e !== 'string') return undefined;
   let key: KeyObject;
   try {
-    if (jwk.kty === 'RSA' && typeof jwk.n === 'string' && typeof jwk.e === 'string') {
-      key = createPublicKey({ key: { kty: 'RSA', n: jwk.n, e: jwk.e }, format: 'jwk' });
-      // RFC 7518 §3.3: RSA keys below 2048 bits must not be used.
-      if ((key.asymmetricKeyDetails?.modulusLength ?? 0) < 2048) return undefined;
-    } else if (jwk.kty === 'EC' && typeof jwk.crv === 'string' && typeof jwk.x === 'string' && typeof jwk.y === 'string') {
-      key = createPublicKey({ key: { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y }, format: 'jwk' });
-    } else {
-      return undefined;
-    }
+    key = createPublicKey({ key: { kty: 'RSA', n: jwk.n, e: jwk.e }, format: 'jwk' });
   } catch {
     return undefined;
   }
+  // RFC 7518 §3.3: RSA keys below 2048 bits must not be used.
+  const modulusBits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+  if (modulusBits < 2048) return undefined;
   return {
-    kid,
-    x5t,
+    kid: typeof jwk.kid === 'string' ? jwk.kid : undefined,
+    x5t: typeof jwk.x5t === 'string' ? jwk.x5t : undefined,
     key,
-    keyType: key.asymmetricKeyType ?? '',
-    namedCurve: key.asymmetricKeyDetails?.namedCurve,
+    signatureBytes: Math.ceil(modulusBits / 8),
     alg: typeof jwk.alg === 'string' ? jwk.alg : undefined,
     issuer: typeof jwk.issuer === 'string' ? jwk.issuer : undefined,
   };
@@ -167,21 +168,23 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
    * The v2 metadata is required (issuer and jwks_uri). The v1 metadata only names the v1 issuer: like
    * AadIssuerValidator, which reads each version's metadata on its own, a failure there does not hold
    * back the keys or v2 tokens. The last v1 issuer read is kept; with none yet, v1-form tokens are
-   * refused (`v1Issuer` empty) until a retry reads it.
+   * refused (`v1Issuer` empty) until a retry reads it. An authority without v1 metadata (consumers,
+   * metadataUrls) refuses them for good, without asking.
    */
   async function loadMetadata(): Promise<{ v1Issuer: string; v2Issuer: string; jwksUri: string; v1Missing: boolean }> {
-    metadataFetches += 2;
-    const [v2Result, v1Result] = await Promise.allSettled([getJson(urls.v2, 'v2 OpenID metadata'), getJson(urls.v1, 'v1 OpenID metadata')]);
+    metadataFetches += urls.v1 === undefined ? 1 : 2;
+    const [v2Result, v1Result] = await Promise.allSettled([getJson(urls.v2, 'v2 OpenID metadata'), urls.v1 === undefined ? undefined : getJson(urls.v1, 'v1 OpenID metadata')]);
     if (v2Result.status === 'rejected') throw v2Result.reason;
     const v2 = v2Result.value;
     if (typeof v2.issuer !== 'string' || typeof v2.jwks_uri !== 'string') throw new Error('v2 OpenID metadata lacks issuer or jwks_uri');
     const jwks = new URL(v2.jwks_uri);
     // A plain-http jwks_uri is only followed when the metadata itself came over http (loopback tests).
     if (jwks.protocol !== 'https:' && jwks.protocol !== new URL(urls.v2).protocol) throw new Error('jwks_uri is not https');
+    if (urls.v1 === undefined) return { v1Issuer: '', v2Issuer: v2.issuer, jwksUri: jwks.href, v1Missing: false };
     let v1Issuer: string | undefined;
     let v1Error: string | undefined;
     if (v1Result.status === 'rejected') v1Error = (v1Result.reason as Error).message;
-    else if (typeof v1Result.value.issuer !== 'string' || v1Result.value.issuer === '') v1Error = 'v1 OpenID metadata lacks issuer';
+    else if (typeof v1Result.value?.issuer !== 'string' || v1Result.value.issuer === '') v1Error = 'v1 OpenID metadata lacks issuer';
     else v1Issuer = v1Result.value.issuer;
     if (v1Error !== undefined) {
       log.warn({ err: v1Error, keepingPrevious: metadata !== undefined && metadata.v1Issuer !== '' }, 'v1 OpenID metadata could not be read; v1 tokens are refused until it is');

@@ -9,9 +9,11 @@
  * number in a bounded set (a doorkeeper). A caller sends a token many times in its lifetime, so this
  * costs a warm caller one extra signature check; a token seen once (a new token on every request)
  * leaves no claims behind for the garbage collector to copy, promote and later sweep, which was
- * ≈ 40 µs of every such request (bench/README.md). A cached token is deep-frozen and the same object
- * on every hit; a first-sight one is a fresh object nobody keeps, so `isCachedToken`
- * (pipeline/authenticate.ts) tells callers which ones are worth keying on.
+ * ≈ 40 µs of every such request (bench/README.md). An encrypted token is cached on its first
+ * verification (decrypting costs more than the entry), and one per inner token: wrapping one token
+ * again and again gives copies that replace each other, not a flood of entries. A cached token is
+ * deep-frozen and the same object on every hit; a first-sight one is a fresh object nobody keeps,
+ * so `isCachedToken` (pipeline/authenticate.ts) tells callers which ones are worth keying on.
  *
  * Validation is synchronous whenever the signing keys are at hand (`validateNow()`): only an
  * encrypted token, the first load of the keys and a key id the loaded set lacks need a promise, so
@@ -22,16 +24,16 @@
  * remembers the entries hit last, and a whole-string comparison with the entry's own token (about
  * 0.1 µs for an Entra token, against 1.5 µs for the digest) gives its cache key.
  */
-import { constants, hash, verify, type KeyObject } from 'node:crypto';
+import { hash, verify } from 'node:crypto';
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
 import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../config/types.js';
-import { LruMap } from '../bounded-map.js';
+import { LruMap, setNewest } from '../bounded-map.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import type { TokenValidator, ValidatedToken } from '../pipeline/types.js';
-import { decryptToken, safeName, type DecryptionKey, type JweHeader } from './decryption.js';
+import { checkJweHeader, decryptToken, safeName, type DecryptionKey, type JweHeader } from './decryption.js';
 import { signingKeyIssuerMatches, validateIssuer, type IssuerForm } from './issuer.js';
 import { createSigningKeyStore, type SigningKey, type SigningKeySet } from './signing-keys.js';
 
@@ -61,6 +63,8 @@ export interface TokenValidatorStats {
   signatureVerifications: number;
   /** SHA-256 cache keys computed (a token never seen before needs none). */
   cacheKeyDigests: number;
+  /** RSA key unwraps tried on encrypted tokens (a cached one needs none). */
+  decryptionAttempts: number;
   /** Entries in the verified-token cache. */
   cacheSize: number;
 }
@@ -74,18 +78,12 @@ export interface TokenValidatorWithStats extends TokenValidator {
   stats(): TokenValidatorStats;
 }
 
-/** JWS algorithms accepted; `none` and HS* can never be configured in. */
-const SIGNATURE_ALGS: Readonly<Record<string, { hash: string; kind: 'rsa' | 'pss' | 'ec'; curve?: string; sigBytes?: number }>> = {
-  RS256: { hash: 'sha256', kind: 'rsa' },
-  RS384: { hash: 'sha384', kind: 'rsa' },
-  RS512: { hash: 'sha512', kind: 'rsa' },
-  PS256: { hash: 'sha256', kind: 'pss' },
-  PS384: { hash: 'sha384', kind: 'pss' },
-  PS512: { hash: 'sha512', kind: 'pss' },
-  ES256: { hash: 'sha256', kind: 'ec', curve: 'prime256v1', sigBytes: 64 },
-  ES384: { hash: 'sha384', kind: 'ec', curve: 'secp384r1', sigBytes: 96 },
-  ES512: { hash: 'sha512', kind: 'ec', curve: 'secp521r1', sigBytes: 132 },
-};
+/**
+ * The one JWS algorithm accepted: Entra signs its tokens with RS256 (entra-protocol §3.2 rule 2).
+ * `none`, HS*, and the other RSA and EC algorithms a JWKS key could verify are refused before any
+ * key is looked at, so no token can choose how its signature is checked.
+ */
+const SIGNATURE_ALG = 'RS256';
 
 /** Entra tokens are a few KB; this bounds parsing work on garbage. */
 const MAX_COMPACT_LENGTH = 64 * 1024;
@@ -142,7 +140,6 @@ interface Verified {
 /** A compact JWS that passed the rules needing no key (parseJws). */
 interface ParsedJws {
   readonly jws: string;
-  readonly alg: string;
   readonly header: Record<string, unknown>;
   readonly claims: Record<string, unknown>;
   readonly lastDot: number;
@@ -159,13 +156,34 @@ function malformed(detail: string): SidecarError {
   return new SidecarError('token_malformed', detail);
 }
 
+/** The 6-bit value of a base64url character (one the BASE64URL pattern admits). */
+function base64urlValue(c: number): number {
+  if (c >= 0x61) return c - 0x61 + 26; // a-z
+  if (c >= 0x41) return c === 0x5f ? 63 : c - 0x41; // A-Z, _
+  return c === 0x2d ? 62 : c - 0x30 + 52; // -, 0-9
+}
+
+/**
+ * Whether a segment the BASE64URL pattern admits is its bytes' one spelling (RFC 4648 §3.5): no
+ * character left over that completes no byte, and the bits the last character carries beyond the
+ * final byte are zero. Node's decoder ignores both, so without this one signature verified in four
+ * spellings, each a cache key of its own (verified tokens, OBO results). O(1): only the length and
+ * the last character are read.
+ */
+function isCanonicalBase64url(segment: string): boolean {
+  const tail = segment.length & 3;
+  if (tail === 0) return true;
+  if (tail === 1) return false;
+  return (base64urlValue(segment.charCodeAt(segment.length - 1)) & (tail === 2 ? 0x0f : 0x03)) === 0;
+}
+
 /** A JWS segment's JSON text, decoded the one way every reader here decodes it. */
 function segmentText(segment: string): string {
   return Buffer.from(segment, 'base64url').toString('utf8');
 }
 
 function decodeJsonObject(segment: string, what: string): Record<string, unknown> {
-  if (segment === '' || !BASE64URL.test(segment)) throw malformed(`The token ${what} is not base64url`);
+  if (segment === '' || !BASE64URL.test(segment) || !isCanonicalBase64url(segment)) throw malformed(`The token ${what} is not base64url`);
   let value: unknown;
   try {
     value = JSON.parse(segmentText(segment));
@@ -197,27 +215,11 @@ function withoutTrailingSlash(audience: string): string {
   return audience.endsWith('/') ? audience.slice(0, -1) : audience;
 }
 
-/** Checks a JWS signature with node:crypto directly (synchronous, no WebCrypto import per call). */
-function signatureValid(alg: string, key: SigningKey, signingInput: Buffer, signature: Buffer): boolean {
-  const spec = SIGNATURE_ALGS[alg];
-  if (key.alg !== undefined && key.alg !== alg) return false;
-  let keyInput: KeyObject | { key: KeyObject; padding?: number; saltLength?: number; dsaEncoding?: 'ieee-p1363' };
-  switch (spec.kind) {
-    case 'rsa':
-      if (key.keyType !== 'rsa') return false;
-      keyInput = key.key;
-      break;
-    case 'pss':
-      if (key.keyType !== 'rsa' && key.keyType !== 'rsa-pss') return false;
-      keyInput = { key: key.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST };
-      break;
-    case 'ec':
-      if (key.keyType !== 'ec' || key.namedCurve !== spec.curve || signature.length !== spec.sigBytes) return false;
-      keyInput = { key: key.key, dsaEncoding: 'ieee-p1363' };
-      break;
-  }
+/** Checks an RS256 signature with node:crypto directly (synchronous, no WebCrypto import per call). */
+function signatureValid(key: SigningKey, signingInput: Buffer, signature: Buffer): boolean {
+  if (key.alg !== undefined && key.alg !== SIGNATURE_ALG) return false;
   try {
-    return verify(spec.hash, signingInput, keyInput, signature);
+    return verify('sha256', signingInput, key.key, signature);
   } catch {
     return false;
   }
@@ -263,10 +265,21 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    */
   const seen = new Set<number>();
   const seenCapacity = 2 * cacheCapacity;
+  /**
+   * The cache key of the encrypted token cached for each inner token, by the inner JWS's digest. A
+   * JWE is looked up as sent (the warm path never decrypts), but anyone holding one inner token can
+   * wrap it again with a fresh content key as often as they like: without this, every copy would be
+   * an entry of its own and flush every other caller's. Admitting a copy drops the one before it.
+   */
+  const encryptedByInner = new Map<string, string>();
   let cacheHits = 0;
   let cacheMisses = 0;
   let signatureVerifications = 0;
   let cacheKeyDigests = 0;
+  let decryptionAttempts = 0;
+  const countDecryption = (): void => {
+    decryptionAttempts++;
+  };
 
   // Configured audiences replace the default rule (reference §4).
   const configuredAudiences = new Set<string>([...(azureAd.audience ? [azureAd.audience] : []), ...azureAd.validAudiences].map(withoutTrailingSlash));
@@ -297,22 +310,31 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
 
   function dropAll(): void {
     cache.clear();
+    encryptedByInner.clear();
     recent.fill(undefined);
   }
 
+  function remember(fp: number): void {
+    if (seen.size >= seenCapacity) seen.delete(seen.values().next().value as number);
+    seen.add(fp);
+  }
+
   /**
-   * Caches a token on its second verification (or its first when it was encrypted: decryption is the
-   * expensive part there); returns the object to hand out, frozen when cached.
+   * Caches a token on its second verification, or an encrypted one on its first (decryption is the
+   * expensive part there) in place of any earlier copy of its inner token (encryptedByInner); returns
+   * the object to hand out, frozen when cached.
    */
   function admit(cacheKey: string, token: ValidatedToken, nbf: number | undefined): ValidatedToken {
     const fp = fingerprint(token.raw);
+    const encrypted = token.raw !== token.jws;
+    const inner = encrypted ? dropEarlierCopy(token) : '';
     if (!seen.has(fp)) {
-      if (seen.size >= seenCapacity) seen.delete(seen.values().next().value as number);
-      seen.add(fp);
-      if (token.raw === token.jws) return token;
+      remember(fp);
+      if (!encrypted) return token;
     }
     // A token that was new when cached() looked has no key yet.
     if (cacheKey === '') cacheKey = digestOf(token.raw);
+    if (encrypted) setNewest(encryptedByInner, inner, cacheKey, cacheCapacity);
     cache.set(cacheKey, {
       key: cacheKey,
       token: deepFreeze(token),
@@ -320,6 +342,23 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
       notAfterMs: (token.expiresAt + skewSec) * 1000,
     });
     return token;
+  }
+
+  /**
+   * Drops the cached copy of `token`'s inner token that another wrapping left, and its fingerprint
+   * (so a stream of copies cannot age other callers out of the seen set either); returns the inner
+   * token's digest.
+   */
+  function dropEarlierCopy(token: ValidatedToken): string {
+    cacheKeyDigests++;
+    const inner = hash('sha256', token.jws, 'base64');
+    const earlierKey = encryptedByInner.get(inner);
+    const earlier = earlierKey === undefined ? undefined : cache.peek(earlierKey);
+    if (earlier !== undefined && earlier.token.raw !== token.raw) {
+      cache.delete(earlier.key);
+      seen.delete(fingerprint(earlier.token.raw));
+    }
+    return inner;
   }
 
   function candidateKeys(set: SigningKeySet, header: Record<string, unknown>): readonly SigningKey[] | undefined {
@@ -344,8 +383,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const lastDot = jws.lastIndexOf('.');
     if (firstDot <= 0 || lastDot === firstDot || jws.indexOf('.', firstDot + 1) !== lastDot) throw malformed('The token is not a compact JWS');
     const header = decodeJsonObject(jws.slice(0, firstDot), 'header');
-    const alg = header.alg;
-    if (typeof alg !== 'string' || !Object.hasOwn(SIGNATURE_ALGS, alg)) {
+    if (header.alg !== SIGNATURE_ALG) {
       // JwtBearer's description for an unsigned or wrongly signed token; the code says why.
       throw new SidecarError('token_alg_not_allowed', 'The signature is invalid');
     }
@@ -357,9 +395,9 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     if (header.crit !== undefined) throw malformed("The token header has a 'crit' member that is not supported");
     if (header.nonce !== undefined) throw malformed('The token is not for this API (it carries a nonce header)');
     const signatureSegment = jws.slice(lastDot + 1);
-    if (signatureSegment === '' || !BASE64URL.test(signatureSegment)) throw malformed('The token signature is not base64url');
+    if (signatureSegment === '' || !BASE64URL.test(signatureSegment) || !isCanonicalBase64url(signatureSegment)) throw malformed('The token signature is not base64url');
     const claims = decodeJsonObject(jws.slice(firstDot + 1, lastDot), 'payload');
-    return { jws, alg, header, claims, lastDot, signatureSegment };
+    return { jws, header, claims, lastDot, signatureSegment };
   }
 
   /**
@@ -368,13 +406,15 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    * when it was encrypted). Throws the token's error.
    */
   function verifyParsed(parsed: ParsedJws, raw: string, set: SigningKeySet, candidates: readonly SigningKey[]): Verified {
-    const { jws, alg, header, claims, lastDot, signatureSegment } = parsed;
+    const { jws, header, claims, lastDot, signatureSegment } = parsed;
     const signingInput = Buffer.from(jws.slice(0, lastDot), 'latin1');
     const signature = Buffer.from(signatureSegment, 'base64url');
     let signingKey: SigningKey | undefined;
     for (const k of candidates) {
+      // An RS256 signature is exactly as long as the key's modulus (RFC 8017 §8.2.2): no RSA operation for another length.
+      if (signature.length !== k.signatureBytes) continue;
       signatureVerifications++;
-      if (signatureValid(alg, k, signingInput, signature)) {
+      if (signatureValid(k, signingInput, signature)) {
         signingKey = k;
         break;
       }
@@ -463,8 +503,17 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const dots = dotCount(compact);
     if (dots === 2) return validateJws(compact, compact);
     if (dots !== 4) throw malformed('The token is neither a compact JWS nor a compact JWE');
-    const header = decodeJsonObject(compact.slice(0, compact.indexOf('.')), 'header') as JweHeader;
-    const inner = await decryptToken(compact, header, decryptionKeys);
+    const firstDot = compact.indexOf('.');
+    const header = decodeJsonObject(compact.slice(0, firstDot), 'header') as JweHeader;
+    checkJweHeader(header);
+    // One spelling per token here too, checked before the private-key operation a JWE costs.
+    for (let start = firstDot + 1, end = 0; start <= compact.length; start = end + 1) {
+      end = compact.indexOf('.', start);
+      if (end < 0) end = compact.length;
+      const segment = compact.slice(start, end);
+      if (!BASE64URL.test(segment) || !isCanonicalBase64url(segment)) throw malformed('The encrypted token is not base64url');
+    }
+    const inner = await decryptToken(compact, header, decryptionKeys, countDecryption);
     // The plaintext must itself be a signed JWS (never a bare payload or another JWE).
     if (inner.split('.').length !== 3) throw new SidecarError('token_decryption_failed', 'The encrypted token does not contain a signed token');
     return validateJws(inner, compact);
@@ -604,6 +653,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
         keyCount: keys.current()?.all.length ?? 0,
         signatureVerifications,
         cacheKeyDigests,
+        decryptionAttempts,
         cacheSize: cache.size,
       };
     },

@@ -138,6 +138,14 @@ describe('GET /Validate (built sidecar against the emulator)', function () {
       claims.scp = 'access_as_user admin';
       return [h, Buffer.from(JSON.stringify(claims)).toString('base64url'), s].join('.');
     }, /signature/i],
+    // Node's decoder ignores the unused low bits of the last character: the same signature bytes in another spelling.
+    ['a token whose signature is spelled with the unused bits of its last character set', async () => {
+      const token = await mint({ kind: 'user', scp: 'access_as_user' });
+      const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+      const unused = [0, 0, 15, 3][token.split('.')[2].length % 4];
+      expect(unused, 'the signature leaves unused bits').to.not.equal(0);
+      return token.slice(0, -1) + alphabet[alphabet.indexOf(token.at(-1)!) | unused];
+    }, /The token signature is not base64url/],
     ['a token without ver', () => mint({ kind: 'user', claims: { ver: null } })],
     ['garbage', async () => 'not-a-jwt'],
     // String() throws on this object; the description must still be a 401's, not a 500.
@@ -237,6 +245,14 @@ describe('GET /Validate with options (built sidecar)', function () {
     const mismatch = await emu.mint({ kind: 'user', claims: { tid: emu.scenario.tenants.secondary.id } });
     const r = await call(`${s.url}/Validate`, { token: mismatch });
     expect(r.status).to.equal(401);
+  });
+
+  it("refuses a v1 token from a work tenant with TenantId=consumers, which has no v1 metadata (not common's any-tenant issuer)", async () => {
+    const s = await start({ AzureAd__TenantId: 'consumers' });
+    const v1 = await emu.mint({ kind: 'user', version: 1, audience: `api://${emu.scenario.apps.sidecarApi.appId}`, scp: 'access_as_user' });
+    const r = await call(`${s.url}/Validate`, { token: v1 });
+    expect(r.status).to.equal(401);
+    expect(r.headers.get('www-authenticate') ?? '').to.match(/error="invalid_token", error_description="The issuer '[^']+' is invalid"/);
   });
 
   it('decrypts a JWE token with TokenDecryptionCredentials and validates the inner token', async () => {

@@ -14,6 +14,8 @@ import { createOutboundAgent } from '../../src/net/outbound.js';
 export const TENANT = '72f988bf-86f1-41af-91ab-2d7cd011db47';
 export const OTHER_TENANT = '0b0c1d2e-3f40-4a5b-8c6d-7e8f9a0b1c2d';
 export const CLIENT_ID = '6e74172b-be56-4843-9ff4-e66a39bb12e3';
+/** The Microsoft-account tenant: Entra's `consumers` metadata names it as a concrete issuer (entra-protocol §3.3). */
+export const MSA_TENANT = '9188040d-6c67-4c5b-b112-36a304b66dad';
 
 /** An AzureAd section as the config loader would produce it. */
 export function buildAzureAd(instance: string, overrides: Partial<AzureAdConfig> = {}): AzureAdConfig {
@@ -84,11 +86,12 @@ const META_TENANTS = new Set(['common', 'organizations']);
 
 /**
  * Starts a loopback fake of Entra's discovery endpoints: `/{t}/v2.0/.well-known/openid-configuration`,
- * `/{t}/.well-known/openid-configuration`, `/{t}/discovery/v2.0/keys`. Meta-tenants get `{tenantid}`.
+ * `/{t}/.well-known/openid-configuration`, `/{t}/discovery/v2.0/keys`. common and organizations get
+ * `{tenantid}`, consumers the Microsoft-account tenant.
  */
 export async function startFakeEntra(initialKeys: TestSigningKey[] = [makeSigningKey()]): Promise<FakeEntra> {
   let origin = '';
-  const tenantSegment = (t: string): string => (META_TENANTS.has(t) ? '{tenantid}' : t);
+  const tenantSegment = (t: string): string => (META_TENANTS.has(t) ? '{tenantid}' : t === 'consumers' ? MSA_TENANT : t);
   const state: FakeEntra = {
     get origin() {
       return origin;

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { isFilled, TENANT_ID_TEMPLATE } from '../../src/validation/issuer.js';
+import { isFilled, namesTenant, TENANT_ID_TEMPLATE } from '../../src/validation/issuer.js';
 
 /** The plain definition isFilled must agree with. */
 const filled = (template: string, tid: string): string => template.split(TENANT_ID_TEMPLATE).join(tid);
@@ -46,5 +46,18 @@ describe('issuer templates', function () {
       }),
       { numRuns: 2000 },
     );
+  });
+
+  it('finds the tenant only in the first path segment of an issuer, whole', function () {
+    expect(namesTenant(`https://login.microsoftonline.com/${tid}/v2.0`, tid)).to.equal(true);
+    expect(namesTenant(`https://sts.windows.net/${tid}/`, tid)).to.equal(true);
+    expect(namesTenant(`https://sts.windows.net/${tid}`, tid)).to.equal(true);
+    expect(namesTenant(`https://login.microsoftonline.com/${tid}/v2.0`, 'v2.0')).to.equal(false);
+    expect(namesTenant(`https://login.microsoftonline.com/${tid}/v2.0`, 'login.microsoftonline.com')).to.equal(false);
+    expect(namesTenant(`https://login.microsoftonline.com/${tid}x/v2.0`, tid)).to.equal(false);
+    expect(namesTenant(`https://login.microsoftonline.com/${tid}/v2.0`, tid.slice(0, 8))).to.equal(false);
+    expect(namesTenant(`https://x/a/${tid}/v2.0`, tid)).to.equal(false);
+    expect(namesTenant('https://login.microsoftonline.com', tid)).to.equal(false);
+    expect(namesTenant(`https://login.microsoftonline.com/${tid}/v2.0`, '')).to.equal(false);
   });
 });

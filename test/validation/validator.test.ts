@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { rejection } from '../helpers/assert.js';
 import { createHash, createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
-import { CompactEncrypt, SignJWT } from 'jose';
+import { CompactEncrypt, decodeJwt, SignJWT } from 'jose';
 import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
 import { SidecarError, type ErrorCode } from '../../src/errors.js';
@@ -10,6 +10,7 @@ import type { DecryptionKey } from '../../src/validation/decryption.js';
 import { createTokenValidator, payloadJson, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
 import {
   CLIENT_ID,
+  MSA_TENANT,
   OTHER_TENANT,
   TENANT,
   buildAzureAd,
@@ -100,15 +101,6 @@ describe('token validator', function () {
       const result = await v.validate(token);
       expect(result.version).to.equal('1.0');
       expect(result.claims.iss).to.equal(entra.v1Issuer(TENANT));
-    });
-
-    it('accepts PS256 and ES256 signatures from keys of the matching type', async function () {
-      const ps = makeSigningKey('PS256');
-      const es = makeSigningKey('ES256');
-      entra.keys = [key, ps, es];
-      const v = await started();
-      await v.validate(await mint(entra, { key: ps, nowSec: nowSec() }));
-      await v.validate(await mint(entra, { key: es, nowSec: nowSec() }));
     });
 
     it('gives the payload back as the JSON text it was signed as, without the JSON whitespace around it (payloadJson)', async function () {
@@ -215,6 +207,21 @@ describe('token validator', function () {
       await expectCode(v.validate(await mint(entra, { key, claims: { tid: OTHER_TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
     });
 
+    it("rejects a tid that is some other path segment of our issuer, or not the tenant of a ValidIssuers issuer (entra-protocol §3.2 rule 5)", async function () {
+      // A key with no issuer of its own, so only the issuer rule stands between the token and acceptance.
+      entra.keys = [{ ...key, issuer: undefined }];
+      const v = await started({ validIssuers: [`https://issuer.example/${TENANT}/v2.0`, `https://sts.example/${TENANT}/`] });
+      for (const tid of ['v2.0', new URL(entra.origin).host]) {
+        const err = await expectCode(v.validate(await mint(entra, { key, claims: { tid }, nowSec: nowSec() })), 'token_tenant_mismatch');
+        expect(err.detail, tid).to.equal("The token's 'tid' claim is not a tenant id");
+      }
+      for (const iss of [`https://issuer.example/${TENANT}/v2.0`, `https://sts.example/${TENANT}/`]) {
+        await expectCode(v.validate(await mint(entra, { key, issuer: iss, claims: { tid: 'v2.0' }, nowSec: nowSec() })), 'token_tenant_mismatch');
+        await expectCode(v.validate(await mint(entra, { key, issuer: iss, claims: { tid: OTHER_TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
+        expect((await v.validate(await mint(entra, { key, issuer: iss, nowSec: nowSec() }))).tenantId).to.equal(TENANT);
+      }
+    });
+
     it('accepts any tenant on common (v1 and v2) when iss matches the template with the token tid', async function () {
       const v = await started({ tenantId: 'common' });
       const r = await v.validate(await mint(entra, { key, tenant: OTHER_TENANT, nowSec: nowSec() }));
@@ -227,6 +234,30 @@ describe('token validator', function () {
       await expectCode(v.validate(await mint(entra, { key, tenant: OTHER_TENANT, claims: { tid: TENANT }, nowSec: nowSec() })), 'token_tenant_mismatch');
       await expectCode(v.validate(await mint(entra, { key, tenant: 'not-a-guid', nowSec: nowSec() })), 'token_tenant_mismatch');
       await expectCode(v.validate(await mint(entra, { key, issuer: `https://evil.example/${TENANT}/v2.0`, nowSec: nowSec() })), 'token_issuer_invalid');
+    });
+
+    it("refuses v1 tokens on TenantId=consumers, which has no v1 metadata (never common's {tenantid} issuer), and accepts Microsoft-account v2 tokens", async function () {
+      // Microsoft-account keys carry the concrete consumers issuer (entra-protocol §3.3).
+      const msa = makeSigningKey('RS256', entra.v2Issuer('consumers'));
+      entra.keys = [msa];
+      const v1Reads = entra.hits.metadataV1;
+      const v = await started({ tenantId: 'consumers' });
+      expect(entra.hits.metadataV1, 'no v1 metadata is read for consumers').to.equal(v1Reads);
+      for (const tenant of [OTHER_TENANT, TENANT, MSA_TENANT]) {
+        await expectCode(v.validate(await mint(entra, { key: msa, version: '1.0', tenant, nowSec: nowSec() })), 'token_issuer_invalid');
+      }
+      await expectCode(v.validate(await mint(entra, { key: msa, tenant: OTHER_TENANT, nowSec: nowSec() })), 'token_issuer_invalid');
+      expect((await v.validate(await mint(entra, { key: msa, tenant: MSA_TENANT, nowSec: nowSec() }))).tenantId).to.equal(MSA_TENANT);
+    });
+
+    it("lets a signing key with a concrete issuer vouch for v1 tokens of the tenant it names only", async function () {
+      // Restricted to our tenant; a templated v1 ValidIssuers entry lets other tenants' v1 issuers through the issuer rule.
+      const ours = makeSigningKey('RS256', entra.v2Issuer(TENANT));
+      entra.keys = [ours];
+      const v = await started({ validIssuers: [`${entra.origin}/{tenantid}/`] });
+      const err = await expectCode(v.validate(await mint(entra, { key: ours, version: '1.0', tenant: OTHER_TENANT, nowSec: nowSec() })), 'token_issuer_invalid');
+      expect(err.detail).to.include('signing key');
+      expect((await v.validate(await mint(entra, { key: ours, version: '1.0', nowSec: nowSec() }))).tenantId).to.equal(TENANT);
     });
 
     it('accepts ValidIssuers besides the default rule (AadIssuerValidator falls back to the metadata issuer)', async function () {
@@ -261,6 +292,25 @@ describe('token validator', function () {
       expect(v.stats().signatureVerifications).to.equal(0);
     });
 
+    it('accepts RS256 only (entra-protocol §3.2 rule 2): PS256, RS384/RS512, PS512 and ES256 are refused before any signature check, even signed by a published key', async function () {
+      const ps = makeSigningKey('PS256');
+      const es = makeSigningKey('ES256');
+      entra.keys = [key, ps, es];
+      const v = await started();
+      const payload = decodeJwt(await mint(entra, { key, nowSec: nowSec() }));
+      const tokens = [
+        await mint(entra, { key: ps, nowSec: nowSec() }),
+        await mint(entra, { key: es, nowSec: nowSec() }),
+        ...(await Promise.all(['RS384', 'RS512', 'PS256', 'PS512'].map((alg) => new SignJWT(payload).setProtectedHeader({ alg, kid: key.kid }).sign(key.privateKey)))),
+      ];
+      for (const token of tokens) {
+        const err = await expectCode(v.validate(token), 'token_alg_not_allowed');
+        expect(err.detail).to.equal('The signature is invalid');
+      }
+      expect(v.stats().signatureVerifications).to.equal(0);
+      await v.validate(signRs256({ kid: key.kid }, payload as Record<string, unknown>, key.privateKey));
+    });
+
     it('rejects a tampered payload as an invalid signature', async function () {
       const v = await started();
       const token = await mint(entra, { key, nowSec: nowSec() });
@@ -280,6 +330,40 @@ describe('token validator', function () {
       for (const header of [{ jku: 'https://evil.example/keys' }, { x5u: 'https://evil.example/cert' }, { jwk: { kty: 'RSA' } }, { crit: ['exp'], exp: 1 }, { nonce: 'abc' }]) {
         await expectCode(v.validate(signRs256({ kid: key.kid, ...header }, payload, key.privateKey)), 'token_malformed');
       }
+    });
+
+    it('accepts each segment in its one base64url spelling only: a signature with unused bits set or a dangling character is refused before any signature check, and never cached', async function () {
+      const v = await started();
+      const token = await mint(entra, { key, nowSec: nowSec() });
+      await v.validate(token);
+      await v.validate(token);
+      expect(v.stats().cacheSize).to.equal(1);
+      const verified = v.stats().signatureVerifications;
+      const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+      /** The same bytes spelled with the unused low bits of the last character set (Node's decoder ignores them). */
+      const respelled = (segment: string): string => {
+        const unused = [0, 0, 15, 3][segment.length % 4];
+        return segment.slice(0, -1) + alphabet[alphabet.indexOf(segment.at(-1)!) | unused];
+      };
+      const [h, p, s] = token.split('.');
+      expect(s.length % 4, 'a 2048-bit signature leaves unused bits').to.not.equal(0);
+      expect(Buffer.from(respelled(s), 'base64url').equals(Buffer.from(s, 'base64url'))).to.equal(true);
+      const dangling = `${s}${'A'.repeat((5 - (s.length % 4)) % 4)}`;
+      expect(dangling.length % 4).to.equal(1);
+      for (const variant of [`${h}.${p}.${respelled(s)}`, `${h}.${p}.${dangling}`, `${h}.${p}.${s}==`]) {
+        await expectCode(v.validate(variant), 'token_malformed');
+      }
+      // Header and payload too (a real Entra payload is any length; pad it to leave unused bits).
+      const padded = await mint(entra, { key, nowSec: nowSec(), claims: { pad: 'x' } });
+      const paddedWithUnusedBits = [padded, await mint(entra, { key, nowSec: nowSec(), claims: { pad: 'xx' } }), await mint(entra, { key, nowSec: nowSec(), claims: { pad: 'xxx' } })]
+        .find((t) => t.split('.')[1].length % 4 !== 0)!;
+      const [ph, pp, ps] = paddedWithUnusedBits.split('.');
+      await expectCode(v.validate(`${ph}.${respelled(pp)}.${ps}`), 'token_malformed');
+      if (ph.length % 4 !== 0) await expectCode(v.validate(`${respelled(ph)}.${pp}.${ps}`), 'token_malformed');
+      // Canonical, but not as long as the key's modulus: no RSA operation is spent on it.
+      await expectCode(v.validate(`${h}.${p}.${s.slice(4)}`), 'token_signature_invalid');
+      expect(v.stats().signatureVerifications).to.equal(verified);
+      expect(v.stats().cacheSize).to.equal(1);
     });
 
     it('rejects tokens that are not 3-part JWS or 5-part JWE', async function () {
@@ -691,6 +775,51 @@ describe('token validator', function () {
       await v.validate(jwe);
       expect(v.stats().cacheHits).to.equal(1);
       expect(v.validateNow(jwe), 'a cached JWE is answered at once').to.equal(r);
+    });
+
+    it('keeps one cache entry per inner token however often it is re-wrapped, so re-wrapped copies cannot flush other callers out', async function () {
+      const v = await started({}, { verifiedTokenCacheSize: 20 }, { decryptionKeys: [decryptionKey] });
+      const callers: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        const t = await mint(entra, { key, nowSec: nowSec(), claims: { oid: `caller-${i}` } });
+        await v.validate(t);
+        await v.validate(t);
+        callers.push(t);
+      }
+      expect(v.stats().cacheSize).to.equal(10);
+      // One valid inner token, wrapped again with a fresh content key each time (anyone holding it can).
+      const inner = await mint(entra, { key, nowSec: nowSec() });
+      let wrapped = '';
+      for (let i = 0; i < 40; i++) {
+        wrapped = await encrypt(inner, { alg: 'RSA-OAEP', enc: 'A256GCM' });
+        expect((await v.validate(wrapped)).raw).to.equal(wrapped);
+      }
+      expect(v.stats().cacheSize).to.equal(11);
+      expect(callers.filter((t) => v.cached(t) === undefined), 'callers evicted').to.deep.equal([]);
+      // The copy seen last is the one cached, answered at once with no decryption.
+      const decryptions = v.stats().decryptionAttempts;
+      expect(v.validateNow(wrapped)?.raw).to.equal(wrapped);
+      expect(v.stats().decryptionAttempts).to.equal(decryptions);
+    });
+
+    it('refuses a JWE with a segment in non-canonical base64url, or an encrypted key no configured key is as long as, without decrypting', async function () {
+      const v = await started({}, {}, { decryptionKeys: [decryptionKey] });
+      const jwe = await encrypt(await mint(entra, { key, nowSec: nowSec() }), { alg: 'RSA-OAEP', enc: 'A256GCM' });
+      const parts = jwe.split('.');
+      const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+      const respell = (i: number): string => {
+        const segment = parts[i];
+        const unused = [0, 0, 15, 3][segment.length % 4];
+        return parts.map((p, j) => (j === i ? p.slice(0, -1) + alphabet[alphabet.indexOf(p.at(-1)!) | unused] : p)).join('.');
+      };
+      const respellable = [1, 2, 3, 4].filter((i) => parts[i].length % 4 !== 0);
+      expect(respellable, 'the 16-byte tag at least leaves unused bits').to.include(4);
+      for (const i of respellable) await expectCode(v.validate(respell(i)), 'token_malformed');
+      const shortKey = parts.map((p, j) => (j === 1 ? p.slice(4) : p)).join('.');
+      await expectCode(v.validate(shortKey), 'token_decryption_failed');
+      expect(v.stats().decryptionAttempts).to.equal(0);
+      await v.validate(jwe);
+      expect(v.stats().decryptionAttempts).to.equal(1);
     });
 
     it('tries every configured key when the JWE names none (RSA-OAEP-256 + A256GCM)', async function () {
