@@ -53,8 +53,14 @@ export interface FederatedCredential {
 /** An app registration together with its service principal (§9.1). */
 export interface AppRegistration {
   appId: string;
-  /** Object id of the service principal: the `oid` in app tokens. */
+  /** Object id of the service principal in the home tenant: the `oid` in app tokens issued there. */
   servicePrincipalId: string;
+  /**
+   * Object ids of the service principals of a multi-tenant app in the other tenants, by tenant id:
+   * each tenant has its own service principal, so its own `oid` (§9.1). Derived from (appId,
+   * tenant) when absent; the started emulator's scenario carries the effective values.
+   */
+  servicePrincipalIds?: Record<string, string>;
   displayName: string;
   /** Home tenant id. */
   tenant: string;
@@ -103,19 +109,29 @@ export interface ManagedIdentity {
   displayName: string;
 }
 
-/** Application permissions: `client` (app id or MI client id) holds `roles` on `resource` (app id). */
+/**
+ * Application permissions: `client` (app id or MI client id) holds `roles` on `resource` (app id)
+ * in one tenant. An app-role assignment is an object of the tenant that granted it, so it counts
+ * there only: `tenant` (id, domain or scenario key) defaults to the client's home tenant, or the
+ * resource's home tenant when the resource has no service principal in the client's.
+ */
 export interface AppRoleGrant {
   client: string;
   resource: string;
   roles: string[];
+  tenant?: string;
 }
 
-/** Delegated consent: `client` may call `resource` with `scopes`, tenant-wide or for one `user` oid. */
+/**
+ * Delegated consent: `client` may call `resource` with `scopes`, tenant-wide or for one `user` oid,
+ * in one tenant (`tenant` defaults as for app roles).
+ */
 export interface DelegatedGrant {
   client: string;
   resource: string;
   scopes: string[];
   user?: string;
+  tenant?: string;
 }
 
 /** A non-Entra token issuer whose tokens apps may use as federated credentials (e.g. Kubernetes). */

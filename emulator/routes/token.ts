@@ -356,7 +356,7 @@ function clientCredentials(core: EmulatorCore, tenant: TenantRecord, client: Aut
     audience: requested,
     kind: 'app' as const,
     clientAppId: app.appId,
-    clientObjectId: app.servicePrincipalId,
+    clientObjectId: core.servicePrincipalIdIn(app, tenant.id),
     acr: client.acr,
     lifetimeSec: core.tokenLifetimeSec,
   };
@@ -376,10 +376,10 @@ function clientCredentials(core: EmulatorCore, tenant: TenantRecord, client: Aut
       return { spec: { ...base, version: 2, audience: WELL_KNOWN_APP_IDS.tokenExchange, extra: agentClaims(app, '11', '7') } };
     }
     // Autonomous agent (§5.5).
-    const roles = core.grantedRoles(app.appId, resource.appId);
+    const roles = core.grantedRoles(app.appId, resource.appId, tenant.id);
     return { spec: { ...base, version: resource.accessTokenAcceptedVersion, roles, extra: agentClaims(app, '11', '7') } };
   }
-  const roles = core.grantedRoles(app.appId, resource.appId);
+  const roles = core.grantedRoles(app.appId, resource.appId, tenant.id);
   return { spec: { ...base, version: resource.accessTokenAcceptedVersion, roles } };
 }
 
@@ -409,8 +409,8 @@ function resolveUserScopes(core: EmulatorCore, tenant: TenantRecord, scopeParam:
 }
 
 /** Consented scopes for the request (§9.3 OBO: granted ∩ requested, all granted for .default). */
-function consentedScopes(core: EmulatorCore, clientAppId: string, scopes: UserScopes, userOid: string): string[] {
-  const granted = core.grantedScopes(clientAppId, scopes.resource.appId, userOid);
+function consentedScopes(core: EmulatorCore, tenant: TenantRecord, clientAppId: string, scopes: UserScopes, userOid: string): string[] {
+  const granted = core.grantedScopes(clientAppId, scopes.resource.appId, tenant.id, userOid);
   if (scopes.names.includes('.default')) {
     if (!granted.length) throw Aadsts.consentRequired(clientAppId, scopes.prefix);
     return granted;
@@ -445,7 +445,7 @@ function userPlan(core: EmulatorCore, tenant: TenantRecord, client: Authenticate
       version: scopes.resource.accessTokenAcceptedVersion,
       kind: 'user',
       clientAppId: client.app.appId,
-      clientObjectId: client.app.servicePrincipalId,
+      clientObjectId: core.servicePrincipalIdIn(client.app, tenant.id),
       acr: client.acr,
       user,
       scp: consented.join(' '),
@@ -480,7 +480,7 @@ async function onBehalfOf(core: EmulatorCore, tenant: TenantRecord, client: Auth
   const user = known
     ? { oid: known.oid, upn: known.upn, name: known.name }
     : { oid, upn: String(p.preferred_username ?? p.upn ?? p.unique_name ?? oid), name: String(p.name ?? '') };
-  const consented = consentedScopes(core, client.app.appId, scopes, user.oid);
+  const consented = consentedScopes(core, tenant, client.app.appId, scopes, user.oid);
   if (!audienceApp?.allowOnBehalfOf) throw Aadsts.oboNotAllowed(client.app.appId);
   const extra = client.app.blueprintId ? agentClaims(client.app, undefined) : undefined;
   return userPlan(core, tenant, client, scopes, consented, user, extra);
@@ -510,7 +510,7 @@ async function userFic(core: EmulatorCore, tenant: TenantRecord, client: Authent
   if (!user || user.tenant !== tenant.id) throw Aadsts.userNotFound(ref);
   if ((user.agentIdentityId ?? '').toLowerCase() !== client.app.appId.toLowerCase()) throw Aadsts.notAgentUser(ref, client.app.appId);
   const scopes = resolveUserScopes(core, tenant, form.scope);
-  const consented = consentedScopes(core, client.app.appId, scopes, user.oid);
+  const consented = consentedScopes(core, tenant, client.app.appId, scopes, user.oid);
   return userPlan(core, tenant, client, scopes, consented, { oid: user.oid, upn: user.upn, name: user.name }, agentClaims(client.app, '13'));
 }
 
@@ -523,7 +523,7 @@ function refreshGrant(core: EmulatorCore, tenant: TenantRecord, client: Authenti
   if (grant.clientAppId.toLowerCase() !== client.app.appId.toLowerCase()) throw Aadsts.refreshTokenWrongClient();
   if (core.nowSec() - grant.issuedAt > core.scenario.refreshTokenLifetimeSec) throw Aadsts.refreshTokenExpired();
   const scopes = resolveUserScopes(core, tenant, form.scope);
-  const consented = consentedScopes(core, client.app.appId, scopes, grant.user.oid);
+  const consented = consentedScopes(core, tenant, client.app.appId, scopes, grant.user.oid);
   // Redeeming does not revoke (Entra's refresh tokens stay valid until they expire or are revoked):
   // concurrent redemptions of one token all succeed. The reply carries a new one as well.
   const plan = userPlan(core, tenant, client, scopes, consented, grant.user, grant.extra);

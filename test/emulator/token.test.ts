@@ -360,4 +360,59 @@ describe('emulator: token endpoint', function () {
       expect(r.status).to.equal(200);
     });
   });
+
+  describe('tenants', () => {
+    /** A second emulator whose multi-tenant client app holds Graph grants in chosen tenants. */
+    async function withGrants(grant: (scenario: ReturnType<typeof defaultScenario>) => void, run: (other: Emulator, otherAgent: Agent) => Promise<void>): Promise<void> {
+      const scenario = defaultScenario();
+      grant(scenario);
+      const other = await startEmulator({ scenario });
+      const otherAgent = new Agent({ connect: { ca: other.caPem } });
+      try {
+        await run(other, otherAgent);
+      } finally {
+        await otherAgent.close();
+        await other.close();
+      }
+    }
+
+    it('counts an app-role grant in its own tenant only, and gives a multi-tenant app another service principal in each tenant', async () => {
+      await withGrants((s) => {
+        // Admin consent in the home tenant (the default), and Mail.Read granted in the other tenant.
+        s.grants.appRoles.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, roles: ['User.Read.All'] });
+        s.grants.appRoles.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, roles: ['Mail.Read'], tenant: 'secondary' });
+      }, async (other, otherAgent) => {
+        const client = other.scenario.apps.clientApp;
+        const graphToken = async (tenant: string): Promise<Record<string, unknown>> => {
+          const r = await call(otherAgent, `${other.origin}/${tenant}/oauth2/v2.0/token`, { form: { client_id: client.appId, client_secret: client.secrets[0].value, grant_type: 'client_credentials', scope: 'https://graph.microsoft.com/.default' } });
+          expect(r.status, JSON.stringify(r.json)).to.equal(200);
+          return decodePart(r.json.access_token as string, 1);
+        };
+        const home = await graphToken(other.scenario.tenants.primary.id);
+        const away = await graphToken(other.scenario.tenants.secondary.id);
+        expect(home.roles).to.deep.equal(['User.Read.All']);
+        expect(away.roles).to.deep.equal(['Mail.Read']);
+        expect(home.oid).to.equal(client.servicePrincipalId);
+        expect(away.oid, 'another service principal in the other tenant').to.not.equal(client.servicePrincipalId);
+        expect(away.oid).to.equal(client.servicePrincipalIds?.[other.scenario.tenants.secondary.id]);
+        expect(away.sub).to.equal(away.oid);
+      });
+    });
+
+    it('counts delegated consent in its own tenant only', async () => {
+      await withGrants((s) => {
+        s.grants.delegated.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, scopes: ['User.Read'] });
+      }, async (other, otherAgent) => {
+        const client = other.scenario.apps.clientApp;
+        const obo = async (tenant: 'primary' | 'secondary', user: string): Promise<RawResponse> => call(otherAgent, `${other.origin}/${other.scenario.tenants[tenant].id}/oauth2/v2.0/token`, {
+          form: {
+            client_id: client.appId, client_secret: client.secrets[0].value, grant_type: JWT_BEARER, requested_token_use: 'on_behalf_of', scope: 'User.Read',
+            assertion: await other.mint({ kind: 'user', tenant, user, audience: client.appId, scp: 'x' }),
+          },
+        });
+        expect((await obo('primary', 'normal')).status).to.equal(200);
+        expectAadsts(await obo('secondary', 'secondaryUser'), 400, 'invalid_grant', 65001);
+      });
+    });
+  });
 });
