@@ -84,7 +84,7 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   if (!app) throw Aadsts.unknownClient(clientId, tenant.id);
   if (app.disabled) throw Aadsts.clientDisabled(clientId);
   // 5. Client authentication.
-  const client = await authenticateClient(core, tenant, tenantSegment, app, form, basic?.secret);
+  const client = await authenticateClient(core, tenant, app, form, basic?.secret);
   // 6. Grant rules.
   let plan: TokenPlan;
   if (grantType === 'client_credentials') plan = clientCredentials(core, tenant, client, form);
@@ -199,7 +199,7 @@ function parseBasic(header: string | undefined): { clientId: string; secret: str
   }
 }
 
-async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, segment: string, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
+async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
   const secret = form.client_secret ?? basicSecret;
   const assertion = form.client_assertion;
   if (secret !== undefined && assertion !== undefined) throw Aadsts.multipleCredentials();
@@ -229,12 +229,12 @@ async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, segm
   }
   const h = decoded.header;
   if (typeof h['x5t#S256'] === 'string' || typeof h.x5t === 'string') {
-    return certificateAssertion(core, tenant, segment, app, jws, decoded.header, p);
+    return certificateAssertion(core, tenant, app, jws, decoded.header, p);
   }
   throw Aadsts.ficIssuer(String(p.iss));
 }
 
-function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, segment: string, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
+function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
   const certs = core.appCertificates(app);
   const match = certs.find((c) => (typeof header['x5t#S256'] === 'string' && c.material.x5tS256 === header['x5t#S256'])
     || (typeof header.x5t === 'string' && c.material.x5t === header.x5t));
@@ -245,10 +245,9 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, segment:
   // iss == sub == client_id; GUIDs compare case-insensitively.
   const isClient = (v: unknown): boolean => typeof v === 'string' && v.toLowerCase() === app.appId.toLowerCase();
   if (!isClient(p.iss) || !isClient(p.sub)) throw Aadsts.assertionIssuerSubject();
-  const audiences = Array.isArray(p.aud) ? p.aud : [p.aud];
-  const accepted = acceptedAssertionAudiences(core, tenant, segment);
-  if (!audiences.some((a) => typeof a === 'string' && accepted.has(a.toLowerCase().replace(/\/+$/, '')))) {
-    throw Aadsts.assertionAudience(String(p.aud));
+  // One string, exactly one of the accepted values: msal sends the token URL verbatim (§2.3).
+  if (typeof p.aud !== 'string' || !acceptedAssertionAudiences(core, tenant).has(p.aud)) {
+    throw Aadsts.assertionAudience(JSON.stringify(p.aud ?? null));
   }
   checkLifetime(core, p);
   const start = typeof p.nbf === 'number' ? p.nbf : typeof p.iat === 'number' ? p.iat : core.nowSec();
@@ -257,13 +256,18 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, segment:
   return { app, acr: '2', method: 'certificate' };
 }
 
-/** Token-endpoint URLs (v2, v1), the issuer, by GUID or domain: the accepted assertion `aud` values. */
-function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord, segment: string): Set<string> {
-  const out = new Set<string>();
-  for (const t of new Set([tenant.id, ...tenant.domains, segment])) {
-    for (const suffix of ['oauth2/v2.0/token', 'oauth2/token', 'v2.0', '']) {
-      out.add(`${core.origin}/${t}/${suffix}`.toLowerCase().replace(/\/+$/, ''));
-    }
+/**
+ * The `aud` values a certificate assertion may carry (§2.3, §9.3): this tenant's v2 or v1 token
+ * endpoint URL, by GUID or by a verified domain, or the tenant's v2 issuer (Microsoft's
+ * certificate-credentials doc shows both `…/oauth2/v2.0/token` and `…/{tenant}/v2.0`). Compared
+ * exactly: no case folding, no trailing slash, no bare tenant URL. Arrays are refused [choice:
+ * the reference names single values and msal sends a string].
+ */
+function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord): Set<string> {
+  const out = new Set<string>([core.v2Issuer(tenant.id)]);
+  for (const t of new Set([tenant.id.toLowerCase(), ...tenant.domains.map((d) => d.toLowerCase())])) {
+    out.add(`${core.origin}/${t}/oauth2/v2.0/token`);
+    out.add(`${core.origin}/${t}/oauth2/token`);
   }
   return out;
 }

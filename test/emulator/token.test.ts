@@ -130,6 +130,32 @@ describe('emulator: token endpoint', function () {
       const otherKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
       expectAadsts(await post(assertionForm(await certAssertion({ key: otherKey }), cc)), 401, 'invalid_client', 700027);
     });
+
+    it('takes as client-assertion aud only the tenant\u2019s v2 or v1 token URL (by GUID or domain) or its issuer, as a string', async () => {
+      const cc = { grant_type: 'client_credentials', scope: 'api://downstream/.default' };
+      const withAud = async (aud: unknown): Promise<RawResponse> => post(assertionForm(await certAssertion({ payload: { aud } }), cc));
+      for (const aud of [
+        `${emu.origin}/${tid}/oauth2/v2.0/token`,
+        `${emu.origin}/contoso.onmicrosoft.com/oauth2/v2.0/token`,
+        `${emu.origin}/${tid}/oauth2/token`,
+        `${emu.origin}/contoso.example/oauth2/token`,
+        `${emu.origin}/${tid}/v2.0`,
+      ]) {
+        const r = await withAud(aud);
+        expect(r.status, `${aud}: ${JSON.stringify(r.json)}`).to.equal(200);
+      }
+      for (const aud of [
+        `${emu.origin}/${tid}`,
+        `${emu.origin}/${tid}/`,
+        `${emu.origin}/${tid}/oauth2/v2.0/token/`,
+        `${emu.origin}/${tid}/OAUTH2/V2.0/TOKEN`,
+        `${emu.origin}/${emu.scenario.tenants.secondary.id}/oauth2/v2.0/token`,
+        [`${emu.origin}/${tid}/oauth2/v2.0/token`],
+        ['https://elsewhere.example/token', `${emu.origin}/${tid}/oauth2/v2.0/token`],
+      ]) {
+        expectAadsts(await withAud(aud), 401, 'invalid_client', 50027);
+      }
+    });
   });
 
   describe('federated credentials', () => {
