@@ -321,7 +321,11 @@ export function defaultScenario(): EmulatorScenario {
     app({ appId, displayName, tenant: primary.id, multiTenant: true, identifierUris: uris, accessTokenAcceptedVersion: 1, scopes, appRoles });
   const graph: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.graph, 'Microsoft Graph', ['https://graph.microsoft.com'], ['User.Read', 'Mail.Read', 'profile', 'email'], ['User.Read.All']), caeCapable: true };
   const arm = wellKnown(WELL_KNOWN_APP_IDS.arm, 'Azure Resource Manager', ['https://management.azure.com', 'https://management.core.windows.net'], ['user_impersonation'], []);
-  const tokenExchange = wellKnown(WELL_KNOWN_APP_IDS.tokenExchange, 'AzureADTokenExchange', ['api://AzureADTokenExchange'], [], []);
+  // Tokens for AzureADTokenExchange are v2 (reference §4.3 leaves the version unverified; we take the
+  // stricter, consistent reading): Entra checks a managed-identity assertion's `iss` against the
+  // FIC issuer `https://{host}/{tenant}/v2.0` (Microsoft's "trust a managed identity" doc), and the
+  // MI and FMI (T1) tokens seen in the wild carry that issuer, `ver` 2.0 and `aud` = this app id.
+  const tokenExchange: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.tokenExchange, 'AzureADTokenExchange', ['api://AzureADTokenExchange'], [], []), accessTokenAcceptedVersion: 2 };
   const keyVault = wellKnown(WELL_KNOWN_APP_IDS.keyVault, 'Azure Key Vault', ['https://vault.azure.net'], ['user_impersonation'], []);
   const agentIdentity = (appId: string, n: number): AppRegistration =>
     app({ appId, displayName: `Agent identity ${n}`, tenant: primary.id, blueprintId: sidecarApi.appId });

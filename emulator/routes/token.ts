@@ -224,7 +224,7 @@ async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, app:
   if (externalKey) {
     if (!core.verifyJwsSignature(jws, String(alg), externalKey)) throw Aadsts.assertionSignature('The federated assertion signature is not valid.');
     checkLifetime(core, p);
-    matchFederatedCredential(core, app, p);
+    matchFederatedCredential(app, p);
     return { app, acr: '2', method: 'federated' };
   }
   const h = decoded.header;
@@ -284,7 +284,7 @@ async function entraFederatedAssertion(core: EmulatorCore, app: AppRegistration,
   if (!verified.ok) throw Aadsts.assertionSignature(verified.reason);
   checkLifetime(core, verified.payload);
   if (isUserToken(verified.payload)) throw Aadsts.ficUserToken();
-  matchFederatedCredential(core, app, verified.payload);
+  matchFederatedCredential(app, verified.payload);
   return { app, acr: '2', method: 'federated' };
 }
 
@@ -310,16 +310,13 @@ function isUserToken(p: JwtPayload): boolean {
 }
 
 /** Matches (iss, sub, aud) against the app's federated identity credentials (§2.4). */
-function matchFederatedCredential(core: EmulatorCore, app: AppRegistration, p: JwtPayload): void {
+function matchFederatedCredential(app: AppRegistration, p: JwtPayload): void {
   const iss = String(p.iss);
-  const issTenant = core.tenantOfIssuer(iss)?.tenant.id;
-  const issuerMatches = (ficIssuer: string): boolean => {
-    if (ficIssuer === iss) return true;
-    // Entra-issued tokens: accept the v1 and v2 issuer forms of the same tenant (§4.3 [choice]).
-    const ficTenant = core.tenantOfIssuer(ficIssuer)?.tenant.id;
-    return ficTenant !== undefined && ficTenant === issTenant;
-  };
-  let candidates = app.federatedCredentials.filter((f) => issuerMatches(f.issuer));
+  // Issuer and subject compare exactly (§2.4; subjects are case-sensitive). Entra-issued tokens get
+  // no v1/v2 equivalence: §4.3 leaves the MI token's issuer version unverified, so we take the
+  // stricter reading, consistent with MI tokens for AzureADTokenExchange being v2 (scenario.ts) and
+  // with Entra refusing FIC issuers in the v1 `sts.windows.net` form.
+  let candidates = app.federatedCredentials.filter((f) => f.issuer === iss);
   if (!candidates.length) throw Aadsts.ficIssuer(iss);
   candidates = candidates.filter((f) => f.subject === p.sub);
   if (!candidates.length) throw Aadsts.ficSubject(String(p.sub));

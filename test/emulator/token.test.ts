@@ -187,6 +187,16 @@ describe('emulator: token endpoint', function () {
       const userToken = await emu.mint({ kind: 'user', audience: 'api://AzureADTokenExchange' });
       expectAadsts(await post(assertionForm(userToken, { grant_type: 'client_credentials', scope: 'api://downstream/.default' })), 401, 'invalid_client', 700229);
     });
+
+    it('matches a federated credential\u2019s issuer exactly: a v1-issuer managed-identity token does not match a v2-issuer FIC (700211)', async () => {
+      const cc = { grant_type: 'client_credentials', scope: 'api://downstream/.default' };
+      const uami = emu.scenario.managedIdentities.userAssigned.clientId;
+      const v2 = await emu.mint({ kind: 'app', client: uami, audience: 'api://AzureADTokenExchange', version: 2 });
+      expect((await post(assertionForm(v2, cc))).status).to.equal(200);
+      const v1 = await emu.mint({ kind: 'app', client: uami, audience: 'api://AzureADTokenExchange', version: 1 });
+      expect(decodePart(v1, 1).iss).to.equal(`${emu.origin}/${tid}/`);
+      expectAadsts(await post(assertionForm(v1, cc)), 401, 'invalid_client', 700211);
+    });
   });
 
   describe('on-behalf-of', () => {
