@@ -66,12 +66,12 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   const form = { ...ex.form };
   // v1 endpoint: `resource=` instead of `scope`.
   if (v1 && form.resource && !form.scope) form.scope = `${form.resource.replace(/\/+$/, '')}/.default`;
-  // 2. Tenant.
+  // 2. Tenant. Only /common and /consumers refuse non-interactive grants (§1.1, §9.3 step 2);
+  // /organizations names no tenant, so the request's own credentials pick it (step 4).
   const r = core.resolveTenant(tenantSegment);
   if (r.kind === 'unknown') throw Aadsts.tenantNotFound(r.segment);
   if (r.kind === 'malformed') throw Aadsts.malformedTenant(r.segment);
-  if (r.kind === 'meta') throw Aadsts.metaTenantNotAllowed();
-  const tenant = r.tenant;
+  if (r.kind === 'meta' && r.name !== 'organizations') throw Aadsts.metaTenantNotAllowed();
   // 3. grant_type.
   const grantType = form.grant_type;
   if (!grantType) throw Aadsts.missingParameter('grant_type');
@@ -80,11 +80,13 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   const basic = parseBasic(ex.req.headers.authorization);
   const clientId = form.client_id ?? basic?.clientId;
   if (!clientId) throw Aadsts.missingParameter('client_id');
+  const tenant = r.kind === 'tenant' ? r.tenant : organizationsTenant(core, grantType, form, clientId);
+  if (!tenant) throw Aadsts.unknownClient(clientId, tenantSegment);
   const app = core.findAppInTenant(clientId, tenant.id);
   if (!app) throw Aadsts.unknownClient(clientId, tenant.id);
   if (app.disabled) throw Aadsts.clientDisabled(clientId);
   // 5. Client authentication.
-  const client = await authenticateClient(core, tenant, app, form, basic?.secret);
+  const client = await authenticateClient(core, tenant, r.kind === 'meta', app, form, basic?.secret);
   // 6. Grant rules.
   let plan: TokenPlan;
   if (grantType === 'client_credentials') plan = clientCredentials(core, tenant, client, form);
@@ -109,6 +111,22 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   if (form.claims !== undefined) applyClaims(core, plan, form.claims);
   if (v1) plan.resourceEcho = ex.form.resource ?? plan.spec.audience;
   return plan;
+}
+
+/**
+ * The tenant of a request to `/organizations`, whose URL names none: OBO (and the legacy agent-user
+ * jwt-bearer form) runs in the assertion's `tid` (verified with the assertion later), a refresh
+ * token in the tenant it is bound to, anything else in the client's home tenant [choice: msal-node
+ * refuses client credentials on /organizations because Entra would "guess" the tenant].
+ */
+function organizationsTenant(core: EmulatorCore, grantType: string, form: Record<string, string>, clientId: string): TenantRecord | undefined {
+  let tid: unknown;
+  if (grantType === JWT_BEARER && form.assertion) tid = decodeJws(form.assertion)?.payload.tid;
+  else if (grantType === 'refresh_token' && form.refresh_token) tid = core.refreshTokens.get(form.refresh_token)?.tenantId;
+  const named = typeof tid === 'string' ? core.tenants().find((t) => t.id.toLowerCase() === tid.toLowerCase()) : undefined;
+  if (named) return named;
+  const home = core.findApp(clientId)?.tenant;
+  return home === undefined ? undefined : core.findTenant(home);
 }
 
 /**
@@ -199,7 +217,7 @@ function parseBasic(header: string | undefined): { clientId: string; secret: str
   }
 }
 
-async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
+async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
   const secret = form.client_secret ?? basicSecret;
   const assertion = form.client_assertion;
   if (secret !== undefined && assertion !== undefined) throw Aadsts.multipleCredentials();
@@ -229,12 +247,12 @@ async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, app:
   }
   const h = decoded.header;
   if (typeof h['x5t#S256'] === 'string' || typeof h.x5t === 'string') {
-    return certificateAssertion(core, tenant, app, jws, decoded.header, p);
+    return certificateAssertion(core, tenant, viaOrganizations, app, jws, decoded.header, p);
   }
   throw Aadsts.ficIssuer(String(p.iss));
 }
 
-function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
+function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
   const certs = core.appCertificates(app);
   const match = certs.find((c) => (typeof header['x5t#S256'] === 'string' && c.material.x5tS256 === header['x5t#S256'])
     || (typeof header.x5t === 'string' && c.material.x5t === header.x5t));
@@ -246,7 +264,7 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, app: App
   const isClient = (v: unknown): boolean => typeof v === 'string' && v.toLowerCase() === app.appId.toLowerCase();
   if (!isClient(p.iss) || !isClient(p.sub)) throw Aadsts.assertionIssuerSubject();
   // One string, exactly one of the accepted values: msal sends the token URL verbatim (§2.3).
-  if (typeof p.aud !== 'string' || !acceptedAssertionAudiences(core, tenant).has(p.aud)) {
+  if (typeof p.aud !== 'string' || !acceptedAssertionAudiences(core, tenant, viaOrganizations).has(p.aud)) {
     throw Aadsts.assertionAudience(JSON.stringify(p.aud ?? null));
   }
   checkLifetime(core, p);
@@ -261,11 +279,14 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, app: App
  * endpoint URL, by GUID or by a verified domain, or the tenant's v2 issuer (Microsoft's
  * certificate-credentials doc shows both `…/oauth2/v2.0/token` and `…/{tenant}/v2.0`). Compared
  * exactly: no case folding, no trailing slash, no bare tenant URL. Arrays are refused [choice:
- * the reference names single values and msal sends a string].
+ * the reference names single values and msal sends a string]. Via /organizations, the
+ * organizations token URLs too.
  */
-function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord): Set<string> {
+function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean): Set<string> {
   const out = new Set<string>([core.v2Issuer(tenant.id)]);
-  for (const t of new Set([tenant.id.toLowerCase(), ...tenant.domains.map((d) => d.toLowerCase())])) {
+  // A request to /organizations: msal builds `aud` from the token URL it posts to.
+  const names = [tenant.id.toLowerCase(), ...tenant.domains.map((d) => d.toLowerCase()), ...(viaOrganizations ? ['organizations'] : [])];
+  for (const t of new Set(names)) {
     out.add(`${core.origin}/${t}/oauth2/v2.0/token`);
     out.add(`${core.origin}/${t}/oauth2/token`);
   }

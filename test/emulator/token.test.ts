@@ -435,6 +435,40 @@ describe('emulator: token endpoint', function () {
       });
     });
 
+    it('lets every grant through /organizations (OBO in the assertion\u2019s tenant, others in the client\u2019s home tenant) and refuses /common and /consumers (9001023)', async () => {
+      const orgs = `${emu.origin}/organizations/oauth2/v2.0/token`;
+      const cc = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), orgs);
+      expect(cc.status, JSON.stringify(cc.json)).to.equal(200);
+      expect(decodePart(cc.json.access_token as string, 1).tid).to.equal(tid);
+      const assertion = await certAssertion({ payload: { aud: orgs } });
+      const cert = await post(assertionForm(assertion, { grant_type: 'client_credentials', scope: 'api://downstream/.default' }), orgs);
+      expect(cert.status, JSON.stringify(cert.json)).to.equal(200);
+      const obo = await post({ ...secretForm({}), grant_type: JWT_BEARER, requested_token_use: 'on_behalf_of', assertion: await emu.mint({ kind: 'user' }), scope: 'api://downstream/read offline_access' }, orgs);
+      expect(obo.status, JSON.stringify(obo.json)).to.equal(200);
+      expect(decodePart(obo.json.access_token as string, 1).tid).to.equal(tid);
+      const refreshed = await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: obo.json.refresh_token as string, scope: 'api://downstream/read' }, orgs);
+      expect(refreshed.status, JSON.stringify(refreshed.json)).to.equal(200);
+      for (const meta of ['common', 'consumers']) {
+        expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), `${emu.origin}/${meta}/oauth2/v2.0/token`), 400, 'invalid_request', 9001023);
+      }
+    });
+
+    it('runs OBO through /organizations in the tenant of the assertion', async () => {
+      await withGrants((s) => {
+        s.grants.delegated.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, scopes: ['User.Read'], tenant: 'secondary' });
+      }, async (other, otherAgent) => {
+        const client = other.scenario.apps.clientApp;
+        const r = await call(otherAgent, `${other.origin}/organizations/oauth2/v2.0/token`, {
+          form: {
+            client_id: client.appId, client_secret: client.secrets[0].value, grant_type: JWT_BEARER, requested_token_use: 'on_behalf_of', scope: 'User.Read',
+            assertion: await other.mint({ kind: 'user', tenant: 'secondary', user: 'secondaryUser', audience: client.appId, scp: 'x' }),
+          },
+        });
+        expect(r.status, JSON.stringify(r.json)).to.equal(200);
+        expect(decodePart(r.json.access_token as string, 1).tid).to.equal(other.scenario.tenants.secondary.id);
+      });
+    });
+
     it('counts delegated consent in its own tenant only', async () => {
       await withGrants((s) => {
         s.grants.delegated.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, scopes: ['User.Read'] });
