@@ -91,6 +91,11 @@ function redact(value: string): string {
 const GUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DOMAIN_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/i;
 
+/** What a Graph-style token's signature covers in place of its `nonce` header (§1.4). */
+function graphNonceDigest(nonce: string): string {
+  return createHash('sha256').update(nonce, 'utf8').digest('hex');
+}
+
 /** A stable, GUID-shaped object id for `appId`'s service principal in another tenant. */
 function derivedServicePrincipalId(appId: string, tenantId: string): string {
   const h = createHash('sha256').update(`sp|${appId.toLowerCase()}|${tenantId.toLowerCase()}`).digest('hex');
@@ -410,11 +415,27 @@ export class EmulatorCore {
     return claims;
   }
 
-  /** Signs claims with the active key; v1 headers carry `x5t` + `kid`, v2 only `kid` (§1.4). */
-  signAccessToken(claims: JwtPayload, version: 1 | 2): string {
+  /**
+   * Signs claims with the active key; v1 headers carry `x5t` + `kid`, v2 only `kid` (§1.4). With
+   * `nonce` (APIs with `nonceHeader`: Microsoft Graph) the token is made unverifiable the way
+   * Graph's are (see signWithNonce).
+   */
+  signAccessToken(claims: JwtPayload, version: 1 | 2, nonce = false): string {
     const key = this.activeKey();
     const header = version === 1 ? { typ: 'JWT', alg: 'RS256', x5t: key.kid, kid: key.kid } : { typ: 'JWT', alg: 'RS256', kid: key.kid };
-    return signJws(header, claims, { alg: 'RS256', key: key.material.privateKey });
+    const signer: JwsSigner = { alg: 'RS256', key: key.material.privateKey };
+    return nonce ? this.signWithNonce(header, claims, signer) : signJws(header, claims, signer);
+  }
+
+  /**
+   * A Graph-style token (§1.4, §9.4): the published header carries a random `nonce`, the signature
+   * covers the same header with the nonce's SHA-256 (hex) in its place. A standard JWS verifier
+   * fails on it, as on a real Graph token, which is meant for Graph alone.
+   */
+  signWithNonce(header: Record<string, unknown>, claims: JwtPayload | string, signer: JwsSigner): string {
+    const nonce = this.opaque(32);
+    const [, payload, signature] = signJws({ ...header, nonce: graphNonceDigest(nonce) }, claims, signer).split('.');
+    return `${b64url(JSON.stringify({ alg: signer.alg, ...header, nonce }))}.${payload}.${signature}`;
   }
 
   /** Signs with an explicit signer and header (mint's broken-token variants). */
@@ -444,7 +465,7 @@ export class EmulatorCore {
 
   /** Finishes an access token: sign, and encrypt when the resource asks for it. */
   async finishAccessToken(spec: AccessTokenSpec, claims: JwtPayload): Promise<string> {
-    const signed = this.signAccessToken(claims, spec.version);
+    const signed = this.signAccessToken(claims, spec.version, spec.resource?.nonceHeader === true);
     const enc = spec.resource?.encryptTokens ? this.encryptionCertificateOf(spec.resource) : undefined;
     return enc ? this.encryptToken(signed, enc) : signed;
   }
@@ -495,7 +516,10 @@ export class EmulatorCore {
     if (decoded.header.alg !== 'RS256') return { ok: false, reason: 'Unsupported signing algorithm.' };
     const key = this.signingKeys.find((k) => k.kid === decoded.header.kid);
     if (!key) return { ok: false, reason: 'The signing key is not known.' };
-    const [h, p, s] = token.split('.');
+    const [published, p, s] = token.split('.');
+    // Entra can verify its own Graph-style tokens: the signature covers the nonce's digest.
+    const nonce = decoded.header.nonce;
+    const h = typeof nonce === 'string' ? b64url(JSON.stringify({ ...decoded.header, nonce: graphNonceDigest(nonce) })) : published;
     const valid = cryptoVerify('sha256', Buffer.from(`${h}.${p}`), key.material.publicKey, Buffer.from(s, 'base64url'));
     if (!valid) return { ok: false, reason: 'The signature is not valid.' };
     const issuer = this.tenantOfIssuer(decoded.payload.iss);

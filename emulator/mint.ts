@@ -103,7 +103,10 @@ export async function mintToken(core: EmulatorCore, req: MintRequest): Promise<s
       throw new Error(`mint: unknown signWith ${String(req.signWith)}`);
   }
   Object.assign(header, req.headerOverrides ?? {});
-  const signed = core.signWith(header, withRawClaims(claims, req.rawClaims), signer);
+  // A Graph-audience token is unverifiable, as issued (§9.4), unless the test names its own nonce.
+  const graphStyle = resource?.nonceHeader === true && (req.signWith ?? 'active') === 'active' && !('nonce' in header);
+  const payload = withRawClaims(claims, req.rawClaims);
+  const signed = graphStyle ? core.signWithNonce(header, payload, signer) : core.signWith(header, payload, signer);
   if (!req.encrypt) return signed;
   const enc = core.encryptionCertificateOf(resource) ?? core.encryptionCertificateOf(core.scenario.apps.sidecarApi);
   if (!enc) throw new Error('mint: no encryption certificate for this audience');

@@ -79,6 +79,12 @@ export interface AppRegistration {
   /** Issue tokens for this API as JWE (Entra's tokenEncryptionKeyId is set). */
   encryptTokens?: boolean;
   allowOnBehalfOf?: boolean;
+  /**
+   * Tokens for this API carry a `nonce` JOSE header and are signed over a header holding its SHA-256
+   * instead, so nobody but the API can verify them: Microsoft Graph's tokens (§1.4, §9.4). Set it to
+   * false on `apps.graph` for a test that needs verifiable Graph tokens.
+   */
+  nonceHeader?: boolean;
   /** Takes part in Continuous Access Evaluation: clients declaring `cp1` get long-lived tokens with `xms_cc` (§2.1). */
   caeCapable?: boolean;
   isAgentBlueprint?: boolean;
@@ -319,7 +325,7 @@ export function defaultScenario(): EmulatorScenario {
   });
   const wellKnown = (appId: string, displayName: string, uris: string[], scopes: string[], appRoles: string[]): AppRegistration =>
     app({ appId, displayName, tenant: primary.id, multiTenant: true, identifierUris: uris, accessTokenAcceptedVersion: 1, scopes, appRoles });
-  const graph: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.graph, 'Microsoft Graph', ['https://graph.microsoft.com'], ['User.Read', 'Mail.Read', 'profile', 'email'], ['User.Read.All']), caeCapable: true };
+  const graph: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.graph, 'Microsoft Graph', ['https://graph.microsoft.com'], ['User.Read', 'Mail.Read', 'profile', 'email'], ['User.Read.All']), caeCapable: true, nonceHeader: true };
   const arm = wellKnown(WELL_KNOWN_APP_IDS.arm, 'Azure Resource Manager', ['https://management.azure.com', 'https://management.core.windows.net'], ['user_impersonation'], []);
   // Tokens for AzureADTokenExchange are v2 (reference §4.3 leaves the version unverified; we take the
   // stricter, consistent reading): Entra checks a managed-identity assertion's `iss` against the
