@@ -114,6 +114,16 @@ describe('emulator: token endpoint', function () {
       expectAadsts(await post({ ...secretForm({ grant_type: 'client_credentials' }), client_id: randomUUID() }), 400, 'unauthorized_client', 700016);
     });
 
+    it('echoes the client-request-id (query, body, or the client-request-id / x-ms-client-request-id header) as correlation_id', async () => {
+      const bad = { ...secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), client_secret: 'nope' };
+      const id = (n: number): string => `11111111-2222-4333-8444-55555555555${n}`;
+      expect((await post(bad, `${tokenUrl}?client-request-id=${id(1)}`)).json.correlation_id).to.equal(id(1));
+      expect((await post({ ...bad, 'client-request-id': id(2) })).json.correlation_id).to.equal(id(2));
+      expect((await post(bad, tokenUrl, { 'client-request-id': id(3) })).json.correlation_id).to.equal(id(3));
+      expect((await post(bad, tokenUrl, { 'x-ms-client-request-id': id(4) })).json.correlation_id).to.equal(id(4));
+      expect((await post(bad)).json.correlation_id).to.match(/^[0-9a-f-]{36}$/);
+    });
+
     it('enforces the .default scope rules (1002012, 700022, 500011)', async () => {
       expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/read' })), 400, 'invalid_scope', 1002012);
       expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default https://graph.microsoft.com/.default' })), 400, 'invalid_scope', 700022);
