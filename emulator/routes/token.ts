@@ -64,8 +64,12 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   if (ex.bodyTooLarge) throw Aadsts.bodyTooLarge();
   if (!ex.isForm) throw Aadsts.missingParameter('grant_type');
   const form = { ...ex.form };
-  // v1 endpoint: `resource=` instead of `scope`.
-  if (v1 && form.resource && !form.scope) form.scope = `${form.resource.replace(/\/+$/, '')}/.default`;
+  // The v1 endpoint names the resource with `resource=` and ignores `scope` (§9.2; Microsoft's v1
+  // protocol docs): without `resource` it answers 900144 (step 6).
+  if (v1) {
+    delete form.scope;
+    if (form.resource) form.scope = `${form.resource.replace(/\/+$/, '')}/.default`;
+  }
   // 2. Tenant. Only /common and /consumers refuse non-interactive grants (§1.1, §9.3 step 2);
   // /organizations names no tenant, so the request's own credentials pick it (step 4).
   const r = core.resolveTenant(tenantSegment);
@@ -88,6 +92,7 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   // 5. Client authentication.
   const client = await authenticateClient(core, tenant, r.kind === 'meta', app, form, basic?.secret);
   // 6. Grant rules.
+  if (v1 && !form.resource) throw Aadsts.missingParameter('resource');
   let plan: TokenPlan;
   if (grantType === 'client_credentials') plan = clientCredentials(core, tenant, client, form);
   else if (grantType === 'refresh_token') plan = refreshGrant(core, tenant, client, form);

@@ -97,6 +97,16 @@ describe('emulator: token endpoint', function () {
       expect(r.json.expires_on).to.match(/^\d+$/);
     });
 
+    it('requires resource on the v1 token endpoint, which ignores scope (900144)', async () => {
+      const v1 = `${emu.origin}/${tid}/oauth2/token`;
+      const r = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), v1);
+      expectAadsts(r, 400, 'invalid_request', 900144);
+      expect(String(r.json.error_description)).to.contain("'resource'");
+      const both = await post(secretForm({ grant_type: 'client_credentials', resource: 'api://downstream', scope: 'https://graph.microsoft.com/.default' }), v1);
+      expect(both.status).to.equal(200);
+      expect(decodePart(both.json.access_token as string, 1).aud).to.equal(emu.scenario.apps.downstreamApi.appId);
+    });
+
     it('rejects a wrong secret (7000215), an expired secret (7000222) and no credential (7000218) with 401', async () => {
       expectAadsts(await post({ ...secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), client_secret: 'nope' }), 401, 'invalid_client', 7000215);
       const expired = emu.scenario.apps.sidecarApi.secrets[1].value;
