@@ -270,7 +270,7 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, viaOrgan
   if (!isClient(p.iss) || !isClient(p.sub)) throw Aadsts.assertionIssuerSubject();
   // One string, exactly one of the accepted values: msal sends the token URL verbatim (§2.3).
   if (typeof p.aud !== 'string' || !acceptedAssertionAudiences(core, tenant, viaOrganizations).has(p.aud)) {
-    throw Aadsts.assertionAudience(JSON.stringify(p.aud ?? null));
+    throw Aadsts.assertionAudience(typeof p.aud === 'string' ? p.aud : JSON.stringify(p.aud ?? null));
   }
   checkLifetime(core, p);
   const start = typeof p.nbf === 'number' ? p.nbf : typeof p.iat === 'number' ? p.iat : core.nowSec();
