@@ -91,6 +91,17 @@ function redact(value: string): string {
 const GUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DOMAIN_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/i;
 
+/** What a Graph-style token's signature covers in place of its `nonce` header (§1.4). */
+function graphNonceDigest(nonce: string): string {
+  return createHash('sha256').update(nonce, 'utf8').digest('hex');
+}
+
+/** A stable, GUID-shaped object id for `appId`'s service principal in another tenant. */
+function derivedServicePrincipalId(appId: string, tenantId: string): string {
+  const h = createHash('sha256').update(`sp|${appId.toLowerCase()}|${tenantId.toLowerCase()}`).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-8${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
 /** Process-wide cache of generated key material so repeated emulator starts stay fast. */
 const materialCache = new Map<string, Promise<CertifiedKey>>();
 
@@ -269,22 +280,51 @@ export class EmulatorCore {
     return this.managedIdentities().find((m) => m.clientId.toLowerCase() === c);
   }
 
-  /** App roles granted to `clientId` (app id or MI client id) on `resourceAppId`. */
-  grantedRoles(clientId: string, resourceAppId: string): string[] {
+  /**
+   * Object id of `app`'s service principal in `tenantId`: every tenant that has a service principal
+   * of a multi-tenant app has its own, so its own `oid` (§9.1). The home tenant's is
+   * `servicePrincipalId`; another tenant's comes from `servicePrincipalIds`, else is derived from
+   * (appId, tenant) so it is stable across runs.
+   */
+  servicePrincipalIdIn(app: AppRegistration, tenantId: string): string {
+    if (tenantId.toLowerCase() === app.tenant.toLowerCase()) return app.servicePrincipalId;
+    return app.servicePrincipalIds?.[tenantId] ?? derivedServicePrincipalId(app.appId, tenantId);
+  }
+
+  /**
+   * The tenant a grant lives in. Consent is an object of the tenant that gave it, so it counts there
+   * only. Default: the client's home tenant (a managed identity's tenant), or the resource's home
+   * tenant when the resource has no service principal in the client's (a multi-tenant client
+   * calling a single-tenant API: the API's tenant is the only one where both exist).
+   */
+  private grantTenant(g: { client: string; resource: string; tenant?: string }): string | undefined {
+    if (g.tenant !== undefined) return this.findTenant(g.tenant)?.id ?? g.tenant;
+    const clientHome = this.findApp(g.client)?.tenant ?? this.findManagedIdentityByClientId(g.client)?.tenant;
+    const resource = this.findApp(g.resource);
+    if (clientHome !== undefined && (!resource || resource.multiTenant || resource.tenant === clientHome)) return clientHome;
+    return resource?.tenant ?? clientHome;
+  }
+
+  private grantApplies(g: { client: string; resource: string; tenant?: string }, clientId: string, resourceAppId: string, tenantId: string): boolean {
+    return g.client.toLowerCase() === clientId.toLowerCase()
+      && g.resource.toLowerCase() === resourceAppId.toLowerCase()
+      && (this.grantTenant(g) ?? '').toLowerCase() === tenantId.toLowerCase();
+  }
+
+  /** App roles granted in `tenantId` to `clientId` (app id or MI client id) on `resourceAppId`. */
+  grantedRoles(clientId: string, resourceAppId: string, tenantId: string): string[] {
     const roles = new Set<string>();
     for (const g of this.scenario.grants.appRoles) {
-      if (g.client.toLowerCase() === clientId.toLowerCase() && g.resource.toLowerCase() === resourceAppId.toLowerCase()) {
-        for (const r of g.roles) roles.add(r);
-      }
+      if (this.grantApplies(g, clientId, resourceAppId, tenantId)) for (const r of g.roles) roles.add(r);
     }
     return [...roles];
   }
 
-  /** Delegated scopes consented for `clientId` on `resourceAppId` (tenant-wide or for `userOid`). */
-  grantedScopes(clientId: string, resourceAppId: string, userOid?: string): string[] {
+  /** Delegated scopes consented in `tenantId` for `clientId` on `resourceAppId` (tenant-wide or for `userOid`). */
+  grantedScopes(clientId: string, resourceAppId: string, tenantId: string, userOid?: string): string[] {
     const scopes = new Set<string>();
     for (const g of this.scenario.grants.delegated) {
-      if (g.client.toLowerCase() !== clientId.toLowerCase() || g.resource.toLowerCase() !== resourceAppId.toLowerCase()) continue;
+      if (!this.grantApplies(g, clientId, resourceAppId, tenantId)) continue;
       if (g.user && g.user.toLowerCase() !== (userOid ?? '').toLowerCase()) continue;
       for (const s of g.scopes) scopes.add(s);
     }
@@ -375,11 +415,27 @@ export class EmulatorCore {
     return claims;
   }
 
-  /** Signs claims with the active key; v1 headers carry `x5t` + `kid`, v2 only `kid` (§1.4). */
-  signAccessToken(claims: JwtPayload, version: 1 | 2): string {
+  /**
+   * Signs claims with the active key; v1 headers carry `x5t` + `kid`, v2 only `kid` (§1.4). With
+   * `nonce` (APIs with `nonceHeader`: Microsoft Graph) the token is made unverifiable the way
+   * Graph's are (see signWithNonce).
+   */
+  signAccessToken(claims: JwtPayload, version: 1 | 2, nonce = false): string {
     const key = this.activeKey();
     const header = version === 1 ? { typ: 'JWT', alg: 'RS256', x5t: key.kid, kid: key.kid } : { typ: 'JWT', alg: 'RS256', kid: key.kid };
-    return signJws(header, claims, { alg: 'RS256', key: key.material.privateKey });
+    const signer: JwsSigner = { alg: 'RS256', key: key.material.privateKey };
+    return nonce ? this.signWithNonce(header, claims, signer) : signJws(header, claims, signer);
+  }
+
+  /**
+   * A Graph-style token (§1.4, §9.4): the published header carries a random `nonce`, the signature
+   * covers the same header with the nonce's SHA-256 (hex) in its place. A standard JWS verifier
+   * fails on it, as on a real Graph token, which is meant for Graph alone.
+   */
+  signWithNonce(header: Record<string, unknown>, claims: JwtPayload | string, signer: JwsSigner): string {
+    const nonce = this.opaque(32);
+    const [, payload, signature] = signJws({ ...header, nonce: graphNonceDigest(nonce) }, claims, signer).split('.');
+    return `${b64url(JSON.stringify({ alg: signer.alg, ...header, nonce }))}.${payload}.${signature}`;
   }
 
   /** Signs with an explicit signer and header (mint's broken-token variants). */
@@ -409,7 +465,7 @@ export class EmulatorCore {
 
   /** Finishes an access token: sign, and encrypt when the resource asks for it. */
   async finishAccessToken(spec: AccessTokenSpec, claims: JwtPayload): Promise<string> {
-    const signed = this.signAccessToken(claims, spec.version);
+    const signed = this.signAccessToken(claims, spec.version, spec.resource?.nonceHeader === true);
     const enc = spec.resource?.encryptTokens ? this.encryptionCertificateOf(spec.resource) : undefined;
     return enc ? this.encryptToken(signed, enc) : signed;
   }
@@ -460,7 +516,10 @@ export class EmulatorCore {
     if (decoded.header.alg !== 'RS256') return { ok: false, reason: 'Unsupported signing algorithm.' };
     const key = this.signingKeys.find((k) => k.kid === decoded.header.kid);
     if (!key) return { ok: false, reason: 'The signing key is not known.' };
-    const [h, p, s] = token.split('.');
+    const [published, p, s] = token.split('.');
+    // Entra can verify its own Graph-style tokens: the signature covers the nonce's digest.
+    const nonce = decoded.header.nonce;
+    const h = typeof nonce === 'string' ? b64url(JSON.stringify({ ...decoded.header, nonce: graphNonceDigest(nonce) })) : published;
     const valid = cryptoVerify('sha256', Buffer.from(`${h}.${p}`), key.material.publicKey, Buffer.from(s, 'base64url'));
     if (!valid) return { ok: false, reason: 'The signature is not valid.' };
     const issuer = this.tenantOfIssuer(decoded.payload.iss);

@@ -19,7 +19,7 @@ export interface Exchange {
   /** Parsed form body (only for application/x-www-form-urlencoded). */
   form: Record<string, string>;
   isForm: boolean;
-  /** client-request-id from the query or body, else a fresh GUID (echoed as correlation_id). */
+  /** client-request-id from the query, body or headers, else a fresh GUID (echoed as correlation_id). */
   correlationId: string;
 }
 

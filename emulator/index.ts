@@ -74,6 +74,12 @@ function closeServer(server: Server): Promise<void> {
 export async function startEmulator(opts: StartEmulatorOptions = {}): Promise<Emulator> {
   const scenario: EmulatorScenario = structuredClone(opts.scenario ?? defaultScenario());
   const core = new EmulatorCore(scenario, opts.tokenLifetimeSec ?? 3599);
+  // Each tenant has its own service principal of a multi-tenant app: publish their object ids.
+  for (const app of Object.values(scenario.apps)) {
+    if (!app.multiTenant) continue;
+    const others = Object.values(scenario.tenants).filter((t) => t.id.toLowerCase() !== app.tenant.toLowerCase());
+    app.servicePrincipalIds = { ...app.servicePrincipalIds, ...Object.fromEntries(others.map((t) => [t.id, core.servicePrincipalIdIn(app, t.id)])) };
+  }
 
   // Key material: generated in parallel (and memoised per process) unless the scenario gives PEMs.
   const pending: Array<Promise<void>> = [];

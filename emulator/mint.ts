@@ -25,7 +25,7 @@ export async function mintToken(core: EmulatorCore, req: MintRequest): Promise<s
   const mi = clientApp ? undefined : core.findManagedIdentityByClientId(clientRef);
   if (!clientApp && !mi) throw new Error(`mint: unknown client ${clientRef}`);
   const clientAppId = clientApp?.appId ?? (mi?.clientId as string);
-  const clientObjectId = clientApp?.servicePrincipalId ?? (mi?.objectId as string);
+  const clientObjectId = clientApp ? core.servicePrincipalIdIn(clientApp, tenant.id) : (mi?.objectId as string);
 
   const spec: AccessTokenSpec = {
     tenantId: tenant.id,
@@ -46,13 +46,13 @@ export async function mintToken(core: EmulatorCore, req: MintRequest): Promise<s
     spec.user = { oid: user.oid, upn: user.upn, name: user.name };
     let scp = req.scp;
     if (scp === undefined && resource) {
-      const granted = core.grantedScopes(clientAppId, resource.appId, user.oid);
+      const granted = core.grantedScopes(clientAppId, resource.appId, tenant.id, user.oid);
       scp = (granted.length ? granted : resource.scopes).join(' ');
     }
     spec.scp = scp ?? '';
     spec.roles = req.roles;
   } else {
-    spec.roles = req.roles ?? (resource ? core.grantedRoles(clientAppId, resource.appId) : []);
+    spec.roles = req.roles ?? (resource ? core.grantedRoles(clientAppId, resource.appId, tenant.id) : []);
   }
 
   const now = core.nowSec();
@@ -103,7 +103,10 @@ export async function mintToken(core: EmulatorCore, req: MintRequest): Promise<s
       throw new Error(`mint: unknown signWith ${String(req.signWith)}`);
   }
   Object.assign(header, req.headerOverrides ?? {});
-  const signed = core.signWith(header, withRawClaims(claims, req.rawClaims), signer);
+  // A Graph-audience token is unverifiable, as issued (§9.4), unless the test names its own nonce.
+  const graphStyle = resource?.nonceHeader === true && (req.signWith ?? 'active') === 'active' && !('nonce' in header);
+  const payload = withRawClaims(claims, req.rawClaims);
+  const signed = graphStyle ? core.signWithNonce(header, payload, signer) : core.signWith(header, payload, signer);
   if (!req.encrypt) return signed;
   const enc = core.encryptionCertificateOf(resource) ?? core.encryptionCertificateOf(core.scenario.apps.sidecarApi);
   if (!enc) throw new Error('mint: no encryption certificate for this audience');

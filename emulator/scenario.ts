@@ -53,8 +53,14 @@ export interface FederatedCredential {
 /** An app registration together with its service principal (§9.1). */
 export interface AppRegistration {
   appId: string;
-  /** Object id of the service principal: the `oid` in app tokens. */
+  /** Object id of the service principal in the home tenant: the `oid` in app tokens issued there. */
   servicePrincipalId: string;
+  /**
+   * Object ids of the service principals of a multi-tenant app in the other tenants, by tenant id:
+   * each tenant has its own service principal, so its own `oid` (§9.1). Derived from (appId,
+   * tenant) when absent; the started emulator's scenario carries the effective values.
+   */
+  servicePrincipalIds?: Record<string, string>;
   displayName: string;
   /** Home tenant id. */
   tenant: string;
@@ -73,6 +79,12 @@ export interface AppRegistration {
   /** Issue tokens for this API as JWE (Entra's tokenEncryptionKeyId is set). */
   encryptTokens?: boolean;
   allowOnBehalfOf?: boolean;
+  /**
+   * Tokens for this API carry a `nonce` JOSE header and are signed over a header holding its SHA-256
+   * instead, so nobody but the API can verify them: Microsoft Graph's tokens (§1.4, §9.4). Set it to
+   * false on `apps.graph` for a test that needs verifiable Graph tokens.
+   */
+  nonceHeader?: boolean;
   /** Takes part in Continuous Access Evaluation: clients declaring `cp1` get long-lived tokens with `xms_cc` (§2.1). */
   caeCapable?: boolean;
   isAgentBlueprint?: boolean;
@@ -103,19 +115,29 @@ export interface ManagedIdentity {
   displayName: string;
 }
 
-/** Application permissions: `client` (app id or MI client id) holds `roles` on `resource` (app id). */
+/**
+ * Application permissions: `client` (app id or MI client id) holds `roles` on `resource` (app id)
+ * in one tenant. An app-role assignment is an object of the tenant that granted it, so it counts
+ * there only: `tenant` (id, domain or scenario key) defaults to the client's home tenant, or the
+ * resource's home tenant when the resource has no service principal in the client's.
+ */
 export interface AppRoleGrant {
   client: string;
   resource: string;
   roles: string[];
+  tenant?: string;
 }
 
-/** Delegated consent: `client` may call `resource` with `scopes`, tenant-wide or for one `user` oid. */
+/**
+ * Delegated consent: `client` may call `resource` with `scopes`, tenant-wide or for one `user` oid,
+ * in one tenant (`tenant` defaults as for app roles).
+ */
 export interface DelegatedGrant {
   client: string;
   resource: string;
   scopes: string[];
   user?: string;
+  tenant?: string;
 }
 
 /** A non-Entra token issuer whose tokens apps may use as federated credentials (e.g. Kubernetes). */
@@ -303,9 +325,13 @@ export function defaultScenario(): EmulatorScenario {
   });
   const wellKnown = (appId: string, displayName: string, uris: string[], scopes: string[], appRoles: string[]): AppRegistration =>
     app({ appId, displayName, tenant: primary.id, multiTenant: true, identifierUris: uris, accessTokenAcceptedVersion: 1, scopes, appRoles });
-  const graph: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.graph, 'Microsoft Graph', ['https://graph.microsoft.com'], ['User.Read', 'Mail.Read', 'profile', 'email'], ['User.Read.All']), caeCapable: true };
+  const graph: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.graph, 'Microsoft Graph', ['https://graph.microsoft.com'], ['User.Read', 'Mail.Read', 'profile', 'email'], ['User.Read.All']), caeCapable: true, nonceHeader: true };
   const arm = wellKnown(WELL_KNOWN_APP_IDS.arm, 'Azure Resource Manager', ['https://management.azure.com', 'https://management.core.windows.net'], ['user_impersonation'], []);
-  const tokenExchange = wellKnown(WELL_KNOWN_APP_IDS.tokenExchange, 'AzureADTokenExchange', ['api://AzureADTokenExchange'], [], []);
+  // Tokens for AzureADTokenExchange are v2 (reference §4.3 leaves the version unverified; we take the
+  // stricter, consistent reading): Entra checks a managed-identity assertion's `iss` against the
+  // FIC issuer `https://{host}/{tenant}/v2.0` (Microsoft's "trust a managed identity" doc), and the
+  // MI and FMI (T1) tokens seen in the wild carry that issuer, `ver` 2.0 and `aud` = this app id.
+  const tokenExchange: AppRegistration = { ...wellKnown(WELL_KNOWN_APP_IDS.tokenExchange, 'AzureADTokenExchange', ['api://AzureADTokenExchange'], [], []), accessTokenAcceptedVersion: 2 };
   const keyVault = wellKnown(WELL_KNOWN_APP_IDS.keyVault, 'Azure Key Vault', ['https://vault.azure.net'], ['user_impersonation'], []);
   const agentIdentity = (appId: string, n: number): AppRegistration =>
     app({ appId, displayName: `Agent identity ${n}`, tenant: primary.id, blueprintId: sidecarApi.appId });

@@ -57,6 +57,20 @@ export function createRequestHandler(core: EmulatorCore, opts: { kind: 'login' |
   };
 }
 
+/**
+ * The caller's correlation id, echoed as `correlation_id` (§2.8): msal-node sends it in the query
+ * and the body (§1.5), MSAL.NET and other clients as the `client-request-id` header, the managed-
+ * identity clients as `x-ms-client-request-id`.
+ */
+function correlationIdOf(req: IncomingMessage, url: URL, form: Record<string, string>): string | undefined {
+  const header = (name: string): string | undefined => {
+    const v = req.headers[name];
+    return typeof v === 'string' ? v : undefined;
+  };
+  const id = url.searchParams.get('client-request-id') ?? form['client-request-id'] ?? header('client-request-id') ?? header('x-ms-client-request-id');
+  return id ? id : undefined;
+}
+
 async function handle(core: EmulatorCore, req: IncomingMessage, res: ServerResponse, opts: { kind: 'login' | 'managed-identity'; admin: boolean; appServiceSecret: string }): Promise<void> {
   const url = new URL(req.url ?? '/', core.origin);
   const routed = opts.kind === 'login'
@@ -77,9 +91,8 @@ async function handle(core: EmulatorCore, req: IncomingMessage, res: ServerRespo
     bodyTooLarge: tooLarge,
     form,
     isForm,
-    correlationId: url.searchParams.get('client-request-id') ?? form['client-request-id'] ?? String(req.headers['x-ms-client-request-id'] ?? '') ?? '',
+    correlationId: correlationIdOf(req, url, form) ?? core.newRequestId(),
   };
-  if (!ex.correlationId) ex.correlationId = core.newRequestId();
   core.count(ex.route);
   if (ex.route === 'token' && form.grant_type) core.count(`token:${form.grant_type}`);
   if (ex.route === 'admin') {

@@ -7,6 +7,9 @@ import type { TenantResolution } from '../core.js';
 import { sendAadsts, sendJson } from '../http.js';
 import type { Exchange } from '../http.js';
 
+/** The Microsoft-account (consumers) tenant (§1.1). */
+const MSA_TENANT_ID = '9188040d-6c67-4c5b-b112-36a304b66dad';
+
 const METADATA_HEADERS = {
   'cache-control': 'max-age=86400, private',
   'access-control-allow-origin': '*',
@@ -69,7 +72,9 @@ export function openIdConfiguration(ex: Exchange, tenantSegment: string, version
   // Tenant given by GUID or domain: every URL carries the GUID (msal relies on it, §1.2).
   // Meta-tenants keep their name in endpoints and template the issuer.
   const t = r.kind === 'tenant' ? r.tenant.id : (r.kind === 'meta' ? r.name : tenantSegment);
-  const issuerTenant = r.kind === 'tenant' ? r.tenant.id : '{tenantid}';
+  // common/organizations template the issuer; consumers is one tenant, the Microsoft-account one,
+  // whose concrete issuer its metadata names (§1.1, §1.2, §3.3).
+  const issuerTenant = r.kind === 'tenant' ? r.tenant.id : r.kind === 'meta' && r.name === 'consumers' ? MSA_TENANT_ID : '{tenantid}';
   const regionScope = r.kind === 'tenant' ? r.tenant.regionScope : null;
   const appid = ex.url.searchParams.get('appid');
   const keysSuffix = appid ? `?appid=${encodeURIComponent(appid)}` : '';

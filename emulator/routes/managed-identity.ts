@@ -31,7 +31,7 @@ async function mintManagedIdentityToken(core: EmulatorCore, mi: ManagedIdentity,
     clientAppId: mi.clientId,
     clientObjectId: mi.objectId,
     acr: '2',
-    roles: core.grantedRoles(mi.clientId, resource.appId),
+    roles: core.grantedRoles(mi.clientId, resource.appId, mi.tenant),
     extra: mi.resourceId ? { xms_mirid: mi.resourceId } : undefined,
     lifetimeSec: core.tokenLifetimeSec,
   };

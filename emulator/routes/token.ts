@@ -64,14 +64,18 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   if (ex.bodyTooLarge) throw Aadsts.bodyTooLarge();
   if (!ex.isForm) throw Aadsts.missingParameter('grant_type');
   const form = { ...ex.form };
-  // v1 endpoint: `resource=` instead of `scope`.
-  if (v1 && form.resource && !form.scope) form.scope = `${form.resource.replace(/\/+$/, '')}/.default`;
-  // 2. Tenant.
+  // The v1 endpoint names the resource with `resource=` and ignores `scope` (§9.2; Microsoft's v1
+  // protocol docs): without `resource` it answers 900144 (step 6).
+  if (v1) {
+    delete form.scope;
+    if (form.resource) form.scope = `${form.resource.replace(/\/+$/, '')}/.default`;
+  }
+  // 2. Tenant. Only /common and /consumers refuse non-interactive grants (§1.1, §9.3 step 2);
+  // /organizations names no tenant, so the request's own credentials pick it (step 4).
   const r = core.resolveTenant(tenantSegment);
   if (r.kind === 'unknown') throw Aadsts.tenantNotFound(r.segment);
   if (r.kind === 'malformed') throw Aadsts.malformedTenant(r.segment);
-  if (r.kind === 'meta') throw Aadsts.metaTenantNotAllowed();
-  const tenant = r.tenant;
+  if (r.kind === 'meta' && r.name !== 'organizations') throw Aadsts.metaTenantNotAllowed();
   // 3. grant_type.
   const grantType = form.grant_type;
   if (!grantType) throw Aadsts.missingParameter('grant_type');
@@ -80,12 +84,15 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   const basic = parseBasic(ex.req.headers.authorization);
   const clientId = form.client_id ?? basic?.clientId;
   if (!clientId) throw Aadsts.missingParameter('client_id');
+  const tenant = r.kind === 'tenant' ? r.tenant : organizationsTenant(core, grantType, form, clientId);
+  if (!tenant) throw Aadsts.unknownClient(clientId, tenantSegment);
   const app = core.findAppInTenant(clientId, tenant.id);
   if (!app) throw Aadsts.unknownClient(clientId, tenant.id);
   if (app.disabled) throw Aadsts.clientDisabled(clientId);
   // 5. Client authentication.
-  const client = await authenticateClient(core, tenant, tenantSegment, app, form, basic?.secret);
+  const client = await authenticateClient(core, tenant, r.kind === 'meta', app, form, basic?.secret);
   // 6. Grant rules.
+  if (v1 && !form.resource) throw Aadsts.missingParameter('resource');
   let plan: TokenPlan;
   if (grantType === 'client_credentials') plan = clientCredentials(core, tenant, client, form);
   else if (grantType === 'refresh_token') plan = refreshGrant(core, tenant, client, form);
@@ -109,6 +116,22 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   if (form.claims !== undefined) applyClaims(core, plan, form.claims);
   if (v1) plan.resourceEcho = ex.form.resource ?? plan.spec.audience;
   return plan;
+}
+
+/**
+ * The tenant of a request to `/organizations`, whose URL names none: OBO (and the legacy agent-user
+ * jwt-bearer form) runs in the assertion's `tid` (verified with the assertion later), a refresh
+ * token in the tenant it is bound to, anything else in the client's home tenant [choice: msal-node
+ * refuses client credentials on /organizations because Entra would "guess" the tenant].
+ */
+function organizationsTenant(core: EmulatorCore, grantType: string, form: Record<string, string>, clientId: string): TenantRecord | undefined {
+  let tid: unknown;
+  if (grantType === JWT_BEARER && form.assertion) tid = decodeJws(form.assertion)?.payload.tid;
+  else if (grantType === 'refresh_token' && form.refresh_token) tid = core.refreshTokens.get(form.refresh_token)?.tenantId;
+  const named = typeof tid === 'string' ? core.tenants().find((t) => t.id.toLowerCase() === tid.toLowerCase()) : undefined;
+  if (named) return named;
+  const home = core.findApp(clientId)?.tenant;
+  return home === undefined ? undefined : core.findTenant(home);
 }
 
 /**
@@ -199,7 +222,7 @@ function parseBasic(header: string | undefined): { clientId: string; secret: str
   }
 }
 
-async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, segment: string, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
+async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
   const secret = form.client_secret ?? basicSecret;
   const assertion = form.client_assertion;
   if (secret !== undefined && assertion !== undefined) throw Aadsts.multipleCredentials();
@@ -224,17 +247,17 @@ async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, segm
   if (externalKey) {
     if (!core.verifyJwsSignature(jws, String(alg), externalKey)) throw Aadsts.assertionSignature('The federated assertion signature is not valid.');
     checkLifetime(core, p);
-    matchFederatedCredential(core, app, p);
+    matchFederatedCredential(app, p);
     return { app, acr: '2', method: 'federated' };
   }
   const h = decoded.header;
   if (typeof h['x5t#S256'] === 'string' || typeof h.x5t === 'string') {
-    return certificateAssertion(core, tenant, segment, app, jws, decoded.header, p);
+    return certificateAssertion(core, tenant, viaOrganizations, app, jws, decoded.header, p);
   }
   throw Aadsts.ficIssuer(String(p.iss));
 }
 
-function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, segment: string, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
+function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
   const certs = core.appCertificates(app);
   const match = certs.find((c) => (typeof header['x5t#S256'] === 'string' && c.material.x5tS256 === header['x5t#S256'])
     || (typeof header.x5t === 'string' && c.material.x5t === header.x5t));
@@ -245,10 +268,9 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, segment:
   // iss == sub == client_id; GUIDs compare case-insensitively.
   const isClient = (v: unknown): boolean => typeof v === 'string' && v.toLowerCase() === app.appId.toLowerCase();
   if (!isClient(p.iss) || !isClient(p.sub)) throw Aadsts.assertionIssuerSubject();
-  const audiences = Array.isArray(p.aud) ? p.aud : [p.aud];
-  const accepted = acceptedAssertionAudiences(core, tenant, segment);
-  if (!audiences.some((a) => typeof a === 'string' && accepted.has(a.toLowerCase().replace(/\/+$/, '')))) {
-    throw Aadsts.assertionAudience(String(p.aud));
+  // One string, exactly one of the accepted values: msal sends the token URL verbatim (§2.3).
+  if (typeof p.aud !== 'string' || !acceptedAssertionAudiences(core, tenant, viaOrganizations).has(p.aud)) {
+    throw Aadsts.assertionAudience(typeof p.aud === 'string' ? p.aud : JSON.stringify(p.aud ?? null));
   }
   checkLifetime(core, p);
   const start = typeof p.nbf === 'number' ? p.nbf : typeof p.iat === 'number' ? p.iat : core.nowSec();
@@ -257,13 +279,21 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, segment:
   return { app, acr: '2', method: 'certificate' };
 }
 
-/** Token-endpoint URLs (v2, v1), the issuer, by GUID or domain: the accepted assertion `aud` values. */
-function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord, segment: string): Set<string> {
-  const out = new Set<string>();
-  for (const t of new Set([tenant.id, ...tenant.domains, segment])) {
-    for (const suffix of ['oauth2/v2.0/token', 'oauth2/token', 'v2.0', '']) {
-      out.add(`${core.origin}/${t}/${suffix}`.toLowerCase().replace(/\/+$/, ''));
-    }
+/**
+ * The `aud` values a certificate assertion may carry (§2.3, §9.3): this tenant's v2 or v1 token
+ * endpoint URL, by GUID or by a verified domain, or the tenant's v2 issuer (Microsoft's
+ * certificate-credentials doc shows both `…/oauth2/v2.0/token` and `…/{tenant}/v2.0`). Compared
+ * exactly: no case folding, no trailing slash, no bare tenant URL. Arrays are refused [choice:
+ * the reference names single values and msal sends a string]. Via /organizations, the
+ * organizations token URLs too.
+ */
+function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean): Set<string> {
+  const out = new Set<string>([core.v2Issuer(tenant.id)]);
+  // A request to /organizations: msal builds `aud` from the token URL it posts to.
+  const names = [tenant.id.toLowerCase(), ...tenant.domains.map((d) => d.toLowerCase()), ...(viaOrganizations ? ['organizations'] : [])];
+  for (const t of new Set(names)) {
+    out.add(`${core.origin}/${t}/oauth2/v2.0/token`);
+    out.add(`${core.origin}/${t}/oauth2/token`);
   }
   return out;
 }
@@ -280,7 +310,7 @@ async function entraFederatedAssertion(core: EmulatorCore, app: AppRegistration,
   if (!verified.ok) throw Aadsts.assertionSignature(verified.reason);
   checkLifetime(core, verified.payload);
   if (isUserToken(verified.payload)) throw Aadsts.ficUserToken();
-  matchFederatedCredential(core, app, verified.payload);
+  matchFederatedCredential(app, verified.payload);
   return { app, acr: '2', method: 'federated' };
 }
 
@@ -306,16 +336,13 @@ function isUserToken(p: JwtPayload): boolean {
 }
 
 /** Matches (iss, sub, aud) against the app's federated identity credentials (§2.4). */
-function matchFederatedCredential(core: EmulatorCore, app: AppRegistration, p: JwtPayload): void {
+function matchFederatedCredential(app: AppRegistration, p: JwtPayload): void {
   const iss = String(p.iss);
-  const issTenant = core.tenantOfIssuer(iss)?.tenant.id;
-  const issuerMatches = (ficIssuer: string): boolean => {
-    if (ficIssuer === iss) return true;
-    // Entra-issued tokens: accept the v1 and v2 issuer forms of the same tenant (§4.3 [choice]).
-    const ficTenant = core.tenantOfIssuer(ficIssuer)?.tenant.id;
-    return ficTenant !== undefined && ficTenant === issTenant;
-  };
-  let candidates = app.federatedCredentials.filter((f) => issuerMatches(f.issuer));
+  // Issuer and subject compare exactly (§2.4; subjects are case-sensitive). Entra-issued tokens get
+  // no v1/v2 equivalence: §4.3 leaves the MI token's issuer version unverified, so we take the
+  // stricter reading, consistent with MI tokens for AzureADTokenExchange being v2 (scenario.ts) and
+  // with Entra refusing FIC issuers in the v1 `sts.windows.net` form.
+  let candidates = app.federatedCredentials.filter((f) => f.issuer === iss);
   if (!candidates.length) throw Aadsts.ficIssuer(iss);
   candidates = candidates.filter((f) => f.subject === p.sub);
   if (!candidates.length) throw Aadsts.ficSubject(String(p.sub));
@@ -356,7 +383,7 @@ function clientCredentials(core: EmulatorCore, tenant: TenantRecord, client: Aut
     audience: requested,
     kind: 'app' as const,
     clientAppId: app.appId,
-    clientObjectId: app.servicePrincipalId,
+    clientObjectId: core.servicePrincipalIdIn(app, tenant.id),
     acr: client.acr,
     lifetimeSec: core.tokenLifetimeSec,
   };
@@ -376,10 +403,10 @@ function clientCredentials(core: EmulatorCore, tenant: TenantRecord, client: Aut
       return { spec: { ...base, version: 2, audience: WELL_KNOWN_APP_IDS.tokenExchange, extra: agentClaims(app, '11', '7') } };
     }
     // Autonomous agent (§5.5).
-    const roles = core.grantedRoles(app.appId, resource.appId);
+    const roles = core.grantedRoles(app.appId, resource.appId, tenant.id);
     return { spec: { ...base, version: resource.accessTokenAcceptedVersion, roles, extra: agentClaims(app, '11', '7') } };
   }
-  const roles = core.grantedRoles(app.appId, resource.appId);
+  const roles = core.grantedRoles(app.appId, resource.appId, tenant.id);
   return { spec: { ...base, version: resource.accessTokenAcceptedVersion, roles } };
 }
 
@@ -409,8 +436,8 @@ function resolveUserScopes(core: EmulatorCore, tenant: TenantRecord, scopeParam:
 }
 
 /** Consented scopes for the request (§9.3 OBO: granted ∩ requested, all granted for .default). */
-function consentedScopes(core: EmulatorCore, clientAppId: string, scopes: UserScopes, userOid: string): string[] {
-  const granted = core.grantedScopes(clientAppId, scopes.resource.appId, userOid);
+function consentedScopes(core: EmulatorCore, tenant: TenantRecord, clientAppId: string, scopes: UserScopes, userOid: string): string[] {
+  const granted = core.grantedScopes(clientAppId, scopes.resource.appId, tenant.id, userOid);
   if (scopes.names.includes('.default')) {
     if (!granted.length) throw Aadsts.consentRequired(clientAppId, scopes.prefix);
     return granted;
@@ -445,7 +472,7 @@ function userPlan(core: EmulatorCore, tenant: TenantRecord, client: Authenticate
       version: scopes.resource.accessTokenAcceptedVersion,
       kind: 'user',
       clientAppId: client.app.appId,
-      clientObjectId: client.app.servicePrincipalId,
+      clientObjectId: core.servicePrincipalIdIn(client.app, tenant.id),
       acr: client.acr,
       user,
       scp: consented.join(' '),
@@ -480,7 +507,7 @@ async function onBehalfOf(core: EmulatorCore, tenant: TenantRecord, client: Auth
   const user = known
     ? { oid: known.oid, upn: known.upn, name: known.name }
     : { oid, upn: String(p.preferred_username ?? p.upn ?? p.unique_name ?? oid), name: String(p.name ?? '') };
-  const consented = consentedScopes(core, client.app.appId, scopes, user.oid);
+  const consented = consentedScopes(core, tenant, client.app.appId, scopes, user.oid);
   if (!audienceApp?.allowOnBehalfOf) throw Aadsts.oboNotAllowed(client.app.appId);
   const extra = client.app.blueprintId ? agentClaims(client.app, undefined) : undefined;
   return userPlan(core, tenant, client, scopes, consented, user, extra);
@@ -510,7 +537,7 @@ async function userFic(core: EmulatorCore, tenant: TenantRecord, client: Authent
   if (!user || user.tenant !== tenant.id) throw Aadsts.userNotFound(ref);
   if ((user.agentIdentityId ?? '').toLowerCase() !== client.app.appId.toLowerCase()) throw Aadsts.notAgentUser(ref, client.app.appId);
   const scopes = resolveUserScopes(core, tenant, form.scope);
-  const consented = consentedScopes(core, client.app.appId, scopes, user.oid);
+  const consented = consentedScopes(core, tenant, client.app.appId, scopes, user.oid);
   return userPlan(core, tenant, client, scopes, consented, { oid: user.oid, upn: user.upn, name: user.name }, agentClaims(client.app, '13'));
 }
 
@@ -523,7 +550,7 @@ function refreshGrant(core: EmulatorCore, tenant: TenantRecord, client: Authenti
   if (grant.clientAppId.toLowerCase() !== client.app.appId.toLowerCase()) throw Aadsts.refreshTokenWrongClient();
   if (core.nowSec() - grant.issuedAt > core.scenario.refreshTokenLifetimeSec) throw Aadsts.refreshTokenExpired();
   const scopes = resolveUserScopes(core, tenant, form.scope);
-  const consented = consentedScopes(core, client.app.appId, scopes, grant.user.oid);
+  const consented = consentedScopes(core, tenant, client.app.appId, scopes, grant.user.oid);
   // Redeeming does not revoke (Entra's refresh tokens stay valid until they expire or are revoked):
   // concurrent redemptions of one token all succeed. The reply carries a new one as well.
   const plan = userPlan(core, tenant, client, scopes, consented, grant.user, grant.extra);

@@ -53,6 +53,13 @@ describe('emulator: discovery routes', function () {
     }
   });
 
+  it('gives consumers the concrete issuer of the Microsoft-account tenant, keeping consumers in endpoints', async () => {
+    const r = await call(agent, `${emu.origin}/consumers/v2.0/.well-known/openid-configuration`);
+    expect(r.status).to.equal(200);
+    expect(r.json.issuer).to.equal(`${emu.origin}/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0`);
+    expect(r.json.token_endpoint).to.equal(`${emu.origin}/consumers/oauth2/v2.0/token`);
+  });
+
   it('serves the v1 document with the trailing-slash issuer and v1 endpoints', async () => {
     const r = await call(agent, `${emu.origin}/${tid}/.well-known/openid-configuration`);
     expect(r.json.issuer).to.equal(`${emu.origin}/${tid}/`);

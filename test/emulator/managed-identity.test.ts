@@ -72,6 +72,17 @@ describe('emulator: managed identity and Key Vault', function () {
       expect(unknownResource.status).to.equal(400);
       expect(unknownResource.json.error).to.equal('invalid_resource');
     });
+    it('issues the federated-credential assertion (api://AzureADTokenExchange) as a v2 token whose issuer is the FIC issuer, exactly', async () => {
+      const uami = emu.scenario.managedIdentities.userAssigned;
+      const r = await imds(`api-version=2018-02-01&resource=api://AzureADTokenExchange&client_id=${uami.clientId}`);
+      expect(r.status).to.equal(200);
+      const header = decodePart(r.json.access_token as string, 0);
+      const claims = decodePart(r.json.access_token as string, 1);
+      expect(claims).to.include({ ver: '2.0', aud: 'fb60f99c-7a34-4190-8149-302f77469936', azp: uami.clientId, azpacr: '2', sub: uami.objectId, idtyp: 'app' });
+      expect(header).not.to.have.property('x5t');
+      const fic = emu.scenario.apps.sidecarApi.federatedCredentials.find((f) => f.subject === uami.objectId)!;
+      expect(claims.iss).to.equal(fic.issuer);
+    });
   });
 
   describe('App Service', () => {

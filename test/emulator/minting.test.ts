@@ -133,6 +133,42 @@ describe('emulator: minting, JWE and key rotation', function () {
     }
   });
 
+  it('gives Graph-audience tokens a nonce header that makes them unverifiable, unless the scenario turns it off', async () => {
+    const verifies = async (token: string, keys: ReturnType<typeof createLocalJWKSet>): Promise<boolean> => jwtVerify(token, keys).then(() => true, () => false);
+    const sidecarApi = emu.scenario.apps.sidecarApi;
+    const form = (scope: string): Record<string, string> => ({ client_id: sidecarApi.appId, client_secret: sidecarApi.secrets[0].value, grant_type: 'client_credentials', scope });
+    const graph = (await call(agent, `${emu.origin}/${tid}/oauth2/v2.0/token`, { form: form('https://graph.microsoft.com/.default') })).json.access_token as string;
+    expect(decodePart(graph, 0).nonce).to.be.a('string').and.not.equal('');
+    expect(await verifies(graph, await jwks()), 'a Graph token does not verify').to.equal(false);
+    const minted = await emu.mint({ kind: 'app', audience: 'https://graph.microsoft.com' });
+    expect(decodePart(minted, 0)).to.have.property('nonce');
+    expect(await verifies(minted, await jwks())).to.equal(false);
+    // Entra itself can verify it: as an OBO assertion it fails on its audience, not its signature.
+    const userGraph = await emu.mint({ kind: 'user', audience: 'https://graph.microsoft.com' });
+    const obo = await call(agent, `${emu.origin}/${tid}/oauth2/v2.0/token`, { form: { ...form('api://downstream/read'), grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', requested_token_use: 'on_behalf_of', assertion: userGraph } });
+    expect(obo.json.error_codes).to.deep.equal([50013]);
+    expect(String(obo.json.error_description)).to.match(/^AADSTS50013: Assertion audience does not match/);
+    const downstream = (await call(agent, `${emu.origin}/${tid}/oauth2/v2.0/token`, { form: form('api://downstream/.default') })).json.access_token as string;
+    expect(decodePart(downstream, 0)).not.to.have.property('nonce');
+    expect(await verifies(downstream, await jwks())).to.equal(true);
+
+    const scenario = defaultScenario();
+    scenario.apps.graph.nonceHeader = false;
+    const plain = await startEmulator({ scenario });
+    const plainAgent = new Agent({ connect: { ca: plain.caPem } });
+    try {
+      const app = plain.scenario.apps.sidecarApi;
+      const r = await call(plainAgent, `${plain.origin}/${tid}/oauth2/v2.0/token`, { form: { client_id: app.appId, client_secret: app.secrets[0].value, grant_type: 'client_credentials', scope: 'https://graph.microsoft.com/.default' } });
+      const token = r.json.access_token as string;
+      expect(decodePart(token, 0)).not.to.have.property('nonce');
+      const keys = createLocalJWKSet((await call(plainAgent, `${plain.origin}/${tid}/discovery/keys`)).json as unknown as JSONWebKeySet);
+      expect(await verifies(token, keys)).to.equal(true);
+    } finally {
+      await plainAgent.close();
+      await plain.close();
+    }
+  });
+
   it('rotates the signing key, keeps old keys published, and drops them on request', async () => {
     const before = (await call(agent, `${emu.origin}/${tid}/discovery/v2.0/keys`)).json.keys as Array<Record<string, unknown>>;
     const oldToken = await emu.mint({ kind: 'app' });

@@ -97,6 +97,16 @@ describe('emulator: token endpoint', function () {
       expect(r.json.expires_on).to.match(/^\d+$/);
     });
 
+    it('requires resource on the v1 token endpoint, which ignores scope (900144)', async () => {
+      const v1 = `${emu.origin}/${tid}/oauth2/token`;
+      const r = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), v1);
+      expectAadsts(r, 400, 'invalid_request', 900144);
+      expect(String(r.json.error_description)).to.contain("'resource'");
+      const both = await post(secretForm({ grant_type: 'client_credentials', resource: 'api://downstream', scope: 'https://graph.microsoft.com/.default' }), v1);
+      expect(both.status).to.equal(200);
+      expect(decodePart(both.json.access_token as string, 1).aud).to.equal(emu.scenario.apps.downstreamApi.appId);
+    });
+
     it('rejects a wrong secret (7000215), an expired secret (7000222) and no credential (7000218) with 401', async () => {
       expectAadsts(await post({ ...secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), client_secret: 'nope' }), 401, 'invalid_client', 7000215);
       const expired = emu.scenario.apps.sidecarApi.secrets[1].value;
@@ -114,6 +124,16 @@ describe('emulator: token endpoint', function () {
       expectAadsts(await post({ ...secretForm({ grant_type: 'client_credentials' }), client_id: randomUUID() }), 400, 'unauthorized_client', 700016);
     });
 
+    it('echoes the client-request-id (query, body, or the client-request-id / x-ms-client-request-id header) as correlation_id', async () => {
+      const bad = { ...secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), client_secret: 'nope' };
+      const id = (n: number): string => `11111111-2222-4333-8444-55555555555${n}`;
+      expect((await post(bad, `${tokenUrl}?client-request-id=${id(1)}`)).json.correlation_id).to.equal(id(1));
+      expect((await post({ ...bad, 'client-request-id': id(2) })).json.correlation_id).to.equal(id(2));
+      expect((await post(bad, tokenUrl, { 'client-request-id': id(3) })).json.correlation_id).to.equal(id(3));
+      expect((await post(bad, tokenUrl, { 'x-ms-client-request-id': id(4) })).json.correlation_id).to.equal(id(4));
+      expect((await post(bad)).json.correlation_id).to.match(/^[0-9a-f-]{36}$/);
+    });
+
     it('enforces the .default scope rules (1002012, 700022, 500011)', async () => {
       expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/read' })), 400, 'invalid_scope', 1002012);
       expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default https://graph.microsoft.com/.default' })), 400, 'invalid_scope', 700022);
@@ -129,6 +149,32 @@ describe('emulator: token endpoint', function () {
       expectAadsts(await post(assertionForm(await certAssertion({ header: { 'x5t#S256': 'AAAA' } }), cc)), 401, 'invalid_client', 700027);
       const otherKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
       expectAadsts(await post(assertionForm(await certAssertion({ key: otherKey }), cc)), 401, 'invalid_client', 700027);
+    });
+
+    it('takes as client-assertion aud only the tenant\u2019s v2 or v1 token URL (by GUID or domain) or its issuer, as a string', async () => {
+      const cc = { grant_type: 'client_credentials', scope: 'api://downstream/.default' };
+      const withAud = async (aud: unknown): Promise<RawResponse> => post(assertionForm(await certAssertion({ payload: { aud } }), cc));
+      for (const aud of [
+        `${emu.origin}/${tid}/oauth2/v2.0/token`,
+        `${emu.origin}/contoso.onmicrosoft.com/oauth2/v2.0/token`,
+        `${emu.origin}/${tid}/oauth2/token`,
+        `${emu.origin}/contoso.example/oauth2/token`,
+        `${emu.origin}/${tid}/v2.0`,
+      ]) {
+        const r = await withAud(aud);
+        expect(r.status, `${aud}: ${JSON.stringify(r.json)}`).to.equal(200);
+      }
+      for (const aud of [
+        `${emu.origin}/${tid}`,
+        `${emu.origin}/${tid}/`,
+        `${emu.origin}/${tid}/oauth2/v2.0/token/`,
+        `${emu.origin}/${tid}/OAUTH2/V2.0/TOKEN`,
+        `${emu.origin}/${emu.scenario.tenants.secondary.id}/oauth2/v2.0/token`,
+        [`${emu.origin}/${tid}/oauth2/v2.0/token`],
+        ['https://elsewhere.example/token', `${emu.origin}/${tid}/oauth2/v2.0/token`],
+      ]) {
+        expectAadsts(await withAud(aud), 401, 'invalid_client', 50027);
+      }
     });
   });
 
@@ -160,6 +206,16 @@ describe('emulator: token endpoint', function () {
       expect(r.status, JSON.stringify(r.json)).to.equal(200);
       const userToken = await emu.mint({ kind: 'user', audience: 'api://AzureADTokenExchange' });
       expectAadsts(await post(assertionForm(userToken, { grant_type: 'client_credentials', scope: 'api://downstream/.default' })), 401, 'invalid_client', 700229);
+    });
+
+    it('matches a federated credential\u2019s issuer exactly: a v1-issuer managed-identity token does not match a v2-issuer FIC (700211)', async () => {
+      const cc = { grant_type: 'client_credentials', scope: 'api://downstream/.default' };
+      const uami = emu.scenario.managedIdentities.userAssigned.clientId;
+      const v2 = await emu.mint({ kind: 'app', client: uami, audience: 'api://AzureADTokenExchange', version: 2 });
+      expect((await post(assertionForm(v2, cc))).status).to.equal(200);
+      const v1 = await emu.mint({ kind: 'app', client: uami, audience: 'api://AzureADTokenExchange', version: 1 });
+      expect(decodePart(v1, 1).iss).to.equal(`${emu.origin}/${tid}/`);
+      expectAadsts(await post(assertionForm(v1, cc)), 401, 'invalid_client', 700211);
     });
   });
 
@@ -358,6 +414,95 @@ describe('emulator: token endpoint', function () {
     it('ignores unknown parameters such as telemetry and caller-sdk-id', async () => {
       const r = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default', 'x-client-SKU': 'msal.js.node', 'caller-sdk-id': 'x', dc: 'y' }));
       expect(r.status).to.equal(200);
+    });
+  });
+
+  describe('tenants', () => {
+    /** A second emulator whose multi-tenant client app holds Graph grants in chosen tenants. */
+    async function withGrants(grant: (scenario: ReturnType<typeof defaultScenario>) => void, run: (other: Emulator, otherAgent: Agent) => Promise<void>): Promise<void> {
+      const scenario = defaultScenario();
+      grant(scenario);
+      const other = await startEmulator({ scenario });
+      const otherAgent = new Agent({ connect: { ca: other.caPem } });
+      try {
+        await run(other, otherAgent);
+      } finally {
+        await otherAgent.close();
+        await other.close();
+      }
+    }
+
+    it('counts an app-role grant in its own tenant only, and gives a multi-tenant app another service principal in each tenant', async () => {
+      await withGrants((s) => {
+        // Admin consent in the home tenant (the default), and Mail.Read granted in the other tenant.
+        s.grants.appRoles.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, roles: ['User.Read.All'] });
+        s.grants.appRoles.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, roles: ['Mail.Read'], tenant: 'secondary' });
+      }, async (other, otherAgent) => {
+        const client = other.scenario.apps.clientApp;
+        const graphToken = async (tenant: string): Promise<Record<string, unknown>> => {
+          const r = await call(otherAgent, `${other.origin}/${tenant}/oauth2/v2.0/token`, { form: { client_id: client.appId, client_secret: client.secrets[0].value, grant_type: 'client_credentials', scope: 'https://graph.microsoft.com/.default' } });
+          expect(r.status, JSON.stringify(r.json)).to.equal(200);
+          return decodePart(r.json.access_token as string, 1);
+        };
+        const home = await graphToken(other.scenario.tenants.primary.id);
+        const away = await graphToken(other.scenario.tenants.secondary.id);
+        expect(home.roles).to.deep.equal(['User.Read.All']);
+        expect(away.roles).to.deep.equal(['Mail.Read']);
+        expect(home.oid).to.equal(client.servicePrincipalId);
+        expect(away.oid, 'another service principal in the other tenant').to.not.equal(client.servicePrincipalId);
+        expect(away.oid).to.equal(client.servicePrincipalIds?.[other.scenario.tenants.secondary.id]);
+        expect(away.sub).to.equal(away.oid);
+      });
+    });
+
+    it('lets every grant through /organizations (OBO in the assertion\u2019s tenant, others in the client\u2019s home tenant) and refuses /common and /consumers (9001023)', async () => {
+      const orgs = `${emu.origin}/organizations/oauth2/v2.0/token`;
+      const cc = await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), orgs);
+      expect(cc.status, JSON.stringify(cc.json)).to.equal(200);
+      expect(decodePart(cc.json.access_token as string, 1).tid).to.equal(tid);
+      const assertion = await certAssertion({ payload: { aud: orgs } });
+      const cert = await post(assertionForm(assertion, { grant_type: 'client_credentials', scope: 'api://downstream/.default' }), orgs);
+      expect(cert.status, JSON.stringify(cert.json)).to.equal(200);
+      const obo = await post({ ...secretForm({}), grant_type: JWT_BEARER, requested_token_use: 'on_behalf_of', assertion: await emu.mint({ kind: 'user' }), scope: 'api://downstream/read offline_access' }, orgs);
+      expect(obo.status, JSON.stringify(obo.json)).to.equal(200);
+      expect(decodePart(obo.json.access_token as string, 1).tid).to.equal(tid);
+      const refreshed = await post({ ...secretForm({}), grant_type: 'refresh_token', refresh_token: obo.json.refresh_token as string, scope: 'api://downstream/read' }, orgs);
+      expect(refreshed.status, JSON.stringify(refreshed.json)).to.equal(200);
+      for (const meta of ['common', 'consumers']) {
+        expectAadsts(await post(secretForm({ grant_type: 'client_credentials', scope: 'api://downstream/.default' }), `${emu.origin}/${meta}/oauth2/v2.0/token`), 400, 'invalid_request', 9001023);
+      }
+    });
+
+    it('runs OBO through /organizations in the tenant of the assertion', async () => {
+      await withGrants((s) => {
+        s.grants.delegated.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, scopes: ['User.Read'], tenant: 'secondary' });
+      }, async (other, otherAgent) => {
+        const client = other.scenario.apps.clientApp;
+        const r = await call(otherAgent, `${other.origin}/organizations/oauth2/v2.0/token`, {
+          form: {
+            client_id: client.appId, client_secret: client.secrets[0].value, grant_type: JWT_BEARER, requested_token_use: 'on_behalf_of', scope: 'User.Read',
+            assertion: await other.mint({ kind: 'user', tenant: 'secondary', user: 'secondaryUser', audience: client.appId, scp: 'x' }),
+          },
+        });
+        expect(r.status, JSON.stringify(r.json)).to.equal(200);
+        expect(decodePart(r.json.access_token as string, 1).tid).to.equal(other.scenario.tenants.secondary.id);
+      });
+    });
+
+    it('counts delegated consent in its own tenant only', async () => {
+      await withGrants((s) => {
+        s.grants.delegated.push({ client: s.apps.clientApp.appId, resource: s.apps.graph.appId, scopes: ['User.Read'] });
+      }, async (other, otherAgent) => {
+        const client = other.scenario.apps.clientApp;
+        const obo = async (tenant: 'primary' | 'secondary', user: string): Promise<RawResponse> => call(otherAgent, `${other.origin}/${other.scenario.tenants[tenant].id}/oauth2/v2.0/token`, {
+          form: {
+            client_id: client.appId, client_secret: client.secrets[0].value, grant_type: JWT_BEARER, requested_token_use: 'on_behalf_of', scope: 'User.Read',
+            assertion: await other.mint({ kind: 'user', tenant, user, audience: client.appId, scp: 'x' }),
+          },
+        });
+        expect((await obo('primary', 'normal')).status).to.equal(200);
+        expectAadsts(await obo('secondary', 'secondaryUser'), 400, 'invalid_grant', 65001);
+      });
     });
   });
 });
