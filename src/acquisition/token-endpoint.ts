@@ -112,7 +112,10 @@ export interface TokenRequest {
 /** Sends one token request; throws TokenEndpointError for an OAuth error answer, SidecarError for transport failures. */
 export async function requestToken(deps: TokenEndpointDeps, req: TokenRequest): Promise<CachedToken> {
   const { authority, clientId, credential, params, expectTokenType } = req;
-  const tokenEndpoint = `${authority.replace(/\/+$/, '')}/oauth2/v2.0/token`;
+  // In lower case, as msal canonicalises an authority: Entra compares a certificate assertion's
+  // `aud` with its own token URL exactly, so `TenantId=AAAAAAAA-…` or `Contoso.onmicrosoft.com`
+  // written as configured would be refused (AADSTS50027) where msal's own requests pass.
+  const tokenEndpoint = `${authority.replace(/\/+$/, '').toLowerCase()}/oauth2/v2.0/token`;
   const url = req.query ? `${tokenEndpoint}?${req.query}` : tokenEndpoint;
   const host = new URL(tokenEndpoint).host;
   const form = new URLSearchParams({ client_id: clientId, ...params, ...(await clientAuthentication(clientId, tokenEndpoint, credential)) });

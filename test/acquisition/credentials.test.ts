@@ -13,6 +13,7 @@ import { createTokenAcquirer } from '../../src/acquisition/acquirer.js';
 import type { CredentialDescription } from '../../src/config/types.js';
 import type { TokenAcquirer } from '../../src/pipeline/types.js';
 import { acquireTokenOptions, captureLogger, credential } from './fixtures.js';
+import { reqCnfFor } from '../../src/pop/shr.js';
 import { apiOptions, emulatorAgent, emulatorConfig, secretCredential, tokenRequests } from './harness.js';
 
 const SCOPE = 'api://downstream/.default';
@@ -73,6 +74,25 @@ describe('client credential sources against the emulator', function () {
     expect(sent[0].form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
     expect(sent[0].form.client_secret).to.equal(undefined);
     expect(decodeJwt(token.token).roles).to.deep.equal(['Data.Read']);
+  });
+
+  it('signs a PoP app token\'s assertion for the token URL msal would use, whatever the case of AzureAd:TenantId', async () => {
+    const c = certificate();
+    const path = join(dir, 'cert-pop.pem');
+    await writeFile(path, `${c.certPem}\n${c.keyPem}`);
+    const tenant = emu.scenario.tenants.primary;
+    const domain = tenant.domains[0];
+    for (const tenantId of [tenant.id.toUpperCase(), domain.toUpperCase()]) {
+      const a = createTokenAcquirer({ config: emulatorConfig(emu, { tenantId, clientCredentials: [credential({ sourceType: 'Path', certificateDiskPath: path })] }), agent, logger: logs.logger });
+      acquirers.push(a);
+      const before = tokenRequests(emu).length;
+      const token = await a.acquire({ options: apiOptions({ scopes: [SCOPE], requestAppToken: true, acquireTokenOptions: acquireTokenOptions({ popPublicKey: reqCnfFor('z'.repeat(43)) }) }) });
+      expect(token.scheme, tenantId).to.equal('pop');
+      const sent = tokenRequests(emu).slice(before);
+      // Entra compares the assertion's audience with its own token URL, as msal writes it (lower
+      // case): an audience in the configuration's case is refused (AADSTS50027).
+      expect(sent.map((r) => [r.form.token_type, r.status]), tenantId).to.deep.equal([['pop', 200]]);
+    }
   });
 
   it('loads a password-protected PFX from a Path', async () => {
