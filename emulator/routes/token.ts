@@ -90,7 +90,7 @@ async function planToken(ex: Exchange, tenantSegment: string, v1: boolean): Prom
   if (!app) throw Aadsts.unknownClient(clientId, tenant.id);
   if (app.disabled) throw Aadsts.clientDisabled(clientId);
   // 5. Client authentication.
-  const client = await authenticateClient(core, tenant, r.kind === 'meta', app, form, basic?.secret);
+  const client = await authenticateClient(core, tenant, { organizations: r.kind === 'meta', origin: regionalOrigin(core, ex.req.headers.host) }, app, form, basic?.secret);
   // 6. Grant rules.
   if (v1 && !form.resource) throw Aadsts.missingParameter('resource');
   let plan: TokenPlan;
@@ -222,7 +222,7 @@ function parseBasic(header: string | undefined): { clientId: string; secret: str
   }
 }
 
-async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
+async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, via: Via, app: AppRegistration, form: Record<string, string>, basicSecret: string | undefined): Promise<AuthenticatedClient> {
   const secret = form.client_secret ?? basicSecret;
   const assertion = form.client_assertion;
   if (secret !== undefined && assertion !== undefined) throw Aadsts.multipleCredentials();
@@ -252,12 +252,12 @@ async function authenticateClient(core: EmulatorCore, tenant: TenantRecord, viaO
   }
   const h = decoded.header;
   if (typeof h['x5t#S256'] === 'string' || typeof h.x5t === 'string') {
-    return certificateAssertion(core, tenant, viaOrganizations, app, jws, decoded.header, p);
+    return certificateAssertion(core, tenant, via, app, jws, decoded.header, p);
   }
   throw Aadsts.ficIssuer(String(p.iss));
 }
 
-function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
+function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, via: Via, app: AppRegistration, jws: string, header: Record<string, unknown>, p: JwtPayload): AuthenticatedClient {
   const certs = core.appCertificates(app);
   const match = certs.find((c) => (typeof header['x5t#S256'] === 'string' && c.material.x5tS256 === header['x5t#S256'])
     || (typeof header.x5t === 'string' && c.material.x5t === header.x5t));
@@ -269,7 +269,7 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, viaOrgan
   const isClient = (v: unknown): boolean => typeof v === 'string' && v.toLowerCase() === app.appId.toLowerCase();
   if (!isClient(p.iss) || !isClient(p.sub)) throw Aadsts.assertionIssuerSubject();
   // One string, exactly one of the accepted values: msal sends the token URL verbatim (§2.3).
-  if (typeof p.aud !== 'string' || !acceptedAssertionAudiences(core, tenant, viaOrganizations).has(p.aud)) {
+  if (typeof p.aud !== 'string' || !acceptedAssertionAudiences(core, tenant, via).has(p.aud)) {
     throw Aadsts.assertionAudience(typeof p.aud === 'string' ? p.aud : JSON.stringify(p.aud ?? null));
   }
   checkLifetime(core, p);
@@ -287,15 +287,39 @@ function certificateAssertion(core: EmulatorCore, tenant: TenantRecord, viaOrgan
  * the reference names single values and msal sends a string]. Via /organizations, the
  * organizations token URLs too.
  */
-function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord, viaOrganizations: boolean): Set<string> {
+function acceptedAssertionAudiences(core: EmulatorCore, tenant: TenantRecord, via: Via): Set<string> {
   const out = new Set<string>([core.v2Issuer(tenant.id)]);
   // A request to /organizations: msal builds `aud` from the token URL it posts to.
-  const names = [tenant.id.toLowerCase(), ...tenant.domains.map((d) => d.toLowerCase()), ...(viaOrganizations ? ['organizations'] : [])];
-  for (const t of new Set(names)) {
-    out.add(`${core.origin}/${t}/oauth2/v2.0/token`);
-    out.add(`${core.origin}/${t}/oauth2/token`);
+  const names = [tenant.id.toLowerCase(), ...tenant.domains.map((d) => d.toLowerCase()), ...(via.organizations ? ['organizations'] : [])];
+  for (const origin of new Set([core.origin, via.origin])) {
+    for (const t of new Set(names)) {
+      out.add(`${origin}/${t}/oauth2/v2.0/token`);
+      out.add(`${origin}/${t}/oauth2/token`);
+    }
   }
+  // msal's regional token URL ends in a slash (Authority.buildRegionalAuthorityString rebuilds it
+  // with UrlString, which appends one; observed with msal-node 7.2.3), and it signs the assertion
+  // for that URL; msal's regional certificate flow works against ESTS-R, so ESTS-R takes it.
+  if (via.origin !== core.origin) for (const t of new Set(names)) out.add(`${via.origin}/${t}/oauth2/v2.0/token/`);
   return out;
+}
+
+/** How a token request reached the emulator: through /organizations, and at which origin. */
+interface Via {
+  readonly organizations: boolean;
+  /** The origin the request named: the emulator's own, or a regional one (`<region>.` in front, ESTS-R). */
+  readonly origin: string;
+}
+
+/**
+ * The origin a request was sent to, when it is a regional name of the emulator's own host
+ * (msal's AzureRegion posts to `https://<region>.<host>/…` and signs its assertion for that URL,
+ * which ESTS-R accepts); otherwise the emulator's origin.
+ */
+function regionalOrigin(core: EmulatorCore, host: string | undefined): string {
+  const own = new URL(core.origin).host;
+  const m = host === undefined ? null : /^([a-z0-9-]{1,63})\.(.+)$/.exec(host);
+  return m !== null && m[2] === own ? `https://${host}` : core.origin;
 }
 
 function checkLifetime(core: EmulatorCore, p: JwtPayload): void {

@@ -8,7 +8,10 @@
  * to `<region>.<host>` (ESTS-R), which only the proxy can route.
  */
 import { expect } from 'chai';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { EMULATOR_HOST_NAME, startEmulator, type Emulator } from '../../emulator/index.js';
 import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
@@ -153,6 +156,23 @@ describe('egress proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and AzureAd:AzureRegi
     expect(tokenPosts.at(-1)?.headers.host).to.equal(`westus.${EMULATOR_HOST_NAME}:${port}`);
     const targets = new Set(proxy.calls.map((c) => c.target));
     expect([...targets].sort()).to.deep.equal([emulatorTarget, `westus.${EMULATOR_HOST_NAME}:${port}`].sort());
+  });
+
+  it('signs a certificate assertion for the regional token URL it posts to, which the regional endpoint accepts', async () => {
+    const c = emu.scenario.apps.sidecarApi.certificates[0];
+    const dir = mkdtempSync(path.join(tmpdir(), 'egress-cert-'));
+    try {
+      const file = path.join(dir, 'cert.pem');
+      writeFileSync(file, `${c.certPem}\n${c.keyPem}`, { mode: 0o600 });
+      const s = await start({ ...proxyEnv(), AzureAd__AzureRegion: 'westus', AzureAd__ClientCredentials__0__SourceType: 'Path', AzureAd__ClientCredentials__0__CertificateDiskPath: file, AzureAd__ClientCredentials__0__ClientSecret: '' });
+      const app = await appToken(s);
+      expect(app.status, app.text).to.equal(200);
+      const sent = emu.requests().filter((r) => r.route === 'token' && r.form.grant_type === 'client_credentials').at(-1);
+      expect(sent?.headers.host).to.equal(`westus.${EMULATOR_HOST_NAME}:${new URL(emu.origin).port}`);
+      expect(sent?.form.client_assertion_type).to.equal('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('takes the region from REGION_NAME with AzureAd:AzureRegion=TryAutoDetect, as msal does on Azure compute', async () => {
