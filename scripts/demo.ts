@@ -3,6 +3,8 @@
  * then walks through what the sidecar does — validate a user token, exchange it On-Behalf-Of, call a
  * downstream API, answer an Envoy ext_authz Check, act as an agent — and prints curl commands to try.
  * With a terminal attached it keeps running until Ctrl-C; otherwise it exits when the walk-through ends.
+ * Whenever it stops (the end, a failure, Ctrl-C or SIGTERM at any step) it stops the sidecar and
+ * removes its temporary files and the emulator's.
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -20,6 +22,54 @@ const ok = (s: string) => console.log(`  ${process.stdout.isTTY ? '\x1b[32m✔\x
 const fail = (s: string) => console.log(`  ${process.stdout.isTTY ? '\x1b[31m✘\x1b[0m' : 'FAIL'} ${s}`);
 const short = (t: string) => `${t.slice(0, 24)}…(${t.length} chars)`;
 
+/** What the demo holds (emulator, servers, sidecar, files), released last-in first-out, once. */
+const held: Array<() => unknown> = [];
+/** Starts still in progress: a release waits for them, so what they create is released too. */
+const starting = new Set<Promise<unknown>>();
+let released: Promise<void> | undefined;
+/** Set by the first SIGINT or SIGTERM: nothing new is started after it. */
+let interrupted = false;
+
+/** Runs `start` and holds what it gives until release(); refuses to start anything once interrupted. */
+function hold<T>(start: () => Promise<T> | T, free: (value: T) => unknown): Promise<T> {
+  if (interrupted) return Promise.reject(new Error('interrupted'));
+  const holding = Promise.resolve().then(start).then((value) => {
+    held.push(() => free(value));
+    return value;
+  });
+  starting.add(holding);
+  void holding.then(() => starting.delete(holding), () => starting.delete(holding));
+  return holding;
+}
+
+/** Waits for the starts in progress, then frees everything held, newest first; once. */
+function release(): Promise<void> {
+  released ??= (async () => {
+    await Promise.allSettled([...starting]);
+    for (const free of held.reverse()) {
+      try {
+        await free();
+      } catch (err) {
+        console.error('demo clean-up:', (err as Error).message);
+      }
+    }
+  })();
+  return released;
+}
+
+/** Set once the walk-through has ended: from then on a signal is the way out, with this code. */
+let finishedWith: number | undefined;
+// Registered before anything is created: the emulator makes its temporary folder (the CA file) as it
+// starts, and Ctrl-C or SIGTERM during any step must not leave that folder, ours or the sidecar behind.
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  process.on(signal, () => {
+    if (interrupted) return;
+    interrupted = true;
+    if (finishedWith === undefined) console.log(`\n${signal}: stopping the sidecar and the emulator, removing temporary files…`);
+    void release().then(() => process.exit(finishedWith ?? code));
+  });
+}
+
 async function main(): Promise<number> {
   let failures = 0;
   const step = (title: string) => console.log(`\n${bold(title)}`);
@@ -32,7 +82,7 @@ async function main(): Promise<number> {
   };
 
   step('1. Starting the local Entra ID emulator (HTTPS, throw-away CA)…');
-  const emu = await startEmulator();
+  const emu = await hold(() => startEmulator(), (e) => e.close());
   const s = emu.scenario;
   ok(`emulator at ${emu.origin}, tenant ${s.tenants.primary.id}, CA ${emu.caFile}`);
 
@@ -43,7 +93,7 @@ async function main(): Promise<number> {
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ path: req.url, caller: claims.oid ?? null, scopes: claims.scp ?? null, roles: claims.roles ?? null }));
   });
-  await new Promise<void>((r) => downstream.listen(0, '127.0.0.1', r));
+  await hold(() => new Promise<void>((r) => downstream.listen(0, '127.0.0.1', r)), () => new Promise((r) => downstream.close(r)));
   const downstreamUrl = `http://127.0.0.1:${(downstream.address() as AddressInfo).port}`;
 
   step('2. Starting entra-sidecar against it (configured only by environment variables)…');
@@ -66,12 +116,12 @@ async function main(): Promise<number> {
     Sidecar__Management__Url: 'http://127.0.0.1:0',
     Sidecar__LogLevel: 'warn',
   };
-  const sidecar = await startSidecar(env);
+  const sidecar = await hold(() => startSidecar(env), (sc) => sc.stop());
   const base = sidecar.url;
   const grpcAddr = sidecar.listening.extAuthz ? `127.0.0.1:${sidecar.listening.extAuthz.port}` : undefined;
   ok(`identity API ${base}${grpcAddr ? `, ext_authz gRPC ${grpcAddr}` : ''}${sidecar.listening.management ? `, management http://127.0.0.1:${sidecar.listening.management.port}` : ''}`);
 
-  const tmp = mkdtempSync(path.join(tmpdir(), 'entra-sidecar-demo-'));
+  const tmp = await hold(() => mkdtempSync(path.join(tmpdir(), 'entra-sidecar-demo-')), (dir) => rmSync(dir, { recursive: true, force: true }));
   const userToken = await emu.mint({ kind: 'user', scp: 'access_as_user' });
   const tokenFile = path.join(tmp, 'user-token');
   writeFileSync(tokenFile, userToken, { mode: 0o600 });
@@ -155,7 +205,9 @@ async function main(): Promise<number> {
     failures++;
   }
 
-  step('Try it yourself (while the demo runs):');
+  // Without a terminal (CI, a pipe) nobody can press Ctrl-C, so the demo ends after the walk-through.
+  const stayUp = process.stdout.isTTY && !process.argv.includes('--once');
+  step(stayUp ? 'Try it yourself (while the demo runs):' : 'Try it yourself: run `npm run demo` in a terminal, where it keeps running until Ctrl-C (without one it stops now):');
   console.log(`  TOKEN=$(cat ${tokenFile})`);
   console.log(`  curl -s ${base}/Validate -H "Authorization: Bearer $TOKEN"`);
   console.log(`  curl -s ${base}/AuthorizationHeader/downstream -H "Authorization: Bearer $TOKEN"`);
@@ -163,25 +215,26 @@ async function main(): Promise<number> {
   console.log(`  curl -s ${base}/AuthorizationHeaderUnauthenticated/downstreamApp`);
   if (sidecar.listening.management) console.log(`  curl -s http://127.0.0.1:${sidecar.listening.management.port}/metrics | grep entra_sidecar_`);
 
-  const finish = async () => {
-    await sidecar.stop();
-    await emu.close();
-    downstream.close();
-    rmSync(tmp, { recursive: true, force: true });
-  };
   console.log(failures === 0 ? `\n${bold('Demo finished: every step succeeded.')}` : `\n${bold(`Demo finished with ${failures} failed step(s).`)}`);
-  if (process.stdout.isTTY && !process.argv.includes('--once')) {
+  finishedWith = failures === 0 ? 0 : 1;
+  if (stayUp) {
     console.log('Running until Ctrl-C…');
-    await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+    // The signal handler releases everything and exits with finishedWith.
+    await new Promise<never>(() => {});
   }
-  await finish();
-  return failures === 0 ? 0 : 1;
+  return finishedWith;
 }
 
 main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
+  async (code) => {
+    if (interrupted) return; // the signal handler exits once everything is released
+    await release();
+    process.exit(code);
+  },
+  async (err: unknown) => {
+    if (interrupted) return; // a step cut short by the clean-up: not a failure to report
     console.error('demo failed:', err);
+    await release();
     process.exit(1);
   },
 );

@@ -1,6 +1,7 @@
 /**
  * `npm run soak [-- --seconds N]` (default 60): mixed traffic on every route and on the ext_authz
- * Check against the BUILT sidecar and the emulator, sampling the sidecar's RSS, event-loop lag and
+ * Check against the BUILT sidecar, run with the Docker image's NODE_OPTIONS heap caps and malloc
+ * setting (bench/setup.ts imageEnv()), and the emulator, sampling the sidecar's RSS, event-loop lag and
  * handle count from /metrics. Exits 1 on any unexpected answer or on a growth trend (least-squares
  * slope of RSS over the second half, or handles that keep climbing). Bounded and self-stopping.
  * test/abuse/soak.test.ts runs the same module for ~10 s.
@@ -8,6 +9,7 @@
 import { pathToFileURL } from 'node:url';
 import { call } from '../test/helpers/e2e.js';
 import { checkWith, decision, eventually, sample, scrape, startDownstream, startStack, type Stack } from '../test/faults/harness.js';
+import { imageEnv } from '../bench/setup.js';
 
 export interface SoakOptions {
   readonly seconds: number;
@@ -85,6 +87,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   let stack: Stack | undefined;
   try {
     stack = await startStack({
+      // As the image runs it: the Dockerfile's heap caps (NODE_OPTIONS) and malloc setting.
+      ...imageEnv(),
       Sidecar__Outbound__TimeoutMs: '5000',
       Sidecar__LogLevel: 'warn',
       DownstreamApis__orders__Scopes__0: 'api://downstream/read',

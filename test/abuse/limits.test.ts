@@ -7,6 +7,7 @@
 import { expect } from 'chai';
 import { connect, type Socket } from 'node:net';
 import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
+import { waitForLine } from '../helpers/sidecar.js';
 import { MAX_TOKEN_LENGTH } from '../../src/pipeline/credential.js';
 import { ERROR_TABLE } from '../../src/errors.js';
 import { assertAlive, checkWith, decision, eventually, problemCode, sample, scrape, sleep, startStack, userToken, type Stack } from '../faults/harness.js';
@@ -215,9 +216,14 @@ describe('abuse and limits (built sidecar)', function () {
     for (const a of answers) expect(['401', 'token_signature_invalid']).to.include(a);
     await sleep(1_100);
     // One more on each door, after the window: its line carries the count held back.
+    const afterWindow = stack.sidecar.lines.length;
     expect((await call(`${stack.sidecar.url}/Validate`, { token: forged })).status).to.equal(401);
     expect(decision(await checkWith(stack, { headers: { authorization: `Bearer ${forged}` } }))).to.equal('token_signature_invalid');
-    await sleep(200);
+    // Log lines reach our pipe after the answers may have: wait for both doors' lines.
+    for (const msg of ['request failed', 'ext_authz deny']) {
+      const line = new RegExp(`^(?=.*"code":"token_signature_invalid")(?=.*"msg":"${msg}")`);
+      expect(await waitForLine(stack.sidecar, line, 3_000, afterWindow), `the ${msg} line after the window`).to.equal(true);
+    }
     const lines = stack.sidecar.lines.slice(linesBefore).filter((l) => l.includes('"code":"token_signature_invalid"'));
     const http = lines.filter((l) => l.includes('request failed'));
     const grpc = lines.filter((l) => l.includes('ext_authz deny'));

@@ -338,6 +338,47 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(r.json().code).to.equal('downstream_response_too_large');
   });
 
+  it('returns content headers only by default, and every end-to-end header but Set-Cookie with Sidecar:DownstreamApi:ReturnAllResponseHeaders=true', async () => {
+    api.respond.fn = (_q, _b, res) => {
+      res.setHeader('content-type', 'application/json; charset=utf-8');
+      res.setHeader('etag', '"v7"');
+      res.setHeader('x-request-id', 'r1');
+      res.setHeader('cache-control', 'no-store');
+      res.setHeader('set-cookie', ['a=1', 'b=2']);
+      res.end('{"ok":true}');
+    };
+    const defaults = await call(`${sidecar.url}/DownstreamApi/items`, { method: 'POST', token: await user() });
+    expect(defaults.status, defaults.text).to.equal(200);
+    expect(defaults.json().headers).to.deep.equal({ 'Content-Type': ['application/json; charset=utf-8'], 'Content-Length': ['11'] });
+
+    const all = await startSidecar(sidecarEnv(emu, {
+      DownstreamApis__items__BaseUrl: `${api.origin}/v1.0/`,
+      DownstreamApis__items__Scopes__0: 'api://downstream/read',
+      DownstreamApis__items__HttpMethod: 'Post',
+      Sidecar__DownstreamApi__ReturnAllResponseHeaders: 'true',
+    }));
+    try {
+      const r = await call(`${all.url}/DownstreamApi/items`, { method: 'POST', token: await user() });
+      expect(r.status, r.text).to.equal(200);
+      const headers = r.json().headers as Record<string, string[]>;
+      expect(headers).to.deep.include({
+        'Content-Type': ['application/json; charset=utf-8'],
+        'Content-Length': ['11'],
+        ETag: ['"v7"'],
+        'X-Request-Id': ['r1'],
+        'Cache-Control': ['no-store'],
+      });
+      // Cookies are the downstream's session with the sidecar, never the caller's.
+      expect(Object.keys(headers).map((h) => h.toLowerCase())).to.not.include('set-cookie');
+      expect(r.json().content).to.equal('{"ok":true}');
+      expect(api.seen).to.have.length(2);
+      for (const seen of api.seen) tokens.push(String(seen.headers.authorization).slice(7));
+    } finally {
+      await all.stop();
+      assertNoSecrets(all.lines, secretsOf(emu, tokens));
+    }
+  });
+
   it('answers 405 to GET, as Microsoft\'s POST-only routes do', async () => {
     expect((await call(`${sidecar.url}/DownstreamApi/items`)).status).to.equal(405);
   });

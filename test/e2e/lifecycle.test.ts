@@ -1,5 +1,5 @@
 /**
- * Process lifecycle through the built sidecar: graceful shutdown under load (issue 7), Development
+ * Process lifecycle through the built sidecar: graceful shutdown under load (issue 7) on both doors, Development
  * mode (OpenAPI document, no loopback restriction), and the OpenAPI document kept honest.
  */
 import { expect } from 'chai';
@@ -10,6 +10,8 @@ import { ROUTES } from '../../src/http/routes.js';
 import { OPENAPI_DOCUMENT } from '../../src/http/openapi.js';
 import { runSidecarToExit, startSidecar, waitForLine } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
+import { createAuthorizationClient } from '../../src/extauthz/protos.js';
+import { check, envoyCheckRequest, headerMap, type CheckResult } from '../extauthz/fixtures.js';
 
 /** One client connection kept open across requests, read as raw HTTP/1.1 (answers with Content-Length only). */
 class KeepAliveConnection {
@@ -167,6 +169,41 @@ describe('process lifecycle (built sidecar)', function () {
     expect(await exited).to.equal(0);
     expect(Date.now() - t0).to.be.lessThan(12_000);
     expect(await waitForLine(s, '"event":"shutdown"')).to.equal(true);
+  });
+
+  it('answers an ext_authz Check in flight after SIGTERM (its token request held by Entra), then exits 0', async () => {
+    const s = await startSidecar(sidecarEnv(emu, {
+      DownstreamApis__heldApp__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__heldApp__RequestAppToken: 'true',
+    }));
+    const client = createAuthorizationClient(`127.0.0.1:${s.listening.extAuthz!.port}`);
+    try {
+      const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+      const request = (extensions: Record<string, string>) => envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: extensions });
+      // Signing keys loaded: a Check that needs no downstream token is allowed.
+      const readyBy = Date.now() + 15_000;
+      while ((await check(client, request({}))).status?.code !== 0 && Date.now() < readyBy) await new Promise((r) => setTimeout(r, 100));
+      // Entra holds the first token request 2 s: the Check that needs it is in flight meanwhile.
+      emu.fault({ route: 'token', delayMs: 2_000 });
+      const tokenRequestsBefore = emu.counters().token;
+      let settled = false;
+      const inflight = check(client, request({ downstream_api: 'heldApp' })).finally(() => (settled = true));
+      const arrivedBy = Date.now() + 10_000;
+      while (emu.counters().token === tokenRequestsBefore && Date.now() < arrivedBy) await new Promise((r) => setTimeout(r, 20));
+      expect(emu.counters().token - tokenRequestsBefore, 'token requests Entra received before SIGTERM').to.equal(1);
+      expect(settled, 'the Check was answered before SIGTERM').to.equal(false);
+      const exited = s.stop(15_000);
+      expect(await waitForLine(s, '"signal":"SIGTERM"'), 'shutdown line naming SIGTERM').to.equal(true);
+      const answer: CheckResult = await inflight;
+      expect(answer.status?.code ?? 0, JSON.stringify(answer.denied_response ?? {})).to.equal(0);
+      expect(headerMap(answer.ok_response.headers).authorization).to.match(/^Bearer ey/);
+      expect(await exited).to.equal(0);
+      expect(await waitForLine(s, '"event":"stopped"')).to.equal(true);
+    } finally {
+      emu.clearFaults();
+      client.close();
+      await s.stop();
+    }
   });
 
   it('drains on SIGINT as on SIGTERM (Ctrl-C in `docker run -it` or a terminal): the request in flight is answered, then exit 0', async () => {

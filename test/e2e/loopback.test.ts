@@ -1,8 +1,9 @@
 /**
  * Loopback-only callers (reference sidecar-http-api §1.3, Microsoft's LocalCallerRestrictionTests),
  * driven through the built process. A real non-loopback peer needs a real non-loopback address, so
- * the sidecar and the client run inside a private network namespace this test creates (root + iproute2,
- * as in CI); the address 203.0.113.10 (TEST-NET-3) exists only inside that namespace.
+ * the sidecar and the client run inside a private network namespace this test creates (iproute2 and
+ * root or CAP_SYS_ADMIN, as in CI: under CI=true it fails without them, elsewhere it skips); the
+ * address 203.0.113.10 (TEST-NET-3) exists only inside that namespace.
  */
 import { expect } from 'chai';
 import { execFileSync, spawn } from 'node:child_process';
@@ -29,7 +30,8 @@ function requestInNs(url: string, method = 'GET'): Promise<{ status: number; bod
     const child = spawn('ip', ['netns', 'exec', NS, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.on('exit', () => {
+    // 'close', not 'exit': the client's output may still be in the pipe when it exits.
+    child.on('close', () => {
       try {
         resolve(JSON.parse(out) as { status: number; body: string });
       } catch (e) {
@@ -50,7 +52,7 @@ describe('loopback-only identity API (built sidecar, non-loopback peer in a priv
   before(async function () {
     ready = canUseNetns();
     if (!ready) {
-      if (process.env.CI) throw new Error('ip netns is required in CI (run as root with iproute2)');
+      if (process.env.CI) throw new Error('CI=true and `ip netns add` failed: this test needs iproute2 and root or CAP_SYS_ADMIN (in a container: --privileged or --cap-add SYS_ADMIN); see .ci/run');
       this.skip();
     }
     const env = {

@@ -62,7 +62,14 @@ export async function startSidecar(
   // when stop() resolves (a test that reads them then, e.g. for secrets, sees every line).
   const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   const listening = await new Promise<ListeningLine>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('sidecar did not start in time:\n' + lines.join('\n'))), opts.timeoutMs ?? 15_000);
+    const timeoutMs = opts.timeoutMs ?? 15_000;
+    // A sidecar that has not started in time is killed, and the promise rejects once it is gone:
+    // left running it would hold its ports (and keep the test run alive) as an orphan.
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
     const onLine = (line: string) => {
       lines.push(line);
       if (line.includes('"event":"listening"')) {
@@ -74,7 +81,9 @@ export async function startSidecar(
     collectLines(child.stderr!, (l) => lines.push(l));
     void exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`sidecar exited with ${code} before listening:\n${lines.join('\n')}`));
+      // A no-op once the listening line resolved the promise.
+      if (timedOut) reject(Object.assign(new Error(`sidecar did not start within ${timeoutMs} ms and was killed (pid ${child.pid}):\n${lines.join('\n')}`), { pid: child.pid }));
+      else reject(new Error(`sidecar exited with ${code} before listening:\n${lines.join('\n')}`));
     });
   });
   const first = listening.http[0];

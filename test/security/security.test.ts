@@ -72,28 +72,43 @@ describe('security (built sidecar)', function () {
   };
 
   describe('SSRF: the downstream origin comes from BaseUrl only', () => {
-    const attempts: Array<[string, (o: string) => string]> = [
-      ['optionsOverride.BaseUrl', (o) => `optionsOverride.BaseUrl=${encodeURIComponent(o)}`],
-      ['an absolute RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent(o + '/steal')}`],
-      ['a scheme-relative RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('//' + new URL(o).host + '/steal')}`],
-      ['a userinfo-style RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('@' + new URL(o).host + '/steal')}`],
-      ['a backslash RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('\\\\' + new URL(o).host + '\\steal')}`],
-      ['dot segments', () => `optionsOverride.RelativePath=${encodeURIComponent('../../../x')}`],
-      ['an extra query parameter holding a URL', (o) => `optionsOverride.ExtraQueryParameters.next=${encodeURIComponent(o)}`],
+    // Each attempt: the query it sends, and the path the configured API receives where the route
+    // honours optionsOverride.* (DownstreamApiUnauthenticated here). Every attempt is answered 200
+    // with the configured API's answer: RelativePath is appended to BaseUrl after a '/', so nothing a
+    // caller sends can leave the origin, and the 400 guard behind it (src/downstream/call.ts) is
+    // unreachable. `h` is the other origin's host:port.
+    const attempts: Array<[string, (o: string) => string, (h: string) => string]> = [
+      ['optionsOverride.BaseUrl', (o) => `optionsOverride.BaseUrl=${encodeURIComponent(o)}`, () => '/v1/'],
+      ['an absolute RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent(o + '/steal')}`, (h) => `/v1/http://${h}/steal`],
+      ['a scheme-relative RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('//' + new URL(o).host + '/steal')}`, (h) => `/v1/${h}/steal`],
+      ['a userinfo-style RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('@' + new URL(o).host + '/steal')}`, (h) => `/v1/@${h}/steal`],
+      // The WHATWG URL parser reads '\' as '/' in an http URL.
+      ['a backslash RelativePath', (o) => `optionsOverride.RelativePath=${encodeURIComponent('\\\\' + new URL(o).host + '\\steal')}`, (h) => `/v1///${h}/steal`],
+      // Resolved against the origin's root, never above it.
+      ['dot segments', () => `optionsOverride.RelativePath=${encodeURIComponent('../../../x')}`, () => '/x'],
+      ['an extra query parameter holding a URL', (o) => `optionsOverride.ExtraQueryParameters.next=${encodeURIComponent(o)}`, (h) => `/v1/?next=${encodeURIComponent(`http://${h}`)}`],
     ];
-    for (const route of ['DownstreamApi', 'DownstreamApiUnauthenticated']) {
-      for (const [what, query] of attempts) {
+    // Overrides are off on DownstreamApi in this stack, so there every attempt reaches the configured path.
+    for (const [route, honoursOverrides] of [['DownstreamApi', false], ['DownstreamApiUnauthenticated', true]] as const) {
+      for (const [what, query, expectedPath] of attempts) {
         it(`${route}: ${what} never reaches another origin`, async () => {
           const token = await user();
+          const otherHost = new URL(other.origin).host;
           const r = await call(`${stack.sidecar.url}/${route}/items?${query(other.origin)}`, {
             method: 'POST',
             token,
-            headers: { 'content-type': 'application/json', host: new URL(other.origin).host, 'x-forwarded-host': new URL(other.origin).host },
+            headers: { 'content-type': 'application/json', host: otherHost, 'x-forwarded-host': otherHost },
             body: '{}',
           });
-          expect(r.status, r.text).to.be.oneOf([200, 400]);
+          expect(r.status, r.text).to.equal(200);
+          // The answer is the configured API's, passed through.
+          expect(r.json()).to.deep.include({ statusCode: 200, content: '{"ok":true}' });
           expect(other.seen.length, 'requests that reached the other origin').to.equal(0);
-          for (const s of api.seen) expect(s.headers.host).to.equal(new URL(api.origin).host);
+          // Exactly one call, to the configured origin, on the path the (gated) overrides give.
+          expect(api.seen.map((s) => ({ method: s.method, url: s.url, host: s.headers.host }))).to.deep.equal([
+            { method: 'GET', url: honoursOverrides ? expectedPath(otherHost) : '/v1/', host: new URL(api.origin).host },
+          ]);
+          stack.tokens.push((api.seen[0].headers.authorization as string).slice(7));
         });
       }
     }
