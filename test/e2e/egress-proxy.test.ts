@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { EMULATOR_HOST_NAME, startEmulator, type Emulator } from '../../emulator/index.js';
-import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
+import { runSidecarToExit, startSidecar, waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
 import { startTestProxy, type TestProxy } from '../helpers/connect-proxy.js';
 
@@ -135,12 +135,14 @@ describe('egress proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and AzureAd:AzureRegi
     const ready = Date.now() + 15_000;
     while (Date.now() < ready && (await call(`http://127.0.0.1:${s.listening.management!.port}/readyz`)).status !== 200) await new Promise((r) => setTimeout(r, 100));
     proxy.refuseWith = 403;
+    const from = s.lines.length;
     const started = Date.now();
     const r = await appToken(s);
     expect(Date.now() - started).to.be.below(10_000);
     expect([r.status, r.json().code]).to.deep.equal([500, 'acquisition_unavailable']);
     // The operator is told it was the proxy, not Entra.
-    expect(s.lines.some((l) => l.includes('"code":"acquisition_unavailable"') && l.includes('the egress proxy answered 403 to the tunnel request'))).to.equal(true);
+    // (The line reaches our pipe after the answer: wait for it.)
+    expect(await waitForLine(s, /"code":"acquisition_unavailable".*the egress proxy answered 403 to the tunnel request/, 5_000, from), s.lines.slice(from).join('\n')).to.equal(true);
     expect(r.headers.get('content-type')).to.equal('application/problem+json');
     expect(r.text).not.to.include(PASSWORD);
     expect(proxy.calls.some((c) => c.status === 403)).to.equal(true);
