@@ -4,6 +4,7 @@
  * v2/v2alpha names by itself (reference envoy-ext-authz §1.5). No reflection.
  */
 import * as grpc from '@grpc/grpc-js';
+import { constants as http2Constants } from 'node:http2';
 import type { SidecarConfig } from '../config/types.js';
 import { formatHostPort } from '../config/listeners.js';
 import { bindWithFallback } from '../net/listen.js';
@@ -255,6 +256,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
         // Watch streams never end by themselves; tryShutdown would wait for them.
         health.endWatches();
         const force = setTimeout(() => {
+          destroySessions(server);
           server.forceShutdown();
           resolve();
         }, graceMs);
@@ -267,4 +269,20 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
       return closing;
     },
   };
+}
+
+/**
+ * Cuts every connection the server holds. grpc-js's forceShutdown() destroys only the sessions it
+ * keeps for channelz, and with channelz off (above) it keeps none there, so Checks in flight would
+ * run on past the grace (grpc-js 1.14: its other record of sessions is per listener, in
+ * `http2Servers`). Read defensively: should a release change that shape, nothing is destroyed here
+ * and forceShutdown() does what it does, and the process's own deadline still ends the shutdown.
+ */
+function destroySessions(server: grpc.Server): void {
+  const listeners = (server as unknown as { http2Servers?: unknown }).http2Servers;
+  if (!(listeners instanceof Map)) return;
+  for (const listener of listeners.values() as Iterable<{ sessions?: unknown }>) {
+    if (!(listener?.sessions instanceof Set)) continue;
+    for (const session of listener.sessions as Set<{ destroy?: (err?: Error, code?: number) => void }>) session.destroy?.(undefined, http2Constants.NGHTTP2_CANCEL);
+  }
 }

@@ -163,6 +163,27 @@ describe('ext_authz gRPC server', function () {
     expect((await check(h.client, envoyCheckRequest({ headers: { authorization: 'Bearer t.t.t' } }))).status.code).to.equal(0);
   });
 
+  it('cuts a Check still in flight when the grace runs out, rather than waiting for it', async function () {
+    // A harness of its own: the close ends its server.
+    const own = await startHarness();
+    try {
+      own.validator.add('t.t.t');
+      own.validator.delayMs = 5_000;
+      const started = Date.now();
+      const inflight = check(own.client, envoyCheckRequest({ headers: { authorization: 'Bearer t.t.t' } })).then(
+        () => 'answered',
+        (err: grpc.ServiceError) => `failed: ${grpc.status[err.code]}`,
+      );
+      await new Promise((r) => setTimeout(r, 50));
+      await own.server.close(100);
+      // The connection is gone at the end of the grace, not when the slow Check would have finished.
+      expect(await inflight).to.match(/^failed: (CANCELLED|UNAVAILABLE|INTERNAL)$/);
+      expect(Date.now() - started).to.be.below(2_000);
+    } finally {
+      await own.close();
+    }
+  });
+
   it('lets an in-flight Check finish on close, then stops listening', async function () {
     h.validator.add('t.t.t');
     h.validator.delayMs = 100;
