@@ -9,7 +9,7 @@ import type { Dispatcher } from 'undici';
 import { request } from '../net/undici.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { readCapped, transportFailure } from '../net/outbound.js';
+import { readCapped, transportCode, transportFailure } from '../net/outbound.js';
 import type { AcquireRequest, AcquiredToken, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { claimsFromWwwAuthenticate } from './claims-challenge.js';
 import { isTextualMediaType, isToken, parseMediaType } from './media-type.js';
@@ -283,7 +283,7 @@ const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEO
 /** Maps a transport failure to a stable code; the detail names the host, never the URL or a header. */
 function transportError(err: unknown, deadline: AbortSignal, callerSignal: AbortSignal | undefined, host: string, timeoutMs: number): SidecarError {
   if (err instanceof SidecarError) return err;
-  const code = String((err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code ?? (err as Error)?.name ?? 'UNKNOWN');
+  const code = transportCode(err);
   if (deadline.aborted || TIMEOUT_CODES.has(code)) {
     return new SidecarError('dependency_timeout', `No complete answer from ${host} within ${timeoutMs} ms.`, { cause: err });
   }

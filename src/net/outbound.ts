@@ -177,7 +177,12 @@ export function flattenHeaders(raw: Record<string, string | string[] | undefined
 export function transportFailure(err: unknown): string {
   const proxied = /^Proxy response \((\d{3})\)/.exec(String((err as Error | undefined)?.message ?? ''));
   if (proxied) return `the egress proxy answered ${proxied[1]} to the tunnel request`;
-  return String((err as { code?: unknown }).code ?? (err as { cause?: { code?: unknown } }).cause?.code ?? (err as Error)?.name ?? 'UNKNOWN');
+  return transportCode(err);
+}
+
+/** undici's (or Node's) code for a transport failure: the error's own, its cause's, or its name. */
+export function transportCode(err: unknown): string {
+  return String((err as { code?: unknown } | undefined)?.code ?? (err as { cause?: { code?: unknown } } | undefined)?.cause?.code ?? (err as Error | undefined)?.name ?? 'UNKNOWN');
 }
 
 /**
