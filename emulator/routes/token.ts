@@ -456,6 +456,10 @@ function resolveUserScopes(core: EmulatorCore, tenant: TenantRecord, scopeParam:
     if (name !== '.default' && !r.scopes.some((x) => x.toLowerCase() === name.toLowerCase())) throw Aadsts.invalidScope(s);
     names.push(name);
   }
+  // `.default` stands for every consented permission of the resource, so naming others of the same
+  // resource beside it is refused as one invalid scope value (70011) [seen in public reports of
+  // Entra's answers to msal4j and Azure Identity requests; the reference is silent].
+  if (names.includes('.default') && names.some((n) => n !== '.default')) throw Aadsts.invalidScope(all.join(' '));
   return { resource: resource as AppRegistration, prefix, names, oidc };
 }
 

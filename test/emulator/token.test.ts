@@ -235,6 +235,14 @@ describe('emulator: token endpoint', function () {
       expect(JSON.parse(Buffer.from(r.json.client_info as string, 'base64url').toString())).to.deep.equal({ uid: emu.scenario.users.normal.oid, utid: tid });
     });
 
+    it('refuses .default beside explicit scopes of the same resource (70011), keeps it with OIDC scopes', async () => {
+      for (const scope of ['api://downstream/.default api://downstream/read', 'api://downstream/read openid api://downstream/.default']) {
+        expectAadsts(await post(obo(await emu.mint({ kind: 'user' }), scope)), 400, 'invalid_scope', 70011);
+      }
+      const ok = await post(obo(await emu.mint({ kind: 'user' }), 'api://downstream/.default openid offline_access'));
+      expect(ok.status).to.equal(200);
+    });
+
     it('rejects expired (500133), foreign-audience, unknown-key and unsigned assertions (50013)', async () => {
       expectAadsts(await post(obo(await emu.mint({ kind: 'user', expiresInSec: -60 }), 'api://downstream/read')), 400, 'invalid_grant', 500133);
       expectAadsts(await post(obo(await emu.mint({ kind: 'user', audience: 'api://downstream' }), 'api://downstream/read')), 400, 'invalid_grant', 50013);
