@@ -9,7 +9,7 @@ import type { Dispatcher } from 'undici';
 import { request } from '../net/undici.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { readCapped, transportCode, transportFailure } from '../net/outbound.js';
+import { abandon, readCapped, transportCode, transportFailure } from '../net/outbound.js';
 import type { AcquireRequest, AcquiredToken, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { claimsFromWwwAuthenticate } from './claims-challenge.js';
 import { isTextualMediaType, isToken, parseMediaType } from './media-type.js';
@@ -170,9 +170,12 @@ export async function callDownstreamApi(deps: DownstreamCallDeps, req: Downstrea
         });
         const next = settings.allowOutboundRedirects && redirects < settings.maxRedirects ? redirectTarget(hop, res.statusCode, res.headers) : undefined;
         if (next === undefined) {
-          const declared = Number(firstValue(res.headers['content-length']));
+          // A HEAD, 204 or 304 answer has no body whatever Content-Length says (RFC 9110 §9.3.2,
+          // §15.3.5, §15.4.5): its length is the resource's, returned as a header, not read.
+          const bodiless = hop.method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304;
+          const declared = bodiless ? Number.NaN : Number(firstValue(res.headers['content-length']));
           if (Number.isFinite(declared) && declared > settings.maxResponseBytes) {
-            res.body.destroy();
+            abandon(res.body);
             throw new SidecarError('downstream_response_too_large', `The response declared ${declared} bytes; the limit is ${settings.maxResponseBytes}.`);
           }
           const bytes = await readCapped(res.body, settings.maxResponseBytes);

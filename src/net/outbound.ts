@@ -144,6 +144,16 @@ export interface OutboundRequest {
   readonly signal?: AbortSignal;
 }
 
+/**
+ * Stops reading an undici body and closes its connection. undici reports a body destroyed before its
+ * end as an 'error' event; with no listener that event would be an uncaught exception, so one that
+ * ignores it is attached first (the caller has already decided what to report).
+ */
+export function abandon(body: Dispatcher.ResponseData['body']): void {
+  body.on('error', () => {});
+  body.destroy();
+}
+
 /** Reads an undici body up to `max` bytes; beyond that the stream is destroyed and a SidecarError thrown. */
 export async function readCapped(body: Dispatcher.ResponseData['body'], max: number, code: 'downstream_response_too_large' | 'dependency_timeout' = 'downstream_response_too_large'): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -151,7 +161,7 @@ export async function readCapped(body: Dispatcher.ResponseData['body'], max: num
   for await (const chunk of body) {
     size += (chunk as Buffer).length;
     if (size > max) {
-      body.destroy();
+      abandon(body);
       throw new SidecarError(code === 'downstream_response_too_large' ? 'downstream_response_too_large' : 'dependency_timeout', `The response exceeded ${max} bytes.`);
     }
     chunks.push(chunk as Buffer);

@@ -338,6 +338,34 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(r.json().code).to.equal('downstream_response_too_large');
   });
 
+  it('returns a HEAD answer whose Content-Length exceeds the response cap as headers, and stays up', async () => {
+    // No body comes with these whatever Content-Length says (RFC 9110); the cap (65536 here) is for bodies.
+    // A HEAD declaring 20 MB used to throw an unhandled undici error and end the process.
+    api.respond.fn = (_q, _b, res) => {
+      res.setHeader('content-type', 'application/octet-stream');
+      res.setHeader('content-length', '20000000');
+      res.end();
+    };
+    const token = await user();
+    const head = await call(`${sidecar.url}/DownstreamApi/headItems`, { method: 'POST', token });
+    expect(head.status, head.text).to.equal(200);
+    expect(head.json()).to.deep.equal({ statusCode: 200, headers: { 'Content-Type': ['application/octet-stream'], 'Content-Length': ['20000000'] }, content: null });
+    const overridden = await call(`${sidecar.url}/DownstreamApi/items?optionsOverride.HttpMethod=HEAD`, { method: 'POST', token });
+    expect(overridden.status, overridden.text).to.equal(200);
+    expect(api.seen.map((s) => s.method)).to.deep.equal(['HEAD', 'HEAD']);
+    // A GET that declares more than the cap is still refused before its body is read, and the sidecar lives on.
+    api.respond.fn = (_q, _b, res) => {
+      res.setHeader('content-type', 'application/octet-stream');
+      res.setHeader('content-length', '20000000');
+      res.on('error', () => {});
+      res.write(Buffer.alloc(1024));
+    };
+    const declared = await call(`${sidecar.url}/DownstreamApi/items?optionsOverride.HttpMethod=GET`, { method: 'POST', token });
+    expect(declared.status).to.equal(502);
+    expect(declared.json().code).to.equal('downstream_response_too_large');
+    expect((await call(`${sidecar.url}/healthz`)).status).to.equal(200);
+  });
+
   it('returns content headers only by default, and every end-to-end header but Set-Cookie with Sidecar:DownstreamApi:ReturnAllResponseHeaders=true', async () => {
     api.respond.fn = (_q, _b, res) => {
       res.setHeader('content-type', 'application/json; charset=utf-8');
