@@ -107,6 +107,7 @@ interface Exchange {
   readonly fromBaseOrigin: boolean;
 }
 
+const EMPTY = Buffer.alloc(0);
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 
 /** Calls the downstream API described by `options` and returns Microsoft's result shape. */
@@ -178,7 +179,9 @@ export async function callDownstreamApi(deps: DownstreamCallDeps, req: Downstrea
             abandon(res.body);
             throw new SidecarError('downstream_response_too_large', `The response declared ${declared} bytes; the limit is ${settings.maxResponseBytes}.`);
           }
-          const bytes = await readCapped(res.body, settings.maxResponseBytes);
+          // undici reads a 304's informative Content-Length (RFC 9110 §8.6) as a promised body and fails
+          // the empty one, so a bodiless answer's body is drained, never read.
+          const bytes = bodiless ? (await discard(res.body), EMPTY) : await readCapped(res.body, settings.maxResponseBytes);
           logger.debug({ apiName: options.apiName, method: hop.method, host: hop.url.host, statusCode: res.statusCode, redirects, ms: Date.now() - started }, 'Downstream API answered.');
           return { statusCode: res.statusCode, headers: res.headers, body: bytes, fromBaseOrigin };
         }

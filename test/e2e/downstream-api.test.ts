@@ -338,7 +338,7 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(r.json().code).to.equal('downstream_response_too_large');
   });
 
-  it('returns a HEAD answer whose Content-Length exceeds the response cap as headers, and stays up', async () => {
+  it('returns a HEAD or 304 answer whose Content-Length exceeds the response cap as headers, and stays up', async () => {
     // No body comes with these whatever Content-Length says (RFC 9110); the cap (65536 here) is for bodies.
     // A HEAD declaring 20 MB used to throw an unhandled undici error and end the process.
     api.respond.fn = (_q, _b, res) => {
@@ -353,6 +353,19 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     const overridden = await call(`${sidecar.url}/DownstreamApi/items?optionsOverride.HttpMethod=HEAD`, { method: 'POST', token });
     expect(overridden.status, overridden.text).to.equal(200);
     expect(api.seen.map((s) => s.method)).to.deep.equal(['HEAD', 'HEAD']);
+    // A 304 may carry the Content-Length a 200 would have (RFC 9110 §8.6), as ASP.NET Core sends it.
+    api.respond.fn = (_q, _b, res) => {
+      res.statusCode = 304;
+      res.setHeader('etag', '"v7"');
+      res.setHeader('content-length', '20000000');
+      res.end();
+    };
+    for (let i = 0; i < 2; i++) {
+      const notModified = await call(`${sidecar.url}/DownstreamApi/items?optionsOverride.HttpMethod=GET&optionsOverride.ExtraHeaderParameters.If-None-Match=%22v7%22`, { method: 'POST', token });
+      expect(notModified.status, notModified.text).to.equal(200);
+      expect(notModified.json()).to.deep.equal({ statusCode: 304, headers: { 'Content-Length': ['20000000'] }, content: null });
+    }
+    expect(api.seen.at(-1)?.headers['if-none-match']).to.equal('"v7"');
     // A GET that declares more than the cap is still refused before its body is read, and the sidecar lives on.
     api.respond.fn = (_q, _b, res) => {
       res.setHeader('content-type', 'application/octet-stream');
