@@ -46,6 +46,25 @@ export function safeCause(cause: Error): string {
   return text.length > 500 ? text.slice(0, 500) + '…' : text;
 }
 
+/**
+ * Fields whose text can carry what a caller sent (an API name or scope from the URL, a path, an
+ * upstream error's words): anything token-shaped in them is cut out before a line is written, so a
+ * token pasted into a path or override never reaches the logs, whichever line quotes it.
+ */
+const TEXT_FIELDS = ['detail', 'reason', 'path', 'requestId'] as const;
+
+function redactTextFields(fields: Record<string, unknown>): Record<string, unknown> {
+  let out = fields;
+  for (const name of TEXT_FIELDS) {
+    const value = fields[name];
+    if (typeof value === 'string' && value.includes('eyJ')) {
+      if (out === fields) out = { ...fields }; // the caller's object stays as it was
+      out[name] = redactTokens(value);
+    }
+  }
+  return out;
+}
+
 /** Creates the process logger. `destination` is for tests; production writes to stdout. */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   return pino(
@@ -54,7 +73,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       base: { service: 'entra-sidecar' },
       timestamp: pino.stdTimeFunctions.isoTime,
       messageKey: 'msg',
-      formatters: { level: (label) => ({ level: label }) },
+      formatters: { level: (label) => ({ level: label }), log: redactTextFields },
       redact: { paths: redactPaths(), censor: '[redacted]' },
     },
     destination ?? pino.destination({ dest: 1, sync: false }),

@@ -18,6 +18,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import type { AuthenticationResult, ConfidentialClientApplication } from '@azure/msal-node';
 import { redactTokens, type Logger } from '../log.js';
+import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { isDnsName } from '../net/host-names.js';
@@ -286,6 +287,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
 } {
   const { config, agent, logger } = deps;
   const azureAd = config.azureAd;
+  // A caller can make acquisitions fail at will (a bad override scope, an app token sent for OBO).
+  const failureLog = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const outbound = config.sidecar.outbound;
   let entraRequests = 0;
   // The sidecar's own PoP key for SignHttpRequest APIs; a bad Sidecar:Pop:KeyFile fails here, at start.
@@ -323,7 +326,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       return await withObservation(seen, run);
     } catch (err) {
       const mapped = mapAcquisitionError(err, seen);
-      logger[mapped.spec.logLevel]({ code: mapped.code, detail: mapped.detail, status: seen.status }, 'token acquisition failed');
+      if (logger.isLevelEnabled(mapped.spec.logLevel) && failureLog.allow(mapped.code)) {
+        logger[mapped.spec.logLevel]({ code: mapped.code, detail: mapped.detail, status: seen.status, ...failureLog.suppressed(mapped.code) }, 'token acquisition failed');
+      }
       throw mapped;
     }
   }

@@ -9,7 +9,7 @@ import { setMaxListeners } from 'node:events';
 import type { ExtAuthzOptions } from '../config/types.js';
 import { SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
-import { safeCause, type Logger } from '../log.js';
+import { redactTokens, safeCause, type Logger } from '../log.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
@@ -225,7 +225,10 @@ function pathWithoutQuery(path: string): string {
 
 /** A client-sent value for a log line, cut to `max` characters (a path or request id can be as long as Envoy's header limit). */
 function loggable(value: string | undefined, max: number): string | undefined {
-  return value === undefined || value.length <= max ? value : `${value.slice(0, max)}…`;
+  if (value === undefined) return undefined;
+  // Token-shaped text goes before the cut: cut first, a token's head would no longer look like one.
+  const safe = value.includes('eyJ') ? redactTokens(value) : value;
+  return safe.length <= max ? safe : `${safe.slice(0, max)}…`;
 }
 
 /** Where a request went and its id, as the ext_authz log lines show them. */

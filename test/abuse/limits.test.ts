@@ -235,6 +235,22 @@ describe('abuse and limits (built sidecar)', function () {
     expect((await failures()) - countBefore).to.be.at.least(122);
   });
 
+  it('writes at most 10 "token acquisition failed" lines a second for a flood of acquisitions a caller makes fail', async () => {
+    const user = await userToken(stack);
+    const linesBefore = stack.sidecar.lines.length;
+    const t0 = Date.now();
+    // Sixty distinct unknown resources: no single-flight or cache folds them, each is refused by Entra (500011).
+    const answers = await Promise.all(
+      Array.from({ length: 60 }, (_, i) => call(`${stack.sidecar.url}/AuthorizationHeader/orders?optionsOverride.Scopes=${encodeURIComponent(`api://unknown-${i}/read`)}`, { token: user }).then((r) => r.status)),
+    );
+    const seconds = Math.ceil((Date.now() - t0) / 1000);
+    expect(new Set(answers).size, String(answers)).to.equal(1);
+    expect(answers[0]).to.be.at.least(400);
+    await sleep(300);
+    const failed = stack.sidecar.lines.slice(linesBefore).filter((l) => l.includes('"msg":"token acquisition failed"'));
+    expect(failed.length).to.be.at.least(1).and.at.most(10 * (seconds + 1)).and.below(60);
+  });
+
   it('shares one Entra request among 50 identical concurrent cold requests', async () => {
     const token = await userToken(stack);
     expect((await call(`${stack.sidecar.url}/Validate`, { token })).status).to.equal(200);

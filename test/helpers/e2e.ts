@@ -52,13 +52,25 @@ export function secretsOf(emu: Emulator, extra: string[] = []): string[] {
 }
 
 /** Asserts that no line contains any secret (and names which one, by index, if it does). */
+/**
+ * Slices of a secret that give it away: its last 40 characters, and for a JWT the first 40 of its
+ * claims segment too, so a token cut short after its header (a truncated path) is still caught.
+ */
+function probesOf(secret: string): string[] {
+  const probes = [secret.length > 40 ? secret.slice(secret.length - 40) : secret];
+  const claims = secret.startsWith('eyJ') ? secret.split('.')[1] : undefined;
+  if (claims !== undefined && claims.length >= 40) probes.push(claims.slice(0, 40));
+  return probes;
+}
+
 export function assertNoSecrets(lines: readonly string[], secrets: readonly string[]): void {
   for (const line of lines) {
     for (let i = 0; i < secrets.length; i++) {
       // Compare a distinctive slice too, so a truncated token is still caught.
       const s = secrets[i];
-      const probe = s.length > 40 ? s.slice(s.length - 40) : s;
-      if (line.includes(probe)) throw new Error(`secret #${i} (${s.slice(0, 6)}…) appears in a log line: ${line.slice(0, 200).replace(probe, '<here>')}`);
+      for (const probe of probesOf(s)) {
+        if (line.includes(probe)) throw new Error(`secret #${i} (${s.slice(0, 6)}…) appears in a log line: ${line.slice(0, 200).replace(probe, '<here>')}`);
+      }
     }
   }
 }

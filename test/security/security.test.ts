@@ -186,6 +186,26 @@ describe('security (built sidecar)', function () {
     });
   });
 
+  describe('tokens a caller puts where names and paths go', () => {
+    it('are cut out of every log line that quotes the name, scope or path (trace level)', async () => {
+      const pasted = await user();
+      const from = stack.sidecar.lines.length;
+      // An API name, an override scope and a DownstreamApi name (each quoted in an error's detail), and an ext_authz path.
+      const answers = [
+        await call(`${stack.sidecar.url}/AuthorizationHeaderUnauthenticated/${pasted}`),
+        await call(`${stack.sidecar.url}/DownstreamApiUnauthenticated/items?optionsOverride.Scopes=${pasted}`, { method: 'POST' }),
+        await call(`${stack.sidecar.url}/DownstreamApiUnauthenticated/${pasted}?optionsOverride.Scopes=${encodeURIComponent(V1_SCOPE)}&optionsOverride.RequestAppToken=true`, { method: 'POST' }),
+      ];
+      expect(answers.map((a) => a.status)).to.deep.equal([400, 500, 500]);
+      const denied = await checkWith(stack, { path: `/orders/${pasted}/lines`, headers: {} });
+      expect(denied.denied_response?.status?.code).to.equal('Unauthorized');
+      const lines = stack.sidecar.lines.slice(from);
+      expect(lines.some((l) => l.includes('No scopes found for the API') && l.includes('[redacted]')), 'the scopes_missing line, redacted').to.equal(true);
+      expect(lines.some((l) => l.includes('"/orders/[redacted]/lines"')), 'the deny line\'s path, redacted').to.equal(true);
+      assertNoSecrets(lines, [pasted]);
+    });
+  });
+
   describe('per-request isolation under concurrency', () => {
     it('answers 60 concurrent /Validate and Check calls each with its own caller\'s claims', async () => {
       const tokens = await Promise.all(Array.from({ length: 60 }, (_, i) => user({ name: `caller-${i}` })));
