@@ -7,7 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { dirname, basename, join, resolve } from 'node:path';
 import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
-import { listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
+import { formatHostPort, listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import { ANY_HOST } from '../net/listen.js';
 import { parseGuid } from '../guid.js';
@@ -661,11 +661,27 @@ function warnIfDevelopmentExposed(b: Binder, env: RuntimeEnvironment, listen: re
   );
 }
 
+/**
+ * The Check trusts its caller: context_extensions, which any gRPC client can send, choose the
+ * policy (`validate: none`, any configured downstream API), and the allow answer carries the
+ * injected token. Loopback leaves that to the proxy in the pod; another address is legitimate
+ * (Envoy in another pod) but needs the network to keep other peers out, and nothing else says so.
+ */
+function warnIfExtAuthzExposed(b: Binder, address: ListenAddress, key: string): void {
+  if (isLoopback(address.host)) return;
+  b.warn(
+    `SECURITY: ${key} binds the ext_authz gRPC listener to ${formatHostPort(address.host, address.port)}, which is not loopback: ` +
+      'any peer that can reach that port can choose the policy through context_extensions (skip token validation, have any configured downstream API\'s token injected) and read the token from the answer. ' +
+      'Bind it to loopback (e.g. Sidecar__ExtAuthz__Address=127.0.0.1:9191) when the proxy runs in the same pod, or let only the proxy reach the port (a Kubernetes NetworkPolicy).',
+  );
+}
+
 function bindExtAuthz(b: Binder): ExtAuthzOptions {
   const s = 'Sidecar:ExtAuthz';
   const enabled = b.bool(`${s}:Enabled`);
   const parsed = parseHostPort(b.string(`${s}:Address`) ?? '');
   if (!parsed.ok && enabled) b.error(`${s}:Address ${parsed.problem}`);
+  if (parsed.ok && enabled) warnIfExtAuthzExposed(b, parsed.address, `${s}:Address`);
   const validateText = (b.string(`${s}:Validate`) ?? '').toLowerCase();
   let validate: ExtAuthzOptions['validate'] = 'required';
   if (validateText === 'required' || validateText === 'optional' || validateText === 'none') validate = validateText;

@@ -412,7 +412,9 @@ export function createChecker(deps: CheckDeps): Checker {
     const key = rule < 0 ? extKey : `${rule}#${extKey}`;
     let policy = policies.get(key);
     if (policy === undefined) {
-      policy = routePolicy(base, ext);
+      // From the raw layers, not over `base`: a rule's resolved policy no longer tells which keys
+      // the rule set itself and which it took from (or dropped of) the defaults.
+      policy = routePolicy(defaults, ext, rule < 0 ? undefined : options.routes[rule].settings);
       if (policies.size < MAX_CACHED_POLICIES) policies.set(key, policy);
     }
     return policy;

@@ -86,43 +86,91 @@ export function defaultPolicy(options: ExtAuthzOptions): RoutePolicy {
   );
 }
 
-/**
- * Overlays a route's context_extensions on the defaults. Unknown keys and bad values throw
- * SidecarError('misconfigured') so a typo in envoy.yaml fails closed instead of silently skipping
- * a scope check or a token injection.
- */
-export function routePolicy(defaults: RoutePolicy, ext: Readonly<Record<string, string>> | undefined): RoutePolicy {
-  if (ext === undefined) return defaults;
-  let any = false;
-  for (const key in ext) {
-    if (!KNOWN_KEYS.has(key)) throw new SidecarError('misconfigured', `Unknown context_extensions key "${key}".`);
-    any = true;
+/** Policy settings under their context_extensions names: a `Routes` rule's, or a route's context_extensions. */
+export type PolicySettings = Readonly<Record<string, string>>;
+
+/** Where a layer sets none of the keys asked for. */
+const UNSET = -1;
+
+function hasKeys(settings: PolicySettings): boolean {
+  for (const _ in settings) return true;
+  return false;
+}
+
+/** The index of the most specific layer (the last) that sets one of `keys`, or UNSET. */
+function layerSetting(layers: readonly PolicySettings[], ...keys: string[]): number {
+  for (let i = layers.length - 1; i >= 0; i--) {
+    for (const key of keys) if (layers[i][key] !== undefined) return i;
   }
-  if (!any) return defaults;
-  const agentIdentity = ext.agent_identity || undefined;
-  if (!agentIdentity && (ext.agent_username || ext.agent_user_id)) {
+  return UNSET;
+}
+
+/** The value of `key` in the most specific layer at or above `from` that sets it. */
+function setting(layers: readonly PolicySettings[], key: string, from = 0): string | undefined {
+  for (let i = layers.length - 1; i >= from; i--) {
+    const value = layers[i][key];
+    if (value !== undefined) return value;
+  }
+  return undefined;
+}
+
+/**
+ * Resolves a route's policy from three layers, each key from the most specific one that sets it:
+ * the defaults, then the `Routes` rule the request falls under (`rule`, when one does), then the
+ * route's context_extensions (`ext`), as Envoy merges per-route settings (reference envoy-ext-authz
+ * §2). Resolving the raw layers, not overlaying `ext` on the rule's resolved policy, keeps what the
+ * rule set (an agent identity, a downstream API) under an ext that does not name it, and brings
+ * back a default the rule dropped only by saying `validate: none` once ext turns validation on.
+ *
+ * Unknown keys and bad values throw SidecarError('misconfigured') so a typo in envoy.yaml fails
+ * closed instead of silently skipping a scope check or a token injection.
+ */
+export function routePolicy(defaults: RoutePolicy, ext: PolicySettings | undefined, rule?: PolicySettings): RoutePolicy {
+  const layers: PolicySettings[] = [];
+  if (rule !== undefined && hasKeys(rule)) layers.push(rule);
+  if (ext !== undefined && hasKeys(ext)) {
+    for (const key in ext) if (!KNOWN_KEYS.has(key)) throw new SidecarError('misconfigured', `Unknown context_extensions key "${key}".`);
+    layers.push(ext);
+  }
+  if (layers.length === 0) return defaults;
+  const agentIdentity = setting(layers, 'agent_identity') || undefined;
+  // An agent user is named by username or by object id; the most specific layer naming either
+  // decides, so a route's agent_user_id is not outranked by the rule's agent_username (username
+  // wins only within one layer, as in Microsoft's AgentOverrides).
+  const agentUserLayer = layerSetting(layers, 'agent_username', 'agent_user_id');
+  const agentUsername = agentUserLayer === UNSET ? undefined : layers[agentUserLayer].agent_username;
+  const agentUserId = agentUserLayer === UNSET ? undefined : layers[agentUserLayer].agent_user_id;
+  if (!agentIdentity && (agentUsername || agentUserId)) {
     throw new SidecarError('misconfigured', 'context_extensions agent_username/agent_user_id need agent_identity.');
   }
-  const validate = ext.validate !== undefined ? parseValidate('context_extensions', ext.validate) : defaults.validate;
-  // A route that turns validation off (`/public`, egress) does not inherit the default required scopes
-  // and roles, which it could never check; only rules it names itself make it a misconfiguration.
-  const inheritsRules = ext.validate === undefined || validate !== 'none';
+  const validateLayer = layerSetting(layers, 'validate');
+  const validate = validateLayer === UNSET ? defaults.validate : parseValidate('context_extensions', layers[validateLayer].validate);
+  // A layer that turns validation off (`/public`, egress) does not inherit the required scopes and
+  // roles of the layers under it (the defaults; the rule, under a route's context_extensions), which
+  // it could never check; only rules it or a more specific layer names make it a misconfiguration.
+  // A layer above that turns validation on again inherits them all.
+  const exempt = validate === 'none' && validateLayer !== UNSET;
+  const rulesFrom = exempt ? validateLayer : 0;
+  const scopes = setting(layers, 'required_scopes', rulesFrom);
+  const roles = setting(layers, 'required_roles', rulesFrom);
+  const downstreamApi = setting(layers, 'downstream_api');
+  const injectHeader = setting(layers, 'inject_header');
+  const requireAll = setting(layers, 'require_all');
+  const strip = setting(layers, 'strip_inbound_authorization');
   const policy: RoutePolicy = {
     validate,
-    downstreamApi: ext.downstream_api !== undefined ? ext.downstream_api || undefined : defaults.downstreamApi,
-    injectHeader: ext.inject_header !== undefined ? ext.inject_header.toLowerCase() : defaults.injectHeader,
-    requiredScopes: ext.required_scopes !== undefined ? splitList(ext.required_scopes) : inheritsRules ? defaults.requiredScopes : [],
-    requiredRoles: ext.required_roles !== undefined ? splitList(ext.required_roles) : inheritsRules ? defaults.requiredRoles : [],
-    requireAll: ext.require_all !== undefined ? parseBool('require_all', ext.require_all) : defaults.requireAll,
-    stripInboundAuthorization:
-      ext.strip_inbound_authorization !== undefined
-        ? parseBool('strip_inbound_authorization', ext.strip_inbound_authorization)
-        : defaults.stripInboundAuthorization,
+    // Set but empty: no token on this route, whatever the layers under it name.
+    downstreamApi: downstreamApi !== undefined ? downstreamApi || undefined : defaults.downstreamApi,
+    injectHeader: injectHeader !== undefined ? injectHeader.toLowerCase() : defaults.injectHeader,
+    requiredScopes: scopes !== undefined ? splitList(scopes) : exempt ? [] : defaults.requiredScopes,
+    requiredRoles: roles !== undefined ? splitList(roles) : exempt ? [] : defaults.requiredRoles,
+    requireAll: requireAll !== undefined ? parseBool('require_all', requireAll) : defaults.requireAll,
+    stripInboundAuthorization: strip !== undefined ? parseBool('strip_inbound_authorization', strip) : defaults.stripInboundAuthorization,
     agent: agentIdentity
       ? {
           agentIdentity,
-          ...(ext.agent_username ? { username: ext.agent_username } : {}),
-          ...(ext.agent_user_id ? { userId: ext.agent_user_id } : {}),
+          ...(agentUsername ? { username: agentUsername } : {}),
+          ...(agentUserId ? { userId: agentUserId } : {}),
         }
       : undefined,
   };
@@ -209,7 +257,7 @@ export function routeTable(defaults: RoutePolicy, rules: readonly ExtAuthzRouteR
   if (rules.length === 0) return undefined;
   const policies = rules.map((rule) => {
     try {
-      return Object.freeze(routePolicy(defaults, rule.settings));
+      return Object.freeze(routePolicy(defaults, undefined, rule.settings));
     } catch (err) {
       throw new SidecarError('misconfigured', `${rule.key}: ${err instanceof SidecarError ? err.detail : String(err)}`);
     }

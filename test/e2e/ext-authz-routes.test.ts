@@ -8,7 +8,7 @@ import { decodeJwt } from 'jose';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
 import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
-import { assertNoSecrets, secretsOf, sidecarEnv } from '../helpers/e2e.js';
+import { assertNoSecrets, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 import { check, envoyCheckRequest, headerMap, type CheckResult } from '../extauthz/fixtures.js';
 
 /** envoy.yaml's ingress routes and an egress-style host rule, as Istio users would write them. */
@@ -176,5 +176,107 @@ describe('ext_authz route rules by path and host (built sidecar against the emul
       expect(code, JSON.stringify(env)).to.equal(1);
       expect(stdout + stderr, JSON.stringify(env)).to.match(message);
     }
+  });
+});
+
+describe('context_extensions over a route rule, key by key (built sidecar against the emulator)', function () {
+  this.timeout(40_000);
+  const env = withEmulatorAndSidecars(() => ({
+    ...routes(),
+    DownstreamApis__AgentApp__Scopes__0: 'api://downstream/.default',
+    DownstreamApis__AgentApp__RequestAppToken: 'true',
+    DownstreamApis__AgentUser__Scopes__0: 'api://downstream/read',
+    // The strictest policy in the defaults; /public (rule 0) drops it by Validate=none.
+    Sidecar__ExtAuthz__RequiredScopes__0: 'access_as_user',
+  }));
+  const tokens: string[] = [];
+  let client: AuthorizationClient;
+  let sidecar: RunningSidecar;
+  let agent1: string;
+  let agent2: string;
+
+  before(async () => {
+    const emu = env.emu();
+    agent1 = emu.scenario.apps.agentIdentity1.appId;
+    agent2 = emu.scenario.apps.agentIdentity2.appId;
+    sidecar = await env.start({
+      Sidecar__ExtAuthz__Routes__3__PathPrefix: '/agent',
+      Sidecar__ExtAuthz__Routes__3__Validate: 'none',
+      Sidecar__ExtAuthz__Routes__3__DownstreamApi: 'AgentApp',
+      Sidecar__ExtAuthz__Routes__3__AgentIdentity: agent1,
+    });
+    client = createAuthorizationClient(`127.0.0.1:${sidecar.listening.extAuthz!.port}`);
+  });
+  after(() => {
+    client?.close();
+    assertNoSecrets(sidecar?.lines ?? [], secretsOf(env.emu(), tokens));
+  });
+
+  /** The claims of the token injected into `header`. */
+  function injected(res: CheckResult, header: string): Record<string, unknown> {
+    const value = allowed(res)[header];
+    expect(value, header).to.match(/^Bearer ey/);
+    tokens.push(value.slice(7));
+    return decodeJwt(value.slice(7));
+  }
+
+  it('keeps the rule\'s AgentIdentity under context_extensions that name no agent key', async () => {
+    for (const contextExtensions of [undefined, { inject_header: 'x-agent-authorization' }]) {
+      const res = await check(client, envoyCheckRequest({ path: '/agent/run', ...(contextExtensions ? { contextExtensions } : {}) }), 10_000);
+      const claims = injected(res, contextExtensions?.inject_header ?? 'authorization');
+      // The agent's token, not the blueprint's own app token.
+      expect(claims.azp, JSON.stringify(contextExtensions)).to.equal(agent1);
+      expect(claims.oid).to.equal(env.emu().scenario.apps.agentIdentity1.servicePrincipalId);
+    }
+  });
+
+  it('acts as the agent user a route names (agent_username) for the rule\'s AgentIdentity', async () => {
+    const { upn, oid } = env.emu().scenario.users.agentUser1;
+    const res = await check(client, envoyCheckRequest({ path: '/agent/run', contextExtensions: { downstream_api: 'AgentUser', agent_username: upn } }), 10_000);
+    const claims = injected(res, 'authorization');
+    expect(claims.azp).to.equal(agent1);
+    expect(claims.oid).to.equal(oid);
+  });
+
+  it('lets a route\'s value override the rule\'s for the same key', async () => {
+    const res = await check(client, envoyCheckRequest({ path: '/agent/run', contextExtensions: { agent_identity: agent2 } }), 10_000);
+    expect(injected(res, 'authorization').azp).to.equal(agent2);
+    // Emptied by the route: no agent, so the blueprint's own app token.
+    const plain = await check(client, envoyCheckRequest({ path: '/agent/run', contextExtensions: { agent_identity: '' } }), 10_000);
+    expect(injected(plain, 'authorization').azp).to.equal(env.emu().scenario.agentBlueprint.appId);
+  });
+
+  it('brings back the default RequiredScopes when a route turns validation on under a Validate=none rule', async () => {
+    const other = await env.emu().mint({ kind: 'user', scp: 'other.scope' });
+    const good = await env.emu().mint({ kind: 'user', scp: 'access_as_user' });
+    tokens.push(other, good);
+    const ext = { validate: 'required' };
+    // The same answer as where no rule matches.
+    for (const path of ['/public/admin', '/orders']) {
+      deniedWith(await check(client, envoyCheckRequest({ path, headers: { authorization: `Bearer ${other}` }, contextExtensions: ext })), 'Forbidden', 'insufficient_scope');
+      allowed(await check(client, envoyCheckRequest({ path, headers: { authorization: `Bearer ${good}` }, contextExtensions: ext })));
+    }
+    // Without context_extensions the rule's Validate=none still applies.
+    allowed(await check(client, envoyCheckRequest({ path: '/public/admin', headers: { authorization: `Bearer ${other}` } })));
+  });
+});
+
+describe('start-up warning: ext_authz listener on an address that is not loopback (built sidecar)', function () {
+  this.timeout(40_000);
+  const env = withEmulatorAndSidecars();
+  const warnings = (s: RunningSidecar) => s.lines.filter((l) => l.includes('"config_warning"') && l.includes('SECURITY:') && l.includes('Sidecar:ExtAuthz:Address'));
+
+  it('names the address and says any peer that reaches it chooses the policy', async () => {
+    const s = await env.start({ Sidecar__ExtAuthz__Address: '0.0.0.0:0' });
+    const w = warnings(s);
+    expect(w, s.lines.join('\n')).to.have.length(1);
+    expect(w[0]).to.include('0.0.0.0:0').and.include('context_extensions').and.include('NetworkPolicy');
+    expect(JSON.parse(w[0]).level).to.equal('warn');
+  });
+
+  it('stays silent on loopback, and when the listener is off', async () => {
+    expect(warnings(await env.start({ Sidecar__ExtAuthz__Address: '127.0.0.1:0' }))).to.deep.equal([]);
+    expect(warnings(await env.start({ Sidecar__ExtAuthz__Address: 'localhost:0' }))).to.deep.equal([]);
+    expect(warnings(await env.start({ Sidecar__ExtAuthz__Address: '0.0.0.0:0', Sidecar__ExtAuthz__Enabled: 'false' }))).to.deep.equal([]);
   });
 });

@@ -38,6 +38,35 @@ describe('ext_authz route policy', function () {
     }
   });
 
+  it('resolves context_extensions over a rule key by key: each key from ext, else the rule, else the defaults', function () {
+    const rule = { validate: 'optional', downstream_api: 'partner', inject_header: 'x-partner', agent_identity: 'a1', agent_username: 'u@x' };
+    const p = routePolicy(defaults, { inject_header: 'x-other', require_all: 'true' }, rule);
+    expect(p).to.deep.include({ validate: 'optional', downstreamApi: 'partner', injectHeader: 'x-other', requireAll: true, requiredScopes: ['access_as_user'] });
+    expect(p.agent).to.deep.equal({ agentIdentity: 'a1', username: 'u@x' });
+    // A route's agent user replaces the rule's, whichever of the two keys either names.
+    expect(routePolicy(defaults, { agent_user_id: 'oid' }, rule).agent).to.deep.equal({ agentIdentity: 'a1', userId: 'oid' });
+    expect(routePolicy(defaults, { agent_username: '' }, rule).agent).to.deep.equal({ agentIdentity: 'a1' });
+    expect(routePolicy(defaults, { agent_identity: 'a2' }, rule).agent).to.deep.equal({ agentIdentity: 'a2', username: 'u@x' });
+    // Set but empty over a rule's API: no token.
+    expect(routePolicy(defaults, { downstream_api: '' }, rule).downstreamApi).to.equal(undefined);
+    expect(routePolicy(defaults, undefined, rule)).to.deep.equal(routePolicy(defaults, rule));
+  });
+
+  it('drops only the scopes and roles of the layers under the one that says validate none', function () {
+    const none = { validate: 'none' };
+    // A Validate=none rule drops the defaults; a route that validates again brings them back.
+    expect(routePolicy(defaults, undefined, none).requiredScopes).to.deep.equal([]);
+    expect(routePolicy(defaults, { validate: 'required' }, none).requiredScopes).to.deep.equal(['access_as_user']);
+    expect(routePolicy(defaults, { validate: 'optional', required_roles: 'R' }, none)).to.deep.include({ requiredScopes: ['access_as_user'], requiredRoles: ['R'] });
+    // A rule's own scopes survive a route that does not name them, and drop under one that says none.
+    const scoped = { required_scopes: 'orders.read' };
+    expect(routePolicy(defaults, { inject_header: 'x-t' }, scoped).requiredScopes).to.deep.equal(['orders.read']);
+    expect(routePolicy(defaults, none, scoped)).to.deep.include({ validate: 'none', requiredScopes: [], requiredRoles: [] });
+    // Scopes a route names on a route that validates nothing are still a mistake.
+    expect(() => routePolicy(defaults, { required_scopes: 'x' }, none)).to.throw(SidecarError).with.property('code', 'misconfigured');
+    expect(() => routePolicy(defaults, { agent_username: 'u@x' }, { downstream_api: 'graph' })).to.throw(SidecarError).with.property('code', 'misconfigured');
+  });
+
   it('refuses defaults that require scopes without validating tokens', function () {
     expect(() => defaultPolicy(extAuthzOptions({ validate: 'none', requiredRoles: ['Admin'] }))).to.throw(SidecarError);
   });
