@@ -24,7 +24,7 @@
  * remembers the entries hit last, and a whole-string comparison with the entry's own token (about
  * 0.1 µs for an Entra token, against 1.5 µs for the digest) gives its cache key.
  */
-import { hash, verify } from 'node:crypto';
+import { hash, timingSafeEqual, verify } from 'node:crypto';
 import type { JWTHeaderParameters, JWTPayload } from 'jose';
 import type { Dispatcher } from 'undici';
 import type { AzureAdConfig, SidecarSettings } from '../config/types.js';
@@ -100,6 +100,32 @@ const MAX_RECENT_SLOTS = 1024;
 export function recentSlot(compact: string, slots = MAX_RECENT_SLOTS): number {
   const n = compact.length;
   return (compact.charCodeAt(n - 3) ^ (compact.charCodeAt(n - 4) << 3) ^ (compact.charCodeAt(n - 5) << 6) ^ (compact.charCodeAt(n - 6) << 9)) & (slots - 1);
+}
+
+/** Characters at a token's end compared in constant time by isSameToken (384 bits of an RS256 signature). */
+const SECRET_TAIL = 64;
+const callerTail = Buffer.allocUnsafe(2 * SECRET_TAIL);
+const heldTail = Buffer.allocUnsafe(2 * SECRET_TAIL);
+
+/**
+ * Whether a caller's `compact` is `held`, a token verified for some caller (perhaps another one). A
+ * token is a bearer credential, so how long the comparison takes must not tell a caller how much of
+ * a guess was right. Its last 64 characters (the end of the signature, or a JWE's tag: at least 288
+ * unguessable bits) are compared in constant time, as UTF-16 code units so no character can stand
+ * for another; what precedes them may stop at the first difference: a guess confirmed up to there
+ * still leaves the 64 to guess, whole, with nothing but "no" for an answer. Cost: ~0.35 µs a call
+ * against ~0.04 µs for ===, measured (timingSafeEqual's own call is most of it).
+ */
+export function isSameToken(compact: string, held: string): boolean {
+  const n = held.length;
+  if (compact.length !== n) return false;
+  const cut = n > SECRET_TAIL ? n - SECRET_TAIL : 0;
+  const bytes = 2 * (n - cut);
+  callerTail.write(compact.slice(cut), 0, 'utf16le');
+  heldTail.write(held.slice(cut), 0, 'utf16le');
+  // Both comparisons always run: the constant-time one first, whatever the other would say.
+  const tailEqual = timingSafeEqual(callerTail.subarray(0, bytes), heldTail.subarray(0, bytes));
+  return compact.slice(0, cut) === held.slice(0, cut) && tailEqual;
 }
 
 /** Slots for a cache of `capacity` tokens: the power of two at or above it, at most MAX_RECENT_SLOTS (0 without a cache). */
@@ -326,7 +352,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    */
   function admit(cacheKey: string, token: ValidatedToken, nbf: number | undefined): ValidatedToken {
     const fp = fingerprint(token.raw);
-    const encrypted = token.raw !== token.jws;
+    const encrypted = token.raw.length !== token.jws.length; // a JWE is always longer than the token inside it
     const inner = encrypted ? dropEarlierCopy(token) : '';
     if (!seen.has(fp)) {
       remember(fp);
@@ -354,7 +380,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
     const inner = hash('sha256', token.jws, 'base64');
     const earlierKey = encryptedByInner.get(inner);
     const earlier = earlierKey === undefined ? undefined : cache.peek(earlierKey);
-    if (earlier !== undefined && earlier.token.raw !== token.raw) {
+    if (earlier !== undefined && !isSameToken(token.raw, earlier.token.raw)) {
       cache.delete(earlier.key);
       seen.delete(fingerprint(earlier.token.raw));
     }
@@ -525,7 +551,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
 
   /** The cache key of `compact`: its SHA-256, remembered for the token hashed last. */
   function digestOf(compact: string): string {
-    if (compact !== lastHashed) {
+    if (!isSameToken(compact, lastHashed)) {
       cacheKeyDigests++;
       lastKey = hash('sha256', compact, 'base64');
       lastHashed = compact;
@@ -539,7 +565,7 @@ export function createTokenValidator(deps: ValidatorDeps): TokenValidatorWithSta
    */
   function keyIfSeen(compact: string, slot: number): string {
     const held = recent[slot];
-    if (held !== undefined && held.token.raw === compact) return held.key;
+    if (held !== undefined && isSameToken(compact, held.token.raw)) return held.key;
     return seen.has(fingerprint(compact)) ? digestOf(compact) : '';
   }
 

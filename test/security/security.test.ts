@@ -251,7 +251,9 @@ describe('security: secret material is never compared with === in src/', () => {
     }
     return out;
   }
-  const SECRET_OPERAND = /\b\w*(secret|password|privatekey|assertion|refreshtoken|sessionkey|apikey|identityheader)\w*\b/i;
+  // Secret-named values, and the names a caller's bearer token goes by in the validator (`compact`, a
+  // token's `raw` or `jws`): a token held for another caller is compared with isSameToken.
+  const SECRET_OPERAND = /\b\w*(secret|password|privatekey|assertion|refreshtoken|sessionkey|apikey|identityheader|compact)\w*\b|\.(raw|jws)\b/i;
   // Against a literal or a public constant (e.g. `!== ALLOCATE_FOR_ME`, `.asymmetricKeyType === 'rsa'`) nothing secret can leak.
   const BENIGN_OTHER_SIDE = /^(undefined|null|true|false|\d+|'[^']*'|"[^"]*"|[A-Z][A-Z0-9_]*)$/;
 
@@ -267,7 +269,9 @@ describe('security: secret material is never compared with === in src/', () => {
         if (/^\s*(\/\/|\*)/.test(line)) return;
         for (const m of line.matchAll(/([\w.$[\]'"?]+)\s*(===|!==|==|!=)\s*([\w.$[\]'"?]+)/g)) {
           const [left, right] = [m[1], m[3]];
-          const secretSide = SECRET_OPERAND.test(left) ? right : SECRET_OPERAND.test(right) ? left : undefined;
+          // A length is public: comparing one tells nothing about the characters.
+          const secret = (side: string) => SECRET_OPERAND.test(side) && !/\.length$/.test(side);
+          const secretSide = secret(left) ? right : secret(right) ? left : undefined;
           if (secretSide === undefined) continue;
           if (BENIGN_OTHER_SIDE.test(secretSide) || /typeof/.test(line.slice(Math.max(0, (m.index ?? 0) - 10), m.index))) continue;
           offences.push(`${path.relative(repoRoot, file)}:${i + 1}: ${line.trim()}`);

@@ -7,7 +7,7 @@ import type { AzureAdConfig, SidecarSettings } from '../../src/config/types.js';
 import { SidecarError, type ErrorCode } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import type { DecryptionKey } from '../../src/validation/decryption.js';
-import { createTokenValidator, payloadJson, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
+import { createTokenValidator, isSameToken, payloadJson, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
 import {
   CLIENT_ID,
   MSA_TENANT,
@@ -635,7 +635,10 @@ describe('token validator', function () {
       const claims = JSON.parse(Buffer.from(p, 'base64url').toString('utf8')) as Record<string, unknown>;
       const forged = [h, Buffer.from(JSON.stringify({ ...claims, roles: ['Admin'] })).toString('base64url'), sig].join('.');
       expect(recentSlot(forged)).to.equal(recentSlot(token));
-      for (const other of [forged, ` ${token}`, token.slice(1), `x${token.slice(1)}`, '', 'short']) expect(v.cached(other)).to.equal(undefined);
+      // The same token with one signature character replaced by a wider one with the same low byte (Ł is U+0141, A is 0x41),
+      // one near the end and one just before the constant-time tail: not the token.
+      const wide = (at: number) => token.slice(0, at) + String.fromCharCode(token.charCodeAt(at) + 0x100) + token.slice(at + 1);
+      for (const other of [forged, ` ${token}`, token.slice(1), `x${token.slice(1)}`, '', 'short', wide(token.length - 3), wide(token.length - 65)]) expect(v.cached(other)).to.equal(undefined);
       await expectCode(v.validate(forged), 'token_signature_invalid');
       expect(v.cached(token)).to.equal(kept);
       // Past exp plus skew, cached() answers nothing and validate() rejects.
@@ -848,5 +851,27 @@ describe('token validator', function () {
       const expiredInner = await mint(entra, { key, nowSec: nowSec() - 7200, expiresIn: 60 });
       await expectCode(v.validate(await encrypt(expiredInner, { alg: 'RSA-OAEP', enc: 'A128CBC-HS256' })), 'token_expired');
     });
+  });
+});
+
+describe('isSameToken (a caller\'s token against a held one)', () => {
+  const held = `eyJhbGciOiJSUzI1NiJ9.${'p'.repeat(700)}.${'s'.repeat(280)}AbCd`;
+  it('is true only for the same characters, wherever a difference falls', () => {
+    expect(isSameToken(`${held}`, held)).to.equal(true);
+    expect(isSameToken((' ' + held).slice(1), held), 'a different string object').to.equal(true);
+    for (const at of [0, 20, 500, held.length - 65, held.length - 64, held.length - 30, held.length - 1]) {
+      const flipped = held.slice(0, at) + (held[at] === 'x' ? 'y' : 'x') + held.slice(at + 1);
+      expect(isSameToken(flipped, held), `a difference at ${at}`).to.equal(false);
+      const wide = held.slice(0, at) + String.fromCharCode(held.charCodeAt(at) + 0x100) + held.slice(at + 1);
+      expect(isSameToken(wide, held), `a wider character at ${at}`).to.equal(false);
+    }
+    expect(isSameToken(held.slice(1), held)).to.equal(false);
+    expect(isSameToken(`${held}x`, held)).to.equal(false);
+  });
+  it('handles tokens shorter than the constant-time tail, and the empty string', () => {
+    expect(isSameToken('abc', 'abc')).to.equal(true);
+    expect(isSameToken('abd', 'abc')).to.equal(false);
+    expect(isSameToken('', '')).to.equal(true);
+    expect(isSameToken('a', '')).to.equal(false);
   });
 });
