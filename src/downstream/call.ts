@@ -82,8 +82,17 @@ interface ForwardedBody {
 }
 
 /**
- * The body to forward: the exact inbound bytes, only with a parseable Content-Type (reference §2.4
- * step 6); `charset=utf-8` is added to textual types that declare none, as Microsoft does.
+ * Whether a request with this Content-Type has its body forwarded: only a non-blank, parseable one
+ * (reference §2.4 step 6). The route asks before reading the body, so a body that is not forwarded
+ * is not read either (Microsoft never reads it).
+ */
+export function forwardsBody(contentType: string | undefined): boolean {
+  return parseMediaType(contentType) !== undefined;
+}
+
+/**
+ * The body to forward: the exact inbound bytes, only with a Content-Type that forwardsBody accepts;
+ * `charset=utf-8` is added to textual types that declare none, as Microsoft does.
  */
 export function forwardedBody(inbound: InboundBody): ForwardedBody | undefined {
   const type = parseMediaType(inbound.contentType);

@@ -13,7 +13,7 @@ import { assertScopes, overridesAllowed, resolveApiOptions, type OverrideRoute }
 import type { AcquiredToken, AcquireRequest, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
 import type { DownstreamCallDeps } from '../downstream/call.js';
 import type { Metrics } from '../metrics.js';
-import { callDownstreamApi } from '../downstream/call.js';
+import { callDownstreamApi, forwardsBody } from '../downstream/call.js';
 import { sendEmpty, sendJson, sendJsonText, sendText } from './problem.js';
 import { POP_CHALLENGE, popCredential, validatePopRequest, type ReplayCache } from '../pop/inbound.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
@@ -60,6 +60,8 @@ export interface Route {
   handle(ctx: RouteContext, deps: RouteDeps): void | Promise<void>;
 }
 
+const NO_BODY = Buffer.alloc(0);
+
 /** Reads the request body up to `max` bytes (413 beyond). */
 async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   const declared = req.headers['content-length'];
@@ -72,6 +74,37 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks, size);
+}
+
+/**
+ * Discards a body the route does not use, without buffering it. Up to `max` bytes are read off the
+ * wire so the connection can carry the next request (keep-alive); past that (declared or sent), the
+ * connection is closed once answered, rather than spend the request timeout on bytes nobody reads.
+ */
+function discardBody(req: IncomingMessage, res: ServerResponse, max: number): void {
+  const closeAfterAnswer = (): void => {
+    // Before the answer: node:http sends `Connection: close` and ends the socket after it. After it
+    // (a fast downstream), the socket waits for the rest of this body; end it once the answer is out.
+    if (!res.headersSent) res.shouldKeepAlive = false;
+    else if (res.writableFinished) req.socket.destroy();
+    else res.once('finish', () => req.socket.destroy());
+  };
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) {
+    closeAfterAnswer();
+    req.resume();
+    return;
+  }
+  let size = 0;
+  const count = (chunk: Buffer): void => {
+    size += chunk.length;
+    if (size <= max) return;
+    req.off('data', count);
+    closeAfterAnswer();
+  };
+  // A 'data' listener puts the stream in flowing mode: every chunk is dropped once counted, and
+  // still dropped (flowing, no listener) after the listener is gone.
+  req.on('data', count);
 }
 
 /** GET /Validate (reference §2.2): a caller the validator can answer for at once is answered synchronously. */
@@ -194,12 +227,18 @@ function downstreamApiRoute(authenticated: boolean): Route['handle'] {
   const route: OverrideRoute = authenticated ? 'CallDownstreamApi' : 'CallDownstreamApiUnauthenticated';
   return async (ctx, deps) => {
     const { options, user, agent, correlationId } = await prepare(ctx, deps, route, authenticated, true);
-    const body = await readBody(ctx.req, deps.config.sidecar.http.maxBodyBytes);
+    const contentType = ctx.req.headers['content-type'];
+    const maxBodyBytes = deps.config.sidecar.http.maxBodyBytes;
+    // Without a usable Content-Type nothing is forwarded (§2.4 step 6), so the body is not read,
+    // nor held to the size limit: Microsoft calls the API whatever was sent.
+    let body: Buffer = NO_BODY;
+    if (forwardsBody(contentType)) body = await readBody(ctx.req, maxBodyBytes);
+    else discardBody(ctx.req, ctx.res, maxBodyBytes);
     const result = await callDownstreamApi(deps.downstream, {
       options,
       user,
       agent,
-      inbound: { contentType: ctx.req.headers['content-type'], body },
+      inbound: { contentType, body },
       correlationId,
     });
     sendJson(ctx.res, 200, result);

@@ -57,7 +57,7 @@ function parseBool(value: string): boolean | undefined {
   return undefined;
 }
 
-/** The overrides a request supplied, collected before merging (last occurrence wins for single values). */
+/** The overrides a request supplied, collected before merging. */
 interface CollectedOverrides {
   any: boolean;
   baseUrl: boolean;
@@ -79,81 +79,115 @@ interface CollectedOverrides {
   extraQuery: Array<[string, string]>;
 }
 
+/** One query key as ASP.NET's query collection holds it: the first spelling of the name and every value, in order. */
+interface QueryKey {
+  readonly name: string;
+  readonly values: string[];
+}
+
+/**
+ * The query as ASP.NET binds it before BindableDownstreamApiOptions reads it: a dictionary whose
+ * names compare case-insensitively (`optionsOverride.RelativePath` and `OPTIONSOVERRIDE.relativepath`
+ * are one key), keeping the first spelling and all values, in the order the names first appear.
+ */
+function queryKeys(query: URLSearchParams): Map<string, QueryKey> {
+  const keys = new Map<string, QueryKey>();
+  for (const [name, value] of query) {
+    const lower = name.toLowerCase();
+    const key = keys.get(lower);
+    if (key === undefined) keys.set(lower, { name, values: [value] });
+    else key.values.push(value);
+  }
+  return keys;
+}
+
+/** `value` unless it is empty, the test every string override passes before it replaces a configured value (§2.5). */
+function nonEmpty(value: string): string | undefined {
+  return value !== '' ? value : undefined;
+}
+
+/**
+ * Reads the `optionsOverride.*` keys the way Microsoft does (§2.5): Scopes takes every non-blank
+ * value; every other key takes only its last value, and then that value alone is parsed and
+ * checked. An empty or unparseable last value overrides nothing, even where an earlier one would
+ * have: `RelativePath=etag&RelativePath=` calls the configured path, and
+ * `RequestAppToken=true&RequestAppToken=bogus` asks for no app token.
+ */
 function collectOverrides(query: URLSearchParams): CollectedOverrides {
   const o: CollectedOverrides = { any: false, baseUrl: false, scopes: [], extraHeaders: [], extraQuery: [] };
-  for (const [rawKey, value] of query) {
-    if (!rawKey.toLowerCase().startsWith(OVERRIDE_PREFIX)) continue;
-    const subKey = rawKey.slice(OVERRIDE_PREFIX.length);
-    const sub = subKey.toLowerCase();
+  for (const [lower, { name, values }] of queryKeys(query)) {
+    if (!lower.startsWith(OVERRIDE_PREFIX)) continue;
+    const sub = lower.slice(OVERRIDE_PREFIX.length);
     if (sub === 'baseurl') {
       // Never honoured and, alone, not an override (§2.5).
       o.baseUrl = true;
       continue;
     }
     o.any = true;
-    const nonEmpty = value !== '' ? value : undefined;
-    switch (sub) {
-      case 'scopes':
-        if (value.trim() !== '') o.scopes.push(value);
-        break;
-      case 'requestapptoken': {
-        const b = parseBool(value);
-        if (b !== undefined) o.requestAppToken = b;
-        break;
-      }
-      case 'relativepath':
-        if (nonEmpty !== undefined) o.relativePath = nonEmpty;
-        break;
-      case 'httpmethod':
-        if (nonEmpty !== undefined) o.httpMethod = nonEmpty;
-        break;
-      case 'contenttype':
-        if (nonEmpty !== undefined) o.contentType = nonEmpty;
-        break;
-      case 'acceptheader':
-        if (nonEmpty !== undefined) o.acceptHeader = nonEmpty;
-        break;
-      case 'acquiretokenoptions.tenant':
-        if (nonEmpty !== undefined) o.tenant = nonEmpty;
-        break;
-      case 'acquiretokenoptions.forcerefresh': {
-        const b = parseBool(value);
-        if (b !== undefined) o.forceRefresh = b;
-        break;
-      }
-      case 'acquiretokenoptions.claims':
-        if (nonEmpty !== undefined) o.claims = nonEmpty;
-        break;
-      case 'acquiretokenoptions.correlationid': {
-        const g = parseGuid(value);
-        if (g !== undefined && g !== EMPTY_GUID) o.correlationId = g;
-        break;
-      }
-      case 'acquiretokenoptions.fmipath':
-        if (nonEmpty !== undefined) o.fmiPath = nonEmpty;
-        break;
-      case 'acquiretokenoptions.longrunningwebapisessionkey':
-        if (nonEmpty !== undefined) o.longRunningWebApiSessionKey = nonEmpty;
-        break;
-      case 'acquiretokenoptions.poppublickey':
-        if (nonEmpty !== undefined) o.popPublicKey = nonEmpty;
-        break;
-      case 'acquiretokenoptions.managedidentity.userassignedclientid':
-        if (nonEmpty !== undefined) o.userAssignedClientId = nonEmpty;
-        break;
-      default:
-        if (sub.startsWith('extraheaderparameters.')) {
-          const name = subKey.slice('extraheaderparameters.'.length);
-          if (name !== '' && value !== '') o.extraHeaders.push([name, value]);
-        } else if (sub.startsWith('extraqueryparameters.')) {
-          const name = subKey.slice('extraqueryparameters.'.length);
-          if (name !== '') o.extraQuery.push([name, value]);
-        }
-        // Anything else is silently ignored but still counts as an override (§2.5).
-        break;
+    if (sub === 'scopes') {
+      for (const value of values) if (value.trim() !== '') o.scopes.push(value);
+      continue;
     }
+    applyLastValue(o, sub, name.slice(OVERRIDE_PREFIX.length), values[values.length - 1]);
   }
   return o;
+}
+
+/** Applies the last value of one single-valued key; `sub` is the lower-cased sub-key, `subKey` as sent. */
+function applyLastValue(o: CollectedOverrides, sub: string, subKey: string, last: string): void {
+  switch (sub) {
+    case 'requestapptoken':
+      o.requestAppToken = parseBool(last);
+      break;
+    case 'relativepath':
+      o.relativePath = nonEmpty(last);
+      break;
+    case 'httpmethod':
+      o.httpMethod = nonEmpty(last);
+      break;
+    case 'contenttype':
+      o.contentType = nonEmpty(last);
+      break;
+    case 'acceptheader':
+      o.acceptHeader = nonEmpty(last);
+      break;
+    case 'acquiretokenoptions.tenant':
+      o.tenant = nonEmpty(last);
+      break;
+    case 'acquiretokenoptions.forcerefresh':
+      o.forceRefresh = parseBool(last);
+      break;
+    case 'acquiretokenoptions.claims':
+      o.claims = nonEmpty(last);
+      break;
+    case 'acquiretokenoptions.correlationid': {
+      const g = parseGuid(last);
+      o.correlationId = g !== EMPTY_GUID ? g : undefined;
+      break;
+    }
+    case 'acquiretokenoptions.fmipath':
+      o.fmiPath = nonEmpty(last);
+      break;
+    case 'acquiretokenoptions.longrunningwebapisessionkey':
+      o.longRunningWebApiSessionKey = nonEmpty(last);
+      break;
+    case 'acquiretokenoptions.poppublickey':
+      o.popPublicKey = nonEmpty(last);
+      break;
+    case 'acquiretokenoptions.managedidentity.userassignedclientid':
+      o.userAssignedClientId = nonEmpty(last);
+      break;
+    default:
+      if (sub.startsWith('extraheaderparameters.')) {
+        const header = subKey.slice('extraheaderparameters.'.length);
+        if (header !== '' && last !== '') o.extraHeaders.push([header, last]);
+      } else if (sub.startsWith('extraqueryparameters.')) {
+        const param = subKey.slice('extraqueryparameters.'.length);
+        if (param !== '') o.extraQuery.push([param, last]);
+      }
+      // Anything else is silently ignored but still counts as an override (§2.5).
+      break;
+  }
 }
 
 /** Adds or overwrites a header by name, matching names case-insensitively (HTTP header semantics). */

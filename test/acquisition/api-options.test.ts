@@ -80,6 +80,56 @@ describe('api-options: optionsOverride grammar', () => {
     expect(o.contentType).to.equal('text/csv');
   });
 
+  it('takes only the last occurrence of a single-valued key and then applies the merge rule to it, so an empty or unparseable last value overrides nothing', () => {
+    const o = resolveApiOptions(
+      config,
+      'graph',
+      q(
+        'optionsOverride.RelativePath=etag&optionsOverride.RelativePath=' +
+          '&optionsOverride.HttpMethod=Put&optionsOverride.HttpMethod=' +
+          '&optionsOverride.AcceptHeader=text/plain&optionsOverride.AcceptHeader=' +
+          '&optionsOverride.ContentType=text/csv&optionsOverride.ContentType=' +
+          '&optionsOverride.RequestAppToken=true&optionsOverride.RequestAppToken=bogus' +
+          '&optionsOverride.AcquireTokenOptions.Tenant=contoso.onmicrosoft.com&optionsOverride.AcquireTokenOptions.Tenant=' +
+          '&optionsOverride.AcquireTokenOptions.ForceRefresh=true&optionsOverride.AcquireTokenOptions.ForceRefresh=bogus' +
+          '&optionsOverride.AcquireTokenOptions.Claims={"x":1}&optionsOverride.AcquireTokenOptions.Claims=' +
+          '&optionsOverride.AcquireTokenOptions.CorrelationId=aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee&optionsOverride.AcquireTokenOptions.CorrelationId=not-a-guid' +
+          '&optionsOverride.AcquireTokenOptions.FmiPath=agent-1&optionsOverride.AcquireTokenOptions.FmiPath=' +
+          '&optionsOverride.AcquireTokenOptions.LongRunningWebApiSessionKey=k1&optionsOverride.AcquireTokenOptions.LongRunningWebApiSessionKey=' +
+          '&optionsOverride.AcquireTokenOptions.PopPublicKey=pk&optionsOverride.AcquireTokenOptions.PopPublicKey=' +
+          '&optionsOverride.AcquireTokenOptions.ManagedIdentity.UserAssignedClientId=ua-1&optionsOverride.AcquireTokenOptions.ManagedIdentity.UserAssignedClientId=' +
+          '&optionsOverride.ExtraHeaderParameters.X-Configured=new&optionsOverride.ExtraHeaderParameters.X-Configured=',
+      ),
+      true,
+    ).options;
+    expect(o).to.include({ relativePath: 'me', httpMethod: 'Get', acceptHeader: 'application/json', contentType: 'application/json', requestAppToken: false });
+    expect(o.acquireTokenOptions).to.include({ tenant: 'configured-tenant', forceRefresh: false, claims: undefined, correlationId: undefined, fmiPath: undefined, longRunningWebApiSessionKey: undefined, popPublicKey: undefined, managedIdentity: undefined });
+    expect(o.extraHeaderParameters).to.deep.equal({ 'X-Configured': 'yes' });
+  });
+
+  it('treats names that differ only in letter case as one key whose last value wins, keeping the first spelling', () => {
+    const o = resolveApiOptions(
+      config,
+      'graph',
+      q('optionsOverride.RelativePath=one&OPTIONSOVERRIDE.relativepath=two&optionsOverride.ExtraQueryParameters.Page=1&optionsoverride.extraqueryparameters.PAGE=2&optionsOverride.ExtraHeaderParameters.X-A=1&optionsOverride.extraHeaderParameters.x-a=2'),
+      true,
+    ).options;
+    expect(o.relativePath).to.equal('two');
+    expect(o.extraQueryParameters).to.deep.equal({ a: '1', Page: '2' });
+    expect(o.extraHeaderParameters).to.deep.equal({ 'X-Configured': 'yes', 'X-A': '2' });
+  });
+
+  it('refuses a bad HttpMethod or Tenant only when it is the last occurrence', () => {
+    const last = (key: string, values: string[]) => values.map((v) => `optionsOverride.${key}=${encodeURIComponent(v)}`).join('&');
+    const tenant = 'AcquireTokenOptions.Tenant';
+    expect(resolveApiOptions(config, 'graph', q(last(tenant, ['../x', 'contoso.onmicrosoft.com'])), true).options.acquireTokenOptions.tenant).to.equal('contoso.onmicrosoft.com');
+    expect(resolveApiOptions(config, 'graph', q(last(tenant, ['../x', ''])), true).options.acquireTokenOptions.tenant).to.equal('configured-tenant');
+    expect(() => resolveApiOptions(config, 'graph', q(last(tenant, ['contoso.onmicrosoft.com', '../x'])), true)).to.throw(SidecarError);
+    // The method is checked when the call is made (normaliseHttpMethod): what matters is which value reaches it.
+    expect(resolveApiOptions(config, 'graph', q(last('HttpMethod', ['Bad Method', 'Put'])), true).options.httpMethod).to.equal('Put');
+    expect(resolveApiOptions(config, 'graph', q(last('HttpMethod', ['Put', 'Bad Method'])), true).options.httpMethod).to.equal('Bad Method');
+  });
+
   it('applies RequestAppToken only when true and never turns a configured true off', () => {
     expect(resolveApiOptions(config, 'graph', q('optionsOverride.RequestAppToken=TRUE'), true).options.requestAppToken).to.equal(true);
     expect(resolveApiOptions(config, 'graph-app', q('optionsOverride.RequestAppToken=false'), true).options.requestAppToken).to.equal(true);

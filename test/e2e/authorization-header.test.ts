@@ -184,6 +184,27 @@ describe('GET /AuthorizationHeader/{apiName} (built sidecar against the emulator
     }
   });
 
+  it('with overrides allowed on the unauthenticated route, reads only the last RequestAppToken: an unparseable one asks for no app token (401 "No account")', async () => {
+    const own = await startSidecar(sidecarEnv(emu, { ...apis(emu), Sidecar__AllowOverrides__GetAuthorizationHeaderUnauthenticated: 'true' }));
+    try {
+      const url = (first: string, last: string) =>
+        `${own.url}/AuthorizationHeaderUnauthenticated/downstream?optionsOverride.RequestAppToken=${first}&optionsOverride.Scopes=api://downstream/.default&optionsOverride.RequestAppToken=${last}`;
+      const tokenRequests = () => emu.requests().filter((q) => q.route === 'token').length;
+      const before = tokenRequests();
+      const user = await call(url('true', 'bogus'));
+      expect(user.status, user.text).to.equal(401);
+      expect(user.json().detail).to.equal('No account or login hint was passed to the AcquireTokenSilent call.');
+      expect(tokenRequests(), 'no token request for the user flow without a user').to.equal(before);
+      const app = await call(url('bogus', 'true'));
+      expect(app.status, app.text).to.equal(200);
+      tokens.push(app.json().authorizationHeader.slice(7));
+      expect(bearer(app.json().authorizationHeader).idtyp).to.equal('app');
+    } finally {
+      await own.stop();
+      assertNoSecrets(own.lines, secretsOf(emu, tokens));
+    }
+  });
+
   it('on the unauthenticated route issues an app token for a RequestAppToken API and still OBOs a valid token if sent', async () => {
     const app = await call(`${sidecar.url}/AuthorizationHeaderUnauthenticated/downstreamApp`);
     expect(app.status, app.text).to.equal(200);

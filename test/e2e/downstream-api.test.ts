@@ -3,7 +3,7 @@
  * downstream server that records what it received (issue 4 acceptance).
  */
 import { expect } from 'chai';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { Agent, createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { decodeJwt } from 'jose';
 import { startEmulator, type Emulator } from '../../emulator/index.js';
@@ -39,6 +39,25 @@ async function recordingServer(): Promise<{ server: Server; origin: string; seen
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return { server, origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, respond };
+}
+
+interface RawAnswer { status: number; connection: string | undefined; reusedSocket: boolean; text: string }
+
+/** A POST through `agent` (node:http, so the test sees keep-alive), the body sent with Content-Length or chunked. */
+function rawPost(agent: Agent, url: string, token: string, body: Buffer, opts: { headers?: Record<string, string>; chunked?: boolean } = {}): Promise<RawAnswer> {
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { authorization: `Bearer ${token}`, ...opts.headers };
+    if (!opts.chunked) headers['content-length'] = String(body.length);
+    const req = request(url, { method: 'POST', agent, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection, reusedSocket: req.reusedSocket, text: Buffer.concat(chunks).toString() }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (opts.chunked) req.write(body);
+    req.end(opts.chunked ? undefined : body);
+  });
 }
 
 describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording downstream)', function () {
@@ -198,6 +217,78 @@ describe('POST /DownstreamApi/{apiName} (built sidecar, emulator, recording down
     expect(api.seen[0].body.toString()).to.equal('{"a":1}');
     expect(String(api.seen[0].headers['content-type'])).to.match(/^application\/json/);
     expect(api.seen[1].body.length).to.equal(0);
+  });
+
+  describe('a body sent without a Content-Type (Sidecar:Http:MaxBodyBytes=100)', () => {
+    let small: RunningSidecar;
+    before(async () => {
+      small = await startSidecar(
+        sidecarEnv(emu, {
+          DownstreamApis__items__BaseUrl: `${api.origin}/v1.0/`,
+          DownstreamApis__items__Scopes__0: 'api://downstream/read',
+          DownstreamApis__items__HttpMethod: 'Post',
+          Sidecar__Http__MaxBodyBytes: '100',
+        }),
+      );
+    });
+    after(async () => {
+      await small?.stop();
+      assertNoSecrets(small?.lines ?? [], secretsOf(emu, tokens));
+    });
+
+    it('is neither read nor held to the size limit: the API is called without it, as Microsoft does', async () => {
+      const token = await user();
+      const body = new Uint8Array(Buffer.alloc(2400, 'x'));
+      const r = await call(`${small.url}/DownstreamApi/items`, { method: 'POST', token, body });
+      expect(r.status, r.text).to.equal(200);
+      expect(r.json().statusCode).to.equal(200);
+      expect(api.seen).to.have.length(1);
+      expect(api.seen[0].body.length).to.equal(0);
+      expect(api.seen[0].headers['content-type']).to.equal(undefined);
+      // With a Content-Type the body is forwarded, so it is read and the limit holds.
+      const typed = await call(`${small.url}/DownstreamApi/items`, { method: 'POST', token, body, headers: { 'content-type': 'text/plain' } });
+      expect(typed.status, typed.text).to.equal(413);
+      expect(typed.json().code).to.equal('request_body_too_large');
+      expect(api.seen).to.have.length(1);
+    });
+
+    it('keeps the connection for the next request after a discarded body within the limit, and closes it after answering one past the limit', async () => {
+      const token = await user();
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      const url = `${small.url}/DownstreamApi/items`;
+      try {
+        const first = await rawPost(agent, url, token, Buffer.alloc(60, 'a'));
+        const second = await rawPost(agent, url, token, Buffer.alloc(60, 'b'), { chunked: true });
+        expect([first.status, second.status], second.text).to.deep.equal([200, 200]);
+        expect(second.reusedSocket, 'the second request rides the first one\'s connection').to.equal(true);
+        expect(second.connection).to.equal('keep-alive');
+        // Past the limit, declared or counted while it arrives: answered, then the connection closes.
+        const declared = await rawPost(agent, url, token, Buffer.alloc(2400, 'c'));
+        expect(declared.status, declared.text).to.equal(200);
+        expect(declared.connection).to.equal('close');
+        const counted = await rawPost(agent, url, token, Buffer.alloc(2400, 'd'), { chunked: true });
+        expect(counted.status, counted.text).to.equal(200);
+        expect(counted.reusedSocket).to.equal(false);
+        expect(counted.connection).to.equal('close');
+        expect(api.seen.map((s) => s.body.length)).to.deep.equal([0, 0, 0, 0]);
+      } finally {
+        agent.destroy();
+      }
+    });
+  });
+
+  it('takes the last occurrence of a repeated optionsOverride key, even an empty one, and refuses a bad HttpMethod only when it is that one', async () => {
+    const token = await user();
+    const r = await call(`${sidecar.url}/DownstreamApi/items?optionsOverride.RelativePath=etag&optionsOverride.RelativePath=`, { method: 'POST', token });
+    expect(r.status, r.text).to.equal(200);
+    expect(api.seen[0].url).to.equal('/v1.0/items?top=5&api-version=2024-01-01');
+    const put = await call(`${sidecar.url}/DownstreamApi/items?optionsOverride.HttpMethod=Bad%20Method&optionsOverride.HttpMethod=Put`, { method: 'POST', token });
+    expect(put.status, put.text).to.equal(200);
+    expect(api.seen[1].method).to.equal('PUT');
+    const bad = await call(`${sidecar.url}/DownstreamApi/items?optionsOverride.HttpMethod=Put&optionsOverride.HttpMethod=Bad%20Method`, { method: 'POST', token });
+    expect(bad.status, bad.text).to.equal(400);
+    expect(bad.json().code).to.equal('request_invalid');
+    expect(api.seen).to.have.length(2);
   });
 
   it('never lets optionsOverride.BaseUrl change the host, nor ExtraHeaderParameters.Authorization replace the token', async () => {
