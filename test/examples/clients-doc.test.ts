@@ -101,8 +101,12 @@ describe('docs/clients.md helpers (built sidecar against the emulator)', functio
   it('the Python helper reports each kind of answer by its status, code or JSON', async function () {
     // Only PATH (and the sidecar's URL): no proxy variable may send requests elsewhere.
     const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
-    const probe = await run('python3', ['-c', 'import requests'], env);
-    if (probe.code !== 0) this.skip();
+    const probe = await run(PYTHON, ['-c', 'import requests'], env);
+    if (probe.code !== 0) {
+      // CI installs it (.ci/run: python3-requests), so there a missing module is a broken environment.
+      if (process.env.CI) throw new Error(`${PYTHON} cannot import requests (install python3-requests): ${probe.stderr.trim().split('\n').pop() ?? ''}`);
+      this.skip();
+    }
     const driver = `
 import json, sys
 results = {}
@@ -115,7 +119,7 @@ print(json.dumps(results))
 `;
     const file = path.join(dir, 'helper.py');
     writeFileSync(file, `${helperCode('## Python', 'python', 'claims =')}\n${driver}`);
-    const r = await run('python3', [file, JSON.stringify(cases(user, unscoped))], { ...env, SIDECAR_URL: sidecar.url });
+    const r = await run(PYTHON, [file, JSON.stringify(cases(user, unscoped))], { ...env, SIDECAR_URL: sidecar.url });
     expect(r.code, r.stderr).to.equal(0);
     const outcomes = JSON.parse(r.stdout) as Record<string, Outcome>;
     for (const [name, o] of Object.entries(outcomes)) expect(o.error ?? 'RuntimeError', `${name}: ${o.message}`).to.be.oneOf(['RuntimeError', 'PermissionError']);
@@ -123,6 +127,9 @@ print(json.dumps(results))
     expectOutcomes(outcomes);
   });
 });
+
+/** Debian's Python, which .ci/run gives python3-requests (the one on PATH may be another). */
+const PYTHON = '/usr/bin/python3';
 
 function run(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
