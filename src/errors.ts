@@ -107,6 +107,30 @@ export const ERROR_TABLE = {
 
 export type ErrorCode = keyof typeof ERROR_TABLE;
 
+/** A failure of the process itself: the line it writes (whatever the log level) and how it exits. */
+export interface ProcessFailureSpec {
+  readonly exitCode: number;
+  /** The line's `msg`. */
+  readonly message: string;
+  /** What happened and which field says more (docs/errors.md). */
+  readonly meaning: string;
+}
+
+/**
+ * The codes of the lines the process writes when it cannot start or cannot go on. They answer no
+ * caller, so they are not in ERROR_TABLE; each is one JSON line with `"level":"fatal"` and `code`,
+ * written at every log level (`None` included), like the listening line, so a start that fails
+ * always says why.
+ */
+export const PROCESS_FAILURES = {
+  config_invalid: { exitCode: 1, message: 'invalid configuration', meaning: 'The configuration is invalid; `problems` lists every problem, each naming its key. Nothing was started.' },
+  start_failed: { exitCode: 1, message: 'failed to start', meaning: 'Something the start needs failed (a listener could not bind, a token decryption certificate could not be loaded, …); `err` names it.' },
+  uncaught_exception: { exitCode: 70, message: 'uncaught exception', meaning: 'A defect: an exception nothing caught. `err` and `stack` say where (token-shaped text cut out).' },
+  unhandled_rejection: { exitCode: 70, message: 'unhandled rejection', meaning: 'A defect: a rejected promise nothing handled. `err` (and `stack`) say where (token-shaped text cut out).' },
+} as const satisfies Record<string, ProcessFailureSpec>;
+
+export type ProcessFailureCode = keyof typeof PROCESS_FAILURES;
+
 /**
  * The longest wait the sidecar honours or passes on, in seconds: msal's own bound on `Retry-After`
  * (ThrottlingUtils, reference entra-protocol §2.8). A larger value (a proxy's, a typo, ten years)

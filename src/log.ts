@@ -65,6 +65,16 @@ function redactTextFields(fields: Record<string, unknown>): Record<string, unkno
   return out;
 }
 
+/**
+ * A logger over the same stream, shape and redaction as `logger` that writes whatever the configured
+ * level, `None` (silent) included: for the few lines an operator must always be able to find, as the
+ * listening line is (the reason a start failed, a crash, a `SECURITY:` warning). A pino child may set
+ * a level below its parent's.
+ */
+export function unconditionalLogger(logger: Logger): Logger {
+  return logger.child({}, { level: 'trace' });
+}
+
 /** Creates the process logger. `destination` is for tests; production writes to stdout. */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   return pino(

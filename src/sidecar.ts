@@ -4,10 +4,11 @@
  * outbound agent, validator and acquirer, start the listeners, log one JSON line with every bound
  * address, and shut down gracefully on SIGTERM/SIGINT.
  */
-import { describeConfigErrors, loadConfig, processConfigInputs } from './config/load.js';
+import { loadConfig, processConfigInputs } from './config/load.js';
 import type { SidecarConfig } from './config/types.js';
 import { formatHostPort } from './config/listeners.js';
-import { createLogger, redactTokens, safeCause, type Logger } from './log.js';
+import { createLogger, redactTokens, safeCause, unconditionalLogger, type Logger } from './log.js';
+import { PROCESS_FAILURES, type ProcessFailureCode } from './errors.js';
 import { createOutboundAgent, observeOutbound, type OutboundObserver } from './net/outbound.js';
 import { describeProxy } from './net/proxy.js';
 import { createTokenValidator } from './validation/validator.js';
@@ -22,6 +23,7 @@ import { countAcquisitions } from './acquisition/counted.js';
 import { startManagementServer } from './management/server.js';
 import { VERSION } from './version.js';
 import { ReplayCache } from './pop/inbound.js';
+import { createLogLimiter, LOG_LINES_PER_SECOND } from './log-limit.js';
 
 /** How long in-flight requests may drain after SIGTERM. */
 export const SHUTDOWN_GRACE_MS = 10_000;
@@ -127,6 +129,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
       agent: downstreamAgent,
       acquirer,
       logger,
+      logLimiter: createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug')),
       settings: {
         allowOutboundRedirects: config.sidecar.allowOutboundRedirects,
         returnAllResponseHeaders: config.sidecar.downstreamApi.returnAllResponseHeaders,
@@ -196,27 +199,37 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
   };
 }
 
+/**
+ * Writes the line of a process failure (PROCESS_FAILURES) whatever the log level: at `None` a start
+ * that fails would otherwise exit 1 without a word. The caller exits with the code's exit code.
+ */
+function logProcessFailure(logger: Logger, code: ProcessFailureCode, fields: Record<string, unknown>): void {
+  unconditionalLogger(logger).fatal({ code, ...fields }, PROCESS_FAILURES[code].message);
+  logger.flush();
+}
+
 /** Runs the sidecar process: configuration, logger, process handlers, `run()`, shutdown on signals. */
 export async function main(): Promise<void> {
   const result = loadConfig(processConfigInputs());
   if (!result.ok) {
-    process.stderr.write(describeConfigErrors(result.errors));
-    process.exitCode = 1;
+    // One JSON line like every other (the level itself may be one of the problems). The messages
+    // name keys and never carry a secret (src/config/load.ts).
+    logProcessFailure(createLogger('fatal'), 'config_invalid', { problems: result.errors });
+    process.exitCode = PROCESS_FAILURES.config_invalid.exitCode;
     return;
   }
   const { config, warnings } = result;
   const logger = createLogger(config.sidecar.logLevel);
-  for (const w of warnings) logger.warn({ event: 'config_warning' }, w);
+  // A SECURITY: warning is written at every level: docs/deployment.md promises it at start-up.
+  for (const w of warnings) (w.startsWith('SECURITY:') ? unconditionalLogger(logger) : logger).warn({ event: 'config_warning' }, w);
 
   process.on('uncaughtException', (err) => {
-    logger.fatal({ err: safeCause(err), stack: redactTokens(err.stack ?? '') }, 'uncaught exception');
-    logger.flush();
-    process.exit(70);
+    logProcessFailure(logger, 'uncaught_exception', { err: safeCause(err), stack: redactTokens(err.stack ?? '') });
+    process.exit(PROCESS_FAILURES.uncaught_exception.exitCode);
   });
   process.on('unhandledRejection', (reason) => {
-    logger.fatal(reason instanceof Error ? { err: safeCause(reason), stack: redactTokens(reason.stack ?? '') } : { err: redactTokens(String(reason)).slice(0, 500) }, 'unhandled rejection');
-    logger.flush();
-    process.exit(70);
+    logProcessFailure(logger, 'unhandled_rejection', reason instanceof Error ? { err: safeCause(reason), stack: redactTokens(reason.stack ?? '') } : { err: redactTokens(String(reason)).slice(0, 500) });
+    process.exit(PROCESS_FAILURES.unhandled_rejection.exitCode);
   });
 
   // The signal handlers go in before the start: as PID 1 in a container, a process without a
@@ -261,9 +274,8 @@ export async function main(): Promise<void> {
     stop = await run(config, logger);
   } catch (err) {
     if (stopping) return; // a signal came during the start; it is already on its way out
-    logger.fatal({ err: redactTokens(err instanceof Error ? `${err.name}: ${err.message}` : String(err)) }, 'failed to start');
-    logger.flush();
+    logProcessFailure(logger, 'start_failed', { err: redactTokens(err instanceof Error ? `${err.name}: ${err.message}` : String(err)) });
     // A listener that did bind (or a timer) must not keep a process that failed to start alive.
-    process.exit(1);
+    process.exit(PROCESS_FAILURES.start_failed.exitCode);
   }
 }

@@ -9,6 +9,7 @@ import { dirname, basename, join, resolve } from 'node:path';
 import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
 import { formatHostPort, listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
+import { isReservedHeaderName, isValidHeaderValue } from '../downstream/request-headers.js';
 import { ANY_HOST } from '../net/listen.js';
 import { parseGuid } from '../guid.js';
 import { needsCallerToken } from '../pipeline/api-options.js';
@@ -38,11 +39,6 @@ export function processConfigInputs(): ConfigInputs {
   return { argv: process.argv.slice(2), env: { ...process.env }, cwd: process.cwd() };
 }
 
-/** One printable block listing every configuration problem (for stderr before exiting non-zero). */
-export function describeConfigErrors(errors: readonly string[]): string {
-  return `entra-sidecar: invalid configuration (${errors.length} problem${errors.length === 1 ? '' : 's'}):\n${errors.map((e) => `  - ${e}`).join('\n')}\n`;
-}
-
 /** Recursively freezes plain objects and arrays. */
 export function deepFreeze<T>(value: T): T {
   if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
@@ -53,7 +49,8 @@ export function deepFreeze<T>(value: T): T {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Binding helpers. Messages name the key and never contain a configured value (it may be a secret).
+// Binding helpers. Messages name the key and never contain a secret; a value is quoted only from a
+// setting that holds none (docs/configuration.md, Validation).
 
 const BOOL_HINT = 'must be true or false';
 
@@ -478,6 +475,39 @@ function tokenRequestHeaders(b: Binder, path: string): Record<string, string> {
   return headers;
 }
 
+/**
+ * `DownstreamApis:<name>:ProtocolScheme`: Microsoft's sidecar sends Bearer tokens only (reference
+ * sidecar-http-api §3.3: `MTLS_POP` exists in the library, not in the sidecar), and accepts the key
+ * without using it. So do we, but another value gets a start-up warning instead of a silent Bearer.
+ */
+function protocolScheme(b: Binder, p: string): 'Bearer' {
+  const scheme = b.explicit(`${p}:ProtocolScheme`);
+  if (scheme !== undefined && scheme.toLowerCase() !== 'bearer') {
+    b.warn(`${p}:ProtocolScheme is ignored: the token is always sent as Bearer, as by Microsoft's sidecar (for a PoP-bound request use SignHttpRequest=true)`);
+  }
+  return 'Bearer';
+}
+
+/**
+ * `DownstreamApis:<name>:ExtraHeaderParameters`. Microsoft skips the entries a call can never send
+ * and logs them, on every call (reference sidecar-http-api §2.4 step 7: skips are not errors). A
+ * configured entry is the same on every call, so here it is dropped once, with one start-up
+ * warning: a reserved name, a value a header cannot carry, or an Accept that AcceptHeader sets.
+ */
+function downstreamRequestHeaders(b: Binder, path: string, acceptHeader: string): Record<string, string> {
+  const headers = b.dictionary(path, isToken);
+  for (const [name, value] of Object.entries(headers)) {
+    let why: string | undefined;
+    if (isReservedHeaderName(name)) why = 'it is a reserved name; docs/downstream-api.md lists them';
+    else if (!isValidHeaderValue(value)) why = 'its value has a control character such as CR or LF, which a header cannot carry';
+    else if (name.toLowerCase() === 'accept' && acceptHeader.trim() !== '') why = `the Accept header comes from ${path.slice(0, path.lastIndexOf(':'))}:AcceptHeader`;
+    if (why === undefined) continue;
+    b.warn(`${path}:${name} is never sent (${why}); ignored`);
+    delete headers[name];
+  }
+  return headers;
+}
+
 function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
   const baseUrl = b.explicit(`${p}:BaseUrl`);
   if (baseUrl !== undefined && !httpUrl(baseUrl, ['http:', 'https:'])) b.error(`${p}:BaseUrl must be an absolute http(s) URL`);
@@ -516,16 +546,17 @@ function bindDownstreamApi(b: Binder, p: string): DownstreamApiOptions {
     extraParameters: b.dictionary(`${a}:ExtraParameters`),
   };
   const scopes = b.stringArray(`${p}:Scopes`);
+  const acceptHeader = b.string(`${p}:AcceptHeader`) ?? '';
   return {
     ...(baseUrl !== undefined ? { baseUrl } : {}),
     relativePath: b.node(`${p}:RelativePath`)?.value?.trim() ?? '',
     httpMethod,
     ...(scopes !== undefined && scopes.length > 0 ? { scopes } : {}),
     requestAppToken: b.bool(`${p}:RequestAppToken`),
-    acceptHeader: b.string(`${p}:AcceptHeader`) ?? '',
+    acceptHeader,
     contentType: b.string(`${p}:ContentType`) ?? '',
-    protocolScheme: b.string(`${p}:ProtocolScheme`) ?? '',
-    extraHeaderParameters: b.dictionary(`${p}:ExtraHeaderParameters`, isToken),
+    protocolScheme: protocolScheme(b, p),
+    extraHeaderParameters: downstreamRequestHeaders(b, `${p}:ExtraHeaderParameters`, acceptHeader),
     extraQueryParameters: b.dictionary(`${p}:ExtraQueryParameters`),
     acquireTokenOptions,
     ...(b.bool(`${p}:SignHttpRequest`) ? { signHttpRequest: true } : {}),

@@ -67,6 +67,7 @@ export interface DownstreamApiOptions {
   readonly requestAppToken: boolean;
   readonly acceptHeader: string;
   readonly contentType: string;
+  /** Always Bearer: another configured value is ignored with a start-up warning (Microsoft's sidecar sends Bearer only). */
   readonly protocolScheme: string;
   readonly extraHeaderParameters: Readonly<Record<string, string>>;
   readonly extraQueryParameters: Readonly<Record<string, string>>;

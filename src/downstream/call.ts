@@ -9,11 +9,12 @@ import type { Dispatcher } from 'undici';
 import { request } from '../net/undici.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { LogLimiter } from '../log-limit.js';
 import { abandon, readCapped, transportCode, transportFailure } from '../net/outbound.js';
 import type { AcquireRequest, AcquiredToken, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { claimsFromWwwAuthenticate } from './claims-challenge.js';
 import { isTextualMediaType, isToken, parseMediaType } from './media-type.js';
-import { addExtraHeaders, isCredentialLikeHeaderName, isValidHeaderValue } from './request-headers.js';
+import { addExtraHeaders, isCredentialLikeHeaderName, isValidHeaderValue, type SkippedHeader } from './request-headers.js';
 import { decodeContent, selectResponseHeaders, type RawResponseHeaders } from './response.js';
 import { buildDownstreamUrl } from './url.js';
 import { httpRequestSignerOf, type HttpRequestSigner } from '../pop/signer.js';
@@ -34,6 +35,8 @@ export interface DownstreamCallDeps {
     timeoutMs: number;
   };
   logger: Logger;
+  /** Bounds the warnings a caller can cause (skipped `optionsOverride.ExtraHeaderParameters.*`). */
+  logLimiter: LogLimiter;
   /** The sidecar's PoP signer for SignHttpRequest APIs; defaults to the acquirer's (src/pop/signer.ts). */
   httpRequestSigner?: HttpRequestSigner;
 }
@@ -140,9 +143,7 @@ export async function callDownstreamApi(deps: DownstreamCallDeps, req: Downstrea
   }
   // Reserve the names the sidecar sets itself, so ExtraHeaderParameters can never replace them.
   const extraHeaders: Record<string, string> = { ...baseHeaders };
-  for (const skipped of addExtraHeaders(extraHeaders, options.extraHeaderParameters ?? {})) {
-    logger.warn({ apiName: options.apiName, headerName: skipped.name, reason: skipped.reason }, 'Skipped an ExtraHeaderParameters entry for the downstream API.');
-  }
+  warnSkippedHeaders(deps, options.apiName, addExtraHeaders(extraHeaders, options.extraHeaderParameters ?? {}));
 
   const scopes = (options.scopes ?? []).filter((s) => s.trim() !== '');
   // SignHttpRequest (ours, src/pop): the token is bound to the sidecar's key and the request is signed with it.
@@ -222,6 +223,30 @@ export async function callDownstreamApi(deps: DownstreamCallDeps, req: Downstrea
     content: decoded.content,
     ...(decoded.contentEncoding ? { contentEncoding: decoded.contentEncoding } : {}),
   };
+}
+
+/** Most skipped headers one line names; the rest are only counted (`skippedCount`). */
+const MAX_SKIPPED_HEADERS_LOGGED = 8;
+/** Longest header name a log line carries: the caller chooses the names (a query key has no bound of its own). */
+const MAX_LOGGED_HEADER_NAME = 64;
+const SKIPPED_HEADERS_EVENT = 'ExtraHeaderParametersSkipped';
+
+/**
+ * One warning per call that skipped ExtraHeaderParameters entries. Configured entries that can
+ * never be sent are dropped at start-up (src/config/load.ts), so these come from the caller's
+ * `optionsOverride.ExtraHeaderParameters.*`: the caller decides how often, how many and how long
+ * the names are, so the line goes through the log limiter and carries a bounded list of cut names.
+ */
+function warnSkippedHeaders(deps: DownstreamCallDeps, apiName: string, skipped: readonly SkippedHeader[]): void {
+  if (skipped.length === 0 || !deps.logLimiter.allow(SKIPPED_HEADERS_EVENT)) return;
+  const listed = skipped.slice(0, MAX_SKIPPED_HEADERS_LOGGED).map((h) => ({
+    name: h.name.length > MAX_LOGGED_HEADER_NAME ? `${h.name.slice(0, MAX_LOGGED_HEADER_NAME)}…` : h.name,
+    reason: h.reason,
+  }));
+  deps.logger.warn(
+    { event: SKIPPED_HEADERS_EVENT, apiName, skipped: listed, skippedCount: skipped.length, ...deps.logLimiter.suppressed(SKIPPED_HEADERS_EVENT) },
+    'Skipped ExtraHeaderParameters entries the downstream request cannot carry.',
+  );
 }
 
 /** The signer for SignHttpRequest APIs: the one wired into the deps, else the acquirer's own. */

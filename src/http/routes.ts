@@ -120,7 +120,7 @@ function validate(ctx: RouteContext, deps: RouteDeps): void | Promise<void> {
 async function validateFully(ctx: RouteContext, deps: RouteDeps): Promise<void> {
   // PoP variant (§2.2): src/pop/inbound.ts decides; the AzureAd:Scopes gate does not apply.
   if (popCredential(ctx.authorization) !== undefined) {
-    const result = await validatePopRequest({ config: deps.config, validator: deps.validator, logger: deps.logger, replayCache: deps.popReplayCache }, ctx.req.headers);
+    const result = await validatePopRequest({ config: deps.config, validator: deps.validator, logger: deps.logger, logLimiter: ctx.logLimiter, replayCache: deps.popReplayCache }, ctx.req.headers);
     if (!result.ok) {
       // Microsoft answers every PoP failure the same way: no body, no error_description.
       deps.metrics.countValidationFailure('token_pop_invalid');

@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from '../log.js';
+import type { LogLimiter } from '../log-limit.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
@@ -25,6 +26,10 @@ export const REPLAY_CACHE_MAX_ENTRIES = 100_000;
 
 /** The largest SHR we parse (an SHR carries a whole access token plus a public key). */
 const MAX_SHR_LENGTH = 32 * 1024;
+
+const POP_FAILED_EVENT = 'PopValidationFailed';
+/** Longest failure reason a log line carries. */
+const MAX_REASON_LENGTH = 200;
 
 /** The compact SHR of an `Authorization: PoP <shr>` header (scheme case-insensitive), else undefined. */
 export function popCredential(authorization: string | undefined): string | undefined {
@@ -65,6 +70,8 @@ export interface PopValidationDeps {
   readonly config: SidecarConfig;
   readonly validator: TokenValidator;
   readonly logger: Logger;
+  /** Bounds the failure lines: any caller can send `Authorization: PoP <junk>` as often as it likes. */
+  readonly logLimiter: LogLimiter;
   /** Set when `Sidecar:PopValidation:ReplayCache` is on (main creates one per process). */
   readonly replayCache?: ReplayCache;
   /** Epoch seconds; tests pass a fixed clock. */
@@ -104,10 +111,15 @@ async function boundKid(claims: Record<string, unknown>): Promise<string | undef
  * the reason) and throws only when the sidecar itself cannot decide (signing keys unavailable).
  */
 export async function validatePopRequest(deps: PopValidationDeps, headers: IncomingHttpHeaders): Promise<PopValidationResult> {
-  const { config, logger } = deps;
+  const { config, logger, logLimiter } = deps;
   const settings = config.sidecar.popValidation;
   const refuse = (reason: string): PopValidationResult => {
-    logger.info({ event: 'PopValidationFailed', reason }, `PoP validation failed: ${reason}`);
+    // At most LOG_LINES_PER_SECOND lines, as for every other failure a caller causes (the metric
+    // counts each one). A reason can quote the caller's SHR (an algorithm, a query name): cut it.
+    if (logger.isLevelEnabled('info') && logLimiter.allow(POP_FAILED_EVENT)) {
+      const shown = reason.length > MAX_REASON_LENGTH ? `${reason.slice(0, MAX_REASON_LENGTH)}…` : reason;
+      logger.info({ event: POP_FAILED_EVENT, reason: shown, ...logLimiter.suppressed(POP_FAILED_EVENT) }, `PoP validation failed: ${shown}`);
+    }
     return { ok: false };
   };
   const shr = popCredential(single(headers, 'authorization'));

@@ -61,6 +61,8 @@ describe('abuse and limits (built sidecar)', function () {
       DownstreamApis__sink__BaseUrl: 'http://127.0.0.1:9/',
       DownstreamApis__sink__Scopes__0: 'api://downstream/.default',
       DownstreamApis__sink__RequestAppToken: 'true',
+      // Never sent (a reserved name): one start-up warning, not one per call.
+      'DownstreamApis__sink__ExtraHeaderParameters__X-Forwarded-For': '192.0.2.1',
     });
     expect(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000), '/readyz 200 (signing keys loaded)').to.equal(true);
   });
@@ -249,6 +251,65 @@ describe('abuse and limits (built sidecar)', function () {
     await sleep(300);
     const failed = stack.sidecar.lines.slice(linesBefore).filter((l) => l.includes('"msg":"token acquisition failed"'));
     expect(failed.length).to.be.at.least(1).and.at.most(10 * (seconds + 1)).and.below(60);
+  });
+
+  /** The lines after `from` whose JSON has `"event":<event>`, parsed. */
+  const eventLines = (from: number, event: string) => stack.sidecar.lines.slice(from).filter((l) => l.includes(`"event":"${event}"`)).map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  it('writes at most 10 PopValidationFailed lines a second for a flood of junk PoP credentials on /Validate, and says how many it held back', async () => {
+    const junkPop = (i: number) => call(`${stack.sidecar.url}/Validate`, { headers: { authorization: `PoP junk${i}`, 'original-method': 'GET', 'original-uri': 'https://api.contoso.test/x' } });
+    const linesBefore = stack.sidecar.lines.length;
+    const t0 = Date.now();
+    const answers = await Promise.all(Array.from({ length: 120 }, (_, i) => junkPop(i)));
+    const seconds = Math.ceil((Date.now() - t0) / 1000);
+    for (const a of answers) expect(a.status).to.equal(401);
+    await sleep(1_100);
+    const afterWindow = stack.sidecar.lines.length;
+    expect((await junkPop(-1)).status).to.equal(401);
+    expect(await waitForLine(stack.sidecar, '"event":"PopValidationFailed"', 3_000, afterWindow), 'the line after the window').to.equal(true);
+    const lines = eventLines(linesBefore, 'PopValidationFailed');
+    expect(lines.length).to.be.at.least(2).and.at.most(10 * (seconds + 1) + 1).and.below(61);
+    expect(lines.at(-1)!.suppressed).to.be.a('number').and.at.least(120 - (lines.length - 1));
+  });
+
+  it('writes at most 10 ExtraHeaderParametersSkipped lines a second for a flood of skipped header overrides, each naming at most 8 headers cut to 64 characters', async () => {
+    const token = await userToken(stack);
+    // A reserved name of 5,000 characters first, then 300 reserved Sec-<i> names: 301 skipped per call.
+    const names = [`X-Forwarded-${'a'.repeat(5_000)}`, ...Array.from({ length: 300 }, (_, i) => `Sec-${i}`)];
+    const query = names.map((n) => `optionsOverride.ExtraHeaderParameters.${n}=1`).join('&');
+    const flood = () => call(`${stack.sidecar.url}/DownstreamApi/sink?${query}`, { method: 'POST', token });
+    const linesBefore = stack.sidecar.lines.length;
+    const t0 = Date.now();
+    const answers = await Promise.all(Array.from({ length: 40 }, flood));
+    const seconds = Math.ceil((Date.now() - t0) / 1000);
+    // The sink refuses connections: the calls fail after the headers were chosen.
+    for (const a of answers) expect(a.status, a.text).to.equal(500);
+    await sleep(1_100);
+    const afterWindow = stack.sidecar.lines.length;
+    expect((await flood()).status).to.equal(500);
+    expect(await waitForLine(stack.sidecar, '"event":"ExtraHeaderParametersSkipped"', 3_000, afterWindow), 'the line after the window').to.equal(true);
+    const raw = stack.sidecar.lines.slice(linesBefore).filter((l) => l.includes('"event":"ExtraHeaderParametersSkipped"'));
+    expect(raw.length).to.be.at.least(2).and.at.most(10 * (seconds + 1) + 1).and.below(41);
+    for (const text of raw) {
+      expect(text.length).to.be.below(2_000);
+      const line = JSON.parse(text) as { level: string; apiName: string; skipped: { name: string; reason: string }[]; skippedCount: number };
+      expect(line).to.include({ level: 'warn', apiName: 'sink', skippedCount: 301 });
+      expect(line.skipped).to.have.length(8);
+      expect(line.skipped[0]).to.deep.equal({ name: `X-Forwarded-${'a'.repeat(52)}…`, reason: 'reserved' });
+      expect(line.skipped[1]).to.deep.equal({ name: 'Sec-0', reason: 'reserved' });
+    }
+    expect(JSON.parse(raw.at(-1)!).suppressed).to.be.a('number').and.at.least(40 - (raw.length - 1));
+  });
+
+  it('reports a reserved header name set in configuration once, at start-up, and not on each call', async () => {
+    const warnings = stack.sidecar.lines.filter((l) => l.includes('"event":"config_warning"') && l.includes('DownstreamApis:sink:ExtraHeaderParameters:X-Forwarded-For'));
+    expect(warnings, stack.sidecar.lines.join('\n')).to.have.length(1);
+    expect(warnings[0]).to.include('is never sent').and.not.include('192.0.2.1');
+    const token = await userToken(stack);
+    const linesBefore = stack.sidecar.lines.length;
+    for (let i = 0; i < 3; i++) expect((await call(`${stack.sidecar.url}/DownstreamApi/sink`, { method: 'POST', token })).status).to.equal(500);
+    expect(await waitForLine(stack.sidecar, '"code":"downstream_unavailable"', 3_000, linesBefore)).to.equal(true);
+    expect(eventLines(linesBefore, 'ExtraHeaderParametersSkipped')).to.deep.equal([]);
   });
 
   it('shares one Entra request among 50 identical concurrent cold requests', async () => {

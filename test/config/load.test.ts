@@ -1,9 +1,10 @@
 import { expect } from 'chai';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type ConfigInputs, type ConfigResult } from '../../src/config/load.js';
 import type { SidecarConfig } from '../../src/config/types.js';
+import { repoRoot } from '../helpers/sidecar.js';
 
 const CLIENT_ID = '11111111-2222-3333-4444-555555555555';
 const BASE_ENV: Record<string, string> = {
@@ -526,6 +527,31 @@ describe('config: DownstreamApis', () => {
     expectError(errors, 'DownstreamApis:a:HttpMethod');
     expectError(errors, 'DownstreamApis:a:AcquireTokenOptions:CorrelationId', 'GUID');
   });
+
+  it('accepts ProtocolScheme Bearer in any case silently, and warns that any other scheme is ignored (Microsoft sends Bearer only)', () => {
+    const cfg = ok(load({ DownstreamApis__a__ProtocolScheme: 'bearer', DownstreamApis__b__ProtocolScheme: 'MTLS_POP', DownstreamApis__c__Scopes__0: 'x' }));
+    expect(cfg.warnings.filter((w) => w.includes('ProtocolScheme'))).to.deep.equal([
+      "DownstreamApis:b:ProtocolScheme is ignored: the token is always sent as Bearer, as by Microsoft's sidecar (for a PoP-bound request use SignHttpRequest=true)",
+    ]);
+    for (const api of ['a', 'b', 'c']) expect(cfg.downstreamApis[api].protocolScheme, api).to.equal('Bearer');
+  });
+
+  it('drops an ExtraHeaderParameters entry the request can never carry with one start-up warning, naming the key and not the value', () => {
+    const cfg = ok(load({
+      'DownstreamApis__a__ExtraHeaderParameters__X-Forwarded-For': 'v-forwarded',
+      'DownstreamApis__a__ExtraHeaderParameters__sec-fetch-site': 'v-sec',
+      'DownstreamApis__a__ExtraHeaderParameters__X-Bad-Value': 'v-bad\r\nX-Evil: 1',
+      DownstreamApis__a__ExtraHeaderParameters__Accept: 'v-accept',
+      'DownstreamApis__a__ExtraHeaderParameters__X-Custom': 'v-custom',
+    }));
+    expect(cfg.downstreamApis.a.extraHeaderParameters).to.deep.equal({ 'X-Custom': 'v-custom' });
+    const warnings = cfg.warnings.filter((w) => w.includes('ExtraHeaderParameters'));
+    expect(warnings).to.have.length(4);
+    for (const name of ['X-Forwarded-For', 'sec-fetch-site', 'X-Bad-Value', 'Accept']) {
+      expect(warnings.some((w) => w.startsWith(`DownstreamApis:a:ExtraHeaderParameters:${name} is never sent (`))).to.equal(true);
+    }
+    expect(warnings.join('\n')).not.to.include('v-');
+  });
 });
 
 describe('config: AcquireTokenOptions:ExtraHeadersParameters', () => {
@@ -675,7 +701,18 @@ describe('config: result', () => {
     expect(errors).to.have.length(8);
   });
 
-  it('never puts a configured value into an error or warning', () => {
+  it('quotes a value only from a setting that holds no secret, cut to 100 characters, as docs/configuration.md says', () => {
+    const host = `bad_host${'x'.repeat(300)}`;
+    const errors = errorsOf(load({ Sidecar__ExtAuthz__Routes__0__Hosts__0: host, Sidecar__ExtAuthz__Routes__0__PathPrefix: '/api' }));
+    expectError(errors, 'Sidecar:ExtAuthz:Routes:0:Hosts', `"${host.slice(0, 100)}"`);
+    expect(errors.join('\n')).not.to.include(host.slice(0, 101));
+    const docs = readFileSync(join(repoRoot, 'docs', 'configuration.md'), 'utf8');
+    const validation = docs.slice(docs.indexOf('## Validation'), docs.indexOf('## How entra-sidecar differs'));
+    expect(validation).not.to.include('never contain a configured value');
+    expect(validation).to.include('never contain a secret').and.include('cut to 100 characters');
+  });
+
+  it('never puts a secret, or the value of an unknown or unparsable setting, into an error or warning', () => {
     const secret = 'S3cr3t-VALUE-do-not-print';
     const env = {
       AzureAd__ClientCredentials__0__SourceType: secret,

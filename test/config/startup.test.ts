@@ -24,8 +24,25 @@ function runSidecar(env: Record<string, string>, cwd: string): Promise<{ code: n
   });
 }
 
+interface ConfigInvalidLine {
+  level: string;
+  service: string;
+  code: string;
+  problems: string[];
+  msg: string;
+}
+
+/** The one line an invalid configuration writes: JSON, on stdout with every other log line. */
+function configInvalidLine(stdout: string): ConfigInvalidLine {
+  const lines = stdout.split('\n').filter((l) => l !== '');
+  expect(lines, stdout).to.have.length(1);
+  const line = JSON.parse(lines[0]) as ConfigInvalidLine;
+  expect(line).to.include({ level: 'fatal', service: 'entra-sidecar', code: 'config_invalid', msg: 'invalid configuration' });
+  return line;
+}
+
 describe('config: startup with an invalid configuration', () => {
-  it('exits non-zero before listening and lists every problem on stderr without secret values', async () => {
+  it('exits 1 before listening and lists every problem in one JSON line without secret values', async () => {
     const cwd = mkdtempSync(join(tmpdir(), 'entra-sidecar-startup-'));
     const secret = 'Sup3r-Secret-Value';
     try {
@@ -37,12 +54,13 @@ describe('config: startup with an invalid configuration', () => {
         AzureAd__ClientCredentials__1__ClientSecret: secret,
         Sidecar__AllowOutboundRedirects: secret,
       }, cwd);
-      expect(code).to.not.equal(0);
-      expect(code).to.not.equal(null);
+      expect(code).to.equal(1);
+      const { problems } = configInvalidLine(stdout);
+      expect(problems).to.have.length(6);
       for (const key of ['AzureAd:ClientId', 'AzureAd:TenantId', 'AzureAd:Instance', 'DownstreamApis:graph:Scopes', 'Scopes__0', 'AzureAd:ClientCredentials:0:SourceType', 'Sidecar:AllowOutboundRedirects']) {
-        expect(stderr).to.include(key);
+        expect(problems.join('\n')).to.include(key);
       }
-      expect(stderr).to.match(/invalid configuration \(6 problems\)/);
+      expect(stderr).to.equal('');
       expect(stderr + stdout).not.to.include(secret);
       expect(stdout).not.to.include('listening');
     } finally {
@@ -62,14 +80,33 @@ describe('config: startup with an invalid configuration', () => {
         AzureAd__ClientCredentials__0__KeyVaultCertificateName: 'assertion',
         AzureAd__TokenDecryptionCredentials__0__SourceType: 'AutoDecryptKeys',
       }, cwd);
-      expect(code).to.not.equal(0);
-      expect(code).to.not.equal(null);
-      expect(stderr).to.match(/invalid configuration \(2 problems\)/);
-      expect(stderr).to.include('AzureAd:ClientCredentials:0:SourceType SignedAssertionFromVault is not supported by entra-sidecar');
-      expect(stderr).to.include('AzureAd:TokenDecryptionCredentials:0:SourceType AutoDecryptKeys is not supported by entra-sidecar');
+      expect(code).to.equal(1);
+      const { problems } = configInvalidLine(stdout);
+      expect(problems).to.have.length(2);
+      expect(problems.join('\n')).to.include('AzureAd:ClientCredentials:0:SourceType SignedAssertionFromVault is not supported by entra-sidecar');
+      expect(problems.join('\n')).to.include('AzureAd:TokenDecryptionCredentials:0:SourceType AutoDecryptKeys is not supported by entra-sidecar');
       expect(stdout).not.to.include('listening');
     } finally {
       rmSync(cwd, { recursive: true, force: true });
     }
   });
+
+  for (const level of ['None', 'Critical']) {
+    it(`writes the config_invalid line at Logging__LogLevel__Default=${level} too (and for a misspelt Sidecar key)`, async () => {
+      const cwd = mkdtempSync(join(tmpdir(), 'entra-sidecar-startup-'));
+      try {
+        const { code, stdout } = await runSidecar({
+          Logging__LogLevel__Default: level,
+          AzureAd__Instance: 'https://login.example.test/',
+          AzureAd__TenantId: 'contoso.example',
+          AzureAd__ClientId: '11111111-2222-3333-4444-555555555555',
+          Sidecar__Htpp__Url: 'http://127.0.0.1:0',
+        }, cwd);
+        expect(code).to.equal(1);
+        expect(configInvalidLine(stdout).problems).to.deep.equal(['Sidecar:Htpp:Url is not a known setting; did you mean Sidecar:Http:Url?']);
+      } finally {
+        rmSync(cwd, { recursive: true, force: true });
+      }
+    });
+  }
 });

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ERROR_TABLE, SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../../src/errors.js';
 import { renderErrorReference } from '../../src/error-docs.js';
@@ -9,6 +9,25 @@ describe('error codes', () => {
   it('docs/errors.md is exactly what the error table renders', () => {
     const committed = readFileSync(path.join(repoRoot, 'docs', 'errors.md'), 'utf8');
     expect(committed, 'run `npm run docs`').to.equal(renderErrorReference());
+  });
+
+  it('docs/errors.md names the test that keeps it in step, and that test is this file', () => {
+    const committed = readFileSync(path.join(repoRoot, 'docs', 'errors.md'), 'utf8');
+    const named = /(test\/\S+\.test\.ts) keeps it in step/.exec(committed)?.[1];
+    expect(named).to.equal('test/core/errors.test.ts');
+    expect(existsSync(path.join(repoRoot, named!))).to.equal(true);
+  });
+
+  it('docs/errors.md names the HTTP answers that carry no code in their body, and the process failures', () => {
+    const committed = readFileSync(path.join(repoRoot, 'docs', 'errors.md'), 'utf8');
+    const intro = committed.slice(0, committed.indexOf('| code |'));
+    // The answers without a ProblemDetails body (src/http/server.ts, routes.ts, problem.ts).
+    for (const answer of ['401 challenges', '404 and 405', '`caller_not_loopback` 403', '`host_not_allowed`', '`request_from_browser` 403', '408', '431', '`IDW10203: …`']) {
+      expect(intro, answer).to.include(answer);
+    }
+    for (const code of ['config_invalid', 'start_failed', 'uncaught_exception', 'unhandled_rejection']) {
+      expect(committed, code).to.match(new RegExp(`^\\| \`${code}\` \\| (1|70) \\|`, 'm'));
+    }
   });
 
   it('maps every code to a defined Envoy status, a non-zero gRPC code and a 4xx/5xx HTTP status', () => {

@@ -7,6 +7,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { AddressInfo } from 'node:net';
 import { createOutboundAgent } from '../../src/net/outbound.js';
 import { createLogger } from '../../src/log.js';
+import { createLogLimiter, LOG_LINES_PER_SECOND } from '../../src/log-limit.js';
 import type { AcquireRequest, AcquiredToken, EffectiveApiOptions, TokenAcquirer } from '../../src/pipeline/types.js';
 import type { DownstreamCallDeps } from '../../src/downstream/call.js';
 
@@ -107,6 +108,8 @@ export function makeDeps(settings: Partial<DownstreamCallDeps['settings']> = {})
     acquirer: new FakeAcquirer(),
     settings: { allowOutboundRedirects: false, returnAllResponseHeaders: false, maxResponseBytes: 1024 * 1024, maxRedirects: 5, timeoutMs: 3_000, ...settings },
     logger,
+    // Unlimited, as production's is at debug level (this logger's).
+    logLimiter: createLogLimiter(LOG_LINES_PER_SECOND, true),
     logs,
     close: () => agent.close(),
   };

@@ -237,6 +237,18 @@ describe('start-up warning: Development with a listener that is not loopback (bu
     expect(w[0]).to.include('ASPNETCORE_URLS');
   });
 
+  it('is written at every log level, None included, while ordinary warnings keep to the level', async () => {
+    for (const level of ['Error', 'None']) {
+      // AzureAd:Unknown is an ordinary warning: at these levels it stays out.
+      const s = await env.start({ ASPNETCORE_ENVIRONMENT: 'Development', Sidecar__Http__Url: 'http://+:0', Sidecar__LogLevel: level, AzureAd__Unknown: 'x' });
+      const w = warnings(s);
+      expect(w, `${level}:\n${s.lines.join('\n')}`).to.have.length(1);
+      expect(JSON.parse(w[0])).to.include({ level: 'warn', event: 'config_warning', service: 'entra-sidecar' });
+      expect(JSON.parse(w[0]).msg).to.match(/^SECURITY: /);
+      expect(s.lines.filter((l) => l.includes('AzureAd:Unknown')), level).to.deep.equal([]);
+    }
+  });
+
   it('stays silent in Production on every interface, and in Development on loopback', async () => {
     expect(warnings(await env.start({ Sidecar__Http__Url: 'http://+:0' }))).to.deep.equal([]);
     expect(warnings(await env.start({ ASPNETCORE_ENVIRONMENT: 'Development', Sidecar__Http__Url: 'http://127.0.0.1:0;http://localhost:0' }))).to.deep.equal([]);

@@ -192,7 +192,7 @@ describe('egress proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and AzureAd:AzureRegi
     ] as const) {
       const { code, stdout, stderr } = await runSidecarToExit(sidecarEnv(emu, { [name]: value }));
       expect(code, name).to.equal(1);
-      expect(stderr, name).to.match(message);
+      expect(stdout, name).to.match(/"code":"config_invalid"/).and.to.match(message);
       expect(stdout + stderr, name).not.to.include(PASSWORD);
     }
   });
