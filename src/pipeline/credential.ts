@@ -11,8 +11,13 @@ export type InboundCredential =
   | { readonly kind: 'pop'; readonly token: string };
 
 const NONE: InboundCredential = { kind: 'none' };
-/** Entra tokens are far smaller; anything longer is refused before any parsing. */
-export const MAX_TOKEN_LENGTH = 16 * 1024;
+/**
+ * Longer tokens are refused before any parsing. Entra's are a few KB, but an encrypted token for a
+ * user in many groups passes 16 KiB (200 groups: ~16.8 KB), and Microsoft's sidecar takes any token
+ * its 32 KB header block holds; `Sidecar:Http:MaxHeaderBytes` (Envoy's header limit, on the
+ * ext_authz door) is what bounds a token first. This is the validator's own bound on a token.
+ */
+export const MAX_TOKEN_LENGTH = 64 * 1024;
 
 /**
  * Parses `Bearer <token>` / `PoP <token>`. Another scheme, or a scheme with no token, counts as no

@@ -14,7 +14,7 @@ import { assertAlive, checkWith, decision, eventually, problemCode, sample, scra
 
 const HEADERS_TIMEOUT_MS = 1_000;
 const REQUEST_TIMEOUT_MS = 2_000;
-/** Above MAX_TOKEN_LENGTH (16 KiB) plus the other headers, so the token limit is reachable over HTTP. */
+/** Above MAX_TOKEN_LENGTH (64 KiB) plus the other headers, so the token limit is reachable over HTTP. */
 const MAX_HEADER_BYTES = MAX_TOKEN_LENGTH + 8 * 1024;
 const MAX_BODY_BYTES = 64 * 1024;
 const CACHE_BOUND = 50;
@@ -56,7 +56,7 @@ describe('abuse and limits (built sidecar)', function () {
       Sidecar__Http__MaxBodyBytes: String(MAX_BODY_BYTES),
       Sidecar__Validation__VerifiedTokenCacheSize: String(CACHE_BOUND),
       Sidecar__TokenCache__MaxEntries: String(CACHE_BOUND),
-      Sidecar__ExtAuthz__MaxReceiveMessageBytes: String(64 * 1024),
+      Sidecar__ExtAuthz__MaxReceiveMessageBytes: String(128 * 1024),
       DownstreamApis__orders__Scopes__0: 'api://downstream/read',
       DownstreamApis__sink__BaseUrl: 'http://127.0.0.1:9/',
       DownstreamApis__sink__Scopes__0: 'api://downstream/.default',
@@ -104,7 +104,7 @@ describe('abuse and limits (built sidecar)', function () {
   it('denies a Check over Sidecar:ExtAuthz:MaxReceiveMessageBytes in band (431), without a crash', async () => {
     // A failed RPC would be an error to Envoy, which failure_mode_allow turns into an allow.
     const headers: Record<string, string> = {};
-    for (let i = 0; i < 200; i++) headers[`x-pad-${i}`] = 'p'.repeat(500);
+    for (let i = 0; i < 300; i++) headers[`x-pad-${i}`] = 'p'.repeat(500);
     expect(decision(await checkWith(stack, { headers }))).to.equal('request_headers_too_large');
     // Beyond grpc-js's own 16 MiB the RPC fails (no Envoy sends that much: its header limit is 8 MiB).
     let failedWith: number | undefined;

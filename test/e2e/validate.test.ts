@@ -12,6 +12,8 @@ import { compactDecrypt, decodeJwt } from 'jose';
 import { redactionFingerprint, startEmulator, type Emulator } from '../../emulator/index.js';
 import { runSidecarToExit, startSidecar, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
+import { createAuthorizationClient } from '../../src/extauthz/protos.js';
+import { check, envoyCheckRequest } from '../extauthz/fixtures.js';
 
 describe('GET /Validate (built sidecar against the emulator)', function () {
   this.timeout(30_000);
@@ -270,6 +272,21 @@ describe('GET /Validate with options (built sidecar)', function () {
     // Without the decryption key the same token is refused.
     const plain = await start({});
     expect((await call(`${plain.url}/Validate`, { token: jwe })).status).to.equal(401);
+    // A user in 220 groups: the encrypted token passes 16 KiB, and Microsoft's sidecar takes it (its
+    // header block holds 32 KB); so do both doors here, with the ext_authz Check too.
+    const groups = Array.from({ length: 220 }, (_, i) => `0000${i.toString(16).padStart(4, '0')}-1111-4222-8333-444455556666`);
+    const big = await emu.mint({ kind: 'user', scp: 'access_as_user', encrypt: true, claims: { groups, onprem_sid: 'S-1-5-21-1234567890-1234567890-1234567890-123456' } });
+    expect(big.length).to.be.above(16 * 1024);
+    const large = await call(`${s.url}/Validate`, { token: big });
+    expect(large.status, large.headers.get('www-authenticate') ?? '').to.equal(200);
+    expect(large.json().claims.groups).to.have.length(220);
+    const client = createAuthorizationClient(`127.0.0.1:${s.listening.extAuthz!.port}`);
+    try {
+      const res = await check(client, envoyCheckRequest({ headers: { authorization: `Bearer ${big}` } }));
+      expect(res.status?.code, JSON.stringify(res.denied_response ?? {})).to.equal(0);
+    } finally {
+      client.close();
+    }
   });
 
   it('exchanges a JWE caller token On-Behalf-Of by sending the decrypted inner token, which is all Entra can read', async () => {
