@@ -23,6 +23,7 @@ import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
 import { isDnsName } from '../net/host-names.js';
 import { setNewest } from '../bounded-map.js';
+import { asciiLowerCase, asciiUpperCase } from '../ascii-case.js';
 import type { AcquiredToken, AcquireRequest, AgentSelection, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
 import { isCachedToken } from '../pipeline/authenticate.js';
 import { noAccessToken, TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
@@ -121,7 +122,7 @@ function assertionDigest(user: ValidatedToken): string {
 }
 
 function normalisedScopes(scopes: readonly string[]): string {
-  return [...new Set(scopes.map((s) => s.toLowerCase()))].sort().join(' ');
+  return [...new Set(scopes.map(asciiLowerCase))].sort().join(' ');
 }
 
 function sortedEntries(r: Readonly<Record<string, string>>): [string, string][] {
@@ -335,7 +336,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
 
   function managedIdentityKey(resource: string, userAssignedClientId: string | undefined): string {
     // No id (null in the key) stands for the system-assigned identity: no client id a caller can name, "system" included, collides with it.
-    return cacheKey(['mi', userAssignedClientId || undefined, resource.toLowerCase().replace(/\/\.default$/, '')]);
+    return cacheKey(['mi', userAssignedClientId || undefined, asciiLowerCase(resource).replace(/\/\.default$/, '')]);
   }
 
   async function managedIdentityToken(resource: string, userAssignedClientId: string | undefined, claims?: string, bypass = false): Promise<CachedToken> {
@@ -536,7 +537,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       // Microsoft switches to MSAuth 1.0 AT-PoP here; refusing is safer than sending an unbound token.
       throw new SidecarError('misconfigured', 'AcquireTokenOptions:PopClaim (MSAuth AT-PoP) is not supported; use PopPublicKey alone.');
     }
-    const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), sha256(popPublicKey), input.fmiPath, input.extrasDigest]);
+    const key = cacheKey(['app-pop', authority.toLowerCase(), azureAd.clientId, asciiLowerCase(scope), sha256(popPublicKey), input.fmiPath, input.extrasDigest]);
     // msal merges AzureAd:ClientCapabilities into every client-credentials request; so do we.
     const claims = claimsWithCapabilities(input.claims, azureAd.clientCapabilities);
     const params: Record<string, string> = {
@@ -579,7 +580,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
    * client assertion. Cached and single-flighted per (authority, blueprint, agent) in our cache.
    */
   function agentExchangeToken(agentId: string, authority: string, correlationId: string): Promise<CachedToken> {
-    const key = cacheKey(['agent-t1', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase()]);
+    const key = cacheKey(['agent-t1', authority.toLowerCase(), azureAd.clientId, asciiLowerCase(agentId)]);
     return cache.get(key, () =>
       observed(() =>
         withClientCredential(authority, async (app) =>
@@ -598,7 +599,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   /** The msal application whose client is the agent identity and whose credential is T1 (entra-protocol §5.2). */
   async function agentAppFor(agentId: string, authority: string): Promise<ConfidentialClientApplication> {
     const msal = await loadMsal();
-    const key = `${agentId.toLowerCase()}|${authority.toLowerCase()}`;
+    const key = `${asciiLowerCase(agentId)}|${authority.toLowerCase()}`;
     const existing = agentApps.get(key);
     if (existing) {
       agentApps.delete(key);
@@ -648,9 +649,9 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
         throw new SidecarError('misconfigured', `Tenant '${tenant}' cannot be used for an agent user token; name a real tenant.`);
       }
       const authority = authorityFor(ato.tenant);
-      const userKey = agent.username !== undefined ? `upn:${agent.username.toUpperCase()}` : `oid:${agentUser.toLowerCase()}`;
-      const key = cacheKey(['agent-user', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), userKey, normalisedScopes(scopes), extrasDigest]);
-      const t2Key = cacheKey(['agent-t2', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase()]);
+      const userKey = agent.username !== undefined ? `upn:${asciiUpperCase(agent.username)}` : `oid:${asciiLowerCase(agentUser)}`;
+      const key = cacheKey(['agent-user', authority.toLowerCase(), azureAd.clientId, asciiLowerCase(agentId), userKey, normalisedScopes(scopes), extrasDigest]);
+      const t2Key = cacheKey(['agent-t2', authority.toLowerCase(), azureAd.clientId, asciiLowerCase(agentId)]);
       const fetch = () =>
         observed(async () => {
           const app = await agentAppFor(agentId, authority);
@@ -684,7 +685,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       // Autonomous agent: client credentials as the agent identity (§5.6, entra-protocol §5.2).
       const scope = scopes[0];
       const authority = appTokenAuthority(options, scope);
-      const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), scope.toLowerCase(), extrasDigest]);
+      const key = cacheKey(['agent-app', authority.toLowerCase(), azureAd.clientId, asciiLowerCase(agentId), asciiLowerCase(scope), extrasDigest]);
       const fetch = () =>
         observed(async () =>
           toCachedToken(
@@ -701,7 +702,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     if (!user) throw new SidecarError('acquisition_ui_required', NO_ACCOUNT_MESSAGE);
     // The agent acting for the calling user: OBO as the agent identity (entra-protocol §5.4).
     const authority = authorityFor(ato.tenant ?? user.tenantId);
-    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, agentId.toLowerCase(), normalisedScopes(scopes), assertionDigest(user), extrasDigest]);
+    const key = cacheKey(['agent-obo', authority.toLowerCase(), azureAd.clientId, asciiLowerCase(agentId), normalisedScopes(scopes), assertionDigest(user), extrasDigest]);
     const fetch = () =>
       observed(async () => {
         const app = await agentAppFor(agentId, authority);
@@ -809,7 +810,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
       if (ato.popPublicKey) {
         ({ key, fetch } = popAppFlow(authority, scope, ato.popPublicKey, ato.popClaim, { correlationId, claims, extraQueryParameters, extraHeaders, extrasDigest, fmiPath: ato.fmiPath }));
       } else {
-        key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, scope.toLowerCase(), ato.fmiPath, extrasDigest]);
+        key = cacheKey(['app', authority.toLowerCase(), azureAd.clientId, asciiLowerCase(scope), ato.fmiPath, extrasDigest]);
         fetch = () =>
           observed(() =>
             withClientCredential(authority, async (app) =>

@@ -144,6 +144,21 @@ describe('agent identities (built sidecar against the emulator)', function () {
     expect(again.result.token).to.equal(result.token);
   });
 
+  it('caches agent users under their names folded in ASCII only: a look-alike name (ſ, ı) goes to Entra, which refuses it', async () => {
+    const upn = emu.scenario.users.agentUser2.upn;
+    const ask = (name: string) => legsOf(() => header(`/AuthorizationHeaderUnauthenticated/AgentUser?AgentIdentity=${agent2}&AgentUsername=${encodeURIComponent(name)}`));
+    const real = await ask(upn.toUpperCase());
+    expect(real.result.status, real.result.text).to.equal(200);
+    expect((await ask(upn)).legs, 'the same name in another ASCII case: from the cache').to.have.length(0);
+    // JavaScript's toUpperCase() maps ſ to S and ı to I: a key folded that way served the real user's token.
+    for (const lookAlike of [upn.replace('user', 'uſer'), upn.replace('microsoft', 'mıcrosoft')]) {
+      const { result, legs } = await ask(lookAlike);
+      expect(result.status, `${lookAlike}: ${result.text}`).to.equal(401);
+      expect(result.text).to.contain('AADSTS50034');
+      expect(legs.map((l) => l.form.grant_type)).to.include('user_fic');
+    }
+  });
+
   it('username wins over user id; a non-GUID user id means the plain agent (no 400)', async () => {
     const u1 = emu.scenario.users.agentUser1;
     const both = await legsOf(() => header(`/AuthorizationHeaderUnauthenticated/AgentUser?AgentIdentity=${agent1}&AgentUserId=${u1.oid}&AgentUsername=${encodeURIComponent(u1.upn.toUpperCase())}`));
