@@ -2,10 +2,12 @@
  * Abuse and limits through the built sidecar (issue 9): oversized headers, tokens and bodies are
  * refused early with bounded memory; slow (slowloris) requests are timed out; an unknown-kid flood
  * costs at most one JWKS fetch per cooldown; a flood of distinct tokens cannot grow the caches past
- * their bounds; identical concurrent cold requests share one call to Entra.
+ * their bounds; identical concurrent cold requests share one call to Entra; ext_authz calls that
+ * never finish their message are reset rather than held.
  */
 import { expect } from 'chai';
 import { connect, type Socket } from 'node:net';
+import http2 from 'node:http2';
 import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
 import { waitForLine } from '../helpers/sidecar.js';
 import { MAX_TOKEN_LENGTH } from '../../src/pipeline/credential.js';
@@ -112,6 +114,44 @@ describe('abuse and limits (built sidecar)', function () {
       failedWith = (err as { code: number }).code;
     }
     expect(failedWith, 'RESOURCE_EXHAUSTED').to.equal(8);
+    await assertAlive(stack);
+  });
+
+  it('resets Check calls that hold partial messages beyond what calls may hold together, and the last once its receive time is up, while Checks keep being answered', async function () {
+    this.timeout(60_000);
+    // Each call announces a 15 MiB CheckRequest (under grpc-js's 16 MiB limit), sends 15 MiB of it
+    // and never ends. Together the calls may hold 16 + 8 MiB (src/extauthz/server.ts): one of these.
+    // The client's own session memory counts what it queued for calls the server reset: lifted, so
+    // it does not refuse anything itself.
+    const session = http2.connect(`http://127.0.0.1:${stack.sidecar.listening.extAuthz!.port}`, { maxSessionMemory: 1024 });
+    session.on('error', () => {});
+    try {
+      await new Promise((resolve) => session.once('remoteSettings', resolve));
+      expect(session.remoteSettings.maxConcurrentStreams, 'SETTINGS_MAX_CONCURRENT_STREAMS').to.equal(1000);
+      const announced = 15 * 1024 * 1024;
+      const t0 = Date.now();
+      const closed = Array.from({ length: 6 }, () => {
+        const call = session.request({ ':method': 'POST', ':path': '/envoy.service.auth.v3.Authorization/Check', 'content-type': 'application/grpc', te: 'trailers' });
+        call.on('error', () => {});
+        const prefix = Buffer.alloc(5);
+        prefix.writeUInt32BE(announced + 10, 1);
+        call.write(prefix);
+        call.write(Buffer.alloc(announced, 0x41));
+        return new Promise<{ rstCode: number; afterMs: number }>((resolve) => call.once('close', () => resolve({ rstCode: call.rstCode ?? 0, afterMs: Date.now() - t0 })));
+      });
+      const settled: Array<{ rstCode: number; afterMs: number } | undefined> = Array(closed.length).fill(undefined);
+      closed.forEach((p, i) => void p.then((o) => (settled[i] = o)));
+      expect(await eventually(async () => settled.filter((o) => o?.rstCode === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM).length === closed.length - 1, 8_000), 'all but one call reset with ENHANCE_YOUR_CALM').to.equal(true);
+      // The one left holds 15 MiB; the sidecar still answers a Check beside it.
+      expect(decision(await checkWith(stack, { headers: { authorization: 'Bearer not.a.token' } }))).to.match(/^(credential|token)_/);
+      const last = (await Promise.race([Promise.all(closed), sleep(20_000).then(() => undefined)]))?.find((o) => o.rstCode !== http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      expect(last, 'the last call was reset too').to.not.equal(undefined);
+      expect(last!.rstCode, 'reset with CANCEL once its receive time was up').to.equal(http2.constants.NGHTTP2_CANCEL);
+      expect(last!.afterMs).to.be.within(9_000, 16_000);
+    } finally {
+      session.destroy();
+    }
+    expect(decision(await checkWith(stack, { headers: { authorization: 'Bearer not.a.token' } }))).to.match(/^(credential|token)_/);
     await assertAlive(stack);
   });
 
