@@ -89,6 +89,10 @@ export const ERROR_TABLE = {
   request_headers_too_large: { httpStatus: 431, grpcCode: INVALID_ARGUMENT, envoyStatus: 431, challenge: 'none', expose: true, message: 'Request headers are too large.', logLevel: 'info' },
   path_not_normalized: { httpStatus: 400, grpcCode: INVALID_ARGUMENT, envoyStatus: 400, challenge: 'none', expose: true, message: 'The request path is not in normal form (a dot segment, an empty segment, a backslash or an encoded dot, slash or backslash), so its route cannot be told.', logLevel: 'info' },
   request_body_too_large: { httpStatus: 413, grpcCode: INVALID_ARGUMENT, envoyStatus: 413, challenge: 'none', expose: true, message: 'Request body is too large.', logLevel: 'info' },
+  // The bodies being received together would pass Sidecar:Http:MaxBufferedBodyBytes: a condition of
+  // the moment, not of the request, so 503 with Retry-After, which HTTP clients' retry policies
+  // (.NET's standard resilience handler among them) retry; a 413 they would not.
+  request_body_budget_exceeded: { httpStatus: 503, grpcCode: UNAVAILABLE, envoyStatus: 503, challenge: 'none', expose: true, message: 'Too many request bodies are being received at once; retry shortly.', logLevel: 'warn' },
   route_not_found: { httpStatus: 404, grpcCode: NOT_FOUND, envoyStatus: 404, challenge: 'none', expose: false, message: 'Not found.', logLevel: 'debug' },
   method_not_allowed: { httpStatus: 405, grpcCode: INVALID_ARGUMENT, envoyStatus: 405, challenge: 'none', expose: false, message: 'Method not allowed.', logLevel: 'debug' },
   caller_not_loopback: { httpStatus: 403, grpcCode: PERMISSION_DENIED, envoyStatus: 403, challenge: 'none', expose: false, message: 'Forbidden.', logLevel: 'warn' },

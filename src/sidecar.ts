@@ -17,6 +17,7 @@ import { loadCertificateFromKeyVault } from './credentials/key-vault.js';
 import { createTokenAcquirer } from './acquisition/acquirer.js';
 import { resolveApiOptions } from './pipeline/api-options.js';
 import { startHttpApi, type HttpApiServer } from './http/server.js';
+import { BodyBudget } from './http/body-budget.js';
 import type { ExtAuthzServer } from './extauthz/server.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { countAcquisitions } from './acquisition/counted.js';
@@ -125,6 +126,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     acquirer,
     metrics,
     ...(config.sidecar.popValidation.replayCache ? { popReplayCache: new ReplayCache() } : {}),
+    bodyBudget: new BodyBudget(config.sidecar.http.maxBufferedBodyBytes),
     downstream: {
       agent: downstreamAgent,
       acquirer,

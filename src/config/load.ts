@@ -871,6 +871,7 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
   const claimsToValidate = b.stringArray(`${pop}:ClaimsToValidateWhenPresent`) ?? defaultOf(`${pop}:ClaimsToValidateWhenPresent:0`).split(',');
   // Microsoft's PopValidationOptions has ValidateTs (default true); a signed request's age is always checked here.
   if (!b.bool(`${pop}:ValidateTs`)) b.error(`${pop}:ValidateTs=false is not supported: entra-sidecar always checks a signed HTTP request's ts against SignedHttpRequestLifetime`);
+  const maxBodyBytes = intOrKestrel(b, 'Sidecar:Http:MaxBodyBytes', 'Kestrel:Limits:MaxRequestBodySize', 1);
   return {
     allowOverrides: {
       getAuthorizationHeader: b.bool('Sidecar:AllowOverrides:GetAuthorizationHeader'),
@@ -894,7 +895,8 @@ function bindSidecar(b: Binder, env: Readonly<Record<string, string | undefined>
     http: {
       listen: bindHttpListeners(b, environment),
       maxHeaderBytes: intOrKestrel(b, 'Sidecar:Http:MaxHeaderBytes', 'Kestrel:Limits:MaxRequestHeadersTotalSize', 1024),
-      maxBodyBytes: intOrKestrel(b, 'Sidecar:Http:MaxBodyBytes', 'Kestrel:Limits:MaxRequestBodySize', 1),
+      maxBodyBytes,
+      maxBufferedBodyBytes: bodyBudgetBytes(b, maxBodyBytes),
       requestTimeoutMs: b.int('Sidecar:Http:RequestTimeoutMs', 1),
       headersTimeoutMs: b.int('Sidecar:Http:HeadersTimeoutMs', 1),
       keepAliveTimeoutMs: b.int('Sidecar:Http:KeepAliveTimeoutMs', 1),
@@ -989,6 +991,20 @@ function didYouMean(path: string): string {
 /** Our key, else Kestrel's limit of the same meaning (a Microsoft configuration that set it keeps it). */
 function intOrKestrel(b: Binder, ours: string, kestrel: string, min: number): number {
   return b.explicit(ours) === undefined && b.explicit(kestrel) !== undefined ? b.int(kestrel, min) : b.int(ours, min);
+}
+
+/**
+ * Sidecar:Http:MaxBufferedBodyBytes. Below MaxBodyBytes it would refuse every body between the
+ * two (with a 503 a client would retry for ever), so that is an error; left unset it follows a
+ * MaxBodyBytes raised above its default, as a deployment moved over with a larger Kestrel limit
+ * expects such bodies to work.
+ */
+function bodyBudgetBytes(b: Binder, maxBodyBytes: number): number {
+  const key = 'Sidecar:Http:MaxBufferedBodyBytes';
+  if (b.explicit(key) === undefined) return Math.max(b.int(key, 1), maxBodyBytes);
+  const bytes = b.int(key, 1);
+  if (bytes < maxBodyBytes) b.error(`${key} must be at least Sidecar:Http:MaxBodyBytes (or Kestrel:Limits:MaxRequestBodySize), or no body that large could ever be read`);
+  return bytes;
 }
 
 const KESTREL_KEYS_READ = /^Kestrel:(Endpoints:[^:]+:Url|Limits:(MaxRequestBodySize|MaxRequestHeadersTotalSize))$/i;

@@ -173,6 +173,8 @@ export interface SidecarSettings {
     readonly listen: readonly ListenAddress[];
     readonly maxHeaderBytes: number;
     readonly maxBodyBytes: number;
+    /** Ours: the most all request bodies in flight may hold together (≥ maxBodyBytes). */
+    readonly maxBufferedBodyBytes: number;
     readonly requestTimeoutMs: number;
     readonly headersTimeoutMs: number;
     /** How long an idle keep-alive connection stays open after its last response. */

@@ -96,6 +96,8 @@ export interface CheckDeps {
   readonly logger: Logger;
   /** `envoy.type.v3.StatusCode` number → enum name (from protos.ts). */
   readonly httpStatusNames: ReadonlyMap<number, string>;
+  /** Sidecar:Outbound:TimeoutMs; the furthest deadline honoured is MAX_DEADLINE_OUTBOUND_TIMEOUTS of it. */
+  readonly outboundTimeoutMs: number;
   readonly now?: () => number;
 }
 
@@ -253,39 +255,83 @@ interface CallState {
 /** Width of one shared abort slice. */
 const ABORT_SLICE_MS = 50;
 
+/** What DeadlineSignals.lease() hands out: a shared signal, to give back with release(). */
+export interface DeadlineLease {
+  readonly signal: AbortSignal;
+}
+
+/** One shared abort slice: its controller, its timer, and how many acquisitions hold it. */
+interface Slice extends DeadlineLease {
+  readonly key: number;
+  readonly controller: AbortController;
+  readonly timer: NodeJS.Timeout;
+  holders: number;
+}
+
 /**
  * Abort signals for acquisitions, shared by every call whose abort time falls in the same 50 ms
  * slice. An AbortController per Check costs more than the rest of a warm Check; the signal only
  * releases the acquirer's wait (the deny has already been sent by the call's own timer), so
  * firing up to one slice late is harmless. A slice never fires early.
+ *
+ * A slice lives while an acquisition holds it: the last release() clears its timer and drops it, so
+ * what is kept is one slice per distinct 50 ms of the acquisitions in flight, never one per deadline
+ * seen (a caller chooses its deadline, up to ~24.8 days in grpc-js). Callers also clamp the
+ * deadline (createChecker), which keeps the slices within MAX_DEADLINE_OUTBOUND_TIMEOUTS outbound
+ * timeouts of now.
  */
 export class DeadlineSignals {
-  readonly #slices = new Map<number, AbortController>();
+  readonly #slices = new Map<number, Slice>();
   readonly #now: () => number;
 
   constructor(now: () => number = Date.now) {
     this.#now = now;
   }
 
-  /** A signal that aborts at or shortly after `abortAt` (epoch ms). */
-  signalFor(abortAt: number): AbortSignal {
-    const slice = Math.ceil(abortAt / ABORT_SLICE_MS);
-    let controller = this.#slices.get(slice);
-    if (controller === undefined) {
-      const c = new AbortController();
+  /** Slices kept now. */
+  get size(): number {
+    return this.#slices.size;
+  }
+
+  /** A signal that aborts at or shortly after `abortAt` (epoch ms), held until release(). */
+  lease(abortAt: number): DeadlineLease {
+    const key = Math.ceil(abortAt / ABORT_SLICE_MS);
+    let slice = this.#slices.get(key);
+    if (slice === undefined) {
+      const controller = new AbortController();
       // Many concurrent acquisitions may listen on one slice; that is by design, not a leak.
-      setMaxListeners(0, c.signal);
-      this.#slices.set(slice, c);
+      setMaxListeners(0, controller.signal);
       const timer = setTimeout(() => {
-        this.#slices.delete(slice);
-        c.abort();
-      }, Math.max(0, slice * ABORT_SLICE_MS - this.#now()));
+        this.#slices.delete(key);
+        controller.abort();
+      }, Math.max(0, key * ABORT_SLICE_MS - this.#now()));
       timer.unref();
-      controller = c;
+      slice = { key, controller, signal: controller.signal, timer, holders: 0 };
+      this.#slices.set(key, slice);
     }
-    return controller.signal;
+    slice.holders++;
+    return slice;
+  }
+
+  /** Gives a lease back; the slice goes once nothing holds it (its signal then never aborts). */
+  release(lease: DeadlineLease): void {
+    const slice = lease as Slice;
+    if (--slice.holders > 0 || this.#slices.get(slice.key) !== slice) return;
+    clearTimeout(slice.timer);
+    this.#slices.delete(slice.key);
   }
 }
+
+/**
+ * The furthest deadline a Check honours, in Sidecar:Outbound:TimeoutMs: the work of a cold Check is
+ * a few outbound calls in a row, each ended by that timeout (signing keys, a credential from managed
+ * identity or Key Vault, the token request, one retry with a reloaded credential), so a Check
+ * still waiting after six of them has failed anyway. A caller's deadline further off is clamped
+ * to it: the Check's timer and its abort slice then never outlive the work (grpc-js accepts up to
+ * ~24.8 days), and no timer is asked for more than setTimeout's 2^31-1 ms, beyond which it fires
+ * at once.
+ */
+export const MAX_DEADLINE_OUTBOUND_TIMEOUTS = 6;
 
 /** Builds the Check decision over the injected validator and acquirer. Throws if the defaults are invalid. */
 export function createChecker(deps: CheckDeps): Checker {
@@ -294,6 +340,7 @@ export function createChecker(deps: CheckDeps): Checker {
   const defaults = defaultPolicy(options);
   const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const signals = new DeadlineSignals(now);
+  const maxDeadlineMs = MAX_DEADLINE_OUTBOUND_TIMEOUTS * deps.outboundTimeoutMs;
   // ext_authz takes no optionsOverride, so a name always resolves to the same deep-frozen options;
   // resolving once per name keeps the deep copy off the hot path. Bounded: names come from envoy.yaml.
   const resolvedApis = new Map<string, EffectiveApiOptions | undefined>();
@@ -561,21 +608,27 @@ export function createChecker(deps: CheckDeps): Checker {
   }
 
   async function acquireThenAllow(policy: RoutePolicy, user: ValidatedToken | undefined, req: MutableAcquireRequest, facts: RequestFacts, state: CallState): Promise<CheckResponse> {
+    const lease = state.abortAt !== undefined ? signals.lease(state.abortAt) : undefined;
     try {
-      if (state.abortAt !== undefined) req.signal = signals.signalFor(state.abortAt);
+      if (lease !== undefined) req.signal = lease.signal;
       return allow(policy, user, await acquirer.acquire(req), facts);
     } catch (err) {
       return deny(toSidecarError(err), facts, !state.answered);
+    } finally {
+      if (lease !== undefined) signals.release(lease);
     }
   }
 
   return {
     check(request, deadline) {
       if (deadline === undefined || !Number.isFinite(deadline)) return decide(request, { abortAt: undefined, answered: false });
-      const remaining = deadline - now();
+      const t = now();
+      // The caller chooses its deadline: one further off than the work can take is clamped.
+      const until = Math.min(deadline, t + maxDeadlineMs);
+      const remaining = until - t;
       const margin = Math.min(MAX_DEADLINE_MARGIN_MS, Math.max(MIN_DEADLINE_MARGIN_MS, remaining * DEADLINE_MARGIN_FRACTION));
       const budget = Math.max(0, remaining - margin);
-      const state: CallState = { abortAt: deadline - margin, answered: false };
+      const state: CallState = { abortAt: until - margin, answered: false };
       const decided = decide(request, state);
       if (!(decided instanceof Promise)) return decided;
       return new Promise<CheckResponse>((resolve) => {

@@ -56,6 +56,39 @@ const MAX_ENCODED_RESPONSES = 1024;
  */
 const TRANSPORT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024;
 
+/**
+ * Calls one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; Node's and
+ * grpc-js's default is 2^32-1). Envoy multiplexes the Checks to a cluster over a connection per
+ * worker thread and caps those in flight with its circuit breaker (max_requests, 1,024 by default),
+ * so one connection rarely carries more than a few hundred; should one reach the limit, Envoy's
+ * HTTP/2 client (nghttp2) holds further calls until one finishes rather than failing them
+ * (envoy#13933). What it bounds is a client that opens calls without end on one connection.
+ */
+const MAX_CONCURRENT_STREAMS = 1000;
+
+/**
+ * Node's own default for an HTTP/2 session's native memory (header tables, headers of open calls,
+ * frames not yet written to a client that does not read), in MB, which grpc-js turns off: over it
+ * Node refuses new calls on that connection with ENHANCE_YOUR_CALM. 1,000 open calls with 1.5 KB
+ * of headers each fit in 2. It does not count the request bytes grpc-js holds (40 calls each
+ * holding 15 MiB on one connection went on under it).
+ */
+const MAX_SESSION_MEMORY_MB = 10;
+
+/**
+ * A connection with no call open for this long is closed (GOAWAY; Envoy opens a new one when it next
+ * needs it): a client that walked away does not keep its connection for the life of the process.
+ */
+const MAX_CONNECTION_IDLE_MS = 5 * 60_000;
+
+/**
+ * Pings a connection that has been quiet this long, and closes it if the ping is not answered within
+ * KEEPALIVE_TIMEOUT_MS: a peer that vanished without closing (a node lost, a NAT dropped it) would
+ * otherwise keep its connection and its open calls. Envoy answers pings.
+ */
+const KEEPALIVE_TIME_MS = 2 * 60_000;
+const KEEPALIVE_TIMEOUT_MS = 20_000;
+
 /** Stands in for a CheckRequest the handler denies without a decoded message; carries the deny. */
 class Undecoded {
   readonly deny: CheckResponse;
@@ -91,6 +124,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     resolveApiOptions: deps.resolveApiOptions,
     logger,
     httpStatusNames: protos.httpStatusNames,
+    outboundTimeoutMs: config.sidecar.outbound.timeoutMs,
     ...(deps.now ? { now: deps.now } : {}),
   });
   const internalDeny = renderDeny(new SidecarError('internal'), protos.httpStatusNames);
@@ -116,11 +150,17 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     logger.info({ code, ...fields, ...logLimiter.suppressed(code) }, 'ext_authz deny');
   };
 
+  const transportMaxReceiveBytes = Math.max(options.maxReceiveMessageBytes, TRANSPORT_MAX_RECEIVE_BYTES);
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': Math.max(options.maxReceiveMessageBytes, TRANSPORT_MAX_RECEIVE_BYTES),
+    'grpc.max_receive_message_length': transportMaxReceiveBytes,
     // No channelz service is exposed, so grpc-js need not keep its per-call bookkeeping (four
     // closures and two clock reads per Check).
     'grpc.enable_channelz': 0,
+    'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
+    'grpc-node.max_session_memory': MAX_SESSION_MEMORY_MB,
+    'grpc.max_connection_idle_ms': MAX_CONNECTION_IDLE_MS,
+    'grpc.keepalive_time_ms': KEEPALIVE_TIME_MS,
+    'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
   });
   // The checker hands out frozen responses more than once (the warm allow per caller, token and
   // route; the preflight and internal denies): encode each of those once. A response built for one
@@ -272,15 +312,25 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
 }
 
 /**
+ * grpc-js's record of its listeners (grpc-js 1.14: the private `http2Servers`, a Map from each
+ * node:http2 server to `{ sessions, … }`); grpc-js gives no public way to reach the connections or
+ * calls. Read defensively: undefined when a release changes that shape (a test fails then).
+ */
+function listenerRecord(server: grpc.Server): Map<unknown, unknown> | undefined {
+  const listeners = (server as unknown as { http2Servers?: unknown }).http2Servers;
+  return listeners instanceof Map ? listeners : undefined;
+}
+
+/**
  * Cuts every connection the server holds. grpc-js's forceShutdown() destroys only the sessions it
  * keeps for channelz, and with channelz off (above) it keeps none there, so Checks in flight would
- * run on past the grace (grpc-js 1.14: its other record of sessions is per listener, in
- * `http2Servers`). Read defensively: should a release change that shape, nothing is destroyed here
- * and forceShutdown() does what it does, and the process's own deadline still ends the shutdown.
+ * run on past the grace (its other record of sessions is per listener, listenerRecord()). Should a
+ * release change that shape, nothing is destroyed here and forceShutdown() does what it does, and
+ * the process's own deadline still ends the shutdown.
  */
 function destroySessions(server: grpc.Server): void {
-  const listeners = (server as unknown as { http2Servers?: unknown }).http2Servers;
-  if (!(listeners instanceof Map)) return;
+  const listeners = listenerRecord(server);
+  if (listeners === undefined) return;
   for (const listener of listeners.values() as Iterable<{ sessions?: unknown }>) {
     if (!(listener?.sessions instanceof Set)) continue;
     for (const session of listener.sessions as Set<{ destroy?: (err?: Error, code?: number) => void }>) session.destroy?.(undefined, http2Constants.NGHTTP2_CANCEL);

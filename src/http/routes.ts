@@ -18,6 +18,7 @@ import { sendEmpty, sendJson, sendJsonText, sendText } from './problem.js';
 import { POP_CHALLENGE, popCredential, validatePopRequest, type ReplayCache } from '../pop/inbound.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
 import { payloadJson } from '../validation/validator.js';
+import type { BodyBudget } from './body-budget.js';
 
 export interface RouteDeps {
   readonly config: SidecarConfig;
@@ -28,6 +29,8 @@ export interface RouteDeps {
   readonly metrics: Metrics;
   /** Present when Sidecar:PopValidation:ReplayCache is on. */
   readonly popReplayCache?: ReplayCache;
+  /** Sidecar:Http:MaxBufferedBodyBytes, shared by every request that reads a body. */
+  readonly bodyBudget: BodyBudget;
 }
 
 export interface RouteContext {
@@ -62,18 +65,50 @@ export interface Route {
 
 const NO_BODY = Buffer.alloc(0);
 
-/** Reads the request body up to `max` bytes (413 beyond). */
-async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > max) throw new SidecarError('request_body_too_large');
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > max) throw new SidecarError('request_body_too_large');
-    chunks.push(chunk as Buffer);
+/** Seconds a caller refused by the body budget is asked to wait: most bodies in flight are read within one. */
+const BODY_BUDGET_RETRY_AFTER_SEC = 1;
+
+/**
+ * Reads the request body up to `max` bytes (413 beyond). Its bytes are reserved in `budget`
+ * (Sidecar:Http:MaxBufferedBodyBytes, shared by every request) before they are kept: a declared
+ * length at once, before anything is read, and then read into one buffer of that size (so the body
+ * is held once, not in chunks and again joined); a body without one chunk by chunk. One that does
+ * not fit is refused with 503 request_body_budget_exceeded and Retry-After, and nothing of it is
+ * kept. The caller releases `body.length` once done with the body; on any failure here (too large,
+ * over budget, the client gone) what was reserved is released before the error propagates.
+ */
+async function readBody(req: IncomingMessage, max: number, budget: BodyBudget): Promise<Buffer> {
+  const header = req.headers['content-length'];
+  const declared = header === undefined ? undefined : Number(header);
+  if (declared !== undefined && declared > max) throw new SidecarError('request_body_too_large');
+  let reserved = 0;
+  const reserve = (bytes: number): void => {
+    if (!budget.tryReserve(bytes)) throw new SidecarError('request_body_budget_exceeded', undefined, { retryAfterSec: BODY_BUDGET_RETRY_AFTER_SEC });
+    reserved += bytes;
+  };
+  try {
+    if (declared !== undefined) {
+      reserve(declared);
+      const body = Buffer.allocUnsafe(declared);
+      let size = 0;
+      // node:http ends the body at its Content-Length, and fails it (aborted) if the client stops short.
+      for await (const chunk of req) size += (chunk as Buffer).copy(body, size);
+      if (size !== declared) throw new SidecarError('request_invalid', 'The request body is shorter than its Content-Length.');
+      return body;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > max) throw new SidecarError('request_body_too_large');
+      reserve(size - reserved);
+      chunks.push(chunk as Buffer);
+    }
+    return Buffer.concat(chunks, size);
+  } catch (err) {
+    budget.release(reserved);
+    throw err;
   }
-  return Buffer.concat(chunks, size);
 }
 
 /**
@@ -232,16 +267,21 @@ function downstreamApiRoute(authenticated: boolean): Route['handle'] {
     // Without a usable Content-Type nothing is forwarded (§2.4 step 6), so the body is not read,
     // nor held to the size limit: Microsoft calls the API whatever was sent.
     let body: Buffer = NO_BODY;
-    if (forwardsBody(contentType)) body = await readBody(ctx.req, maxBodyBytes);
+    if (forwardsBody(contentType)) body = await readBody(ctx.req, maxBodyBytes, deps.bodyBudget);
     else discardBody(ctx.req, ctx.res, maxBodyBytes);
-    const result = await callDownstreamApi(deps.downstream, {
-      options,
-      user,
-      agent,
-      inbound: { contentType, body },
-      correlationId,
-    });
-    sendJson(ctx.res, 200, result);
+    try {
+      const result = await callDownstreamApi(deps.downstream, {
+        options,
+        user,
+        agent,
+        inbound: { contentType, body },
+        correlationId,
+      });
+      sendJson(ctx.res, 200, result);
+    } finally {
+      // Held until the downstream call is over, whatever its outcome (the call may still send it).
+      deps.bodyBudget.release(body.length);
+    }
   };
 }
 

@@ -2,10 +2,12 @@
  * Abuse and limits through the built sidecar (issue 9): oversized headers, tokens and bodies are
  * refused early with bounded memory; slow (slowloris) requests are timed out; an unknown-kid flood
  * costs at most one JWKS fetch per cooldown; a flood of distinct tokens cannot grow the caches past
- * their bounds; identical concurrent cold requests share one call to Entra.
+ * their bounds; identical concurrent cold requests share one call to Entra; an ext_authz connection
+ * announces a bound on its open calls.
  */
 import { expect } from 'chai';
 import { connect, type Socket } from 'node:net';
+import http2 from 'node:http2';
 import { call, assertNoSecrets, secretsOf } from '../helpers/e2e.js';
 import { waitForLine } from '../helpers/sidecar.js';
 import { MAX_TOKEN_LENGTH } from '../../src/pipeline/credential.js';
@@ -115,6 +117,19 @@ describe('abuse and limits (built sidecar)', function () {
     }
     expect(failedWith, 'RESOURCE_EXHAUSTED').to.equal(8);
     await assertAlive(stack);
+  });
+
+  it('announces a bound on the Checks one ext_authz connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS 1000)', async () => {
+    // Node's and grpc-js's default is 2^32-1: a client could open calls on one connection without end.
+    const session = http2.connect(`http://127.0.0.1:${stack.sidecar.listening.extAuthz!.port}`);
+    session.on('error', () => {});
+    try {
+      await new Promise((resolve) => session.once('remoteSettings', resolve));
+      expect(session.remoteSettings.maxConcurrentStreams, 'SETTINGS_MAX_CONCURRENT_STREAMS').to.equal(1000);
+    } finally {
+      session.destroy();
+    }
+    expect(decision(await checkWith(stack, { headers: { authorization: 'Bearer not.a.token' } }))).to.match(/^(credential|token)_/);
   });
 
   it('answers 413 to a declared or streamed body over Sidecar:Http:MaxBodyBytes, with bounded memory', async () => {

@@ -72,7 +72,7 @@ export function makeConfig(o: ConfigOptions = {}): SidecarConfig {
       allowOverrides: { getAuthorizationHeader: allow, getAuthorizationHeaderUnauthenticated: false, callDownstreamApi: allow, callDownstreamApiUnauthenticated: false },
       allowOutboundRedirects: false,
       popValidation: { validateM: true, validateU: true, validateP: true, validateQ: false, acceptUnsignedQueryParameters: true, validatePresentClaims: false, claimsToValidateWhenPresent: ['m', 'p'], signedHttpRequestLifetimeSec: 300, replayCache: true },
-      http: { listen: [{ host: '127.0.0.1', port: 0 }], maxHeaderBytes: 16384, maxBodyBytes: 1048576, requestTimeoutMs: 30000, headersTimeoutMs: 10000, keepAliveTimeoutMs: 130000, allowedHosts: [] },
+      http: { listen: [{ host: '127.0.0.1', port: 0 }], maxHeaderBytes: 16384, maxBodyBytes: 1048576, maxBufferedBodyBytes: 33554432, requestTimeoutMs: 30000, headersTimeoutMs: 10000, keepAliveTimeoutMs: 130000, allowedHosts: [] },
       management: { enabled: false, address: { host: '127.0.0.1', port: 0 }, gcMetrics: false },
       extAuthz: {
         enabled: false,

@@ -102,6 +102,16 @@ describe('config: sources and precedence', () => {
     expect(ok(load({ AzureAd__TokenValidationParameters__ValidateLifetime: 'false' })).warnings.join('\n')).to.include('ValidateLifetime');
   });
 
+  it('holds request bodies in flight to Sidecar:Http:MaxBufferedBodyBytes, never below one body of MaxBodyBytes', () => {
+    expect(ok(load({ Sidecar__Http__MaxBufferedBodyBytes: '67108864' })).sidecar.http.maxBufferedBodyBytes).to.equal(67_108_864);
+    // Unset, it follows a body limit raised above it (a deployment moved over with a larger Kestrel limit).
+    expect(ok(load({ Kestrel__Limits__MaxRequestBodySize: '100000000' })).sidecar.http.maxBufferedBodyBytes).to.equal(100_000_000);
+    expect(ok(load({ Sidecar__Http__MaxBodyBytes: '1024' })).sidecar.http.maxBufferedBodyBytes).to.equal(33_554_432);
+    // Set below it, every body between the two would be refused: an error at start.
+    expectError(errorsOf(load({ Sidecar__Http__MaxBodyBytes: '2048', Sidecar__Http__MaxBufferedBodyBytes: '1024' })), 'Sidecar:Http:MaxBufferedBodyBytes must be at least Sidecar:Http:MaxBodyBytes');
+    expectError(errorsOf(load({ Sidecar__Http__MaxBufferedBodyBytes: '0' })), 'Sidecar:Http:MaxBufferedBodyBytes must be at least 1');
+  });
+
   it('reads Kestrel\'s body and header limits, refuses an endpoint without a Url, and names the Kestrel keys it ignores', () => {
     const limits = ok(load({ Kestrel__Limits__MaxRequestBodySize: '1048576', Kestrel__Limits__MaxRequestHeadersTotalSize: '65536' }));
     expect(limits.sidecar.http.maxBodyBytes).to.equal(1_048_576);
@@ -589,7 +599,7 @@ describe('config: Sidecar section', () => {
       validateM: true, validateU: true, validateP: true, validateQ: false, acceptUnsignedQueryParameters: true,
       signedHttpRequestLifetimeSec: 300, replayCache: false, validatePresentClaims: false, claimsToValidateWhenPresent: ['m', 'p'],
     });
-    expect(s.http).to.deep.include({ maxHeaderBytes: 32768, maxBodyBytes: 30_000_000, requestTimeoutMs: 30_000, headersTimeoutMs: 10_000 });
+    expect(s.http).to.deep.include({ maxHeaderBytes: 32768, maxBodyBytes: 30_000_000, maxBufferedBodyBytes: 33_554_432, requestTimeoutMs: 30_000, headersTimeoutMs: 10_000 });
     expect(s.outbound).to.deep.equal({ extraCaFiles: [], connectTimeoutMs: 5000, timeoutMs: 10_000, maxResponseBytes: 1_048_576 });
     expect(s.validation).to.deep.equal({ clockSkewSec: 300, signingKeysRefreshIntervalSec: 86_400, unknownKidCooldownSec: 300, verifiedTokenCacheSize: 10_000 });
     expect(s.tokenCache).to.deep.equal({ maxEntries: 10_000, expiryBufferSec: 300 });

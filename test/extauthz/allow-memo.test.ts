@@ -48,6 +48,7 @@ describe('ext_authz allow memo', function () {
       resolveApiOptions: resolveFromTable,
       logger: memoryLogger().logger,
       httpStatusNames: loadExtAuthzProtos().httpStatusNames,
+      outboundTimeoutMs: 10_000,
     });
   });
 
@@ -80,6 +81,7 @@ describe('ext_authz allow memo', function () {
       resolveApiOptions: resolveFromTable,
       logger: memoryLogger().logger,
       httpStatusNames: loadExtAuthzProtos().httpStatusNames,
+      outboundTimeoutMs: 10_000,
     });
     const responses = [];
     for (let i = 0; i < 3; i++) responses.push(await c.check(request('carol.token')));
@@ -100,6 +102,7 @@ describe('ext_authz allow memo', function () {
         resolveApiOptions: resolveFromTable,
         logger: memoryLogger().logger,
         httpStatusNames: loadExtAuthzProtos().httpStatusNames,
+        outboundTimeoutMs: 10_000,
       });
     const app = (c: Checker, token: string) => c.check(envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'partner-api' } }) as CheckRequest);
     const carol = validator.add('carol.token', { oid: 'carol', name: 'Carol' });
@@ -172,7 +175,7 @@ describe('ext_authz allow memo', function () {
     expect(after).to.not.equal(kept);
     expect(JSON.parse(JSON.stringify(after))).to.deep.equal(JSON.parse(JSON.stringify(kept)));
     // With one route a caller stays kept among 900 others (4,096 per route).
-    const single = createChecker({ options: extAuthzOptions(), validator, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames });
+    const single = createChecker({ options: extAuthzOptions(), validator, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames, outboundTimeoutMs: 10_000 });
     const one = await single.check(routed(first, 0));
     const oneKept = await single.check(routed(first, 0));
     expect(oneKept).to.equal(one);

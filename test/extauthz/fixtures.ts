@@ -132,7 +132,7 @@ export function extAuthzOptions(overrides: Partial<ExtAuthzOptions> = {}): ExtAu
 
 /** Only the parts of SidecarConfig the ext_authz server reads; the lead's e2e tests use a loaded config. */
 export function testConfig(options: ExtAuthzOptions): SidecarConfig {
-  return { downstreamApis: DOWNSTREAM_APIS, sidecar: { extAuthz: options } } as unknown as SidecarConfig;
+  return { downstreamApis: DOWNSTREAM_APIS, sidecar: { extAuthz: options, outbound: { timeoutMs: 10_000 } } } as unknown as SidecarConfig;
 }
 
 export function resolveFromTable(apiName: string): EffectiveApiOptions | undefined {

@@ -1,12 +1,13 @@
 /**
- * The pure pieces of the ext_authz adapter: route policy, header normalisation, claim values and
- * the shared deadline signals.
+ * The pure pieces of the ext_authz adapter: route policy, header normalisation, claim values, the
+ * shared deadline signals and the clamp on the deadline a caller chooses.
  */
 import { expect } from 'chai';
 import { SidecarError } from '../../src/errors.js';
-import { claimHeaderValue, DeadlineSignals, inboundHeaders } from '../../src/extauthz/check.js';
+import { claimHeaderValue, createChecker, DeadlineSignals, denyReason, inboundHeaders, MAX_DEADLINE_OUTBOUND_TIMEOUTS, type Checker, type CheckRequest, type CheckResponse } from '../../src/extauthz/check.js';
 import { defaultPolicy, routePolicy } from '../../src/extauthz/policy.js';
-import { extAuthzOptions } from './fixtures.js';
+import { loadExtAuthzProtos } from '../../src/extauthz/protos.js';
+import { envoyCheckRequest, extAuthzOptions, FakeAcquirer, FakeValidator, memoryLogger, resolveFromTable } from './fixtures.js';
 
 describe('ext_authz route policy', function () {
   const defaults = defaultPolicy(extAuthzOptions({ requiredScopes: ['access_as_user'], downstreamApi: 'graph' }));
@@ -108,13 +109,76 @@ describe('ext_authz deadline signals', function () {
     const signals = new DeadlineSignals();
     const t = Date.now();
     const slice = Math.ceil((t + 120) / 50) * 50;
-    const a = signals.signalFor(slice - 10);
-    const b = signals.signalFor(slice - 40);
-    const c = signals.signalFor(slice + 10);
+    const a = signals.lease(slice - 10).signal;
+    const b = signals.lease(slice - 40).signal;
+    const c = signals.lease(slice + 10).signal;
     expect(a).to.equal(b);
     expect(a).not.to.equal(c);
     const abortedAt = await new Promise<number>((resolve) => a.addEventListener('abort', () => resolve(Date.now())));
     expect(abortedAt).to.be.at.least(slice - 10);
     expect(c.aborted).to.equal(false);
+  });
+
+  it('keeps a slice only while an acquisition holds it, whatever deadlines callers chose', function () {
+    const signals = new DeadlineSignals();
+    const far = Date.now() + 10 * 86_400_000;
+    // 20,000 distinct far-off deadlines (a slice each), each given back once its acquisition is over.
+    const leases = Array.from({ length: 20_000 }, (_, i) => signals.lease(far + i * 50));
+    expect(signals.size).to.equal(20_000);
+    for (const lease of leases) signals.release(lease);
+    expect(signals.size, 'slices left once no acquisition holds them').to.equal(0);
+    // A slice shared by two holders stays until the second lets go, and its signal never aborts after.
+    const first = signals.lease(far);
+    const second = signals.lease(far + 1);
+    expect(second).to.equal(first);
+    signals.release(first);
+    expect(signals.size).to.equal(1);
+    signals.release(second);
+    expect(signals.size).to.equal(0);
+    expect(first.signal.aborted).to.equal(false);
+  });
+
+  it('gives a slice that has fired back without touching the next one in its place', async function () {
+    const signals = new DeadlineSignals();
+    const soon = Date.now() + 5;
+    const fired = signals.lease(soon);
+    await new Promise<void>((resolve) => fired.signal.addEventListener('abort', () => resolve()));
+    expect(signals.size).to.equal(0);
+    // A later lease of the same (past) slice is a new one; the late release of the old must not drop it.
+    const next = signals.lease(soon);
+    expect(next).not.to.equal(fired);
+    signals.release(fired);
+    expect(signals.size).to.equal(1);
+    await new Promise<void>((resolve) => (next.signal.aborted ? resolve() : next.signal.addEventListener('abort', () => resolve())));
+    signals.release(next);
+    expect(signals.size).to.equal(0);
+  });
+});
+
+describe('ext_authz deadline clamp', function () {
+  /** A checker over an acquirer that never answers, with Sidecar:Outbound:TimeoutMs = `outboundTimeoutMs`. */
+  function hangingChecker(outboundTimeoutMs: number): { checker: Checker; acquirer: FakeAcquirer } {
+    const validator = new FakeValidator();
+    validator.add('alice.token', { oid: 'alice' });
+    const acquirer = new FakeAcquirer();
+    acquirer.hang = true;
+    const checker = createChecker({ options: extAuthzOptions(), validator, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames, outboundTimeoutMs });
+    return { checker, acquirer };
+  }
+  const request = envoyCheckRequest({ headers: { authorization: 'Bearer alice.token' }, contextExtensions: { downstream_api: 'graph' } }) as CheckRequest;
+
+  it(`answers a Check whose deadline is days away once ${MAX_DEADLINE_OUTBOUND_TIMEOUTS} outbound timeouts have passed, and releases the acquirer's wait`, async function () {
+    const outboundTimeoutMs = 50;
+    const clamp = MAX_DEADLINE_OUTBOUND_TIMEOUTS * outboundTimeoutMs;
+    const { checker, acquirer } = hangingChecker(outboundTimeoutMs);
+    const started = Date.now();
+    const answer = await Promise.race([checker.check(request, started + 10 * 86_400_000), new Promise<'still waiting'>((r) => setTimeout(() => r('still waiting'), clamp + 2_000))]);
+    expect(answer, 'answered within the clamped deadline').to.not.equal('still waiting');
+    expect(denyReason(answer as CheckResponse)).to.equal('dependency_timeout');
+    // The deny goes out a margin (10 % of the time left, here 30 ms) before the clamped deadline.
+    expect(Date.now() - started).to.be.at.least(clamp * 0.9 - 5);
+    const by = Date.now() + 2_000;
+    while (acquirer.abortedCount === 0 && Date.now() < by) await new Promise((r) => setTimeout(r, 10));
+    expect(acquirer.abortedCount, "the acquirer's wait was released").to.equal(1);
   });
 });

@@ -45,7 +45,7 @@ describe('ext_authz warm path (synchronous Check)', function () {
   let acquirer: CachingAcquirer;
   let checker: Checker;
   const make = (): Checker =>
-    createChecker({ options: extAuthzOptions(), validator, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames });
+    createChecker({ options: extAuthzOptions(), validator, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames, outboundTimeoutMs: 10_000 });
   const request = (token: string, ext: Record<string, string> = { downstream_api: 'graph' }) =>
     envoyCheckRequest({ path: '/api/items', headers: { authorization: `Bearer ${token}` }, contextExtensions: ext }) as CheckRequest;
 
@@ -123,7 +123,7 @@ describe('ext_authz first sight with the real validator (synchronous Check)', fu
   let validator: TokenValidatorWithStats;
   let acquirer: CachingAcquirer;
   const make = (v: TokenValidatorWithStats): Checker =>
-    createChecker({ options: extAuthzOptions(), validator: v, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames });
+    createChecker({ options: extAuthzOptions(), validator: v, acquirer, resolveApiOptions: resolveFromTable, logger: memoryLogger().logger, httpStatusNames: loadExtAuthzProtos().httpStatusNames, outboundTimeoutMs: 10_000 });
   const request = (token: string) => envoyCheckRequest({ path: '/api/items', headers: { authorization: `Bearer ${token}` }, contextExtensions: { downstream_api: 'graph' } }) as CheckRequest;
   const newValidator = (): TokenValidatorWithStats =>
     createTokenValidator({
