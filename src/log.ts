@@ -34,16 +34,19 @@ const TOKEN_LIKE = /eyJ[\w-]*(?:\.[\w-]*){2,4}/g;
 /** Longest text redactTokens looks at: the pattern backtracks (quadratic on `eyJeyJ…`), so it never sees more. */
 const MAX_REDACTED_TEXT = 8192;
 
+/** `text` cut to its first `max` characters, with "…" to show it was cut. */
+export function clip(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
 /** `text` (at most its first 8,192 characters) with anything token-shaped replaced by "[redacted]". */
 export function redactTokens(text: string): string {
-  const bounded = text.length > MAX_REDACTED_TEXT ? `${text.slice(0, MAX_REDACTED_TEXT)}…` : text;
-  return bounded.replace(TOKEN_LIKE, '[redacted]');
+  return clip(text, MAX_REDACTED_TEXT).replace(TOKEN_LIKE, '[redacted]');
 }
 
 /** An error's name and message for a log line: token-shaped text cut out, at most 500 characters. */
 export function safeCause(cause: Error): string {
-  const text = redactTokens(`${cause.name}: ${cause.message}`);
-  return text.length > 500 ? text.slice(0, 500) + '…' : text;
+  return clip(redactTokens(`${cause.name}: ${cause.message}`), 500);
 }
 
 /**

@@ -17,7 +17,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import type { AuthenticationResult, ConfidentialClientApplication } from '@azure/msal-node';
-import { redactTokens, type Logger } from '../log.js';
+import { clip, redactTokens, type Logger } from '../log.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
@@ -142,8 +142,7 @@ function requestExtrasDigest(query: Readonly<Record<string, string>>, headers: R
 
 /** An msal/Entra message fit to show a caller: Entra never echoes credentials, but strip anything JWT-shaped anyway. */
 function safeText(text: string): string {
-  const m = redactTokens(text);
-  return m.length > 2000 ? `${m.slice(0, 2000)}…` : m;
+  return clip(redactTokens(text), 2000);
 }
 
 function safeMessage(err: Error): string {

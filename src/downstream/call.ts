@@ -8,7 +8,7 @@
 import type { Dispatcher } from 'undici';
 import { request } from '../net/undici.js';
 import { SidecarError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { clip, type Logger } from '../log.js';
 import type { LogLimiter } from '../log-limit.js';
 import { abandon, readCapped, transportCode, transportFailure } from '../net/outbound.js';
 import type { AcquireRequest, AcquiredToken, EffectiveApiOptions, TokenAcquirer, ValidatedToken } from '../pipeline/types.js';
@@ -240,7 +240,7 @@ const SKIPPED_HEADERS_EVENT = 'ExtraHeaderParametersSkipped';
 function warnSkippedHeaders(deps: DownstreamCallDeps, apiName: string, skipped: readonly SkippedHeader[]): void {
   if (skipped.length === 0 || !deps.logLimiter.allow(SKIPPED_HEADERS_EVENT)) return;
   const listed = skipped.slice(0, MAX_SKIPPED_HEADERS_LOGGED).map((h) => ({
-    name: h.name.length > MAX_LOGGED_HEADER_NAME ? `${h.name.slice(0, MAX_LOGGED_HEADER_NAME)}…` : h.name,
+    name: clip(h.name, MAX_LOGGED_HEADER_NAME),
     reason: h.reason,
   }));
   deps.logger.warn(

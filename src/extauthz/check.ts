@@ -9,7 +9,7 @@ import { setMaxListeners } from 'node:events';
 import type { ExtAuthzOptions } from '../config/types.js';
 import { SidecarError, toSidecarError, wwwAuthenticate, type ErrorCode } from '../errors.js';
 import { setNewest } from '../bounded-map.js';
-import { redactTokens, safeCause, type Logger } from '../log.js';
+import { clip, redactTokens, safeCause, type Logger } from '../log.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
@@ -229,8 +229,7 @@ function pathWithoutQuery(path: string): string {
 function loggable(value: string | undefined, max: number): string | undefined {
   if (value === undefined) return undefined;
   // Token-shaped text goes before the cut: cut first, a token's head would no longer look like one.
-  const safe = value.includes('eyJ') ? redactTokens(value) : value;
-  return safe.length <= max ? safe : `${safe.slice(0, max)}…`;
+  return clip(value.includes('eyJ') ? redactTokens(value) : value, max);
 }
 
 /** Where a request went and its id, as the ext_authz log lines show them. */

@@ -10,7 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import type { Logger } from '../log.js';
+import { clip, type Logger } from '../log.js';
 import type { LogLimiter } from '../log-limit.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
@@ -117,7 +117,7 @@ export async function validatePopRequest(deps: PopValidationDeps, headers: Incom
     // At most LOG_LINES_PER_SECOND lines, as for every other failure a caller causes (the metric
     // counts each one). A reason can quote the caller's SHR (an algorithm, a query name): cut it.
     if (logger.isLevelEnabled('info') && logLimiter.allow(POP_FAILED_EVENT)) {
-      const shown = reason.length > MAX_REASON_LENGTH ? `${reason.slice(0, MAX_REASON_LENGTH)}…` : reason;
+      const shown = clip(reason, MAX_REASON_LENGTH);
       logger.info({ event: POP_FAILED_EVENT, reason: shown, ...logLimiter.suppressed(POP_FAILED_EVENT) }, `PoP validation failed: ${shown}`);
     }
     return { ok: false };
