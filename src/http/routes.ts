@@ -77,38 +77,78 @@ const BODY_BUDGET_RETRY_AFTER_SEC = 1;
  * kept. The caller releases `body.length` once done with the body; on any failure here (too large,
  * over budget, the client gone) what was reserved is released before the error propagates.
  */
-async function readBody(req: IncomingMessage, max: number, budget: BodyBudget): Promise<Buffer> {
+async function readBody(req: IncomingMessage, res: ServerResponse, max: number, budget: BodyBudget): Promise<Buffer> {
   const header = req.headers['content-length'];
   const declared = header === undefined ? undefined : Number(header);
-  if (declared !== undefined && declared > max) throw new SidecarError('request_body_too_large');
-  let reserved = 0;
-  const reserve = (bytes: number): void => {
-    if (!budget.tryReserve(bytes)) throw new SidecarError('request_body_budget_exceeded', undefined, { retryAfterSec: BODY_BUDGET_RETRY_AFTER_SEC });
-    reserved += bytes;
-  };
+  if (declared !== undefined && declared > max) {
+    // Not drained: node:http would read every declared byte to keep the connection.
+    closeAfterAnswer(req, res);
+    throw new SidecarError('request_body_too_large');
+  }
+  if (declared === undefined) return readChunked(req, res, max, budget);
+  // A refusal here reads nothing: node:http drains the (at most `max`) declared bytes after the answer.
+  if (!budget.tryReserve(declared)) throw budgetExceeded();
   try {
-    if (declared !== undefined) {
-      reserve(declared);
-      const body = Buffer.allocUnsafe(declared);
-      let size = 0;
-      // node:http ends the body at its Content-Length, and fails it (aborted) if the client stops short.
-      for await (const chunk of req) size += (chunk as Buffer).copy(body, size);
-      if (size !== declared) throw new SidecarError('request_invalid', 'The request body is shorter than its Content-Length.');
-      return body;
-    }
-    const chunks: Buffer[] = [];
+    const body = Buffer.allocUnsafe(declared);
     let size = 0;
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (size > max) throw new SidecarError('request_body_too_large');
-      reserve(size - reserved);
-      chunks.push(chunk as Buffer);
-    }
-    return Buffer.concat(chunks, size);
+    // node:http ends the body at its Content-Length, and fails it (aborted) if the client stops short.
+    for await (const chunk of req) size += (chunk as Buffer).copy(body, size);
+    if (size !== declared) throw new SidecarError('request_invalid', 'The request body is shorter than its Content-Length.');
+    return body;
   } catch (err) {
-    budget.release(reserved);
+    budget.release(declared);
     throw err;
   }
+}
+
+/**
+ * A body without a Content-Length, reserved chunk by chunk as it arrives. Listened to rather than
+ * iterated: leaving a `for await` destroys the request, and with it the socket the refusal (413 or
+ * 503) must still be written to. On a refusal the rest is read and dropped until the answer is out,
+ * then the connection is closed.
+ */
+function readChunked(req: IncomingMessage, res: ServerResponse, max: number, budget: BodyBudget): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const settle = (err: unknown): void => {
+      req.off('data', onData).off('end', onEnd).off('error', settle).off('close', onClose);
+      budget.release(size);
+      reject(err);
+    };
+    const onData = (chunk: Buffer): void => {
+      const refusal = size + chunk.length > max ? new SidecarError('request_body_too_large') : budget.tryReserve(chunk.length) ? undefined : budgetExceeded();
+      if (refusal === undefined) {
+        size += chunk.length;
+        chunks.push(chunk);
+        return;
+      }
+      closeAfterAnswer(req, res);
+      settle(refusal);
+      // Flowing with no 'data' listener: what else arrives is dropped.
+      req.resume();
+    };
+    const onEnd = (): void => {
+      req.off('data', onData).off('error', settle).off('close', onClose);
+      resolve(Buffer.concat(chunks, size));
+    };
+    // node:http destroys a request whose client left mid-body; 'error' is emitted only to a listener.
+    const onClose = (): void => settle(new SidecarError('request_invalid', 'The client closed the connection before the request body ended.'));
+    req.on('data', onData).on('end', onEnd).on('error', settle).on('close', onClose);
+  });
+}
+
+const budgetExceeded = (): SidecarError => new SidecarError('request_body_budget_exceeded', undefined, { retryAfterSec: BODY_BUDGET_RETRY_AFTER_SEC });
+
+/**
+ * Closes the connection once the answer is out, for a request whose body is not read to its end.
+ * Before the answer: node:http sends `Connection: close` and ends the socket after it. After it (a
+ * fast downstream), the socket would wait for the rest of the body; it is ended once the answer is out.
+ */
+function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
+  if (!res.headersSent) res.shouldKeepAlive = false;
+  else if (res.writableFinished) req.socket.destroy();
+  else res.once('finish', () => req.socket.destroy());
 }
 
 /**
@@ -117,16 +157,9 @@ async function readBody(req: IncomingMessage, max: number, budget: BodyBudget): 
  * connection is closed once answered, rather than spend the request timeout on bytes nobody reads.
  */
 function discardBody(req: IncomingMessage, res: ServerResponse, max: number): void {
-  const closeAfterAnswer = (): void => {
-    // Before the answer: node:http sends `Connection: close` and ends the socket after it. After it
-    // (a fast downstream), the socket waits for the rest of this body; end it once the answer is out.
-    if (!res.headersSent) res.shouldKeepAlive = false;
-    else if (res.writableFinished) req.socket.destroy();
-    else res.once('finish', () => req.socket.destroy());
-  };
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) {
-    closeAfterAnswer();
+    closeAfterAnswer(req, res);
     req.resume();
     return;
   }
@@ -135,7 +168,7 @@ function discardBody(req: IncomingMessage, res: ServerResponse, max: number): vo
     size += chunk.length;
     if (size <= max) return;
     req.off('data', count);
-    closeAfterAnswer();
+    closeAfterAnswer(req, res);
   };
   // A 'data' listener puts the stream in flowing mode: every chunk is dropped once counted, and
   // still dropped (flowing, no listener) after the listener is gone.
@@ -267,7 +300,7 @@ function downstreamApiRoute(authenticated: boolean): Route['handle'] {
     // Without a usable Content-Type nothing is forwarded (§2.4 step 6), so the body is not read,
     // nor held to the size limit: Microsoft calls the API whatever was sent.
     let body: Buffer = NO_BODY;
-    if (forwardsBody(contentType)) body = await readBody(ctx.req, maxBodyBytes, deps.bodyBudget);
+    if (forwardsBody(contentType)) body = await readBody(ctx.req, ctx.res, maxBodyBytes, deps.bodyBudget);
     else discardBody(ctx.req, ctx.res, maxBodyBytes);
     try {
       const result = await callDownstreamApi(deps.downstream, {
