@@ -56,7 +56,7 @@ export const FULL: Budget = {
   coldCallers: 100,
   startupRounds: 5,
   checksForRss: 100_000,
-  soakSec: 180,
+  soakSec: 540,
 };
 
 export const QUICK: Budget = {
