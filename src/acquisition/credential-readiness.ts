@@ -40,7 +40,6 @@ const RETRY_MAX_MS = 60_000;
 /** The readiness of `sources` (the credentials acquisition uses, in configured order). */
 export function createClientCredentialReadiness(sources: readonly ClientCredentialSource[], opts: ClientCredentialReadinessOptions): ClientCredentialReadiness {
   const { logger } = opts;
-  const certificates = sources.filter((s) => s.loadsCertificate);
   const retryMaxMs = opts.retry?.maxMs ?? RETRY_MAX_MS;
   let retryDelayMs = opts.retry?.initialMs ?? RETRY_INITIAL_MS;
   /** Latched: once a credential was usable, a later failure is acquisition's to handle (and to fall back from). */
@@ -74,10 +73,18 @@ export function createClientCredentialReadiness(sources: readonly ClientCredenti
     }
   }
 
-  /** One round: every certificate not loaded yet, at once; then a retry later if none is usable. */
+  /**
+   * One round, in configured order as acquisition takes them: the first usable credential ends it,
+   * and those behind it stay lazy (a Key Vault fallback behind a working secret costs no IMDS or
+   * Key Vault call until acquisition needs it). A retry later if none is usable.
+   */
   async function round(): Promise<void> {
     timer = undefined;
-    await Promise.all(certificates.filter((s) => !s.usable()).map(load));
+    for (const source of sources) {
+      if (closed) return;
+      if (!source.usable()) await load(source);
+      if (source.usable()) break;
+    }
     if (closed || usable()) return;
     timer = setTimeout(() => void round(), retryDelayMs);
     timer.unref();

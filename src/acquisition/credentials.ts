@@ -33,12 +33,6 @@ export interface ClientCredentialSource {
   readonly sourceType: CredentialSourceType;
   /** `<index>:<SourceType>`: names the credential in logs and in msal application keys (never secret). */
   readonly label: string;
-  /**
-   * True for a certificate (Path, Base64Encoded, KeyVault): `load` reads, fetches and parses it and
-   * can fail. False for what needs nothing loaded up front (a secret, an assertion read or fetched
-   * per acquisition).
-   */
-  readonly loadsCertificate: boolean;
   /** The msal credential; certificates are loaded once and remembered until `reset`. */
   load(): Promise<MsalCredential>;
   /**
@@ -110,7 +104,6 @@ function certificateSource(index: number, desc: CredentialDescription, deps: Cre
     index,
     sourceType: desc.sourceType,
     label: `${index}:${desc.sourceType}`,
-    loadsCertificate: true,
     async load() {
       if (!loaded) {
         loadedAt = deps.now();
@@ -153,7 +146,7 @@ function assertionFileSource(index: number, desc: CredentialDescription, deps: C
     if (assertion === '') throw new SidecarError('misconfigured', `The signed assertion file '${path}' is empty.`);
     return assertion;
   };
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, loadsCertificate: false, load: async () => ({ clientAssertion }), usable: () => true, reset: () => false };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), usable: () => true, reset: () => false };
 }
 
 function managedIdentityAssertionSource(index: number, desc: CredentialDescription, deps: CredentialDeps): ClientCredentialSource {
@@ -172,7 +165,7 @@ function managedIdentityAssertionSource(index: number, desc: CredentialDescripti
     deps.forgetManagedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
     return true;
   };
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, loadsCertificate: false, load: async () => ({ clientAssertion }), usable: () => true, reset };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), usable: () => true, reset };
 }
 
 /** Builds the usable credential sources in configured order; skipped and unsupported ones are left out (and logged). */
@@ -187,7 +180,7 @@ export function buildClientCredentialSources(descriptions: readonly CredentialDe
           deps.logger.warn({ credential: `${index}:ClientSecret` }, 'ClientSecret credential without a ClientSecret value; skipped');
           return;
         }
-        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, loadsCertificate: false, load: async () => ({ clientSecret: secret }), usable: () => true, reset: () => false });
+        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), usable: () => true, reset: () => false });
         return;
       }
       case 'Path':

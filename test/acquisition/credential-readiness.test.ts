@@ -13,7 +13,7 @@ const FAST_RETRY = { initialMs: 10, maxMs: 20 };
 
 /** A source that needs nothing loaded (a secret). */
 function secret(index: number): ClientCredentialSource {
-  return { index, sourceType: 'ClientSecret', label: `${index}:ClientSecret`, loadsCertificate: false, load: async () => ({ clientSecret: 's' }), usable: () => true, reset: () => false };
+  return { index, sourceType: 'ClientSecret', label: `${index}:ClientSecret`, load: async () => ({ clientSecret: 's' }), usable: () => true, reset: () => false };
 }
 
 /** A certificate whose loads fail while `failing()` holds; counts its loads. */
@@ -23,7 +23,6 @@ function certificate(index: number, failing: () => boolean): ClientCredentialSou
     index,
     sourceType: 'Path' as const,
     label: `${index}:Path`,
-    loadsCertificate: true,
     loads: 0,
     async load(): Promise<MsalCredential> {
       source.loads++;
@@ -45,14 +44,28 @@ describe('client credential readiness', () => {
     expect(r.usable()).to.equal(true);
   });
 
-  it('holds at once when a credential needs nothing loaded, still loading (and warning about) a bad certificate once, without retries', async () => {
+  it('holds at once when a credential needs nothing loaded, and leaves a certificate behind it lazy', async () => {
     const log = memoryLogger();
-    const bad = certificate(1, () => true);
-    const r = createClientCredentialReadiness([secret(0), bad], { logger: log.logger, retry: FAST_RETRY });
+    const behind = certificate(1, () => true);
+    const r = createClientCredentialReadiness([secret(0), behind], { logger: log.logger, retry: FAST_RETRY });
     expect(r.usable()).to.equal(true);
     r.start();
     await settle(80);
-    expect(bad.loads).to.equal(1);
+    expect(behind.loads, 'not loaded until acquisition needs it').to.equal(0);
+    expect(log.lines.filter((l) => l.includes('"event":"client_credential_unusable"'))).to.have.length(0);
+    r.close();
+  });
+
+  it('loads in configured order and stops at the first usable one, warning about a bad one before it', async () => {
+    const log = memoryLogger();
+    const bad = certificate(0, () => true);
+    const good = certificate(1, () => false);
+    const behind = certificate(2, () => false);
+    const r = createClientCredentialReadiness([bad, good, behind], { logger: log.logger, retry: FAST_RETRY });
+    r.start();
+    await settle(80);
+    expect(r.usable()).to.equal(true);
+    expect([bad.loads, good.loads, behind.loads]).to.deep.equal([1, 1, 0]);
     expect(log.lines.filter((l) => l.includes('"event":"client_credential_unusable"'))).to.have.length(1);
     r.close();
   });
