@@ -21,7 +21,7 @@ import { BodyBudget } from './http/body-budget.js';
 import type { ExtAuthzServer } from './extauthz/server.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { countAcquisitions } from './acquisition/counted.js';
-import { startManagementServer } from './management/server.js';
+import { startManagementServer, type Readiness } from './management/server.js';
 import { VERSION } from './version.js';
 import { ReplayCache } from './pop/inbound.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from './log-limit.js';
@@ -75,7 +75,8 @@ export async function run(config: SidecarConfig, logger: Logger): Promise<() => 
   });
   // Keys load in the background (start() never rejects; it retries with backoff), begun before the
   // listeners so the round trips to Entra overlap with setting them up. Readiness follows
-  // validator.ready(): /readyz on the management listener and the gRPC health of the Authorization service.
+  // validator.ready() and the client credentials (see readiness() in listen()): /readyz on the
+  // management listener and the gRPC health of the Authorization service.
   void validator.start();
   const engine = acquirerNow();
   try {
@@ -116,6 +117,13 @@ async function binding<T>(what: string, addresses: readonly { host: string; port
 async function listen(config: SidecarConfig, logger: Logger, core: Core): Promise<() => Promise<void>> {
   const { metrics, baseAgent, downstreamAgent, validator, engine } = core;
   const outbound = config.sidecar.outbound;
+  /** What stands in the way of serving, as fixed phrases (docs/deployment.md, "Probes"). */
+  const readiness = (): Readiness => {
+    const reasons: string[] = [];
+    if (!validator.ready()) reasons.push('signing_keys_not_loaded');
+    if (!engine.clientCredentials.usable()) reasons.push('client_credentials_unusable');
+    return { ready: reasons.length === 0, reasons };
+  };
   metrics.addScrapeHook(() => metrics.syncTokenCache(engine.stats()));
   const acquirer = countAcquisitions(engine, metrics);
 
@@ -154,6 +162,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
       acquirer,
       logger,
       metrics,
+      ready: () => validator.ready() && engine.clientCredentials.usable(),
       resolveApiOptions: (apiName) =>
         Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName)
           ? resolveApiOptions(config, apiName, new URLSearchParams(), false).options
@@ -166,7 +175,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
         address: config.sidecar.management.address,
         metrics,
         logger,
-        readiness: () => ({ ready: validator.ready(), reasons: validator.ready() ? [] : ['signing_keys_not_loaded'] }),
+        readiness,
       }))
     : undefined;
 
@@ -185,6 +194,11 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     msg: 'entra-sidecar is listening',
   };
   process.stdout.write(JSON.stringify(listening) + '\n');
+  // The client certificates load from here on, in the background: a PFX costs loading node-forge
+  // and decrypting the file, which need not delay the listening line, and a certificate that cannot
+  // be loaded must not fail the start (acquisition falls back to the next credential, as Microsoft's
+  // sidecar does); readiness waits until one is usable.
+  engine.clientCredentials.start();
 
   return async () => {
     // Readiness goes false and the listeners stop accepting at once; calls in flight finish within

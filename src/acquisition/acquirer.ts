@@ -29,6 +29,7 @@ import { isCachedToken } from '../pipeline/authenticate.js';
 import { noAccessToken, TokenCache, type CachedToken, type TokenCacheStats } from './token-cache.js';
 import { createMsalNetworkClient, observation, withObservation, type AcquisitionObservation } from './msal-network.js';
 import { buildClientCredentialSources, type ClientCredentialSource } from './credentials.js';
+import { createClientCredentialReadiness, type ClientCredentialReadiness } from './credential-readiness.js';
 import { ManagedIdentityTokens } from './managed-identity.js';
 import { loadMsal, loadedMsal, msalSystem, type MsalLoggerOptions } from './msal.js';
 import { requestToken, TokenEndpointError } from './token-endpoint.js';
@@ -284,6 +285,8 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
   stats(): AcquirerStats;
   /** A managed-identity access token for `resource`, cached like every token (Key Vault access at start-up). */
   managedIdentityAccessToken(resource: string, userAssignedClientId: string | undefined): Promise<string>;
+  /** Whether a configured client credential is usable; its `start()` loads the certificates in the background. */
+  readonly clientCredentials: ClientCredentialReadiness;
 } {
   const { config, agent, logger } = deps;
   const azureAd = config.azureAd;
@@ -357,6 +360,7 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     now: deps.now ?? Date.now,
   });
   let preferredCredential = credentialSources[0]?.index ?? 0;
+  const clientCredentials = createClientCredentialReadiness(credentialSources, { logger });
 
   const instanceUrl = new URL(azureAd.instance);
   const knownAuthorities = MICROSOFT_AUTHORITY_HOSTS.has(instanceUrl.hostname.toLowerCase()) ? [] : [instanceUrl.host];
@@ -908,10 +912,12 @@ export function createTokenAcquirer(deps: AcquirerDeps): TokenAcquirer & WithHtt
     cached,
     httpRequestSigner,
     managedIdentityAccessToken: async (resource, userAssignedClientId) => (await managedIdentityToken(resource, userAssignedClientId)).token,
+    clientCredentials,
     stats(): AcquirerStats {
       return { ...cache.stats(), entraRequests, managedIdentityApplications: managedIdentity.applications };
     },
     close(): void {
+      clientCredentials.close();
       cache.clear();
       sessions.clear();
       apps.clear();

@@ -36,6 +36,12 @@ export interface ClientCredentialSource {
   /** The msal credential; certificates are loaded once and remembered until `reset`. */
   load(): Promise<MsalCredential>;
   /**
+   * Whether this credential has been usable since start: at once when nothing needs loading, after
+   * the first load that succeeded for a certificate (and from then on: a reload that fails after
+   * `invalid_client` is acquisition's to handle). Cheap: readiness asks it on every probe.
+   */
+  usable(): boolean;
+  /**
    * Forgets a loaded certificate (or a cached managed-identity assertion) so the next `load` fetches
    * it again (after `invalid_client`). True when there was one to forget: a retry with this source
    * then sends a fresh credential (a rotated certificate), where a retry with an unchanged one could
@@ -93,6 +99,7 @@ function fromLoaded(c: { readonly privateKey: KeyObject; readonly thumbprintSha2
 function certificateSource(index: number, desc: CredentialDescription, deps: CredentialDeps, loader: () => Promise<LoadedCertificate>): ClientCredentialSource {
   let loaded: Promise<LoadedCertificate> | undefined;
   let loadedAt = Number.NEGATIVE_INFINITY;
+  let everLoaded = false;
   return {
     index,
     sourceType: desc.sourceType,
@@ -100,14 +107,21 @@ function certificateSource(index: number, desc: CredentialDescription, deps: Cre
     async load() {
       if (!loaded) {
         loadedAt = deps.now();
-        loaded = loader();
-        // A failed load is retried on the next acquisition, not remembered.
-        loaded.catch(() => {
-          loaded = undefined;
-        });
+        const loading = loader();
+        loaded = loading;
+        loading.then(
+          () => {
+            everLoaded = true;
+          },
+          () => {
+            // A failed load is retried on the next acquisition, not remembered.
+            if (loaded === loading) loaded = undefined;
+          },
+        );
       }
       return toMsalCertificate(await loaded, deps.sendX5C);
     },
+    usable: () => everLoaded,
     reset() {
       // A certificate loaded moments ago is what is on disk or in Key Vault now: loading it again
       // would send the same one.
@@ -132,7 +146,7 @@ function assertionFileSource(index: number, desc: CredentialDescription, deps: C
     if (assertion === '') throw new SidecarError('misconfigured', `The signed assertion file '${path}' is empty.`);
     return assertion;
   };
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset: () => false };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), usable: () => true, reset: () => false };
 }
 
 function managedIdentityAssertionSource(index: number, desc: CredentialDescription, deps: CredentialDeps): ClientCredentialSource {
@@ -151,7 +165,7 @@ function managedIdentityAssertionSource(index: number, desc: CredentialDescripti
     deps.forgetManagedIdentityToken(desc.tokenExchangeUrl, desc.managedIdentityClientId);
     return true;
   };
-  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), reset };
+  return { index, sourceType: desc.sourceType, label: `${index}:${desc.sourceType}`, load: async () => ({ clientAssertion }), usable: () => true, reset };
 }
 
 /** Builds the usable credential sources in configured order; skipped and unsupported ones are left out (and logged). */
@@ -166,7 +180,7 @@ export function buildClientCredentialSources(descriptions: readonly CredentialDe
           deps.logger.warn({ credential: `${index}:ClientSecret` }, 'ClientSecret credential without a ClientSecret value; skipped');
           return;
         }
-        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), reset: () => false });
+        sources.push({ index, sourceType: desc.sourceType, label: `${index}:ClientSecret`, load: async () => ({ clientSecret: secret }), usable: () => true, reset: () => false });
         return;
       }
       case 'Path':

@@ -28,6 +28,11 @@ export interface ExtAuthzDeps {
   resolveApiOptions: (apiName: string) => EffectiveApiOptions | undefined;
   logger: Logger;
   metrics?: Metrics;
+  /**
+   * Whether the sidecar can serve (signing keys loaded, a client credential usable): the
+   * Authorization service's health is NOT_SERVING until it is. Default: `validator.ready()`.
+   */
+  ready?: () => boolean;
   now?: () => number;
 }
 
@@ -130,9 +135,10 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   const internalDeny = renderDeny(new SidecarError('internal'), protos.httpStatusNames);
 
   let serving = false;
+  const ready = deps.ready ?? (() => validator.ready());
   const health = new HealthService(['', AUTHORIZATION_SERVICE], (service): ServingStatus | undefined => {
     if (service === '') return serving ? 'SERVING' : 'NOT_SERVING';
-    if (service === AUTHORIZATION_SERVICE) return serving && validator.ready() ? 'SERVING' : 'NOT_SERVING';
+    if (service === AUTHORIZATION_SERVICE) return serving && ready() ? 'SERVING' : 'NOT_SERVING';
     return undefined;
   });
 
