@@ -34,9 +34,19 @@ const TOKEN_LIKE = /eyJ[\w-]*(?:\.[\w-]*){2,4}/g;
 /** Longest text redactTokens looks at: the pattern backtracks (quadratic on `eyJeyJ…`), so it never sees more. */
 const MAX_REDACTED_TEXT = 8192;
 
-/** `text` cut to its first `max` characters, with "…" to show it was cut. */
+/**
+ * `text` cut to its first `max` characters, with "…" to show it was cut. Never between the halves
+ * of a surrogate pair: a lone half has no UTF-8 form, and a clipped name can reach a proto3 string
+ * (an ext_authz deny's status.message), which Envoy refuses unless it is valid UTF-8.
+ */
 export function clip(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max)}…` : text;
+  if (text.length <= max) return text;
+  const end = isHighSurrogate(text.charCodeAt(max - 1)) ? max - 1 : max;
+  return `${text.slice(0, end)}…`;
+}
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
 }
 
 /** `text` (at most its first 8,192 characters) with anything token-shaped replaced by "[redacted]". */

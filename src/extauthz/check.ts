@@ -15,9 +15,9 @@ import { requireScopesOrRoles } from '../pipeline/authorize.js';
 import { parseAuthorization } from '../pipeline/credential.js';
 import { authenticate, authenticateNow, isCachedToken } from '../pipeline/authenticate.js';
 import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer, TokenValidator, ValidatedToken } from '../pipeline/types.js';
-import { defaultPolicy, routePolicy, routeTable, type RoutePolicy } from './policy.js';
+import { defaultPolicy, quotedName, routePolicy, routeTable, type RoutePolicy } from './policy.js';
 import { needsCallerToken } from '../pipeline/api-options.js';
-import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
+import { isToken, isValidFieldValue } from '../net/http-fields.js';
 
 // ---- Wire shapes (proto-loader with keepCase, enums as names, longs as strings). ----
 
@@ -341,12 +341,16 @@ export function createChecker(deps: CheckDeps): Checker {
   const signals = new DeadlineSignals(now);
   const maxDeadlineMs = MAX_DEADLINE_OUTBOUND_TIMEOUTS * deps.outboundTimeoutMs;
   // ext_authz takes no optionsOverride, so a name always resolves to the same deep-frozen options;
-  // resolving once per name keeps the deep copy off the hot path. Bounded: names come from envoy.yaml.
-  const resolvedApis = new Map<string, EffectiveApiOptions | undefined>();
+  // resolving once per name keeps the deep copy off the hot path. Only configured names are kept
+  // (a name that is not costs a property lookup), so what is kept is bounded by the configuration,
+  // not by the names a peer sends.
+  const resolvedApis = new Map<string, EffectiveApiOptions>();
   function apiOptionsFor(apiName: string): EffectiveApiOptions | undefined {
-    if (resolvedApis.has(apiName)) return resolvedApis.get(apiName);
-    const resolved = resolveApiOptions(apiName);
-    if (resolvedApis.size < MAX_CACHED_API_NAMES) resolvedApis.set(apiName, resolved);
+    let resolved = resolvedApis.get(apiName);
+    if (resolved === undefined) {
+      resolved = resolveApiOptions(apiName);
+      if (resolved !== undefined && resolvedApis.size < MAX_CACHED_API_NAMES) resolvedApis.set(apiName, resolved);
+    }
     return resolved;
   }
   const claimHeaders: ReadonlyArray<readonly [header: string, claim: string]> = Object.entries(options.claimsToHeaders).map(
@@ -417,12 +421,12 @@ export function createChecker(deps: CheckDeps): Checker {
   function acquireRequest(policy: RoutePolicy, user: ValidatedToken | undefined, headers: Record<string, string>): MutableAcquireRequest {
     const apiName = policy.downstreamApi as string;
     const apiOptions = apiOptionsFor(apiName);
-    if (apiOptions === undefined) throw new SidecarError('api_not_configured', `The downstream API "${apiName}" is not configured.`);
+    if (apiOptions === undefined) throw new SidecarError('api_not_configured', `The downstream API ${quotedName(apiName)} is not configured.`);
     if (user === undefined && needsCallerToken(apiOptions, policy.agent)) {
       // The acquirer would answer acquisition_ui_required, a 401 that sends the client to sign in.
       // A `none` route never takes a token, so signing in cannot help: the route is misconfigured.
       if (policy.validate === 'none') {
-        throw new SidecarError('misconfigured', `The route does not validate tokens (validate none) but its downstream API "${apiName}" needs the caller's token (On-Behalf-Of).`);
+        throw new SidecarError('misconfigured', `The route does not validate tokens (validate none) but its downstream API ${quotedName(apiName)} needs the caller's token (On-Behalf-Of).`);
       }
       // An `optional` route called without one: a token would let it through, so ask for it.
       throw new SidecarError('credential_missing');
@@ -438,7 +442,9 @@ export function createChecker(deps: CheckDeps): Checker {
   /**
    * Route policies by context_extensions content. Envoy sends the same few maps (one per route in
    * envoy.yaml) over and over; parsing each once keeps the policy, and so the allow memo below,
-   * stable per route. Bounded; an invalid map throws and is not kept.
+   * stable per route. Bounded in entries and, by routePolicy's bounds on context_extensions, in
+   * bytes; an invalid or oversized map throws and is not kept, nor is one naming a downstream API
+   * that is not configured (its every Check is a deny; a peer could otherwise fill the cache).
    */
   const policies = new Map<string, RoutePolicy>();
   const routes = routeTable(defaults, options.routes);
@@ -461,7 +467,9 @@ export function createChecker(deps: CheckDeps): Checker {
       // From the raw layers, not over `base`: a rule's resolved policy no longer tells which keys
       // the rule set itself and which it took from (or dropped of) the defaults.
       policy = routePolicy(defaults, ext, rule < 0 ? undefined : options.routes[rule].settings);
-      if (policies.size < MAX_CACHED_POLICIES) policies.set(key, policy);
+      if (policies.size < MAX_CACHED_POLICIES && (policy.downstreamApi === undefined || apiOptionsFor(policy.downstreamApi) !== undefined)) {
+        policies.set(key, policy);
+      }
     }
     return policy;
   }
@@ -524,7 +532,7 @@ export function createChecker(deps: CheckDeps): Checker {
     let injected = false;
     if (token !== undefined) {
       const value = `${token.scheme} ${token.token}`;
-      if (hasForbiddenValueChar(value)) throw new SidecarError('internal', 'The acquired token is not a valid header value.');
+      if (!isValidFieldValue(value)) throw new SidecarError('internal', 'The acquired token is not a valid header value.');
       headers.push(option(policy.injectHeader, value));
       injected = policy.injectHeader === 'authorization';
     }
@@ -535,7 +543,7 @@ export function createChecker(deps: CheckDeps): Checker {
       const value = claims === undefined ? undefined : claimHeaderValue(claims[claim]);
       if (value === undefined || value === '') {
         headersToRemove.push(header);
-      } else if (hasForbiddenValueChar(value) || Buffer.byteLength(value) > MAX_CLAIM_HEADER_BYTES) {
+      } else if (!isValidFieldValue(value) || Buffer.byteLength(value) > MAX_CLAIM_HEADER_BYTES) {
         if (logLimiter.allow('claim_header_invalid')) {
           logger.warn({ header, claim, ...logLimiter.suppressed('claim_header_invalid') }, 'ext_authz omitted a claim header whose value is not a valid header value');
         }
@@ -667,7 +675,10 @@ export function renderDeny(err: SidecarError, httpStatusNames: ReadonlyMap<numbe
 
 function buildDeny(err: SidecarError, httpStatusNames: ReadonlyMap<number, string>): CheckResponse {
   const spec = err.spec;
-  const message = err.envoyMessage;
+  // status.message is a proto3 string, which Envoy refuses unless it is valid UTF-8 (an RPC error, an
+  // allow under failure_mode_allow), and a detail can quote a name whose text is not well-formed:
+  // protobufjs writes a lone surrogate in a short string as invalid UTF-8 (see isValidFieldValue).
+  const message = err.envoyMessage.toWellFormed();
   const headers = [option('content-type', 'application/json'), option('cache-control', 'no-store')];
   const challenge = wwwAuthenticate(err);
   if (challenge !== undefined) headers.push(option('www-authenticate', challenge));
@@ -683,12 +694,17 @@ function buildDeny(err: SidecarError, httpStatusNames: ReadonlyMap<number, strin
   };
 }
 
-/** Non-secret identity facts for later Envoy filters and access logs (never a token). */
+/**
+ * Non-secret identity facts for later Envoy filters and access logs (never a token). A claim whose
+ * text is not well-formed (JSON's `"\ud800"`) is left out: protobufjs can write it as invalid UTF-8
+ * into a proto3 string, which Envoy refuses (see isValidFieldValue).
+ */
 function identityMetadata(user: ValidatedToken): StringStruct {
-  const fields: Record<string, { stringValue: string }> = { 'entra.tid': { stringValue: user.tenantId } };
+  const fields: Record<string, { stringValue: string }> = {};
+  if (user.tenantId.isWellFormed()) fields['entra.tid'] = { stringValue: user.tenantId };
   const { oid, azp, appid } = user.claims as { oid?: unknown; azp?: unknown; appid?: unknown };
-  if (typeof oid === 'string') fields['entra.oid'] = { stringValue: oid };
+  if (typeof oid === 'string' && oid.isWellFormed()) fields['entra.oid'] = { stringValue: oid };
   const client = typeof azp === 'string' ? azp : appid;
-  if (typeof client === 'string') fields['entra.azp'] = { stringValue: client };
+  if (typeof client === 'string' && client.isWellFormed()) fields['entra.azp'] = { stringValue: client };
   return { fields };
 }

@@ -6,6 +6,7 @@
  */
 import type { ExtAuthzOptions, ExtAuthzRouteRule } from '../config/types.js';
 import { SidecarError } from '../errors.js';
+import { clip } from '../log.js';
 import type { AgentSelection } from '../pipeline/types.js';
 import { isToken } from '../net/http-fields.js';
 import { hostOfHostHeader } from '../net/host-names.js';
@@ -42,6 +43,53 @@ export const CONTEXT_EXTENSION_KEYS = [
 
 const KNOWN_KEYS: ReadonlySet<string> = new Set(CONTEXT_EXTENSION_KEYS);
 
+/**
+ * Bounds on a route's context_extensions, in characters. They are route configuration (envoy.yaml,
+ * an Istio EnvoyFilter), where a key is one of the names above and a value a name, a GUID, a UPN or
+ * a list of scopes: tens to hundreds of characters. But any peer that reaches the gRPC port can
+ * send a map as large as MaxReceiveMessageBytes (1 MiB), and a map is cached by its text and its
+ * names quoted in denies and log lines; over these bounds a Check is denied `misconfigured` and
+ * nothing of it is kept. The 256 maps the Check caches then hold at most a few MiB.
+ */
+export const MAX_CONTEXT_EXTENSION_KEY_CHARS = 64;
+export const MAX_CONTEXT_EXTENSION_VALUE_CHARS = 4096;
+/** All keys and values together. */
+export const MAX_CONTEXT_EXTENSIONS_CHARS = 16_384;
+
+/** A name from configuration or a CheckRequest as a deny detail or a log line quotes it: cut to this many characters. */
+const MAX_QUOTED_NAME_CHARS = 128;
+
+/** `name` in double quotes for a deny detail or a log line, cut to MAX_QUOTED_NAME_CHARS. */
+export function quotedName(name: string): string {
+  return `"${clip(name, MAX_QUOTED_NAME_CHARS)}"`;
+}
+
+/**
+ * Throws SidecarError('misconfigured') for context_extensions that no route configuration holds: a
+ * key or value over its bound, a map over MAX_CONTEXT_EXTENSIONS_CHARS, text that is not well-formed
+ * UTF-16 (a lone surrogate, which is what invalid UTF-8 from a peer other than Envoy decodes to:
+ * Envoy sends valid UTF-8), or an unknown key.
+ */
+function checkContextExtensions(ext: PolicySettings): void {
+  let chars = 0;
+  for (const key in ext) {
+    const value = ext[key];
+    if (key.length > MAX_CONTEXT_EXTENSION_KEY_CHARS) {
+      throw new SidecarError('misconfigured', `A context_extensions key is longer than ${MAX_CONTEXT_EXTENSION_KEY_CHARS} characters: ${quotedName(key)}.`);
+    }
+    if (value.length > MAX_CONTEXT_EXTENSION_VALUE_CHARS) {
+      throw new SidecarError('misconfigured', `context_extensions ${quotedName(key)} is longer than ${MAX_CONTEXT_EXTENSION_VALUE_CHARS} characters.`);
+    }
+    chars += key.length + value.length;
+    if (chars > MAX_CONTEXT_EXTENSIONS_CHARS) {
+      throw new SidecarError('misconfigured', `The context_extensions are longer than ${MAX_CONTEXT_EXTENSIONS_CHARS} characters together.`);
+    }
+    if (!key.isWellFormed() || !value.isWellFormed()) {
+      throw new SidecarError('misconfigured', `context_extensions ${quotedName(key.toWellFormed())} is not well-formed text.`);
+    }
+    if (!KNOWN_KEYS.has(key)) throw new SidecarError('misconfigured', `Unknown context_extensions key ${quotedName(key)}.`);
+  }
+}
 
 function splitList(value: string): string[] {
   return value.split(' ').filter((s) => s !== '');
@@ -123,13 +171,14 @@ function setting(layers: readonly PolicySettings[], key: string, from = 0): stri
  * back a default the rule dropped only by saying `validate: none` once ext turns validation on.
  *
  * Unknown keys and bad values throw SidecarError('misconfigured') so a typo in envoy.yaml fails
- * closed instead of silently skipping a scope check or a token injection.
+ * closed instead of silently skipping a scope check or a token injection; so do context_extensions
+ * over their bounds (checkContextExtensions).
  */
 export function routePolicy(defaults: RoutePolicy, ext: PolicySettings | undefined, rule?: PolicySettings): RoutePolicy {
   const layers: PolicySettings[] = [];
   if (rule !== undefined && hasKeys(rule)) layers.push(rule);
   if (ext !== undefined && hasKeys(ext)) {
-    for (const key in ext) if (!KNOWN_KEYS.has(key)) throw new SidecarError('misconfigured', `Unknown context_extensions key "${key}".`);
+    checkContextExtensions(ext);
     layers.push(ext);
   }
   if (layers.length === 0) return defaults;

@@ -24,3 +24,14 @@ export function isToken(text: string): boolean {
 export function hasForbiddenValueChar(value: string): boolean {
   return FORBIDDEN_IN_VALUE.test(value);
 }
+
+/**
+ * True when `value` can be sent as a header value in a proto3 string (an ext_authz answer): no
+ * forbidden character, and well-formed UTF-16. A lone surrogate (JSON's `"\ud800"` in a claim) has
+ * no UTF-8 form: protobufjs writes one in a string under 40 characters as the invalid bytes
+ * ED A0 80, which Envoy refuses in a proto3 string (the whole answer becomes an RPC error), and
+ * leaves longer strings to Node, which writes U+FFFD instead: a value the token does not hold.
+ */
+export function isValidFieldValue(value: string): boolean {
+  return !FORBIDDEN_IN_VALUE.test(value) && value.isWellFormed();
+}

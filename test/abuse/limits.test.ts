@@ -383,3 +383,94 @@ describe('abuse and limits (built sidecar)', function () {
     await assertAlive(stack);
   });
 });
+
+/**
+ * context_extensions are route configuration, but any peer that reaches the gRPC port sends its own,
+ * up to MaxReceiveMessageBytes (1 MiB by default, as here). Once, a map was cached by its full text
+ * and its API name quoted whole in the deny and the log line: 300 Checks with a distinct 900 KiB
+ * value pinned over 500 MiB of heap and answered 900 KB denies.
+ */
+describe('context_extensions over their bounds (built sidecar)', function () {
+  this.timeout(120_000);
+  const LARGE = 'a'.repeat(900 * 1024);
+  /** What a deny or log line may quote of a name, with room for the words around it. */
+  const MAX_ANSWER_CHARS = 512;
+  let stack: Stack;
+  let token: string;
+  before(async () => {
+    stack = await startStack({
+      Sidecar__Outbound__TimeoutMs: '5000',
+      DownstreamApis__orders__Scopes__0: 'api://downstream/read',
+    });
+    expect(await eventually(async () => (await call(`${stack.management}/readyz`)).status === 200, 15_000), '/readyz 200 (signing keys loaded)').to.equal(true);
+    token = await userToken(stack);
+  });
+  after(async () => {
+    await stack?.close();
+    if (stack) assertNoSecrets(stack.sidecar.lines, secretsOf(stack.emu, stack.tokens));
+  });
+
+  /** Sidecar heap in use from /metrics, in bytes. */
+  async function heapUsed(): Promise<number> {
+    const v = sample(await scrape(stack), 'nodejs_heap_size_used_bytes');
+    expect(v, 'nodejs_heap_size_used_bytes').to.be.a('number');
+    return v!;
+  }
+
+  /** A Check with `ext` as its context_extensions; its deny code, and the lengths of what it quotes. */
+  async function checkExt(ext: Record<string, string>): Promise<{ code: string; message: string; body: string }> {
+    const res = await checkWith(stack, { headers: { authorization: `Bearer ${token}` }, contextExtensions: ext }, 10_000);
+    return { code: decision(res), message: res.status?.message ?? '', body: res.denied_response?.body ?? '' };
+  }
+
+  it('denies a value over 4,096 characters, a key over 64 and a map over 16,384 with misconfigured, in a short answer and a short log line', async () => {
+    const cases: Array<Record<string, string>> = [
+      { agent_identity: LARGE },
+      { downstream_api: LARGE },
+      { [`unknown_${'k'.repeat(100)}`]: 'v' },
+      { unknown: LARGE },
+      { agent_identity: 'a'.repeat(4096), agent_username: 'u'.repeat(4096), agent_user_id: 'i'.repeat(4096), required_scopes: 's'.repeat(4096), validate: 'optional' },
+    ];
+    for (const ext of cases) {
+      const r = await checkExt(ext);
+      expect(r.code, Object.keys(ext).join()).to.equal('misconfigured');
+      expect(r.message.length + r.body.length).to.be.below(MAX_ANSWER_CHARS);
+    }
+    // At the bounds a map is read as usual.
+    expect((await checkExt({ agent_identity: 'a'.repeat(4096), validate: 'optional' })).code).to.not.equal('misconfigured');
+    await sleep(200);
+    const longest = Math.max(...stack.sidecar.lines.map((l) => l.length));
+    expect(longest, 'longest log line').to.be.below(2048);
+    await assertAlive(stack);
+  });
+
+  it('quotes at most 128 characters of an API name that is not configured, never half a surrogate pair', async () => {
+    const r = await checkExt({ downstream_api: 'n'.repeat(4000) });
+    expect(r.code).to.equal('api_not_configured');
+    expect(r.message.length).to.be.below(200);
+    expect(r.body.length).to.be.below(MAX_ANSWER_CHARS);
+    // An emoji across the cut goes whole: a lone half has no UTF-8 form (protobufjs writes a short
+    // string's as invalid UTF-8, which Envoy refuses; Node a long one's as U+FFFD).
+    const emoji = await checkExt({ downstream_api: `${'n'.repeat(127)}\u{1F600}tail` });
+    expect(emoji.code).to.equal('api_not_configured');
+    expect(emoji.message).to.equal(`The downstream API "${'n'.repeat(127)}…" is not configured.`);
+    await sleep(200);
+    expect(Math.max(...stack.sidecar.lines.map((l) => l.length)), 'longest log line').to.be.below(2048);
+  });
+
+  it('keeps nothing of 150 Checks each with a distinct 900 KiB value (heap bounded)', async () => {
+    const before = await heapUsed();
+    for (let i = 0; i < 150; i++) {
+      // Distinct values, so no cache could answer a second one; three kinds a cache could have kept.
+      const value = `${i}-${LARGE}`;
+      const ext: Record<string, string> = i % 3 === 0 ? { agent_identity: value, validate: 'optional' } : i % 3 === 1 ? { downstream_api: value } : { [`k${i}`]: value };
+      expect((await checkExt(ext)).code).to.equal('misconfigured');
+    }
+    // Ordinary Checks, so the collector runs and what was garbage is gone.
+    for (let i = 0; i < 400; i++) await checkWith(stack, { headers: { authorization: `Bearer ${token}`, 'x-pad': 'p'.repeat(200 * 1024) } });
+    await sleep(500);
+    const after = await heapUsed();
+    expect(after - before, `heap ${before} -> ${after}`).to.be.below(64 * 1024 * 1024);
+    await assertAlive(stack);
+  });
+});

@@ -1,6 +1,6 @@
 /** The process logger's redaction (src/log.ts): secret-carrying field names and token-shaped text. */
 import { expect } from 'chai';
-import { redactTokens, safeCause } from '../../src/log.js';
+import { clip, redactTokens, safeCause } from '../../src/log.js';
 import { memoryLogger } from '../helpers/logger.js';
 
 describe('log redaction', function () {
@@ -21,6 +21,14 @@ describe('log redaction', function () {
     const cause = safeCause(new Error(`${jws} ${'x'.repeat(1000)}`));
     expect(cause.startsWith('Error: [redacted] ')).to.equal(true);
     expect(cause.length).to.equal(501);
+  });
+
+  it('clips a text to its first characters, never between the halves of a surrogate pair', function () {
+    expect(clip('abcdef', 6)).to.equal('abcdef');
+    expect(clip('abcdef', 3)).to.equal('abc…');
+    // A lone half has no UTF-8 form; a clipped name can reach a proto3 string (an ext_authz deny).
+    expect(clip('ab\u{1F600}cd', 3)).to.equal('ab…');
+    expect(clip('ab\u{1F600}cd', 4)).to.equal('ab\u{1F600}…');
   });
 
   it('looks at no more than 8,192 characters, so a pathological text cannot make it slow', function () {

@@ -5,10 +5,16 @@
 import { expect } from 'chai';
 import { decodeJwt } from 'jose';
 import { startEmulator, redactionFingerprint, type Emulator } from '../../emulator/index.js';
-import { createAuthorizationClient, type AuthorizationClient } from '../../src/extauthz/protos.js';
+import { createAuthorizationClient, loadExtAuthzProtos, type AuthorizationClient } from '../../src/extauthz/protos.js';
 import { startSidecar, waitForLine, type RunningSidecar } from '../helpers/sidecar.js';
 import { assertNoSecrets, call, healthCheck, secretsOf, sidecarEnv, withEmulatorAndSidecars } from '../helpers/e2e.js';
 import { applyOkResponse, check, envoyCheckRequest, headerMap, rawCheckClient } from '../extauthz/fixtures.js';
+
+/** Where `bytes` hold a UTF-16 surrogate encoded as UTF-8 (ED A0..BF xx, never valid UTF-8), or -1. */
+function encodedSurrogateAt(bytes: Buffer): number {
+  for (let i = 0; i + 1 < bytes.length; i++) if (bytes[i] === 0xed && bytes[i + 1] >= 0xa0 && bytes[i + 1] <= 0xbf) return i;
+  return -1;
+}
 
 const STEP_UP_CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}';
 
@@ -137,6 +143,30 @@ describe('ext_authz Check (built sidecar against the emulator)', function () {
     const http = await call(`${sidecar.url}/Validate`, { token });
     expect(http.status).to.equal(401);
     expect(http.headers.get('www-authenticate')).to.equal(expected);
+  });
+
+  it('leaves out a claim header and identity metadata whose text has no UTF-8 form (a lone surrogate), so the allow is valid UTF-8 Envoy can read', async () => {
+    // JSON's "\ud800" parses to a lone surrogate, which protobufjs writes as ED A0 80: invalid UTF-8
+    // in a proto3 string. Envoy refuses such an answer, an RPC error that failure_mode_allow turns
+    // into an allow (and status_on_error into a deny the route never asked for).
+    const token = await user({ oid: '\ud800', azp: 'a\udc00b' });
+    const req = envoyCheckRequest({ headers: { authorization: `Bearer ${token}`, 'x-entra-oid': 'spoofed' } });
+    const raw = rawCheckClient(`127.0.0.1:${sidecar.listening.extAuthz!.port}`);
+    try {
+      // The second Check is answered from the allow memo (a cached caller).
+      for (const attempt of ['first', 'second']) {
+        const { err, res, bytes } = await raw.send(loadExtAuthzProtos().authorizationService.Check.requestSerialize(req));
+        expect(err, attempt).to.equal(undefined);
+        expect(res!.status?.code ?? 0, attempt).to.equal(0);
+        expect(encodedSurrogateAt(bytes!), `${attempt}: UTF-8-encoded surrogate in the answer`).to.equal(-1);
+        expect(headerMap(res!.ok_response.headers), attempt).to.not.have.property('x-entra-oid');
+        expect(res!.ok_response.headers_to_remove, attempt).to.include('x-entra-oid');
+        expect(applyOkResponse((req.attributes as any).request.http.headers, res!)['x-entra-oid'], attempt).to.equal(undefined);
+        expect(Object.keys(res!.dynamic_metadata.fields).sort(), attempt).to.deep.equal(['entra.tid']);
+      }
+    } finally {
+      raw.close();
+    }
   });
 
   it('denies bytes that are no CheckRequest (not protobuf) in band with request_invalid, never with a failed RPC', async () => {

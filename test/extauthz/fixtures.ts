@@ -245,8 +245,11 @@ export function check(client: AuthorizationClient, request: object, timeoutMs = 
   });
 }
 
-/** Sends `bytes` as the CheckRequest as they are (no encoding); the answer is a failed RPC or a decoded CheckResponse. */
-export type RawCheck = (bytes: Buffer) => Promise<{ err?: grpc.ServiceError; res?: CheckResult }>;
+/**
+ * Sends `bytes` as the CheckRequest as they are (no encoding); the answer is a failed RPC or a
+ * decoded CheckResponse with the bytes it was decoded from.
+ */
+export type RawCheck = (bytes: Buffer) => Promise<{ err?: grpc.ServiceError; res?: CheckResult; bytes?: Buffer }>;
 
 /** A Check caller that sends any bytes as the request message, as a buggy or hostile peer could. */
 export function rawCheckClient(address: string): { send: RawCheck; close(): void } {
@@ -256,7 +259,7 @@ export function rawCheckClient(address: string): { send: RawCheck; close(): void
     send: (bytes) =>
       new Promise((resolve) => {
         client.makeUnaryRequest(CHECK_PATH, (b: Buffer) => b, (b: Buffer) => b, bytes, new grpc.Metadata(), { deadline: Date.now() + DEFAULT_CHECK_DEADLINE_MS }, (err, res) => {
-          resolve(err ? { err } : { res: responseDeserialize(res as Buffer) as CheckResult });
+          resolve(err ? { err } : { res: responseDeserialize(res as Buffer) as CheckResult, bytes: res as Buffer });
         });
       }),
     close: () => client.close(),
