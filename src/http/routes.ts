@@ -97,8 +97,17 @@ async function readBody(req: IncomingMessage, res: ServerResponse, max: number, 
     return body;
   } catch (err) {
     budget.release(declared);
-    throw err;
+    throw clientGone(err);
   }
+}
+
+/**
+ * A body read that failed because the client went away (node:http's `aborted`, a reset, its own
+ * 408 after Sidecar:Http:RequestTimeoutMs) is the caller's doing: request_invalid, a 4xx in the
+ * metrics and a line at its level, never `internal`, which says the sidecar has a defect.
+ */
+function clientGone(err: unknown): unknown {
+  return err instanceof SidecarError ? err : new SidecarError('request_invalid', 'The client went away before the request body ended.', { cause: err });
 }
 
 /**
@@ -112,7 +121,7 @@ function readChunked(req: IncomingMessage, res: ServerResponse, max: number, bud
     const chunks: Buffer[] = [];
     let size = 0;
     const settle = (err: unknown): void => {
-      req.off('data', onData).off('end', onEnd).off('error', settle).off('close', onClose);
+      req.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
       budget.release(size);
       reject(err);
     };
@@ -129,12 +138,13 @@ function readChunked(req: IncomingMessage, res: ServerResponse, max: number, bud
       req.resume();
     };
     const onEnd = (): void => {
-      req.off('data', onData).off('error', settle).off('close', onClose);
+      req.off('data', onData).off('error', onError).off('close', onClose);
       resolve(Buffer.concat(chunks, size));
     };
     // node:http destroys a request whose client left mid-body; 'error' is emitted only to a listener.
-    const onClose = (): void => settle(new SidecarError('request_invalid', 'The client closed the connection before the request body ended.'));
-    req.on('data', onData).on('end', onEnd).on('error', settle).on('close', onClose);
+    const onError = (err: unknown): void => settle(clientGone(err));
+    const onClose = (): void => settle(clientGone(undefined));
+    req.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose);
   });
 }
 

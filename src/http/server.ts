@@ -105,16 +105,19 @@ function matchRoute(first: string, count: number, development: boolean): Route |
 }
 
 /**
- * The Authorization header as node:http would put it in `req.headers` (the first one: duplicates of
- * it are dropped there), read from `rawHeaders` so a warm request does not build the header object.
+ * The Authorization header, read from `rawHeaders` so a warm request does not build the header
+ * object. Two or more lines are joined with ",", as ASP.NET's StringValues.ToString() hands them to
+ * JwtBearer in Microsoft's sidecar: no credential parses from that, so the request is refused (401),
+ * where `req.headers` would keep the first line alone and authenticate whichever came first.
  */
 export function authorizationHeader(req: IncomingMessage): string | undefined {
   const raw = req.rawHeaders;
+  let value: string | undefined;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i];
-    if (name.length === 13 && name.toLowerCase() === 'authorization') return raw[i + 1];
+    if (name.length === 13 && name.toLowerCase() === 'authorization') value = value === undefined ? raw[i + 1] : `${value},${raw[i + 1]}`;
   }
-  return undefined;
+  return value;
 }
 
 /** Creates the request handler (exported for tests that drive it without a socket). */

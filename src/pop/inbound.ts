@@ -10,7 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import { clip, type Logger } from '../log.js';
+import { clip, redactTokens, type Logger } from '../log.js';
 import type { LogLimiter } from '../log-limit.js';
 import type { SidecarConfig } from '../config/types.js';
 import { SidecarError } from '../errors.js';
@@ -115,10 +115,11 @@ export async function validatePopRequest(deps: PopValidationDeps, headers: Incom
   const settings = config.sidecar.popValidation;
   const refuse = (reason: string): PopValidationResult => {
     // At most LOG_LINES_PER_SECOND lines, as for every other failure a caller causes (the metric
-    // counts each one). A reason can quote the caller's SHR (an algorithm, a query name): cut it.
+    // counts each one). A reason can quote the caller's SHR (an algorithm, a query name): token-shaped
+    // text is cut out before the reason is cut short (a token's head and claims, cut, no longer
+    // look like a token), and the reason is said once, in its own field.
     if (logger.isLevelEnabled('info') && logLimiter.allow(POP_FAILED_EVENT)) {
-      const shown = clip(reason, MAX_REASON_LENGTH);
-      logger.info({ event: POP_FAILED_EVENT, reason: shown, ...logLimiter.suppressed(POP_FAILED_EVENT) }, `PoP validation failed: ${shown}`);
+      logger.info({ event: POP_FAILED_EVENT, reason: clip(redactTokens(reason), MAX_REASON_LENGTH), ...logLimiter.suppressed(POP_FAILED_EVENT) }, 'PoP validation failed');
     }
     return { ok: false };
   };

@@ -7,7 +7,7 @@
 import { expect } from 'chai';
 import http, { type ClientRequest } from 'node:http';
 import { assertNoSecrets, call, secretsOf } from '../helpers/e2e.js';
-import { assertAlive, eventually, sleep, startDownstream, startStack, type Downstream, type Stack } from '../faults/harness.js';
+import { assertAlive, eventually, scrape, sleep, startDownstream, startStack, type Downstream, type Stack } from '../faults/harness.js';
 
 const MAX_BODY_BYTES = 64 * 1024;
 /** Three bodies of 60 KiB fit; a fourth does not. */
@@ -119,6 +119,26 @@ describe('request body budget (built sidecar)', function () {
     } finally {
       for (const h of held) h.req.destroy();
     }
+    await assertAlive(stack);
+  });
+
+  it('takes a client that goes away mid-body as its own doing: request_invalid, a 4xx, never internal', async () => {
+    const fiveXx = async (): Promise<number> => {
+      const line = (await scrape(stack)).split('\n').find((l) => l.startsWith('entra_sidecar_http_requests_total{') && l.includes('route="DownstreamApiUnauthenticated"') && l.includes('status_class="5xx"'));
+      return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+    };
+    const before = await fiveXx();
+    const from = stack.sidecar.lines.length;
+    // One declaring its length and one sent chunked, each gone after a first piece.
+    for (const declared of [BODY, undefined]) {
+      const p = post(declared, 1024);
+      await sleep(300);
+      p.req.destroy();
+      await p.answer;
+    }
+    expect(await eventually(async () => stack.sidecar.lines.slice(from).filter((l) => l.includes('"code":"request_invalid"')).length >= 2, 5_000), 'two request_invalid lines').to.equal(true);
+    expect(stack.sidecar.lines.slice(from).filter((l) => l.includes('"code":"internal"'))).to.deep.equal([]);
+    expect((await fiveXx()) - before, 'no 5xx counted').to.equal(0);
     await assertAlive(stack);
   });
 

@@ -307,6 +307,28 @@ describe('proof of possession (built sidecar against the emulator)', function ()
       expect(await waitForLine(sidecar, 'not an app-only token')).to.equal(true);
     });
 
+    it('never logs a token quoted in a signed request, whole or cut: token-shaped text is cut out before the reason is cut short', async () => {
+      const quoted = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+      tokens.push(quoted);
+      const at = await popToken();
+      const b64 = (o: unknown): string => Buffer.from(JSON.stringify(o)).toString('base64url');
+      // The algorithm named in the header is quoted in the reason: here, a whole token.
+      const shr = `${b64({ alg: quoted, typ: 'pop' })}.${b64({ at, ts: Math.floor(Date.now() / 1000), m: 'GET', u: target.host, p: target.pathname, cnf: { jwk: { kty: 'RSA', n: 'AQAB', e: 'AQAB' } } })}.AAAA`;
+      // The refusals of the tests before may have used this second's share of the log limiter.
+      await new Promise((resolve) => setTimeout(resolve, 1_100));
+      const from = sidecar.lines.length;
+      expectRefused(await validate(shr), 'a token as the algorithm');
+      expect(await waitForLine(sidecar, 'PopValidationFailed', 3_000, from)).to.equal(true);
+      const logged = sidecar.lines.slice(from).filter((l) => l.includes('PopValidationFailed'));
+      expect(logged.length).to.be.greaterThan(0);
+      const [head, claims] = quoted.split('.');
+      for (const line of logged) {
+        expect(line, 'the token\'s header').to.not.include(head);
+        expect(line, 'the token\'s claims').to.not.include(claims.slice(0, 24));
+        expect(line).to.include('[redacted]');
+      }
+    });
+
     it('refuses a request signed with a key other than the one the token is bound to', async () => {
       const at = await popToken();
       const thief = await rsaSigningKey();
