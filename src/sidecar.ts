@@ -28,11 +28,21 @@ import { createLogLimiter, LOG_LINES_PER_SECOND } from './log-limit.js';
 
 /** How long in-flight requests may drain after SIGTERM. */
 export const SHUTDOWN_GRACE_MS = 10_000;
-/** When a shutdown that has not finished exits anyway (1): the longest the process lives after SIGTERM. */
+/**
+ * When a shutdown that has not finished exits anyway (1): the longest the process lives after SIGTERM.
+ * A last resort: at the end of the grace what is left is cut and its outbound calls aborted, so a
+ * shutdown ends a few milliseconds after it (the management listener may take up to 1 s more).
+ */
 export const SHUTDOWN_FORCE_EXIT_MS = SHUTDOWN_GRACE_MS + 2_000;
 
-/** Builds and starts everything for a loaded config. */
-export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<void>> {
+/** What a finished shutdown reports in its `stopped` line. */
+export interface ShutdownReport {
+  /** HTTP requests and ext_authz Checks still unanswered when the grace ended, and cut. */
+  readonly cutRequests: number;
+}
+
+/** Builds and starts everything for a loaded config; resolves with the function that shuts it down. */
+export async function run(config: SidecarConfig, logger: Logger): Promise<() => Promise<ShutdownReport>> {
   const outbound = config.sidecar.outbound;
   const metrics = createMetrics({ version: VERSION, collectProcess: true, gcDuration: config.sidecar.management.gcMetrics });
   const baseAgent = createOutboundAgent({ extraCaFiles: outbound.extraCaFiles, ...(outbound.proxy ? { proxy: outbound.proxy } : {}), connectTimeoutMs: outbound.connectTimeoutMs, timeoutMs: outbound.timeoutMs });
@@ -114,7 +124,7 @@ async function binding<T>(what: string, addresses: readonly { host: string; port
 }
 
 /** Starts the listeners over the core built by run(). */
-async function listen(config: SidecarConfig, logger: Logger, core: Core): Promise<() => Promise<void>> {
+async function listen(config: SidecarConfig, logger: Logger, core: Core): Promise<() => Promise<ShutdownReport>> {
   const { metrics, baseAgent, downstreamAgent, validator, engine } = core;
   const outbound = config.sidecar.outbound;
   /** What stands in the way of serving, as fixed phrases (docs/deployment.md, "Probes"). */
@@ -207,11 +217,16 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     // so no new calls are coming (docs/deployment.md).
     management?.setShuttingDown();
     extAuthz?.setServing(false);
-    await Promise.all([http.close(SHUTDOWN_GRACE_MS), extAuthz?.close(SHUTDOWN_GRACE_MS)]);
+    const [httpCut, checksCut] = await Promise.all([http.close(SHUTDOWN_GRACE_MS), extAuthz?.close(SHUTDOWN_GRACE_MS) ?? 0]);
     await management?.close(1_000);
     validator.close();
     acquirer.close();
-    await baseAgent.close();
+    // The listeners are closed, so no outbound call left has anyone to answer: the work of requests
+    // cut at the end of the grace (a token request Entra holds, a slow downstream API) and background
+    // key or token refreshes. close() would wait for them, up to Sidecar:Outbound:TimeoutMs each and
+    // past the force exit; destroy() aborts them.
+    await baseAgent.destroy();
+    return { cutRequests: httpCut + checksCut };
   };
 }
 
@@ -251,7 +266,7 @@ export async function main(): Promise<void> {
   // The signal handlers go in before the start: as PID 1 in a container, a process without a
   // SIGTERM handler does not get the signal at all, and a start can take a while (a Key Vault
   // decryption certificate is read before anything listens).
-  let stop: (() => Promise<void>) | undefined;
+  let stop: (() => Promise<ShutdownReport>) | undefined;
   let stopping = false;
   const exitSoon = (code: number) => {
     process.exitCode = code;
@@ -268,11 +283,16 @@ export async function main(): Promise<void> {
       exitSoon(0);
       return;
     }
-    const force = setTimeout(() => process.exit(1), SHUTDOWN_FORCE_EXIT_MS);
+    const force = setTimeout(() => {
+      logger.error({ event: 'shutdown_forced', afterMs: SHUTDOWN_FORCE_EXIT_MS }, 'the shutdown did not finish in time; exiting');
+      logger.flush();
+      process.exit(1);
+    }, SHUTDOWN_FORCE_EXIT_MS);
     force.unref();
     stop().then(
-      () => {
-        logger.info({ event: 'stopped' }, 'stopped');
+      ({ cutRequests }) => {
+        if (cutRequests === 0) logger.info({ event: 'stopped', cutRequests }, 'stopped');
+        else logger.warn({ event: 'stopped', cutRequests }, `stopped; ${cutRequests} request(s) still unanswered at the end of the ${SHUTDOWN_GRACE_MS / 1000} s grace were cut`);
         logger.flush();
         exitSoon(0);
       },

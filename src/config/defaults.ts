@@ -3,6 +3,7 @@
  * load.ts takes its defaults from here (so the table cannot drift from the code), and
  * docs/configuration.md is generated from it by scripts/gen-docs.ts.
  */
+import { MAX_TIMER_DELAY_MS } from '../timer-delay.js';
 
 /** One documented configuration key. `default: ''` means "not set". */
 export interface ConfigKeyDoc {
@@ -10,6 +11,8 @@ export interface ConfigKeyDoc {
   readonly key: string;
   readonly default: string;
   readonly unit?: string;
+  /** The largest value accepted (in `unit`); a larger one fails the start. */
+  readonly max?: number;
   /** One line: what it does and why the default is what it is. */
   readonly description: string;
 }
@@ -22,6 +25,20 @@ export interface IgnoredKeyDoc {
 
 /** Listener used when no URL source is configured (Microsoft's image uses 8080 on all interfaces). */
 export const DEFAULT_HTTP_URL = 'http://127.0.0.1:5000';
+
+// Bounds of the durations, so that none becomes a timer longer than Node keeps (src/timer-delay.ts):
+// a longer one fires after 1 ms, and a refresh or timeout meant for days fires without end.
+/** Keys in ms that become a timer as they are. */
+const MAX_DELAY_MS = MAX_TIMER_DELAY_MS;
+/** Keys in seconds: ×1000. Also those that are compared rather than timed, so one rule holds for all. */
+const MAX_DELAY_SEC = Math.floor(MAX_TIMER_DELAY_MS / 1000);
+/** Node's HTTP server times an idle keep-alive socket out one second after keepAliveTimeout. */
+const MAX_KEEP_ALIVE_MS = MAX_TIMER_DELAY_MS - 1000;
+/**
+ * ext_authz honours a Check deadline of up to 6 × Sidecar:Outbound:TimeoutMs
+ * (MAX_DEADLINE_OUTBOUND_TIMEOUTS in src/extauthz/check.ts; a test holds the two together).
+ */
+const MAX_OUTBOUND_TIMEOUT_MS = Math.floor(MAX_TIMER_DELAY_MS / 6);
 
 /** Every key we read, with its default. Order is the order of the generated reference. */
 export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]>([
@@ -113,9 +130,9 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:Http:MaxHeaderBytes', default: '32768', unit: 'bytes', description: 'Largest request header block (Kestrel allows 32 KiB; PoP and JWE tokens are large).' },
   { key: 'Sidecar:Http:MaxBodyBytes', default: '30000000', unit: 'bytes', description: 'Largest request body; Kestrel\'s 30 MB default so `/DownstreamApi` bodies that work with Microsoft still work.' },
   { key: 'Sidecar:Http:MaxBufferedBodyBytes', default: '33554432', unit: 'bytes', description: 'Ours: the most all request bodies in flight may hold together (32 MiB: one body of MaxBodyBytes at a time), so concurrent `/DownstreamApi*` bodies cannot take the sidecar past its memory limit (docs/deployment.md). A body that would pass it gets 503 `request_body_budget_exceeded` with `Retry-After: 1` before it is read (a body sent without Content-Length gets it once it would pass it, and its connection is closed after the answer). Unset, it is at least MaxBodyBytes; set lower than MaxBodyBytes is refused at start.' },
-  { key: 'Sidecar:Http:RequestTimeoutMs', default: '30000', unit: 'ms', description: 'Time allowed to receive a whole request (headers and body) from the client; 408 after it. It does not bound the time the answer takes (Node\'s requestTimeout ends once the request is in): outbound calls are bounded by Sidecar:Outbound:TimeoutMs.' },
-  { key: 'Sidecar:Http:HeadersTimeoutMs', default: '10000', unit: 'ms', description: 'Time allowed to receive the request headers (slowloris guard).' },
-  { key: 'Sidecar:Http:KeepAliveTimeoutMs', default: '130000', unit: 'ms', description: 'How long an idle keep-alive connection stays open after its last response: Kestrel\'s 130 s, so clients that pool connections for a minute or more (.NET, Go, Python) never race the server\'s close with a POST. Idle time does not count against HeadersTimeoutMs; shutdown closes idle connections at once.' },
+  { key: 'Sidecar:Http:RequestTimeoutMs', default: '30000', unit: 'ms', max: MAX_DELAY_MS, description: 'Time allowed to receive a whole request (headers and body) from the client; 408 after it. It does not bound the time the answer takes (Node\'s requestTimeout ends once the request is in): outbound calls are bounded by Sidecar:Outbound:TimeoutMs.' },
+  { key: 'Sidecar:Http:HeadersTimeoutMs', default: '10000', unit: 'ms', max: MAX_DELAY_MS, description: 'Time allowed to receive the request headers (slowloris guard).' },
+  { key: 'Sidecar:Http:KeepAliveTimeoutMs', default: '130000', unit: 'ms', max: MAX_KEEP_ALIVE_MS, description: 'How long an idle keep-alive connection stays open after its last response: Kestrel\'s 130 s, so clients that pool connections for a minute or more (.NET, Go, Python) never race the server\'s close with a POST. Idle time does not count against HeadersTimeoutMs; shutdown closes idle connections at once.' },
   { key: 'Sidecar:Http:AllowedHosts:<i>', default: '', description: 'Ours: `Host` names the identity API accepts besides the loopback ones (array; exact names without port or wildcard, e.g. `Sidecar__Http__AllowedHosts__0=sidecar.internal`). Outside Development the `Host` header must name `localhost`, a `*.localhost` name, an IPv4 address in 127.0.0.0/8 or `[::1]` (any port), or one of these; in Development also any IP literal and any name without a dot (compose service names such as `sidecar`). Anything else, and a request without `Host`, gets 400 `host_not_allowed`, so a web page on a DNS-rebinding domain cannot read tokens. List here the dotted names callers use in Development (`host.docker.internal`, `sidecar.ns.svc.cluster.local`). Microsoft\'s `AllowedHosts` key stays ignored: it is ASP.NET\'s host filtering, which Microsoft\'s sidecar no longer uses.' },
   { key: 'Sidecar:Management:Enabled', default: 'true', description: 'Serve `/healthz`, `/readyz` and `/metrics` on a separate listener.' },
   { key: 'Sidecar:Management:Url', default: 'http://+:9090', description: 'Management listener; all interfaces of both families (`+`/`*` bind a dual-stack `::`, IPv4 only where the host has no IPv6) so kubelet probes and Prometheus can reach it on IPv4, dual-stack and IPv6-only clusters (it never mints or shows a token).' },
@@ -147,15 +164,15 @@ export const CONFIG_KEYS: readonly ConfigKeyDoc[] = Object.freeze<ConfigKeyDoc[]
   { key: 'Sidecar:ExtAuthz:Routes:<i>:AgentUsername', default: '', description: 'The rule\'s `agent_username` (needs AgentIdentity).' },
   { key: 'Sidecar:ExtAuthz:Routes:<i>:AgentUserId', default: '', description: 'The rule\'s `agent_user_id` (needs AgentIdentity).' },
   { key: 'Sidecar:Outbound:CaFile', default: '', description: 'PEM bundle trusted for outbound TLS in addition to the system store and NODE_EXTRA_CA_CERTS (e.g. an egress proxy CA).' },
-  { key: 'Sidecar:Outbound:ConnectTimeoutMs', default: '5000', unit: 'ms', description: 'TCP + TLS connect timeout for Entra, JWKS, Key Vault and downstream calls.' },
-  { key: 'Sidecar:Outbound:TimeoutMs', default: '10000', unit: 'ms', description: 'Deadline for each outbound request as a whole (connect, redirects, response headers and the complete body): every token request, OpenID metadata and JWKS fetch, managed-identity and Key Vault call, and each `/DownstreamApi*` exchange with the downstream API (a claims-challenge retry gets its own). Microsoft\'s sidecar uses .NET HttpClient\'s 100 s; raise this (e.g. `Sidecar__Outbound__TimeoutMs=100000`) for downstream APIs that can take longer than 10 s, and give callers a longer timeout still.' },
+  { key: 'Sidecar:Outbound:ConnectTimeoutMs', default: '5000', unit: 'ms', max: MAX_DELAY_MS, description: 'TCP + TLS connect timeout for Entra, JWKS, Key Vault and downstream calls.' },
+  { key: 'Sidecar:Outbound:TimeoutMs', default: '10000', unit: 'ms', max: MAX_OUTBOUND_TIMEOUT_MS, description: 'Deadline for each outbound request as a whole (connect, redirects, response headers and the complete body): every token request, OpenID metadata and JWKS fetch, managed-identity and Key Vault call, and each `/DownstreamApi*` exchange with the downstream API (a claims-challenge retry gets its own). Microsoft\'s sidecar uses .NET HttpClient\'s 100 s; raise this (e.g. `Sidecar__Outbound__TimeoutMs=100000`) for downstream APIs that can take longer than 10 s, and give callers a longer timeout still.' },
   { key: 'Sidecar:Outbound:MaxResponseBytes', default: '1048576', unit: 'bytes', description: 'Cap on Entra token, OpenID metadata and JWKS responses (they are a few KiB).' },
-  { key: 'Sidecar:Validation:ClockSkewSec', default: '300', unit: 's', description: 'Tolerance on `exp`/`nbf` (Microsoft.IdentityModel default 5 min).' },
-  { key: 'Sidecar:Validation:SigningKeysRefreshIntervalSec', default: '86400', unit: 's', description: 'Regular refresh of OpenID metadata and JWKS (Microsoft.IdentityModel default 24 h).' },
-  { key: 'Sidecar:Validation:UnknownKidCooldownSec', default: '300', unit: 's', description: 'Minimum gap between JWKS refetches triggered by an unknown `kid` (Microsoft.IdentityModel: 5 min).' },
+  { key: 'Sidecar:Validation:ClockSkewSec', default: '300', unit: 's', max: MAX_DELAY_SEC, description: 'Tolerance on `exp`/`nbf` (Microsoft.IdentityModel default 5 min).' },
+  { key: 'Sidecar:Validation:SigningKeysRefreshIntervalSec', default: '86400', unit: 's', max: MAX_DELAY_SEC, description: 'Regular refresh of OpenID metadata and JWKS (Microsoft.IdentityModel default 24 h).' },
+  { key: 'Sidecar:Validation:UnknownKidCooldownSec', default: '300', unit: 's', max: MAX_DELAY_SEC, description: 'Minimum gap between JWKS refetches triggered by an unknown `kid` (Microsoft.IdentityModel: 5 min).' },
   { key: 'Sidecar:Validation:VerifiedTokenCacheSize', default: '10000', unit: 'entries', description: 'LRU of already-verified tokens so repeated calls skip signature checks; a token enters it on its second verification (an encrypted one on its first), so a token used once leaves only a number behind; 0 disables it.' },
   { key: 'Sidecar:TokenCache:MaxEntries', default: '10000', unit: 'entries', description: 'Bound on cached acquired tokens (LRU), so many users cannot exhaust memory.' },
-  { key: 'Sidecar:TokenCache:ExpiryBufferSec', default: '300', unit: 's', description: 'Treat a cached token as expired this long before `exp` (msal refreshes 5 min early too).' },
+  { key: 'Sidecar:TokenCache:ExpiryBufferSec', default: '300', unit: 's', max: MAX_DELAY_SEC, description: 'Treat a cached token as expired this long before `exp` (msal refreshes 5 min early too).' },
   { key: 'Sidecar:DownstreamApi:ReturnAllResponseHeaders', default: 'false', description: 'Return every downstream response header in DownstreamApiResult, not only content headers (Microsoft returns content headers only).' },
   { key: 'Sidecar:DownstreamApi:MaxResponseBytes', default: '10485760', unit: 'bytes', description: 'Cap on a downstream API response body buffered into DownstreamApiResult.' },
   { key: 'Sidecar:DownstreamApi:MaxRedirects', default: '5', unit: 'redirects', description: 'Redirect hops followed when AllowOutboundRedirects is on.' },
@@ -246,6 +263,19 @@ function cell(text: string): string {
   return text.replace(/\|/g, '\\|');
 }
 
+/** A key's `max` with its unit and, for a duration, about how long it is: `2147483 s (about 24.8 days)`. */
+export function describeMax(doc: ConfigKeyDoc): string {
+  const unit = doc.unit === undefined ? '' : ` ${doc.unit}`;
+  const ms = doc.max === undefined ? undefined : doc.unit === 's' ? doc.max * 1000 : doc.unit === 'ms' ? doc.max : undefined;
+  // Cut, not rounded: 2^31-1 ms is 24.855 days, and "about 24.9 days" would be past the limit.
+  const about = ms === undefined ? '' : ` (about ${Math.floor(ms / 8_640_000) / 10} days)`;
+  return `${doc.max ?? ''}${unit}${about}`;
+}
+
+function renderDescription(doc: ConfigKeyDoc): string {
+  return doc.max === undefined ? doc.description : `${doc.description} At most ${describeMax(doc)}.`;
+}
+
 function renderDefault(doc: ConfigKeyDoc): string {
   return doc.default === '' ? '(unset)' : `\`${doc.default}\``;
 }
@@ -300,6 +330,12 @@ export function renderConfigReference(): string {
     '  are warnings.',
     '- Where an array is required (`Scopes`, `ValidAudiences`, `ValidIssuers`, `ClientCredentials`,',
     '  `ClientCapabilities`, …) a single string is an error.',
+    '- Durations have a maximum, given with each key below; a larger value is an error naming the key and',
+    '  its maximum. Node keeps a timer for at most 2^31-1 ms (about 24.8 days) and fires a longer one after',
+    '  1 ms, so a refresh interval of 30 days would fetch the signing keys without pause. Keys in seconds',
+    '  stop at 2147483 s (`AzureAd:TokenValidationParameters:ClockSkew` too), `Sidecar:Outbound:TimeoutMs`',
+    '  at a sixth of the limit (an ext_authz Check may wait up to six outbound timeouts), and',
+    '  `Sidecar:Http:KeepAliveTimeoutMs` one second below it (Node adds a second to it).',
     '',
     '## How entra-sidecar differs from Microsoft\'s sidecar',
     '',
@@ -324,7 +360,7 @@ export function renderConfigReference(): string {
     '|---|---|---|---|',
   );
   for (const doc of CONFIG_KEYS) {
-    lines.push(`| \`${cell(doc.key)}\` | ${cell(renderDefault(doc))} | ${cell(doc.unit ?? '')} | ${cell(doc.description)} |`);
+    lines.push(`| \`${cell(doc.key)}\` | ${cell(renderDefault(doc))} | ${cell(doc.unit ?? '')} | ${cell(renderDescription(doc))} |`);
   }
   lines.push(
     '',

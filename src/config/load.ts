@@ -6,7 +6,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { dirname, basename, join, resolve } from 'node:path';
-import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
+import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, describeMax, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
 import { formatHostPort, listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import { isReservedHeaderName, isValidHeaderValue } from '../downstream/request-headers.js';
@@ -103,7 +103,7 @@ class Binder {
     return defaultOf(path).toLowerCase() === 'true';
   }
 
-  /** A non-negative integer ≥ min. */
+  /** A non-negative integer ≥ min and ≤ the key's `max` in the defaults table (a duration's timer bound). */
   int(path: string, min: number): number {
     const text = this.string(path) ?? '0';
     const fallback = Number(defaultOf(path));
@@ -114,6 +114,11 @@ class Binder {
     const n = Number(text);
     if (n < min) {
       this.error(`${path} must be at least ${min}`);
+      return fallback;
+    }
+    const doc = findKeyDoc(path);
+    if (doc?.max !== undefined && n > doc.max) {
+      this.error(`${path} must be at most ${describeMax(doc)}`);
       return fallback;
     }
     return n;
@@ -450,8 +455,15 @@ function withSingular(list: string[], one: string | undefined): string[] {
  */
 function clockSkewSec(b: Binder): number {
   const tvp = 'AzureAd:TokenValidationParameters:ClockSkew';
-  if (b.explicit('Sidecar:Validation:ClockSkewSec') === undefined && b.explicit(tvp) !== undefined) return Math.floor(b.durationSec(tvp, true));
-  return b.int('Sidecar:Validation:ClockSkewSec', 0);
+  const ours = 'Sidecar:Validation:ClockSkewSec';
+  if (b.explicit(ours) !== undefined || b.explicit(tvp) === undefined) return b.int(ours, 0);
+  const sec = Math.floor(b.durationSec(tvp, true));
+  const doc = findKeyDoc(ours);
+  if (doc?.max !== undefined && sec > doc.max) {
+    b.error(`${tvp} must be at most ${describeMax(doc)}, the maximum of ${ours}`);
+    return Number(doc.default);
+  }
+  return sec;
 }
 
 const KNOWN_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS', 'TRACE', 'CONNECT'];

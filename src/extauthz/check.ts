@@ -18,6 +18,7 @@ import type { AcquiredToken, AcquireRequest, EffectiveApiOptions, TokenAcquirer,
 import { defaultPolicy, quotedName, routePolicy, routeTable, type RoutePolicy } from './policy.js';
 import { needsCallerToken } from '../pipeline/api-options.js';
 import { isToken, isValidFieldValue } from '../net/http-fields.js';
+import { timerDelay } from '../timer-delay.js';
 
 // ---- Wire shapes (proto-loader with keepCase, enums as names, longs as strings). ----
 
@@ -339,7 +340,8 @@ export function createChecker(deps: CheckDeps): Checker {
   const defaults = defaultPolicy(options);
   const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const signals = new DeadlineSignals(now);
-  const maxDeadlineMs = MAX_DEADLINE_OUTBOUND_TIMEOUTS * deps.outboundTimeoutMs;
+  // The configuration bounds TimeoutMs so that this fits a timer; the clamp holds without it.
+  const maxDeadlineMs = timerDelay(MAX_DEADLINE_OUTBOUND_TIMEOUTS * deps.outboundTimeoutMs);
   // ext_authz takes no optionsOverride, so a name always resolves to the same deep-frozen options;
   // resolving once per name keeps the deep copy off the hot path. Only configured names are kept
   // (a name that is not costs a property lookup), so what is kept is bounded by the configuration,

@@ -45,8 +45,11 @@ export interface ExtAuthzServer {
   address: string;
   /** Flips every health status to NOT_SERVING (draining) or back. */
   setServing(serving: boolean): void;
-  /** Stops accepting calls, lets running ones finish for up to `graceMs`, then cuts the rest. */
-  close(graceMs: number): Promise<void>;
+  /**
+   * Stops accepting calls, lets running ones finish for up to `graceMs`, then cuts the rest. Resolves
+   * with how many Checks were still undecided when the grace ended (0 when all finished in time).
+   */
+  close(graceMs: number): Promise<number>;
 }
 
 /** Encoded frozen responses kept for reuse (the warm allows of the busiest callers). */
@@ -122,6 +125,8 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   };
   const options = config.sidecar.extAuthz;
   const protos = loadExtAuthzProtos();
+  /** Checks still waiting on their decision (a warm one, decided at once, is never counted). */
+  let undecided = 0;
   const checker = createChecker({
     options,
     validator,
@@ -248,12 +253,15 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
         observe(decided, started);
         return;
       }
+      undecided++;
       decided.then(
         (response) => {
+          undecided--;
           callback(null, response);
           observe(response, started);
         },
         (err: unknown) => {
+          undecided--;
           // The checker renders every failure itself; this is the last line that keeps a deny a deny.
           logger.error({ cause: err instanceof Error ? err.name : typeof err }, 'ext_authz Check failed unexpectedly');
           callback(null, internalDeny);
@@ -285,7 +293,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
   const address = formatHostPort(boundHost, port);
   logger.info({ address }, 'ext_authz gRPC server listening');
 
-  let closing: Promise<void> | undefined;
+  let closing: Promise<number> | undefined;
   return {
     host: boundHost,
     port,
@@ -295,21 +303,22 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
       health.refresh();
     },
     close(graceMs) {
-      closing ??= new Promise<void>((resolve) => {
+      closing ??= new Promise<number>((resolve) => {
         serving = false;
         health.refresh();
         clearInterval(poll);
         // Watch streams never end by themselves; tryShutdown would wait for them.
         health.endWatches();
         const force = setTimeout(() => {
+          const cut = undecided;
           destroySessions(server);
           server.forceShutdown();
-          resolve();
+          resolve(cut);
         }, graceMs);
         force.unref();
         server.tryShutdown(() => {
           clearTimeout(force);
-          resolve();
+          resolve(0);
         });
       });
       return closing;

@@ -20,7 +20,19 @@ export interface HttpApiServer {
   readonly servers: readonly Server[];
   /** `host:port` of every listener, in config order. */
   readonly addresses: readonly { host: string; port: number }[];
-  close(graceMs: number): Promise<void>;
+  /**
+   * Stops accepting, lets requests in flight finish for up to `graceMs`, then cuts the connections
+   * left. Resolves with how many requests were still unanswered when the grace ended (0 when all
+   * finished in time).
+   */
+  close(graceMs: number): Promise<number>;
+}
+
+/** The request handler, and how many requests it is still working on. */
+export interface HttpHandler {
+  (req: IncomingMessage, res: ServerResponse): void;
+  /** Requests whose route has not settled yet; one answered at once (a warm one) is never counted. */
+  unsettled(): number;
 }
 
 /** The metrics `route` of requests no route handled: refused callers, 404s and 405s. */
@@ -121,8 +133,9 @@ export function authorizationHeader(req: IncomingMessage): string | undefined {
 }
 
 /** Creates the request handler (exported for tests that drive it without a socket). */
-export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: ServerResponse) => void {
+export function createHandler(deps: RouteDeps): HttpHandler {
   const { config, logger } = deps;
+  let unsettled = 0;
   const logLimiter = createLogLimiter(LOG_LINES_PER_SECOND, logger.isLevelEnabled('debug'));
   const development = config.environment.isDevelopment;
   const hostRule: HostRule = { allowedHosts: new Set(config.sidecar.http.allowedHosts), development };
@@ -137,7 +150,7 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     if (logLimiter.allow(code)) logger.warn({ code, peer: req.socket.remoteAddress, ...(header !== undefined ? { header } : {}), ...logLimiter.suppressed(code) }, message);
     unrouted(req, res, ERROR_TABLE[code].httpStatus);
   }
-  return (req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     // A plain scan rather than new URL() on the hot path: the routes need only the path segments
     // and the query. Dot segments are not resolved, so `/healthz/../Validate` is not /healthz.
     let target = req.url ?? '/';
@@ -213,15 +226,21 @@ export function createHandler(deps: RouteDeps): (req: IncomingMessage, res: Serv
     if (pending === undefined) {
       observe(route.name, res, started);
     } else {
+      unsettled++;
       pending.then(
-        () => observe(route.name, res, started),
+        () => {
+          unsettled--;
+          observe(route.name, res, started);
+        },
         (err: unknown) => {
+          unsettled--;
           fail(err, route.name, req, res);
           observe(route.name, res, started);
         },
       );
     }
   };
+  return Object.assign(handle, { unsettled: () => unsettled });
 
   function observe(routeName: string, res: ServerResponse, started: number): void {
     deps.metrics.observeHttpRequest(routeName, res.statusCode, (performance.now() - started) / 1000);
@@ -291,11 +310,14 @@ export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
     servers,
     addresses,
     async close(graceMs: number) {
+      let cut = 0;
       await Promise.all(
         servers.map(
           (server) =>
             new Promise<void>((resolve) => {
               const timer = setTimeout(() => {
+                // One handler serves every listener, so this counts them all (not added up per server).
+                cut = handler.unsettled();
                 server.closeAllConnections();
               }, graceMs);
               timer.unref();
@@ -312,6 +334,7 @@ export async function startHttpApi(deps: RouteDeps): Promise<HttpApiServer> {
             }),
         ),
       );
+      return cut;
     },
   };
 }

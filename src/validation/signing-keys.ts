@@ -10,6 +10,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import type { Logger } from '../log.js';
 import { send } from '../net/outbound.js';
+import { timerDelay } from '../timer-delay.js';
 
 /** One usable JWKS entry: an RSA key, the only kind RS256 (the one algorithm accepted) verifies with. */
 export interface SigningKey {
@@ -251,7 +252,9 @@ export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyS
   function schedule(delayMs: number): void {
     if (closed) return;
     if (timer) clearTimeout(timer);
-    timer = setTimeout(() => void tick(), delayMs);
+    // The configuration bounds the interval; should a longer delay reach here all the same, it waits
+    // the longest a timer can rather than overflowing to 1 ms and fetching without pause.
+    timer = setTimeout(() => void tick(), timerDelay(delayMs));
     timer.unref();
   }
 

@@ -4,6 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type ConfigInputs, type ConfigResult } from '../../src/config/load.js';
 import type { SidecarConfig } from '../../src/config/types.js';
+import { CONFIG_KEYS, findKeyDoc } from '../../src/config/defaults.js';
+import { MAX_TIMER_DELAY_MS } from '../../src/timer-delay.js';
+import { MAX_DEADLINE_OUTBOUND_TIMEOUTS } from '../../src/extauthz/check.js';
 import { repoRoot } from '../helpers/sidecar.js';
 
 const CLIENT_ID = '11111111-2222-3333-4444-555555555555';
@@ -764,5 +767,41 @@ describe('config: result', () => {
     const cwd = workdir();
     mkdirSync(join(cwd, 'appsettings.json'));
     expectError(errorsOf(load({}, { cwd })), 'appsettings.json', 'cannot read');
+  });
+});
+
+describe('config: duration bounds (no timer longer than setTimeout keeps)', () => {
+  const bounded = CONFIG_KEYS.filter((d) => d.max !== undefined);
+  const envKey = (key: string): string => key.replace(/:/g, '__');
+
+  it('gives every key in ms or s a maximum', () => {
+    for (const doc of CONFIG_KEYS) if (doc.unit === 'ms' || doc.unit === 's') expect(doc.max, doc.key).to.be.a('number');
+  });
+
+  it('keeps every delay the maximums allow, and what is derived from them, within 2^31-1 ms', () => {
+    for (const doc of bounded) expect((doc.unit === 's' ? 1000 : 1) * doc.max!, doc.key).to.be.at.most(MAX_TIMER_DELAY_MS);
+    // Node's HTTP server adds a second to the keep-alive timeout; ext_authz honours up to 6 outbound timeouts.
+    expect(findKeyDoc('Sidecar:Http:KeepAliveTimeoutMs')!.max! + 1000).to.be.at.most(MAX_TIMER_DELAY_MS);
+    expect(MAX_DEADLINE_OUTBOUND_TIMEOUTS * findKeyDoc('Sidecar:Outbound:TimeoutMs')!.max!).to.be.at.most(MAX_TIMER_DELAY_MS);
+  });
+
+  it('accepts each duration at its maximum', () => {
+    const cfg = ok(load(Object.fromEntries(bounded.map((d) => [envKey(d.key), String(d.max)]))));
+    expect(cfg.sidecar.validation.signingKeysRefreshIntervalSec).to.equal(2_147_483);
+    expect(cfg.sidecar.outbound.timeoutMs).to.equal(357_913_941);
+    expect(cfg.sidecar.http.keepAliveTimeoutMs).to.equal(2_147_482_647);
+  });
+
+  it('refuses each duration above its maximum, naming the key and the maximum', () => {
+    const errors = errorsOf(load(Object.fromEntries(bounded.map((d) => [envKey(d.key), String(d.max! + 1)]))));
+    expect(errors).to.have.length(bounded.length);
+    for (const d of bounded) expectError(errors, `${d.key} must be at most ${d.max} ${d.unit}`);
+    expectError(errors, 'Sidecar:Validation:SigningKeysRefreshIntervalSec must be at most 2147483 s (about 24.8 days)');
+    expectError(errors, 'Sidecar:Outbound:TimeoutMs must be at most 357913941 ms (about 4.1 days)');
+  });
+
+  it('refuses an AzureAd:TokenValidationParameters:ClockSkew longer than Sidecar:Validation:ClockSkewSec allows', () => {
+    expectError(errorsOf(load({ AzureAd__TokenValidationParameters__ClockSkew: '30.00:00:00' })), 'AzureAd:TokenValidationParameters:ClockSkew must be at most 2147483 s', 'Sidecar:Validation:ClockSkewSec');
+    expect(ok(load({ AzureAd__TokenValidationParameters__ClockSkew: '24.00:00:00' })).sidecar.validation.clockSkewSec).to.equal(24 * 86_400);
   });
 });

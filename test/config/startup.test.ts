@@ -91,6 +91,29 @@ describe('config: startup with an invalid configuration', () => {
     }
   });
 
+  it('exits 1 before listening when a duration is longer than a timer can hold (30 days of refresh interval), naming each key and its maximum', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'entra-sidecar-startup-'));
+    try {
+      const { code, stdout, stderr } = await runSidecar({
+        AzureAd__Instance: 'https://login.example.test/',
+        AzureAd__TenantId: 'contoso.example',
+        AzureAd__ClientId: '11111111-2222-3333-4444-555555555555',
+        // Both were taken, and then their timers fired at once: keys fetched without pause, every
+        // outbound call timed out on the spot.
+        Sidecar__Validation__SigningKeysRefreshIntervalSec: '2592000',
+        Sidecar__Outbound__TimeoutMs: '2200000000',
+      }, cwd);
+      expect(code).to.equal(1);
+      expect(configInvalidLine(stdout).problems).to.have.members([
+        'Sidecar:Outbound:TimeoutMs must be at most 357913941 ms (about 4.1 days)',
+        'Sidecar:Validation:SigningKeysRefreshIntervalSec must be at most 2147483 s (about 24.8 days)',
+      ]);
+      expect(stderr).to.equal('');
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
+  });
+
   for (const level of ['None', 'Critical']) {
     it(`writes the config_invalid line at Logging__LogLevel__Default=${level} too (and for a misspelt Sidecar key)`, async () => {
       const cwd = mkdtempSync(join(tmpdir(), 'entra-sidecar-startup-'));

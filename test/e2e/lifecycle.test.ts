@@ -235,6 +235,68 @@ describe('process lifecycle (built sidecar)', function () {
     }
   });
 
+  it('cuts what still runs when the 10 s grace ends (token requests Entra holds, a downstream call), without waiting on their outbound calls, and exits 0 with a stopped line counting them', async () => {
+    const s = await startSidecar(sidecarEnv(emu, {
+      Sidecar__LogLevel: 'info',
+      // Outbound calls that outlive the grace by far, as with the 100 s the docs suggest for slow APIs.
+      Sidecar__Outbound__TimeoutMs: '60000',
+      DownstreamApis__slow__BaseUrl: slowUrl,
+      DownstreamApis__slow__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__slow__RequestAppToken: 'true',
+      // Tokens of their own (the token request's extra headers are part of the cache key), so a
+      // call to each waits on Entra.
+      DownstreamApis__held__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__held__RequestAppToken: 'true',
+      'DownstreamApis__held__AcquireTokenOptions__ExtraHeadersParameters__x-caller': 'http',
+      DownstreamApis__heldCheck__Scopes__0: 'api://downstream/.default',
+      DownstreamApis__heldCheck__RequestAppToken: 'true',
+      'DownstreamApis__heldCheck__AcquireTokenOptions__ExtraHeadersParameters__x-caller': 'check',
+    }));
+    const client = createAuthorizationClient(`127.0.0.1:${s.listening.extAuthz!.port}`);
+    let release!: () => void;
+    try {
+      const token = await emu.mint({ kind: 'user', scp: 'access_as_user' });
+      const request = (extensions: Record<string, string>) => envoyCheckRequest({ headers: { authorization: `Bearer ${token}` }, contextExtensions: extensions });
+      const readyBy = Date.now() + 15_000;
+      while ((await check(client, request({}))).status?.code !== 0 && Date.now() < readyBy) await new Promise((r) => setTimeout(r, 100));
+      // The downstream call's token is cached, so that call is in the downstream API when the grace ends.
+      expect((await call(`${s.url}/DownstreamApiUnauthenticated/slow`, { method: 'POST' })).status).to.equal(200);
+      slowGate = new Promise<void>((r) => (release = r));
+      emu.fault({ route: 'token', delayMs: 30_000, sticky: true });
+      const arrivedBefore = slowArrivals;
+      const tokenRequestsBefore = emu.counters().token;
+      const outcome = (p: Promise<unknown>) => p.then(() => 'answered', () => 'cut');
+      const inflight = [
+        outcome(call(`${s.url}/DownstreamApiUnauthenticated/slow`, { method: 'POST' })),
+        outcome(call(`${s.url}/AuthorizationHeaderUnauthenticated/held`)),
+        outcome(check(client, request({ downstream_api: 'heldCheck' }), 60_000)),
+      ];
+      const arrivedBy = Date.now() + 10_000;
+      while ((slowArrivals === arrivedBefore || emu.counters().token - tokenRequestsBefore < 2) && Date.now() < arrivedBy) await new Promise((r) => setTimeout(r, 20));
+      expect(slowArrivals - arrivedBefore, 'downstream calls held before SIGTERM').to.equal(1);
+      expect(emu.counters().token - tokenRequestsBefore, 'token requests held before SIGTERM').to.equal(2);
+      const t0 = Date.now();
+      // SIGTERM; SIGKILL only if it is still running after 20 s. Resolves once every line is in.
+      const code = await s.stop(20_000);
+      const elapsed = Date.now() - t0;
+      expect(code, s.lines.slice(-5).join('\n')).to.equal(0);
+      // The grace, then a prompt end: before the force exit (1) at 12 s.
+      expect(elapsed).to.be.within(9_500, 11_500);
+      const stopped = s.lines.find((l) => l.includes('"event":"stopped"'));
+      expect(stopped, 'stopped line').to.be.a('string');
+      expect(JSON.parse(stopped!)).to.include({ cutRequests: 3 });
+      expect(s.lines.some((l) => l.includes('shutdown_forced'))).to.equal(false);
+      // Every caller hears at once: a cut connection (or an answer), never a hang.
+      const settled = await Promise.race([Promise.all(inflight), new Promise<'hang'>((r) => setTimeout(() => r('hang'), 3_000))]);
+      expect(settled).to.not.equal('hang');
+    } finally {
+      release?.();
+      emu.clearFaults();
+      client.close();
+      await s.stop();
+    }
+  });
+
   it('keeps an idle keep-alive connection open past 5 s (Kestrel\'s 130 s) and closes it at once on shutdown', async () => {
     // HeadersTimeoutMs below the idle time: waiting between requests is not waiting for headers.
     const s = await startSidecar(sidecarEnv(emu, { Sidecar__Http__HeadersTimeoutMs: '2000' }));

@@ -477,6 +477,14 @@ describe('token validator', function () {
       await expectCode(v.validate(await mint(entra, { key, nowSec: nowSec() })), 'token_key_unknown');
     });
 
+    it('waits out a refresh interval longer than a timer can hold instead of fetching again at once', async function () {
+      // 30 days: the configuration refuses it (2^31-1 ms is the bound), so this is the scheduler's own guard.
+      const v = await started({}, { signingKeysRefreshIntervalSec: 30 * 86_400 });
+      const fetched = v.stats().jwksFetches + v.stats().metadataFetches;
+      await new Promise((r) => setTimeout(r, 300));
+      expect(v.stats().jwksFetches + v.stats().metadataFetches).to.equal(fetched);
+    });
+
     it('ignores JWKS entries with RSA keys shorter than 2048 bits', async function () {
       const weak = generateKeyPairSync('rsa', { modulusLength: 1024 });
       const weakKey: TestSigningKey = { kid: 'weak', ...weak, alg: 'RS256' };
