@@ -121,7 +121,9 @@ describe('ext_authz deadline signals', function () {
 
   it('keeps a slice only while an acquisition holds it, whatever deadlines callers chose', function () {
     const signals = new DeadlineSignals();
-    const far = Date.now() + 10 * 86_400_000;
+    // One past a whole second, so that `far` and `far + 1` fall in the same slice (a slice ends on a
+    // multiple of its width: an unaligned `far` made the test fail one run in fifty).
+    const far = Math.floor((Date.now() + 10 * 86_400_000) / 1000) * 1000 + 1;
     // 20,000 distinct far-off deadlines (a slice each), each given back once its acquisition is over.
     const leases = Array.from({ length: 20_000 }, (_, i) => signals.lease(far + i * 50));
     expect(signals.size).to.equal(20_000);
