@@ -3,6 +3,7 @@
  * request, run the pipeline (authenticate → resolve options → acquire → call), write the wire answer.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import type { LogLimiter } from '../log-limit.js';
 import type { SidecarConfig } from '../config/types.js';
@@ -152,13 +153,34 @@ const budgetExceeded = (): SidecarError => new SidecarError('request_body_budget
 
 /**
  * Closes the connection once the answer is out, for a request whose body is not read to its end.
- * Before the answer: node:http sends `Connection: close` and ends the socket after it. After it (a
- * fast downstream), the socket would wait for the rest of the body; it is ended once the answer is out.
+ * Before the answer: node:http sends `Connection: close` and closes the socket after it. After it (a
+ * fast downstream), the socket would wait for the rest of the body; it is closed once the answer is out.
  */
 function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
-  if (!res.headersSent) res.shouldKeepAlive = false;
-  else if (res.writableFinished) req.socket.destroy();
-  else res.once('finish', () => req.socket.destroy());
+  const socket = req.socket;
+  // node:http calls destroySoon() once a `Connection: close` answer is written.
+  if (!res.headersSent) {
+    res.shouldKeepAlive = false;
+    socket.destroySoon = lingeringClose;
+  } else if (res.writableFinished) lingeringClose.call(socket);
+  else res.once('finish', () => lingeringClose.call(socket));
+}
+
+/** How long a connection closed with a body still arriving keeps dropping it before it is reset. */
+const LINGER_MS = 2_000;
+
+/**
+ * Ends the socket and lets the client's remaining bytes arrive, dropped, until it closes its side
+ * or LINGER_MS pass (a lingering close, as nginx and Kestrel do). Destroyed at once, the socket
+ * would answer those bytes with a reset, which can reach the client before it has read the answer
+ * (it then sees EPIPE or ECONNRESET, not the 413 or 503).
+ */
+function lingeringClose(this: Socket): void {
+  if (this.destroyed) return;
+  this.end();
+  const timer = setTimeout(() => this.destroy(), LINGER_MS);
+  timer.unref();
+  this.once('close', () => clearTimeout(timer));
 }
 
 /**
