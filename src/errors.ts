@@ -131,6 +131,7 @@ export const PROCESS_FAILURES = {
   start_failed: { exitCode: 1, message: 'failed to start', meaning: 'Something the start needs failed (a listener could not bind, a token decryption certificate could not be loaded, …); `err` names it.' },
   uncaught_exception: { exitCode: 70, message: 'uncaught exception', meaning: 'A defect: an exception nothing caught. `err` and `stack` say where (token-shaped text cut out).' },
   unhandled_rejection: { exitCode: 70, message: 'unhandled rejection', meaning: 'A defect: a rejected promise nothing handled. `err` (and `stack`) say where (token-shaped text cut out).' },
+  shutdown_forced: { exitCode: 1, message: 'the shutdown did not finish in time; exiting', meaning: 'A shutdown (SIGTERM/SIGINT) was still running 12 s after the signal, 2 s past the drain grace, after which what is left is cut and outbound calls aborted: a defect. `afterMs` is the wait.' },
 } as const satisfies Record<string, ProcessFailureSpec>;
 
 export type ProcessFailureCode = keyof typeof PROCESS_FAILURES;

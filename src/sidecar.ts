@@ -284,9 +284,8 @@ export async function main(): Promise<void> {
       return;
     }
     const force = setTimeout(() => {
-      logger.error({ event: 'shutdown_forced', afterMs: SHUTDOWN_FORCE_EXIT_MS }, 'the shutdown did not finish in time; exiting');
-      logger.flush();
-      process.exit(1);
+      logProcessFailure(logger, 'shutdown_forced', { afterMs: SHUTDOWN_FORCE_EXIT_MS });
+      process.exit(PROCESS_FAILURES.shutdown_forced.exitCode);
     }, SHUTDOWN_FORCE_EXIT_MS);
     force.unref();
     stop().then(

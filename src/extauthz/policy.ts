@@ -67,8 +67,8 @@ export function quotedName(name: string): string {
 /**
  * Throws SidecarError('misconfigured') for context_extensions that no route configuration holds: a
  * key or value over its bound, a map over MAX_CONTEXT_EXTENSIONS_CHARS, text that is not well-formed
- * UTF-16 (a lone surrogate, which is what invalid UTF-8 from a peer other than Envoy decodes to:
- * Envoy sends valid UTF-8), or an unknown key.
+ * UTF-16 (a lone surrogate: defence in depth, since protobufjs decodes invalid UTF-8 from the wire to
+ * U+FFFD, and Envoy sends valid UTF-8), or an unknown key.
  */
 function checkContextExtensions(ext: PolicySettings): void {
   let chars = 0;

@@ -43,7 +43,7 @@ export interface RouteContext {
   readonly query: URLSearchParams;
   /** The decoded `{apiName}` segment ('' for routes without one). */
   readonly apiName: string;
-  /** The Authorization header (the first one, as in `req.headers`). */
+  /** The Authorization header (several lines joined with ",", from which no credential parses). */
   readonly authorization: string | undefined;
   /** The handler's bound on the log lines callers cause (the warnings about ignored input go through it). */
   readonly logLimiter: LogLimiter;
@@ -118,6 +118,9 @@ function clientGone(err: unknown): unknown {
  * then the connection is closed.
  */
 function readChunked(req: IncomingMessage, res: ServerResponse, max: number, budget: BodyBudget): Promise<Buffer> {
+  // Gone while the route was authenticating (keys still loading, an unknown kid's refetch): a
+  // destroyed stream emits nothing more, so listening would wait for ever.
+  if (req.destroyed) return Promise.reject(clientGone(undefined));
   return new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

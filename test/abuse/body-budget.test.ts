@@ -7,7 +7,8 @@
 import { expect } from 'chai';
 import http, { type ClientRequest } from 'node:http';
 import { assertNoSecrets, call, secretsOf } from '../helpers/e2e.js';
-import { assertAlive, eventually, scrape, sleep, startDownstream, startStack, type Downstream, type Stack } from '../faults/harness.js';
+import { startEmulator } from '../../emulator/index.js';
+import { assertAlive, eventually, scrape, sleep, startDownstream, startStack, userToken, type Downstream, type Stack } from '../faults/harness.js';
 
 const MAX_BODY_BYTES = 64 * 1024;
 /** Three bodies of 60 KiB fit; a fourth does not. */
@@ -160,5 +161,43 @@ describe('request body budget (built sidecar)', function () {
     for (const h of again) h.req.destroy();
     expect(await eventually(async () => (await whole(BODY)).status === 200, 5_000), 'a body served once the clients are gone').to.equal(true);
     await assertAlive(stack);
+  });
+});
+
+describe('a streamed body whose client left while the route authenticated (built sidecar)', function () {
+  this.timeout(60_000);
+
+  it('settles the request (request_invalid, counted) rather than waiting for ever on a stream already destroyed', async () => {
+    const emu = await startEmulator();
+    // The signing keys take 1.5 s to load: a request authenticating meanwhile waits for them.
+    emu.fault({ route: 'jwks', sticky: true, delayMs: 1_500 });
+    const api = await startDownstream();
+    const stack = await startStack(
+      {
+        Sidecar__Outbound__TimeoutMs: '5000',
+        DownstreamApis__items__BaseUrl: `${api.origin}/v1`,
+        DownstreamApis__items__Scopes__0: 'api://downstream/.default',
+        DownstreamApis__items__RequestAppToken: 'true',
+        DownstreamApis__items__HttpMethod: 'POST',
+      },
+      emu,
+    );
+    try {
+      const token = await userToken(stack);
+      const url = new URL(`${stack.sidecar.url}/DownstreamApi/items`);
+      const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream' } });
+      req.on('error', () => {});
+      req.write(Buffer.alloc(1024, 0x61));
+      await sleep(300);
+      req.destroy();
+      const counted = async (): Promise<boolean> => (await scrape(stack)).split('\n').some((l) => l.startsWith('entra_sidecar_http_requests_total{') && l.includes('route="DownstreamApi"') && l.includes('status_class="4xx"'));
+      expect(await eventually(counted, 10_000), 'the request settled and was counted as a 4xx').to.equal(true);
+      expect(stack.sidecar.lines.some((l) => l.includes('"code":"request_invalid"'))).to.equal(true);
+      await assertAlive(stack);
+    } finally {
+      await stack.close();
+      await api.close();
+      await emu.close();
+    }
   });
 });
