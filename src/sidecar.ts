@@ -172,7 +172,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
       acquirer,
       logger,
       metrics,
-      ready: () => validator.ready() && engine.clientCredentials.usable(),
+      ready: () => readiness().ready,
       resolveApiOptions: (apiName) =>
         Object.prototype.hasOwnProperty.call(config.downstreamApis, apiName)
           ? resolveApiOptions(config, apiName, new URLSearchParams(), false).options

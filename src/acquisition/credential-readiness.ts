@@ -15,6 +15,7 @@
 import type { Logger } from '../log.js';
 import { SidecarError } from '../errors.js';
 import type { ClientCredentialSource } from './credentials.js';
+import { BACKGROUND_RETRY } from '../validation/signing-keys.js';
 
 export interface ClientCredentialReadiness {
   /** Starts loading the certificates in the background (once; later calls do nothing). */
@@ -34,14 +35,11 @@ export interface ClientCredentialReadinessOptions {
   readonly retry?: { readonly initialMs: number; readonly maxMs: number };
 }
 
-const RETRY_INITIAL_MS = 1_000;
-const RETRY_MAX_MS = 60_000;
-
 /** The readiness of `sources` (the credentials acquisition uses, in configured order). */
 export function createClientCredentialReadiness(sources: readonly ClientCredentialSource[], opts: ClientCredentialReadinessOptions): ClientCredentialReadiness {
   const { logger } = opts;
-  const retryMaxMs = opts.retry?.maxMs ?? RETRY_MAX_MS;
-  let retryDelayMs = opts.retry?.initialMs ?? RETRY_INITIAL_MS;
+  const retryMaxMs = opts.retry?.maxMs ?? BACKGROUND_RETRY.maxMs;
+  let retryDelayMs = opts.retry?.initialMs ?? BACKGROUND_RETRY.initialMs;
   /** Latched: once a credential was usable, a later failure is acquisition's to handle (and to fall back from). */
   let ready = false;
   let started = false;

@@ -126,11 +126,17 @@ export function importJwk(jwk: Record<string, unknown>): SigningKey | undefined 
   };
 }
 
+/**
+ * The backoff of a load that runs in the background until it succeeds (the signing keys here, the
+ * client certificates in src/acquisition/credential-readiness.ts): 1 s, doubling, at most 60 s.
+ */
+export const BACKGROUND_RETRY = Object.freeze({ initialMs: 1_000, maxMs: 60_000 });
+
 /** Creates the metadata + JWKS store for one authority. Nothing is fetched until start()/refresh(). */
 export function createSigningKeyStore(opts: SigningKeyStoreOptions): SigningKeyStore {
   const urls = metadataUrls(opts.authority);
-  const retryInitialMs = opts.retry?.initialMs ?? 1000;
-  const retryMaxMs = Math.min(opts.retry?.maxMs ?? 60_000, opts.refreshIntervalSec * 1000);
+  const retryInitialMs = opts.retry?.initialMs ?? BACKGROUND_RETRY.initialMs;
+  const retryMaxMs = Math.min(opts.retry?.maxMs ?? BACKGROUND_RETRY.maxMs, opts.refreshIntervalSec * 1000);
   const cooldownMs = opts.unknownKidCooldownSec * 1000;
   const log = opts.logger;
 
