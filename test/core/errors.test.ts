@@ -6,6 +6,19 @@ import { renderErrorReference } from '../../src/error-docs.js';
 import { repoRoot } from '../helpers/sidecar.js';
 
 describe('error codes', () => {
+  it('a SidecarError records no stack trace (an answer, not a fault), leaves Error.stackTraceLimit as it was, and keeps the stack of the fault it wraps', () => {
+    const before = Error.stackTraceLimit;
+    const err = new SidecarError('credential_missing');
+    expect(err.stack).to.equal('SidecarError: No bearer token was sent.');
+    expect(err.stack).to.not.include(' at ');
+    expect(Error.stackTraceLimit).to.equal(before);
+    const fault = new TypeError('boom');
+    const wrapped = new SidecarError('internal', undefined, { cause: fault });
+    expect(wrapped.cause).to.equal(fault);
+    expect(fault.stack).to.include(' at ');
+    expect(new Error('plain').stack, 'other errors keep theirs').to.include(' at ');
+  });
+
   it('docs/errors.md is exactly what the error table renders', () => {
     const committed = readFileSync(path.join(repoRoot, 'docs', 'errors.md'), 'utf8');
     expect(committed, 'run `npm run docs`').to.equal(renderErrorReference());
