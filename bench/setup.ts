@@ -13,7 +13,7 @@ import YAML from 'yaml';
 import type { Emulator } from '../emulator/index.js';
 import { sidecarEnv as testSidecarEnv } from '../test/helpers/e2e.js';
 import { benchDir, repoRoot, runToEnd, sidecarEntry, startServer, type Placement, type RunningServer } from './processes.js';
-import { BUNDLED_AT_START } from '../src/build-bundle.js';
+import { BUNDLE_FILE, BUNDLED_AT_START } from '../src/build-bundle.js';
 import type { LoadgenJob, LoadgenResult } from './loadgen.js';
 import { allowMismatch, decodeCheckFrame, encodeCheckFrame, envoyCheckRequest, scanCheckResponse, splitFrames, CHECK_PATH, GRPC_REQUEST_HEADERS, type ExpectedInjection } from './wire.js';
 import { GrpcH2Connection } from './h2client.js';
@@ -163,11 +163,24 @@ export interface BenchSidecar extends RunningServer {
   readonly managementUrl: string;
 }
 
-/** Starts the built sidecar pinned to the server core and resolves at its listening line. */
-export async function startBenchSidecar(ctx: Pick<BenchContext, 'emu' | 'place'>, extraEnv: Record<string, string> = {}, nodeArgs: string[] = []): Promise<BenchSidecar> {
-  const server = await startServer(ctx.place.server, [process.execPath, ...nodeArgs, sidecarEntry], sidecarEnv(ctx.emu, extraEnv));
+/**
+ * Starts the built sidecar (`entry`: another copy of main.js) pinned to the server core and resolves
+ * at its listening line; refuses one that runs its compiled modules rather than the bundle the image
+ * runs (a bare tsc after the last build).
+ */
+export async function startBenchSidecar(ctx: Pick<BenchContext, 'emu' | 'place'>, extraEnv: Record<string, string> = {}, nodeArgs: string[] = [], entry = sidecarEntry): Promise<BenchSidecar> {
+  const server = await startServer(ctx.place.server, [process.execPath, ...nodeArgs, entry], sidecarEnv(ctx.emu, extraEnv));
   const l = server.listening as { http: Array<{ host: string; port: number }>; extAuthz: { host: string; port: number } | null; management: { host: string; port: number } | null };
-  if (!l.extAuthz || !l.management) throw new Error('the sidecar started without its ext_authz or management listener');
+  const refused = !l.extAuthz || !l.management
+    ? 'the sidecar started without its ext_authz or management listener'
+    : server.listening.bundle !== true
+      ? // The separate files start ~130 ms slower and hold more heap than the bundle the image runs.
+        `the sidecar ran its compiled modules, not ${path.relative(repoRoot, BUNDLE_FILE)} (missing, or older than the modules after a bare tsc): run npm run build (npm run bench does) and measure again`
+      : undefined;
+  if (refused !== undefined || !l.extAuthz || !l.management) {
+    server.child.kill('SIGKILL');
+    throw new Error(refused);
+  }
   return {
     ...server,
     httpUrl: `http://127.0.0.1:${l.http[0].port}`,

@@ -64,7 +64,8 @@ if (isEntry) {
     plugins: [builtinsThroughRequire],
     // Bundled CommonJS packages call require() for Node's built-ins; an ES module has none of its own.
     banner: { js: "import { createRequire as __bundleCreateRequire } from 'node:module';\nconst require = __bundleCreateRequire(import.meta.url);" },
-    define: { __ENVOY_EXT_AUTHZ_DESCRIPTOR__: readFileSync(DESCRIPTOR_FILE, 'utf8').trim() },
+    // The descriptor inlined (protos.ts), and the flag the listening line reports (sidecar.ts).
+    define: { __ENVOY_EXT_AUTHZ_DESCRIPTOR__: readFileSync(DESCRIPTOR_FILE, 'utf8').trim(), __SIDECAR_BUNDLE__: 'true' },
     sourcemap: 'linked',
     // Comments out and the source ASCII only: V8 keeps a script's source in the heap for the life of
     // the process, as UTF-16 if a single character is beyond Latin-1 (our comments' "≈" and "→" did

@@ -26,6 +26,14 @@ import { VERSION } from './version.js';
 import { ReplayCache } from './pop/inbound.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from './log-limit.js';
 
+/**
+ * `true` in the one-file bundle (src/build-bundle.ts defines it); undefined in the compiled modules,
+ * which main.js runs when the bundle is missing or older than they are.
+ */
+declare const __SIDECAR_BUNDLE__: boolean | undefined;
+/** Whether this code runs from the bundle: the listening line says so (a start from the separate files is ~130 ms slower). */
+const RUNS_FROM_BUNDLE = typeof __SIDECAR_BUNDLE__ !== 'undefined' && __SIDECAR_BUNDLE__ === true;
+
 /** How long in-flight requests may drain after SIGTERM. */
 export const SHUTDOWN_GRACE_MS = 10_000;
 /**
@@ -201,6 +209,7 @@ async function listen(config: SidecarConfig, logger: Logger, core: Core): Promis
     management: management ? { host: management.host, port: management.port } : null,
     environment: config.environment.name,
     version: VERSION,
+    bundle: RUNS_FROM_BUNDLE,
     msg: 'entra-sidecar is listening',
   };
   process.stdout.write(JSON.stringify(listening) + '\n');

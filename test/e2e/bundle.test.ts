@@ -4,7 +4,7 @@
  * --import) with a resolve hook for ES modules and, at exit, require's cache for CommonJS ones.
  */
 import { expect } from 'chai';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -12,7 +12,7 @@ import { startEmulator, type Emulator } from '../../emulator/index.js';
 import { build } from 'esbuild';
 import { BUNDLE_EXTERNAL, BUNDLE_FILE, BUNDLED_AT_START, builtinsThroughRequire } from '../../src/build-bundle.js';
 import { builtinRecorder, envReadRecorder } from '../helpers/recorders.js';
-import { outRoot, repoRoot, startSidecar } from '../helpers/sidecar.js';
+import { outRoot, staleBundleCopy, startSidecar } from '../helpers/sidecar.js';
 import { call, sidecarEnv } from '../helpers/e2e.js';
 
 /** A preload that appends every module the process loads to `log`. */
@@ -55,8 +55,11 @@ describe('the sidecar bundle (built sidecar)', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Starts the built sidecar with the module recorder, validates one token, stops it; returns the log. */
-  async function validateOnce(logName: string, entry?: string): Promise<string> {
+  /**
+   * Starts the built sidecar with the module recorder, validates one token, stops it; returns the
+   * log and what the listening line said of the bundle.
+   */
+  async function validateOnce(logName: string, entry?: string): Promise<{ log: string; bundle: unknown }> {
     const log = path.join(dir, logName);
     const s = await startSidecar(sidecarEnv(emu, { NODE_OPTIONS: `--import=${pathToFileURL(moduleRecorder(dir, log)).href}` }), entry !== undefined ? { entry } : {});
     try {
@@ -65,7 +68,7 @@ describe('the sidecar bundle (built sidecar)', function () {
     } finally {
       expect(await s.stop()).to.equal(0);
     }
-    return readFileSync(log, 'utf8');
+    return { log: readFileSync(log, 'utf8'), bundle: s.listening.bundle };
   }
 
   it('is written by the build, with the Envoy descriptor inlined', () => {
@@ -77,8 +80,10 @@ describe('the sidecar bundle (built sidecar)', function () {
     expect(/[^\x00-\x7f]/.test(text), 'the bundle is ASCII only').to.equal(false);
   });
 
-  it('is what main.js runs: no other compiled module, and no bundled package, is loaded from disk', async () => {
-    const lines = (await validateOnce('modules.log')).trim().split('\n');
+  it('is what main.js runs: no other compiled module, and no bundled package, is loaded from disk; the listening line says so', async () => {
+    const { log, bundle } = await validateOnce('modules.log');
+    expect(bundle).to.equal(true);
+    const lines = log.trim().split('\n');
     const files = lines.map((l) => l.slice(4).replace(/^file:\/\//, ''));
     const ours = files.filter((f) => f.startsWith(path.join(outRoot, 'src') + path.sep));
     expect([...new Set(ours)].sort()).to.deep.equal([path.join(outRoot, 'src', 'main.js'), BUNDLE_FILE].sort());
@@ -141,19 +146,11 @@ describe('the sidecar bundle (built sidecar)', function () {
     for (const m of ['http', 'node:crypto', 'fs/promises']) expect(text).to.contain(`require(${JSON.stringify(m)})`);
   });
 
-  it('is passed over when the compiled modules are newer (a plain tsc run after a build)', async function () {
-    // On a copy of the built sidecar (in the suite's temporary folder), so the real dist/ is never
-    // touched: a run killed midway cannot leave later runs on the compiled modules.
-    const copy = path.join(dir, 'stale');
-    cpSync(path.join(outRoot, 'src'), path.join(copy, 'src'), { recursive: true });
-    writeFileSync(path.join(copy, 'package.json'), JSON.stringify({ type: 'module' }));
-    symlinkSync(path.join(repoRoot, 'node_modules'), path.join(copy, 'node_modules'), 'dir');
-    const modules = path.join(copy, 'src', 'sidecar.js');
-    const bundle = path.join(copy, 'src', path.basename(BUNDLE_FILE));
-    expect(existsSync(bundle), 'the copy has the bundle').to.equal(true);
-    const saved = statSync(modules);
-    utimesSync(modules, saved.atime, new Date(statSync(bundle).mtimeMs + 60_000));
-    const loaded = await validateOnce('stale.log', path.join(copy, 'src', 'main.js'));
+  it('is passed over when the compiled modules are newer (a plain tsc run after a build), and the listening line says so', async function () {
+    const { entry, modules, bundle } = staleBundleCopy(dir);
+    expect(path.basename(bundle)).to.equal(path.basename(BUNDLE_FILE));
+    const { log: loaded, bundle: fromBundle } = await validateOnce('stale.log', entry);
+    expect(fromBundle).to.equal(false);
     expect(loaded).to.contain(pathToFileURL(modules).href);
     expect(loaded).to.not.contain(pathToFileURL(bundle).href);
     expect(loaded).to.not.contain(pathToFileURL(outRoot).href);

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { existsSync } from 'node:fs';
+import { cpSync, existsSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 /** The compiled output root (the folder that holds src/, test/, emulator/). */
@@ -22,10 +22,31 @@ export const repoRoot = (() => {
 })();
 export const sidecarEntry = path.join(outRoot, 'src', 'main.js');
 
+/**
+ * A copy of the built sidecar under `dir` whose compiled modules are newer than its bundle, as a
+ * bare `tsc` after a build leaves them: main.js passes the bundle over. The real dist/ is never
+ * touched, so a run killed midway cannot leave later runs on the compiled modules. Returns the
+ * copy's main.js, sidecar.js and bundle.
+ */
+export function staleBundleCopy(dir: string): { entry: string; modules: string; bundle: string } {
+  const copy = path.join(dir, 'stale');
+  cpSync(path.join(outRoot, 'src'), path.join(copy, 'src'), { recursive: true });
+  writeFileSync(path.join(copy, 'package.json'), JSON.stringify({ type: 'module' }));
+  symlinkSync(path.join(repoRoot, 'node_modules'), path.join(copy, 'node_modules'), 'dir');
+  const modules = path.join(copy, 'src', 'sidecar.js');
+  const bundle = path.join(copy, 'src', 'sidecar.bundle.js');
+  if (!existsSync(bundle)) throw new Error(`the built sidecar has no bundle (${bundle}): run npm run build`);
+  const saved = statSync(modules);
+  utimesSync(modules, saved.atime, new Date(statSync(bundle).mtimeMs + 60_000));
+  return { entry: path.join(copy, 'src', 'main.js'), modules, bundle };
+}
+
 export interface ListeningLine {
   http: { host: string; port: number }[];
   extAuthz: { host: string; port: number } | null;
   management?: { host: string; port: number } | null;
+  /** Whether the sidecar runs from the one-file bundle (false: the compiled modules). */
+  bundle?: boolean;
 }
 
 export interface RunningSidecar {
