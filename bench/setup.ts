@@ -171,15 +171,14 @@ export interface BenchSidecar extends RunningServer {
 export async function startBenchSidecar(ctx: Pick<BenchContext, 'emu' | 'place'>, extraEnv: Record<string, string> = {}, nodeArgs: string[] = [], entry = sidecarEntry): Promise<BenchSidecar> {
   const server = await startServer(ctx.place.server, [process.execPath, ...nodeArgs, entry], sidecarEnv(ctx.emu, extraEnv));
   const l = server.listening as { http: Array<{ host: string; port: number }>; extAuthz: { host: string; port: number } | null; management: { host: string; port: number } | null };
-  const refused = !l.extAuthz || !l.management
-    ? 'the sidecar started without its ext_authz or management listener'
-    : server.listening.bundle !== true
-      ? // The separate files start ~130 ms slower and hold more heap than the bundle the image runs.
-        `the sidecar ran its compiled modules, not ${path.relative(repoRoot, BUNDLE_FILE)} (missing, or older than the modules after a bare tsc): run npm run build (npm run bench does) and measure again`
-      : undefined;
-  if (refused !== undefined || !l.extAuthz || !l.management) {
+  const refuse: (message: string) => never = (message) => {
     server.child.kill('SIGKILL');
-    throw new Error(refused);
+    throw new Error(message);
+  };
+  if (!l.extAuthz || !l.management) refuse('the sidecar started without its ext_authz or management listener');
+  // The separate files start ~130 ms slower and hold more heap than the bundle the image runs.
+  if (server.listening.bundle !== true) {
+    refuse(`the sidecar ran its compiled modules, not ${path.relative(repoRoot, BUNDLE_FILE)} (missing, or older than the modules after a bare tsc): run npm run build (npm run bench does) and measure again`);
   }
   return {
     ...server,
