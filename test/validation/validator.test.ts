@@ -462,14 +462,18 @@ describe('token validator', function () {
     });
 
     it('loads keys once for concurrent start() calls and picks up rotated keys on the periodic refresh', async function () {
+      // Made before the clock starts: an RSA key pair can take most of a second on a loaded machine,
+      // and blocking the loop that long let a second refresh into a fixed wait.
+      const next = makeSigningKey();
       const v = createTokenValidator(deps({}, { signingKeysRefreshIntervalSec: 1 }));
       validators.push(v);
       await Promise.all([v.start(), v.start(), v.start()]);
       expect(v.stats().jwksFetches).to.equal(1);
       expect(v.stats().metadataFetches).to.equal(2);
-      const next = makeSigningKey();
       entra.keys = [next];
-      await new Promise((r) => setTimeout(r, 1100));
+      // The refresh comes 1 s after the load; the one after it 1 s later again.
+      const deadline = Date.now() + 3000;
+      while (v.stats().jwksFetches < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       expect(v.stats().jwksFetches).to.equal(2);
       expect(v.stats().keyCount).to.equal(1);
       await v.validate(await mint(entra, { key: next, nowSec: nowSec() }));
