@@ -415,7 +415,9 @@ describe('token validator', function () {
       const token = await mint(entra, { key, nowSec: nowSec() });
       entra.down = true;
       const before = entra.hits.jwks + entra.hits.metadataV2;
-      await new Promise((r) => setTimeout(r, 1100));
+      // The periodic refresh (1 s after the load) meets the outage; waited for, not timed.
+      const deadline = Date.now() + 3000;
+      while (entra.hits.jwks + entra.hits.metadataV2 === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       expect(entra.hits.jwks + entra.hits.metadataV2).to.be.greaterThan(before);
       expect(v.ready()).to.equal(true);
       expect((await v.validate(token)).tenantId).to.equal(TENANT);
