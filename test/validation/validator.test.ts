@@ -8,6 +8,7 @@ import { SidecarError, type ErrorCode } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import type { DecryptionKey } from '../../src/validation/decryption.js';
 import { createTokenValidator, isSameToken, payloadJson, recentSlot, type TokenValidatorWithStats, type ValidatorDeps } from '../../src/validation/validator.js';
+import { eventually } from '../faults/harness.js';
 import {
   CLIENT_ID,
   MSA_TENANT,
@@ -416,8 +417,7 @@ describe('token validator', function () {
       entra.down = true;
       const before = entra.hits.jwks + entra.hits.metadataV2;
       // The periodic refresh (1 s after the load) meets the outage; waited for, not timed.
-      const deadline = Date.now() + 3000;
-      while (entra.hits.jwks + entra.hits.metadataV2 === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await eventually(async () => entra.hits.jwks + entra.hits.metadataV2 > before, 3000);
       expect(entra.hits.jwks + entra.hits.metadataV2).to.be.greaterThan(before);
       expect(v.ready()).to.equal(true);
       expect((await v.validate(token)).tenantId).to.equal(TENANT);
@@ -474,8 +474,7 @@ describe('token validator', function () {
       expect(v.stats().metadataFetches).to.equal(2);
       entra.keys = [next];
       // The refresh comes 1 s after the load; the one after it 1 s later again.
-      const deadline = Date.now() + 3000;
-      while (v.stats().jwksFetches < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await eventually(async () => v.stats().jwksFetches >= 2, 3000);
       expect(v.stats().jwksFetches).to.equal(2);
       expect(v.stats().keyCount).to.equal(1);
       await v.validate(await mint(entra, { key: next, nowSec: nowSec() }));
