@@ -64,6 +64,8 @@ export interface Metrics {
   observeHttpRequest(route: string, status: number, seconds: number): void;
   /** One ext_authz Check. */
   observeCheck(decision: CheckDecision, reason: Outcome, seconds: number): void;
+  /** One ext_authz call reset because its CheckRequest did not arrive whole in time. */
+  countCheckReceiveTimeout(): void;
   /** One call to the token acquirer. */
   countTokenAcquisition(flow: TokenFlow, outcome: Outcome): void;
   /** `count` token-cache events of one kind. */
@@ -328,6 +330,7 @@ export function createMetrics(opts: MetricsOptions): Metrics {
   const checkDuration = new LeanHistogram(`${PREFIX}ext_authz_check_duration_seconds`, 'ext_authz Check duration in seconds, by decision.', ['decision'], CHECK_BUCKETS_SECONDS, registry);
   const allowDuration = checkDuration.series('allow');
   const denyDuration = checkDuration.series('deny');
+  const receiveTimeouts = new Counter({ name: `${PREFIX}ext_authz_receive_timeouts_total`, help: 'ext_authz calls reset because their CheckRequest was still unfinished after Sidecar:ExtAuthz:RequestReceiveTimeoutMs.', registers });
   const acquisitions = new Counter({ name: `${PREFIX}token_acquisitions_total`, help: 'Calls to the token acquirer, by flow and outcome (ok or the stable error code).', labelNames: ['flow', 'outcome'] as const, registers, collect: flushPending });
   const cacheCounters: Record<TokenCacheEvent, Counter> = {
     hit: new Counter({ name: `${PREFIX}token_cache_hits_total`, help: 'Downstream tokens served from the token cache.', registers }),
@@ -397,6 +400,9 @@ export function createMetrics(opts: MetricsOptions): Metrics {
       checkChild(inSet(DECISIONS, decision), inSet(OUTCOMES, reason)).inc();
       (decision === 'deny' ? denyDuration : allowDuration).observe(seconds(duration));
     },
+    countCheckReceiveTimeout() {
+      receiveTimeouts.inc();
+    },
     countTokenAcquisition(flow, outcome) {
       acquisitionChild(inSet(FLOWS, flow), inSet(OUTCOMES, outcome)).inc();
     },
@@ -452,6 +458,7 @@ export const NOOP_METRICS: Metrics = Object.freeze({
   contentType: 'text/plain; version=0.0.4; charset=utf-8',
   observeHttpRequest() {},
   observeCheck() {},
+  countCheckReceiveTimeout() {},
   countTokenAcquisition() {},
   countTokenCache() {},
   setTokenCacheEntries() {},

@@ -6,7 +6,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { dirname, basename, join, resolve } from 'node:path';
-import { CONFIG_KEYS, DEFAULT_HTTP_URL, defaultOf, describeMax, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
+import { CONFIG_KEYS, DEFAULT_HTTP_URL, EXT_AUTHZ_TRANSPORT_MAX_BYTES, defaultOf, describeMax, findIgnoredKey, findKeyDoc, keyPattern } from './defaults.js';
 import { formatHostPort, listenersCollide, parseHostPort, parseListenUrl } from './listeners.js';
 import { hasForbiddenValueChar, isToken } from '../net/http-fields.js';
 import { isReservedHeaderName, isValidHeaderValue } from '../downstream/request-headers.js';
@@ -737,6 +737,7 @@ function bindExtAuthz(b: Binder): ExtAuthzOptions {
     else claimsToHeaders[header.toLowerCase()] = claim.trim();
   }
   const downstreamApi = b.explicit(`${s}:DownstreamApi`);
+  const maxReceiveMessageBytes = b.int(`${s}:MaxReceiveMessageBytes`, 1024);
   return {
     enabled,
     address: parsed.ok ? parsed.address : { host: '127.0.0.1', port: 9191 },
@@ -750,7 +751,9 @@ function bindExtAuthz(b: Binder): ExtAuthzOptions {
     stripInboundAuthorization: b.bool(`${s}:StripInboundAuthorization`),
     allowCorsPreflight: b.bool(`${s}:AllowCorsPreflight`),
     reflection: b.bool(`${s}:Reflection`),
-    maxReceiveMessageBytes: b.int(`${s}:MaxReceiveMessageBytes`, 1024),
+    maxReceiveMessageBytes,
+    maxBufferedRequestBytes: requestBudgetBytes(b, maxReceiveMessageBytes),
+    requestReceiveTimeoutMs: b.int(`${s}:RequestReceiveTimeoutMs`, 1),
     routes: bindExtAuthzRoutes(b, `${s}:Routes`),
   };
 }
@@ -1016,6 +1019,21 @@ function bodyBudgetBytes(b: Binder, maxBodyBytes: number): number {
   if (b.explicit(key) === undefined) return Math.max(b.int(key, 1), maxBodyBytes);
   const bytes = b.int(key, 1);
   if (bytes < maxBodyBytes) b.error(`${key} must be at least Sidecar:Http:MaxBodyBytes (or Kestrel:Limits:MaxRequestBodySize), or no body that large could ever be read`);
+  return bytes;
+}
+
+/**
+ * Sidecar:ExtAuthz:MaxBufferedRequestBytes. Below the largest CheckRequest that is denied in band
+ * (max(MaxReceiveMessageBytes, 16 MiB)) such a request would be cut before it was whole and never
+ * get its 413 or 431, so that is an error; left unset it follows a MaxReceiveMessageBytes raised
+ * past it.
+ */
+function requestBudgetBytes(b: Binder, maxReceiveMessageBytes: number): number {
+  const key = 'Sidecar:ExtAuthz:MaxBufferedRequestBytes';
+  const floor = Math.max(maxReceiveMessageBytes, EXT_AUTHZ_TRANSPORT_MAX_BYTES);
+  if (b.explicit(key) === undefined) return Math.max(b.int(key, 1), floor);
+  const bytes = b.int(key, 1);
+  if (bytes < floor) b.error(`${key} must be at least ${floor} (Sidecar:ExtAuthz:MaxReceiveMessageBytes, and no less than 16 MiB), or a request that large could never be received whole to be denied`);
   return bytes;
 }
 

@@ -141,6 +141,10 @@ export interface ExtAuthzOptions {
   readonly allowCorsPreflight: boolean;
   readonly reflection: boolean;
   readonly maxReceiveMessageBytes: number;
+  /** Bytes the CheckRequests still arriving may hold together (src/extauthz/call-guard.ts). */
+  readonly maxBufferedRequestBytes: number;
+  /** How long a CheckRequest may take to arrive whole after its first bytes. */
+  readonly requestReceiveTimeoutMs: number;
   /**
    * `Sidecar:ExtAuthz:Routes`: path and host rules that pick a route's policy in the sidecar, for
    * proxies that cannot send per-route context_extensions (Istio). First match wins; the route's

@@ -19,6 +19,8 @@ import { NOOP_METRICS, type Metrics } from '../metrics.js';
 import type { ErrorCode } from '../errors.js';
 import { createLogLimiter, LOG_LINES_PER_SECOND } from '../log-limit.js';
 import { checkRequestBodyBytes } from './wire.js';
+import { guardCalls } from './call-guard.js';
+import { EXT_AUTHZ_TRANSPORT_MAX_BYTES } from '../config/defaults.js';
 
 export interface ExtAuthzDeps {
   config: SidecarConfig;
@@ -62,7 +64,7 @@ const MAX_ENCODED_RESPONSES = 1024;
  * client could pass unchecked by sending large headers or a large body. Envoy's own header limit tops
  * out at 8 MiB (`max_request_headers_kb`).
  */
-const TRANSPORT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024;
+const TRANSPORT_MAX_RECEIVE_BYTES = EXT_AUTHZ_TRANSPORT_MAX_BYTES;
 
 /**
  * Calls one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; Node's and
@@ -196,6 +198,28 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     for (const name of fields) if (isFrozenObject(response[name])) return true;
     return false;
   };
+  // Unfinished CheckRequests hold their bytes together under a budget (src/extauthz/call-guard.ts).
+  const budgetDeny = renderDeny(new SidecarError('request_body_budget_exceeded', 'CheckRequests still arriving would hold more than Sidecar:ExtAuthz:MaxBufferedRequestBytes.', { retryAfterSec: 1 }), protos.httpStatusNames);
+  const budgetDenyMessage = encodeResponse(budgetDeny);
+  const budgetDenyFrame = Buffer.alloc(5 + budgetDenyMessage.length);
+  budgetDenyFrame.writeUInt32BE(budgetDenyMessage.length, 1);
+  budgetDenyMessage.copy(budgetDenyFrame, 5);
+  const callGuard = guardCalls({
+    budgetBytes: options.maxBufferedRequestBytes,
+    receiveTimeoutMs: options.requestReceiveTimeoutMs,
+    ownsSession: (session) => ownsSession(server, session),
+    denyFrame: budgetDenyFrame,
+    onShed(bytes) {
+      observe(budgetDeny, process.hrtime.bigint());
+      logUndecoded('request_body_budget_exceeded', { bytes, limit: options.maxBufferedRequestBytes });
+    },
+    onTimeout(bytes) {
+      metrics.countCheckReceiveTimeout();
+      if (logLimiter.allow('receive_timeout')) logger.info({ bytes, timeoutMs: options.requestReceiveTimeoutMs, ...logLimiter.suppressed('receive_timeout') }, 'ext_authz call reset: its CheckRequest did not arrive whole in time');
+    },
+  });
+  if (callGuard === undefined) logger.warn('ext_authz: this grpc-js release has no per-frame method to guard; unfinished CheckRequests are not bounded');
+
   const service = {
     ...protos.serverService,
     Check: {
@@ -307,6 +331,7 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
         serving = false;
         health.refresh();
         clearInterval(poll);
+        callGuard?.close();
         // Watch streams never end by themselves; tryShutdown would wait for them.
         health.endWatches();
         const force = setTimeout(() => {
@@ -334,6 +359,16 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
 function listenerRecord(server: grpc.Server): Map<unknown, unknown> | undefined {
   const listeners = (server as unknown as { http2Servers?: unknown }).http2Servers;
   return listeners instanceof Map ? listeners : undefined;
+}
+
+/** Whether `session` is a connection of one of the server's listeners. */
+function ownsSession(server: grpc.Server, session: unknown): boolean {
+  const listeners = listenerRecord(server);
+  if (listeners === undefined) return false;
+  for (const listener of listeners.values() as Iterable<{ sessions?: unknown }>) {
+    if (listener?.sessions instanceof Set && listener.sessions.has(session)) return true;
+  }
+  return false;
 }
 
 /**

@@ -87,6 +87,8 @@ export function makeConfig(o: ConfigOptions = {}): SidecarConfig {
         allowCorsPreflight: false,
         reflection: false,
         maxReceiveMessageBytes: 4194304,
+        maxBufferedRequestBytes: 33554432,
+        requestReceiveTimeoutMs: 10000,
         routes: [],
       },
       outbound: { extraCaFiles: o.caFile ? [o.caFile] : [], ...(o.caFile ? { caFile: o.caFile } : {}), connectTimeoutMs: 2000, timeoutMs: o.timeoutMs ?? 5000, maxResponseBytes: 1048576 },

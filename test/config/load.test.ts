@@ -115,6 +115,19 @@ describe('config: sources and precedence', () => {
     expectError(errorsOf(load({ Sidecar__Http__MaxBufferedBodyBytes: '0' })), 'Sidecar:Http:MaxBufferedBodyBytes must be at least 1');
   });
 
+  it('holds unfinished CheckRequests to Sidecar:ExtAuthz:MaxBufferedRequestBytes, never below the largest request denied in band', () => {
+    const defaults = ok(load({})).sidecar.extAuthz;
+    expect(defaults.maxBufferedRequestBytes).to.equal(32 * 1024 * 1024);
+    expect(defaults.requestReceiveTimeoutMs).to.equal(10_000);
+    expect(ok(load({ Sidecar__ExtAuthz__MaxBufferedRequestBytes: '16777216', Sidecar__ExtAuthz__RequestReceiveTimeoutMs: '500' })).sidecar.extAuthz).to.include({ maxBufferedRequestBytes: 16_777_216, requestReceiveTimeoutMs: 500 });
+    // Unset, it follows a MaxReceiveMessageBytes raised past it.
+    expect(ok(load({ Sidecar__ExtAuthz__MaxReceiveMessageBytes: '50000000' })).sidecar.extAuthz.maxBufferedRequestBytes).to.equal(50_000_000);
+    // Below 16 MiB (or MaxReceiveMessageBytes, when larger) a request that is denied in band could be cut first.
+    expectError(errorsOf(load({ Sidecar__ExtAuthz__MaxBufferedRequestBytes: '16777215' })), 'Sidecar:ExtAuthz:MaxBufferedRequestBytes must be at least 16777216');
+    expectError(errorsOf(load({ Sidecar__ExtAuthz__MaxReceiveMessageBytes: '20000000', Sidecar__ExtAuthz__MaxBufferedRequestBytes: '19999999' })), 'Sidecar:ExtAuthz:MaxBufferedRequestBytes must be at least 20000000');
+    expectError(errorsOf(load({ Sidecar__ExtAuthz__RequestReceiveTimeoutMs: '0' })), 'Sidecar:ExtAuthz:RequestReceiveTimeoutMs must be at least 1');
+  });
+
   it('reads Kestrel\'s body and header limits, refuses an endpoint without a Url, and names the Kestrel keys it ignores', () => {
     const limits = ok(load({ Kestrel__Limits__MaxRequestBodySize: '1048576', Kestrel__Limits__MaxRequestHeadersTotalSize: '65536' }));
     expect(limits.sidecar.http.maxBodyBytes).to.equal(1_048_576);

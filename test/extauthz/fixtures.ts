@@ -125,6 +125,8 @@ export function extAuthzOptions(overrides: Partial<ExtAuthzOptions> = {}): ExtAu
     allowCorsPreflight: false,
     reflection: false,
     maxReceiveMessageBytes: 64 * 1024,
+    maxBufferedRequestBytes: 32 * 1024 * 1024,
+    requestReceiveTimeoutMs: 10_000,
     routes: [],
     ...overrides,
   };
