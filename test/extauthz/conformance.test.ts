@@ -65,5 +65,12 @@ describe('ext_authz conformance with a gRPC C-core client (python3-grpcio)', fun
 
     expect(out.v2).to.equal('UNIMPLEMENTED');
     expect(out.health).to.equal(1); // SERVING
+
+    // Answered in band before the request was whole (src/extauthz/call-guard.ts): C-core reads the
+    // deny as the Check's response; the others, once whole, are denied for their size.
+    const early = out.answered_early as { code?: number; body?: string; error?: string }[];
+    expect(early, JSON.stringify(early)).to.have.length(3);
+    for (const r of early) expect([{ code: 14, body: 'request_body_budget_exceeded' }, { code: 3, body: 'request_headers_too_large' }], JSON.stringify(early)).to.deep.include(r);
+    expect(early.map((r) => r.body)).to.include('request_body_budget_exceeded');
   });
 });

@@ -165,6 +165,19 @@ def main():
                                      request_serializer=identity, response_deserializer=identity)
         reply = parse(health(field(1, "envoy.service.auth.v3.Authorization"), timeout=5))
         out["health"] = first(reply, 1, 0)
+
+        # Three 15 MiB CheckRequests at once: past the server's budget for requests still arriving,
+        # the oldest is answered before it has been sent whole (then RST_STREAM NO_ERROR).
+        big = check_request(dict(base, **{"x-pad": "p" * (15 * 1024 * 1024)}))
+        futures = [call.future(big, timeout=30) for _ in range(3)]
+        answered_early = []
+        for f in futures:
+            try:
+                reply = check_response(f.result())
+                answered_early.append({"code": reply["code"], "body": json.loads(reply["denied"]["body"])["code"]})
+            except grpc.RpcError as e:
+                answered_early.append({"error": e.code().name})
+        out["answered_early"] = answered_early
     print(json.dumps(out))
 
 
