@@ -71,12 +71,9 @@ export interface CallGuardOptions {
   readonly onShed: (bytes: number) => void;
   /** A call was reset for taking longer than receiveTimeoutMs (`bytes` it held). */
   readonly onTimeout: (bytes: number) => void;
-  readonly now?: () => number;
 }
 
 export interface CallGuard {
-  /** Bytes the unfinished messages of the guarded server hold now. */
-  heldBytes(): number;
   /** Stops guarding (the server is closing). */
   close(): void;
 }
@@ -90,7 +87,7 @@ let installed: boolean | undefined;
  */
 export function guardCalls(options: CallGuardOptions): CallGuard | undefined {
   if (!install()) return undefined;
-  const now = options.now ?? (() => performance.now());
+  const now = (): number => performance.now();
   /** Calls with an unfinished message, in the order their message began. */
   const entries = new Map<ServerCall, Entry>();
   let held = 0;
@@ -157,7 +154,6 @@ export function guardCalls(options: CallGuardOptions): CallGuard | undefined {
 
   guards.add(guard);
   return {
-    heldBytes: () => held,
     close() {
       guards.delete(guard);
       for (const entry of entries.values()) guard.release(entry);

@@ -199,7 +199,8 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
     return false;
   };
   // Unfinished CheckRequests hold their bytes together under a budget (src/extauthz/call-guard.ts).
-  const budgetDeny = renderDeny(new SidecarError('request_body_budget_exceeded', 'CheckRequests still arriving would hold more than Sidecar:ExtAuthz:MaxBufferedRequestBytes.', { retryAfterSec: 1 }), protos.httpStatusNames);
+  // The deny's reader is any client behind the proxy: the table's message, not the setting's name.
+  const budgetDeny = renderDeny(new SidecarError('request_body_budget_exceeded', undefined, { retryAfterSec: 1 }), protos.httpStatusNames);
   const budgetDenyMessage = encodeResponse(budgetDeny);
   const budgetDenyFrame = Buffer.alloc(5 + budgetDenyMessage.length);
   budgetDenyFrame.writeUInt32BE(budgetDenyMessage.length, 1);
