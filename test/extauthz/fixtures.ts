@@ -253,9 +253,13 @@ export function check(client: AuthorizationClient, request: object, timeoutMs = 
  */
 export type RawCheck = (bytes: Buffer) => Promise<{ err?: grpc.ServiceError; res?: CheckResult; bytes?: Buffer }>;
 
-/** A Check caller that sends any bytes as the request message, as a buggy or hostile peer could. */
-export function rawCheckClient(address: string): { send: RawCheck; close(): void } {
-  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+/**
+ * A Check caller that sends any bytes as the request message, as a buggy or hostile peer could.
+ * `options` are grpc-js channel options (`grpc.use_local_subchannel_pool: 1` gives the client a
+ * connection of its own instead of the one every client of that address shares).
+ */
+export function rawCheckClient(address: string, options: grpc.ChannelOptions = {}): { send: RawCheck; ready(timeoutMs: number): Promise<void>; close(): void } {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure(), options);
   const { responseDeserialize } = loadExtAuthzProtos().authorizationService.Check;
   return {
     send: (bytes) =>
@@ -264,6 +268,7 @@ export function rawCheckClient(address: string): { send: RawCheck; close(): void
           resolve(err ? { err } : { res: responseDeserialize(res as Buffer) as CheckResult, bytes: res as Buffer });
         });
       }),
+    ready: (timeoutMs) => new Promise((resolve, reject) => client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve()))),
     close: () => client.close(),
   };
 }
