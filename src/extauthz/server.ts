@@ -353,37 +353,32 @@ export async function startExtAuthzServer(deps: ExtAuthzDeps): Promise<ExtAuthzS
 }
 
 /**
- * grpc-js's record of its listeners (grpc-js 1.14: the private `http2Servers`, a Map from each
- * node:http2 server to `{ sessions, … }`); grpc-js gives no public way to reach the connections or
- * calls. Read defensively: undefined when a release changes that shape (a test fails then).
+ * The connection sets of grpc-js's listeners (grpc-js 1.14: the private `http2Servers`, a Map from
+ * each node:http2 server to `{ sessions, … }`); grpc-js gives no public way to reach the
+ * connections or calls. Read defensively: none when a release changes that shape (a test fails then).
  */
-function listenerRecord(server: grpc.Server): Map<unknown, unknown> | undefined {
+function sessionSets(server: grpc.Server): Set<unknown>[] {
   const listeners = (server as unknown as { http2Servers?: unknown }).http2Servers;
-  return listeners instanceof Map ? listeners : undefined;
+  if (!(listeners instanceof Map)) return [];
+  const sets: Set<unknown>[] = [];
+  for (const listener of listeners.values() as Iterable<{ sessions?: unknown }>) if (listener?.sessions instanceof Set) sets.push(listener.sessions);
+  return sets;
 }
 
 /** Whether `session` is a connection of one of the server's listeners. */
 function ownsSession(server: grpc.Server, session: unknown): boolean {
-  const listeners = listenerRecord(server);
-  if (listeners === undefined) return false;
-  for (const listener of listeners.values() as Iterable<{ sessions?: unknown }>) {
-    if (listener?.sessions instanceof Set && listener.sessions.has(session)) return true;
-  }
-  return false;
+  return sessionSets(server).some((sessions) => sessions.has(session));
 }
 
 /**
  * Cuts every connection the server holds. grpc-js's forceShutdown() destroys only the sessions it
  * keeps for channelz, and with channelz off (above) it keeps none there, so Checks in flight would
- * run on past the grace (its other record of sessions is per listener, listenerRecord()). Should a
+ * run on past the grace (its other record of sessions is per listener, sessionSets()). Should a
  * release change that shape, nothing is destroyed here and forceShutdown() does what it does, and
  * the process's own deadline still ends the shutdown.
  */
 function destroySessions(server: grpc.Server): void {
-  const listeners = listenerRecord(server);
-  if (listeners === undefined) return;
-  for (const listener of listeners.values() as Iterable<{ sessions?: unknown }>) {
-    if (!(listener?.sessions instanceof Set)) continue;
-    for (const session of listener.sessions as Set<{ destroy?: (err?: Error, code?: number) => void }>) session.destroy?.(undefined, http2Constants.NGHTTP2_CANCEL);
+  for (const sessions of sessionSets(server)) {
+    for (const session of sessions as Set<{ destroy?: (err?: Error, code?: number) => void }>) session.destroy?.(undefined, http2Constants.NGHTTP2_CANCEL);
   }
 }
