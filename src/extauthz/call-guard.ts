@@ -44,7 +44,7 @@ interface Entry {
   readonly call: ServerCall;
   /** Bytes of the unfinished message counted in the guard's total (0 when not counted). */
   bytes: number;
-  /** When the message's first piece arrived (the guard's clock). */
+  /** When the message's first piece arrived (performance.now()). */
   started: number;
   counted: boolean;
   /** Answered in band: the rest of its request is dropped unread until its stream is reset. */
@@ -87,7 +87,6 @@ let installed: boolean | undefined;
  */
 export function guardCalls(options: CallGuardOptions): CallGuard | undefined {
   if (!install()) return undefined;
-  const now = (): number => performance.now();
   /** Calls with an unfinished message, in the order their message began. */
   const entries = new Map<ServerCall, Entry>();
   let held = 0;
@@ -105,7 +104,7 @@ export function guardCalls(options: CallGuardOptions): CallGuard | undefined {
       }
       if (!entry.counted) {
         entry.counted = true;
-        entry.started = now();
+        entry.started = performance.now();
         entries.set(entry.call, entry);
         sweep ??= setInterval(timeOut, Math.max(10, Math.min(1000, options.receiveTimeoutMs / 2))).unref();
       }
@@ -142,7 +141,7 @@ export function guardCalls(options: CallGuardOptions): CallGuard | undefined {
   };
 
   const timeOut = (): void => {
-    const deadline = now() - options.receiveTimeoutMs;
+    const deadline = performance.now() - options.receiveTimeoutMs;
     for (const entry of entries.values()) {
       if (entry.started > deadline) break;
       const bytes = entry.bytes;
